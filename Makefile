@@ -1,0 +1,42 @@
+# `make test` and `make demo` create .venv from nothing when it is missing.
+# torch 2.13.0 is installed first (a CPU build from this machine's disk) so that no later
+# requirement can pull a multi-GB CUDA build.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+TORCH   := torch==2.13.0
+DEPS    := "triton>=3.0" "transformers>=5,<6" "peft>=0.17" safetensors tqdm matplotlib \
+           pytest pytest-benchmark ruff
+
+.PHONY: venv test test-fast lint demo report bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH)
+	$(BIN)/python -m pip install --quiet $(TORCH) $(DEPS)
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+lint: venv
+	$(BIN)/ruff check talan talan_kernels tests benchmarks
+
+test: venv lint
+	$(BIN)/python -m pytest -q -m "not gpu and not compile and not interpreter" tests
+	TRITON_INTERPRET=1 $(BIN)/python -m pytest -q -m "interpreter" tests
+	$(BIN)/python -m pytest -q -m "compile" tests
+
+demo: venv
+	$(BIN)/talan demo
+
+report: venv
+	$(BIN)/talan report
+
+bench: venv
+	$(BIN)/python -m pytest -q benchmarks
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

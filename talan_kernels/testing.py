@@ -1,0 +1,80 @@
+"""Helpers shared by the kernel tests: error metrics and compile-for-GPU checks without a GPU.
+
+Nothing here runs at import time beyond importing torch; triton is imported lazily so that
+`import talan_kernels` works on a machine without it.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+
+def rel_rms(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """Relative RMS error ``||out - ref|| / ||ref||`` computed in fp64 (0 when both are 0)."""
+    out64, ref64 = out.detach().double(), ref.detach().double()
+    num = torch.linalg.vector_norm(out64 - ref64).item()
+    den = torch.linalg.vector_norm(ref64).item()
+    if den == 0.0:
+        return num
+    return num / den
+
+
+def assert_rel_rms(out: torch.Tensor, ref: torch.Tensor, tol: float, name: str = "output") -> None:
+    """Fail with the measured error when ``rel_rms(out, ref) > tol`` or ``out`` holds NaN/inf."""
+    assert out.shape == ref.shape, f"{name}: shape {tuple(out.shape)} != reference {tuple(ref.shape)}"
+    assert torch.isfinite(out).all(), f"{name}: non-finite values (unwritten or overflowed elements)"
+    err = rel_rms(out, ref)
+    assert err <= tol, f"{name}: relative RMS error {err:.3e} > {tol:.1e}"
+
+
+@dataclass
+class CompiledKernelInfo:
+    arch: int
+    registers: int
+    spill_stores: int
+    spill_loads: int
+    ptxas_log: str
+
+
+_REGS = re.compile(r"Used (\d+) registers")
+_SPILL = re.compile(r"(\d+) bytes spill stores, (\d+) bytes spill loads")
+
+
+def compile_for_gpu(kernel, signature: dict, constexprs: dict, arch: int, num_warps: int = 4,
+                    num_stages: int = 2) -> CompiledKernelInfo:
+    """Compile a ``@triton.jit`` kernel for ``sm_<arch>`` with no GPU present and report what
+    Triton's own ptxas (``-v``) says about registers and spills.
+
+    ``signature`` maps every argument name to a Triton type string (``"*fp32"``, ``"i32"``,
+    ``"fp32"``) or ``"constexpr"``; ``constexprs`` gives the constexpr values.
+    """
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.backends.nvidia.compiler import get_ptxas
+    from triton.compiler import ASTSource
+
+    src = ASTSource(fn=kernel, signature=signature, constexprs=constexprs)
+    compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
+                              options={"num_warps": num_warps, "num_stages": num_stages})
+    ptx = compiled.asm["ptx"]
+    ptxas = get_ptxas(arch).path
+    gpu_name = f"sm_{arch}a" if arch == 90 else f"sm_{arch}"
+    with tempfile.TemporaryDirectory() as tmp:
+        ptx_path = Path(tmp) / "kernel.ptx"
+        ptx_path.write_text(ptx)
+        proc = subprocess.run([ptxas, "-v", f"--gpu-name={gpu_name}", str(ptx_path), "-o",
+                               str(Path(tmp) / "kernel.cubin")], capture_output=True, text=True, check=True)
+    log = proc.stdout + proc.stderr
+    regs = [int(m) for m in _REGS.findall(log)]
+    spills = _SPILL.findall(log)
+    if not regs:
+        raise RuntimeError(f"could not read the register count from ptxas output:\n{log}")
+    return CompiledKernelInfo(arch=arch, registers=max(regs),
+                              spill_stores=sum(int(s) for s, _ in spills),
+                              spill_loads=sum(int(ld) for _, ld in spills), ptxas_log=log)
