@@ -1,0 +1,12 @@
+"""TALAN: Task-Aligned Latent Adaptation Networks for Hugging Face models.
+
+``talan.patch(model)`` inserts the side-path blocks into a Qwen3/Llama model (plain or wrapped by
+peft); see SPEC §3 for the contract of every name exported here.
+"""
+
+__version__ = "0.1.0"
+
+from .block import TalanBlock  # noqa: E402
+from .config import TalanConfig  # noqa: E402
+
+__all__ = ["TalanBlock", "TalanConfig", "__version__"]

@@ -1,0 +1,64 @@
+"""Public entry point of the TALAN side path: validates inputs and picks the implementation."""
+
+from __future__ import annotations
+
+import os
+
+
+from .reference import MIXERS, WRITEBACKS, side_path_ref
+
+BACKENDS = ("auto", "torch", "triton")
+
+
+def _check_inputs(h, params, active, resets, state, mixer, writeback, backend):
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}; got {backend!r}")
+    if mixer not in MIXERS:
+        raise ValueError(f"mixer must be one of {MIXERS}; got {mixer!r}")
+    if writeback not in WRITEBACKS:
+        raise ValueError(f"writeback must be one of {WRITEBACKS}; got {writeback!r}")
+    if h.dim() != 3 or not h.is_floating_point():
+        raise ValueError(f"h must be a floating [B, T, D] tensor; got {h.dtype} of shape {tuple(h.shape)}")
+    b, t, d = h.shape
+    r = params["w_in"].shape[1]
+    m = params["slot_queries"].shape[0]
+    if params["w_in"].shape[0] != d:
+        raise ValueError(f"w_in must be [D={d}, R]; got {tuple(params['w_in'].shape)}")
+    for name, mask in (("active", active), ("resets", resets)):
+        if mask is not None and tuple(mask.shape) != (b, t):
+            raise ValueError(f"{name} must be [B={b}, T={t}]; got {tuple(mask.shape)}")
+    if state is not None:
+        s, n = state
+        if tuple(s.shape) != (b, m) or tuple(n.shape) != (b, m, r):
+            raise ValueError(f"state must be (S [B={b}, M={m}], N [B, M, R={r}]); "
+                             f"got {tuple(s.shape)} and {tuple(n.shape)}")
+
+
+def side_path(h, params, active=None, resets=None, state=None, *, mixer="attn", writeback="tanh_gate",
+              cap=15.0, zero_add_scale=1.0, norm_cap_ratio=1e-2, grad_scale=1.0, backend="auto"):
+    """The TALAN block: ``h' = h + a * writeback(mixer(slot_memory(h)))``.
+
+    Args:
+        h: ``[B, T, D]`` residual stream. params: the block's tensors (see ``side_path_ref``).
+        active: ``[B, T]`` 0/1 or None. resets: ``[B, T]`` bool or None (packed-sequence starts).
+        state: ``(S [B, M], N [B, M, R])`` fp32 decode state or None.
+        backend: ``"torch"`` (reference), ``"triton"`` (kernels; on CPU tensors only under
+            ``TRITON_INTERPRET=1``), ``"auto"`` (kernels on CUDA tensors, reference otherwise).
+
+    Returns:
+        ``h'`` ``[B, T, D]`` in ``h.dtype`` and the final state ``(S [B, M], N [B, M, R])`` fp32.
+    """
+    _check_inputs(h, params, active, resets, state, mixer, writeback, backend)
+    kwargs = dict(mixer=mixer, writeback=writeback, cap=cap, zero_add_scale=zero_add_scale,
+                  norm_cap_ratio=norm_cap_ratio, grad_scale=grad_scale)
+    use_kernels = backend == "triton" or (backend == "auto" and h.is_cuda)
+    if not use_kernels:
+        return side_path_ref(h, params, active, resets, state, **kwargs)
+    if not h.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+        raise RuntimeError("backend='triton' on CPU tensors needs Triton's interpreter: set "
+                           "TRITON_INTERPRET=1 before importing triton, or use backend='torch'/'auto'")
+    from .triton_path import side_path_triton
+
+    return side_path_triton(h, params, active, resets, state, **kwargs)
+
+
