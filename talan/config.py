@@ -49,7 +49,7 @@ class TalanConfig:
     score_cap: float = field(default=15.0, metadata={"help": "Soft-cap of the slot scores."})
     gate_per_channel: bool = field(default=True, metadata={"help": "tanh_gate: one gamma per channel (else a scalar)."})
     zero_add_scale: float = field(default=1.0, metadata={"help": "zero_add: the fixed scale lam."})
-    norm_cap_ratio: float = field(default=1e-2, metadata={"help": "norm_cap: rho, the update's length limit over ||h||."})
+    norm_cap_ratio: float = field(default=1e-2, metadata={"help": "norm_cap: rho, max ||u|| over ||h||."})
     token_gate_bias: float = field(default=-4.0, metadata={"help": "token_gate: the gate bias at initialisation."})
 
     def __post_init__(self):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 
-
 from .reference import MIXERS, WRITEBACKS, side_path_ref
 
 BACKENDS = ("auto", "torch", "triton")
