@@ -7,6 +7,19 @@ peft); see SPEC §3 for the contract of every name exported here.
 __version__ = "0.1.0"
 
 from .block import TalanBlock  # noqa: E402
+from .checkpoint import load_pretrained, save_pretrained  # noqa: E402
 from .config import TalanConfig  # noqa: E402
+from .patching import disabled, mark_trainable, patch, talan_parameters, unpatch  # noqa: E402
 
-__all__ = ["TalanBlock", "TalanConfig", "__version__"]
+__all__ = [
+    "TalanBlock",
+    "TalanConfig",
+    "__version__",
+    "disabled",
+    "load_pretrained",
+    "mark_trainable",
+    "patch",
+    "save_pretrained",
+    "talan_parameters",
+    "unpatch",
+]

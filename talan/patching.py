@@ -1,0 +1,246 @@
+"""`patch`/`unpatch` and friends: TALAN blocks attached to a HF model by removable hooks (SPEC §2, §3).
+
+Each block is a submodule of its decoder layer (``layer.talan``) and is applied by forward hooks on
+that instance: ``pre`` rewrites the layer input, ``post`` the layer output (registered with
+``prepend=True`` so ``output_hidden_states`` records the perturbed state) and ``mid`` adds the
+block's perturbation of ``residual + attention`` to the attention output. No transformers class is
+reassigned and no HF ``forward`` is copied. The hooks have no side effects besides the decode state
+that is tied to a cache object, so gradient checkpointing (which re-runs them) is safe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .block import TalanBlock
+from .config import TalanConfig
+from .decode_state import DecodeStates
+from .hosts import decoder_stack
+
+BLOCK_NAME = "talan"
+_PATCH_ATTR = "_talan_patch"
+
+
+@dataclass
+class _ForwardInputs:
+    """What the model-level pre-hook saw for the current forward."""
+
+    attention_mask: torch.Tensor | None
+    past_len: int
+    resets_cache: dict
+
+
+class _Patch:
+    """Everything `patch` added to one decoder stack, so `unpatch` can remove it exactly."""
+
+    def __init__(self, stack: nn.Module, config: TalanConfig, layer_indices: tuple[int, ...]):
+        self.stack = stack
+        self.config = config
+        self.layer_indices = layer_indices
+        self.enabled = True
+        self.handles: list = []
+        self.inputs = _ForwardInputs(None, 0, {})
+        self.decode_states = DecodeStates()
+        self.layer_inputs: dict[int, torch.Tensor] = {}  # mid site: the residual of the running layer
+        self._forward_params = inspect.signature(stack.forward).parameters
+
+    def blocks(self) -> Iterator[tuple[int, TalanBlock]]:
+        for i in self.layer_indices:
+            yield i, getattr(self.stack.layers[i], BLOCK_NAME)
+
+    # ---- hooks -------------------------------------------------------------------------------
+    def on_model_forward(self, module, args, kwargs):
+        bound = dict(zip(self._forward_params, args))
+        bound.update(kwargs)
+        mask = bound.get("attention_mask")
+        if mask is not None and not (isinstance(mask, torch.Tensor) and mask.dim() == 2):
+            kind = f"a {mask.dim()}-D tensor" if isinstance(mask, torch.Tensor) else f"a {type(mask).__name__}"
+            raise ValueError(f"TALAN needs the 2-D [batch, length] attention_mask to know which tokens are padding; "
+                             f"got {kind}. Pass the tokenizer's attention_mask (a static/compiled cache that "
+                             f"builds 4-D masks is not supported)")
+        cache = bound.get("cache", bound.get("past_key_values"))
+        past_len = int(cache.get_seq_length()) if cache is not None else 0
+        self.inputs = _ForwardInputs(mask, past_len, {})
+
+    def _token_info(self, hidden: torch.Tensor, layer_kwargs: dict):
+        """(active, resets, cache) for the tokens of this layer call."""
+        b, t = hidden.shape[:2]
+        mask = self.inputs.attention_mask
+        active = None
+        if mask is not None:
+            if mask.shape[0] != b or mask.shape[1] < t:
+                raise ValueError(f"attention_mask of shape {tuple(mask.shape)} does not cover {b} x {t} tokens")
+            active = mask[:, -t:].to(device=hidden.device, dtype=torch.bool)
+        cache = layer_kwargs.get("cache", layer_kwargs.get("past_key_values"))
+        position_ids = layer_kwargs.get("position_ids")
+        resets = None
+        # transformers' packed-sequence rule (masking_utils): position ids split sequences only with
+        # no attention mask and no cache; a new sequence starts where they do not step by exactly 1.
+        if mask is None and cache is None and position_ids is not None and t > 1:
+            key = id(position_ids)
+            if key not in self.inputs.resets_cache:
+                pos = position_ids.expand(b, -1) if position_ids.shape[0] != b else position_ids
+                starts = torch.zeros_like(pos, dtype=torch.bool)
+                starts[:, 1:] = (pos[:, 1:] - pos[:, :-1]) != 1
+                self.inputs.resets_cache[key] = (starts if bool(starts.any()) else None, position_ids)
+            resets = self.inputs.resets_cache[key][0]
+        return active, resets, cache
+
+    def _apply(self, layer_idx: int, hidden: torch.Tensor, layer_kwargs: dict) -> torch.Tensor:
+        active, resets, cache = self._token_info(hidden, layer_kwargs)
+        state = None
+        if cache is not None:
+            state = self.decode_states.lookup(cache, layer_idx, self.inputs.past_len, hidden.shape[0])
+        block = getattr(self.stack.layers[layer_idx], BLOCK_NAME)
+        out, new_state = block(hidden, active, resets, state)
+        if cache is not None:
+            self.decode_states.store(cache, layer_idx, self.inputs.past_len + hidden.shape[1], new_state)
+        return out
+
+    def make_hooks(self, layer_idx: int):
+        site = self.config.site
+
+        def layer_pre(module, args, kwargs):
+            if not self.enabled:
+                return None
+            hidden = args[0] if args else kwargs["hidden_states"]
+            if site == "mid":
+                self.layer_inputs[layer_idx] = hidden
+                return None
+            if site == "pre":
+                new_hidden = self._apply(layer_idx, hidden, kwargs)
+                if args:
+                    return (new_hidden, *args[1:]), kwargs
+                return args, {**kwargs, "hidden_states": new_hidden}
+            return None
+
+        def layer_post(module, args, kwargs, output):
+            if not self.enabled:
+                return None
+            if site != "post":
+                self.layer_inputs.pop(layer_idx, None)  # mid: release the residual kept for the attention hook
+                return None
+            hidden = output[0] if isinstance(output, tuple) else output
+            new_hidden = self._apply(layer_idx, hidden, kwargs)
+            return (new_hidden, *output[1:]) if isinstance(output, tuple) else new_hidden
+
+        def attention_post(module, args, kwargs, output):
+            if not self.enabled or layer_idx not in self.layer_inputs:
+                return None
+            attn_out = output[0] if isinstance(output, tuple) else output
+            h_mid = self.layer_inputs[layer_idx] + attn_out  # exactly the layer's `residual + attention`
+            h_new = self._apply(layer_idx, h_mid, kwargs)
+            attn_new = attn_out + (h_new - h_mid)  # the layer then adds the residual back: h_mid + delta
+            return (attn_new, *output[1:]) if isinstance(output, tuple) else attn_new
+
+        return layer_pre, layer_post, attention_post
+
+    def install(self) -> None:
+        self.handles.append(self.stack.register_forward_pre_hook(self.on_model_forward, with_kwargs=True))
+        for i in self.layer_indices:
+            layer = self.stack.layers[i]
+            layer_pre, layer_post, attention_post = self.make_hooks(i)
+            self.handles.append(layer.register_forward_pre_hook(layer_pre, with_kwargs=True))
+            self.handles.append(layer.register_forward_hook(layer_post, with_kwargs=True, prepend=True))
+            if self.config.site == "mid":
+                self.handles.append(layer.self_attn.register_forward_hook(attention_post, with_kwargs=True))
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles.clear()
+        self.layer_inputs.clear()
+        for i in self.layer_indices:
+            delattr(self.stack.layers[i], BLOCK_NAME)
+
+
+def _get_patch(model: nn.Module, required: bool = True) -> _Patch | None:
+    stack = decoder_stack(model)
+    found = getattr(stack, _PATCH_ATTR, None)
+    if found is None and required:
+        raise ValueError(f"{type(model).__name__} is not patched with TALAN: call talan.patch(model) first")
+    return found
+
+
+def _layer_device(layer: nn.Module) -> torch.device:
+    for p in layer.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def patch(model: nn.Module, config: TalanConfig | None = None) -> nn.Module:
+    """Insert TALAN blocks into ``model`` in place and return the same object.
+
+    Supports HF ``Qwen3ForCausalLM``, ``Qwen3Model``, ``LlamaForCausalLM``, ``LlamaModel`` and peft
+    models wrapping one (peft first, then patch). Never changes ``requires_grad`` of a non-TALAN
+    parameter; the blocks' own trainability follows ``config.trainable``.
+    """
+    config = TalanConfig() if config is None else config
+    if not isinstance(config, TalanConfig):
+        raise TypeError(f"config must be a talan.TalanConfig; got {type(config).__name__}")
+    stack = decoder_stack(model)
+    if getattr(stack, _PATCH_ATTR, None) is not None:
+        raise ValueError("model is already patched with TALAN: call talan.unpatch(model) before patching again")
+    layer_indices = config.resolve_layers(len(stack.layers))
+    hidden_size = stack.config.hidden_size
+    # Build every block before touching the model, so a failure leaves it unchanged.
+    blocks = {i: TalanBlock(hidden_size, config, device=_layer_device(stack.layers[i])) for i in layer_indices}
+    for i, block in blocks.items():
+        block.apply_trainable_scope()
+        stack.layers[i].add_module(BLOCK_NAME, block)
+    state = _Patch(stack, config, layer_indices)
+    state.install()
+    setattr(stack, _PATCH_ATTR, state)
+    return model
+
+
+def unpatch(model: nn.Module) -> nn.Module:
+    """Remove every TALAN block and hook; the model's outputs are exactly the unpatched ones."""
+    state = _get_patch(model)
+    state.remove()
+    delattr(state.stack, _PATCH_ATTR)
+    return model
+
+
+def is_patched(model: nn.Module) -> bool:
+    return _get_patch(model, required=False) is not None
+
+
+def talan_config(model: nn.Module) -> TalanConfig:
+    return _get_patch(model).config
+
+
+def talan_blocks(model: nn.Module) -> dict[int, TalanBlock]:
+    """The TALAN blocks by decoder-layer index."""
+    return dict(_get_patch(model).blocks())
+
+
+def talan_parameters(model: nn.Module) -> Iterator[nn.Parameter]:
+    """Iterate over every TALAN parameter of a patched model."""
+    for _, block in _get_patch(model).blocks():
+        yield from block.parameters()
+
+
+def mark_trainable(model: nn.Module) -> nn.Module:
+    """Apply the trainability scope of the config (e.g. after ``get_peft_model`` froze TALAN)."""
+    for _, block in _get_patch(model).blocks():
+        block.apply_trainable_scope()
+    return model
+
+
+@contextlib.contextmanager
+def disabled(model: nn.Module):
+    """Run the model without TALAN inside the block (outputs equal the unpatched model's)."""
+    state = _get_patch(model)
+    previous = state.enabled
+    state.enabled = False
+    try:
+        yield model
+    finally:
+        state.enabled = previous
