@@ -1,0 +1,205 @@
+"""The reference side path: prefix-sum form vs the O(T^2) oracle, gradients, state, SPEC §1 backward."""
+
+import math
+
+import pytest
+import torch
+
+from talan_kernels.side_path import MIXERS, WRITEBACKS, scale_grad, side_path_ref, slot_memory_oracle, slot_memory_ref
+from talan_kernels.side_path.reference import slot_weights
+
+CAP = 15.0
+
+
+def _inputs(b=2, t=11, r=8, m=4, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    k = torch.randn(b, t, r, generator=g, dtype=dtype)
+    v = torch.randn(b, t, r, generator=g, dtype=dtype)
+    q = torch.randn(m, r, generator=g, dtype=dtype) * 2
+    return k, v, q
+
+
+def _left_padded(b, t, pad=3):
+    active = torch.ones(b, t, dtype=torch.bool)
+    active[0, :pad] = False
+    return active
+
+
+def _params(d, r, m, mixer, writeback, dtype=torch.float64, seed=1, live_gate=True):
+    g = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g, dtype=dtype) * scale)
+
+    p = {"norm_weight": 1 + 0.1 * rnd(d), "w_in": rnd(d, r, scale=d ** -0.5), "w_k": rnd(r, r, scale=r ** -0.5),
+         "w_v": rnd(r, r, scale=r ** -0.5), "slot_queries": rnd(m, r), "w_out": rnd(r, d, scale=r ** -0.5)}
+    if mixer in ("attn", "mlp", "glu"):
+        p["w_q"] = rnd(r, r, scale=r ** -0.5)
+    if mixer == "linear":
+        p["mix_weights"] = rnd(m)
+    if mixer == "mlp":
+        p["w_1"], p["w_2"] = rnd(2 * r, r, scale=(2 * r) ** -0.5), rnd(r, r, scale=r ** -0.5)
+    if mixer == "glu":
+        p["w_glu"] = rnd(r, r, scale=r ** -0.5)
+    if writeback == "tanh_gate":
+        p["gate"] = rnd(d) if live_gate else torch.zeros(d, dtype=dtype)
+    if writeback == "token_gate":
+        p["gate_weight"], p["gate_bias"] = rnd(d, scale=d ** -0.5), torch.full((1,), -1.0, dtype=dtype)
+    return p
+
+
+@pytest.mark.parametrize("with_resets", [False, True])
+def test_prefix_sum_memory_matches_softmax_oracle_fp64(with_resets):
+    k, v, q = _inputs(b=3, t=13)
+    active = _left_padded(3, 13)
+    resets = None
+    if with_resets:
+        resets = torch.zeros(3, 13, dtype=torch.bool)
+        resets[0, 6] = resets[1, 4] = resets[1, 9] = True
+    mem, _ = slot_memory_ref(k, v, q, active, CAP, resets)
+    oracle = slot_memory_oracle(k, v, q, active, CAP, resets)
+    assert mem.dtype == torch.float64
+    torch.testing.assert_close(mem, oracle, rtol=1e-12, atol=1e-12)
+    # before the first active token the memory is exactly 0
+    assert torch.all(mem[0, :3] == 0)
+
+
+def test_memory_is_causal_and_ignores_padding():
+    k, v, q = _inputs(b=1, t=10)
+    active = torch.ones(1, 10, dtype=torch.bool)
+    mem, _ = slot_memory_ref(k, v, q, active, CAP)
+    k2, v2 = k.clone(), v.clone()
+    k2[:, 6:] += 3.0
+    v2[:, 6:] -= 2.0
+    mem2, _ = slot_memory_ref(k2, v2, q, active, CAP)
+    assert torch.equal(mem[:, :6], mem2[:, :6])
+    assert not torch.allclose(mem[:, 6:], mem2[:, 6:])
+    # a padded token's key/value never reach the memory
+    active[0, 2] = False
+    mem3, _ = slot_memory_ref(k, v, q, active, CAP)
+    k3, v3 = k.clone(), v.clone()
+    k3[0, 2], v3[0, 2] = 100.0, -100.0
+    mem4, _ = slot_memory_ref(k3, v3, q, active, CAP)
+    assert torch.equal(mem3, mem4)
+
+
+def test_slot_weights_stay_in_unit_interval_in_fp32_even_for_extreme_scores():
+    k = torch.tensor([[[1e4, -1e4], [-1e4, 1e4]]])
+    q = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    w = slot_weights(k, q, torch.ones(1, 2), CAP)
+    assert w.dtype == torch.float32
+    assert torch.all(w > 0) and torch.all(w <= 1)
+    assert math.isclose(w.min().item(), math.exp(-2 * CAP), rel_tol=1e-4)
+
+
+def test_state_carry_equals_full_sequence():
+    k, v, q = _inputs(b=2, t=12)
+    active = _left_padded(2, 12, pad=2)
+    full, final = slot_memory_ref(k, v, q, active, CAP)
+    split = 7
+    first, state = slot_memory_ref(k[:, :split], v[:, :split], q, active[:, :split], CAP)
+    rest = []
+    for t in range(split, 12):  # one-token decode steps
+        step, state = slot_memory_ref(k[:, t:t + 1], v[:, t:t + 1], q, active[:, t:t + 1], CAP, state=state)
+        rest.append(step)
+    torch.testing.assert_close(torch.cat([first, *rest], 1), full, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(state[0], final[0], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(state[1], final[1], rtol=1e-12, atol=1e-12)
+
+
+def test_reset_ignores_carried_state():
+    k, v, q = _inputs(b=1, t=6)
+    active = torch.ones(1, 6, dtype=torch.bool)
+    resets = torch.zeros(1, 6, dtype=torch.bool)
+    resets[0, 3] = True
+    state = (torch.rand(1, 4, dtype=torch.float64) + 0.5, torch.randn(1, 4, 8, dtype=torch.float64))
+    with_state, _ = slot_memory_ref(k, v, q, active, CAP, resets, state)
+    without, _ = slot_memory_ref(k, v, q, active, CAP, resets)
+    assert not torch.allclose(with_state[:, :3], without[:, :3])
+    torch.testing.assert_close(with_state[:, 3:], without[:, 3:], rtol=1e-12, atol=1e-12)
+
+
+def test_spec_stage1_backward_formulas_match_autograd():
+    """SPEC §1: dL/dv_u = sum_m w R1, dL/ds = w(<v, R1> - R2) with reverse cumulative sums."""
+    b, t, r, m = 2, 9, 6, 3
+    g = torch.Generator().manual_seed(3)
+    s = torch.randn(b, t, m, generator=g, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(b, t, r, generator=g, dtype=torch.float64, requires_grad=True)
+    active = _left_padded(b, t, pad=2).double()
+    w = active.unsqueeze(-1) * torch.exp(s - CAP)
+    S = w.cumsum(1)
+    N = (w.unsqueeze(-1) * v.unsqueeze(2)).cumsum(1)
+    pos = S > 0
+    mem = torch.where(pos.unsqueeze(-1), N / torch.where(pos, S, 1.0).unsqueeze(-1), 0.0)
+    gmem = torch.randn(mem.shape, generator=g, dtype=torch.float64)
+    ds_auto, dv_auto = torch.autograd.grad(mem, (s, v), gmem)
+    with torch.no_grad():
+        inv_s = torch.where(pos, 1.0 / torch.where(pos, S, 1.0), 0.0)
+        r1 = (gmem * inv_s.unsqueeze(-1)).flip(1).cumsum(1).flip(1)  # [B, T, M, R]
+        r2 = ((gmem * mem).sum(-1) * inv_s).flip(1).cumsum(1).flip(1)  # [B, T, M]
+        dv = torch.einsum("btm,btmr->btr", w, r1)
+        ds = w * (torch.einsum("btr,btmr->btm", v, r1) - r2)
+    torch.testing.assert_close(dv, dv_auto, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(ds, ds_auto, rtol=1e-10, atol=1e-12)
+
+
+def test_gradcheck_slot_memory():
+    k, v, q = _inputs(b=2, t=5, r=3, m=2)
+    active = _left_padded(2, 5, pad=1)
+    resets = torch.zeros(2, 5, dtype=torch.bool)
+    resets[1, 3] = True
+    state = (torch.rand(2, 2, dtype=torch.float64) + 0.5, torch.randn(2, 2, 3, dtype=torch.float64))
+    k, v, q = (x.requires_grad_() for x in (k, v, q))
+
+    def f(k, v, q):
+        return slot_memory_ref(k, v, q, active, 2.0, resets, state)[0]
+
+    assert torch.autograd.gradcheck(f, (k, v, q))
+
+
+@pytest.mark.parametrize("mixer,writeback", [(mx, wb) for mx in MIXERS for wb in WRITEBACKS
+                                             if mx == "attn" or wb == "tanh_gate"])
+def test_gradcheck_side_path(mixer, writeback):
+    d, r, m = 6, 3, 2
+    params = _params(d, r, m, mixer, writeback)
+    if writeback in ("zero_add", "norm_cap"):
+        params["w_out"] = params["w_out"] * 50  # norm_cap: exercise both branches of the length cap
+    h = torch.randn(2, 4, d, dtype=torch.float64, requires_grad=True)
+    active = _left_padded(2, 4, pad=1)
+    names = sorted(params)
+    tensors = [params[n].requires_grad_() for n in names]
+
+    def f(h, *ts):
+        out, _ = side_path_ref(h, dict(zip(names, ts)), active, mixer=mixer, writeback=writeback, cap=3.0)
+        return out
+
+    assert torch.autograd.gradcheck(f, (h, *tensors))
+
+
+def test_norm_cap_bounds_the_update_length():
+    d, r, m = 16, 4, 2
+    params = _params(d, r, m, "attn", "norm_cap", dtype=torch.float32)
+    params["w_out"] = params["w_out"] * 1e3
+    h = torch.randn(2, 5, d)
+    out, _ = side_path_ref(h, params, norm_cap_ratio=1e-2, writeback="norm_cap")
+    ratio = torch.linalg.vector_norm(out - h, dim=-1) / torch.linalg.vector_norm(h, dim=-1)
+    assert torch.all(ratio <= 1e-2 * (1 + 1e-4)) and torch.all(ratio > 0.5e-2)
+
+
+def test_scale_grad_is_identity_forward_and_scales_backward():
+    x = torch.randn(4, requires_grad=True)
+    y = scale_grad(x, 0.25)
+    assert torch.equal(y, x)
+    y.sum().backward()
+    assert torch.equal(x.grad, torch.full((4,), 0.25))
+
+
+def test_padding_gets_zero_perturbation_and_output_keeps_dtype():
+    d, r, m = 16, 4, 3
+    params = _params(d, r, m, "attn", "tanh_gate", dtype=torch.float32)
+    h = torch.randn(2, 6, d, dtype=torch.bfloat16)
+    active = _left_padded(2, 6, pad=3)
+    out, _ = side_path_ref(h, params, active)
+    assert out.dtype == torch.bfloat16
+    assert torch.equal(out[0, :3], h[0, :3])
+    assert not torch.equal(out[0, 3:], h[0, 3:])
