@@ -1,0 +1,65 @@
+"""Shared tiny hosts and configs: plain factories (``from conftest import tiny_qwen3``) and fixtures of
+the same names that return the factory (``def test_x(tiny_qwen3): model = tiny_qwen3()``)."""
+
+import pytest
+import torch
+
+import talan
+
+VOCAB = 128
+HOST = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+            num_attention_heads=4, num_key_value_heads=2, head_dim=16)
+
+
+def _build(config_cls, model_cls, seed, train, overrides):
+    config = config_cls(**{**HOST, **overrides})
+    config._attn_implementation = "eager"
+    torch.manual_seed(seed)
+    model = model_cls(config)
+    return model.train() if train else model.eval()
+
+
+def tiny_qwen3(seed: int = 0, train: bool = False, **overrides):
+    """A seeded 3-layer ``Qwen3ForCausalLM`` (d=64) with random weights, eval mode, eager attention."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    return _build(Qwen3Config, Qwen3ForCausalLM, seed, train, overrides)
+
+
+def tiny_llama(seed: int = 0, train: bool = False, **overrides):
+    """The ``LlamaForCausalLM`` equivalent of `tiny_qwen3`."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    return _build(LlamaConfig, LlamaForCausalLM, seed, train, overrides)
+
+
+def tiny_config(**overrides) -> talan.TalanConfig:
+    """A small TALAN config (r=16, M=4) on the reference backend."""
+    return talan.TalanConfig(**{"latent_dim": 16, "num_slots": 4, "backend": "torch", **overrides})
+
+
+def tiny_batch(batch: int = 2, length: int = 10, seed: int = 1) -> dict[str, torch.Tensor]:
+    """Random token ids with a full attention mask."""
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, VOCAB, (batch, length), generator=gen)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
+@pytest.fixture(name="tiny_qwen3")
+def _tiny_qwen3_factory():
+    return tiny_qwen3
+
+
+@pytest.fixture(name="tiny_llama")
+def _tiny_llama_factory():
+    return tiny_llama
+
+
+@pytest.fixture(name="tiny_config")
+def _tiny_config_factory():
+    return tiny_config
+
+
+@pytest.fixture(name="tiny_batch")
+def _tiny_batch_factory():
+    return tiny_batch

@@ -1,0 +1,237 @@
+"""talan.patch on tiny Qwen3/Llama hosts: identity at init, causality, conditioning, padding, packing,
+cached generation, hidden states, disabled/unpatch, every axis option, and bad inputs."""
+
+import pytest
+import torch
+from conftest import VOCAB, tiny_batch, tiny_config, tiny_llama, tiny_qwen3
+
+import talan
+from talan_kernels.side_path import MIXERS, WRITEBACKS
+
+SITES = ("pre", "mid", "post")
+
+
+def _live(model):
+    """Open the tanh gates so TALAN changes the outputs (at init it is an exact identity)."""
+    with torch.no_grad():
+        for name, p in talan.patching._get_patch(model).stack.named_parameters():
+            if name.endswith("talan.gate"):
+                p.fill_(2.0)
+    return model
+
+
+def _hook_counts(model):
+    return [(len(m._forward_hooks), len(m._forward_pre_hooks)) for m in model.modules()]
+
+
+@pytest.mark.parametrize("factory", [tiny_qwen3, tiny_llama])
+@pytest.mark.parametrize("site", SITES)
+def test_patched_model_equals_unpatched_at_init_and_after_unpatch(factory, site):
+    model = factory()
+    batch = tiny_batch()
+    ref = model(**batch).logits
+    hooks = _hook_counts(model)
+    talan.patch(model, tiny_config(site=site, layer=(0, -1)))
+    assert torch.equal(model(**batch).logits, ref)
+    _live(model)
+    assert not torch.allclose(model(**batch).logits, ref)
+    with talan.disabled(model):
+        assert torch.equal(model(**batch).logits, ref)
+    talan.unpatch(model)
+    assert torch.equal(model(**batch).logits, ref)
+    assert _hook_counts(model) == hooks
+    assert not any("talan" in name for name, _ in model.named_parameters())
+
+
+def test_bare_decoder_model_is_supported():
+    model = tiny_qwen3().model
+    batch = tiny_batch()
+    ref = model(**batch).last_hidden_state
+    _live(talan.patch(model, tiny_config()))
+    assert not torch.allclose(model(**batch).last_hidden_state, ref)
+
+
+@pytest.mark.parametrize("site", SITES)
+def test_changing_future_tokens_never_changes_earlier_logits(site):
+    model = _live(talan.patch(tiny_qwen3(), tiny_config(site=site, layer=0)))
+    ids = tiny_batch()["input_ids"]
+    changed = ids.clone()
+    changed[:, 6:] = (changed[:, 6:] + 7) % VOCAB
+    a, b = model(ids).logits, model(changed).logits
+    assert torch.equal(a[:, :6], b[:, :6])
+    assert not torch.allclose(a[:, 6:], b[:, 6:])
+
+
+def test_memory_carries_earlier_tokens_when_attention_is_silenced():
+    model = tiny_qwen3()
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()  # no token mixing through attention at all
+    ids = tiny_batch()["input_ids"]
+    changed = ids.clone()
+    changed[:, 0] = (changed[:, 0] + 1) % VOCAB
+    assert torch.equal(model(ids).logits[:, 5:], model(changed).logits[:, 5:])
+    _live(talan.patch(model, tiny_config(layer=0)))
+    assert not torch.allclose(model(ids).logits[:, 5:], model(changed).logits[:, 5:])
+
+
+@pytest.mark.parametrize("site", SITES)
+def test_left_padded_rows_get_the_result_they_get_alone(site):
+    model = _live(talan.patch(tiny_qwen3(), tiny_config(site=site, layer=(0, 2))))
+    lengths = [10, 6, 3]
+    gen = torch.Generator().manual_seed(4)
+    rows = [torch.randint(0, VOCAB, (n,), generator=gen) for n in lengths]
+    ids = torch.zeros(3, 10, dtype=torch.long)
+    mask = torch.zeros(3, 10, dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, 10 - len(row):] = row
+        mask[i, 10 - len(row):] = 1
+    batched = model(input_ids=ids, attention_mask=mask).logits
+    for i, row in enumerate(rows):
+        alone = model(input_ids=row[None]).logits[0]
+        torch.testing.assert_close(batched[i, 10 - len(row):], alone, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("site", SITES)
+def test_packed_sequences_restart_the_memory_at_each_boundary(site):
+    model = _live(talan.patch(tiny_qwen3(), tiny_config(site=site, layer=0)))
+    gen = torch.Generator().manual_seed(6)
+    seqs = [torch.randint(0, VOCAB, (n,), generator=gen) for n in (5, 7, 4)]
+    packed = torch.cat(seqs)[None]
+    position_ids = torch.cat([torch.arange(len(s)) for s in seqs])[None]
+    out = model(input_ids=packed, position_ids=position_ids, use_cache=False).logits[0]
+    start = 0
+    for s in seqs:
+        alone = model(input_ids=s[None], use_cache=False).logits[0]
+        torch.testing.assert_close(out[start:start + len(s)], alone, rtol=1e-5, atol=1e-5)
+        start += len(s)
+
+
+@pytest.mark.parametrize("factory", [tiny_qwen3, tiny_llama])
+@pytest.mark.parametrize("site", SITES)
+def test_cached_generation_equals_recomputation(factory, site):
+    model = _live(talan.patch(factory(), tiny_config(site=site, layer=(0, 1))))
+    ids = tiny_batch(batch=2, length=7)["input_ids"]
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0  # left padding in the second row
+    kwargs = dict(attention_mask=mask, max_new_tokens=8, do_sample=False, output_scores=True,
+                  return_dict_in_generate=True, pad_token_id=0)
+    cached = model.generate(ids, use_cache=True, **kwargs)
+    recomputed = model.generate(ids, use_cache=False, **kwargs)
+    assert torch.equal(cached.sequences, recomputed.sequences)
+    for a, b in zip(cached.scores, recomputed.scores):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    # a second prompt on the same model starts a fresh memory: same result as the first time
+    again = model.generate(ids, use_cache=True, **kwargs)
+    assert torch.equal(again.sequences, cached.sequences)
+
+
+def test_beam_search_carries_the_state_with_the_beams():
+    model = _live(talan.patch(tiny_qwen3(), tiny_config(layer=1)))
+    ids = tiny_batch(batch=2, length=6)["input_ids"]
+    kwargs = dict(attention_mask=torch.ones_like(ids), max_new_tokens=6, num_beams=3, do_sample=False,
+                  pad_token_id=0)
+    assert torch.equal(model.generate(ids, use_cache=True, **kwargs), model.generate(ids, use_cache=False, **kwargs))
+
+
+def test_continuing_a_cache_talan_never_saw_or_that_was_cropped_raises():
+    model = tiny_qwen3()
+    ids = tiny_batch(batch=1, length=6)["input_ids"]
+    cache = model(ids, use_cache=True).cache
+    talan.patch(model, tiny_config(layer=0))
+    with pytest.raises(ValueError, match="never saw"):
+        model(ids[:, :1], cache=cache, use_cache=True)
+    cache = model(ids, use_cache=True).cache
+    model(ids[:, :1], cache=cache, use_cache=True)
+    cache.crop(-2)  # what assisted decoding does with rejected draft tokens
+    with pytest.raises(ValueError, match="crop"):
+        model(ids[:, :1], cache=cache, use_cache=True)
+
+
+@pytest.mark.parametrize("site", SITES)
+def test_output_hidden_states_show_the_perturbed_state(site):
+    model = _live(talan.patch(tiny_qwen3(), tiny_config(site=site, layer=1)))
+    received = []
+    handle = model.model.layers[2].register_forward_pre_hook(lambda mod, args: received.append(args[0]))
+    batch = tiny_batch()
+    live = model(**batch, output_hidden_states=True).hidden_states
+    handle.remove()
+    with talan.disabled(model):
+        off = model(**batch, output_hidden_states=True).hidden_states
+    assert torch.equal(live[1], off[1])  # the input of layer 1 is untouched
+    assert not torch.allclose(live[2], off[2])  # the output of layer 1 carries TALAN's perturbation
+    assert torch.equal(live[2], received[0])  # and it is exactly what layer 2 received
+
+
+@pytest.mark.parametrize("option", [("mixer", m) for m in MIXERS] + [("writeback", w) for w in WRITEBACKS]
+                         + [("site", s) for s in SITES]
+                         + [("trainable", t) for t in ("joint", "freeze_compressor", "writeback_only")])
+def test_every_axis_option_trains_with_finite_gradients(option):
+    model = tiny_qwen3(train=True)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    talan.patch(model, tiny_config(**dict([option]), layer=(0, 2)))
+    params = [p for p in talan.talan_parameters(model) if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-2)
+    batch = tiny_batch()
+    losses = []
+    for _ in range(3):
+        loss = model(**batch, labels=batch["input_ids"]).loss
+        opt.zero_grad()
+        loss.backward()
+        assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in params)
+        opt.step()
+        losses.append(loss.item())
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert losses[-1] != losses[0]
+
+
+def test_patch_never_changes_requires_grad_of_the_backbone():
+    model = tiny_qwen3()
+    model.model.layers[0].mlp.up_proj.weight.requires_grad_(False)
+    before = {n: p.requires_grad for n, p in model.named_parameters()}
+    talan.patch(model, tiny_config())
+    after = {n: p.requires_grad for n, p in model.named_parameters() if "talan" not in n}
+    assert after == before
+    assert all(p.requires_grad for p in talan.talan_parameters(model))
+
+
+def _unchanged(model, ref_logits, hooks):
+    batch = tiny_batch()
+    assert torch.equal(model(**batch).logits, ref_logits)
+    assert _hook_counts(model) == hooks
+    assert not talan.patching.is_patched(model)
+
+
+def test_bad_inputs_raise_clear_errors_and_leave_the_model_unchanged():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    with pytest.raises(TypeError, match="GPT2LMHeadModel"):
+        talan.patch(GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64)))
+    with pytest.raises(TypeError, match="Linear"):
+        talan.patch(torch.nn.Linear(3, 3))
+    model = tiny_qwen3()
+    ref, hooks = model(**tiny_batch()).logits, _hook_counts(model)
+    for bad in (dict(layer=3), dict(layer=-4), dict(layer=(0, 0.0))):
+        with pytest.raises(ValueError, match="layer"):
+            talan.patch(model, tiny_config(**bad))
+        _unchanged(model, ref, hooks)
+    with pytest.raises(TypeError, match="TalanConfig"):
+        talan.patch(model, {"layer": 0})
+    _unchanged(model, ref, hooks)
+    with pytest.raises(ValueError, match="not patched"):
+        talan.unpatch(model)
+    talan.patch(model, tiny_config())
+    hooks_patched = _hook_counts(model)
+    with pytest.raises(ValueError, match="already patched"):
+        talan.patch(model, tiny_config())
+    assert _hook_counts(model) == hooks_patched
+
+
+def test_four_dimensional_or_dict_masks_are_rejected():
+    model = talan.patch(tiny_qwen3(), tiny_config())
+    ids = tiny_batch()["input_ids"]
+    with pytest.raises(ValueError, match="2-D"):
+        model(ids, attention_mask=torch.ones(2, 1, 10, 10, dtype=torch.bool))
+    with pytest.raises(ValueError, match="2-D"):
+        model(ids, attention_mask={"full_attention": None})
