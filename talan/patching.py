@@ -27,6 +27,20 @@ BLOCK_NAME = "talan"
 _PATCH_ATTR = "_talan_patch"
 
 
+CONTEXT_KWARG = "talan_context"
+
+
+@dataclass
+class _TokenContext:
+    """What one block needs besides the hidden states: which tokens are real, where packed sequences
+    start, and the cache (with its length before this forward) that its decode state is tied to."""
+
+    active: torch.Tensor | None
+    resets: torch.Tensor | None
+    cache: object
+    past_len: int
+
+
 @dataclass
 class _ForwardInputs:
     """What the model-level pre-hook saw for the current forward."""
@@ -47,7 +61,7 @@ class _Patch:
         self.handles: list = []
         self.inputs = _ForwardInputs(None, 0, {})
         self.decode_states = DecodeStates()
-        self.layer_inputs: dict[int, torch.Tensor] = {}  # mid site: the residual of the running layer
+        self.layer_inputs: dict[int, torch.Tensor] = {}  # mid site: the residual of the running layer call
         self._forward_params = inspect.signature(stack.forward).parameters
 
     def blocks(self) -> Iterator[tuple[int, TalanBlock]]:
@@ -68,8 +82,8 @@ class _Patch:
         past_len = int(cache.get_seq_length()) if cache is not None else 0
         self.inputs = _ForwardInputs(mask, past_len, {})
 
-    def _token_info(self, hidden: torch.Tensor, layer_kwargs: dict):
-        """(active, resets, cache) for the tokens of this layer call."""
+    def _context(self, hidden: torch.Tensor, layer_kwargs: dict) -> _TokenContext:
+        """Active mask, packed-sequence starts and cache for the tokens of one layer call."""
         b, t = hidden.shape[:2]
         mask = self.inputs.attention_mask
         active = None
@@ -90,17 +104,16 @@ class _Patch:
                 starts[:, 1:] = (pos[:, 1:] - pos[:, :-1]) != 1
                 self.inputs.resets_cache[key] = (starts if bool(starts.any()) else None, position_ids)
             resets = self.inputs.resets_cache[key][0]
-        return active, resets, cache
+        return _TokenContext(active, resets, cache, self.inputs.past_len)
 
-    def _apply(self, layer_idx: int, hidden: torch.Tensor, layer_kwargs: dict) -> torch.Tensor:
-        active, resets, cache = self._token_info(hidden, layer_kwargs)
+    def _apply(self, layer_idx: int, hidden: torch.Tensor, ctx: _TokenContext) -> torch.Tensor:
         state = None
-        if cache is not None:
-            state = self.decode_states.lookup(cache, layer_idx, self.inputs.past_len, hidden.shape[0])
+        if ctx.cache is not None:
+            state = self.decode_states.lookup(ctx.cache, layer_idx, ctx.past_len, hidden.shape[0])
         block = getattr(self.stack.layers[layer_idx], BLOCK_NAME)
-        out, new_state = block(hidden, active, resets, state)
-        if cache is not None:
-            self.decode_states.store(cache, layer_idx, self.inputs.past_len + hidden.shape[1], new_state)
+        out, new_state = block(hidden, ctx.active, ctx.resets, state)
+        if ctx.cache is not None:
+            self.decode_states.store(ctx.cache, layer_idx, ctx.past_len + hidden.shape[1], new_state)
         return out
 
     def make_hooks(self, layer_idx: int):
@@ -110,45 +123,54 @@ class _Patch:
             if not self.enabled:
                 return None
             hidden = args[0] if args else kwargs["hidden_states"]
+            ctx = self._context(hidden, kwargs)
             if site == "mid":
-                self.layer_inputs[layer_idx] = hidden
-                return None
+                # transformers checkpoints the layer's forward (not __call__), so this hook runs once and
+                # the attention hook runs again on recompute: hand the context over with the layer's own
+                # kwargs (which reach self_attn) rather than through shared state a later forward overwrites.
+                return args, {**kwargs, CONTEXT_KWARG: ctx}
             if site == "pre":
-                new_hidden = self._apply(layer_idx, hidden, kwargs)
+                new_hidden = self._apply(layer_idx, hidden, ctx)
                 if args:
                     return (new_hidden, *args[1:]), kwargs
                 return args, {**kwargs, "hidden_states": new_hidden}
             return None
 
         def layer_post(module, args, kwargs, output):
-            if not self.enabled:
-                return None
-            if site != "post":
-                self.layer_inputs.pop(layer_idx, None)  # mid: release the residual kept for the attention hook
+            if not self.enabled or site != "post":
                 return None
             hidden = output[0] if isinstance(output, tuple) else output
-            new_hidden = self._apply(layer_idx, hidden, kwargs)
+            new_hidden = self._apply(layer_idx, hidden, self._context(hidden, kwargs))
             return (new_hidden, *output[1:]) if isinstance(output, tuple) else new_hidden
 
+        def residual_pre(module, args):
+            # The input layernorm's input is exactly the layer's residual; this hook runs inside the
+            # checkpointed forward, so the recompute sees its own (recomputed) residual.
+            if self.enabled:
+                self.layer_inputs[layer_idx] = args[0]
+
         def attention_post(module, args, kwargs, output):
-            if not self.enabled or layer_idx not in self.layer_inputs:
+            ctx = kwargs.get(CONTEXT_KWARG)
+            residual = self.layer_inputs.pop(layer_idx, None)
+            if not self.enabled or ctx is None or residual is None:
                 return None
             attn_out = output[0] if isinstance(output, tuple) else output
-            h_mid = self.layer_inputs[layer_idx] + attn_out  # exactly the layer's `residual + attention`
-            h_new = self._apply(layer_idx, h_mid, kwargs)
+            h_mid = residual + attn_out  # exactly the layer's `residual + attention`
+            h_new = self._apply(layer_idx, h_mid, ctx)
             attn_new = attn_out + (h_new - h_mid)  # the layer then adds the residual back: h_mid + delta
             return (attn_new, *output[1:]) if isinstance(output, tuple) else attn_new
 
-        return layer_pre, layer_post, attention_post
+        return layer_pre, layer_post, residual_pre, attention_post
 
     def install(self) -> None:
         self.handles.append(self.stack.register_forward_pre_hook(self.on_model_forward, with_kwargs=True))
         for i in self.layer_indices:
             layer = self.stack.layers[i]
-            layer_pre, layer_post, attention_post = self.make_hooks(i)
+            layer_pre, layer_post, residual_pre, attention_post = self.make_hooks(i)
             self.handles.append(layer.register_forward_pre_hook(layer_pre, with_kwargs=True))
             self.handles.append(layer.register_forward_hook(layer_post, with_kwargs=True, prepend=True))
             if self.config.site == "mid":
+                self.handles.append(layer.input_layernorm.register_forward_pre_hook(residual_pre))
                 self.handles.append(layer.self_attn.register_forward_hook(attention_post, with_kwargs=True))
 
     def remove(self) -> None:

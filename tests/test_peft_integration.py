@@ -1,0 +1,282 @@
+"""TALAN co-trained with a peft LoRA / DoRA / rsLoRA adapter (SPEC §2–§3): trainability in both
+orders, `all-linear` never wrapping TALAN, gradient checkpointing, merge_and_unload, generation, and
+a TALAN checkpoint beside a peft adapter in one folder."""
+
+import os
+
+import pytest
+import torch
+from conftest import tiny_batch, tiny_config, tiny_qwen3
+from peft import LoraConfig, PeftModel, get_peft_model
+from safetensors.torch import load_file
+from transformers import Qwen3ForCausalLM
+
+import talan
+from talan.patching import is_patched, talan_blocks
+
+# transformers 5 renames gradient_checkpointing_* to activation_checkpointing_*; the old names still work
+pytestmark = pytest.mark.filterwarnings("ignore:.*gradient_checkpointing.*:FutureWarning")
+
+ADAPTERS = {"lora": {}, "dora": {"use_dora": True}, "rslora": {"use_rslora": True}}
+ORDERS = ["peft_first", "patch_first"]
+KIND = pytest.mark.parametrize("kind", list(ADAPTERS))
+ORDER = pytest.mark.parametrize("order", ORDERS)
+
+
+def _lora(kind="lora", **kw):
+    return LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", lora_dropout=0.0, **ADAPTERS[kind], **kw)
+
+
+def _build(order, kind="lora", config=None, train=False, reenable=True, **lora_kw):
+    """A tiny Qwen3 with a peft adapter and TALAN, in the given order. ``patch_first`` calls
+    `talan.mark_trainable` after `get_peft_model` unless ``reenable`` is False."""
+    model = tiny_qwen3(train=train)
+    config = tiny_config() if config is None else config
+    if order == "peft_first":
+        model = get_peft_model(model, _lora(kind, **lora_kw))
+        talan.patch(model, config)
+    else:
+        talan.patch(model, config)
+        model = get_peft_model(model, _lora(kind, **lora_kw))
+        if reenable:
+            talan.mark_trainable(model)
+    return model
+
+
+def _open_gates(model, value=0.5):
+    """Make TALAN contribute: tanh_gate starts at 0, which makes the side path an exact identity."""
+    with torch.no_grad():
+        for block in talan_blocks(model).values():
+            block.gate.fill_(value)
+
+
+def _adapter_params(model):
+    return {name: p for name, p in model.named_parameters() if "lora_" in name}
+
+
+def _talan_params(model):
+    return {name: p for name, p in model.named_parameters() if ".talan." in name}
+
+
+def _logits(model, batch=None):
+    batch = tiny_batch() if batch is None else batch
+    with torch.no_grad():
+        return model(**batch).logits
+
+
+def _train_step(model, lr=1e-2):
+    """One AdamW step over every trainable parameter; returns the parameters before the step."""
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    batch = tiny_batch()
+    model(**batch, labels=batch["input_ids"]).loss.backward()
+    optimizer.step()
+    optimizer.zero_grad()
+    model.eval()
+    return before
+
+
+def _changed(model, before, names):
+    params = dict(model.named_parameters())
+    return {name for name in names if not torch.equal(params[name], before[name])}
+
+
+# ---- trainability in both orders -----------------------------------------------------------------
+
+@KIND
+def test_peft_first_then_patch_trains_adapter_and_talan_together(kind):
+    model = _build("peft_first", kind)
+    adapter, tal = _adapter_params(model), _talan_params(model)
+    assert adapter and tal
+    assert all(p.requires_grad for p in tal.values())
+    assert {id(p) for p in talan.talan_parameters(model)} == {id(p) for p in tal.values()}
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    assert trainable == {id(p) for p in adapter.values()} | {id(p) for p in tal.values()}
+
+    before = _train_step(model)
+    assert _changed(model, before, adapter), "no adapter parameter changed"
+    assert _changed(model, before, tal), "no TALAN parameter changed"
+    backbone = set(before) - set(adapter) - set(tal)
+    assert not _changed(model, before, backbone), "a frozen backbone weight changed"
+
+
+@KIND
+def test_patch_first_then_peft_freezes_talan_until_mark_trainable(kind):
+    model = _build("patch_first", kind, reenable=False)
+    tal = _talan_params(model)
+    assert tal and not any(p.requires_grad for p in tal.values())
+    frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
+
+    assert talan.mark_trainable(model) is model
+    assert all(p.requires_grad for p in tal.values())
+    # mark_trainable touches TALAN only: the backbone stays frozen, the adapter trainable
+    assert {name for name, p in model.named_parameters() if not p.requires_grad} == frozen - set(tal)
+    assert all(p.requires_grad for p in _adapter_params(model).values())
+
+    before = _train_step(model)
+    assert _changed(model, before, _adapter_params(model)), "no adapter parameter changed"
+    assert _changed(model, before, tal), "no TALAN parameter changed"
+
+
+@ORDER
+def test_all_linear_never_wraps_talan_weights(order):
+    model = tiny_qwen3()
+    if order == "patch_first":
+        talan.patch(model, tiny_config(layer=(0, 2), mixer="mlp"))
+        params_before = {(i, name): p for i, b in talan_blocks(model).items() for name, p in b.named_parameters()}
+        model = get_peft_model(model, _lora())
+    else:
+        model = get_peft_model(model, _lora())
+        talan.patch(model, tiny_config(layer=(0, 2), mixer="mlp"))
+        params_before = {(i, name): p for i, b in talan_blocks(model).items() for name, p in b.named_parameters()}
+    blocks = talan_blocks(model)
+    assert all(type(b) is talan.TalanBlock for b in blocks.values())
+    for i, block in blocks.items():
+        assert [name for name, _ in block.named_modules() if name] == [], f"layer {i}: TALAN has submodules"
+    assert not [name for name, _ in model.named_modules() if ".talan." in name and "lora_" in name]
+    assert not [name for name in model.targeted_module_names if "talan" in name]
+    params_after = {(i, name): p for i, b in blocks.items() for name, p in b.named_parameters()}
+    assert params_after.keys() == params_before.keys()
+    assert all(params_after[key] is params_before[key] for key in params_after)
+    # peft did wrap the decoder's own linears
+    assert any("self_attn.q_proj" in name for name in model.targeted_module_names)
+
+
+# ---- gradient checkpointing ------------------------------------------------------------------------
+
+
+
+def _loss_and_grads(order, site, checkpointing, reentrant=False, batches=1):
+    """Loss and gradients of every trainable parameter for a model in train mode with TALAN open."""
+    model = _build(order, config=tiny_config(site=site), train=True, init_lora_weights=False)
+    _open_gates(model)
+    if checkpointing:
+        hf = model.get_base_model()
+        hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
+        hf.enable_input_require_grads()
+        assert hf.model.gradient_checkpointing
+    model.train()
+    loss = 0.0
+    for seed in range(batches):
+        batch = tiny_batch(seed=seed + 1)
+        batch["attention_mask"][seed % 2, : 2 + 3 * seed] = 0  # padding differs between the batches
+        loss = loss + model(**batch, labels=batch["input_ids"]).loss
+    loss.backward()
+    grads = {name: p.grad for name, p in model.named_parameters() if p.requires_grad}
+    return loss.detach(), grads
+
+
+def _assert_same_loss_and_grads(reference, checkpointed):
+    (loss0, grads0), (loss1, grads1) = reference, checkpointed
+    torch.testing.assert_close(loss1, loss0, rtol=1e-6, atol=0)
+    assert grads1.keys() == grads0.keys()
+    assert any(".talan." in name for name in grads0) and any("lora_" in name for name in grads0)
+    for name, g0 in grads0.items():
+        assert g0 is not None and grads1[name] is not None, name
+        torch.testing.assert_close(grads1[name], g0, rtol=1e-5, atol=1e-7, msg=lambda m, n=name: f"{n}: {m}")
+    # TALAN actually contributes: its compressor gets a gradient (zero while the gate is closed)
+    assert any(g.abs().max() > 0 for name, g in grads0.items() if name.endswith("talan.w_in"))
+
+
+GC_CASES = ["mid", "post"]
+
+
+@ORDER
+@pytest.mark.parametrize("reentrant", [False, True], ids=["non_reentrant", "reentrant"])
+@pytest.mark.parametrize("site", GC_CASES)
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(order, site, reentrant):
+    reference = _loss_and_grads(order, site, checkpointing=False)
+    _assert_same_loss_and_grads(reference, _loss_and_grads(order, site, checkpointing=True, reentrant=reentrant))
+
+
+
+
+@pytest.mark.parametrize("site", [
+    "mid", "post"])
+def test_gradient_checkpointing_with_two_forwards_before_one_backward(site):
+    """The recompute of a batch must use that batch's padding mask, not the mask of the latest forward."""
+    reference = _loss_and_grads("peft_first", site, checkpointing=False, batches=2)
+    _assert_same_loss_and_grads(reference, _loss_and_grads("peft_first", site, checkpointing=True, batches=2))
+
+
+# ---- merge, generate, save/load --------------------------------------------------------------------
+
+@ORDER
+@KIND
+def test_merge_and_unload_keeps_talan_blocks_and_outputs(order, kind):
+    model = _build(order, kind, init_lora_weights=False)
+    _open_gates(model)
+    blocks = talan_blocks(model)
+    base_q = model.get_base_model().model.layers[0].self_attn.q_proj.base_layer.weight.detach().clone()
+    expected = _logits(model)
+
+    merged = model.merge_and_unload()
+    assert isinstance(merged, Qwen3ForCausalLM) and not isinstance(merged, PeftModel)
+    assert not [name for name, _ in merged.named_modules() if "lora_" in name]
+    assert not torch.equal(merged.model.layers[0].self_attn.q_proj.weight, base_q), "the adapter was not merged"
+    assert is_patched(merged)
+    assert all(talan_blocks(merged)[i] is block for i, block in blocks.items())
+    got = _logits(merged)
+    assert (got - expected).norm() / expected.norm() < 5e-5
+    with talan.disabled(merged):
+        assert (_logits(merged) - expected).norm() / expected.norm() > 1e-3, "TALAN no longer contributes"
+
+
+@ORDER
+@KIND
+def test_forward_and_cached_generation_work_in_either_order(order, kind):
+    model = _build(order, kind, init_lora_weights=False)
+    _open_gates(model)
+    batch = tiny_batch(length=6)
+    batch["attention_mask"][0, :2] = 0  # left padding
+    logits = _logits(model, batch)
+    assert torch.isfinite(logits).all()
+    with talan.disabled(model):
+        assert not torch.allclose(_logits(model, batch), logits), "TALAN does not contribute"
+
+    common = dict(**batch, max_new_tokens=5, do_sample=False, pad_token_id=0, output_scores=True,
+                  return_dict_in_generate=True)
+    cached = model.generate(**common, use_cache=True)
+    recomputed = model.generate(**common, use_cache=False)
+    assert cached.sequences.shape == (2, 11)
+    assert torch.equal(cached.sequences, recomputed.sequences)
+    for step, (a, b) in enumerate(zip(cached.scores, recomputed.scores)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4, msg=lambda m, s=step: f"step {s}: {m}")
+
+
+@ORDER
+@KIND
+def test_talan_checkpoint_beside_peft_adapter_in_one_folder_reproduces_logits(tmp_path, order, kind):
+    model = _build(order, kind)
+    _train_step(model)  # adapter and TALAN move away from their (identity) initialisation
+    expected = _logits(model)
+    folder = tmp_path / "adapter"
+    model.save_pretrained(folder)
+    talan.save_pretrained(model, folder)
+    files = set(os.listdir(folder))
+    assert {"adapter_config.json", "adapter_model.safetensors", "talan_config.json",
+            "talan_model.safetensors"} <= files
+    assert not [key for key in load_file(str(folder / "adapter_model.safetensors")) if "talan" in key]
+    assert all(key.startswith("layers.") and "lora" not in key
+               for key in load_file(str(folder / "talan_model.safetensors")))
+
+    fresh = PeftModel.from_pretrained(tiny_qwen3(), folder)
+    assert not torch.equal(_logits(fresh), expected)  # the adapter alone does not reproduce them
+    assert talan.load_pretrained(fresh, folder) is fresh
+    assert torch.equal(_logits(fresh), expected)
+
+
+@ORDER
+def test_talan_loaded_before_the_peft_adapter_reproduces_logits(tmp_path, order):
+    model = _build(order)
+    _train_step(model)
+    expected = _logits(model)
+    model.save_pretrained(tmp_path)
+    talan.save_pretrained(model, tmp_path)
+
+    base = talan.load_pretrained(tiny_qwen3(), tmp_path)  # patch first, then the adapter on top
+    fresh = PeftModel.from_pretrained(base, tmp_path)
+    assert is_patched(fresh)
+    assert not [name for name in fresh.targeted_module_names if "talan" in name]
+    assert torch.equal(_logits(fresh), expected)
