@@ -9,15 +9,20 @@ __version__ = "0.1.0"
 from .block import TalanBlock  # noqa: E402
 from .checkpoint import load_pretrained, save_pretrained  # noqa: E402
 from .config import TalanConfig  # noqa: E402
+from .fused_lora import disable_fused_lora, enable_fused_lora  # noqa: E402
 from .patching import disabled, mark_trainable, patch, talan_parameters, unpatch  # noqa: E402
+from .report import parameter_report  # noqa: E402
 
 __all__ = [
     "TalanBlock",
     "TalanConfig",
     "__version__",
+    "disable_fused_lora",
     "disabled",
+    "enable_fused_lora",
     "load_pretrained",
     "mark_trainable",
+    "parameter_report",
     "patch",
     "save_pretrained",
     "talan_parameters",

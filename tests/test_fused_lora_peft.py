@@ -1,0 +1,205 @@
+"""enable_fused_lora / disable_fused_lora on peft models: a tiny Qwen3 with LoRA, rsLoRA and DoRA
+gives the same logits and adapter gradients fused and unfused; disable restores peft's outputs
+bit for bit; uncovered layers and states keep peft's forward; state_dict keys are untouched;
+torch.compile(fullgraph=True) traces a fused layer through the custom ops."""
+
+import copy
+import os
+from collections import OrderedDict
+
+import pytest
+import torch
+from torch import nn
+
+from talan.fused_lora import FusedLoraReport, disable_fused_lora, enable_fused_lora
+from talan_kernels.lora import interface
+from talan_kernels.testing import assert_rel_rms
+
+transformers = pytest.importorskip("transformers")
+peft = pytest.importorskip("peft")
+
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def tiny_qwen3_peft(variant="lora", seed=0, **lora_kw):
+    torch.manual_seed(seed)
+    cfg = transformers.Qwen3Config(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, head_dim=16)
+    model = transformers.Qwen3ForCausalLM(cfg).float()
+    lcfg = peft.LoraConfig(r=8, lora_alpha=16, target_modules=TARGETS, init_lora_weights=False,
+                           use_dora=variant == "dora", use_rslora=variant == "rslora", **lora_kw)
+    model = peft.get_peft_model(model, lcfg)
+    if variant == "dora":
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if "lora_magnitude_vector" in n:
+                    p.mul_(0.5 + torch.rand_like(p))
+    return model
+
+
+def logits_and_grads(model, ids):
+    model.zero_grad(set_to_none=True)
+    out = model(input_ids=ids).logits
+    out.float().pow(2).mean().backward()
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    return out.detach(), grads
+
+
+def check_fused_matches(model, backend, ids, tol=1e-5):
+    ref_logits, ref_grads = logits_and_grads(model, ids)
+    report = enable_fused_lora(model, backend=backend)
+    assert len(report.fused) == 2 * len(TARGETS) and not report.skipped
+    logits, grads = logits_and_grads(model, ids)
+    assert_rel_rms(logits, ref_logits, tol, "logits")
+    assert grads.keys() == ref_grads.keys() and len(grads) > 0
+    for n in ref_grads:
+        assert_rel_rms(grads[n], ref_grads[n], tol, n)
+    disable_fused_lora(model)
+
+
+@pytest.mark.parametrize("variant", ["lora", "rslora", "dora"])
+def test_fused_torch_backend_matches_peft(variant):
+    model = tiny_qwen3_peft(variant)
+    ids = torch.randint(0, 128, (2, 9))
+    check_fused_matches(model.train(), "torch", ids)
+    check_fused_matches(model.eval(), "torch", ids)
+
+
+@pytest.mark.interpreter
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="needs TRITON_INTERPRET=1")
+@pytest.mark.parametrize("variant", ["lora", "dora"])
+def test_fused_triton_backend_matches_peft(variant, monkeypatch):
+    monkeypatch.setattr(interface, "POISON_OUTPUTS", True)
+    model = tiny_qwen3_peft(variant, seed=1).train()
+    check_fused_matches(model, "triton", torch.randint(0, 128, (2, 7)))
+    # Decode-shaped call (one token) in eval, on the decode tile configuration.
+    model.eval()
+    ids = torch.randint(0, 128, (1, 1))
+    with torch.no_grad():
+        ref = model(input_ids=ids).logits
+        enable_fused_lora(model, backend="triton")
+        got = model(input_ids=ids).logits
+        disable_fused_lora(model)
+    assert_rel_rms(got, ref, 1e-5, "decode logits")
+
+
+def test_enable_then_disable_restores_exactly():
+    model = tiny_qwen3_peft("dora").eval()
+    ids = torch.randint(0, 128, (2, 6))
+    with torch.no_grad():
+        before = model(input_ids=ids).logits
+    keys = list(model.state_dict().keys())
+    report = enable_fused_lora(model, backend="torch")
+    assert isinstance(report, FusedLoraReport)
+    assert list(model.state_dict().keys()) == keys
+    layer = model.base_model.model.model.layers[0].self_attn.q_proj
+    assert "forward" in layer.__dict__
+    restored = disable_fused_lora(model)
+    assert len(restored) == len(report.fused)
+    assert "forward" not in layer.__dict__ and not hasattr(layer, "_talan_fused_lora")
+    with torch.no_grad():
+        after = model(input_ids=ids).logits
+    assert torch.equal(after, before)
+
+
+def test_uncovered_states_fall_back_to_peft(monkeypatch):
+    calls = []
+    real = interface._apply
+    monkeypatch.setattr(interface, "_apply", lambda *a, **k: calls.append(1) or real(*a, **k))
+    model = tiny_qwen3_peft("lora", lora_dropout=0.1)
+    enable_fused_lora(model, backend="torch")
+    ids = torch.randint(0, 128, (1, 5))
+    model.train()  # dropout active: peft's forward (with its dropout) must run
+    model(input_ids=ids)
+    assert calls == []
+    model.eval()  # dropout inactive: fused
+    model(input_ids=ids)
+    assert len(calls) == 2 * len(TARGETS)
+    calls.clear()
+    with model.disable_adapter():
+        model(input_ids=ids)
+    assert calls == []
+    model.merge_adapter()
+    model(input_ids=ids)
+    assert calls == []
+    model.unmerge_adapter()
+    disable_fused_lora(model)
+
+
+def test_second_active_adapter_falls_back_and_matches_peft():
+    model = tiny_qwen3_peft("lora").eval()
+    model.add_adapter("other", peft.LoraConfig(r=4, target_modules=TARGETS, init_lora_weights=False))
+    model.base_model.set_adapter(["default", "other"])
+    ids = torch.randint(0, 128, (1, 5))
+    with torch.no_grad():
+        ref = model(input_ids=ids).logits
+        enable_fused_lora(model, backend="torch")
+        got = model(input_ids=ids).logits
+    assert torch.equal(got, ref)  # peft's own forward ran, bit for bit
+    disable_fused_lora(model)
+
+
+def test_report_lists_uncovered_layers_and_bad_inputs_raise():
+    model = tiny_qwen3_peft("lora", lora_bias=True)
+    report = enable_fused_lora(model, backend="torch")
+    assert report.fused == [] and len(report.skipped) == 2 * len(TARGETS)
+    assert all("lora_bias" in why for why in report.skipped.values())
+    with pytest.raises(ValueError, match="backend"):
+        enable_fused_lora(tiny_qwen3_peft("lora"), backend="cuda")
+    with pytest.raises(ValueError, match="no peft LoRA layer"):
+        enable_fused_lora(nn.Linear(4, 4))
+
+
+def test_deepcopy_of_fused_model_runs_its_own_weights():
+    model = tiny_qwen3_peft("lora").eval()
+    enable_fused_lora(model, backend="torch")
+    clone = copy.deepcopy(model)
+    with torch.no_grad():
+        for n, p in clone.named_parameters():
+            if "lora_B" in n:
+                p.zero_()
+        ids = torch.randint(0, 128, (1, 4))
+        assert not torch.equal(clone(input_ids=ids).logits, model(input_ids=ids).logits)
+        with clone.disable_adapter():
+            base = clone(input_ids=ids).logits
+        assert_rel_rms(clone(input_ids=ids).logits, base, 1e-6, "clone with B = 0")
+
+
+def test_dora_norm_cached_in_eval_and_recomputed_after_update(monkeypatch):
+    calls = []
+    real = interface.dora_weight_norm
+    monkeypatch.setattr(interface, "dora_weight_norm", lambda *a, **k: calls.append(1) or real(*a, **k))
+    model = tiny_qwen3_peft("dora").eval()
+    enable_fused_lora(model, backend="torch")
+    ids = torch.randint(0, 128, (1, 4))
+    n_layers = 2 * len(TARGETS)
+    with torch.no_grad():
+        model(input_ids=ids)
+        model(input_ids=ids)
+        assert len(calls) == n_layers
+        lora_B = model.base_model.model.model.layers[1].mlp.down_proj.lora_B["default"].weight
+        lora_B.mul_(1.5)
+        got = model(input_ids=ids).logits
+        assert len(calls) == n_layers + 1
+        disable_fused_lora(model)
+        want = model(input_ids=ids).logits
+    assert_rel_rms(got, want, 1e-5, "logits after an in-place update of lora_B")
+
+
+@pytest.mark.slow
+def test_torch_compile_fullgraph_over_fused_layer():
+    torch.manual_seed(0)
+    base = nn.Sequential(OrderedDict(lin=nn.Linear(24, 16)))
+    model = peft.get_peft_model(base, peft.LoraConfig(r=4, target_modules=["lin"], init_lora_weights=False,
+                                                      use_dora=True))
+    layer = model.base_model.model.lin
+    x = torch.randn(5, 24, requires_grad=True)
+    want = layer(x)
+    (want_dx,) = torch.autograd.grad(want.sum(), [x])
+    enable_fused_lora(model, backend="torch")
+    compiled = torch.compile(layer, fullgraph=True)
+    got = compiled(x)
+    (got_dx,) = torch.autograd.grad(got.sum(), [x])
+    assert_rel_rms(got, want, 1e-5, "compiled y")
+    assert_rel_rms(got_dx, want_dx, 1e-5, "compiled dx")
+    disable_fused_lora(model)

@@ -1,0 +1,134 @@
+"""The fused LoRA / DoRA Triton kernels under TRITON_INTERPRET=1 against peft's eager lora.Linear:
+outputs and the gradients of x, A, B (and m for DoRA), fp32 relative RMS <= 1e-5, on odd shapes
+(M, N, K not multiples of any tile), r in {1, 8, 16, 64}, prefill and decode (1-16 token) configs,
+train and eval, with and without bias. Every kernel output starts as NaN (POISON_OUTPUTS), so an
+element a kernel fails to write fails the comparison."""
+
+import os
+from collections import OrderedDict
+
+import pytest
+import torch
+from torch import nn
+
+from talan_kernels.lora import dora_linear, dora_linear_ref, dora_weight_norm, interface, lora_linear, lora_linear_ref
+from talan_kernels.lora.reference import dora_weight_norm_oracle
+from talan_kernels.testing import assert_rel_rms
+
+peft = pytest.importorskip("peft")
+pytest.importorskip("triton")
+
+pytestmark = [
+    pytest.mark.interpreter,
+    pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="needs TRITON_INTERPRET=1"),
+]
+
+
+@pytest.fixture(autouse=True)
+def _poison(monkeypatch):
+    monkeypatch.setattr(interface, "POISON_OUTPUTS", True)
+
+
+def make_peft_layer(K, N, r, *, bias, dora, seed=0):
+    torch.manual_seed(seed)
+    base = nn.Sequential(OrderedDict(lin=nn.Linear(K, N, bias=bias)))
+    cfg = peft.LoraConfig(r=r, lora_alpha=2 * r, target_modules=["lin"], use_dora=dora, init_lora_weights=False)
+    layer = peft.get_peft_model(base, cfg).base_model.model.lin
+    if dora:
+        with torch.no_grad():
+            mag = layer.lora_magnitude_vector["default"].weight
+            mag.mul_(0.5 + torch.rand_like(mag))
+    return layer
+
+
+def _params(layer):
+    p = [layer.lora_A["default"].weight, layer.lora_B["default"].weight]
+    if layer.lora_magnitude_vector:
+        p.append(layer.lora_magnitude_vector["default"].weight)
+    return p
+
+
+def _fused(layer, x):
+    base = layer.get_base_layer()
+    A, B, s = layer.lora_A["default"].weight, layer.lora_B["default"].weight, layer.scaling["default"]
+    if layer.lora_magnitude_vector:
+        m = layer.lora_magnitude_vector["default"].weight
+        return dora_linear(x, base.weight, A, B, m, s, base.bias, backend="triton")
+    return lora_linear(x, base.weight, A, B, s, base.bias, backend="triton")
+
+
+def _out_grads(fn, layer, x, dy, x_grad=True):
+    x = x.detach().clone().requires_grad_(x_grad)
+    y = fn(x)
+    wrt = ([x] if x_grad else []) + _params(layer)
+    return [y.detach()] + list(torch.autograd.grad(y, wrt, dy))
+
+
+# (M, N, K, r): decode M in {1, 5, 16}; prefill M > 16 with every dimension off the tile grid.
+SHAPES = [(1, 45, 70, 8), (5, 33, 47, 1), (16, 80, 36, 16), (37, 45, 53, 64), (83, 70, 100, 16)]
+
+
+@pytest.mark.parametrize("M,N,K,r", SHAPES)
+@pytest.mark.parametrize("dora", [False, True], ids=["lora", "dora"])
+def test_kernels_match_peft_eager(M, N, K, r, dora):
+    # Alternate train/eval and bias over the shapes so every combination is covered without a
+    # full cross product (the interpreter is slow).
+    i = SHAPES.index((M, N, K, r))
+    layer = make_peft_layer(K, N, r, bias=i % 2 == 0, dora=dora, seed=i)
+    layer.train(i % 2 == 1)
+    x = torch.randn(M, K)
+    dy = torch.randn(M, N)
+    ref = _out_grads(layer, layer, x, dy)
+    out = _out_grads(lambda t: _fused(layer, t), layer, x, dy)
+    for o, e, n in zip(out, ref, ["y", "dx", "dA", "dB", "dm"]):
+        assert_rel_rms(o, e, 1e-5, n)
+
+
+@pytest.mark.parametrize("dora", [False, True], ids=["lora", "dora"])
+def test_kernels_without_x_gradient_and_batched_noncontiguous_input(dora):
+    # x needing no gradient takes the dS-only branch of the dx kernel; a transposed view checks strides.
+    layer = make_peft_layer(40, 24, 8, bias=True, dora=dora, seed=7)
+    x = torch.randn(2, 40, 9).transpose(1, 2)            # [2, 9, 40], non-contiguous
+    dy = torch.randn(2, 9, 24)
+    ref = _out_grads(layer, layer, x, dy, x_grad=False)
+    out = _out_grads(lambda t: _fused(layer, t), layer, x, dy, x_grad=False)
+    for o, e, n in zip(out, ref, ["y", "dA", "dB", "dm"]):
+        assert_rel_rms(o, e, 1e-5, n)
+
+
+def test_dora_magnitude_only_gradient():
+    # Only m trains: the dB kernel still runs for dg (HAS_CSUM) while no dx/dA/dB is requested.
+    layer = make_peft_layer(30, 20, 4, bias=False, dora=True, seed=8)
+    for p in _params(layer)[:2]:
+        p.requires_grad_(False)
+    m = layer.lora_magnitude_vector["default"].weight
+    x, dy = torch.randn(19, 30), torch.randn(19, 20)
+    (want,) = torch.autograd.grad(layer(x), [m], dy)
+    (got,) = torch.autograd.grad(_fused(layer, x), [m], dy)
+    assert_rel_rms(got, want, 1e-5, "dm")
+
+
+@pytest.mark.parametrize("r", [3, 64])
+def test_norm_kernel_matches_explicit_norm(r):
+    torch.manual_seed(r)
+    W, A, B = torch.randn(70, 45), torch.randn(r, 45) / 6, torch.randn(70, r)
+    got = dora_weight_norm(W, A, B, 0.8, backend="triton")
+    assert_rel_rms(got, dora_weight_norm_oracle(W.double(), A.double(), B.double(), 0.8), 1e-5, "norm")
+
+
+def test_fp16_inputs_within_fp16_tolerance():
+    torch.manual_seed(9)
+    M, N, K, r = 21, 40, 50, 8
+    x = torch.randn(M, K).half()
+    W, A, B = (torch.randn(N, K) / 7).half(), torch.randn(r, K) / 7, torch.randn(N, r)
+    m, bias = torch.rand(N) + 0.5, torch.randn(N).half()
+    want = lora_linear_ref(x.double(), W.double(), A.double(), B.double(), 0.5, bias.double())
+    assert_rel_rms(lora_linear(x, W, A, B, 0.5, bias, backend="triton"), want, 5e-3, "lora fp16")
+    want = dora_linear_ref(x.double(), W.double(), A.double(), B.double(), m.double(), 0.5, bias.double())
+    assert_rel_rms(dora_linear(x, W, A, B, m, 0.5, bias, backend="triton"), want, 5e-3, "dora fp16")
+
+
+def test_empty_batch():
+    W, A, B = torch.randn(8, 16), torch.randn(2, 16), torch.randn(8, 2)
+    y = lora_linear(torch.randn(0, 16), W, A, B, 1.0, backend="triton")
+    assert y.shape == (0, 8)
