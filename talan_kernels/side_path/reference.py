@@ -59,15 +59,18 @@ def rms_norm(h: torch.Tensor, weight: torch.Tensor, eps: float = RMS_EPS) -> tor
 def slot_weights(k: torch.Tensor, slot_queries: torch.Tensor, active: torch.Tensor, cap: float) -> torch.Tensor:
     """Pooling weights ``w = a * exp(cap*tanh(<q,k>/(sqrt(R)*cap)) - cap)`` in (0, 1], ``[B, T, M]``."""
     r = k.shape[-1]
-    logits = torch.einsum("btr,mr->btm", _up(k), _up(slot_queries)) / math.sqrt(r)
+    logits = (_up(k) @ _up(slot_queries).t()) / math.sqrt(r)
     scores = cap * torch.tanh(logits / cap)
     return _up(active).unsqueeze(-1) * torch.exp(scores - cap)
 
 
 def _segmented_cumsum(x: torch.Tensor, resets: torch.Tensor | None, init: torch.Tensor | None) -> torch.Tensor:
     """Inclusive prefix sum over dim 1 that restarts where ``resets`` is True and starts from
-    ``init`` (broadcast over T) before the first reset. Summed in fp64, returned in fp32, so the
+    ``init`` (broadcast over T) before the first reset. With resets it sums in fp64, so the
     subtraction that implements the restart does not lose the small sums of a late segment."""
+    if resets is None:
+        csum = x.cumsum(1)
+        return csum if init is None else csum + init.to(x.dtype).unsqueeze(1)
     csum = x.double().cumsum(1)
     if resets is not None:
         # Sum up to (and excluding) the latest reset at or before t, gathered per position.
@@ -103,8 +106,11 @@ def slot_memory_ref(k, v, slot_queries, active, cap, resets=None, state=None):
     w = slot_weights(k, slot_queries, active, cap)  # [B, T, M]
     wv = w.unsqueeze(-1) * _up(v).unsqueeze(2)  # [B, T, M, R]
     s0, n0 = state if state is not None else (None, None)
-    S = _segmented_cumsum(w, resets, s0)  # [B, T, M]
-    N = _segmented_cumsum(wv, resets, n0)  # [B, T, M, R]
+    if k.shape[1] == 1 and resets is None and state is not None:  # decode step: no scan needed
+        S, N = s0.to(w.dtype).unsqueeze(1) + w, n0.to(w.dtype).unsqueeze(1) + wv
+    else:
+        S = _segmented_cumsum(w, resets, s0)  # [B, T, M]
+        N = _segmented_cumsum(wv, resets, n0)  # [B, T, M, R]
     positive = S > 0
     mem = torch.where(positive.unsqueeze(-1), N / torch.where(positive, S, 1.0).unsqueeze(-1), 0.0)
     return mem, (S[:, -1], N[:, -1])
@@ -128,11 +134,11 @@ def slot_memory_oracle(k, v, slot_queries, active, cap, resets=None):
 def mix_memory(z, mem, params, mixer):
     """Stage 2: remix the slot memory ``mem [B, T, M, R]`` into ``c [B, T, R]``."""
     if mixer == "linear":
-        return torch.einsum("btmr,m->btr", mem, _up(params["mix_weights"]))
+        return (_up(params["mix_weights"]) @ mem)  # [B, T, R]
     r = z.shape[-1]
     query = z @ _up(params["w_q"])  # [B, T, R]
-    attn = torch.softmax(torch.einsum("btr,btmr->btm", query, mem) / math.sqrt(r), dim=-1)
-    read = torch.einsum("btm,btmr->btr", attn, mem)
+    attn = torch.softmax((mem @ query.unsqueeze(-1)).squeeze(-1) / math.sqrt(r), dim=-1)  # [B, T, M]
+    read = (attn.unsqueeze(-2) @ mem).squeeze(-2)  # [B, T, R]
     if mixer == "attn":
         return read
     if mixer == "mlp":
@@ -182,7 +188,7 @@ def side_path_ref(h, params, active=None, resets=None, state=None, *, mixer="att
     if active is None:
         active = torch.ones(h.shape[:2], dtype=torch.bool, device=h.device)
     compute = torch.float64 if h.dtype == torch.float64 else torch.float32
-    params = {name: p.to(compute) for name, p in params.items()}
+    params = {name: p if p.dtype == compute else p.to(compute) for name, p in params.items()}
     h_in = scale_grad(h, grad_scale)
     h32 = _up(h_in)
     x = rms_norm(h32, params["norm_weight"])  # [B, T, D]
