@@ -1,0 +1,108 @@
+"""The ``talan`` command: ``talan demo`` and ``talan report`` (more subcommands register the same way).
+
+Each subcommand is a function ``_cmd_<name>(args) -> int`` and an ``add_parser`` block in
+`build_parser`; `main` maps the errors users can cause (a missing path, a malformed data file, a bad
+configuration value) to one line on stderr and exit status 2 instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from collections.abc import Sequence
+
+from .config import TalanConfig
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(model_path=args.model, data_path=args.data, steps=args.steps, out_dir=args.out, seed=args.seed,
+             batch_size=args.batch_size, progress=not args.no_progress)
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .report import MODEL_PRESETS, budget_table, format_budget_table
+
+    kwargs = {}
+    if args.latent_dim is not None:
+        kwargs["latent_dim"] = args.latent_dim
+    if args.num_slots is not None:
+        kwargs["num_slots"] = args.num_slots
+    config = TalanConfig(**kwargs)
+    presets = args.models or list(MODEL_PRESETS)
+    unknown = [m for m in presets if m not in MODEL_PRESETS]
+    if unknown:
+        raise ValueError(f"unknown model(s) {', '.join(unknown)}; known: {', '.join(MODEL_PRESETS)}")
+    rows = budget_table(config, lora_rank=args.lora_rank, presets=presets)
+    print("Parameter budget (counted on meta-device models; backbone excludes LoRA and TALAN; "
+          "percentages are of the backbone)")
+    print(format_budget_table(rows, config, args.lora_rank))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="talan", description="TALAN: Task-Aligned Latent Adaptation Networks "
+                                     "for Hugging Face models.")
+    parser.add_argument("--version", action="version", version=f"talan {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    demo = sub.add_parser("demo", help="co-train peft LoRA + TALAN briefly, generate, save and reload",
+                          description="Runs offline. With no --model: a tiny random-init Qwen3, a character "
+                          "tokenizer and a synthetic key-value recall task.")
+    demo.add_argument("--model", metavar="PATH", help="local Hugging Face Qwen3/Llama checkpoint folder "
+                      "(never downloaded)")
+    demo.add_argument("--data", metavar="FILE.jsonl", help='training data: one {"prompt": ..., "completion": ...} '
+                      "per line (default: the synthetic recall task)")
+    demo.add_argument("--steps", type=_positive_int, default=None, help="training steps (default: 300)")
+    demo.add_argument("--batch-size", type=_positive_int, default=16)
+    demo.add_argument("--out", metavar="DIR", default="runs/demo", help="checkpoint folder (default: runs/demo)")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    demo.set_defaults(func=_cmd_demo)
+
+    report = sub.add_parser("report", help="parameter budget of LoRA + TALAN on the Qwen3 and Llama-3.2 configs",
+                            description="Builds each published configuration on the meta device (no weights), "
+                            "applies peft LoRA on all linear layers and talan.patch, and counts parameters.")
+    report.add_argument("--latent-dim", type=_positive_int, default=None, help="TALAN latent width r (default 64)")
+    report.add_argument("--num-slots", type=_positive_int, default=None, help="TALAN memory slots M (default 16)")
+    report.add_argument("--lora-rank", type=_positive_int, default=16)
+    report.add_argument("--models", nargs="+", metavar="NAME", help="a subset of the presets (default: all)")
+    report.set_defaults(func=_cmd_report)
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    # peft 0.21 reads transformers 5's deprecated `is_gradient_checkpointing` on every get_peft_model;
+    # the warning is not about the user's code and would be the first thing the demo prints
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    if args.command == "demo" and args.steps is None:
+        from .demo import DEFAULT_STEPS
+
+        args.steps = DEFAULT_STEPS
+    try:
+        return args.func(args)
+    except (FileNotFoundError, ValueError) as err:
+        # errors a user causes with an argument: one clear line, not a traceback
+        print(f"talan {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
