@@ -1,0 +1,78 @@
+"""The one-token decode step of the TALAN side path: one kernel launch per block and token.
+
+``_side_path_decode_kernel`` does all three stages for ``T = 1``: RMSNorm, the projections, the
+``(S, N)`` update, the mixer and the writeback residual add. In PyTorch the same step is about 30
+small launches per block, each one a tiny GEMV, so at decode (launch-bound) fusing them is what
+keeps the overhead near the 1.01x target of SPEC §5.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+
+from .kernels import _side_path_decode_kernel
+from .reference import RMS_EPS
+
+MIXER_IDS = {"attn": 0, "linear": 1, "mlp": 2, "glu": 3}
+WRITEBACK_IDS = {"zero_add": 0, "tanh_gate": 1, "token_gate": 2, "norm_cap": 3}
+CORE_PARAMS = ("norm_weight", "w_in", "w_k", "w_v", "slot_queries", "w_out")
+MIXER_PARAMS = {"attn": ("w_q",), "linear": ("mix_weights",), "mlp": ("w_q", "w_1", "w_2"), "glu": ("w_q", "w_glu")}
+WRITEBACK_PARAMS = {"zero_add": (), "tanh_gate": ("gate",), "token_gate": ("gate_weight", "gate_bias"),
+                    "norm_cap": ()}
+
+
+def decode_config(d: int, m: int, r: int) -> dict:
+    """Meta-parameters of the decode kernel (the compile tests read them). [BD, BR] tiles of
+    W_in/W_out of <= 4096 elements and 8 warps keep every mixer/writeback free of register spills on
+    sm_80/sm_90 up to R = 128 (4 warps, or 8192-element tiles, spill at R = 64 on sm_80)."""
+    br = max(16, triton.next_power_of_2(r))
+    return dict(BD=max(16, min(128, 4096 // br, triton.next_power_of_2(d))), BM=max(16, triton.next_power_of_2(m)),
+                BR=br, num_warps=8)
+
+
+def decode_launch(h, core, mixer_params, writeback_params, active, resets, s0, n0, mixer: str, writeback: str,
+                  cap: float, zero_add_scale: float, norm_cap_ratio: float):
+    """Launch the decode kernel: ``h [B, D]`` -> ``(h' [B, D] in h.dtype, S [B, M], N [B, M, R])``.
+    ``core``/``mixer_params``/``writeback_params`` are fp32 contiguous tensors in the orders of
+    ``CORE_PARAMS``, ``MIXER_PARAMS[mixer]`` and ``WRITEBACK_PARAMS[writeback]``."""
+    from .triton_path import new_output
+
+    b, d = h.shape
+    m, r = core[4].shape
+    out = torch.full_like(h, float("nan")) if h.device.type == "cpu" else torch.empty_like(h)
+    s_out, n_out = new_output((b, m), h.device), new_output((b, m, r), h.device)
+    mix = list(mixer_params) + [h] * (3 - len(mixer_params))  # unused pointers: never read
+    wb = list(writeback_params) + [h] * (2 - len(writeback_params))
+    has_state = s0 is not None
+    _side_path_decode_kernel[(b,)](
+        h, out, *core, *mix, *wb, active, resets if resets is not None else active,
+        s0 if has_state else h, n0 if has_state else h, s_out, n_out,
+        d, m, r, 1.0 / math.sqrt(r), cap, RMS_EPS, zero_add_scale, norm_cap_ratio,
+        MIXER=MIXER_IDS[mixer], WRITEBACK=WRITEBACK_IDS[writeback],
+        GATE_PER_CHANNEL=writeback == "tanh_gate" and writeback_params[0].numel() == d,
+        HAS_RESETS=resets is not None, HAS_STATE=has_state, **decode_config(d, m, r))
+    return out, s_out, n_out
+
+
+def side_path_decode(h, params, active=None, resets=None, state=None, *, mixer="attn", writeback="tanh_gate",
+                     cap=15.0, zero_add_scale=1.0, norm_cap_ratio=1e-2):
+    """One token per sequence: ``h [B, 1, D]``, ``active``/``resets`` ``[B, 1]``, ``state``
+    ``(S [B, M], N [B, M, R])`` fp32 or None. Returns ``(h' [B, 1, D], (S, N))``. No autograd."""
+    b, t, d = h.shape
+    if t != 1:
+        raise ValueError(f"side_path_decode takes one token per sequence, h [B, 1, D]; got T={t}")
+
+    def f32(names):
+        return [params[name].detach().float().contiguous() for name in names]
+
+    act = torch.ones(b, device=h.device) if active is None else active.reshape(b).float().contiguous()
+    res = None if resets is None else resets.reshape(b).to(torch.int8).contiguous()
+    s0, n0 = (None, None) if state is None else (state[0].float().contiguous(), state[1].float().contiguous())
+    out, s, n = torch.ops.talan.side_path_decode(
+        h.detach().reshape(b, d).contiguous(), f32(CORE_PARAMS), f32(MIXER_PARAMS[mixer]),
+        f32(WRITEBACK_PARAMS[writeback]), act, res, s0, n0, mixer, writeback, float(cap), float(zero_add_scale),
+        float(norm_cap_ratio))
+    return out.view(b, 1, d), (s, n)

@@ -1,0 +1,67 @@
+"""``torch.library`` custom ops over the side-path kernels, with fake (meta) implementations, so
+``torch.compile`` traces them as opaque nodes instead of breaking the graph at a Triton launch.
+
+The real implementations launch the kernels: on CUDA tensors natively, on CPU tensors under
+``TRITON_INTERPRET=1``. Launchers are imported inside the bodies because they import this module.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+
+@torch.library.custom_op("talan::slot_scan_fwd", mutates_args=())
+def slot_scan_fwd(k: Tensor, v: Tensor, slot_queries: Tensor, mix: Tensor, active: Tensor,
+                  resets: Optional[Tensor], s0: Optional[Tensor], n0: Optional[Tensor], cap: float, attn: bool,
+                  chunk_size: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    from .triton_path import slot_scan_fwd as launch
+
+    return launch(k, v, slot_queries, mix, active, resets, s0, n0, cap, attn, chunk_size)
+
+
+@slot_scan_fwd.register_fake
+def _(k, v, slot_queries, mix, active, resets, s0, n0, cap, attn, chunk_size):
+    b, t, r = k.shape
+    m = slot_queries.shape[0]
+    nc = (t + chunk_size - 1) // chunk_size
+    f32 = dict(dtype=torch.float32, device=k.device)
+    return (torch.empty(b, t, r, **f32), torch.empty(b, t if attn else 0, **f32), torch.empty(b, nc, m, **f32),
+            torch.empty(b, nc, m, r, **f32), torch.empty(b, m, **f32), torch.empty(b, m, r, **f32))
+
+
+@torch.library.custom_op("talan::slot_scan_bwd", mutates_args=())
+def slot_scan_bwd(k: Tensor, v: Tensor, slot_queries: Tensor, mix: Tensor, active: Tensor,
+                  resets: Optional[Tensor], cs: Tensor, cn: Tensor, c: Tensor, lse: Tensor, dc: Tensor, cap: float,
+                  attn: bool, chunk_size: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    from .triton_path import slot_scan_bwd as launch
+
+    return launch(k, v, slot_queries, mix, active, resets, cs, cn, c, lse, dc, cap, attn, chunk_size)
+
+
+@slot_scan_bwd.register_fake
+def _(k, v, slot_queries, mix, active, resets, cs, cn, c, lse, dc, cap, attn, chunk_size):
+    f32 = dict(dtype=torch.float32)
+    return (torch.empty_like(k, **f32), torch.empty_like(v, **f32), torch.empty_like(slot_queries, **f32),
+            torch.empty_like(mix, **f32))
+
+
+@torch.library.custom_op("talan::side_path_decode", mutates_args=())
+def side_path_decode(h: Tensor, core: list[Tensor], mixer_params: list[Tensor], writeback_params: list[Tensor],
+                     active: Tensor, resets: Optional[Tensor], s0: Optional[Tensor], n0: Optional[Tensor],
+                     mixer: str, writeback: str, cap: float, zero_add_scale: float,
+                     norm_cap_ratio: float) -> tuple[Tensor, Tensor, Tensor]:
+    from .decode import decode_launch
+
+    return decode_launch(h, core, mixer_params, writeback_params, active, resets, s0, n0, mixer, writeback, cap,
+                         zero_add_scale, norm_cap_ratio)
+
+
+@side_path_decode.register_fake
+def _(h, core, mixer_params, writeback_params, active, resets, s0, n0, mixer, writeback, cap, zero_add_scale,
+      norm_cap_ratio):
+    b = h.shape[0]
+    m, r = core[4].shape
+    return (torch.empty_like(h), h.new_empty(b, m, dtype=torch.float32), h.new_empty(b, m, r, dtype=torch.float32))

@@ -1,0 +1,186 @@
+"""Host side of the Triton side path: launchers, the private autograd Function, ``side_path_triton``.
+
+What runs where (SPEC §4.1):
+
+- PyTorch: RMSNorm and the d -> r / r -> r projections (``z``, ``k``, ``v``, the attn query), the
+  mlp/glu tail of the mixer on ``read [B, T, R]``, ``W_out`` and the writeback residual add. These
+  are plain GEMMs/elementwise ops on ``[B, T, R]``/``[B, T, D]`` tensors and autograd handles them.
+- Triton (``kernels.py``): the chunked causal slot scan fused with the mixer's read of the memory
+  (attn softmax over the slots, or the linear combination), forward and backward, so the
+  ``[B, T, M, R]`` memory never reaches HBM; and the one-token decode step (``decode.py``), which
+  fuses all three stages.
+
+The kernels run on CUDA tensors, or on CPU tensors under ``TRITON_INTERPRET=1``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+import triton
+
+from . import ops  # noqa: F401  (registers torch.ops.talan.*)
+from .decode import side_path_decode
+from .kernels import (
+    _slot_carry_bwd_kernel,
+    _slot_scan_bwd_kernel,
+    _slot_scan_fwd_kernel,
+    _slot_state_bwd_kernel,
+    _slot_state_fwd_kernel,
+)
+from .reference import rms_norm, scale_grad, write_back
+
+# Slots per program of the two chunk-scan kernels (grid (B, cdiv(M, BM))).
+STATE_BLOCK_M = 16
+# Tokens per chunk. 16 keeps the backward chunk kernel free of register spills at R = 64 with fp32
+# (3xTF32) matmuls on sm_80/sm_90 (at 32 it spills 32-500 bytes; see tests/test_side_path_compile.py).
+# Under the interpreter it also makes tiny test sequences span several chunks.
+DEFAULT_CHUNK = 16
+
+
+def _block(n: int) -> int:
+    """Tile width for a dimension of size n: a power of 2, at least 16 (tl.dot's minimum)."""
+    return max(16, triton.next_power_of_2(n))
+
+
+def chunk_kernel_configs(r: int, m: int, chunk_size: int, device_type: str) -> dict[str, dict]:
+    """Meta-parameters of each chunk kernel as the launchers use them (the compile tests read them).
+    fp32 matmuls run as 3xTF32 on tensor cores (fp32 accuracy); the interpreter is IEEE anyway."""
+    prec = "tf32x3" if device_type == "cuda" else "ieee"
+    br, bm = _block(r), min(STATE_BLOCK_M, _block(m))
+    return {
+        # 2 warps: ptxas spills a few bytes in these two at 4 warps (it stops at 128 registers)
+        "state_fwd": dict(BT=chunk_size, BM=bm, BR=br, DOT_PREC=prec, num_warps=2),
+        "scan_fwd": dict(BT=chunk_size, BR=br, DOT_PREC=prec, num_warps=2),
+        "scan_bwd": dict(BT=chunk_size, BR=br, DOT_PREC=prec, num_warps=4),
+        "state_bwd": dict(BT=chunk_size, BM=bm, BR=br, num_warps=4),
+        # all slots in one tile: the carry correction sums over m
+        "carry_bwd": dict(BT=chunk_size, BM=_block(m), BR=br, DOT_PREC=prec, num_warps=4),
+    }
+
+
+def new_output(shape, device) -> torch.Tensor:
+    """fp32 buffer for a kernel to fill. On the CPU (the interpreter, a test path) it starts as NaN
+    so an element a kernel forgets to write fails the tests; on a GPU it is left uninitialised."""
+    if torch.device(device).type == "cpu":
+        return torch.full(shape, float("nan"), dtype=torch.float32, device=device)
+    return torch.empty(shape, dtype=torch.float32, device=device)
+
+
+def slot_scan_fwd(k, v, slot_queries, mix, active, resets, s0, n0, cap: float, attn: bool, chunk_size: int):
+    """Launch the forward scan. Returns ``c [B,T,R]``, ``lse [B,T]`` (``[B,0]`` for linear), the
+    state entering every chunk ``cs [B,NC,M]``, ``cn [B,NC,M,R]`` and the final ``(S [B,M], N [B,M,R])``."""
+    b, t, r = k.shape
+    m = slot_queries.shape[0]
+    nc = triton.cdiv(t, chunk_size)
+    dev = k.device
+    cs, cn = new_output((b, nc, m), dev), new_output((b, nc, m, r), dev)
+    s_out, n_out = new_output((b, m), dev), new_output((b, m, r), dev)
+    c, lse = new_output((b, t, r), dev), new_output((b, t if attn else 0), dev)
+    has_resets, has_state = resets is not None, s0 is not None
+    cfg = chunk_kernel_configs(r, m, chunk_size, dev.type)
+    res = resets if has_resets else active  # never read without HAS_RESETS
+    _slot_state_fwd_kernel[(b, triton.cdiv(m, cfg["state_fwd"]["BM"]))](
+        k, v, slot_queries, active, res, s0 if has_state else k, n0 if has_state else k, cs, cn, s_out, n_out,
+        t, m, r, nc, 1.0 / math.sqrt(r), cap, HAS_RESETS=has_resets, HAS_STATE=has_state, **cfg["state_fwd"])
+    _slot_scan_fwd_kernel[(nc, b)](
+        k, v, slot_queries, mix, active, res, cs, cn, c, lse if attn else c, t, m, r, nc, 1.0 / math.sqrt(r), cap,
+        ATTN=attn, HAS_RESETS=has_resets, **cfg["scan_fwd"])
+    return c, lse, cs, cn, s_out, n_out
+
+
+def slot_scan_bwd(k, v, slot_queries, mix, active, resets, cs, cn, c, lse, dc, cap: float, attn: bool,
+                  chunk_size: int):
+    """Launch the backward scan (SPEC §1 reverse sums). Returns ``dk, dv [B,T,R]``,
+    ``dslot_queries [M,R]`` and ``dmix`` (``dquery [B,T,R]`` for attn, ``dbeta [M]`` for linear)."""
+    b, t, r = k.shape
+    m = slot_queries.shape[0]
+    nc = triton.cdiv(t, chunk_size)
+    dev = k.device
+    dk, dv = new_output((b, t, r), dev), new_output((b, t, r), dev)
+    dquery = new_output((b, t, r), dev) if attn else dk
+    dqs, dbeta = new_output((b, nc, m, r), dev), new_output((b, nc, m), dev)
+    d1, d2 = new_output((b, nc, m, r), dev), new_output((b, nc, m), dev)
+    g1, g2 = new_output((b, nc, m, r), dev), new_output((b, nc, m), dev)
+    has_resets = resets is not None
+    res = resets if has_resets else active
+    scale = 1.0 / math.sqrt(r)
+    cfg = chunk_kernel_configs(r, m, chunk_size, dev.type)
+    _slot_scan_bwd_kernel[(nc, b)](
+        k, v, slot_queries, mix, active, res, cs, cn, c, lse if attn else c, dc, dk, dv, dquery, dqs,
+        dbeta, d1, d2, t, m, r, nc, scale, cap, ATTN=attn, HAS_RESETS=has_resets, **cfg["scan_bwd"])
+    _slot_state_bwd_kernel[(b, triton.cdiv(m, cfg["state_bwd"]["BM"]))](
+        res, d1, d2, g1, g2, t, m, r, nc, HAS_RESETS=has_resets, **cfg["state_bwd"])
+    _slot_carry_bwd_kernel[(nc, b)](
+        k, v, slot_queries, active, res, g1, g2, dk, dv, dqs, t, m, r, nc, scale, cap,
+        HAS_RESETS=has_resets, **cfg["carry_bwd"])
+    dmix = dquery if attn else dbeta.sum((0, 1))
+    return dk, dv, dqs.sum((0, 1)), dmix
+
+
+class _SlotScanFunction(torch.autograd.Function):
+    """``(k, v, slot_queries, mix) -> (read [B,T,R], S, N)``: the slot scan and the mixer's read.
+    No gradient reaches the carried state or flows out of the final one."""
+
+    @staticmethod
+    def forward(ctx, k, v, slot_queries, mix, active, resets, s0, n0, cap, attn, chunk_size):
+        c, lse, cs, cn, s, n = torch.ops.talan.slot_scan_fwd(k, v, slot_queries, mix, active, resets, s0, n0,
+                                                             cap, attn, chunk_size)
+        ctx.save_for_backward(k, v, slot_queries, mix, active, resets, cs, cn, c, lse)
+        ctx.cap, ctx.attn, ctx.chunk_size = cap, attn, chunk_size
+        ctx.mark_non_differentiable(s, n)
+        return c, s, n
+
+    @staticmethod
+    def backward(ctx, dc, _ds, _dn):
+        k, v, slot_queries, mix, active, resets, cs, cn, c, lse = ctx.saved_tensors
+        dc = torch.zeros_like(c) if dc is None else dc.contiguous()
+        dk, dv, dqs, dmix = torch.ops.talan.slot_scan_bwd(k, v, slot_queries, mix, active, resets, cs, cn, c, lse,
+                                                          dc, ctx.cap, ctx.attn, ctx.chunk_size)
+        return dk, dv, dqs, dmix, None, None, None, None, None, None, None
+
+
+def _mixer_tail(z, read, p, mixer):
+    """The part of the mlp/glu mixers after the attention read: r x r GEMMs on ``[B, T, R]``."""
+    if mixer == "mlp":
+        return F.silu(torch.cat([z, read], -1) @ p["w_1"]) @ p["w_2"]
+    if mixer == "glu":
+        return torch.sigmoid(z @ p["w_glu"]) * read
+    return read
+
+
+def side_path_triton(h, params, active=None, resets=None, state=None, *, mixer="attn", writeback="tanh_gate",
+                     cap=15.0, zero_add_scale=1.0, norm_cap_ratio=1e-2, grad_scale=1.0, chunk_size=None):
+    """The TALAN block on the Triton kernels; same arguments and results as ``side_path_ref``.
+
+    ``h [B, T, D]`` in any float dtype (computed in fp32, returned in ``h.dtype``); ``active``,
+    ``resets`` ``[B, T]``; ``state`` ``(S [B, M], N [B, M, R])`` fp32. A single token with no
+    gradient needed takes the fused decode kernel. ``chunk_size`` (tokens per chunk, a power of 2
+    >= 16) defaults to ``DEFAULT_CHUNK``. Returns ``(h' [B, T, D], (S [B, M], N [B, M, R]))``.
+    """
+    b, t, _ = h.shape
+    kwargs = dict(mixer=mixer, writeback=writeback, cap=cap, zero_add_scale=zero_add_scale,
+                  norm_cap_ratio=norm_cap_ratio)
+    needs_grad = torch.is_grad_enabled() and (h.requires_grad or any(x.requires_grad for x in params.values()))
+    if t == 1 and not needs_grad:
+        return side_path_decode(h, params, active, resets, state, **kwargs)
+    chunk_size = chunk_size or DEFAULT_CHUNK
+    if chunk_size < 16 or chunk_size & (chunk_size - 1):
+        raise ValueError(f"chunk_size must be a power of 2 >= 16; got {chunk_size}")
+    p = {name: x.float() for name, x in params.items()}
+    h32 = scale_grad(h, grad_scale).float()
+    x = rms_norm(h32, p["norm_weight"])  # [B, T, D]
+    z = x @ p["w_in"]  # [B, T, R]
+    k, v = z @ p["w_k"], z @ p["w_v"]
+    mix = p["mix_weights"] if mixer == "linear" else z @ p["w_q"]
+    act = torch.ones(b, t, device=h.device) if active is None else active.float().contiguous()
+    res = None if resets is None else resets.to(torch.int8).contiguous()
+    s0, n0 = (None, None) if state is None else (state[0].float().contiguous(), state[1].float().contiguous())
+    read, s, n = _SlotScanFunction.apply(k.contiguous(), v.contiguous(), p["slot_queries"].contiguous(),
+                                         mix.contiguous(), act, res, s0, n0, float(cap), mixer != "linear",
+                                         chunk_size)
+    u = _mixer_tail(z, read, p, mixer) @ p["w_out"]  # [B, T, D]
+    delta = write_back(h32, x, u, p, writeback, zero_add_scale, norm_cap_ratio)
+    return (h.float() + act.unsqueeze(-1) * delta).to(h.dtype), (s, n)

@@ -1,0 +1,69 @@
+"""Every side-path kernel, at the meta-parameters its launcher uses, compiles for sm_80 and sm_90
+with Triton's own ptxas (no GPU needed) and spills no registers.
+
+Shapes: the defaults r = 64, M = 16 (and M = 32, R = 128 for the decode kernel), hidden size 4096.
+"""
+
+import pytest
+
+pytest.importorskip("triton")
+
+from talan_kernels.side_path import kernels as K  # noqa: E402
+from talan_kernels.side_path.decode import decode_config  # noqa: E402
+from talan_kernels.side_path.triton_path import DEFAULT_CHUNK, chunk_kernel_configs  # noqa: E402
+from talan_kernels.testing import compile_for_gpu  # noqa: E402
+
+pytestmark = pytest.mark.compile
+
+FLOAT_ARGS = {"scale", "cap", "eps", "zero_add_scale", "norm_cap_ratio"}
+
+
+def _signature(kernel) -> dict:
+    """Triton types from the argument names: ``*_ptr`` pointers (the residual stream in bf16, resets
+    int8, everything else fp32), the scalar hyper-parameters fp32, sizes i32."""
+    sig = {}
+    for param in kernel.params:
+        name = param.name
+        if param.is_constexpr:
+            sig[name] = "constexpr"
+        elif name.endswith("_ptr"):
+            sig[name] = {"resets_ptr": "*i8", "h_ptr": "*bf16", "out_ptr": "*bf16"}.get(name, "*fp32")
+        else:
+            sig[name] = "fp32" if name in FLOAT_ARGS else "i32"
+    return sig
+
+
+def _chunk_cases():
+    kernels = {"state_fwd": K._slot_state_fwd_kernel, "scan_fwd": K._slot_scan_fwd_kernel,
+               "scan_bwd": K._slot_scan_bwd_kernel, "state_bwd": K._slot_state_bwd_kernel,
+               "carry_bwd": K._slot_carry_bwd_kernel}
+    flags = {"state_fwd": dict(HAS_RESETS=True, HAS_STATE=True), "scan_fwd": dict(ATTN=True, HAS_RESETS=True),
+             "scan_bwd": dict(ATTN=True, HAS_RESETS=True), "state_bwd": dict(HAS_RESETS=True),
+             "carry_bwd": dict(HAS_RESETS=True)}
+    cfgs = chunk_kernel_configs(64, 16, DEFAULT_CHUNK, "cuda")
+    cases = [(name, kernels[name], {**flags[name], **cfgs[name]}) for name in kernels]
+    # the linear mixer takes the other branch of the two heaviest kernels
+    cases += [(f"{name}-linear", kernels[name], {**flags[name], **cfgs[name], "ATTN": False})
+              for name in ("scan_fwd", "scan_bwd")]
+    return cases
+
+
+def _decode_cases():
+    cases = []
+    for mixer, writeback, m, r in ((2, 3, 16, 64), (0, 1, 16, 64), (3, 2, 32, 128), (1, 0, 16, 64)):
+        consts = dict(MIXER=mixer, WRITEBACK=writeback, GATE_PER_CHANNEL=True, HAS_RESETS=True, HAS_STATE=True,
+                      **decode_config(4096, m, r))
+        cases.append((f"decode-mixer{mixer}-wb{writeback}-R{r}", K._side_path_decode_kernel, consts))
+    return cases
+
+
+CASES = _chunk_cases() + _decode_cases()
+
+
+@pytest.mark.parametrize("arch", [80, 90])
+@pytest.mark.parametrize("name,kernel,config", CASES, ids=[c[0] for c in CASES])
+def test_kernel_compiles_without_spills(name, kernel, config, arch):
+    consts = {k: v for k, v in config.items() if k != "num_warps"}
+    info = compile_for_gpu(kernel, _signature(kernel), consts, arch, num_warps=config["num_warps"])
+    assert info.registers <= 255
+    assert info.spill_stores == 0, f"{name} on sm_{arch}: {info.spill_stores} bytes of spill stores\n{info.ptxas_log}"

@@ -1,0 +1,308 @@
+"""Triton side-path kernels vs the PyTorch reference under ``TRITON_INTERPRET=1`` (fp32, tiny shapes).
+
+Run in their own process: ``TRITON_INTERPRET=1 pytest -m interpreter``. On CPU the launchers fill
+every kernel output with NaN first (``triton_path.new_output``), and ``assert_rel_rms`` rejects
+non-finite values, so an element a kernel forgets to write fails these tests.
+"""
+
+import os
+
+import pytest
+import torch
+
+from talan_kernels.side_path import side_path, side_path_ref
+from talan_kernels.testing import assert_rel_rms, rel_rms
+
+INTERP = os.environ.get("TRITON_INTERPRET") == "1"
+needs_interpreter = pytest.mark.skipif(not INTERP, reason="needs TRITON_INTERPRET=1 set before triton is imported")
+TOL = 1e-5
+
+
+def make_params(d, r, m, mixer, writeback, seed=0, scalar_gate=False):
+    """Random block parameters (not the init: there the zero W_out/gates would hide gradients)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape, scale=1.0):
+        return torch.randn(*shape, generator=g) * scale
+
+    p = {"norm_weight": 1 + 0.1 * rnd(d), "w_in": rnd(d, r, scale=d ** -0.5),
+         "w_k": torch.eye(r) + rnd(r, r, scale=0.3 * r ** -0.5), "w_v": torch.eye(r) + rnd(r, r, scale=0.3 * r ** -0.5),
+         "slot_queries": rnd(m, r), "w_out": rnd(r, d, scale=r ** -0.5)}
+    if mixer != "linear":
+        p["w_q"] = rnd(r, r, scale=r ** -0.5)
+    if mixer == "linear":
+        p["mix_weights"] = 1.0 / m + 0.2 * rnd(m)
+    if mixer == "mlp":
+        p["w_1"], p["w_2"] = rnd(2 * r, r, scale=(2 * r) ** -0.5), rnd(r, r, scale=r ** -0.5)
+    if mixer == "glu":
+        p["w_glu"] = rnd(r, r, scale=r ** -0.5)
+    if writeback == "tanh_gate":
+        p["gate"] = rnd(1 if scalar_gate else d, scale=0.5)
+    if writeback == "token_gate":
+        p["gate_weight"], p["gate_bias"] = rnd(d, scale=d ** -0.5), torch.tensor([0.5])
+    return p
+
+
+def make_inputs(b, t, d, m, r, pad, reset_at, seed=1):
+    """``h``, a left-padded ``active`` mask (row 1 padded by ``pad``), ``resets`` True at
+    ``reset_at`` in row 0 (None when empty) and a random carried state."""
+    g = torch.Generator().manual_seed(seed)
+    h = torch.randn(b, t, d, generator=g)
+    active = torch.ones(b, t, dtype=torch.bool)
+    if b > 1:
+        active[1, :pad] = False
+    resets = None
+    if reset_at:
+        resets = torch.zeros(b, t, dtype=torch.bool)
+        resets[0, list(reset_at)] = True
+    state = (torch.rand(b, m, generator=g) * 3, torch.randn(b, m, r, generator=g))
+    return h, active, resets, state
+
+
+# (mixer, writeback, B, T, D, M, R, pad, resets, with_state, chunk): T not a multiple of the chunk,
+# T < chunk, T = 1 (with grad: the chunk path), T a multiple; M above the 16-slot block of the
+# state kernels; R padded to the tile (8 -> 16, 24 -> 32); a reset at a chunk's first token.
+CASES = [
+    ("attn", "tanh_gate", 2, 37, 32, 5, 16, 3, (1, 20), True, 16),
+    ("linear", "zero_add", 2, 10, 24, 16, 8, 4, (), True, 16),
+    ("mlp", "token_gate", 3, 33, 32, 3, 24, 7, (0, 16, 17), False, 16),
+    ("glu", "norm_cap", 2, 1, 16, 4, 16, 0, (), True, 16),
+    ("attn", "norm_cap", 1, 40, 16, 17, 16, 0, (16, 39), True, 32),
+]
+
+
+@pytest.mark.interpreter
+@needs_interpreter
+@pytest.mark.parametrize("case", CASES, ids=[f"{c[0]}-{c[1]}-T{c[3]}" for c in CASES])
+def test_kernels_match_reference_outputs_state_and_every_gradient(case):
+    from talan_kernels.side_path.triton_path import side_path_triton
+
+    mixer, writeback, b, t, d, m, r, pad, reset_at, with_state, chunk = case
+    params = {k: v.requires_grad_() for k, v in make_params(d, r, m, mixer, writeback).items()}
+    h, active, resets, state = make_inputs(b, t, d, m, r, pad, reset_at)
+    h.requires_grad_()
+    state = state if with_state else None
+    kw = dict(mixer=mixer, writeback=writeback, grad_scale=0.7)
+    out, (s, n) = side_path_triton(h, params, active, resets, state, chunk_size=chunk, **kw)
+    ref, (s_ref, n_ref) = side_path_ref(h, params, active, resets, state, **kw)
+    assert_rel_rms(out, ref, TOL, "h'")
+    assert_rel_rms(out - h, ref - h, TOL, "perturbation")
+    assert_rel_rms(s, s_ref, TOL, "S")
+    assert_rel_rms(n, n_ref, TOL, "N")
+    assert not s.requires_grad and not n.requires_grad
+    weight = torch.randn(out.shape, generator=torch.Generator().manual_seed(2))
+    inputs = [h, *params.values()]
+    grads = torch.autograd.grad((out * weight).sum(), inputs)
+    grads_ref = torch.autograd.grad((ref * weight).sum(), inputs)
+    for name, got, want in zip(["h", *params], grads, grads_ref):
+        assert want.abs().sum() > 0, f"d{name} is zero in the reference: the case would not test it"
+        assert_rel_rms(got, want, TOL, f"d{name}")
+
+
+
+@pytest.mark.interpreter
+@needs_interpreter
+@pytest.mark.parametrize("mixer,writeback,scalar_gate", [
+    ("attn", "tanh_gate", False), ("linear", "norm_cap", False), ("mlp", "zero_add", False),
+    ("glu", "token_gate", False), ("attn", "tanh_gate", True)])
+def test_prefill_then_decode_steps_equal_the_full_sequence(mixer, writeback, scalar_gate):
+    """A prefill on the chunk kernels, then one-token steps on the decode kernel carrying (S, N),
+    reproduce the reference over the whole sequence, incl. padding and a reset during decoding."""
+    b, t, d, m, r, prefill = 2, 12, 40, 5, 16, 7
+    params = make_params(d, r, m, mixer, writeback, seed=3, scalar_gate=scalar_gate)
+    h, active, resets, _ = make_inputs(b, t, d, m, r, pad=3, reset_at=(2, 9), seed=4)
+    active[0, 8] = False  # an inactive token while decoding
+    kw = dict(mixer=mixer, writeback=writeback)
+    with torch.no_grad():
+        ref, (s_ref, n_ref) = side_path_ref(h, params, active, resets, **kw)
+        out, state = side_path(h[:, :prefill], params, active[:, :prefill], resets[:, :prefill], backend="triton",
+                               **kw)
+        outs = [out]
+        for i in range(prefill, t):
+            step, state = side_path(h[:, i:i + 1], params, active[:, i:i + 1], resets[:, i:i + 1], state,
+                                    backend="triton", **kw)
+            outs.append(step)
+    out = torch.cat(outs, 1)
+    assert_rel_rms(out, ref, TOL, "h'")
+    assert_rel_rms(out - h, ref - h, TOL, "perturbation")
+    assert_rel_rms(state[0], s_ref, TOL, "S")
+    assert_rel_rms(state[1], n_ref, TOL, "N")
+
+
+
+@pytest.mark.interpreter
+@needs_interpreter
+def test_every_kernel_buffer_is_written():
+    """The launchers' own intermediates (chunk states, partial gradients) are NaN-poisoned too:
+    each one must come back finite, or some program skipped part of its tile."""
+    from talan_kernels.side_path.triton_path import slot_scan_bwd, slot_scan_fwd
+
+    b, t, r, m = 2, 21, 8, 17
+    g = torch.Generator().manual_seed(5)
+    k, v, query, dc = (torch.randn(b, t, r, generator=g) for _ in range(4))
+    qs = torch.randn(m, r, generator=g)
+    active = torch.ones(b, t)
+    resets = torch.zeros(b, t, dtype=torch.int8)
+    resets[1, 5] = 1
+    for attn, mix in ((True, query), (False, torch.randn(m, generator=g))):
+        fwd = slot_scan_fwd(k, v, qs, mix, active, resets, None, None, 15.0, attn, 16)
+        c, lse, cs, cn = fwd[:4]
+        bwd = slot_scan_bwd(k, v, qs, mix, active, resets, cs, cn, c, lse, dc, 15.0, attn, 16)
+        for name, x in zip(["c", "lse", "cs", "cn", "S", "N", "dk", "dv", "dq_slots", "dmix"], fwd + bwd):
+            assert torch.isfinite(x).all(), f"{name} (attn={attn}) has unwritten elements"
+
+
+
+@pytest.mark.interpreter
+@needs_interpreter
+def test_custom_ops_pass_opcheck():
+    """Schemas, fake implementations and dispatch of the torch.library ops are consistent."""
+    from talan_kernels.side_path.decode import CORE_PARAMS, MIXER_PARAMS, WRITEBACK_PARAMS
+    from talan_kernels.side_path.triton_path import slot_scan_fwd
+
+    b, t, d, r, m = 1, 18, 16, 16, 3
+    g = torch.Generator().manual_seed(6)
+    k, v, query, dc = (torch.randn(b, t, r, generator=g) for _ in range(4))
+    qs = torch.randn(m, r, generator=g)
+    active = torch.ones(b, t)
+    state = (torch.rand(b, m, generator=g), torch.randn(b, m, r, generator=g))
+    fwd_args = (k, v, qs, query, active, None, *state, 15.0, True, 16)
+    torch.library.opcheck(torch.ops.talan.slot_scan_fwd.default, fwd_args)
+    c, lse, cs, cn, _, _ = slot_scan_fwd(*fwd_args)
+    torch.library.opcheck(torch.ops.talan.slot_scan_bwd.default,
+                          (k, v, qs, query, active, None, cs, cn, c, lse, dc, 15.0, True, 16))
+    p = make_params(d, r, m, "mlp", "token_gate")
+    torch.library.opcheck(torch.ops.talan.side_path_decode.default, (
+        torch.randn(2, d, generator=g), [p[n] for n in CORE_PARAMS], [p[n] for n in MIXER_PARAMS["mlp"]],
+        [p[n] for n in WRITEBACK_PARAMS["token_gate"]], torch.ones(2), torch.tensor([0, 1], dtype=torch.int8),
+        torch.rand(2, m, generator=g), torch.randn(2, m, r, generator=g), "mlp", "token_gate", 15.0, 1.0, 0.01))
+
+
+
+@pytest.mark.skipif(INTERP, reason="checks the error raised without the interpreter")
+def test_triton_backend_on_cpu_without_interpreter_raises_clearly():
+    p = make_params(16, 16, 4, "attn", "tanh_gate")
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+        side_path(torch.randn(1, 3, 16), p, backend="triton")
+
+
+def _train_tiny_qwen3(backend, site, mixer, writeback, steps=5):
+    """Losses of 5 AdamW steps on a tiny Qwen3 with peft LoRA and TALAN (left-padded batch)."""
+    peft = pytest.importorskip("peft")
+    transformers = pytest.importorskip("transformers")
+    import talan
+
+    config = transformers.Qwen3Config(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, head_dim=16)
+    config._attn_implementation = "eager"
+    torch.manual_seed(0)
+    model = transformers.Qwen3ForCausalLM(config).train()
+    model = peft.get_peft_model(model, peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    talan.patch(model, talan.TalanConfig(layer=(0, 1), site=site, num_slots=4, latent_dim=16, mixer=mixer,
+                                         writeback=writeback, backend=backend))
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, 128, (2, 19), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, :5] = 0
+    labels = ids.masked_fill(mask == 0, -100)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    losses = []
+    for _ in range(steps):
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    return losses
+
+
+@pytest.mark.interpreter
+@needs_interpreter
+@pytest.mark.parametrize("site,mixer,writeback", [("mid", "attn", "tanh_gate"), ("post", "mlp", "token_gate")])
+def test_tiny_qwen3_with_lora_trains_the_same_on_triton_as_on_torch(site, mixer, writeback, monkeypatch):
+    from talan_kernels.side_path import triton_path
+
+    calls = []
+    kernels_path = triton_path.side_path_triton
+    monkeypatch.setattr(triton_path, "side_path_triton", lambda *a, **k: calls.append(1) or kernels_path(*a, **k))
+    torch_losses = _train_tiny_qwen3("torch", site, mixer, writeback)
+    assert not calls
+    triton_losses = _train_tiny_qwen3("triton", site, mixer, writeback)
+    assert len(calls) >= 10, "both blocks must run on the kernels in each of the 5 steps"
+    assert len(set(torch_losses)) == len(torch_losses), "the loss must move for the comparison to mean anything"
+    for step, (a, b) in enumerate(zip(triton_losses, torch_losses)):
+        assert abs(a - b) <= 1e-4, f"step {step}: triton loss {a:.6f} vs torch {b:.6f}"
+
+
+@pytest.mark.interpreter
+@needs_interpreter
+def test_generate_on_triton_uses_the_decode_kernel_and_matches_torch(monkeypatch):
+    """Cached greedy generation (prefill on the chunk kernels, then the decode kernel per token)
+    gives the same scores as the reference backend, for a left-padded batch."""
+    transformers = pytest.importorskip("transformers")
+    import talan
+    from talan_kernels.side_path import triton_path
+
+    config = transformers.Qwen3Config(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, head_dim=16)
+    config._attn_implementation = "eager"
+    ids = torch.randint(0, 128, (2, 9), generator=torch.Generator().manual_seed(2))
+    mask = torch.ones_like(ids)
+    mask[0, :3] = 0
+    calls = []
+    decode_step = triton_path.side_path_decode
+    monkeypatch.setattr(triton_path, "side_path_decode", lambda *a, **k: calls.append(1) or decode_step(*a, **k))
+    scores = {}
+    for backend in ("torch", "triton"):
+        torch.manual_seed(0)
+        model = transformers.Qwen3ForCausalLM(config).eval()
+        talan.patch(model, talan.TalanConfig(layer=(0, 1), num_slots=4, latent_dim=16, backend=backend))
+        with torch.no_grad():
+            blocks = [m for m in model.modules() if isinstance(m, talan.TalanBlock)]
+            assert len(blocks) == 2
+            for block in blocks:  # open the gate: at init the block is an exact identity
+                block.gate.fill_(0.5)
+            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=4, do_sample=False,
+                                 output_scores=True, return_dict_in_generate=True, pad_token_id=0)
+        scores[backend] = torch.stack(out.scores)
+    assert len(calls) == 2 * 3, "3 decode steps through 2 blocks on the decode kernel"
+    assert_rel_rms(scores["triton"], scores["torch"], TOL, "generation scores")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or INTERP, reason="needs a CUDA device (native Triton)")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("mixer,writeback", [("attn", "tanh_gate"), ("linear", "zero_add"), ("mlp", "token_gate"),
+                                             ("glu", "norm_cap")])
+def test_gpu_kernels_error_vs_fp64_within_twice_torchs_own(dtype, mixer, writeback):
+    """Native kernels in fp32/bf16/fp16 against an fp64 reference: the error of the output, final
+    state and every gradient is at most 2x that of the PyTorch reference in the same dtype plus a
+    small floor; then prefill + decode steps against the same fp64 reference."""
+    b, t, d, m, r = 3, 300, 256, 16, 64
+    params = {k: v.cuda().requires_grad_() for k, v in make_params(d, r, m, mixer, writeback).items()}
+    h, active, resets, state = make_inputs(b, t, d, m, r, pad=17, reset_at=(5, 130))
+    h, active, resets, state = h.cuda().to(dtype), active.cuda(), resets.cuda(), tuple(x.cuda() for x in state)
+    weight = torch.randn(b, t, d, device="cuda", dtype=torch.float64)
+    kw = dict(mixer=mixer, writeback=writeback, grad_scale=0.7)
+
+    def run(hx, px, backend):
+        hx = hx.detach().requires_grad_()
+        out, st = side_path(hx, px, active, resets, state, backend=backend, **kw)
+        grads = torch.autograd.grad((out.double() * weight).sum(), [hx, *px.values()])
+        return [out, *st, *grads]
+
+    p64 = {k: v.detach().double().requires_grad_() for k, v in params.items()}
+    gold = run(h.double(), p64, "torch")
+    torch_own = run(h, params, "torch")
+    kern = run(h, params, "triton")
+    names = ["h'", "S", "N", "dh", *(f"d{n}" for n in params)]
+    for name, got, own, want in zip(names, kern, torch_own, gold):
+        assert rel_rms(got, want) <= 2 * rel_rms(own, want) + 1e-6, name
+    with torch.no_grad():
+        out, st = side_path(h[:, :t - 3], params, active[:, :t - 3], resets[:, :t - 3], state, backend="triton", **kw)
+        outs = [out]
+        for i in range(t - 3, t):
+            step, st = side_path(h[:, i:i + 1], params, active[:, i:i + 1], resets[:, i:i + 1], st, backend="triton",
+                                 **kw)
+            outs.append(step)
+    assert rel_rms(torch.cat(outs, 1), gold[0]) <= 2 * rel_rms(torch_own[0], gold[0]) + 1e-6, "prefill + decode"

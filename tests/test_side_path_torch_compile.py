@@ -1,0 +1,86 @@
+"""``torch.compile(fullgraph=True)`` over a `TalanBlock`: the reference path, and the Triton path
+through its autograd Function and ``torch.library`` custom ops (under the interpreter on CPU)."""
+
+import os
+
+import pytest
+import torch
+
+from talan import TalanBlock, TalanConfig
+from talan_kernels.testing import assert_rel_rms
+
+INTERP = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _block(backend, mixer="attn", writeback="tanh_gate"):
+    torch.manual_seed(0)
+    block = TalanBlock(32, TalanConfig(num_slots=4, latent_dim=16, mixer=mixer, writeback=writeback,
+                                       backend=backend, grad_scale=0.5))
+    with torch.no_grad():  # off the init, so that every parameter gets a gradient
+        for p in block.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return block
+
+
+def _inputs(t=21):
+    g = torch.Generator().manual_seed(1)
+    h = torch.randn(2, t, 32, generator=g)
+    active = torch.ones(2, t, dtype=torch.bool)
+    active[1, :4] = False
+    resets = torch.zeros(2, t, dtype=torch.bool)
+    resets[0, 9] = True
+    return h, active, resets
+
+
+def _run(fn, block, h, active, resets):
+    h = h.clone().requires_grad_()
+    out, (s, n) = fn(h, active, resets)
+    (out * torch.linspace(-1, 1, out.shape[-1])).sum().backward()
+    grads = {"h": h.grad, **{name: p.grad.clone() for name, p in block.named_parameters()}}
+    block.zero_grad()
+    return out, s, n, grads
+
+
+def _assert_compiled_matches_eager(block, compile_backend, tol):
+    h, active, resets = _inputs()
+    compiled = torch.compile(block, fullgraph=True, backend=compile_backend)
+    eager = _run(block, block, h, active, resets)
+    got = _run(compiled, block, h, active, resets)
+    for name, a, b in zip(("h'", "S", "N"), got[:3], eager[:3]):
+        assert_rel_rms(a, b, tol, name)
+    for name, g in eager[3].items():
+        assert_rel_rms(got[3][name], g, tol, f"d{name}")
+
+
+def test_reference_block_compiles_fullgraph_aot_eager():
+    torch._dynamo.reset()
+    _assert_compiled_matches_eager(_block("torch", "glu", "token_gate"), "aot_eager", 1e-6)
+
+
+@pytest.mark.slow
+def test_reference_block_compiles_fullgraph_inductor():
+    torch._dynamo.reset()
+    _assert_compiled_matches_eager(_block("torch"), "inductor", 1e-5)
+
+
+@pytest.mark.interpreter
+@pytest.mark.skipif(not INTERP, reason="needs TRITON_INTERPRET=1 set before triton is imported")
+@pytest.mark.parametrize("mixer,writeback", [("attn", "tanh_gate"), ("linear", "norm_cap")])
+def test_triton_block_compiles_fullgraph_through_the_custom_ops(mixer, writeback):
+    """No graph break at the kernels: the traced graph holds the talan custom ops and the compiled
+    block (forward, final state and every gradient) equals the eager one."""
+    torch._dynamo.reset()
+    block = _block("triton", mixer, writeback)
+    _assert_compiled_matches_eager(block, "aot_eager", 1e-6)
+    graphs = []
+
+    def capture(gm, example_inputs):
+        graphs.append(gm)
+        return gm
+
+    torch._dynamo.reset()
+    torch.compile(block, fullgraph=True, backend=capture)(*_inputs())
+    # the autograd Function is a higher-order op whose forward/backward bodies are submodules
+    text = "\n".join(str(m.graph) for m in graphs[0].modules() if isinstance(getattr(m, "graph", None),
+                                                                              torch.fx.Graph))
+    assert len(graphs) == 1 and "talan.slot_scan_fwd" in text and "talan.slot_scan_bwd" in text
