@@ -1,4 +1,4 @@
-"""The ``talan`` command: ``talan demo`` and ``talan report`` (more subcommands register the same way).
+"""The ``talan`` command: ``talan demo``, ``report``, ``train`` (more subcommands register the same way).
 
 Each subcommand is a function ``_cmd_<name>(args) -> int`` and an ``add_parser`` block in
 `build_parser`; `main` maps the errors users can cause (a missing path, a malformed data file, a bad
@@ -12,6 +12,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 
+from .cli_types import positive_int
 from .config import TalanConfig
 
 
@@ -43,6 +44,13 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .train import run_train
+
+    run_train(args)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -58,8 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
                       "(never downloaded)")
     demo.add_argument("--data", metavar="FILE.jsonl", help='training data: one {"prompt": ..., "completion": ...} '
                       "per line (default: the synthetic recall task)")
-    demo.add_argument("--steps", type=_positive_int, default=None, help="training steps (default: 300)")
-    demo.add_argument("--batch-size", type=_positive_int, default=16)
+    demo.add_argument("--steps", type=positive_int, default=None, help="training steps (default: 300)")
+    demo.add_argument("--batch-size", type=positive_int, default=16)
     demo.add_argument("--out", metavar="DIR", default="runs/demo", help="checkpoint folder (default: runs/demo)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -68,22 +76,20 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="parameter budget of LoRA + TALAN on the Qwen3 and Llama-3.2 configs",
                             description="Builds each published configuration on the meta device (no weights), "
                             "applies peft LoRA on all linear layers and talan.patch, and counts parameters.")
-    report.add_argument("--latent-dim", type=_positive_int, default=None, help="TALAN latent width r (default 64)")
-    report.add_argument("--num-slots", type=_positive_int, default=None, help="TALAN memory slots M (default 16)")
-    report.add_argument("--lora-rank", type=_positive_int, default=16)
+    report.add_argument("--latent-dim", type=positive_int, default=None, help="TALAN latent width r (default 64)")
+    report.add_argument("--num-slots", type=positive_int, default=None, help="TALAN memory slots M (default 16)")
+    report.add_argument("--lora-rank", type=positive_int, default=16)
     report.add_argument("--models", nargs="+", metavar="NAME", help="a subset of the presets (default: all)")
     report.set_defaults(func=_cmd_report)
+
+    from .train_config import add_train_arguments  # light import; talan.train pulls in transformers.Trainer
+
+    train = sub.add_parser("train", help="SFT of a local Qwen3/Llama with a peft adapter (LoRA/DoRA/rsLoRA) + TALAN "
+                           "on transformers.Trainer", description="Runs offline; with no --model, a tiny Qwen3 on the "
+                           "synthetic recall task. Flags override --config FILE (YAML/JSON).")
+    add_train_arguments(train)
+    train.set_defaults(func=_cmd_train)
     return parser
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:

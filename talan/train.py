@@ -1,0 +1,358 @@
+"""``talan train``: SFT of a local Qwen3/Llama checkpoint with a peft adapter (LoRA, DoRA, rsLoRA) + TALAN.
+
+Built on `transformers.Trainer`, so ``accelerate launch`` and ``torchrun`` (DDP) work as with any
+Trainer script. What TALAN adds to a stock Trainer run:
+
+- `TalanTrainer.create_optimizer` puts the TALAN parameters in their own param groups with their
+  own learning rate (``--talan-lr``; SPEC §1 names it as the lever on how fast the side path opens);
+- `TalanCheckpointCallback` writes ``talan_config.json`` + ``talan_model.safetensors`` into every
+  ``checkpoint-*`` folder, beside the adapter that peft's ``save_pretrained`` writes (peft drops
+  TALAN's weights, which are not adapter weights);
+- `TalanTrainer.train(resume_from_checkpoint=...)` loads TALAN's weights from the checkpoint before
+  the Trainer restores the adapter, optimizer, scheduler and RNG state, so a resumed run ends with
+  the same weights as an uninterrupted one.
+
+Data: a JSONL or Parquet file of ``{"prompt", "completion"}`` pairs or of chat ``{"messages": [...]}``
+lists, rendered with the tokenizer's chat template when it has one (else ``"role: content"`` lines);
+the loss covers the completion (the final assistant message) and its eos only. Batching, left
+padding and label masking are `talan.data.collate`'s.
+
+With no ``--model``: a tiny random-init Qwen3, the character tokenizer and the synthetic recall task
+of `talan.data`, on the CPU in well under a minute.
+
+Checked: one process (CPU/GPU) and DDP (``torchrun``; on a machine without a GPU ``use_cpu`` is set
+so that the processes synchronise over gloo). Not yet handled: FSDP and DeepSpeed ZeRO-3, whose
+sharded parameters TALAN's checkpoint callback would have to gather before writing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+
+from . import checkpoint as talan_checkpoint
+from . import data as talan_data
+from .patching import BLOCK_NAME, talan_parameters
+from .train_config import add_train_arguments, resolve_settings, talan_config_from
+
+__all__ = ["TalanCheckpointCallback", "TalanTrainer", "add_train_arguments", "load_examples", "run_train"]
+
+TALAN_GROUP = "talan"
+
+
+# ---- data ------------------------------------------------------------------------------------------
+def _render_chat(messages, tokenizer, where: str) -> dict:
+    """A ``messages`` list -> prompt (every message before the last) and completion (the last, an assistant's)."""
+    if not isinstance(messages, list) or len(messages) < 2:
+        raise ValueError(f"{where}: 'messages' must be a list of at least 2 messages (a prompt and the assistant's "
+                         "reply)")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str) \
+                or not isinstance(message.get("content"), str):
+            raise ValueError(f"{where}: message {i} must be an object with string 'role' and 'content'")
+    if messages[-1]["role"] != "assistant":
+        raise ValueError(f"{where}: the last message is the completion and must have role 'assistant', "
+                         f"got {messages[-1]['role']!r}")
+    if not messages[-1]["content"]:
+        raise ValueError(f"{where}: the final assistant message is empty, so the example would carry no loss")
+    messages = [{"role": m["role"], "content": m["content"]} for m in messages]
+    if getattr(tokenizer, "chat_template", None):
+        prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
+        full = tokenizer.apply_chat_template(messages, tokenize=False)
+        if full.startswith(prompt):
+            completion = full[len(prompt):].rstrip()
+            eos = getattr(tokenizer, "eos_token", None)
+            if eos and completion.endswith(eos):  # collate appends the eos token itself
+                completion = completion[:-len(eos)]
+            if completion:
+                return {"prompt": prompt, "completion": completion}
+        return {"prompt": prompt, "completion": messages[-1]["content"]}
+    prompt = "".join(f"{m['role']}: {m['content']}\n" for m in messages[:-1]) + "assistant: "
+    return {"prompt": prompt, "completion": messages[-1]["content"]}
+
+
+def _to_example(record, tokenizer, where: str) -> dict:
+    if not isinstance(record, dict):
+        raise ValueError(f"{where}: expected an object with 'prompt' and 'completion' or 'messages', "
+                         f"got {type(record).__name__}")
+    if "messages" in record:
+        return _render_chat(record["messages"], tokenizer, where)
+    for key in ("prompt", "completion"):
+        if key not in record:
+            raise ValueError(f"{where}: missing key {key!r} (or give a chat 'messages' list)")
+        if not isinstance(record[key], str):
+            raise ValueError(f"{where}: {key!r} must be a string, got {type(record[key]).__name__}")
+    if not record["completion"]:
+        raise ValueError(f"{where}: 'completion' is empty, so the example would carry no loss")
+    return {"prompt": record["prompt"], "completion": record["completion"]}
+
+
+def _first_jsonl_record(path: Path):
+    with path.open(encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                try:
+                    return json.loads(line)
+                except json.JSONDecodeError:
+                    return None  # talan.data.load_jsonl reports it with the line number
+    return None
+
+
+def _load_chat_jsonl(path: Path, tokenizer) -> list[dict]:
+    examples = []
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}, line {lineno}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from None
+            examples.append(_to_example(record, tokenizer, where))
+    return examples
+
+
+def _load_parquet(path: Path, tokenizer) -> list[dict]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ValueError(f"{path}: reading Parquet needs the pyarrow package (pip install pyarrow); "
+                         "or convert the file to JSONL") from None
+    try:
+        rows = pq.read_table(path).to_pylist()
+    except Exception as err:  # pyarrow raises its own error types for a corrupt file
+        raise ValueError(f"{path}: not a readable Parquet file ({err})") from None
+    return [_to_example(row, tokenizer, f"{path}, row {i}") for i, row in enumerate(rows, start=1)]
+
+
+def load_examples(path: str | Path, tokenizer) -> list[dict]:
+    """Prompt/completion examples from a ``.jsonl`` or ``.parquet`` file (pairs or chat ``messages``).
+
+    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` naming the file and line (or
+    Parquet row) for a malformed record, or for a file with no examples.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--data {path}: no such file")
+    if path.suffix == ".parquet":
+        examples = _load_parquet(path, tokenizer)
+    elif path.suffix == ".jsonl":
+        first = _first_jsonl_record(path)
+        if isinstance(first, dict) and "messages" in first:
+            examples = _load_chat_jsonl(path, tokenizer)
+        else:
+            examples = talan_data.load_jsonl(path)
+    else:
+        raise ValueError(f"--data {path}: expected a .jsonl or .parquet file")
+    if not examples:
+        raise ValueError(f"{path}: no examples")
+    return examples
+
+
+class CompletionCollator:
+    """Trainer's ``data_collator``: `talan.data.collate` (left padding, loss on the completion + eos)."""
+
+    def __init__(self, tokenizer, max_length: int | None):
+        # not `.tokenizer`: Trainer would call its save_pretrained, which the character tokenizer lacks
+        self.text_tokenizer = tokenizer
+        self.max_length = max_length
+
+    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        return talan_data.collate(features, self.text_tokenizer, max_length=self.max_length)
+
+
+# ---- model -----------------------------------------------------------------------------------------
+def _embedded_model(seed: int):
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    from .demo import TINY_QWEN3
+
+    tokenizer = talan_data.CharTokenizer()
+    config = Qwen3Config(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                         eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id, **TINY_QWEN3)
+    torch.manual_seed(seed)
+    return Qwen3ForCausalLM(config).float(), tokenizer
+
+
+def _local_model(path: str):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = Path(path)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"--model {folder}: no such directory. Pass a local Hugging Face checkpoint folder "
+                                "(config.json, weights and tokenizer files); talan train never downloads.")
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"--model {folder}: no config.json in that folder, so it is not a Hugging Face "
+                                "checkpoint")
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    if tokenizer.eos_token_id is None:
+        raise ValueError(f"--model {folder}: the tokenizer has no eos token, which ends every completion")
+    model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=torch.float32)
+    return model, tokenizer
+
+
+def build_model(backbone, settings: argparse.Namespace, talan_config):
+    """peft adapter first, then `talan.patch` (the order SPEC §3 prescribes)."""
+    from peft import LoraConfig, get_peft_model
+
+    from .patching import patch
+
+    lora = LoraConfig(r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
+                      target_modules=settings.target_modules, use_dora=settings.adapter == "dora",
+                      use_rslora=settings.adapter == "rslora", task_type="CAUSAL_LM")
+    backbone.config.use_cache = False  # no KV cache (and no TALAN decode state) in teacher-forced training
+    return patch(get_peft_model(backbone, lora), talan_config)
+
+
+# ---- Trainer pieces --------------------------------------------------------------------------------
+class TalanCheckpointCallback(TrainerCallback):
+    """Writes TALAN's two files into each ``checkpoint-*`` folder that the Trainer has just saved."""
+
+    def on_save(self, args, state, control, model=None, **kwargs):
+        if args.should_save:
+            folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+            talan_checkpoint.save_pretrained(model, folder)
+        return control
+
+
+class TalanTrainer(Trainer):
+    """`transformers.Trainer` for a peft model patched with TALAN.
+
+    ``talan_lr`` (default: ``args.learning_rate``) is the learning rate of the TALAN parameters,
+    which get param groups of their own (named ``"talan"``); checkpoints hold TALAN's files and
+    resuming restores them.
+    """
+
+    def __init__(self, *args, talan_lr: float | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.talan_lr = talan_lr
+        self.add_callback(TalanCheckpointCallback())
+
+    def get_decay_parameter_names(self, model) -> list[str]:
+        # Trainer exempts norms by module type or name; TALAN's RMSNorm weight is a raw parameter
+        return [n for n in super().get_decay_parameter_names(model) if not n.endswith(f".{BLOCK_NAME}.norm_weight")]
+
+    def create_optimizer(self, model=None):
+        """Trainer's optimizer (its class, kwargs and decay groups), with the TALAN parameters moved
+        to groups of their own at ``talan_lr``. Only regroups before the first step, so no state moves."""
+        if self.optimizer is not None:
+            return self.optimizer
+        optimizer = super().create_optimizer(model)
+        talan_ids = {id(p) for p in talan_parameters(self.model)}
+        groups, talan_groups = [], []
+        for group in optimizer.param_groups:
+            own = [p for p in group["params"] if id(p) in talan_ids]
+            rest = [p for p in group["params"] if id(p) not in talan_ids]
+            if rest:
+                groups.append({**group, "params": rest, "name": group.get("name", "adapter")})
+            if own:
+                lr = group["lr"] if self.talan_lr is None else self.talan_lr
+                talan_groups.append({**group, "params": own, "lr": lr, "name": TALAN_GROUP})
+        if any(optimizer.state.values()):
+            raise RuntimeError("the optimizer already holds state; TALAN's param groups must be split before training")
+        optimizer.param_groups = groups + talan_groups
+        return optimizer
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
+            if resume_from_checkpoint is None:
+                raise ValueError(f"no checkpoint-* folder to resume from in {self.args.output_dir}")
+        if resume_from_checkpoint:
+            # before the Trainer wraps the model (DDP, FSDP, DeepSpeed), on every rank
+            talan_checkpoint.load_pretrained(self.model, resume_from_checkpoint)
+        return super().train(resume_from_checkpoint=resume_from_checkpoint or None, **kwargs)
+
+
+def _training_arguments(settings: argparse.Namespace) -> TrainingArguments:
+    return TrainingArguments(
+        output_dir=settings.output_dir, per_device_train_batch_size=settings.batch_size,
+        gradient_accumulation_steps=settings.grad_accum, learning_rate=settings.learning_rate,
+        weight_decay=settings.weight_decay, max_steps=settings.max_steps or -1, num_train_epochs=settings.num_epochs,
+        warmup_steps=settings.warmup_steps, lr_scheduler_type=settings.lr_scheduler,
+        max_grad_norm=settings.max_grad_norm, seed=settings.seed, data_seed=settings.seed, save_strategy="steps",
+        save_steps=settings.save_steps, save_total_limit=settings.save_total_limit,
+        logging_steps=settings.logging_steps, activation_checkpointing=settings.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if settings.gradient_checkpointing else None,
+        bf16=settings.bf16, ddp_find_unused_parameters=settings.ddp_find_unused_parameters,
+        # without use_cpu, a multi-process launch on a machine with no GPU runs N unsynchronised copies
+        use_cpu=not torch.cuda.is_available() if settings.use_cpu is None else settings.use_cpu,
+        disable_tqdm=not settings.progress, report_to="none", remove_unused_columns=False,
+        dataloader_pin_memory=False)
+
+
+def _check_paths(settings: argparse.Namespace) -> None:
+    """Fail on a missing path before anything heavy is built."""
+    if settings.model is not None and not Path(settings.model).is_dir():
+        raise FileNotFoundError(f"--model {settings.model}: no such directory. Pass a local Hugging Face "
+                                "checkpoint folder; talan train never downloads.")
+    if settings.data is not None and not Path(settings.data).is_file():
+        raise FileNotFoundError(f"--data {settings.data}: no such file")
+    resume = settings.resume_from_checkpoint
+    if resume is not None:
+        if not Path(resume).is_dir():
+            raise FileNotFoundError(f"--resume-from-checkpoint {resume}: no such checkpoint folder")
+        for name in (talan_checkpoint.CONFIG_NAME, talan_checkpoint.WEIGHTS_NAME, "trainer_state.json"):
+            if not (Path(resume) / name).is_file():
+                raise FileNotFoundError(f"--resume-from-checkpoint {resume}: {name} is missing, so it is not a "
+                                        "checkpoint of talan train")
+
+
+def run_train(args: argparse.Namespace) -> dict:
+    """Run ``talan train`` with the parsed flags of `add_train_arguments`.
+
+    Returns ``output_dir``, ``checkpoints`` (the ``checkpoint-*`` folders, sorted by step),
+    ``global_step``, ``metrics`` (Trainer's), ``param_groups`` (name, initial lr, tensor count of
+    each optimizer group) and ``trainer`` (its ``model`` is the trained peft model).
+    """
+    settings = resolve_settings(args)
+    talan_config = talan_config_from(settings)  # a bad axis value fails here, before any model is built
+    _check_paths(settings)
+    threads = torch.get_num_threads()
+    if settings.embedded:
+        # the tiny model's ops gain nothing from intra-op threads; on a shared 2-core CPU they cost ~10x
+        torch.set_num_threads(1)
+    try:
+        return _run(settings, talan_config)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(settings: argparse.Namespace, talan_config) -> dict:
+    if settings.embedded:
+        backbone, tokenizer = _embedded_model(settings.seed)
+    else:
+        backbone, tokenizer = _local_model(settings.model)
+    if settings.data is None:
+        examples = talan_data.recall_examples(settings.num_examples, seed=settings.seed)
+    else:
+        examples = load_examples(settings.data, tokenizer)
+    torch.manual_seed(settings.seed)  # adapter and TALAN initialisation, identical on every rank
+    model = build_model(backbone, settings, talan_config)
+    from transformers import PreTrainedTokenizerBase
+
+    trainer = TalanTrainer(
+        model=model, args=_training_arguments(settings), train_dataset=examples,
+        data_collator=CompletionCollator(tokenizer, settings.max_length),
+        processing_class=tokenizer if isinstance(tokenizer, PreTrainedTokenizerBase) else None,
+        talan_lr=settings.talan_lr)
+    output = trainer.train(resume_from_checkpoint=settings.resume_from_checkpoint)
+
+    trainer.save_model(settings.output_dir)  # the adapter (and a HF tokenizer), on the saving process
+    if trainer.args.should_save:
+        talan_checkpoint.save_pretrained(trainer.model, settings.output_dir)
+    trainer.accelerator.wait_for_everyone()
+    out = Path(settings.output_dir)
+    checkpoints = sorted((p for p in out.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if p.is_dir()),
+                         key=lambda p: int(p.name.rsplit("-", 1)[1]))
+    groups = [{"name": g.get("name"), "lr": g.get("initial_lr", g["lr"]), "num_tensors": len(g["params"])}
+              for g in trainer.optimizer.param_groups]
+    return {"output_dir": str(out), "checkpoints": [str(p) for p in checkpoints],
+            "global_step": trainer.state.global_step, "metrics": output.metrics, "param_groups": groups,
+            "trainer": trainer}

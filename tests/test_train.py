@@ -1,0 +1,290 @@
+"""`talan train` (talan/train.py, talan/train_config.py): Trainer-based SFT with a peft adapter + TALAN.
+
+Checkpoints hold the adapter and TALAN side by side, the TALAN param group has its own learning
+rate, resuming gives the uninterrupted run's weights, two torchrun processes on the CPU (DDP over
+gloo) end with identical weights, and bad inputs get clear errors.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import talan
+from talan.data import CharTokenizer
+from talan.train import add_train_arguments, build_model, load_examples, run_train
+from talan.train_config import load_config_file, resolve_settings
+
+ADAPTER_FILES = {"adapter_config.json", "adapter_model.safetensors"}
+TALAN_FILES = {"talan_config.json", "talan_model.safetensors"}
+# a few steps of the embedded default with a small block: about a second per run
+FAST = ["--max-steps", "4", "--save-steps", "2", "--batch-size", "4", "--num-examples", "64",
+        "--latent-dim", "8", "--num-slots", "4", "--logging-steps", "100", "--no-progress"]
+
+
+def _parse(*argv):
+    return add_train_arguments(argparse.ArgumentParser(prog="talan train")).parse_args(list(argv))
+
+
+def _train(out_dir, *flags):
+    return run_train(_parse("--output-dir", str(out_dir), *FAST, *flags))
+
+
+def _max_diff(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k] - b[k]).abs().max().item() for k in a)
+
+
+def _write_jsonl(path: Path, records) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in records))
+    return path
+
+
+# ---- checkpoints -----------------------------------------------------------------------------------
+def test_embedded_default_writes_adapter_and_talan_into_every_checkpoint(tmp_path):
+    threads = torch.get_num_threads()
+    result = _train(tmp_path, "--mixer", "linear", "--site", "post", "--layer", "0", "--adapter", "dora",
+                    "--rank", "4")
+    assert torch.get_num_threads() == threads  # lowered to 1 for the tiny model, then restored
+    assert result["global_step"] == 4
+    assert [Path(p).name for p in result["checkpoints"]] == ["checkpoint-2", "checkpoint-4"]
+    for folder in [*result["checkpoints"], result["output_dir"]]:
+        names = {p.name for p in Path(folder).iterdir()}
+        assert ADAPTER_FILES | TALAN_FILES <= names, (folder, names)
+    saved = json.loads((tmp_path / "talan_config.json").read_text())
+    assert (saved["mixer"], saved["site"], saved["layer"], saved["num_slots"], saved["latent_dim"]) == \
+        ("linear", "post", 0, 4, 8)
+    adapter = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert adapter["r"] == 4 and adapter["use_dora"] is True
+    # TALAN trained between the two checkpoints, and the final folder holds the last weights
+    first, last = (load_file(Path(c) / "talan_model.safetensors") for c in result["checkpoints"])
+    assert _max_diff(first, last) > 0
+    assert _max_diff(last, load_file(tmp_path / "talan_model.safetensors")) == 0
+
+
+def test_jsonl_prompt_completion_data_trains_and_checkpoints(tmp_path):
+    data = _write_jsonl(tmp_path / "train.jsonl",
+                        [{"prompt": f"{i}+{i}=", "completion": str(2 * i)} for i in range(12)])
+    result = _train(tmp_path / "run", "--data", str(data))
+    assert result["global_step"] == 4
+    for folder in result["checkpoints"]:
+        assert ADAPTER_FILES | TALAN_FILES <= {p.name for p in Path(folder).iterdir()}
+
+
+def test_chat_messages_render_with_the_plain_join_and_loss_on_the_last_reply(tmp_path):
+    data = _write_jsonl(tmp_path / "chat.jsonl", [
+        {"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "2+2?"},
+                      {"role": "assistant", "content": "4"}]},
+        {"prompt": "a", "completion": "b"},
+    ])
+    examples = load_examples(data, CharTokenizer())
+    assert examples == [{"prompt": "system: be brief\nuser: 2+2?\nassistant: ", "completion": "4"},
+                        {"prompt": "a", "completion": "b"}]
+
+
+def test_local_checkpoint_with_a_chat_template(tmp_path):
+    """--model: a saved Qwen3 + a HF tokenizer (built offline) whose chat template renders 'messages'."""
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
+
+    chars = [chr(c) for c in range(32, 127)] + ["\n"]
+    specials = ["<pad>", "<|im_start|>", "<|im_end|>", "<unk>"]
+    vocab = {tok: i for i, tok in enumerate(specials + chars)}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="<|im_end|>",
+                                        unk_token="<unk>", additional_special_tokens=specials[1:3])
+    tokenizer.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+                               "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    model_dir = tmp_path / "model"
+    tokenizer.save_pretrained(model_dir)
+    config = Qwen3Config(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+                         pad_token_id=0, eos_token_id=vocab["<|im_end|>"])
+    Qwen3ForCausalLM(config).save_pretrained(model_dir)
+
+    loaded = load_examples(_write_jsonl(tmp_path / "chat.jsonl", [
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}]),
+        PreTrainedTokenizerFast.from_pretrained(model_dir))
+    assert loaded == [{"prompt": "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n", "completion": "yo"}]
+
+    data = _write_jsonl(tmp_path / "train.jsonl", [
+        {"messages": [{"role": "user", "content": f"{i}?"}, {"role": "assistant", "content": f"{i}!"}]}
+        for i in range(8)])
+    result = _train(tmp_path / "run", "--model", str(model_dir), "--data", str(data), "--use-cpu")
+    for folder in result["checkpoints"]:
+        assert ADAPTER_FILES | TALAN_FILES <= {p.name for p in Path(folder).iterdir()}
+
+
+# ---- optimizer ---------------------------------------------------------------------------------------
+def test_talan_parameter_group_uses_its_own_learning_rate(tmp_path):
+    result = _train(tmp_path, "--learning-rate", "1e-2", "--talan-lr", "0")
+    model = result["trainer"].model
+    talan_ids = {id(p) for p in talan.talan_parameters(model)}
+    groups = result["trainer"].optimizer.param_groups
+    talan_groups = [g for g in groups if g["name"] == "talan"]
+    assert talan_groups and all(g["initial_lr"] == 0.0 for g in talan_groups)
+    assert all(g["initial_lr"] == 1e-2 for g in groups if g["name"] != "talan")
+    assert {id(p) for g in talan_groups for p in g["params"]} == talan_ids
+    assert not any(id(p) in talan_ids for g in groups if g["name"] != "talan" for p in g["params"])
+    # lr 0: TALAN stays put while the adapter trains
+    first, last = result["checkpoints"]
+    assert _max_diff(load_file(Path(first) / "talan_model.safetensors"),
+                     load_file(Path(last) / "talan_model.safetensors")) == 0
+    assert _max_diff(load_file(Path(first) / "adapter_model.safetensors"),
+                     load_file(Path(last) / "adapter_model.safetensors")) > 0
+
+
+@pytest.mark.parametrize("mixer", ["attn", "linear", "mlp", "glu"])
+@pytest.mark.parametrize("writeback", ["zero_add", "tanh_gate", "token_gate", "norm_cap"])
+def test_every_trainable_parameter_gets_a_gradient(mixer, writeback):
+    """What lets DDP run with find_unused_parameters=False (the default of talan train)."""
+    from talan.train import _embedded_model
+    from talan.train_config import talan_config_from
+
+    settings = resolve_settings(_parse("--mixer", mixer, "--writeback", writeback, "--latent-dim", "8",
+                                       "--num-slots", "4", "--backend", "torch"))
+    backbone, tokenizer = _embedded_model(seed=0)
+    model = build_model(backbone, settings, talan_config_from(settings))
+    from talan.data import collate, recall_examples
+
+    model(**collate(recall_examples(2), tokenizer)).loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing
+
+
+# ---- resume ------------------------------------------------------------------------------------------
+def test_resume_from_checkpoint_gives_the_uninterrupted_weights(tmp_path):
+    flags = ["--max-steps", "6", "--save-steps", "3"]
+    full = _train(tmp_path / "full", *flags)
+    middle = Path(full["checkpoints"][0])
+    assert middle.name == "checkpoint-3"
+    resumed = _train(tmp_path / "resumed", *flags, "--resume-from-checkpoint", str(middle))
+    assert resumed["global_step"] == 6
+    for name in ("talan_model.safetensors", "adapter_model.safetensors"):
+        final = load_file(tmp_path / "full" / name)
+        assert _max_diff(final, load_file(tmp_path / "resumed" / name)) <= 1e-6, name
+        assert _max_diff(final, load_file(middle / name)) > 1e-4, name  # the last 3 steps changed the weights
+
+
+# ---- distributed -------------------------------------------------------------------------------------
+RANK_SCRIPT = """
+import argparse, json, os, sys
+from safetensors.torch import save_file
+from talan.train import add_train_arguments, run_train
+
+out = sys.argv[1]
+result = run_train(add_train_arguments(argparse.ArgumentParser()).parse_args(sys.argv[2:]))
+trainer = result["trainer"]
+rank = trainer.args.process_index
+weights = {n: p.detach().contiguous() for n, p in trainer.model.named_parameters() if p.requires_grad}
+save_file(weights, os.path.join(out, f"rank{rank}.safetensors"))
+with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
+    json.dump({"world_size": trainer.args.world_size, "global_step": result["global_step"]}, f)
+"""
+
+
+@pytest.mark.slow
+def test_torchrun_two_cpu_processes_end_with_identical_weights(tmp_path):
+    script = tmp_path / "rank_script.py"
+    script.write_text(textwrap.dedent(RANK_SCRIPT))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
+           str(tmp_path), "--output-dir", str(tmp_path / "run"), "--use-cpu", *FAST]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for rank in (0, 1):
+        info = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert info == {"world_size": 2, "global_step": 4}  # DDP over gloo, not two independent runs
+    rank0, rank1 = load_file(tmp_path / "rank0.safetensors"), load_file(tmp_path / "rank1.safetensors")
+    assert any(".talan." in n for n in rank0) and any("lora_" in n for n in rank0)
+    assert _max_diff(rank0, rank1) == 0
+    for folder in ("checkpoint-2", "checkpoint-4", "."):
+        assert ADAPTER_FILES | TALAN_FILES <= {p.name for p in (tmp_path / "run" / folder).iterdir()}
+    saved = load_file(tmp_path / "run" / "talan_model.safetensors")
+    on_rank0 = {k: v for k, v in rank0.items() if ".talan." in k}
+    assert sorted(t.sum().item() for t in saved.values()) == sorted(t.sum().item() for t in on_rank0.values())
+
+
+# ---- settings ----------------------------------------------------------------------------------------
+def test_config_file_sets_values_and_flags_override_it(tmp_path):
+    yaml_file = tmp_path / "train.yaml"
+    yaml_file.write_text("mixer: glu\nnum-slots: 4\nlayer: [0, 1]\nrank: 4\ntalan_lr: 0.001\nbf16: false\n")
+    settings = resolve_settings(_parse("--config", str(yaml_file), "--num-slots", "2"))
+    assert (settings.mixer, settings.num_slots, settings.layer, settings.rank, settings.talan_lr, settings.bf16) \
+        == ("glu", 2, (0, 1), 4, 0.001, False)
+    assert settings.latent_dim == 64 and settings.alpha == 8.0  # defaults; alpha follows the rank
+    json_file = tmp_path / "train.json"
+    json_file.write_text(json.dumps({"writeback": "norm_cap", "max_steps": 3}))
+    assert load_config_file(json_file) == {"writeback": "norm_cap", "max_steps": 3}
+
+
+@pytest.mark.parametrize("text, message", [
+    ("mixer: bad\n", "mixer: must be one of"),
+    ("num_slots: 0\n", "num_slots: expected a positive integer"),
+    ("no_such_setting: 1\n", "unknown setting 'no_such_setting'"),
+    ("bf16: 3\n", "bf16: expected true or false"),
+])
+def test_config_file_bad_values_name_the_setting(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        resolve_settings(_parse("--config", str(path)))
+
+
+# ---- bad inputs --------------------------------------------------------------------------------------
+def test_missing_model_path_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="--model .*no_model: no such directory"):
+        _train(tmp_path, "--model", str(tmp_path / "no_model"))
+
+
+def test_missing_resume_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="--resume-from-checkpoint .*checkpoint-9: no such checkpoint"):
+        _train(tmp_path, "--resume-from-checkpoint", str(tmp_path / "checkpoint-9"))
+    (tmp_path / "checkpoint-2").mkdir()
+    with pytest.raises(FileNotFoundError, match="talan_config.json is missing"):
+        _train(tmp_path, "--resume-from-checkpoint", str(tmp_path / "checkpoint-2"))
+
+
+@pytest.mark.parametrize("lines, lineno", [
+    ([{"prompt": "a", "completion": "b"}, {"prompt": "c", "completion": "d"}, "{not json"], 3),
+    ([{"prompt": "a", "completion": "b"}, {"prompt": "c"}], 2),
+    ([{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}, "[1, 2"], 2),
+    ([{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]},
+      {"messages": [{"role": "user", "content": "a"}]}], 2),
+])
+def test_malformed_jsonl_line_names_the_file_and_line(tmp_path, lines, lineno):
+    data = _write_jsonl(tmp_path / "bad.jsonl", lines)
+    with pytest.raises(ValueError, match=rf"bad\.jsonl, line {lineno}:"):
+        _train(tmp_path / "run", "--data", str(data))
+    assert not (tmp_path / "run").exists()  # nothing trained
+
+
+def test_bad_flag_values_are_rejected(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        _parse("--mixer", "bad")
+    assert exit_info.value.code == 2 and "invalid choice: 'bad'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="layer as a float"):
+        _train(tmp_path, "--layer", "1.5")
+    with pytest.raises(ValueError, match="expected a .jsonl or .parquet file"):
+        _train(tmp_path, "--data", str(_write_jsonl(tmp_path / "data.txt", ["x"])))
+
+
+def test_unreadable_parquet_is_a_clear_error(tmp_path):
+    path = tmp_path / "train.parquet"
+    path.write_bytes(b"PAR1")
+    try:
+        import pyarrow  # noqa: F401
+
+        expected = "not a readable Parquet file"
+    except ImportError:
+        expected = "needs the pyarrow package"
+    with pytest.raises(ValueError, match=expected):
+        load_examples(path, CharTokenizer())
