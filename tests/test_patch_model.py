@@ -235,3 +235,17 @@ def test_four_dimensional_or_dict_masks_are_rejected():
         model(ids, attention_mask=torch.ones(2, 1, 10, 10, dtype=torch.bool))
     with pytest.raises(ValueError, match="2-D"):
         model(ids, attention_mask={"full_attention": None})
+
+
+def test_assisted_decoding_is_exact_or_refused_never_silently_wrong():
+    model = _live(talan.patch(tiny_qwen3(), tiny_config(layer=1)))
+    assistant = tiny_qwen3(seed=3)  # a different draft model: some draft tokens get rejected (cache crop)
+    ids = tiny_batch(batch=1, length=6)["input_ids"]
+    kwargs = dict(attention_mask=torch.ones_like(ids), max_new_tokens=8, do_sample=False, pad_token_id=0)
+    expected = model.generate(ids, use_cache=False, **kwargs)
+    try:
+        assisted = model.generate(ids, assistant_model=assistant, **kwargs)
+    except ValueError as err:
+        assert "crop" in str(err)
+    else:
+        assert torch.equal(assisted, expected)
