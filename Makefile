@@ -9,7 +9,7 @@ TORCH   := torch==2.13.0
 DEPS    := "triton>=3.0" "transformers>=5,<6" "peft>=0.17" safetensors tqdm matplotlib \
            pytest pytest-benchmark ruff
 
-.PHONY: venv test test-fast lint demo report bench clean
+.PHONY: venv test lint demo report bench bench-quick clean
 
 venv: $(STAMP)
 
@@ -36,7 +36,10 @@ report: venv
 	$(BIN)/talan report
 
 bench: venv
-	$(BIN)/python -m pytest -q benchmarks
+	$(BIN)/python -m pytest -q -rs benchmarks
+
+bench-quick: venv
+	$(BIN)/python -m pytest -q -rs benchmarks --quick
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -12,52 +12,18 @@ ratios, so drift in the machine's speed cancels.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import platform
-import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 
-
-def build_pair(num_layers: int = 4, seed: int = 0):
-    from peft import LoraConfig, get_peft_model
-    from transformers import Qwen3Config, Qwen3ForCausalLM
-
-    import talan
-
-    config = Qwen3Config(vocab_size=151936, hidden_size=1024, intermediate_size=3072, num_hidden_layers=num_layers,
-                         num_attention_heads=16, num_key_value_heads=8, head_dim=128, tie_word_embeddings=True)
-    torch.manual_seed(seed)
-    base = Qwen3ForCausalLM(config).eval()
-    lora = get_peft_model(base, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", init_lora_weights=False))
-    lora.eval()
-    with_talan = copy.deepcopy(lora)
-    talan.patch(with_talan, talan.TalanConfig(backend="torch"))
-    with torch.no_grad():
-        for block in talan.patching.talan_blocks(with_talan).values():
-            block.gate.fill_(0.5)
-    return lora, with_talan
-
-
-def _time(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
-def paired_ratio(fn_base, fn_talan, rounds: int) -> dict:
-    fn_base(), fn_talan()  # warm-up
-    base_times, talan_times, ratios = [], [], []
-    for i in range(rounds):
-        order = (fn_base, fn_talan) if i % 2 == 0 else (fn_talan, fn_base)
-        t = {fn: _time(fn) for fn in order}
-        base_times.append(t[fn_base])
-        talan_times.append(t[fn_talan])
-        ratios.append(t[fn_talan] / t[fn_base])
-    return {"base_s": statistics.median(base_times), "talan_s": statistics.median(talan_times),
-            "ratio": statistics.median(ratios), "ratios": ratios}
+if __package__ in (None, ""):  # run as a script: make `benchmarks` importable from the checkout
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import paired_ratio  # noqa: E402
+from benchmarks.models import build_pair  # noqa: E402
 
 
 def main(argv=None):

@@ -1,0 +1,1 @@
+"""Benchmarks of the TALAN kernels and the end-to-end overhead (pytest-benchmark files, ``collect``)."""

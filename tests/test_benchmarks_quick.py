@@ -1,0 +1,118 @@
+"""The benchmarks cannot rot: `benchmarks/gpu_check.sh --dry-run` runs every step on the CPU (the
+three benchmark files in ``--quick`` mode, i.e. each benchmark once at tiny shapes with only its
+correctness gate, and the results rows at tiny shapes) and writes a results file; `plot.py` turns a
+results file into a PNG. No timing is asserted anywhere.
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "gpu_check.sh"
+REQUIRED_ROWS = ("lora_fused_vs_base_prefill", "lora_fused_vs_base_decode", "dora_fused_vs_base_eval",
+                 "talan_lora_vs_lora_prefill", "talan_lora_vs_lora_decode", "train_step_talan_fused_vs_peft_lora",
+                 "talan_block_share_of_layer")
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env["PYTHON"] = sys.executable
+    env["OMP_NUM_THREADS"] = "1"  # tiny shapes on a shared machine: threads only add contention
+    return env
+
+
+def _import_benchmarks():
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    import benchmarks.collect
+    import benchmarks.plot
+
+    return benchmarks.collect, benchmarks.plot
+
+
+def test_gpu_check_script_is_valid_bash():
+    proc = subprocess.run(["bash", "-n", str(SCRIPT)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.fixture(scope="module")
+def dry_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("gpu-check")
+    proc = subprocess.run(["bash", str(SCRIPT), "--dry-run", "--out", str(out)], cwd=ROOT, env=_env(),
+                          capture_output=True, text=True, timeout=240)
+    results = sorted(out.glob("*.json"))
+    report = json.loads(results[0].read_text()) if len(results) == 1 else None
+    return proc, out, results, report
+
+
+def _log(out: Path, step: str) -> str:
+    path = out / "logs" / f"{step}.log"
+    return path.read_text()[-4000:] if path.exists() else f"(no log {path})"
+
+
+def test_dry_run_quick_benchmarks_pass_their_gates(dry_run):
+    proc, out, _, report = dry_run
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert report is not None, proc.stdout[-3000:]
+    assert report["steps"]["benchmarks"].startswith("passed"), _log(out, "benchmarks")
+    assert report["steps"]["rows"].startswith("passed"), _log(out, "rows")
+    assert report["steps"]["gpu_tests"].startswith("skipped")
+
+
+def test_dry_run_writes_a_well_formed_results_file(dry_run):
+    proc, out, results, report = dry_run
+    assert len(results) == 1, (list(out.iterdir()), proc.stdout[-2000:])
+    assert re.fullmatch(r"\d{4}-\d{2}-\d{2}-cpu\.json", results[0].name)
+    assert results[0].with_suffix(".md").exists()
+    assert report["dry_run"] is True
+    for key in ("device", "date", "torch", "triton", "transformers", "peft", "cuda"):
+        assert key in report["env"], key
+    rows = {r["name"]: r for r in report["rows"]}
+    assert set(REQUIRED_ROWS) <= set(rows)
+    for row in report["rows"]:
+        assert {"name", "value", "unit", "ratio", "baseline"} <= set(row), row
+        assert "error" not in row, row
+        if row.get("skipped"):
+            assert row["ratio"] is None and row["value"] is None
+        else:
+            assert row["ratio"] > 0 and row["value"] > 0 and row["baseline"], row
+    # The Triton rows need a GPU and say so; the model rows run on the CPU's torch backends.
+    assert "GPU" in rows["lora_fused_vs_base_prefill"]["skipped"]
+    assert rows["talan_lora_vs_lora_decode"]["ratio"] is not None
+    assert "DRY RUN" in results[0].with_suffix(".md").read_text().upper()
+
+
+def test_report_without_rows_marks_every_row_skipped():
+    collect, _ = _import_benchmarks()
+    report = collect.build_report(None, collect.environment(), {}, None, None, dry_run=True)
+    rows = {r["name"]: r for r in report["rows"]}
+    assert set(REQUIRED_ROWS) <= set(rows)
+    assert all(r["ratio"] is None and r["skipped"] for r in rows.values())
+    assert "talan_lora_vs_lora_prefill" in collect.to_markdown(report)
+
+
+def test_plot_writes_a_png(tmp_path):
+    _, plot = _import_benchmarks()
+    # A sample results file made here (the values exercise the chart only; nothing is committed).
+    sample = {"env": {"device": "sample", "date": "2000-01-01"}, "dry_run": True, "paper_range": [1.01, 1.02],
+              "rows": [{"name": "talan_lora_vs_lora_prefill", "value": 2.0, "unit": "ms", "ratio": 1.2,
+                        "baseline": "b", "target": 1.005},
+                       {"name": "talan_block_share_of_layer", "value": 1.0, "unit": "ms", "ratio": 0.1,
+                        "baseline": "b", "target": None},
+                       {"name": "lora_fused_vs_base_prefill", "value": None, "unit": "ms", "ratio": None,
+                        "baseline": None, "target": 1.03, "skipped": "needs a GPU"}]}
+    path = tmp_path / "sample.json"
+    path.write_text(json.dumps(sample))
+    assert plot.main([str(path), "-o", str(tmp_path / "chart.png")]) == 0
+    data = (tmp_path / "chart.png").read_bytes()
+    assert data[:8] == PNG_SIGNATURE and data[12:16] == b"IHDR"
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    assert width > 100 and height > 100
