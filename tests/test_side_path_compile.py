@@ -1,15 +1,18 @@
 """Every side-path kernel, at the meta-parameters its launcher uses, compiles for sm_80 and sm_90
 with Triton's own ptxas (no GPU needed) and spills no registers.
 
-Shapes: the defaults r = 64, M = 16 (and M = 32, R = 128 for the decode kernel), hidden size 4096.
+Shapes: the defaults r = 64, M = 16 (and M = 32, R = 128 for the decode kernel and the fused
+inference kernels), hidden size 4096; the residual stream in bf16 (and fp32 for the fused kernels).
 """
 
 import pytest
 
 pytest.importorskip("triton")
 
+from talan_kernels.side_path import fused_kernels as FK  # noqa: E402
 from talan_kernels.side_path import kernels as K  # noqa: E402
-from talan_kernels.side_path.decode import decode_config  # noqa: E402
+from talan_kernels.side_path.decode import WRITEBACK_IDS, decode_config  # noqa: E402
+from talan_kernels.side_path.fused import fused_kernel_configs  # noqa: E402
 from talan_kernels.side_path.triton_path import DEFAULT_CHUNK, chunk_kernel_configs  # noqa: E402
 from talan_kernels.testing import compile_for_gpu  # noqa: E402
 
@@ -18,16 +21,16 @@ pytestmark = pytest.mark.compile
 FLOAT_ARGS = {"scale", "cap", "eps", "zero_add_scale", "norm_cap_ratio"}
 
 
-def _signature(kernel) -> dict:
-    """Triton types from the argument names: ``*_ptr`` pointers (the residual stream in bf16, resets
-    int8, everything else fp32), the scalar hyper-parameters fp32, sizes i32."""
+def _signature(kernel, h_type: str = "*bf16") -> dict:
+    """Triton types from the argument names: ``*_ptr`` pointers (the residual stream ``h_type``,
+    resets int8, everything else fp32), the scalar hyper-parameters fp32, sizes i32."""
     sig = {}
     for param in kernel.params:
         name = param.name
         if param.is_constexpr:
             sig[name] = "constexpr"
         elif name.endswith("_ptr"):
-            sig[name] = {"resets_ptr": "*i8", "h_ptr": "*bf16", "out_ptr": "*bf16"}.get(name, "*fp32")
+            sig[name] = {"resets_ptr": "*i8", "h_ptr": h_type, "out_ptr": h_type}.get(name, "*fp32")
         else:
             sig[name] = "fp32" if name in FLOAT_ARGS else "i32"
     return sig
@@ -57,13 +60,31 @@ def _decode_cases():
     return cases
 
 
-CASES = _chunk_cases() + _decode_cases()
+def _fused_cases():
+    """The inference shrink/expand kernels with every optional output/branch of the heaviest kind."""
+    cases = []
+    for r, h_type in ((64, "*bf16"), (64, "*fp32"), (128, "*bf16")):
+        cfg = fused_kernel_configs(4096, r, "tanh_gate", "cuda")["shrink"]
+        flags = dict(STORE_Z=True, HAS_Q=True, HAS_GATE=True, HAS_HNORM=True)
+        cases.append((f"shrink-R{r}-{h_type[1:]}", FK._side_path_shrink_kernel, {**flags, **cfg}, h_type))
+    for writeback, r, h_type in (("tanh_gate", 64, "*bf16"), ("norm_cap", 64, "*fp32"), ("norm_cap", 128, "*bf16"),
+                                 ("tanh_gate", 128, "*fp32")):
+        cfg = fused_kernel_configs(4096, r, writeback, "cuda")["expand"]
+        cfg = {k: v for k, v in cfg.items() if k != "D_PER_PROG"}
+        flags = dict(WRITEBACK=WRITEBACK_IDS[writeback], GATE_PER_CHANNEL=True)
+        cases.append((f"expand-{writeback}-R{r}-{h_type[1:]}", FK._side_path_expand_kernel, {**flags, **cfg}, h_type))
+    return cases
+
+
+CASES = [(*c, "*bf16") for c in _chunk_cases() + _decode_cases()] + _fused_cases()
 
 
 @pytest.mark.parametrize("arch", [80, 90])
-@pytest.mark.parametrize("name,kernel,config", CASES, ids=[c[0] for c in CASES])
-def test_kernel_compiles_without_spills(name, kernel, config, arch):
-    consts = {k: v for k, v in config.items() if k != "num_warps"}
-    info = compile_for_gpu(kernel, _signature(kernel), consts, arch, num_warps=config["num_warps"])
+@pytest.mark.parametrize("name,kernel,config,h_type", CASES, ids=[c[0] for c in CASES])
+def test_kernel_compiles_without_spills(name, kernel, config, h_type, arch):
+    # num_stages as launched: the fused kernels set it, the others take Triton's default (3)
+    consts = {k: v for k, v in config.items() if k not in ("num_warps", "num_stages")}
+    info = compile_for_gpu(kernel, _signature(kernel, h_type), consts, arch, num_warps=config["num_warps"],
+                           num_stages=config.get("num_stages", 3))
     assert info.registers <= 255
     assert info.spill_stores == 0, f"{name} on sm_{arch}: {info.spill_stores} bytes of spill stores\n{info.ptxas_log}"

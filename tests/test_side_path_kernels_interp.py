@@ -130,6 +130,86 @@ def test_prefill_then_decode_steps_equal_the_full_sequence(mixer, writeback, sca
 
 
 
+# Inference (no autograd) prefill on the shrink/scan/expand kernels: (mixer, writeback, B, T, D, M, R,
+# pad, resets, with_state, h dtype). B*T not a multiple of the 16-token tile; D = 72 spans two
+# 64-channel expand programs and three 32-channel tiles (the last one partial), D = 40 two tiles;
+# R = 24 pads to 32 and spans two 16-column tiles of the k/v/q projections.
+INFER_CASES = [
+    ("attn", "tanh_gate", 2, 37, 72, 5, 24, 3, (1, 20), True, torch.float32),
+    ("linear", "zero_add", 2, 10, 40, 16, 8, 4, (), True, torch.float32),
+    ("mlp", "token_gate", 3, 33, 72, 3, 24, 7, (0, 16, 17), False, torch.float32),
+    ("glu", "norm_cap", 2, 19, 40, 4, 16, 5, (), True, torch.float32),
+    ("attn", "norm_cap", 1, 40, 72, 17, 16, 0, (16, 39), False, torch.float32),
+    ("attn", "tanh_gate", 2, 21, 40, 4, 16, 2, (), False, torch.float16),
+]
+
+
+def _norm_cap_ratio_at_median(h, params, active, resets, state, mixer):
+    """A cap ratio that half of the active tokens exceed, so both sides of the max() are tested."""
+    delta = side_path_ref(h, params, active, resets, state, mixer=mixer, writeback="zero_add")[0] - h
+    ratio = delta.norm(dim=-1) / h.norm(dim=-1)
+    return ratio[active].median().item()
+
+
+@pytest.mark.interpreter
+@needs_interpreter
+@pytest.mark.parametrize("case", INFER_CASES, ids=[f"{c[0]}-{c[1]}-T{c[3]}-{str(c[-1])[6:]}" for c in INFER_CASES])
+def test_inference_prefill_on_fused_kernels_matches_reference(case, monkeypatch):
+    """Without autograd, a prefill runs shrink -> slot scan -> expand (no d-wide PyTorch op) and gives
+    the reference's h' and final state; NaN-poisoned buffers catch any element left unwritten."""
+    from talan_kernels.side_path import triton_path
+
+    mixer, writeback, b, t, d, m, r, pad, reset_at, with_state, dtype = case
+    params = make_params(d, r, m, mixer, writeback, seed=7, scalar_gate=dtype == torch.float16)
+    h, active, resets, state = make_inputs(b, t, d, m, r, pad, reset_at, seed=8)
+    h, state = h.to(dtype), state if with_state else None
+    kw = dict(mixer=mixer, writeback=writeback)
+    if writeback == "norm_cap":
+        kw["norm_cap_ratio"] = _norm_cap_ratio_at_median(h, params, active, resets, state, mixer)
+    calls = []
+    infer = triton_path.side_path_infer
+    monkeypatch.setattr(triton_path, "side_path_infer", lambda *a, **k: calls.append(1) or infer(*a, **k))
+    with torch.no_grad():
+        out, (s, n) = side_path(h, params, active, resets, state, backend="triton", **kw)
+    ref, (s_ref, n_ref) = side_path_ref(h, params, active, resets, state, **kw)
+    assert calls == [1], "the no-grad prefill must take the fused inference path"
+    assert out.dtype == dtype
+    tol = TOL if dtype == torch.float32 else 5e-3
+    assert_rel_rms(out, ref, tol, "h'")
+    assert_rel_rms(out.float() - h.float(), ref.float() - h.float(), tol, "perturbation")
+    assert torch.equal(out[~active], h[~active]), "padding must pass through unchanged"
+    assert_rel_rms(s, s_ref, TOL, "S")
+    assert_rel_rms(n, n_ref, TOL, "N")
+    # params that require grad, but no grad mode: still the fused path
+    grad_params = {k: v.clone().requires_grad_() for k, v in params.items()}
+    with torch.no_grad():
+        out2, _ = side_path(h, grad_params, active, resets, state, backend="triton", **kw)
+    assert len(calls) == 2 and torch.equal(out2, out)
+
+
+@pytest.mark.interpreter
+@needs_interpreter
+def test_shrink_kernel_outputs_match_the_reference_projections():
+    """Each output of the shrink kernel on its own: z, k, v, q, the token-gate logit and ||h||."""
+    from talan_kernels.side_path.fused import shrink_launch
+    from talan_kernels.side_path.reference import rms_norm
+
+    n, d, r, m = 37, 72, 24, 3
+    p = make_params(d, r, m, "mlp", "token_gate", seed=9)
+    h = torch.randn(n, d, generator=torch.Generator().manual_seed(10)) * 3
+    got = shrink_launch(h, p["norm_weight"], p["w_in"], p["w_k"], p["w_v"], p["w_q"], p["gate_weight"],
+                        p["gate_bias"], True, True)
+    x = rms_norm(h, p["norm_weight"])
+    z = x @ p["w_in"]
+    want = (z, z @ p["w_k"], z @ p["w_v"], z @ p["w_q"], x @ p["gate_weight"] + p["gate_bias"], h.norm(dim=-1))
+    for name, a, b in zip(("z", "k", "v", "q", "logit", "||h||"), got, want):
+        assert_rel_rms(a, b, TOL, name)
+    z, k, v, q, logit, hnorm = shrink_launch(h, p["norm_weight"], p["w_in"], p["w_k"], p["w_v"], None, None, None,
+                                             False, False)
+    assert z.shape == q.shape == (n, 0) and logit.shape == hnorm.shape == (0,)
+    assert_rel_rms(k, want[1], TOL, "k without the optional outputs")
+
+
 @pytest.mark.interpreter
 @needs_interpreter
 def test_every_kernel_buffer_is_written():
@@ -176,6 +256,12 @@ def test_custom_ops_pass_opcheck():
         torch.randn(2, d, generator=g), [p[n] for n in CORE_PARAMS], [p[n] for n in MIXER_PARAMS["mlp"]],
         [p[n] for n in WRITEBACK_PARAMS["token_gate"]], torch.ones(2), torch.tensor([0, 1], dtype=torch.int8),
         torch.rand(2, m, generator=g), torch.randn(2, m, r, generator=g), "mlp", "token_gate", 15.0, 1.0, 0.01))
+    hf = torch.randn(5, d, generator=g, dtype=torch.float16)
+    torch.library.opcheck(torch.ops.talan.side_path_shrink.default, (
+        hf, p["norm_weight"], p["w_in"], p["w_k"], p["w_v"], p["w_q"], p["gate_weight"], p["gate_bias"], True, True))
+    torch.library.opcheck(torch.ops.talan.side_path_expand.default, (
+        hf, torch.randn(5, r, generator=g), p["w_out"], torch.ones(5), None, None, torch.rand(5, generator=g),
+        "norm_cap", 1.0, 0.01))
 
 
 
@@ -249,9 +335,10 @@ def test_generate_on_triton_uses_the_decode_kernel_and_matches_torch(monkeypatch
     ids = torch.randint(0, 128, (2, 9), generator=torch.Generator().manual_seed(2))
     mask = torch.ones_like(ids)
     mask[0, :3] = 0
-    calls = []
-    decode_step = triton_path.side_path_decode
+    calls, prefills = [], []
+    decode_step, infer = triton_path.side_path_decode, triton_path.side_path_infer
     monkeypatch.setattr(triton_path, "side_path_decode", lambda *a, **k: calls.append(1) or decode_step(*a, **k))
+    monkeypatch.setattr(triton_path, "side_path_infer", lambda *a, **k: prefills.append(1) or infer(*a, **k))
     scores = {}
     for backend in ("torch", "triton"):
         torch.manual_seed(0)
@@ -266,7 +353,46 @@ def test_generate_on_triton_uses_the_decode_kernel_and_matches_torch(monkeypatch
                                  output_scores=True, return_dict_in_generate=True, pad_token_id=0)
         scores[backend] = torch.stack(out.scores)
     assert len(calls) == 2 * 3, "3 decode steps through 2 blocks on the decode kernel"
+    assert len(prefills) == 2, "the prefill through 2 blocks on the fused inference kernels"
     assert_rel_rms(scores["triton"], scores["torch"], TOL, "generation scores")
+
+
+@pytest.mark.interpreter
+@needs_interpreter
+@pytest.mark.parametrize("site,mixer,writeback", [("post", "glu", "norm_cap"), ("mid", "linear", "token_gate")])
+def test_no_grad_forward_on_triton_matches_torch(site, mixer, writeback, monkeypatch):
+    """A left-padded batch through a tiny Qwen3 under ``torch.no_grad()``: the blocks take the fused
+    inference kernels and the logits equal the reference backend's."""
+    transformers = pytest.importorskip("transformers")
+    import talan
+    from talan_kernels.side_path import triton_path
+
+    config = transformers.Qwen3Config(vocab_size=128, hidden_size=72, intermediate_size=128, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, head_dim=16)
+    config._attn_implementation = "eager"
+    ids = torch.randint(0, 128, (2, 23), generator=torch.Generator().manual_seed(3))
+    mask = torch.ones_like(ids)
+    mask[1, :6] = 0
+    prefills = []
+    infer = triton_path.side_path_infer
+    monkeypatch.setattr(triton_path, "side_path_infer", lambda *a, **k: prefills.append(1) or infer(*a, **k))
+    logits = {}
+    for backend in ("torch", "triton"):
+        torch.manual_seed(0)
+        model = transformers.Qwen3ForCausalLM(config).eval()
+        talan.patch(model, talan.TalanConfig(layer=(0, 1), site=site, num_slots=4, latent_dim=16, mixer=mixer,
+                                             writeback=writeback, norm_cap_ratio=0.5, backend=backend))
+        with torch.no_grad():
+            for p in talan.talan_parameters(model):  # off the init, where W_out = 0 hides the side path
+                p.add_(0.2 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+            logits[backend] = model(input_ids=ids, attention_mask=mask).logits
+    assert len(prefills) == 2
+    torch.manual_seed(0)
+    with torch.no_grad():
+        plain = transformers.Qwen3ForCausalLM(config).eval()(input_ids=ids, attention_mask=mask).logits
+    assert (logits["torch"] - plain)[mask.bool()].abs().max() > 1e-3, \
+        "the side path must change the logits for the comparison to mean anything"
+    assert_rel_rms(logits["triton"], logits["torch"], TOL, "logits")
 
 
 @pytest.mark.gpu

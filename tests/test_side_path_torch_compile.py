@@ -84,3 +84,28 @@ def test_triton_block_compiles_fullgraph_through_the_custom_ops(mixer, writeback
     text = "\n".join(str(m.graph) for m in graphs[0].modules() if isinstance(getattr(m, "graph", None),
                                                                               torch.fx.Graph))
     assert len(graphs) == 1 and "talan.slot_scan_fwd" in text and "talan.slot_scan_bwd" in text
+
+
+@pytest.mark.interpreter
+@pytest.mark.skipif(not INTERP, reason="needs TRITON_INTERPRET=1 set before triton is imported")
+def test_triton_block_inference_compiles_fullgraph_through_the_fused_ops():
+    """Under ``torch.no_grad()`` the block traces to the shrink/scan/expand custom ops in one graph
+    and the compiled output and final state equal the eager ones."""
+    torch._dynamo.reset()
+    block = _block("triton", "mlp", "norm_cap")
+    h, active, resets = _inputs()
+    graphs = []
+
+    def capture(gm, example_inputs):
+        graphs.append(gm)
+        return gm
+
+    with torch.no_grad():
+        eager = block(h, active, resets)
+        got = torch.compile(block, fullgraph=True, backend=capture)(h, active, resets)
+    for name, a, b in zip(("h'", "S", "N"), (got[0], *got[1]), (eager[0], *eager[1])):
+        assert_rel_rms(a, b, 1e-6, name)
+    text = str(graphs[0].graph)
+    assert len(graphs) == 1
+    for op in ("talan.side_path_shrink", "talan.slot_scan_fwd", "talan.side_path_expand"):
+        assert op in text, f"{op} missing from the traced graph"

@@ -65,3 +65,35 @@ def _(h, core, mixer_params, writeback_params, active, resets, s0, n0, mixer, wr
     b = h.shape[0]
     m, r = core[4].shape
     return (torch.empty_like(h), h.new_empty(b, m, dtype=torch.float32), h.new_empty(b, m, r, dtype=torch.float32))
+
+
+@torch.library.custom_op("talan::side_path_shrink", mutates_args=())
+def side_path_shrink(h: Tensor, norm_weight: Tensor, w_in: Tensor, w_k: Tensor, w_v: Tensor, w_q: Optional[Tensor],
+                     gate_weight: Optional[Tensor], gate_bias: Optional[Tensor], need_z: bool,
+                     need_hnorm: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    from .fused import shrink_launch
+
+    return shrink_launch(h, norm_weight, w_in, w_k, w_v, w_q, gate_weight, gate_bias, need_z, need_hnorm)
+
+
+@side_path_shrink.register_fake
+def _(h, norm_weight, w_in, w_k, w_v, w_q, gate_weight, gate_bias, need_z, need_hnorm):
+    n, r = h.shape[0], w_in.shape[1]
+    f32 = dict(dtype=torch.float32, device=h.device)
+    return (torch.empty(n, r if need_z else 0, **f32), torch.empty(n, r, **f32), torch.empty(n, r, **f32),
+            torch.empty(n, r if w_q is not None else 0, **f32), torch.empty(n if gate_weight is not None else 0, **f32),
+            torch.empty(n if need_hnorm else 0, **f32))
+
+
+@torch.library.custom_op("talan::side_path_expand", mutates_args=())
+def side_path_expand(h: Tensor, c: Tensor, w_out: Tensor, active: Tensor, gate: Optional[Tensor],
+                     logit: Optional[Tensor], hnorm: Optional[Tensor], writeback: str, zero_add_scale: float,
+                     norm_cap_ratio: float) -> Tensor:
+    from .fused import expand_launch
+
+    return expand_launch(h, c, w_out, active, gate, logit, hnorm, writeback, zero_add_scale, norm_cap_ratio)
+
+
+@side_path_expand.register_fake
+def _(h, c, w_out, active, gate, logit, hnorm, writeback, zero_add_scale, norm_cap_ratio):
+    return torch.empty_like(h)

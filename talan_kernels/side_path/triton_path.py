@@ -2,13 +2,17 @@
 
 What runs where (SPEC §4.1):
 
-- PyTorch: RMSNorm and the d -> r / r -> r projections (``z``, ``k``, ``v``, the attn query), the
-  mlp/glu tail of the mixer on ``read [B, T, R]``, ``W_out`` and the writeback residual add. These
-  are plain GEMMs/elementwise ops on ``[B, T, R]``/``[B, T, D]`` tensors and autograd handles them.
-- Triton (``kernels.py``): the chunked causal slot scan fused with the mixer's read of the memory
-  (attn softmax over the slots, or the linear combination), forward and backward, so the
-  ``[B, T, M, R]`` memory never reaches HBM; and the one-token decode step (``decode.py``), which
-  fuses all three stages.
+- Inference prefill (no gradient needed: grad mode off, or neither ``h`` nor a parameter requires
+  one): ``side_path_infer``, kernels only for every d-wide stage (``fused.py``): the shrink kernel
+  (RMSNorm and the ``W_in``/``W_k``/``W_v``/``W_q`` projections in one read of ``h``), the chunked
+  slot scan, the mlp/glu mixer tail in PyTorch on ``[N, R]``, and the expand kernel (``W_out``, the
+  writeback, the active mask and the residual add in one write of ``h'``).
+- Training (a gradient is needed): PyTorch for RMSNorm and the d -> r / r -> r projections, the
+  mlp/glu tail, ``W_out`` and the writeback residual add (plain GEMMs/elementwise ops that autograd
+  handles); Triton (``kernels.py``) for the chunked causal slot scan fused with the mixer's read of
+  the memory (attn softmax over the slots, or the linear combination), forward and backward, so the
+  ``[B, T, M, R]`` memory never reaches HBM.
+- Decode (one token, no gradient): the one-launch decode kernel (``decode.py``), all three stages.
 
 The kernels run on CUDA tensors, or on CPU tensors under ``TRITON_INTERPRET=1``.
 """
@@ -151,13 +155,43 @@ def _mixer_tail(z, read, p, mixer):
     return read
 
 
+def side_path_infer(h, params, act, res, s0, n0, *, mixer, writeback, cap, zero_add_scale, norm_cap_ratio,
+                    chunk_size):
+    """The prefill without autograd on kernels only (``fused.py``): the shrink kernel (one read of
+    ``h`` -> ``z, k, v, q``), the slot scan with the mixer read, the mlp/glu tail in PyTorch on
+    ``[N, R]``, the expand kernel (``u = c W_out``, writeback, mask, residual add, one write of
+    ``h'``). ``act [B, T]`` fp32, ``res [B, T]`` int8 or None, ``s0 [B, M]``/``n0 [B, M, R]`` fp32 or
+    None. Returns ``(h' [B, T, D] in h.dtype, (S [B, M], N [B, M, R]))``."""
+    b, t, d = h.shape
+    p = {name: x.detach().float().contiguous() for name, x in params.items()}
+    r = p["w_in"].shape[1]
+    hf = h.detach().reshape(b * t, d).contiguous()
+    has_gate, need_hnorm = writeback == "token_gate", writeback == "norm_cap"
+    z, k, v, q, logit, hnorm = torch.ops.talan.side_path_shrink(
+        hf, p["norm_weight"], p["w_in"], p["w_k"], p["w_v"], None if mixer == "linear" else p["w_q"],
+        p["gate_weight"] if has_gate else None, p["gate_bias"] if has_gate else None, mixer in ("mlp", "glu"),
+        need_hnorm)
+    mix = p["mix_weights"] if mixer == "linear" else q.view(b, t, r)
+    read, _lse, _cs, _cn, s, n = torch.ops.talan.slot_scan_fwd(
+        k.view(b, t, r), v.view(b, t, r), p["slot_queries"], mix, act, res, s0, n0, float(cap), mixer != "linear",
+        chunk_size)
+    c = _mixer_tail(z, read.view(b * t, r), p, mixer).contiguous()  # [N, R]
+    out = torch.ops.talan.side_path_expand(
+        hf, c, p["w_out"], act.reshape(b * t), p["gate"] if writeback == "tanh_gate" else None,
+        logit if has_gate else None, hnorm if need_hnorm else None, writeback, float(zero_add_scale),
+        float(norm_cap_ratio))
+    return out.view(b, t, d), (s, n)
+
+
 def side_path_triton(h, params, active=None, resets=None, state=None, *, mixer="attn", writeback="tanh_gate",
                      cap=15.0, zero_add_scale=1.0, norm_cap_ratio=1e-2, grad_scale=1.0, chunk_size=None):
     """The TALAN block on the Triton kernels; same arguments and results as ``side_path_ref``.
 
     ``h [B, T, D]`` in any float dtype (computed in fp32, returned in ``h.dtype``); ``active``,
-    ``resets`` ``[B, T]``; ``state`` ``(S [B, M], N [B, M, R])`` fp32. A single token with no
-    gradient needed takes the fused decode kernel. ``chunk_size`` (tokens per chunk, a power of 2
+    ``resets`` ``[B, T]``; ``state`` ``(S [B, M], N [B, M, R])`` fp32. With no gradient needed
+    (grad mode off, or neither ``h`` nor a parameter requires one) a single token takes the decode
+    kernel and longer inputs ``side_path_infer`` (kernels only); otherwise autograd runs through the
+    PyTorch stages around the slot-scan Function. ``chunk_size`` (tokens per chunk, a power of 2
     >= 16) defaults to ``DEFAULT_CHUNK``. Returns ``(h' [B, T, D], (S [B, M], N [B, M, R]))``.
     """
     b, t, _ = h.shape
@@ -169,15 +203,17 @@ def side_path_triton(h, params, active=None, resets=None, state=None, *, mixer="
     chunk_size = chunk_size or DEFAULT_CHUNK
     if chunk_size < 16 or chunk_size & (chunk_size - 1):
         raise ValueError(f"chunk_size must be a power of 2 >= 16; got {chunk_size}")
+    act = torch.ones(b, t, device=h.device) if active is None else active.float().contiguous()
+    res = None if resets is None else resets.to(torch.int8).contiguous()
+    s0, n0 = (None, None) if state is None else (state[0].float().contiguous(), state[1].float().contiguous())
+    if not needs_grad:
+        return side_path_infer(h, params, act, res, s0, n0, chunk_size=chunk_size, **kwargs)
     p = {name: x.float() for name, x in params.items()}
     h32 = scale_grad(h, grad_scale).float()
     x = rms_norm(h32, p["norm_weight"])  # [B, T, D]
     z = x @ p["w_in"]  # [B, T, R]
     k, v = z @ p["w_k"], z @ p["w_v"]
     mix = p["mix_weights"] if mixer == "linear" else z @ p["w_q"]
-    act = torch.ones(b, t, device=h.device) if active is None else active.float().contiguous()
-    res = None if resets is None else resets.to(torch.int8).contiguous()
-    s0, n0 = (None, None) if state is None else (state[0].float().contiguous(), state[1].float().contiguous())
     read, s, n = _SlotScanFunction.apply(k.contiguous(), v.contiguous(), p["slot_queries"].contiguous(),
                                          mix.contiguous(), act, res, s0, n0, float(cap), mixer != "linear",
                                          chunk_size)
