@@ -1,85 +1,168 @@
 """Every fused-LoRA kernel, at the launch configuration its launcher picks for prefill and decode
-shapes, compiles for sm_80 and sm_90 with Triton's own ptxas and spills no registers."""
+shapes, compiles for sm_80 and sm_90 with Triton's own ptxas: no register spills, shared memory
+within the architecture's per-block limit, and for bf16 inputs the products run on bf16 tensor
+cores (``mma.sync ... .bf16.bf16`` on sm_80, ``wgmma`` or ``mma.sync`` with bf16 operands on sm_90)
+with no TF32 conversion left in the PTX; for fp32 inputs no TF32 tensor-core instruction at all
+(the fp32 path is IEEE fp32)."""
+
+import re
+import subprocess
+import tempfile
+from pathlib import Path
 
 import pytest
 
 pytest.importorskip("triton")
 
 from talan_kernels.lora import interface  # noqa: E402
-from talan_kernels.testing import compile_for_gpu  # noqa: E402
 
 pytestmark = pytest.mark.compile
 
-_PTR, _I, _F = "*bf16", "i32", "fp32"
+# Largest dynamic shared memory one block may use: A100 (sm_80) 163 KiB, H100/H200 (sm_90) 227 KiB.
+_SMEM_LIMIT = {80: 166912, 90: 232448}
+_MMA = re.compile(r"\b(w?gmma\.mma_async\S*|mma\.sync\S*)")
+_REGS = re.compile(r"Used (\d+) registers")
+_SPILL = re.compile(r"(\d+) bytes spill stores, (\d+) bytes spill loads")
 
 
 def _split(cfg):
-    meta = {k: v for k, v in cfg.items() if k.startswith("BLOCK_")}
+    meta = {k: v for k, v in cfg.items() if k.startswith(("BLOCK_", "GROUP_"))}
     return meta, cfg["num_warps"], cfg["num_stages"]
 
 
-def _fwd_case(M, R):
+def _case(fn, ptrs: dict, ints: dict, floats: tuple, consts: dict):
+    """Signature, constexprs and attributes as a real launch specialises them: 16-byte aligned
+    pointers and ints divisible by 16 get ``tt.divisibility`` 16 (what lets the loads be vectorised
+    and pipelined through shared memory), ints equal to 1 (unit strides, M = 1) become constexprs."""
+    from triton._C.libtriton import native_specialize_impl
+    from triton.backends.compiler import BaseBackend
+
+    sig, consts, attrs = {}, dict(consts), {}
+    for name in fn.arg_names:
+        if name in consts:
+            sig[name] = "constexpr"
+        elif name in ptrs:
+            sig[name] = f"*{ptrs[name]}"
+            attrs[(fn.arg_names.index(name),)] = [["tt.divisibility", 16]]
+        elif name in floats:
+            sig[name] = "fp32"
+        else:
+            ty, spec = native_specialize_impl(BaseBackend, ints[name], False, True, True)
+            if ty == "constexpr":
+                sig[name], consts[name] = "constexpr", spec
+            else:
+                sig[name] = ty
+                if spec == "D":
+                    attrs[(fn.arg_names.index(name),)] = [["tt.divisibility", 16]]
+    return sig, consts, attrs
+
+
+def _fwd_case(M, R, dtype):
     from talan_kernels.lora.kernels import _lora_fwd_kernel
 
-    meta, warps, stages = _split(interface.fwd_config(M, 4096, 4096, R))
-    flags = dict(HAS_BIAS=True, HAS_SCALE=True, SAVE_S=True, SAVE_Z=True)
-    sig = {n: _PTR for n in ("X", "W", "A", "B", "BIAS", "Y", "Z_OUT")}
-    sig.update(SCALE="*fp32", S_OUT="*fp32", scaling=_F)
-    sig.update({n: _I for n in ("M", "N", "K", "R", "stride_xm", "stride_xk", "stride_wn", "stride_wk",
-                                "stride_ar", "stride_ak", "stride_bn", "stride_br")})
-    consts = {**flags, **meta}
-    sig.update({k: "constexpr" for k in consts})
-    return _lora_fwd_kernel, sig, consts, warps, stages
+    fp32 = dtype == "fp32"
+    meta, warps, stages = _split(interface.fwd_config(M, 4096, 4096, R, fp32))
+    consts = dict(HAS_BIAS=True, HAS_SCALE=True, SAVE_S=True, SAVE_Z=True, DOT_IN_FP32=fp32, **meta)
+    ptrs = {n: dtype for n in ("X", "W", "A", "B", "BIAS", "Y", "Z_OUT")}
+    ptrs.update(SCALE="fp32", S_OUT="fp32")
+    ints = dict(M=M, N=4096, K=4096, R=R, stride_xm=4096, stride_xk=1, stride_wn=4096, stride_wk=1,
+                stride_ar=4096, stride_ak=1, stride_bn=R, stride_br=1)
+    return (_lora_fwd_kernel, *_case(_lora_fwd_kernel, ptrs, ints, ("scaling",), consts), warps, stages)
 
 
-def _dx_case(M, R):
+def _dx_case(M, R, dtype):
     from talan_kernels.lora.kernels import _lora_bwd_dx_kernel
 
-    meta, warps, stages = _split(interface.bwd_dx_config(M, 4096, 4096, R))
-    sig = {n: _PTR for n in ("DY", "W", "A", "B", "DX")}
-    sig.update(SCALE="*fp32", DS_OUT="*fp32", scaling=_F)
-    sig.update({n: _I for n in ("M", "N", "K", "R", "stride_dym", "stride_dyn", "stride_wn", "stride_wk",
-                                "stride_ar", "stride_ak", "stride_bn", "stride_br")})
-    consts = dict(HAS_SCALE=True, HAS_DX=True, SAVE_DS=True, **meta)
-    sig.update({k: "constexpr" for k in consts})
-    return _lora_bwd_dx_kernel, sig, consts, warps, stages
+    fp32 = dtype == "fp32"
+    meta, warps, stages = _split(interface.bwd_dx_config(M, 4096, 4096, R, fp32))
+    consts = dict(HAS_SCALE=True, HAS_DX=True, SAVE_DS=True, DOT_IN_FP32=fp32, **meta)
+    ptrs = {n: dtype for n in ("DY", "W", "A", "B", "DX")}
+    ptrs.update(SCALE="fp32", DS_OUT="fp32")
+    ints = dict(M=M, N=4096, K=4096, R=R, stride_dym=4096, stride_dyn=1, stride_wn=4096, stride_wk=1,
+                stride_ar=4096, stride_ak=1, stride_bn=R, stride_br=1)
+    return (_lora_bwd_dx_kernel, *_case(_lora_bwd_dx_kernel, ptrs, ints, ("scaling",), consts), warps, stages)
 
 
-def _wgrad_case(M, R):
+def _wgrad_case(M, R, dtype):
     from talan_kernels.lora.kernels import _lora_wgrad_kernel
 
-    meta, warps, stages = _split(interface.wgrad_config(M, 4096, R))
-    sig = {"X": _PTR, "Y": "*fp32", "Z": _PTR, "SCALE": "*fp32", "C": _PTR, "CSUM": "*fp32", "alpha": _F}
-    sig.update({n: _I for n in ("M", "P", "R", "stride_xm", "stride_xp", "stride_ym", "stride_yr",
-                                "stride_cp", "stride_cr")})
-    consts = dict(HAS_SCALE=True, HAS_CSUM=True, **meta)
-    sig.update({k: "constexpr" for k in consts})
-    return _lora_wgrad_kernel, sig, consts, warps, stages
+    fp32 = dtype == "fp32"
+    meta, warps, stages = _split(interface.wgrad_config(M, 4096, R, fp32))
+    # The dB launch: X = dY, Y = S (fp32), Z (DoRA), C = dB.
+    consts = dict(HAS_SCALE=True, HAS_CSUM=True, DOT_IN_FP32=fp32, **meta)
+    ptrs = dict(X=dtype, Y="fp32", Z=dtype, SCALE="fp32", C=dtype, CSUM="fp32")
+    ints = dict(M=M, P=4096, R=R, stride_xm=4096, stride_xp=1, stride_ym=R, stride_yr=1, stride_cp=R, stride_cr=1)
+    return (_lora_wgrad_kernel, *_case(_lora_wgrad_kernel, ptrs, ints, ("alpha",), consts), warps, stages)
 
 
-def _norm_case(M, R):
+def _norm_case(M, R, dtype):
     from talan_kernels.lora.kernels import _dora_norm_kernel
 
-    meta, warps, stages = _split(interface.norm_config(4096, 4096, R))
-    sig = {"W": _PTR, "A": _PTR, "B": _PTR, "GRAM": "*fp32", "NORM": "*fp32", "scaling": _F}
-    sig.update({n: _I for n in ("N", "K", "R", "stride_wn", "stride_wk", "stride_ar", "stride_ak",
-                                "stride_bn", "stride_br")})
-    sig.update({k: "constexpr" for k in meta})
-    return _dora_norm_kernel, sig, meta, warps, stages
+    fp32 = dtype == "fp32"
+    meta, warps, stages = _split(interface.norm_config(4096, 4096, R, fp32))
+    consts = dict(DOT_IN_FP32=fp32, **meta)
+    ptrs = dict(W=dtype, A=dtype, B=dtype, GRAM="fp32", NORM="fp32")
+    ints = dict(N=4096, K=4096, R=R, stride_wn=4096, stride_wk=1, stride_ar=4096, stride_ak=1, stride_bn=R,
+                stride_br=1)
+    return (_dora_norm_kernel, *_case(_dora_norm_kernel, ptrs, ints, ("scaling",), consts), warps, stages)
 
 
 _CASES = {"fwd": _fwd_case, "bwd_dx": _dx_case, "wgrad": _wgrad_case, "dora_norm": _norm_case}
+_SHAPES = {"prefill-r16": (4096, 16), "prefill-r64": (4096, 64), "prefill-r128": (4096, 128),
+           "decode-r16": (1, 16), "decode-r128": (16, 128)}
+# bf16 (the fast path) at every shape; fp32 (IEEE, CUDA cores) at the r=16 prefill shape.
+_PARAMS = [(s, "bf16") for s in _SHAPES] + [("prefill-r16", "fp32")]
+
+
+def _compile(kernel, shape, dtype, arch):
+    """Compile for ``sm_<arch>`` without a GPU; returns (registers, spill bytes, PTX, shared bytes)
+    from Triton's own ptxas -v (``talan_kernels.testing.compile_for_gpu`` does the same, but cannot
+    pass the divisibility attributes a real launch has)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.backends.nvidia.compiler import get_ptxas
+    from triton.compiler import ASTSource
+
+    M, R = _SHAPES[shape]
+    fn, sig, consts, attrs, warps, stages = _CASES[kernel](M, R, dtype)
+    compiled = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs),
+                              target=GPUTarget("cuda", arch, 32), options={"num_warps": warps, "num_stages": stages})
+    ptx = compiled.asm["ptx"]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "kernel.ptx"
+        path.write_text(ptx)
+        proc = subprocess.run([get_ptxas(arch).path, "-v", f"--gpu-name=sm_{arch}{'a' if arch == 90 else ''}",
+                               str(path), "-o", str(Path(tmp) / "kernel.cubin")], capture_output=True, text=True,
+                              check=True)
+    log = proc.stdout + proc.stderr
+    regs = max(int(r) for r in _REGS.findall(log))
+    spills = sum(int(st) + int(ld) for st, ld in _SPILL.findall(log))
+    return regs, spills, ptx, compiled.metadata.shared
 
 
 @pytest.mark.parametrize("arch", [80, 90])
-@pytest.mark.parametrize("M,R", [(4096, 16), (4096, 64), (4096, 128), (1, 16), (16, 128)],
-                         ids=["prefill-r16", "prefill-r64", "prefill-r128", "decode-r16", "decode-r128"])
+@pytest.mark.parametrize("shape,dtype", _PARAMS, ids=[f"{s}-{d}" for s, d in _PARAMS])
 @pytest.mark.parametrize("kernel", sorted(_CASES))
-def test_kernel_compiles_without_spills(kernel, M, R, arch):
-    if kernel == "dora_norm" and M != 4096:
+def test_kernel_compiles_on_tensor_cores_without_spills(kernel, shape, dtype, arch):
+    if kernel == "dora_norm" and not shape.startswith("prefill"):
         pytest.skip("the norm kernel does not depend on the token count")
-    fn, sig, consts, warps, stages = _CASES[kernel](M, R)
-    info = compile_for_gpu(fn, sig, consts, arch=arch, num_warps=warps, num_stages=stages)
-    assert info.spill_stores == 0, f"{kernel} M={M} r={R} sm_{arch}: {info.spill_stores} bytes spilled"
-    assert info.spill_loads == 0, f"{kernel} M={M} r={R} sm_{arch}: {info.spill_loads} bytes reloaded"
-    assert info.registers <= 255
+    regs, spills, ptx, smem = _compile(kernel, shape, dtype, arch)
+    where = f"{kernel} {shape} {dtype} sm_{arch}"
+    assert spills == 0, f"{where}: {spills} bytes of spill stores and loads ({regs} registers)"
+    assert smem <= _SMEM_LIMIT[arch], f"{where}: {smem} bytes of shared memory > {_SMEM_LIMIT[arch]}"
+    mmas = set(_MMA.findall(ptx))
+    if dtype == "bf16":
+        assert mmas, f"{where}: no tensor-core instruction in the PTX"
+        assert all(".bf16" in m for m in mmas), f"{where}: non-bf16 tensor-core instructions {sorted(mmas)}"
+        assert "tf32" not in ptx, f"{where}: TF32 conversions or products left in the bf16 path"
+        if arch == 80:
+            assert all(m.startswith("mma.sync") for m in mmas), sorted(mmas)
+    else:
+        assert not any("tf32" in m for m in mmas), f"{where}: TF32 products on the fp32 path {sorted(mmas)}"
+
+
+def test_prefill_forward_uses_wgmma_on_sm90():
+    # The 128x128 bf16 forward tile is warpgroup-sized: Hopper's asynchronous wgmma must be used.
+    _, _, ptx, _ = _compile("fwd", "prefill-r16", "bf16", 90)
+    mmas = set(_MMA.findall(ptx))
+    assert any(m.startswith("wgmma.mma_async") and ".bf16.bf16" in m for m in mmas), sorted(mmas)

@@ -132,3 +132,55 @@ def test_empty_batch():
     W, A, B = torch.randn(8, 16), torch.randn(2, 16), torch.randn(8, 2)
     y = lora_linear(torch.randn(0, 16), W, A, B, 1.0, backend="triton")
     assert y.shape == (0, 8)
+
+
+def _small_tiles(monkeypatch, group):
+    # 16-wide tiles and groups of `group` tiles that do not divide the tile count, so the grouped
+    # loops (S reused across N tiles, dS across K tiles) and their partial last group both run.
+    def fwd(M, N, K, R, fp32):
+        return dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, BLOCK_R=interface._block_r(R), GROUP_N=group,
+                    num_warps=4, num_stages=1)
+
+    def dx(M, N, K, R, fp32):
+        return dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, BLOCK_R=interface._block_r(R), GROUP_K=group,
+                    num_warps=4, num_stages=1)
+
+    monkeypatch.setattr(interface, "fwd_config", fwd)
+    monkeypatch.setattr(interface, "bwd_dx_config", dx)
+
+
+@pytest.mark.parametrize("group", [2, 3])
+@pytest.mark.parametrize("dora", [False, True], ids=["lora", "dora"])
+def test_grouped_tiles_match_peft_eager(group, dora, monkeypatch):
+    _small_tiles(monkeypatch, group)
+    layer = make_peft_layer(70, 45, 8, bias=True, dora=dora, seed=11).train()   # 5 K tiles, 3 N tiles
+    x, dy = torch.randn(37, 70), torch.randn(37, 45)
+    ref = _out_grads(layer, layer, x, dy)
+    out = _out_grads(lambda t: _fused(layer, t), layer, x, dy)
+    for o, e, n in zip(out, ref, ["y", "dx", "dA", "dB", "dm"]):
+        assert_rel_rms(o, e, 1e-5, n)
+
+
+def test_launch_configs_group_tiles_for_large_prefill_only():
+    # 4096 tokens x 4096 features: 32 x 32 tiles of 128 -> 8 N tiles per program (128 programs);
+    # decode keeps one tile per program, the most programs for a W-bandwidth-bound stream.
+    assert interface.fwd_config(4096, 4096, 4096, 16, False)["GROUP_N"] == 8
+    assert interface.bwd_dx_config(4096, 4096, 4096, 16, False)["GROUP_K"] == 8
+    assert interface.fwd_config(1, 4096, 4096, 16, False)["GROUP_N"] == 1
+    assert interface.fwd_config(256, 4096, 4096, 16, False)["GROUP_N"] == 1
+
+
+@pytest.mark.parametrize("adapter_dtype", [torch.float16, torch.float32], ids=["fp16-adapters", "fp32-adapters"])
+@pytest.mark.parametrize("dora", [False, True], ids=["lora", "dora"])
+def test_native_fp16_dot_path_within_twice_pytorch_fp16_error(adapter_dtype, dora, monkeypatch):
+    # The GPU path (fp16 tiles into tl.dot, S and dS rounded to fp16) run by the interpreter,
+    # which multiplies fp16 tiles exactly into an fp32 result as a tensor core does; small tiles
+    # and groups of 2 so the grouped loops run too.
+    from test_lora_kernels_gpu import check_low_precision
+
+    monkeypatch.setattr(interface, "INTERPRETER_NATIVE_FP16_DOTS", True)
+    assert not interface.dot_in_fp32(torch.float16) and interface.dot_in_fp32(torch.bfloat16)
+    _small_tiles(monkeypatch, 2)
+    layer = make_peft_layer(70, 45, 8, bias=True, dora=dora, seed=12).train()
+    x, dy = torch.randn(37, 70), torch.randn(37, 45)
+    check_low_precision(layer, x, dy, torch.float16, adapter_dtype)

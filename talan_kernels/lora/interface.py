@@ -27,41 +27,94 @@ def _block_r(rank: int) -> int:
     return max(16, _next_pow2(rank))
 
 
-def fwd_config(M: int, N: int, K: int, R: int) -> dict:
-    """Tile sizes of ``_lora_fwd_kernel``. Decode (M <= 16 tokens) uses a 16-row tile and narrow
-    N tiles: a 64-row tile would waste 3/4 of every MMA and leave too few programs to fill the GPU."""
+# About one program per SM (H100/H200: 132 SMs, A100: 108): the grouping below never leaves fewer.
+_MIN_PROGRAMS = 128
+_MAX_GROUP = 8
+
+
+def _group(other_tiles: int, grouped_tiles: int) -> int:
+    """Tiles per program along the grouped axis: the largest power of two <= _MAX_GROUP that still
+    leaves ``other_tiles * cdiv(grouped_tiles, group) >= _MIN_PROGRAMS`` programs. Grouping divides
+    the recomputation of the rank-r product (S in the forward, dS in dx) by the group size."""
+    group = 1
+    while group < _MAX_GROUP and other_tiles * -(-grouped_tiles // (2 * group)) >= _MIN_PROGRAMS:
+        group *= 2
+    return group
+
+
+def fwd_config(M: int, N: int, K: int, R: int, dot_in_fp32: bool) -> dict:
+    """Tiles of ``_lora_fwd_kernel``. Decode (M <= 16 tokens) is a stream over W: a 16-row tile (a
+    64-row tile would waste 3/4 of every MMA), narrow N tiles for enough programs and long K steps
+    for enough bytes in flight. bf16/fp16 prefill uses 128x128 tiles (fp32 accumulators of
+    64 + BR/2 registers a thread over 8 warps; 64 rows for r > 32); the fp32 (IEEE, CUDA-core)
+    path keeps 64x64 tiles."""
     br = _block_r(R)
     if M <= _DECODE_MAX_TOKENS:
-        return dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=64 if br <= 64 else 32, BLOCK_R=br, num_warps=4,
-                    num_stages=3)
-    # Two fp32 accumulators ([BM, BN] and [BM, BR]) live in registers: 8 warps share them, and a
-    # rank above 64 gets a shorter K step so the pipelined x/W/A tiles still fit.
-    return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32 if br <= 64 else 16, BLOCK_R=br, num_warps=8,
-                num_stages=3)
+        if dot_in_fp32:
+            cfg = dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=64 if br <= 64 else 32, num_warps=4, num_stages=3)
+        else:
+            cfg = dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=256 if br <= 32 else 128, num_warps=4, num_stages=3)
+    elif dot_in_fp32:
+        cfg = dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32 if br <= 64 else 16, num_warps=8, num_stages=3)
+    else:
+        # 128 x 128 x 32: the largest tile whose two accumulators and 64-bit addresses fit 255
+        # registers without a spill on both sm_80 and sm_90 (checked by test_lora_compile.py).
+        cfg = dict(BLOCK_M=128 if br <= 32 else 64, BLOCK_N=128, BLOCK_K=32, num_warps=8,
+                   num_stages=4 if br <= 32 else 3)
+    m_tiles = -(-M // cfg["BLOCK_M"])
+    return dict(cfg, BLOCK_R=br, GROUP_N=_group(m_tiles, -(-N // cfg["BLOCK_N"])))
 
 
-def bwd_dx_config(M: int, N: int, K: int, R: int) -> dict:
-    """Tile sizes of ``_lora_bwd_dx_kernel`` (same decode rule as the forward)."""
+def bwd_dx_config(M: int, N: int, K: int, R: int, dot_in_fp32: bool) -> dict:
+    """Tiles of ``_lora_bwd_dx_kernel`` (``BLOCK_K`` is the dx column tile, ``BLOCK_N`` the reduction
+    step; the same decode rule as the forward)."""
     br = _block_r(R)
-    bm = 16 if M <= _DECODE_MAX_TOKENS else 64
-    bn = 32 if br <= 64 else 16
-    return dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=64, BLOCK_R=br, num_warps=4 if bm == 16 else 8, num_stages=3)
+    if M <= _DECODE_MAX_TOKENS:
+        cfg = dict(BLOCK_M=16, BLOCK_N=32 if br <= 64 else 16, BLOCK_K=64, num_warps=4, num_stages=3)
+    elif dot_in_fp32:
+        cfg = dict(BLOCK_M=64, BLOCK_N=32 if br <= 64 else 16, BLOCK_K=64, num_warps=8, num_stages=2)
+    else:
+        cfg = dict(BLOCK_M=128 if br <= 64 else 64, BLOCK_N=32, BLOCK_K=64 if br == 64 else 128, num_warps=8,
+                   num_stages=3)
+    m_tiles = -(-M // cfg["BLOCK_M"])
+    return dict(cfg, BLOCK_R=br, GROUP_K=_group(m_tiles, -(-K // cfg["BLOCK_K"])))
 
 
-def wgrad_config(M: int, P: int, R: int) -> dict:
-    """Tile sizes of ``_lora_wgrad_kernel``."""
+def wgrad_config(M: int, P: int, R: int, dot_in_fp32: bool) -> dict:
+    """Tiles of ``_lora_wgrad_kernel`` (one program per BLOCK_P rows of the [P, R] result, each
+    reducing over all M; bf16/fp16 uses 32-row P tiles so a 4096-wide layer still gets 128 programs)."""
     br = _block_r(R)
-    bm = 16 if M <= _DECODE_MAX_TOKENS else 32
-    return dict(BLOCK_M=bm, BLOCK_P=64 if br <= 64 else 32, BLOCK_R=br, num_warps=4, num_stages=3)
+    bm = 16 if M <= _DECODE_MAX_TOKENS else (32 if dot_in_fp32 else 64)
+    if dot_in_fp32:
+        bp = 64 if br <= 64 else 32
+    else:
+        bp = 32
+    return dict(BLOCK_M=bm, BLOCK_P=bp, BLOCK_R=br, num_warps=4, num_stages=3)
 
 
-def norm_config(N: int, K: int, R: int) -> dict:
-    """Tile sizes of ``_dora_norm_kernel`` (the norm is computed once per weight update, so small
+def norm_config(N: int, K: int, R: int, dot_in_fp32: bool) -> dict:
+    """Tiles of ``_dora_norm_kernel`` (the norm is computed once per weight update, so small
     tiles that never spill matter more than its speed)."""
     br = _block_r(R)
-    return dict(BLOCK_N=32 if br <= 64 else 16, BLOCK_K=32, BLOCK_R=br, BLOCK_C=16, num_warps=4,
-                num_stages=2)
+    return dict(BLOCK_N=32 if br <= 64 else 16, BLOCK_K=32 if dot_in_fp32 else 64, BLOCK_R=br, BLOCK_C=16,
+                num_warps=4, num_stages=2 if dot_in_fp32 else 3)
 
+
+def dot_in_fp32(dtype: torch.dtype) -> bool:
+    """The kernels' ``DOT_IN_FP32`` for operands rounded to ``dtype``, decided at launch time: fp32
+    inputs keep IEEE fp32 products; under TRITON_INTERPRET=1 every tile is cast to fp32 (the
+    interpreter computes bf16 wrongly) unless a test sets ``INTERPRETER_NATIVE_FP16_DOTS`` and the
+    dtype is fp16 (the interpreter multiplies fp16 tiles exactly, with an fp32 result, as a tensor
+    core does), so the native-dtype path is testable on the CPU."""
+    if dtype == torch.float32:
+        return True
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return not (INTERPRETER_NATIVE_FP16_DOTS and dtype == torch.float16)
+    return False
+
+
+# Tests set this to True (monkeypatch) to run the fp16 native-dtype dot path under the interpreter.
+INTERPRETER_NATIVE_FP16_DOTS = False
 
 # Tests set this to True (monkeypatch) so every kernel output starts as NaN: an element a kernel
 # fails to write then fails the comparison instead of passing on leftover memory.
@@ -75,7 +128,7 @@ def _empty(shape, device, dtype) -> torch.Tensor:
 
 
 def _split(cfg: dict) -> tuple[dict, dict]:
-    meta = {k: v for k, v in cfg.items() if k.startswith("BLOCK_")}
+    meta = {k: v for k, v in cfg.items() if k.startswith(("BLOCK_", "GROUP_"))}
     launch = {k: cfg[k] for k in ("num_warps", "num_stages")}
     return meta, launch
 
@@ -95,8 +148,9 @@ def lora_fwd_triton(x, weight, lora_A, lora_B, bias, col_scale, scaling: float, 
     z_out = _empty((M, N) if save_z else (0,), x.device, x.dtype)
     if M == 0:
         return y, s_out, z_out
-    meta, launch = _split(fwd_config(M, N, K, R))
-    grid = (triton.cdiv(M, meta["BLOCK_M"]), triton.cdiv(N, meta["BLOCK_N"]))
+    fp32_dots = dot_in_fp32(x.dtype)
+    meta, launch = _split(fwd_config(M, N, K, R, fp32_dots))
+    grid = (triton.cdiv(M, meta["BLOCK_M"]), triton.cdiv(triton.cdiv(N, meta["BLOCK_N"]), meta["GROUP_N"]))
     _lora_fwd_kernel[grid](
         x, weight, lora_A, lora_B, bias, col_scale, y, s_out, z_out,
         M, N, K, R,
@@ -104,7 +158,7 @@ def lora_fwd_triton(x, weight, lora_A, lora_B, bias, col_scale, scaling: float, 
         lora_A.stride(0), lora_A.stride(1), lora_B.stride(0), lora_B.stride(1),
         float(scaling),
         HAS_BIAS=bias is not None, HAS_SCALE=col_scale is not None, SAVE_S=save_s, SAVE_Z=save_z,
-        **meta, **launch,
+        DOT_IN_FP32=fp32_dots, **meta, **launch,
     )
     return y, s_out, z_out
 
@@ -130,39 +184,41 @@ def lora_bwd_triton(dy, x, weight, lora_A, lora_B, s, z, col_scale, scaling: flo
     if need_dx or need_dA:
         ds = _empty((M, R), dy.device, torch.float32) if need_dA else empty()
         dx = _empty((M, K), x.device, x.dtype) if need_dx else empty()
-        meta, launch = _split(bwd_dx_config(M, N, K, R))
-        grid = (triton.cdiv(M, meta["BLOCK_M"]), triton.cdiv(K, meta["BLOCK_K"]) if need_dx else 1)
+        meta, launch = _split(bwd_dx_config(M, N, K, R, dot_in_fp32(dy.dtype)))
+        k_groups = triton.cdiv(triton.cdiv(K, meta["BLOCK_K"]), meta["GROUP_K"])
+        grid = (triton.cdiv(M, meta["BLOCK_M"]), k_groups if need_dx else 1)
         _lora_bwd_dx_kernel[grid](
             dy, weight, lora_A, lora_B, col_scale, dx, ds,
             M, N, K, R,
             dy.stride(0), dy.stride(1), weight.stride(0), weight.stride(1),
             lora_A.stride(0), lora_A.stride(1), lora_B.stride(0), lora_B.stride(1),
             float(scaling),
-            HAS_SCALE=col_scale is not None, HAS_DX=need_dx, SAVE_DS=need_dA,
+            HAS_SCALE=col_scale is not None, HAS_DX=need_dx, SAVE_DS=need_dA, DOT_IN_FP32=dot_in_fp32(dy.dtype),
             **meta, **launch,
         )
         if need_dA:
             da = _empty((R, K), lora_A.device, lora_A.dtype)
-            meta, launch = _split(wgrad_config(M, K, R))
+            meta, launch = _split(wgrad_config(M, K, R, dot_in_fp32(x.dtype)))
             # dAᵀ [K, R] = xᵀ dS: the P axis of the kernel is K, written to dA transposed.
             _lora_wgrad_kernel[(triton.cdiv(K, meta["BLOCK_P"]),)](
                 x, ds, None, None, da, None,
                 M, K, R,
                 x.stride(0), x.stride(1), ds.stride(0), ds.stride(1), da.stride(1), da.stride(0),
                 1.0,
-                HAS_SCALE=False, HAS_CSUM=False, **meta, **launch,
+                HAS_SCALE=False, HAS_CSUM=False, DOT_IN_FP32=dot_in_fp32(x.dtype), **meta, **launch,
             )
     if need_dB or need_dscale:
         db = _empty((N, R), lora_B.device, lora_B.dtype)
         dg = _empty((N if need_dscale else 0,), dy.device, torch.float32)
         s_arg = s if need_dB else torch.zeros(M, R, device=dy.device, dtype=torch.float32)
-        meta, launch = _split(wgrad_config(M, N, R))
+        meta, launch = _split(wgrad_config(M, N, R, dot_in_fp32(dy.dtype)))
         _lora_wgrad_kernel[(triton.cdiv(N, meta["BLOCK_P"]),)](
             dy, s_arg, z if need_dscale else None, col_scale, db, dg if need_dscale else None,
             M, N, R,
             dy.stride(0), dy.stride(1), s_arg.stride(0), s_arg.stride(1), db.stride(0), db.stride(1),
             float(scaling),
-            HAS_SCALE=col_scale is not None, HAS_CSUM=need_dscale, **meta, **launch,
+            HAS_SCALE=col_scale is not None, HAS_CSUM=need_dscale, DOT_IN_FP32=dot_in_fp32(dy.dtype),
+            **meta, **launch,
         )
         if not need_dB:
             db = empty()
@@ -182,19 +238,20 @@ def dora_norm_triton(weight, lora_A, lora_B, scaling: float) -> torch.Tensor:
         return norm
     # G = A Aᵀ [R, R] once, with the rank-r reduction kernel (reduction axis K, P = R).
     gram = _empty((R, R), weight.device, torch.float32)
-    meta, launch = _split(wgrad_config(K, R, R))
+    meta, launch = _split(wgrad_config(K, R, R, dot_in_fp32(lora_A.dtype)))
     _lora_wgrad_kernel[(triton.cdiv(R, meta["BLOCK_P"]),)](
         lora_A, lora_A, None, None, gram, None,
         K, R, R,
         lora_A.stride(1), lora_A.stride(0), lora_A.stride(1), lora_A.stride(0), gram.stride(0), gram.stride(1),
         1.0,
-        HAS_SCALE=False, HAS_CSUM=False, **meta, **launch,
+        HAS_SCALE=False, HAS_CSUM=False, DOT_IN_FP32=dot_in_fp32(lora_A.dtype), **meta, **launch,
     )
-    meta, launch = _split(norm_config(N, K, R))
+    fp32_dots = dot_in_fp32(weight.dtype)
+    meta, launch = _split(norm_config(N, K, R, fp32_dots))
     _dora_norm_kernel[(triton.cdiv(N, meta["BLOCK_N"]),)](
         weight, lora_A, lora_B, gram, norm, N, K, R,
         weight.stride(0), weight.stride(1), lora_A.stride(0), lora_A.stride(1),
-        lora_B.stride(0), lora_B.stride(1), float(scaling), **meta, **launch,
+        lora_B.stride(0), lora_B.stride(1), float(scaling), DOT_IN_FP32=fp32_dots, **meta, **launch,
     )
     return norm
 
@@ -311,8 +368,11 @@ def lora_linear(x: torch.Tensor, weight: torch.Tensor, lora_A: torch.Tensor, lor
             "auto" (kernels on CUDA tensors, the reference otherwise).
 
     Returns:
-        ``[..., N]`` in ``x.dtype``, computed with fp32 accumulation. The backward never forms
-        ``B @ A`` nor any intermediate wider than ``R`` columns.
+        ``[..., N]`` in ``x.dtype``, computed with fp32 accumulation. On the Triton kernels, bf16/fp16
+        ``x`` multiplies on the tensor cores in ``x.dtype`` (fp32 A, B and the rank-r ``S``, ``dS``
+        are rounded to it, as peft rounds ``S`` and ``dS`` in that dtype); fp32 ``x`` uses IEEE fp32
+        products (no TF32). The backward never forms ``B @ A`` nor any intermediate wider than ``R``
+        columns.
     """
     use_triton = _use_triton(backend, x.device)
     _check(x, weight, lora_A, lora_B, bias, {}, use_triton)
