@@ -1,4 +1,4 @@
-"""The ``talan`` command: ``talan demo``, ``report``, ``train`` (more subcommands register the same way).
+"""The ``talan`` command: ``demo``, ``report``, ``train``, ``study`` and ``analyze``.
 
 Each subcommand is a function ``_cmd_<name>(args) -> int`` and an ``add_parser`` block in
 `build_parser`; `main` maps the errors users can cause (a missing path, a malformed data file, a bad
@@ -41,6 +41,20 @@ def _cmd_report(args: argparse.Namespace) -> int:
     print("Parameter budget (counted on meta-device models; backbone excludes LoRA and TALAN; "
           "percentages are of the backbone)")
     print(format_budget_table(rows, config, args.lora_rank))
+    return 0
+
+
+def _cmd_study(args: argparse.Namespace) -> int:
+    from .study import run_study
+
+    run_study(args)
+    return 0
+
+
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    from .analyze import run_analyze
+
+    run_analyze(args)
     return 0
 
 
@@ -89,6 +103,18 @@ def build_parser() -> argparse.ArgumentParser:
                            "synthetic recall task. Flags override --config FILE (YAML/JSON).")
     add_train_arguments(train)
     train.set_defaults(func=_cmd_train)
+
+    from .analyze import add_analyze_arguments
+    from .study import add_study_arguments
+
+    study = sub.add_parser("study", help="LoRA/DoRA/rsLoRA with and without TALAN on synthetic tasks, paired seeds",
+                           description="Pretrains (or reuses) a small Qwen3 on synthetic skills, fine-tunes it with "
+                           "each adapter with and without TALAN over paired seeds; writes study.json, study.md, PNGs.")
+    add_study_arguments(study)
+    study.set_defaults(func=_cmd_study)
+    analyze = sub.add_parser("analyze", help="adapter update vs TALAN perturbation in a trained checkpoint")
+    add_analyze_arguments(analyze)
+    analyze.set_defaults(func=_cmd_analyze)
     return parser
 
 
