@@ -116,3 +116,34 @@ def test_plot_writes_a_png(tmp_path):
     assert data[:8] == PNG_SIGNATURE and data[12:16] == b"IHDR"
     width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
     assert width > 100 and height > 100
+
+
+def test_cpu_overhead_toggle_restores_the_model_and_times_both_arms():
+    """overhead_cpu.py's pairing: TALAN toggled in and out of one model with fixed weights, both arms
+    timed, the hook clock restored afterwards (checked on a tiny host, no timing asserted)."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    import torch
+
+    import talan
+    from benchmarks.models import add_lora, prefill_fn, qwen3_base
+    from benchmarks.overhead_cpu import HookClock, TalanToggle, paired_toggle
+    from talan.patching import _Patch
+
+    host = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                num_key_value_heads=1, head_dim=16)
+    model = add_lora(qwen3_base(host, seed=0), rank=4, seed=0).eval()
+    ids = torch.randint(0, 64, (2, 8))
+    before = prefill_fn(model, ids)().logits
+    toggle = TalanToggle(model, talan.TalanConfig(latent_dim=8, num_slots=2, backend="torch"))
+    toggle.set(True)
+    on = prefill_fn(model, ids)().logits
+    assert not torch.allclose(on, before)  # the saved weights have open gates
+    original = _Patch._apply
+    res = paired_toggle(toggle, prefill_fn(model, ids), rounds=2)
+    assert _Patch._apply is original and HookClock.METHODS
+    assert not talan.patching.is_patched(model)
+    assert torch.equal(prefill_fn(model, ids)().logits, before)
+    assert 0 < res["talan_hook_share"] < 1 and len(res["wall"]["ratios"]) == 2
+    toggle.set(True)
+    assert torch.equal(prefill_fn(model, ids)().logits, on)  # same TALAN weights every time
