@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from . import data as talan_data
+from .cli_types import positive_int
 
 ADAPTER_CONFIG = "adapter_config.json"
 
@@ -40,19 +41,9 @@ def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", metavar="FILE.jsonl", default=None,
                         help='evaluation examples, {"prompt", "completion"} per line (default: the checkpoint\'s '
                         "eval_prompts.jsonl)")
-    parser.add_argument("--num-prompts", type=_positive_int, default=96, help="at most this many examples (default 96)")
-    parser.add_argument("--batch-size", type=_positive_int, default=32)
+    parser.add_argument("--num-prompts", type=positive_int, default=96, help="at most this many examples (default 96)")
+    parser.add_argument("--batch-size", type=positive_int, default=32)
     parser.add_argument("--out", metavar="DIR", default=None, help="output folder (default: CHECKPOINT/analysis)")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
 
 
 # ---- loading ---------------------------------------------------------------------------------

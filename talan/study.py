@@ -29,6 +29,7 @@ import torch
 
 from . import data as talan_data
 from . import study_tasks
+from .cli_types import positive_int
 from .config import TalanConfig
 
 ADAPTERS = ("lora", "dora", "rslora")
@@ -53,38 +54,28 @@ def add_study_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", metavar="DIR", default=None,
                         help="output folder (default: runs/study, or runs/study-quick with --quick)")
     parser.add_argument("--quick", action="store_true", help="2 seeds, fewer steps, smaller sets (about 3 minutes)")
-    parser.add_argument("--seeds", type=_positive_int, default=None, help="paired seeds (default 5; quick 2)")
-    parser.add_argument("--steps", type=_positive_int, default=None, help="fine-tuning steps per run (default 200)")
-    parser.add_argument("--batch-size", type=_positive_int, default=None, help="fine-tuning batch (default 32)")
+    parser.add_argument("--seeds", type=positive_int, default=None, help="paired seeds (default 5; quick 2)")
+    parser.add_argument("--steps", type=positive_int, default=None, help="fine-tuning steps per run (default 200)")
+    parser.add_argument("--batch-size", type=positive_int, default=None, help="fine-tuning batch (default 32)")
     parser.add_argument("--lr", type=float, default=None, help="adapter learning rate (default 3e-3)")
     parser.add_argument("--talan-lr", type=float, default=None,
                         help="TALAN learning rate (default 1e-2: its own param group, SPEC §1)")
-    parser.add_argument("--lora-rank", type=_positive_int, default=None, help="adapter rank (default 8)")
+    parser.add_argument("--lora-rank", type=positive_int, default=None, help="adapter rank (default 8)")
     parser.add_argument("--adapters", nargs="+", choices=ADAPTERS, default=list(ADAPTERS), metavar="KIND",
                         help=f"adapter kinds, each run with and without TALAN (default: all of {ADAPTERS})")
     parser.add_argument("--tasks", nargs="+", choices=list(study_tasks.TARGET_TASKS),
                         default=list(study_tasks.TARGET_TASKS), metavar="TASK",
                         help=f"targeted tasks (default: all of {list(study_tasks.TARGET_TASKS)})")
-    parser.add_argument("--pretrain-steps", type=_positive_int, default=None,
+    parser.add_argument("--pretrain-steps", type=positive_int, default=None,
                         help="backbone pretraining steps (default 1200; quick 100)")
     parser.add_argument("--layer", type=float, default=0.5, help="TALAN insertion layer as a fraction of the depth")
     parser.add_argument("--site", choices=("pre", "mid", "post"), default="mid", help="TALAN insertion site")
-    parser.add_argument("--num-slots", type=_positive_int, default=8, help="TALAN memory slots M (default 8)")
-    parser.add_argument("--latent-dim", type=_positive_int, default=16,
+    parser.add_argument("--num-slots", type=positive_int, default=8, help="TALAN memory slots M (default 8)")
+    parser.add_argument("--latent-dim", type=positive_int, default=16,
                         help="TALAN latent width r (default 16: under 1 %% of the backbone, as in the paper)")
-    parser.add_argument("--threads", type=_positive_int, default=1,
+    parser.add_argument("--threads", type=positive_int, default=1,
                         help="torch threads during the study (default 1: tiny ops do not gain from more)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
 
 
 def _settings(args: argparse.Namespace) -> dict:
