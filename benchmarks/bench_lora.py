@@ -2,14 +2,16 @@
 
 Groups are ``lora <mode> M<tokens> H<hidden> r<rank>``; compare providers within a group. On a GPU:
 bf16, Qwen3 widths 1024/2048/4096, r 8/16/64, 4096 tokens (forward, forward+backward) and 1/16
-tokens (decode). On a CPU: fp32 at small shapes, the Triton provider skipped.
+tokens (decode). On a CPU: fp32 at small shapes, the Triton providers skipped. ``triton_base`` (the
+fused kernel's main loop without the LoRA term) separates, within a group, the cost of the LoRA term
+(triton / triton_base) from that of the Triton GEMM itself (triton_base / base); it is forward only.
 """
 
 from __future__ import annotations
 
 import pytest
 
-from .cases import DORA_PROVIDERS, LORA_PROVIDERS, lora_case
+from .cases import DORA_PROVIDERS, FORWARD_ONLY_PROVIDERS, LORA_PROVIDERS, lora_case
 from .common import bench_device, lora_triton_status
 
 
@@ -52,6 +54,8 @@ def _skip_unavailable(provider: str, device) -> None:
 def test_lora(run_case, device, dtype, lora_shape, provider):
     mode, tokens, hidden, rank = lora_shape
     _skip_unavailable(provider, device)
+    if provider in FORWARD_ONLY_PROVIDERS and mode == "fwdbwd":
+        pytest.skip(f"{provider} is forward only (no backward to time)")
     case = lora_case(provider, tokens, hidden, rank, mode, device, dtype)
     run_case(case, f"lora {mode} M{tokens} H{hidden} r{rank}", provider=provider, mode=mode, tokens=tokens,
              hidden=hidden, rank=rank, dtype=str(dtype))

@@ -3,7 +3,8 @@ gate against the reference (run before anything is timed) and a minimum-traffic 
 the GB/s and TFLOP/s columns.
 
 Providers
-    LoRA linear: ``base`` (``x @ W.T`` alone, the floor), ``torch`` (``lora_linear_ref``),
+    LoRA linear: ``base`` (``x @ W.T`` alone, the floor), ``triton_base`` (the fused kernel's own
+    Triton GEMM with ``HAS_LORA=False``, same tiles: forward only), ``torch`` (``lora_linear_ref``),
     ``triton`` (``lora_linear(..., backend="triton")``), ``peft`` (peft's eager ``lora.Linear``);
     DoRA in eval: ``dora_torch``, ``dora_triton`` (norm cached, as in eval), ``dora_peft``.
     Side path: ``copy`` (read h, write h': the memory floor), ``torch`` (``side_path_ref``),
@@ -21,7 +22,9 @@ import torch
 
 from .common import check_close
 
-LORA_PROVIDERS = ("base", "torch", "triton", "peft")
+LORA_PROVIDERS = ("base", "triton_base", "torch", "triton", "peft")
+# Providers with no backward: their ``fwdbwd`` case does not exist.
+FORWARD_ONLY_PROVIDERS = ("triton_base",)
 DORA_PROVIDERS = ("base", "dora_torch", "dora_triton", "dora_peft")
 SIDE_PATH_PROVIDERS = ("copy", "torch", "triton")
 LORA_ALPHA = 32
@@ -72,9 +75,13 @@ def _peft_linear(weight, lora_A, lora_B, dora_magnitude=None, train: bool = Fals
 def lora_case(provider: str, tokens: int, hidden: int, rank: int, mode: str, device, dtype, seed: int = 0) -> Case:
     """``y = x W^T + s (x A^T) B^T`` with ``x [tokens, hidden]``, ``W [hidden, hidden]``, ``s = 32/r``
     (peft's ``lora_alpha / r``). ``fwdbwd`` differentiates into x, A and B (W frozen); the ``base``
-    provider into x only (what the frozen base layer costs in training)."""
+    provider into x only (what the frozen base layer costs in training). ``triton_base`` (the
+    Triton GEMM without the LoRA term, tiles as the fused kernel's at ``rank``) is forward only."""
     from talan_kernels.lora import dora_linear, lora_linear, lora_linear_ref
-    from talan_kernels.lora.interface import DoraNormCache
+    from talan_kernels.lora.interface import DoraNormCache, base_linear_triton
+
+    if provider in FORWARD_ONLY_PROVIDERS and mode == "fwdbwd":
+        raise ValueError(f"LoRA provider {provider!r} is forward only (no mode {mode!r})")
     from talan_kernels.lora.reference import dora_linear_ref
 
     gen = torch.Generator(device="cpu").manual_seed(seed)
@@ -101,6 +108,9 @@ def lora_case(provider: str, tokens: int, hidden: int, rank: int, mode: str, dev
 
     if provider == "base":
         forward = lambda: x @ w.t()
+        ref_out = lambda: (x.float() @ w.float().t()).to(dtype)
+    elif provider == "triton_base":
+        forward = lambda: base_linear_triton(x, w, rank=rank)
         ref_out = lambda: (x.float() @ w.float().t()).to(dtype)
     elif provider in ("torch", "dora_torch"):
         forward, ref_out = ref, ref
@@ -138,7 +148,7 @@ def lora_case(provider: str, tokens: int, hidden: int, rank: int, mode: str, dev
             with torch.no_grad():
                 return forward()
     e = torch.finfo(dtype).bits // 8
-    lora_flops = 0 if provider == "base" else 2 * tokens * rank * (k + n)
+    lora_flops = 0 if provider in ("base", "triton_base") else 2 * tokens * rank * (k + n)
     flops = 2 * tokens * n * k + lora_flops
     traffic = (tokens * k + n * k + tokens * n) * e
     if train:  # dY read, W read again, dx written; the rank-r terms are small

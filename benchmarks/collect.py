@@ -55,6 +55,12 @@ ROWS = {
     "lora_peft_vs_base_decode": (None, "anchor: peft eager LoRA vs x @ W.T, worst of 1 and 16 tokens (SPEC: ~2.5x)"),
     "dora_peft_vs_base_eval": (None, "anchor: peft eager DoRA (eval) vs x @ W.T, 4096 tokens (SPEC: ~2.39x)"),
     "train_step_peft_lora_vs_base": (None, "peft's own overhead: peft eager LoRA step vs the frozen base step"),
+    # lora_fused_vs_base_prefill = (these two ratios' product, up to timing noise): how much is the
+    # LoRA term, how much the Triton main loop against cuBLAS (SPEC §5).
+    "lora_fused_vs_triton_base_prefill": (None, "fused LoRA (Triton) vs the same Triton GEMM without the LoRA term "
+                                                "(HAS_LORA=False, same tiles), bf16 4096x4096 r=16, 4096 tokens"),
+    "triton_base_vs_cublas_prefill": (None, "Triton GEMM without the LoRA term vs x @ W.T (cuBLAS), "
+                                            "bf16 4096x4096 (tiles of r=16), 4096 tokens"),
 }
 REQUIRED = tuple(list(ROWS)[:7])
 PAPER_RANGE = (1.01, 1.02)
@@ -101,24 +107,28 @@ def kernel_rows(device, dtype, dry_run: bool) -> list[dict]:
                     baseline=f"{base_label}: {_ms(worst['base_s'])} ms", provider=variant_label,
                     detail={f"tokens_{r['tokens']}": {k: v for k, v in r.items() if k != "tokens"} for r in res_list})
 
-    specs = [
-        ("lora_fused_vs_base_prefill", "triton", (prefill,)),
-        ("lora_fused_vs_base_decode", "triton", decode_tokens),
-        ("dora_fused_vs_base_eval", "dora_triton", (prefill,)),
-        ("lora_peft_vs_base_prefill", "peft", (prefill,)),
-        ("lora_peft_vs_base_decode", "peft", decode_tokens),
-        ("dora_peft_vs_base_eval", "dora_peft", (prefill,)),
+    cublas = "x @ W.T (cuBLAS)"
+    specs = [  # (row, variant, baseline provider, token counts, baseline label)
+        ("lora_fused_vs_base_prefill", "triton", "base", (prefill,), "x @ W.T"),
+        ("lora_fused_vs_base_decode", "triton", "base", decode_tokens, "x @ W.T"),
+        ("dora_fused_vs_base_eval", "dora_triton", "base", (prefill,), "x @ W.T"),
+        ("lora_peft_vs_base_prefill", "peft", "base", (prefill,), "x @ W.T"),
+        ("lora_peft_vs_base_decode", "peft", "base", decode_tokens, "x @ W.T"),
+        ("dora_peft_vs_base_eval", "dora_peft", "base", (prefill,), "x @ W.T"),
+        ("lora_fused_vs_triton_base_prefill", "triton", "triton_base", (prefill,),
+         "Triton GEMM without the LoRA term (HAS_LORA=False)"),
+        ("triton_base_vs_cublas_prefill", "triton_base", "base", (prefill,), cublas),
     ]
     rows = []
-    for name, variant, token_list in specs:
-        if "triton" in variant and not ok:
+    for name, variant, base, token_list, label in specs:
+        if ("triton" in variant or "triton" in base) and not ok:
             rows.append(skipped(name, why))
             continue
         if device.type != "cuda":
             rows.append(skipped(name, "kernel ratios are measured on a GPU only (no CUDA device here)"))
             continue
-        rows.append(_guard(name, lambda v=variant, t=token_list, n=name: to_row(
-            n, [compare(v, "base", tok) for tok in t], v)))
+        rows.append(_guard(name, lambda v=variant, b=base, t=token_list, n=name, lab=label: to_row(
+            n, [compare(v, b, tok) for tok in t], v, lab)))
     return rows
 
 

@@ -18,6 +18,8 @@ SCRIPT = ROOT / "benchmarks" / "gpu_check.sh"
 REQUIRED_ROWS = ("lora_fused_vs_base_prefill", "lora_fused_vs_base_decode", "dora_fused_vs_base_eval",
                  "talan_lora_vs_lora_prefill", "talan_lora_vs_lora_decode", "train_step_talan_fused_vs_peft_lora",
                  "talan_block_share_of_layer")
+# Optional extras (SPEC §5): the fused ratio split into the LoRA term and the Triton GEMM vs cuBLAS.
+TRITON_BASE_ROWS = ("lora_fused_vs_triton_base_prefill", "triton_base_vs_cublas_prefill")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -86,6 +88,8 @@ def test_dry_run_writes_a_well_formed_results_file(dry_run):
             assert row["ratio"] > 0 and row["value"] > 0 and row["baseline"], row
     # The Triton rows need a GPU and say so; the model rows run on the CPU's torch backends.
     assert "GPU" in rows["lora_fused_vs_base_prefill"]["skipped"]
+    for name in TRITON_BASE_ROWS:
+        assert "GPU" in rows[name]["skipped"], rows[name]
     assert rows["talan_lora_vs_lora_decode"]["ratio"] is not None
     assert "DRY RUN" in results[0].with_suffix(".md").read_text().upper()
 
@@ -94,8 +98,9 @@ def test_report_without_rows_marks_every_row_skipped():
     collect, _ = _import_benchmarks()
     report = collect.build_report(None, collect.environment(), {}, None, None, dry_run=True)
     rows = {r["name"]: r for r in report["rows"]}
-    assert set(REQUIRED_ROWS) <= set(rows)
+    assert set(REQUIRED_ROWS) | set(TRITON_BASE_ROWS) <= set(rows)
     assert all(r["ratio"] is None and r["skipped"] for r in rows.values())
+    assert not set(TRITON_BASE_ROWS) & set(collect.REQUIRED)
     assert "talan_lora_vs_lora_prefill" in collect.to_markdown(report)
 
 
@@ -147,3 +152,15 @@ def test_cpu_overhead_toggle_restores_the_model_and_times_both_arms():
     assert 0 < res["talan_hook_share"] < 1 and len(res["wall"]["ratios"]) == 2
     toggle.set(True)
     assert torch.equal(prefill_fn(model, ids)().logits, on)  # same TALAN weights every time
+
+
+def test_triton_base_provider_is_forward_only():
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    import torch
+
+    from benchmarks.cases import FORWARD_ONLY_PROVIDERS, LORA_PROVIDERS, lora_case
+
+    assert "triton_base" in LORA_PROVIDERS and "triton_base" in FORWARD_ONLY_PROVIDERS
+    with pytest.raises(ValueError, match="forward only"):
+        lora_case("triton_base", 8, 16, 4, "fwdbwd", torch.device("cpu"), torch.float32)

@@ -62,11 +62,27 @@ def _fwd_case(M, R, dtype):
 
     fp32 = dtype == "fp32"
     meta, warps, stages = _split(interface.fwd_config(M, 4096, 4096, R, fp32))
-    consts = dict(HAS_BIAS=True, HAS_SCALE=True, SAVE_S=True, SAVE_Z=True, DOT_IN_FP32=fp32, **meta)
+    consts = dict(HAS_BIAS=True, HAS_SCALE=True, SAVE_S=True, SAVE_Z=True, DOT_IN_FP32=fp32, HAS_LORA=True, **meta)
     ptrs = {n: dtype for n in ("X", "W", "A", "B", "BIAS", "Y", "Z_OUT")}
     ptrs.update(SCALE="fp32", S_OUT="fp32")
     ints = dict(M=M, N=4096, K=4096, R=R, stride_xm=4096, stride_xk=1, stride_wn=4096, stride_wk=1,
                 stride_ar=4096, stride_ak=1, stride_bn=R, stride_br=1)
+    return (_lora_fwd_kernel, *_case(_lora_fwd_kernel, ptrs, ints, ("scaling",), consts), warps, stages)
+
+
+def _fwd_base_case(M, R, dtype):
+    """The HAS_LORA=False forward as ``base_linear_triton`` launches it (with a bias): A, B, SCALE,
+    S_OUT, Z_OUT are None (constexprs in a real launch), R and the adapter strides 0, tiles from
+    ``fwd_config`` at rank R as the fused kernel's."""
+    from talan_kernels.lora.kernels import _lora_fwd_kernel
+
+    fp32 = dtype == "fp32"
+    meta, warps, stages = _split(interface.fwd_config(M, 4096, 4096, R, fp32))
+    consts = dict(A=None, B=None, SCALE=None, S_OUT=None, Z_OUT=None, HAS_BIAS=True, HAS_SCALE=False,
+                  SAVE_S=False, SAVE_Z=False, DOT_IN_FP32=fp32, HAS_LORA=False, **meta)
+    ptrs = {n: dtype for n in ("X", "W", "BIAS", "Y")}
+    ints = dict(M=M, N=4096, K=4096, R=0, stride_xm=4096, stride_xk=1, stride_wn=4096, stride_wk=1,
+                stride_ar=0, stride_ak=0, stride_bn=0, stride_br=0)
     return (_lora_fwd_kernel, *_case(_lora_fwd_kernel, ptrs, ints, ("scaling",), consts), warps, stages)
 
 
@@ -107,7 +123,8 @@ def _norm_case(M, R, dtype):
     return (_dora_norm_kernel, *_case(_dora_norm_kernel, ptrs, ints, ("scaling",), consts), warps, stages)
 
 
-_CASES = {"fwd": _fwd_case, "bwd_dx": _dx_case, "wgrad": _wgrad_case, "dora_norm": _norm_case}
+_CASES = {"fwd": _fwd_case, "fwd_base": _fwd_base_case, "bwd_dx": _dx_case, "wgrad": _wgrad_case,
+          "dora_norm": _norm_case}
 _SHAPES = {"prefill-r16": (4096, 16), "prefill-r64": (4096, 64), "prefill-r128": (4096, 128),
            "decode-r16": (1, 16), "decode-r128": (16, 128)}
 # bf16 (the fast path) at every shape; fp32 (IEEE, CUDA cores) at the r=16 prefill shape.
@@ -142,7 +159,7 @@ def _compile(kernel, shape, dtype, arch):
 
 @pytest.mark.parametrize("arch", [80, 90])
 @pytest.mark.parametrize("shape,dtype", _PARAMS, ids=[f"{s}-{d}" for s, d in _PARAMS])
-@pytest.mark.parametrize("kernel", sorted(_CASES))
+@pytest.mark.parametrize("kernel", sorted(k for k in _CASES if k != "fwd_base"))
 def test_kernel_compiles_on_tensor_cores_without_spills(kernel, shape, dtype, arch):
     if kernel == "dora_norm" and not shape.startswith("prefill"):
         pytest.skip("the norm kernel does not depend on the token count")
@@ -166,3 +183,24 @@ def test_prefill_forward_uses_wgmma_on_sm90():
     _, _, ptx, _ = _compile("fwd", "prefill-r16", "bf16", 90)
     mmas = set(_MMA.findall(ptx))
     assert any(m.startswith("wgmma.mma_async") and ".bf16.bf16" in m for m in mmas), sorted(mmas)
+
+
+@pytest.mark.parametrize("arch", [80, 90])
+@pytest.mark.parametrize("shape", ["prefill-r16", "decode-r16"])
+def test_base_forward_without_lora_compiles_on_bf16_tensor_cores(shape, arch):
+    # The HAS_LORA=False forward (benchmarks' "same Triton GEMM without the LoRA term"): same tiles
+    # as the fused kernel, no spill, bf16 tensor cores (wgmma for the 128x128 prefill tile on
+    # sm_90), and strictly fewer tensor-core instructions than the fused kernel (no x Aᵀ, no S Bᵀ).
+    regs, spills, ptx, smem = _compile("fwd_base", shape, "bf16", arch)
+    where = f"fwd_base {shape} bf16 sm_{arch}"
+    assert spills == 0, f"{where}: {spills} bytes of spill stores and loads ({regs} registers)"
+    assert smem <= _SMEM_LIMIT[arch], f"{where}: {smem} bytes of shared memory > {_SMEM_LIMIT[arch]}"
+    mmas = set(_MMA.findall(ptx))
+    assert mmas and all(".bf16" in m for m in mmas), f"{where}: {sorted(mmas)}"
+    assert "tf32" not in ptx, f"{where}: TF32 left in the bf16 path"
+    if arch == 80:
+        assert all(m.startswith("mma.sync") for m in mmas), sorted(mmas)
+    elif shape.startswith("prefill"):
+        assert any(m.startswith("wgmma.mma_async") and ".bf16.bf16" in m for m in mmas), sorted(mmas)
+    fused_ptx = _compile("fwd", shape, "bf16", arch)[2]
+    assert len(_MMA.findall(ptx)) < len(_MMA.findall(fused_ptx)), f"{where}: no fewer MMAs than the fused kernel"

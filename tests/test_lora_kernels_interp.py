@@ -184,3 +184,31 @@ def test_native_fp16_dot_path_within_twice_pytorch_fp16_error(adapter_dtype, dor
     layer = make_peft_layer(70, 45, 8, bias=True, dora=dora, seed=12).train()
     x, dy = torch.randn(37, 70), torch.randn(37, 45)
     check_low_precision(layer, x, dy, torch.float16, adapter_dtype)
+
+
+def _base_ref(x, W, bias):
+    y = x.double() @ W.double().t()
+    return y if bias is None else y + bias.double()
+
+
+@pytest.mark.parametrize("M,N,K,bias", [(83, 70, 100, True), (37, 45, 53, False), (5, 33, 47, True)],
+                         ids=["prefill-bias", "prefill", "decode-bias"])
+def test_base_linear_triton_matches_plain_product(M, N, K, bias):
+    # The HAS_LORA=False kernel (the benchmarks' "Triton GEMM without the LoRA term"), fp32, odd
+    # shapes, every output element starting as NaN; a transposed x view checks its strides.
+    torch.manual_seed(M)
+    x = torch.randn(K, M).t() if M > 16 else torch.randn(M, K)
+    W, b = torch.randn(N, K), (torch.randn(N) if bias else None)
+    y = interface.base_linear_triton(x, W, b)
+    assert y.shape == (M, N) and y.dtype == torch.float32
+    assert_rel_rms(y, _base_ref(x, W, b), 1e-5, "base_linear_triton")
+
+
+@pytest.mark.parametrize("group", [2, 3])
+def test_base_linear_triton_grouped_tiles(group, monkeypatch):
+    # The launcher takes fwd_config like the fused one: small tiles and partial groups of N tiles.
+    _small_tiles(monkeypatch, group)
+    torch.manual_seed(group)
+    x, W, b = torch.randn(37, 70), torch.randn(45, 70), torch.randn(45)
+    assert_rel_rms(interface.base_linear_triton(x, W, b), _base_ref(x, W, b), 1e-5, "base grouped")
+    assert interface.base_linear_triton(torch.randn(0, 70), W).shape == (0, 45)

@@ -158,9 +158,38 @@ def lora_fwd_triton(x, weight, lora_A, lora_B, bias, col_scale, scaling: float, 
         lora_A.stride(0), lora_A.stride(1), lora_B.stride(0), lora_B.stride(1),
         float(scaling),
         HAS_BIAS=bias is not None, HAS_SCALE=col_scale is not None, SAVE_S=save_s, SAVE_Z=save_z,
-        DOT_IN_FP32=fp32_dots, **meta, **launch,
+        DOT_IN_FP32=fp32_dots, HAS_LORA=True, **meta, **launch,
     )
     return y, s_out, z_out
+
+
+def base_linear_triton(x, weight, bias=None, *, rank: int = 16):
+    """``x Wᵀ (+ bias)`` on 2-D ``x [M, K]`` by ``_lora_fwd_kernel`` with ``HAS_LORA=False``: the
+    fused kernel's own main loop, tiles, grid and precision (``fwd_config`` at ``rank``, default
+    SPEC §5's r=16) without the adapter term. Private, forward only (no autograd): used by the
+    benchmarks to split the fused-vs-cuBLAS ratio into the LoRA term and the Triton GEMM, and by
+    the tests."""
+    import triton
+
+    from .kernels import _lora_fwd_kernel
+
+    M, K = x.shape
+    N = weight.shape[0]
+    y = _empty((M, N), x.device, x.dtype)
+    if M == 0:
+        return y
+    fp32_dots = dot_in_fp32(x.dtype)
+    meta, launch = _split(fwd_config(M, N, K, rank, fp32_dots))
+    grid = (triton.cdiv(M, meta["BLOCK_M"]), triton.cdiv(triton.cdiv(N, meta["BLOCK_N"]), meta["GROUP_N"]))
+    _lora_fwd_kernel[grid](
+        x, weight, None, None, bias, None, y, None, None,
+        M, N, K, 0,
+        x.stride(0), x.stride(1), weight.stride(0), weight.stride(1), 0, 0, 0, 0,
+        1.0,
+        HAS_BIAS=bias is not None, HAS_SCALE=False, SAVE_S=False, SAVE_Z=False,
+        DOT_IN_FP32=fp32_dots, HAS_LORA=False, **meta, **launch,
+    )
+    return y
 
 
 def lora_bwd_triton(dy, x, weight, lora_A, lora_B, s, z, col_scale, scaling: float, need_dx: bool,

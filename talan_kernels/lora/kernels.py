@@ -17,6 +17,10 @@ Precision (``DOT_IN_FP32``, set by the launcher at launch time):
   bf16 wrongly): every tile is cast to fp32 and ``tl.dot`` uses IEEE fp32 products
   (``input_precision="ieee"``, not TF32), matching PyTorch's default fp32 matmul.
 
+``HAS_LORA`` (forward only): False drops the adapter entirely (no ``S = x Aᵀ`` in the K loop, no
+``(s S) Bᵀ`` in the epilogue; A, B, S_OUT may be None), leaving the same main loop, tiles and grid:
+``y = g ⊙ x Wᵀ + bias``, the Triton GEMM the fused kernel is benchmarked against (SPEC §5).
+
 Work split: the forward gives each program ``GROUP_N`` consecutive N tiles of one row block and
 computes ``S`` only in the first, so the rank-r product over K is recomputed ``N / (BLOCK_N GROUP_N)``
 times, not ``N / BLOCK_N``; the dx kernel does the same for ``dS`` over ``GROUP_K`` K tiles.
@@ -68,15 +72,17 @@ def _fwd_mainloop(
 @triton.jit
 def _fwd_epilogue(
     acc, s_lo, B, BIAS, SCALE, Y, Z_OUT, offs_m, offs_n, mask_m, mask_n, N, R, stride_bn, stride_br,
-    HAS_BIAS: tl.constexpr, HAS_SCALE: tl.constexpr, SAVE_Z: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_SCALE: tl.constexpr, SAVE_Z: tl.constexpr, HAS_LORA: tl.constexpr,
     DOT_T: tl.constexpr, DOT_IN_FP32: tl.constexpr, BLOCK_R: tl.constexpr,
 ):
-    """Adds the rank-r update ``(s S) Bᵀ`` into the accumulator, then stores Z, and y = g ⊙ Z + bias."""
-    offs_r = tl.arange(0, BLOCK_R).to(tl.int64)
-    mask_r = offs_r < R
-    b = tl.load(B + offs_n[:, None] * stride_bn + offs_r[None, :] * stride_br,
-                mask=mask_n[:, None] & mask_r[None, :], other=0.0).to(DOT_T)            # [BN, BR]
-    acc = _dot(s_lo, tl.trans(b), acc, DOT_IN_FP32)                                     # [BM, BN]
+    """Adds the rank-r update ``(s S) Bᵀ`` into the accumulator (unless not HAS_LORA), then stores Z,
+    and y = g ⊙ Z + bias."""
+    if HAS_LORA:
+        offs_r = tl.arange(0, BLOCK_R).to(tl.int64)
+        mask_r = offs_r < R
+        b = tl.load(B + offs_n[:, None] * stride_bn + offs_r[None, :] * stride_br,
+                    mask=mask_n[:, None] & mask_r[None, :], other=0.0).to(DOT_T)        # [BN, BR]
+        acc = _dot(s_lo, tl.trans(b), acc, DOT_IN_FP32)                                 # [BM, BN]
 
     out_mask = mask_m[:, None] & mask_n[None, :]
     out_off = offs_m[:, None] * N + offs_n[None, :]
@@ -98,13 +104,14 @@ def _lora_fwd_kernel(
     stride_xm, stride_xk, stride_wn, stride_wk, stride_ar, stride_ak, stride_bn, stride_br,
     scaling,
     HAS_BIAS: tl.constexpr, HAS_SCALE: tl.constexpr, SAVE_S: tl.constexpr, SAVE_Z: tl.constexpr,
-    DOT_IN_FP32: tl.constexpr,
+    DOT_IN_FP32: tl.constexpr, HAS_LORA: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr,
     GROUP_N: tl.constexpr,
 ):
     """GROUP_N consecutive [BLOCK_M, BLOCK_N] tiles of y in one row block. The first tile's K loop
     also accumulates ``S = x Aᵀ`` from the same x tiles; every tile then adds ``(s S) Bᵀ`` in its
-    epilogue, so the adapter costs no extra pass over x or y and S is computed once per group."""
+    epilogue, so the adapter costs no extra pass over x or y and S is computed once per group.
+    Without HAS_LORA neither S nor its product is computed (SAVE_S must then be False)."""
     DOT_T: tl.constexpr = tl.float32 if DOT_IN_FP32 else X.dtype.element_ty
     pid_m = tl.program_id(0)
     pid_g = tl.program_id(1)
@@ -116,7 +123,7 @@ def _lora_fwd_kernel(
     mask_n = offs_n < N
     acc, s_acc = _fwd_mainloop(X, W, A, offs_m, offs_n, mask_m, mask_n, K, R,
                                stride_xm, stride_xk, stride_wn, stride_wk, stride_ar, stride_ak,
-                               True, DOT_T, DOT_IN_FP32, BLOCK_M, BLOCK_N, BLOCK_K, BLOCK_R)
+                               HAS_LORA, DOT_T, DOT_IN_FP32, BLOCK_M, BLOCK_N, BLOCK_K, BLOCK_R)
     if SAVE_S:
         # Every group of N tiles computes the same S rows; only the first group stores them.
         if pid_g == 0:
@@ -125,7 +132,8 @@ def _lora_fwd_kernel(
                      mask=mask_m[:, None] & (offs_r < R)[None, :])
     s_lo = (s_acc * scaling).to(DOT_T)                                                   # [BM, BR]
     _fwd_epilogue(acc, s_lo, B, BIAS, SCALE, Y, Z_OUT, offs_m, offs_n, mask_m, mask_n, N, R,
-                  stride_bn, stride_br, HAS_BIAS, HAS_SCALE, SAVE_Z, DOT_T, DOT_IN_FP32, BLOCK_R)
+                  stride_bn, stride_br, HAS_BIAS, HAS_SCALE, SAVE_Z, HAS_LORA, DOT_T, DOT_IN_FP32,
+                  BLOCK_R)
 
     # The other tiles of the group reuse s_lo. Names assigned in this loop are new on purpose: a
     # name defined before the loop would be carried through it and keep a second accumulator live.
@@ -136,7 +144,8 @@ def _lora_fwd_kernel(
                                   stride_xm, stride_xk, stride_wn, stride_wk, stride_ar, stride_ak,
                                   False, DOT_T, DOT_IN_FP32, BLOCK_M, BLOCK_N, BLOCK_K, BLOCK_R)
         _fwd_epilogue(acc_nb, s_lo, B, BIAS, SCALE, Y, Z_OUT, offs_m, offs_nb, mask_m, mask_nb, N, R,
-                      stride_bn, stride_br, HAS_BIAS, HAS_SCALE, SAVE_Z, DOT_T, DOT_IN_FP32, BLOCK_R)
+                      stride_bn, stride_br, HAS_BIAS, HAS_SCALE, SAVE_Z, HAS_LORA, DOT_T, DOT_IN_FP32,
+                      BLOCK_R)
 
 
 @triton.jit
