@@ -25,14 +25,22 @@ WEIGHTS_NAME = "talan_model.safetensors"
 
 def save_pretrained(model: nn.Module, path: str | os.PathLike) -> None:
     """Write ``talan_config.json`` and ``talan_model.safetensors`` into the folder ``path``."""
-    config = talan_config(model)
-    stack = decoder_stack(model)
     tensors = {f"layers.{i}.{name}": p.detach().to("cpu").contiguous()
                for i, block in talan_blocks(model).items() for name, p in block.named_parameters()}
+    _write_checkpoint(path, talan_config(model), tensors, _host(model))
+
+
+def _host(model: nn.Module) -> dict:
+    stack = decoder_stack(model)
+    return {"hidden_size": stack.config.hidden_size, "num_layers": len(stack.layers)}
+
+
+def _write_checkpoint(path: str | os.PathLike, config: TalanConfig, tensors: dict[str, torch.Tensor],
+                      host: dict) -> None:
+    """The writer of `save_pretrained`: ``tensors`` keyed ``layers.{i}.{param}``, ``host`` as `_host` gives it."""
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
-    host = {"hidden_size": stack.config.hidden_size, "num_layers": len(stack.layers)}
     (folder / CONFIG_NAME).write_text(config.to_json(**host) + "\n")
 
 

@@ -21,14 +21,19 @@ With no ``--model``: a tiny random-init Qwen3, the character tokenizer and the s
 of `talan.data`, on the CPU in well under a minute.
 
 Checked: one process (CPU/GPU) and DDP (``torchrun``; on a machine without a GPU ``use_cpu`` is set
-so that the processes synchronise over gloo). Not yet handled: FSDP and DeepSpeed ZeRO-3, whose
-sharded parameters TALAN's checkpoint callback would have to gather before writing.
+so that the processes synchronise over gloo). Under FSDP and DeepSpeed (ZeRO-3 shards the
+parameters) `TalanTrainer.save_talan` gathers the full state dict on every process
+(``accelerator.get_state_dict``) and writes TALAN's part of it from the main process. Tested on the
+CPU: the picking of TALAN's tensors out of fake and real FSDP2 (``fully_shard`` over gloo) gathered
+state dicts, without Trainer. Untested: a Trainer run under FSDP or DeepSpeed, since accelerate runs
+FSDP on GPUs only (with ``use_cpu`` it silently falls back to DDP) and DeepSpeed is not installed.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -37,10 +42,11 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 
 from . import checkpoint as talan_checkpoint
 from . import data as talan_data
-from .patching import BLOCK_NAME, talan_parameters
+from .patching import BLOCK_NAME, talan_blocks, talan_config, talan_parameters
 from .train_config import add_train_arguments, resolve_settings, talan_config_from
 
-__all__ = ["TalanCheckpointCallback", "TalanTrainer", "add_train_arguments", "load_examples", "run_train"]
+__all__ = ["TalanCheckpointCallback", "TalanTrainer", "add_train_arguments", "load_examples", "run_train",
+           "talan_tensors_from_state_dict"]
 
 TALAN_GROUP = "talan"
 
@@ -211,12 +217,62 @@ def build_model(backbone, settings: argparse.Namespace, talan_config):
 
 
 # ---- Trainer pieces --------------------------------------------------------------------------------
+# inserted into parameter names by FSDP1, activation checkpointing and torch.compile wrappers
+_WRAPPER_PARTS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
+
+
+def talan_tensors_from_state_dict(model, state_dict: dict) -> dict[str, torch.Tensor]:
+    """TALAN's tensors, keyed ``layers.{i}.{param}`` as `talan.save_pretrained` writes them, picked out
+    of a full (gathered) ``state_dict`` of ``model`` or of a wrapper around it.
+
+    ``model`` is the unwrapped patched model (it gives the blocks' names); a key of the state dict
+    matches a TALAN parameter when, with wrapper parts such as ``_fsdp_wrapped_module.`` taken out,
+    it is the parameter's name in ``model`` or ends with ``.`` + that name (a ``module.`` prefix).
+    Raises ``KeyError`` for a parameter with no key or several, ``ValueError`` for a tensor whose
+    shape is not the full one (a shard).
+    """
+    clean = {}
+    for key, value in state_dict.items():
+        for part in _WRAPPER_PARTS:
+            key = key.replace(part, "")
+        clean[key] = value
+    module_names = {id(module): name for name, module in model.named_modules()}
+    config, host = talan_config(model), talan_checkpoint._host(model)
+    blocks = talan_blocks(model)
+    expected = talan_checkpoint._expected_shapes(config, host["hidden_size"], tuple(blocks))
+    tensors = {}
+    for i, block in blocks.items():
+        for name, _ in block.named_parameters():
+            full = f"{module_names[id(block)]}.{name}"
+            hits = [k for k in clean if k == full or k.endswith(f".{full}")]
+            if len(hits) != 1:
+                raise KeyError(f"TALAN parameter {full}: {'no key' if not hits else f'several keys {hits}'} "
+                               "in the gathered state dict")
+            tensor = clean[hits[0]].detach().to("cpu").contiguous()
+            key = f"layers.{i}.{name}"
+            if tuple(tensor.shape) != expected[key]:
+                raise ValueError(f"TALAN parameter {full} has shape {tuple(tensor.shape)} in the gathered state "
+                                 f"dict, not the full {expected[key]}: a shard, not a gathered tensor")
+            tensors[key] = tensor
+    return tensors
+
+
 class TalanCheckpointCallback(TrainerCallback):
-    """Writes TALAN's two files into each ``checkpoint-*`` folder that the Trainer has just saved."""
+    """Writes TALAN's two files into each ``checkpoint-*`` folder that the Trainer has just saved.
+
+    With ``trainer`` (as `TalanTrainer` registers it) the files are written by `TalanTrainer.save_talan`,
+    which gathers sharded (FSDP, DeepSpeed ZeRO-3) parameters first; ``on_save`` runs on every process,
+    so each takes part in the gather.
+    """
+
+    def __init__(self, trainer: TalanTrainer | None = None):
+        self.trainer = trainer
 
     def on_save(self, args, state, control, model=None, **kwargs):
-        if args.should_save:
-            folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        if self.trainer is not None:
+            self.trainer.save_talan(folder)
+        elif args.should_save:
             talan_checkpoint.save_pretrained(model, folder)
         return control
 
@@ -232,7 +288,7 @@ class TalanTrainer(Trainer):
     def __init__(self, *args, talan_lr: float | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.talan_lr = talan_lr
-        self.add_callback(TalanCheckpointCallback())
+        self.add_callback(TalanCheckpointCallback(self))
 
     def get_decay_parameter_names(self, model) -> list[str]:
         # Trainer exempts norms by module type or name; TALAN's RMSNorm weight is a raw parameter
@@ -244,7 +300,7 @@ class TalanTrainer(Trainer):
         if self.optimizer is not None:
             return self.optimizer
         optimizer = super().create_optimizer(model)
-        talan_ids = {id(p) for p in talan_parameters(self.model)}
+        talan_ids = {id(p) for p in talan_parameters(self._talan_model())}
         groups, talan_groups = [], []
         for group in optimizer.param_groups:
             own = [p for p in group["params"] if id(p) in talan_ids]
@@ -259,13 +315,35 @@ class TalanTrainer(Trainer):
         optimizer.param_groups = groups + talan_groups
         return optimizer
 
+    def _talan_model(self):
+        """The patched peft model (under FSDP1 ``self.model`` is the FSDP wrapper once training starts)."""
+        return self.accelerator.unwrap_model(self.model)
+
+    @property
+    def _talan_sharded(self) -> bool:
+        return bool(self.is_fsdp_enabled or self.is_deepspeed_enabled)
+
+    def save_talan(self, folder: str | os.PathLike) -> None:
+        """Write TALAN's two files into ``folder``. Call it on every process: under FSDP and DeepSpeed the
+        full state dict is gathered (a collective), then the main process writes TALAN's part of it."""
+        model = self._talan_model()
+        if self._talan_sharded:
+            state_dict = self.accelerator.get_state_dict(self.model_wrapped)  # every process takes part
+            if self.args.should_save and self.accelerator.is_main_process:  # FSDP gathers onto rank 0 only
+                tensors = talan_tensors_from_state_dict(model, state_dict)
+                talan_checkpoint._write_checkpoint(folder, talan_config(model), tensors,
+                                                   talan_checkpoint._host(model))
+        elif self.args.should_save:
+            talan_checkpoint.save_pretrained(model, folder)
+
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
         if resume_from_checkpoint is True:
             resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
             if resume_from_checkpoint is None:
                 raise ValueError(f"no checkpoint-* folder to resume from in {self.args.output_dir}")
         if resume_from_checkpoint:
-            # before the Trainer wraps the model (DDP, FSDP, DeepSpeed), on every rank
+            # before the Trainer wraps (and FSDP/ZeRO-3 shard) the model, on every rank: each loads the full
+            # tensors, which the wrapper then shards
             talan_checkpoint.load_pretrained(self.model, resume_from_checkpoint)
         return super().train(resume_from_checkpoint=resume_from_checkpoint or None, **kwargs)
 
@@ -345,8 +423,7 @@ def _run(settings: argparse.Namespace, talan_config) -> dict:
     output = trainer.train(resume_from_checkpoint=settings.resume_from_checkpoint)
 
     trainer.save_model(settings.output_dir)  # the adapter (and a HF tokenizer), on the saving process
-    if trainer.args.should_save:
-        talan_checkpoint.save_pretrained(trainer.model, settings.output_dir)
+    trainer.save_talan(settings.output_dir)  # on every process: a gather under FSDP/DeepSpeed
     trainer.accelerator.wait_for_everyone()
     out = Path(settings.output_dir)
     checkpoints = sorted((p for p in out.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if p.is_dir()),
