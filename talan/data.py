@@ -86,6 +86,46 @@ def recall_examples(n: int, seed: int = 0, num_pairs: int = 6, value_len: int = 
     return examples
 
 
+def iter_jsonl(path: str | Path):
+    """Yield ``(where, record)`` for every non-blank line of a JSONL file, ``where`` being
+    ``"FILE, line N"`` for error messages.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: a line that is not valid JSON, naming the file and the 1-based line number.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"data file not found: {path}")
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}, line {lineno}"
+            try:
+                yield where, json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from None
+
+
+def prompt_completion(record, where: str, also_accepted: str | None = None) -> dict:
+    """Validate one ``{"prompt": str, "completion": str}`` record (non-empty completion).
+    ``also_accepted`` names another accepted form for the error messages (e.g. ``"'messages'"``)."""
+    alternative = f" or {also_accepted}" if also_accepted else ""
+    if not isinstance(record, dict):
+        raise ValueError(f"{where}: expected a JSON object with 'prompt' and 'completion'{alternative}, "
+                         f"got {type(record).__name__}")
+    for key in ("prompt", "completion"):
+        if key not in record:
+            hint = f" (or give {also_accepted})" if also_accepted else ""
+            raise ValueError(f"{where}: missing key {key!r}{hint}")
+        if not isinstance(record[key], str):
+            raise ValueError(f"{where}: {key!r} must be a string, got {type(record[key]).__name__}")
+    if not record["completion"]:
+        raise ValueError(f"{where}: 'completion' is empty, so the example would carry no loss")
+    return {"prompt": record["prompt"], "completion": record["completion"]}
+
+
 def load_jsonl(path: str | Path) -> list[dict]:
     """Read ``{"prompt": str, "completion": str}`` lines; blank lines are skipped.
 
@@ -93,30 +133,7 @@ def load_jsonl(path: str | Path) -> list[dict]:
         FileNotFoundError: the file does not exist.
         ValueError: a malformed line, naming the file and the 1-based line number; or no examples.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"data file not found: {path}")
-    examples = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}, line {lineno}"
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from None
-            if not isinstance(item, dict):
-                raise ValueError(f"{where}: expected a JSON object with 'prompt' and 'completion', "
-                                 f"got {type(item).__name__}")
-            for key in ("prompt", "completion"):
-                if key not in item:
-                    raise ValueError(f"{where}: missing key {key!r}")
-                if not isinstance(item[key], str):
-                    raise ValueError(f"{where}: {key!r} must be a string, got {type(item[key]).__name__}")
-            if not item["completion"]:
-                raise ValueError(f"{where}: 'completion' is empty, so the line would carry no loss")
-            examples.append({"prompt": item["prompt"], "completion": item["completion"]})
+    examples = [prompt_completion(record, where) for where, record in iter_jsonl(path)]
     if not examples:
         raise ValueError(f"{path}: no examples (the file is empty or holds only blank lines)")
     return examples

@@ -83,19 +83,9 @@ def _render_chat(messages, tokenizer, where: str) -> dict:
 
 
 def _to_example(record, tokenizer, where: str) -> dict:
-    if not isinstance(record, dict):
-        raise ValueError(f"{where}: expected an object with 'prompt' and 'completion' or 'messages', "
-                         f"got {type(record).__name__}")
-    if "messages" in record:
+    if isinstance(record, dict) and "messages" in record:
         return _render_chat(record["messages"], tokenizer, where)
-    for key in ("prompt", "completion"):
-        if key not in record:
-            raise ValueError(f"{where}: missing key {key!r} (or give a chat 'messages' list)")
-        if not isinstance(record[key], str):
-            raise ValueError(f"{where}: {key!r} must be a string, got {type(record[key]).__name__}")
-    if not record["completion"]:
-        raise ValueError(f"{where}: 'completion' is empty, so the example would carry no loss")
-    return {"prompt": record["prompt"], "completion": record["completion"]}
+    return talan_data.prompt_completion(record, where, also_accepted="a chat 'messages' list")
 
 
 def _first_jsonl_record(path: Path):
@@ -110,18 +100,7 @@ def _first_jsonl_record(path: Path):
 
 
 def _load_chat_jsonl(path: Path, tokenizer) -> list[dict]:
-    examples = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}, line {lineno}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from None
-            examples.append(_to_example(record, tokenizer, where))
-    return examples
+    return [_to_example(record, tokenizer, where) for where, record in talan_data.iter_jsonl(path)]
 
 
 def _load_parquet(path: Path, tokenizer) -> list[dict]:
