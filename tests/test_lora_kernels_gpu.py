@@ -5,53 +5,25 @@ reference) plus a small floor; fp32 inputs (IEEE products) against peft's fp32 e
 Skipped without CUDA."""
 
 import copy
-from collections import OrderedDict
 
 import pytest
 import torch
-from torch import nn
 
-from talan_kernels.lora import dora_linear, interface, lora_linear
+from talan_kernels.lora import interface
 from talan_kernels.testing import assert_rel_rms, rel_rms
 
 peft = pytest.importorskip("peft")
+from lora_layers import layer_params, make_peft_layer, run_fused  # noqa: E402
+
 pytest.importorskip("triton")
 
 NAMES = ["y", "dx", "dA", "dB", "dm"]
 
 
-def make_peft_layer(K, N, r, *, bias, dora, device, seed=0):
-    torch.manual_seed(seed)
-    base = nn.Sequential(OrderedDict(lin=nn.Linear(K, N, bias=bias)))
-    cfg = peft.LoraConfig(r=r, lora_alpha=2 * r, target_modules=["lin"], use_dora=dora, init_lora_weights=False)
-    layer = peft.get_peft_model(base, cfg).base_model.model.lin.to(device)
-    if dora:
-        with torch.no_grad():
-            mag = layer.lora_magnitude_vector["default"].weight
-            mag.mul_(0.5 + torch.rand_like(mag))
-    return layer
-
-
-def _params(layer):
-    p = [layer.lora_A["default"].weight, layer.lora_B["default"].weight]
-    if layer.lora_magnitude_vector:
-        p.append(layer.lora_magnitude_vector["default"].weight)
-    return p
-
-
-def _fused(layer, x, backend):
-    base = layer.get_base_layer()
-    A, B, s = layer.lora_A["default"].weight, layer.lora_B["default"].weight, layer.scaling["default"]
-    if layer.lora_magnitude_vector:
-        m = layer.lora_magnitude_vector["default"].weight
-        return dora_linear(x, base.weight, A, B, m, s, base.bias, backend=backend)
-    return lora_linear(x, base.weight, A, B, s, base.bias, backend=backend)
-
-
 def _out_grads(fn, layer, x, dy):
     x = x.detach().clone().requires_grad_()
     y = fn(x)
-    return [y.detach()] + list(torch.autograd.grad(y, [x] + _params(layer), dy))
+    return [y.detach()] + list(torch.autograd.grad(y, [x] + layer_params(layer), dy))
 
 
 def check_low_precision(layer, x, dy, dtype, adapter_dtype, backend="triton"):
@@ -64,9 +36,9 @@ def check_low_precision(layer, x, dy, dtype, adapter_dtype, backend="triton"):
     torch_layer = copy.deepcopy(layer).to(dtype)
     torch_err = [rel_rms(o, e) for o, e in zip(_out_grads(torch_layer, torch_layer, x.to(dtype), dy.to(dtype)), want)]
     ours = copy.deepcopy(layer).to(dtype)
-    for p in _params(ours):
+    for p in layer_params(ours):
         p.data = p.data.to(adapter_dtype)
-    got = _out_grads(lambda t: _fused(ours, t, backend), ours, x.to(dtype), dy.to(dtype))
+    got = _out_grads(lambda t: run_fused(ours, t, backend), ours, x.to(dtype), dy.to(dtype))
     floor = torch.finfo(dtype).eps / 8
     for o, e, t_err, n in zip(got, want, torch_err, NAMES):
         assert_rel_rms(o, e, 2 * t_err + floor, f"{n} (PyTorch's own {dtype} error {t_err:.2e})")
@@ -100,6 +72,6 @@ def test_fp32_kernels_match_peft_fp32(dora, monkeypatch):
     layer = make_peft_layer(520, 384, 16, bias=True, dora=dora, device="cuda", seed=3).train()
     x, dy = torch.randn(300, 520, device="cuda"), torch.randn(300, 384, device="cuda")
     want = _out_grads(layer, layer, x, dy)
-    got = _out_grads(lambda t: _fused(layer, t, "triton"), layer, x, dy)
+    got = _out_grads(lambda t: run_fused(layer, t, "triton"), layer, x, dy)
     for o, e, n in zip(got, want, NAMES):
         assert_rel_rms(o, e, 1e-5, n)

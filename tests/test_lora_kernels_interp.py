@@ -5,17 +5,17 @@ train and eval, with and without bias. Every kernel output starts as NaN (POISON
 element a kernel fails to write fails the comparison."""
 
 import os
-from collections import OrderedDict
 
 import pytest
 import torch
-from torch import nn
 
 from talan_kernels.lora import dora_linear, dora_linear_ref, dora_weight_norm, interface, lora_linear, lora_linear_ref
 from talan_kernels.lora.reference import dora_weight_norm_oracle
 from talan_kernels.testing import assert_rel_rms
 
 peft = pytest.importorskip("peft")
+from lora_layers import layer_params, make_peft_layer, run_fused  # noqa: E402
+
 pytest.importorskip("triton")
 
 pytestmark = [
@@ -29,38 +29,10 @@ def _poison(monkeypatch):
     monkeypatch.setattr(interface, "POISON_OUTPUTS", True)
 
 
-def make_peft_layer(K, N, r, *, bias, dora, seed=0):
-    torch.manual_seed(seed)
-    base = nn.Sequential(OrderedDict(lin=nn.Linear(K, N, bias=bias)))
-    cfg = peft.LoraConfig(r=r, lora_alpha=2 * r, target_modules=["lin"], use_dora=dora, init_lora_weights=False)
-    layer = peft.get_peft_model(base, cfg).base_model.model.lin
-    if dora:
-        with torch.no_grad():
-            mag = layer.lora_magnitude_vector["default"].weight
-            mag.mul_(0.5 + torch.rand_like(mag))
-    return layer
-
-
-def _params(layer):
-    p = [layer.lora_A["default"].weight, layer.lora_B["default"].weight]
-    if layer.lora_magnitude_vector:
-        p.append(layer.lora_magnitude_vector["default"].weight)
-    return p
-
-
-def _fused(layer, x):
-    base = layer.get_base_layer()
-    A, B, s = layer.lora_A["default"].weight, layer.lora_B["default"].weight, layer.scaling["default"]
-    if layer.lora_magnitude_vector:
-        m = layer.lora_magnitude_vector["default"].weight
-        return dora_linear(x, base.weight, A, B, m, s, base.bias, backend="triton")
-    return lora_linear(x, base.weight, A, B, s, base.bias, backend="triton")
-
-
 def _out_grads(fn, layer, x, dy, x_grad=True):
     x = x.detach().clone().requires_grad_(x_grad)
     y = fn(x)
-    wrt = ([x] if x_grad else []) + _params(layer)
+    wrt = ([x] if x_grad else []) + layer_params(layer)
     return [y.detach()] + list(torch.autograd.grad(y, wrt, dy))
 
 
@@ -79,7 +51,7 @@ def test_kernels_match_peft_eager(M, N, K, r, dora):
     x = torch.randn(M, K)
     dy = torch.randn(M, N)
     ref = _out_grads(layer, layer, x, dy)
-    out = _out_grads(lambda t: _fused(layer, t), layer, x, dy)
+    out = _out_grads(lambda t: run_fused(layer, t, "triton"), layer, x, dy)
     for o, e, n in zip(out, ref, ["y", "dx", "dA", "dB", "dm"]):
         assert_rel_rms(o, e, 1e-5, n)
 
@@ -91,7 +63,7 @@ def test_kernels_without_x_gradient_and_batched_noncontiguous_input(dora):
     x = torch.randn(2, 40, 9).transpose(1, 2)            # [2, 9, 40], non-contiguous
     dy = torch.randn(2, 9, 24)
     ref = _out_grads(layer, layer, x, dy, x_grad=False)
-    out = _out_grads(lambda t: _fused(layer, t), layer, x, dy, x_grad=False)
+    out = _out_grads(lambda t: run_fused(layer, t, "triton"), layer, x, dy, x_grad=False)
     for o, e, n in zip(out, ref, ["y", "dA", "dB", "dm"]):
         assert_rel_rms(o, e, 1e-5, n)
 
@@ -99,12 +71,12 @@ def test_kernels_without_x_gradient_and_batched_noncontiguous_input(dora):
 def test_dora_magnitude_only_gradient():
     # Only m trains: the dB kernel still runs for dg (HAS_CSUM) while no dx/dA/dB is requested.
     layer = make_peft_layer(30, 20, 4, bias=False, dora=True, seed=8)
-    for p in _params(layer)[:2]:
+    for p in layer_params(layer)[:2]:
         p.requires_grad_(False)
     m = layer.lora_magnitude_vector["default"].weight
     x, dy = torch.randn(19, 30), torch.randn(19, 20)
     (want,) = torch.autograd.grad(layer(x), [m], dy)
-    (got,) = torch.autograd.grad(_fused(layer, x), [m], dy)
+    (got,) = torch.autograd.grad(run_fused(layer, x, "triton"), [m], dy)
     assert_rel_rms(got, want, 1e-5, "dm")
 
 
@@ -156,7 +128,7 @@ def test_grouped_tiles_match_peft_eager(group, dora, monkeypatch):
     layer = make_peft_layer(70, 45, 8, bias=True, dora=dora, seed=11).train()   # 5 K tiles, 3 N tiles
     x, dy = torch.randn(37, 70), torch.randn(37, 45)
     ref = _out_grads(layer, layer, x, dy)
-    out = _out_grads(lambda t: _fused(layer, t), layer, x, dy)
+    out = _out_grads(lambda t: run_fused(layer, t, "triton"), layer, x, dy)
     for o, e, n in zip(out, ref, ["y", "dx", "dA", "dB", "dm"]):
         assert_rel_rms(o, e, 1e-5, n)
 

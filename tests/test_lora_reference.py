@@ -4,11 +4,9 @@ magnitude; the hand-written backward against autograd; the low-rank DoRA norm ag
 one; the norm cache; input validation. No Triton needed."""
 
 import os
-from collections import OrderedDict
 
 import pytest
 import torch
-from torch import nn
 
 from talan_kernels.lora import (
     DoraNormCache,
@@ -23,40 +21,9 @@ from talan_kernels.lora.reference import dora_weight_norm_oracle, dora_weight_no
 from talan_kernels.testing import assert_rel_rms
 
 peft = pytest.importorskip("peft")
+from lora_layers import layer_params, make_peft_layer, run_fused  # noqa: E402
 
 TOL = {torch.float32: 1e-5, torch.float64: 1e-12}
-
-
-def make_peft_layer(K, N, r, *, bias=True, dora=False, rslora=False, alpha=16, dtype=torch.float32, seed=0):
-    """A peft lora.Linear around nn.Linear(K, N) with random (non-zero) A, B and, for DoRA, a
-    magnitude moved away from the weight norm so the column scale is not 1."""
-    torch.manual_seed(seed)
-    base = nn.Sequential(OrderedDict(lin=nn.Linear(K, N, bias=bias)))
-    cfg = peft.LoraConfig(r=r, lora_alpha=alpha, target_modules=["lin"], use_dora=dora, use_rslora=rslora,
-                          init_lora_weights=False)
-    layer = peft.get_peft_model(base, cfg).base_model.model.lin.to(dtype)
-    if dora:
-        with torch.no_grad():
-            mag = layer.lora_magnitude_vector["default"].weight
-            mag.mul_(0.5 + torch.rand_like(mag))
-    return layer
-
-
-def layer_params(layer):
-    p = [layer.lora_A["default"].weight, layer.lora_B["default"].weight]
-    if layer.lora_magnitude_vector:
-        p.append(layer.lora_magnitude_vector["default"].weight)
-    return p
-
-
-def run_fused(layer, x, backend):
-    base = layer.get_base_layer()
-    A, B = layer.lora_A["default"].weight, layer.lora_B["default"].weight
-    s = layer.scaling["default"]
-    if layer.lora_magnitude_vector:
-        m = layer.lora_magnitude_vector["default"].weight
-        return dora_linear(x, base.weight, A, B, m, s, base.bias, backend=backend)
-    return lora_linear(x, base.weight, A, B, s, base.bias, backend=backend)
 
 
 def outputs_and_grads(fn, layer, x, dy):
@@ -70,7 +37,7 @@ def outputs_and_grads(fn, layer, x, dy):
 @pytest.mark.parametrize("r", [1, 8])
 @pytest.mark.parametrize("train", [True, False])
 def test_torch_backend_matches_peft_eager(variant, r, train):
-    layer = make_peft_layer(37, 29, r, dora=variant == "dora", rslora=variant == "rslora", bias=r == 8)
+    layer = make_peft_layer(37, 29, r, dora=variant == "dora", rslora=variant == "rslora", bias=r == 8, alpha=16)
     layer.train(train)
     x = torch.randn(3, 7, 37)
     dy = torch.randn(3, 7, 29)
@@ -138,7 +105,7 @@ def test_low_rank_norm_matches_explicit_norm():
 
 
 def test_dora_reference_matches_peft_in_eval():
-    layer = make_peft_layer(20, 12, 4, dora=True).eval()
+    layer = make_peft_layer(20, 12, 4, dora=True, alpha=16).eval()
     x = torch.randn(5, 20)
     base = layer.get_base_layer()
     y = dora_linear_ref(x, base.weight, layer.lora_A["default"].weight, layer.lora_B["default"].weight,
