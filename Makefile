@@ -6,14 +6,14 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 TORCH   := torch==2.13.0
-DEPS    := "triton>=3.0" "transformers>=5,<6" "peft>=0.17" safetensors tqdm matplotlib \
+DEPS    := "triton>=3.0" "transformers>=5,<6" "peft>=0.17" safetensors tqdm matplotlib pyarrow \
            pytest pytest-benchmark ruff
 
 .PHONY: venv test lint demo report bench bench-quick clean
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH)

@@ -415,6 +415,29 @@ def test_bad_flag_values_are_rejected(tmp_path, capsys):
         _train(tmp_path, "--data", str(_write_jsonl(tmp_path / "data.txt", ["x"])))
 
 
+def test_parquet_pairs_and_chat_rows_load_and_train(tmp_path):
+    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow as pa
+
+    pairs = tmp_path / "pairs.parquet"
+    pq.write_table(pa.Table.from_pylist([{"prompt": f"{i}+{i}=", "completion": str(2 * i)} for i in range(12)]),
+                   pairs)
+    chat = tmp_path / "chat.parquet"
+    pq.write_table(pa.Table.from_pylist([{"messages": [{"role": "user", "content": f"double {i}"},
+                                                       {"role": "assistant", "content": str(2 * i)}]}
+                                         for i in range(12)]), chat)
+    examples = load_examples(pairs, CharTokenizer())
+    assert examples[3] == {"prompt": "3+3=", "completion": "6"} and len(examples) == 12
+    chat_examples = load_examples(chat, CharTokenizer())
+    assert [e["completion"] for e in chat_examples[:3]] == ["0", "2", "4"] and "double 1" in chat_examples[1]["prompt"]
+    result = _train(tmp_path / "run", "--data", str(pairs))
+    assert result["global_step"] == 4
+    bad = tmp_path / "bad.parquet"
+    pq.write_table(pa.Table.from_pylist([{"prompt": "a", "completion": "b"}, {"prompt": "c"}]), bad)
+    with pytest.raises(ValueError, match=r"bad\.parquet, row 2"):
+        load_examples(bad, CharTokenizer())
+
+
 def test_unreadable_parquet_is_a_clear_error(tmp_path):
     path = tmp_path / "train.parquet"
     path.write_bytes(b"PAR1")
