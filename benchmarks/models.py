@@ -13,10 +13,11 @@ import copy
 
 import torch
 
+from talan.report import MODEL_PRESETS
+
 from .common import TOLERANCE, check_close, paired_times
 
-QWEN3_0_6B = dict(vocab_size=151936, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
-                  num_attention_heads=16, num_key_value_heads=8, head_dim=128, tie_word_embeddings=True)
+QWEN3_0_6B = {k: v for k, v in MODEL_PRESETS["Qwen3-0.6B"].items() if k != "model_type"}
 HOSTS = {
     "0.6B": QWEN3_0_6B,
     "cpu": {**QWEN3_0_6B, "num_hidden_layers": 4},

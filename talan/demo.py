@@ -19,6 +19,7 @@ import torch
 
 from . import data as talan_data
 from .config import TalanConfig
+from .hosts import load_local_checkpoint
 from .report import format_report, parameter_report
 
 # The embedded backbone: big enough that the loss drop is visible in a few hundred steps, small
@@ -44,24 +45,6 @@ def _embedded_backbone(vocab_size: int, pad_id: int, eos_id: int):
     config = Qwen3Config(vocab_size=vocab_size, pad_token_id=pad_id, eos_token_id=eos_id, bos_token_id=eos_id,
                          **TINY_QWEN3)
     return Qwen3ForCausalLM(config).float()
-
-
-def _load_local(model_path: str | Path):
-    """A local HF checkpoint and its tokenizer; never reaches the network."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    path = Path(model_path)
-    if not path.is_dir():
-        raise FileNotFoundError(f"--model {path}: no such directory. Pass a local Hugging Face checkpoint folder "
-                                "(config.json, *.safetensors and the tokenizer files); the demo never downloads.")
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"--model {path}: no config.json in that folder, so it is not a Hugging Face "
-                                "checkpoint")
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32)
-    if tokenizer.eos_token_id is None:
-        raise ValueError(f"--model {path}: the tokenizer has no eos token, which ends every completion")
-    return model, tokenizer
 
 
 def _with_adapters(backbone, config: TalanConfig):
@@ -146,7 +129,7 @@ def _run(model_path, data_path, steps, out_dir, seed, batch_size, talan_config, 
         source = (f"embedded tiny Qwen3 (random init, d={TINY_QWEN3['hidden_size']}, "
                   f"{TINY_QWEN3['num_hidden_layers']} layers), character tokenizer")
     else:
-        backbone, tokenizer = _load_local(model_path)
+        backbone, tokenizer = load_local_checkpoint(model_path)
         initial_state = None
         source = f"{model_path} ({type(backbone).__name__})"
     if data_path is None:
@@ -216,7 +199,7 @@ def _run(model_path, data_path, steps, out_dir, seed, batch_size, talan_config, 
     from peft import PeftModel
 
     if initial_state is None:
-        fresh, _ = _load_local(model_path)
+        fresh, _ = load_local_checkpoint(model_path)
     else:
         fresh = _embedded_backbone(len(tokenizer), tokenizer.pad_token_id, tokenizer.eos_token_id)
         fresh.load_state_dict(initial_state)

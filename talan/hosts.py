@@ -37,3 +37,29 @@ def decoder_stack(model: nn.Module) -> nn.Module:
     if not isinstance(getattr(stack, "layers", None), nn.ModuleList):
         raise TypeError(f"{type(host).__name__} has no decoder layer list to patch")
     return stack
+
+
+def load_local_checkpoint(path, flag: str = "--model"):
+    """A local Hugging Face checkpoint folder and its tokenizer, fp32, never from the network.
+
+    Raises ``FileNotFoundError`` for a missing folder or one without ``config.json`` and
+    ``ValueError`` for a tokenizer without an eos token (it ends every completion); ``flag`` names
+    the command-line option in the messages.
+    """
+    from pathlib import Path
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = Path(path)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{flag} {folder}: no such directory. Pass a local Hugging Face checkpoint folder "
+                                "(config.json, weights and tokenizer files); talan never downloads.")
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{flag} {folder}: no config.json in that folder, so it is not a Hugging Face "
+                                "checkpoint")
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    if tokenizer.eos_token_id is None:
+        raise ValueError(f"{flag} {folder}: the tokenizer has no eos token, which ends every completion")
+    model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=torch.float32)
+    return model, tokenizer

@@ -42,6 +42,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 
 from . import checkpoint as talan_checkpoint
 from . import data as talan_data
+from .hosts import load_local_checkpoint
 from .patching import BLOCK_NAME, talan_blocks, talan_config, talan_parameters
 from .train_config import add_train_arguments, resolve_settings, talan_config_from
 
@@ -163,23 +164,6 @@ def _embedded_model(seed: int):
                          eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id, **TINY_QWEN3)
     torch.manual_seed(seed)
     return Qwen3ForCausalLM(config).float(), tokenizer
-
-
-def _local_model(path: str):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    folder = Path(path)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"--model {folder}: no such directory. Pass a local Hugging Face checkpoint folder "
-                                "(config.json, weights and tokenizer files); talan train never downloads.")
-    if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"--model {folder}: no config.json in that folder, so it is not a Hugging Face "
-                                "checkpoint")
-    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    if tokenizer.eos_token_id is None:
-        raise ValueError(f"--model {folder}: the tokenizer has no eos token, which ends every completion")
-    model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=torch.float32)
-    return model, tokenizer
 
 
 def build_model(backbone, settings: argparse.Namespace, talan_config):
@@ -385,7 +369,7 @@ def _run(settings: argparse.Namespace, talan_config) -> dict:
     if settings.embedded:
         backbone, tokenizer = _embedded_model(settings.seed)
     else:
-        backbone, tokenizer = _local_model(settings.model)
+        backbone, tokenizer = load_local_checkpoint(settings.model)
     if settings.data is None:
         examples = talan_data.recall_examples(settings.num_examples, seed=settings.seed)
     else:
