@@ -72,20 +72,16 @@ def _segmented_cumsum(x: torch.Tensor, resets: torch.Tensor | None, init: torch.
         csum = x.cumsum(1)
         return csum if init is None else csum + init.to(x.dtype).unsqueeze(1)
     csum = x.double().cumsum(1)
-    if resets is not None:
-        # Sum up to (and excluding) the latest reset at or before t, gathered per position.
-        b, t = resets.shape
-        idx = torch.arange(t, device=x.device).expand(b, t)
-        last_start = torch.where(resets, idx, torch.zeros_like(idx)).cummax(1).values  # [B, T]
-        before = torch.cat([torch.zeros_like(csum[:, :1]), csum[:, :-1]], 1)
-        gather_idx = last_start.view(b, t, *([1] * (x.dim() - 2))).expand_as(x)
-        csum = csum - before.gather(1, gather_idx)
-    if init is not None:
-        carry = init.double().unsqueeze(1).expand_as(csum)
-        if resets is not None:
-            no_reset_yet = (resets.long().cumsum(1) == 0).view(*resets.shape, *([1] * (x.dim() - 2)))
-            carry = carry * no_reset_yet
-        csum = csum + carry
+    # Subtract the sum up to (and excluding) the latest reset at or before t, gathered per position.
+    b, t = resets.shape
+    trailing = [1] * (x.dim() - 2)
+    idx = torch.arange(t, device=x.device).expand(b, t)
+    last_start = torch.where(resets, idx, torch.zeros_like(idx)).cummax(1).values  # [B, T]
+    before = torch.cat([torch.zeros_like(csum[:, :1]), csum[:, :-1]], 1)
+    csum = csum - before.gather(1, last_start.view(b, t, *trailing).expand_as(x))
+    if init is not None:  # the carried state counts only before the first reset
+        no_reset_yet = (resets.long().cumsum(1) == 0).view(b, t, *trailing)
+        csum = csum + init.double().unsqueeze(1) * no_reset_yet
     return csum.to(x.dtype)
 
 
