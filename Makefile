@@ -6,7 +6,8 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 TORCH   := torch==2.13.0
-DEPS    := "triton>=3.0" "transformers>=5,<6" "peft>=0.17" safetensors tqdm matplotlib pyarrow \
+# deepspeed: the ZeRO-3 test of talan train (an sdist that builds without torch: no CUDA ops, nothing pulled)
+DEPS    := "triton>=3.0" "transformers>=5,<6" "peft>=0.17" safetensors tqdm matplotlib pyarrow deepspeed \
            pytest pytest-benchmark ruff
 
 .PHONY: venv test lint demo report bench bench-quick clean

@@ -130,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.steps = DEFAULT_STEPS
     try:
         return args.func(args)
-    except (FileNotFoundError, ValueError) as err:
+    except (FileNotFoundError, ImportError, ValueError) as err:
         # errors a user causes with an argument: one clear line, not a traceback
         print(f"talan {args.command}: error: {err}", file=sys.stderr)
         return 2

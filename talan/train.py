@@ -20,13 +20,13 @@ padding and label masking are `talan.data.collate`'s.
 With no ``--model``: a tiny random-init Qwen3, the character tokenizer and the synthetic recall task
 of `talan.data`, on the CPU in well under a minute.
 
-Checked: one process (CPU/GPU) and DDP (``torchrun``; on a machine without a GPU ``use_cpu`` is set
-so that the processes synchronise over gloo). Under FSDP and DeepSpeed (ZeRO-3 shards the
-parameters) `TalanTrainer.save_talan` gathers the full state dict on every process
-(``accelerator.get_state_dict``) and writes TALAN's part of it from the main process. Tested on the
-CPU: the picking of TALAN's tensors out of fake and real FSDP2 (``fully_shard`` over gloo) gathered
-state dicts, without Trainer. Untested: a Trainer run under FSDP or DeepSpeed, since accelerate runs
-FSDP on GPUs only (with ``use_cpu`` it silently falls back to DDP) and DeepSpeed is not installed.
+Checked: one process (CPU/GPU), DDP (``torchrun``; on a machine without a GPU ``use_cpu`` is set so
+that the processes synchronise over gloo) and DeepSpeed ZeRO-3 (``--deepspeed``; on the CPU too,
+where DeepSpeed picks its CPU accelerator). Under FSDP and ZeRO-3, which shard the parameters,
+`TalanTrainer.save_talan` gathers the full state dict on every process (``accelerator.get_state_dict``)
+and writes TALAN's part of it from the main process. FSDP under Trainer is untested: accelerate runs
+FSDP on GPUs only (with ``use_cpu`` it silently falls back to DDP); the picking of TALAN's tensors out
+of a real FSDP2 (``fully_shard`` over gloo) gathered state dict is tested without Trainer.
 """
 
 from __future__ import annotations
@@ -325,7 +325,7 @@ def _training_arguments(settings: argparse.Namespace) -> TrainingArguments:
         # without use_cpu, a multi-process launch on a machine with no GPU runs N unsynchronised copies
         use_cpu=not torch.cuda.is_available() if settings.use_cpu is None else settings.use_cpu,
         disable_tqdm=not settings.progress, report_to="none", remove_unused_columns=False,
-        dataloader_pin_memory=False)
+        dataloader_pin_memory=False, deepspeed=settings.deepspeed)
 
 
 def _check_paths(settings: argparse.Namespace) -> None:
@@ -343,6 +343,38 @@ def _check_paths(settings: argparse.Namespace) -> None:
             if not (Path(resume) / name).is_file():
                 raise FileNotFoundError(f"--resume-from-checkpoint {resume}: {name} is missing, so it is not a "
                                         "checkpoint of talan train")
+    if settings.deepspeed is not None:
+        _check_deepspeed_config(settings)
+
+
+def _check_deepspeed_config(settings: argparse.Namespace) -> None:
+    """Fail before training on a DeepSpeed config that would fail (or drop TALAN's settings) later."""
+    path = Path(settings.deepspeed)
+    if not path.is_file():
+        raise FileNotFoundError(f"--deepspeed {path}: no such file")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--deepspeed {path}, line {err.lineno}: not valid JSON ({err.msg})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"--deepspeed {path}: expected a JSON object, got {type(config).__name__}")
+    zero = config.get("zero_optimization", {})
+    if zero.get("stage") == 3 and not zero.get("stage3_gather_16bit_weights_on_model_save", False):
+        # without it the first checkpoint fails after save_steps of training (accelerate cannot gather)
+        raise ValueError(f"--deepspeed {path}: ZeRO-3 needs zero_optimization.stage3_gather_16bit_weights_on_model_save"
+                         " = true, so that checkpoints hold the full adapter and TALAN weights")
+    if "optimizer" in config and settings.talan_lr != settings.learning_rate:
+        raise ValueError(f"--deepspeed {path}: its 'optimizer' section replaces Trainer's optimizer and with it the "
+                         "TALAN param group, so --talan-lr would be ignored; remove the section (Trainer's AdamW is "
+                         "used) or drop --talan-lr")
+    import importlib.util
+
+    if importlib.util.find_spec("deepspeed") is None:
+        raise ImportError("--deepspeed needs the deepspeed package: pip install deepspeed")
+    if "LOCAL_RANK" not in os.environ and importlib.util.find_spec("mpi4py") is None:
+        # without a launcher's environment DeepSpeed falls back to MPI discovery and fails deep inside
+        raise ValueError("--deepspeed needs a distributed launcher, even for one process: "
+                           "torchrun --nproc_per_node N -m talan.cli train ... (or the deepspeed launcher)")
 
 
 def run_train(args: argparse.Namespace) -> dict:

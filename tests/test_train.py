@@ -2,7 +2,8 @@
 
 Checkpoints hold the adapter and TALAN side by side, the TALAN param group has its own learning
 rate, resuming gives the uninterrupted run's weights, two torchrun processes on the CPU (DDP over
-gloo) end with identical weights, and bad inputs get clear errors.
+gloo) end with identical weights, DeepSpeed ZeRO-3 trains like DDP and resumes exactly, and bad inputs
+get clear errors.
 """
 
 import argparse
@@ -187,35 +188,80 @@ rank = trainer.args.process_index
 weights = {n: p.detach().contiguous() for n, p in trainer.model.named_parameters() if p.requires_grad}
 save_file(weights, os.path.join(out, f"rank{rank}.safetensors"))
 with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
-    json.dump({"world_size": trainer.args.world_size, "global_step": result["global_step"]}, f)
+    json.dump({"world_size": trainer.args.world_size, "global_step": result["global_step"],
+               "param_groups": result["param_groups"]}, f)
 """
 
 
-@pytest.mark.slow
-def test_torchrun_two_cpu_processes_end_with_identical_weights(tmp_path):
-    script = tmp_path / "rank_script.py"
+# the same flags for every torchrun run, so that DDP and ZeRO-3 runs can be compared weight for weight
+DISTRIBUTED_FLAGS = [*FAST, "--use-cpu", "--talan-lr", "0.02"]
+DEEPSPEED_ZERO3 = {"zero_optimization": {"stage": 3, "stage3_gather_16bit_weights_on_model_save": True},
+                   "train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
+                   "gradient_clipping": "auto"}
+
+
+def _torchrun(folder: Path, *flags, checkpoints=("checkpoint-2", "checkpoint-4")) -> Path:
+    """Run RANK_SCRIPT in two CPU processes with ``flags``; returns the run's output folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    script = folder / "rank_script.py"
     script.write_text(textwrap.dedent(RANK_SCRIPT))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
-           str(tmp_path), "--output-dir", str(tmp_path / "run"), "--use-cpu", *FAST]
+           str(folder), "--output-dir", str(folder / "run"), *DISTRIBUTED_FLAGS, *flags]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    for rank in (0, 1):
-        info = json.loads((tmp_path / f"rank{rank}.json").read_text())
-        assert info == {"world_size": 2, "global_step": 4}  # DDP over gloo, not two independent runs
-    rank0, rank1 = load_file(tmp_path / "rank0.safetensors"), load_file(tmp_path / "rank1.safetensors")
+    for rank in (0, 1):  # two synchronised processes, not two independent runs
+        info = json.loads((folder / f"rank{rank}.json").read_text())
+        assert info["world_size"] == 2 and info["global_step"] == 4
+        assert {g["name"]: g["lr"] for g in info["param_groups"]} == {"adapter": 0.01, "talan": 0.02}
+    for checkpoint in (*checkpoints, "."):
+        assert ADAPTER_FILES | TALAN_FILES <= {p.name for p in (folder / "run" / checkpoint).iterdir()}
+    return folder / "run"
+
+
+def _saved_weights(run: Path) -> dict[str, torch.Tensor]:
+    return {**load_file(run / "talan_model.safetensors"), **load_file(run / "adapter_model.safetensors")}
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory) -> Path:
+    return _torchrun(tmp_path_factory.mktemp("ddp"))
+
+
+@pytest.mark.slow
+def test_torchrun_two_cpu_processes_end_with_identical_weights(ddp_run):
+    rank0, rank1 = load_file(ddp_run.parent / "rank0.safetensors"), load_file(ddp_run.parent / "rank1.safetensors")
     assert any(".talan." in n for n in rank0) and any("lora_" in n for n in rank0)
     assert _max_diff(rank0, rank1) == 0
-    for folder in ("checkpoint-2", "checkpoint-4", "."):
-        assert ADAPTER_FILES | TALAN_FILES <= {p.name for p in (tmp_path / "run" / folder).iterdir()}
-    saved = load_file(tmp_path / "run" / "talan_model.safetensors")
+    saved = load_file(ddp_run / "talan_model.safetensors")
     on_rank0 = {k: v for k, v in rank0.items() if ".talan." in k}
     assert sorted(t.sum().item() for t in saved.values()) == sorted(t.sum().item() for t in on_rank0.values())
 
 
-# ---- sharded (FSDP, DeepSpeed ZeRO-3) checkpoints -----------------------------------------------------
-# accelerate runs FSDP only on GPUs (with use_cpu it falls back to DDP), so Trainer's FSDP/ZeRO-3 path is
-# untested here; these check the gather-filter-map with fake state dicts and with a real FSDP2 gather.
+@pytest.mark.slow
+def test_deepspeed_zero3_trains_like_ddp_and_resumes_exactly(ddp_run, tmp_path):
+    """ZeRO-3 shards every parameter over the two processes (DeepSpeed's CPU accelerator, gloo): the
+    checkpoints' gathered adapter and TALAN weights equal the DDP run's up to fp32 reduction order, and
+    resuming from checkpoint-2 ends with the uninterrupted run's weights."""
+    pytest.importorskip("deepspeed")
+    config = tmp_path / "zero3.json"
+    config.write_text(json.dumps(DEEPSPEED_ZERO3))
+    zero3 = _torchrun(tmp_path / "zero3", "--deepspeed", str(config))
+    assert (zero3 / "checkpoint-2" / "global_step2").is_dir()  # DeepSpeed's own (sharded) engine state
+    ddp, sharded = _saved_weights(ddp_run), _saved_weights(zero3)
+    for name, tensor in ddp.items():
+        assert sharded[name].dtype == torch.float32 and sharded[name].shape == tensor.shape, name
+        # 4 AdamW steps of fp32 sums taken in another order (all-reduce vs reduce-scatter): ~1e-6 measured
+        assert (sharded[name] - tensor).abs().max().item() <= 1e-5 * max(1.0, tensor.abs().max().item()), name
+    assert _max_diff(sharded, _saved_weights(zero3 / "checkpoint-2")) > 1e-3  # steps 3-4 moved the weights
+    resumed = _torchrun(tmp_path / "resumed", "--deepspeed", str(config),
+                        "--resume-from-checkpoint", str(zero3 / "checkpoint-2"), checkpoints=("checkpoint-4",))
+    assert _max_diff(sharded, _saved_weights(resumed)) == 0
+
+
+# ---- sharded (FSDP) checkpoints ----------------------------------------------------------------------
+# accelerate runs FSDP only on GPUs (with use_cpu it falls back to DDP), so Trainer's FSDP path is untested
+# here; these check the gather-filter-map with fake state dicts and with a real FSDP2 gather.
 def _small_model(*flags, seed=0):
     from talan.train import _embedded_model
     from talan.train_config import talan_config_from
@@ -413,6 +459,27 @@ def test_bad_flag_values_are_rejected(tmp_path, capsys):
         _train(tmp_path, "--layer", "1.5")
     with pytest.raises(ValueError, match="expected a .jsonl or .parquet file"):
         _train(tmp_path, "--data", str(_write_jsonl(tmp_path / "data.txt", ["x"])))
+
+
+@pytest.mark.parametrize("config, flags, error, message", [
+    (None, (), FileNotFoundError, "--deepspeed .*missing.json: no such file"),
+    ('{"zero_optimization": ', (), ValueError, r"--deepspeed .*ds\.json, line 1: not valid JSON"),
+    ("[1, 2]", (), ValueError, "expected a JSON object, got list"),
+    ('{"zero_optimization": {"stage": 3}}', (), ValueError, "stage3_gather_16bit_weights_on_model_save"),
+    (json.dumps({**DEEPSPEED_ZERO3, "optimizer": {"type": "AdamW"}}), ("--talan-lr", "0.05"), ValueError,
+     "'optimizer' section replaces Trainer's optimizer"),
+    (json.dumps(DEEPSPEED_ZERO3), (), ValueError, "needs a distributed launcher"),
+])
+def test_bad_deepspeed_setups_fail_before_training(tmp_path, monkeypatch, config, flags, error, message):
+    if message == "needs a distributed launcher":
+        pytest.importorskip("deepspeed")
+        monkeypatch.delenv("LOCAL_RANK", raising=False)
+    path = tmp_path / ("missing.json" if config is None else "ds.json")
+    if config is not None:
+        path.write_text(config)
+    with pytest.raises(error, match=message):
+        _train(tmp_path / "run", "--deepspeed", str(path), *flags)
+    assert not (tmp_path / "run").exists()
 
 
 def test_parquet_pairs_and_chat_rows_load_and_train(tmp_path):
