@@ -80,7 +80,7 @@ if [ "$DRY_RUN" = 1 ]; then
     printf 'gpu_tests\tskipped (dry run: GPU only)\n' >> "$STEPS"
     echo "== gpu_tests: skipped (dry run)"
 else
-    run_step gpu_tests 100 "${PYTEST[@]}" -m gpu tests --junitxml="$WORK/gpu_tests.xml"
+    run_step gpu_tests 140 "${PYTEST[@]}" -m gpu tests --junitxml="$WORK/gpu_tests.xml"
 fi
 
 # 2. The results rows (kernel ratios, TALAN + LoRA vs LoRA, training step, block share).

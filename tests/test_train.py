@@ -185,11 +185,13 @@ out = sys.argv[1]
 result = run_train(add_train_arguments(argparse.ArgumentParser()).parse_args(sys.argv[2:]))
 trainer = result["trainer"]
 rank = trainer.args.process_index
-weights = {n: p.detach().contiguous() for n, p in trainer.model.named_parameters() if p.requires_grad}
+# FSDP2 parameters are DTensor shards (full_tensor gathers, on every rank); ZeRO-3's are empty partitions
+weights = {n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().cpu().contiguous()
+           for n, p in trainer.model.named_parameters() if p.requires_grad}
 save_file(weights, os.path.join(out, f"rank{rank}.safetensors"))
 with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
     json.dump({"world_size": trainer.args.world_size, "global_step": result["global_step"],
-               "param_groups": result["param_groups"]}, f)
+               "param_groups": result["param_groups"], "fsdp": bool(trainer.is_fsdp_enabled)}, f)
 """
 
 
@@ -200,19 +202,21 @@ DEEPSPEED_ZERO3 = {"zero_optimization": {"stage": 3, "stage3_gather_16bit_weight
                    "gradient_clipping": "auto"}
 
 
-def _torchrun(folder: Path, *flags, checkpoints=("checkpoint-2", "checkpoint-4")) -> Path:
-    """Run RANK_SCRIPT in two CPU processes with ``flags``; returns the run's output folder."""
+def _torchrun(folder: Path, *flags, checkpoints=("checkpoint-2", "checkpoint-4"), nproc=2, env=None) -> Path:
+    """Run RANK_SCRIPT in ``nproc`` processes (CPU unless ``flags`` say otherwise) with ``flags`` and the
+    extra environment ``env``; returns the run's output folder."""
     folder.mkdir(parents=True, exist_ok=True)
     script = folder / "rank_script.py"
     script.write_text(textwrap.dedent(RANK_SCRIPT))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
-           str(folder), "--output-dir", str(folder / "run"), *DISTRIBUTED_FLAGS, *flags]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+           str(script), str(folder), "--output-dir", str(folder / "run"), *DISTRIBUTED_FLAGS, *flags]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    for rank in (0, 1):  # two synchronised processes, not two independent runs
+    for rank in range(nproc):  # synchronised processes, not independent runs
         info = json.loads((folder / f"rank{rank}.json").read_text())
-        assert info["world_size"] == 2 and info["global_step"] == 4
+        assert info["world_size"] == nproc and info["global_step"] == 4
+        assert info["fsdp"] == (env.get("ACCELERATE_USE_FSDP") == "true")
         assert {g["name"]: g["lr"] for g in info["param_groups"]} == {"adapter": 0.01, "talan": 0.02}
     for checkpoint in (*checkpoints, "."):
         assert ADAPTER_FILES | TALAN_FILES <= {p.name for p in (folder / "run" / checkpoint).iterdir()}
@@ -248,15 +252,37 @@ def test_deepspeed_zero3_trains_like_ddp_and_resumes_exactly(ddp_run, tmp_path):
     config.write_text(json.dumps(DEEPSPEED_ZERO3))
     zero3 = _torchrun(tmp_path / "zero3", "--deepspeed", str(config))
     assert (zero3 / "checkpoint-2" / "global_step2").is_dir()  # DeepSpeed's own (sharded) engine state
-    ddp, sharded = _saved_weights(ddp_run), _saved_weights(zero3)
-    for name, tensor in ddp.items():
-        assert sharded[name].dtype == torch.float32 and sharded[name].shape == tensor.shape, name
-        # 4 AdamW steps of fp32 sums taken in another order (all-reduce vs reduce-scatter): ~1e-6 measured
-        assert (sharded[name] - tensor).abs().max().item() <= 1e-5 * max(1.0, tensor.abs().max().item()), name
+    sharded = _saved_weights(zero3)
+    _assert_weights_close(_saved_weights(ddp_run), sharded)
     assert _max_diff(sharded, _saved_weights(zero3 / "checkpoint-2")) > 1e-3  # steps 3-4 moved the weights
     resumed = _torchrun(tmp_path / "resumed", "--deepspeed", str(config),
                         "--resume-from-checkpoint", str(zero3 / "checkpoint-2"), checkpoints=("checkpoint-4",))
     assert _max_diff(sharded, _saved_weights(resumed)) == 0
+
+
+def _assert_weights_close(expected: dict, actual: dict) -> None:
+    for name, tensor in expected.items():
+        assert actual[name].dtype == torch.float32 and actual[name].shape == tensor.shape, name
+        # 4 AdamW steps of fp32 sums taken in another order (all-reduce vs reduce-scatter): ~1e-6 measured
+        assert (actual[name] - tensor).abs().max().item() <= 1e-5 * max(1.0, tensor.abs().max().item()), name
+
+
+# what `accelerate launch --use_fsdp --fsdp_version 2 --fsdp_auto_wrap_policy TRANSFORMER_BASED_WRAP ...` exports
+FSDP2_ENV = {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "FSDP_AUTO_WRAP_POLICY": "TRANSFORMER_BASED_WRAP",
+             "FSDP_TRANSFORMER_CLS_TO_WRAP": "Qwen3DecoderLayer", "FSDP_STATE_DICT_TYPE": "FULL_STATE_DICT"}
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="accelerate runs FSDP on GPUs only")
+def test_fsdp2_trainer_run_on_one_gpu_trains_like_one_process(tmp_path):
+    """Trainer under FSDP2 (one GPU process, as accelerate launch sets it up): every checkpoint holds TALAN's
+    gathered files, and they equal a plain one-process run's."""
+    fsdp = _torchrun(tmp_path / "fsdp", "--no-use-cpu", nproc=1, env=FSDP2_ENV)
+    plain = _train(tmp_path / "plain", "--talan-lr", "0.02", "--no-use-cpu")
+    assert plain["global_step"] == 4
+    _assert_weights_close(_saved_weights(Path(plain["output_dir"])), _saved_weights(fsdp))
+    assert _max_diff(_saved_weights(fsdp), _saved_weights(fsdp / "checkpoint-2")) > 1e-3
 
 
 # ---- sharded (FSDP) checkpoints ----------------------------------------------------------------------
