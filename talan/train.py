@@ -21,12 +21,12 @@ With no ``--model``: a tiny random-init Qwen3, the character tokenizer and the s
 of `talan.data`, on the CPU in well under a minute.
 
 Checked: one process (CPU/GPU), DDP (``torchrun``; on a machine without a GPU ``use_cpu`` is set so
-that the processes synchronise over gloo) and DeepSpeed ZeRO-3 (``--deepspeed``; on the CPU too,
-where DeepSpeed picks its CPU accelerator). Under FSDP and ZeRO-3, which shard the parameters,
-`TalanTrainer.save_talan` gathers the full state dict on every process (``accelerator.get_state_dict``)
-and writes TALAN's part of it from the main process. FSDP under Trainer is untested: accelerate runs
-FSDP on GPUs only (with ``use_cpu`` it silently falls back to DDP); the picking of TALAN's tensors out
-of a real FSDP2 (``fully_shard`` over gloo) gathered state dict is tested without Trainer.
+that the processes synchronise over gloo), DeepSpeed ZeRO-3 (``--deepspeed``; on the CPU too, where
+DeepSpeed picks its CPU accelerator) and FSDP2 (``accelerate launch --use_fsdp``). Under FSDP and
+ZeRO-3, which shard the parameters, `TalanTrainer.save_talan` gathers the full state dict on every
+process (``accelerator.get_state_dict``) and writes TALAN's part of it from the main process. The tests
+run ZeRO-3 and FSDP2 on two CPU processes against DDP; for FSDP they force accelerate's FSDP path,
+which it takes for GPU processes only (CPU ones silently fall back to DDP).
 """
 
 from __future__ import annotations

@@ -179,7 +179,24 @@ def test_resume_from_checkpoint_gives_the_uninterrupted_weights(tmp_path):
 RANK_SCRIPT = """
 import argparse, json, os, sys
 from safetensors.torch import save_file
+from talan import talan_parameters
 from talan.train import add_train_arguments, run_train
+
+if os.environ.get("TALAN_TEST_FSDP_ON_CPU") == "1":
+    # accelerate takes its FSDP path only for GPU processes (CPU ones fall back to DDP); set the distributed
+    # type it would pick on GPUs. Everything after that is real: fully_shard, Trainer's FSDP save and load.
+    import accelerate.state as state
+    from accelerate.utils import DistributedType
+
+    accelerator_init = state.AcceleratorState.__init__
+
+    def init_with_fsdp_on_cpu(self, *args, fsdp_plugin=None, **kwargs):
+        accelerator_init(self, *args, fsdp_plugin=fsdp_plugin, **kwargs)
+        if fsdp_plugin is not None and self.distributed_type == DistributedType.MULTI_CPU:
+            self.distributed_type = state.PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+            self.fsdp_plugin = fsdp_plugin
+
+    state.AcceleratorState.__init__ = init_with_fsdp_on_cpu
 
 out = sys.argv[1]
 result = run_train(add_train_arguments(argparse.ArgumentParser()).parse_args(sys.argv[2:]))
@@ -189,22 +206,32 @@ rank = trainer.args.process_index
 weights = {n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().cpu().contiguous()
            for n, p in trainer.model.named_parameters() if p.requires_grad}
 save_file(weights, os.path.join(out, f"rank{rank}.safetensors"))
+# TALAN's elements held by this process, and in all: fewer under FSDP2 (DTensor shards) and ZeRO-3 (partitions)
+talan_params = list(talan_parameters(trainer.accelerator.unwrap_model(trainer.model)))
+held = sum((p.to_local() if hasattr(p, "to_local") else p).numel() for p in talan_params)
+total = sum(getattr(p, "ds_numel", p.numel()) for p in talan_params)
 with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
     json.dump({"world_size": trainer.args.world_size, "global_step": result["global_step"],
-               "param_groups": result["param_groups"], "fsdp": bool(trainer.is_fsdp_enabled)}, f)
+               "param_groups": result["param_groups"], "fsdp": bool(trainer.is_fsdp_enabled),
+               "talan_numel": [held, total]}, f)
 """
 
 
 # the same flags for every torchrun run, so that DDP and ZeRO-3 runs can be compared weight for weight
 DISTRIBUTED_FLAGS = [*FAST, "--use-cpu", "--talan-lr", "0.02"]
-DEEPSPEED_ZERO3 = {"zero_optimization": {"stage": 3, "stage3_gather_16bit_weights_on_model_save": True},
+# persistence threshold 0: ZeRO-3 partitions every parameter (by default it keeps the small ones, all of
+# TALAN's and the adapter's at this size, whole on every process)
+DEEPSPEED_ZERO3 = {"zero_optimization": {"stage": 3, "stage3_gather_16bit_weights_on_model_save": True,
+                                         "stage3_param_persistence_threshold": 0},
                    "train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
                    "gradient_clipping": "auto"}
 
 
-def _torchrun(folder: Path, *flags, checkpoints=("checkpoint-2", "checkpoint-4"), nproc=2, env=None) -> Path:
+def _torchrun(folder: Path, *flags, checkpoints=("checkpoint-2", "checkpoint-4"), nproc=2, env=None,
+              sharded=False) -> Path:
     """Run RANK_SCRIPT in ``nproc`` processes (CPU unless ``flags`` say otherwise) with ``flags`` and the
-    extra environment ``env``; returns the run's output folder."""
+    extra environment ``env``; ``sharded``: each process holds part of TALAN's parameters only. Returns the
+    run's output folder."""
     folder.mkdir(parents=True, exist_ok=True)
     script = folder / "rank_script.py"
     script.write_text(textwrap.dedent(RANK_SCRIPT))
@@ -217,6 +244,8 @@ def _torchrun(folder: Path, *flags, checkpoints=("checkpoint-2", "checkpoint-4")
         info = json.loads((folder / f"rank{rank}.json").read_text())
         assert info["world_size"] == nproc and info["global_step"] == 4
         assert info["fsdp"] == (env.get("ACCELERATE_USE_FSDP") == "true")
+        held, total = info["talan_numel"]
+        assert held < total if sharded else held == total
         assert {g["name"]: g["lr"] for g in info["param_groups"]} == {"adapter": 0.01, "talan": 0.02}
     for checkpoint in (*checkpoints, "."):
         assert ADAPTER_FILES | TALAN_FILES <= {p.name for p in (folder / "run" / checkpoint).iterdir()}
@@ -250,13 +279,14 @@ def test_deepspeed_zero3_trains_like_ddp_and_resumes_exactly(ddp_run, tmp_path):
     pytest.importorskip("deepspeed")
     config = tmp_path / "zero3.json"
     config.write_text(json.dumps(DEEPSPEED_ZERO3))
-    zero3 = _torchrun(tmp_path / "zero3", "--deepspeed", str(config))
+    zero3 = _torchrun(tmp_path / "zero3", "--deepspeed", str(config), sharded=True)
     assert (zero3 / "checkpoint-2" / "global_step2").is_dir()  # DeepSpeed's own (sharded) engine state
     sharded = _saved_weights(zero3)
     _assert_weights_close(_saved_weights(ddp_run), sharded)
     assert _max_diff(sharded, _saved_weights(zero3 / "checkpoint-2")) > 1e-3  # steps 3-4 moved the weights
     resumed = _torchrun(tmp_path / "resumed", "--deepspeed", str(config),
-                        "--resume-from-checkpoint", str(zero3 / "checkpoint-2"), checkpoints=("checkpoint-4",))
+                        "--resume-from-checkpoint", str(zero3 / "checkpoint-2"), checkpoints=("checkpoint-4",),
+                        sharded=True)
     assert _max_diff(sharded, _saved_weights(resumed)) == 0
 
 
@@ -270,6 +300,24 @@ def _assert_weights_close(expected: dict, actual: dict) -> None:
 # what `accelerate launch --use_fsdp --fsdp_version 2 --fsdp_auto_wrap_policy TRANSFORMER_BASED_WRAP ...` exports
 FSDP2_ENV = {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "FSDP_AUTO_WRAP_POLICY": "TRANSFORMER_BASED_WRAP",
              "FSDP_TRANSFORMER_CLS_TO_WRAP": "Qwen3DecoderLayer", "FSDP_STATE_DICT_TYPE": "FULL_STATE_DICT"}
+
+
+@pytest.mark.slow
+def test_fsdp2_trainer_run_trains_like_ddp_and_resumes_exactly(ddp_run, tmp_path):
+    """Trainer under FSDP2 on two CPU processes (accelerate's FSDP environment, and its FSDP path forced on
+    for CPU processes, see RANK_SCRIPT): the callback gathers the shards into TALAN's files in every
+    checkpoint, the weights equal the DDP run's, and resuming from checkpoint-2 ends with the same ones."""
+    env = {**FSDP2_ENV, "TALAN_TEST_FSDP_ON_CPU": "1"}
+    fsdp = _torchrun(tmp_path / "fsdp", env=env, sharded=True)
+    assert (fsdp / "checkpoint-2" / "pytorch_model_fsdp.bin").is_file()  # Trainer's own FSDP checkpoint
+    sharded = _saved_weights(fsdp)
+    _assert_weights_close(_saved_weights(ddp_run), sharded)
+    assert _max_diff(sharded, _saved_weights(fsdp / "checkpoint-2")) > 1e-3
+    resumed = _torchrun(tmp_path / "resumed", "--resume-from-checkpoint", str(fsdp / "checkpoint-2"),
+                        checkpoints=("checkpoint-4",), env=env, sharded=True)
+    assert _max_diff(sharded, _saved_weights(resumed)) == 0
+    rank0, rank1 = (load_file(tmp_path / "fsdp" / f"rank{r}.safetensors") for r in (0, 1))
+    assert _max_diff(rank0, rank1) == 0
 
 
 @pytest.mark.gpu
