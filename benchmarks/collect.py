@@ -51,6 +51,10 @@ ROWS = {
     "talan_lora_vs_lora_decode": (1.01, "same, cached greedy decode, worst of batch 1/16"),
     "train_step_talan_fused_vs_peft_lora": (1 / 1.3, "train step: fused LoRA + TALAN vs peft eager LoRA alone"),
     "talan_block_share_of_layer": (None, "one TALAN block vs one Qwen3 decoder layer with peft LoRA, prefill"),
+    # whether backward kernels for the training path's d-wide stages (RMSNorm, W_in, W_out, writeback; PyTorch
+    # today, ~80 D bytes/token forward against a 4 D floor in bf16) would pay: their share of a layer's step
+    "talan_block_train_share_of_layer": (None, "one TALAN block vs one Qwen3 decoder layer with peft LoRA, "
+                                               "forward + backward (the training path)"),
     "lora_peft_vs_base_prefill": (None, "anchor: peft eager LoRA vs x @ W.T, 4096 tokens (SPEC: ~1.35x)"),
     "lora_peft_vs_base_decode": (None, "anchor: peft eager LoRA vs x @ W.T, worst of 1 and 16 tokens (SPEC: ~2.5x)"),
     "dora_peft_vs_base_eval": (None, "anchor: peft eager DoRA (eval) vs x @ W.T, 4096 tokens (SPEC: ~2.39x)"),
@@ -194,12 +198,15 @@ def e2e_rows(device, dtype, dry_run: bool) -> list[dict]:
         rows.append(_row(name, value=_ms(worst["talan_s"]), ratio=round(worst["ratio"], 4),
                          baseline=f"LoRA alone: {_ms(worst['base_s'])} ms (batch {b}, {shape})",
                          talan_backend=talan_backend, detail={"gate": gate, "worst_batch": b}))
-    rows.append(_guard("talan_block_share_of_layer", lambda: block_share_row(lora, with_talan, setup, device, dtype)))
+    for name, train in (("talan_block_share_of_layer", False), ("talan_block_train_share_of_layer", True)):
+        rows.append(_guard(name, lambda train=train: block_share_row(lora, with_talan, setup, device, dtype, train)))
     return rows
 
 
-def block_share_row(lora, with_talan, setup, device, dtype) -> dict:
-    """Time of one TALAN block over one decoder layer of the LoRA model (same layer index, same h)."""
+def block_share_row(lora, with_talan, setup, device, dtype, train: bool = False) -> dict:
+    """Time of one TALAN block over one decoder layer of the LoRA model (same layer index, same h): the
+    forward without autograd, or with ``train`` forward + backward (``h`` and the trainable weights take
+    gradients, as in a training step)."""
     import talan
 
     idx, block = next(iter(talan.patching.talan_blocks(with_talan).items()))
@@ -210,20 +217,28 @@ def block_share_row(lora, with_talan, setup, device, dtype) -> dict:
     h = torch.randn(batch, tokens, block.hidden_size, generator=gen).to(device=device, dtype=dtype)
     pos = torch.arange(tokens, device=device).unsqueeze(0).expand(batch, -1)
     pe = rotary(h, pos)
+    grad_out = torch.randn(batch, tokens, block.hidden_size, generator=gen).to(device=device, dtype=dtype)
+    h.requires_grad_(train)
 
-    def run_layer():
-        with torch.no_grad():
-            return layer(h, position_embeddings=pe, position_ids=pos)
+    def timed(module, **kwargs):
+        def run():
+            if not train:
+                with torch.no_grad():
+                    return module(h, **kwargs)
+            out = module(h, **kwargs)
+            (out[0] if isinstance(out, tuple) else out).backward(grad_out)
+        return run
 
-    def run_block():
-        with torch.no_grad():
-            return block(h)
-
-    res = paired_times({"layer": run_layer, "block": run_block}, 3 if setup["rounds"] > 1 else 1, device,
-                       baseline="layer", timer=lambda fn: measure(fn, device, rounds=3))
-    return _row("talan_block_share_of_layer", value=_ms(res["block_s"]), unit="ms", ratio=round(res["ratio_block"], 4),
-                baseline=f"decoder layer {idx} with peft LoRA: {_ms(res['layer_s'])} ms ({batch}x{tokens} tokens)",
-                detail={"ratios": res["ratios_block"]})
+    if train:
+        assert any(p.requires_grad for p in block.parameters()), "the TALAN block has no trainable parameter"
+    res = paired_times({"layer": timed(layer, position_embeddings=pe, position_ids=pos), "block": timed(block)},
+                       3 if setup["rounds"] > 1 else 1, device, baseline="layer",
+                       timer=lambda fn: measure(fn, device, rounds=3))
+    name = "talan_block_train_share_of_layer" if train else "talan_block_share_of_layer"
+    what = "forward + backward" if train else "forward"
+    return _row(name, value=_ms(res["block_s"]), unit="ms", ratio=round(res["ratio_block"], 4),
+                baseline=f"decoder layer {idx} with peft LoRA, {what}: {_ms(res['layer_s'])} ms "
+                         f"({batch}x{tokens} tokens)", detail={"ratios": res["ratios_block"]})
 
 
 def train_rows(device, dtype, dry_run: bool) -> list[dict]:

@@ -90,7 +90,8 @@ def test_dry_run_writes_a_well_formed_results_file(dry_run):
     assert "GPU" in rows["lora_fused_vs_base_prefill"]["skipped"]
     for name in TRITON_BASE_ROWS:
         assert "GPU" in rows[name]["skipped"], rows[name]
-    assert rows["talan_lora_vs_lora_decode"]["ratio"] is not None
+    for name in ("talan_lora_vs_lora_decode", "talan_block_share_of_layer", "talan_block_train_share_of_layer"):
+        assert rows[name]["ratio"] is not None, rows[name]
     assert "DRY RUN" in results[0].with_suffix(".md").read_text().upper()
 
 
