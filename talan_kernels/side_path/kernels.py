@@ -53,6 +53,33 @@ def _chunk_segments(resets_ptr, row, t, t_mask, BT: tl.constexpr):
 
 
 @triton.jit
+def _chunk_tile(k_ptr, v_ptr, active_ptr, i_b, i_c, T, R, o_t, o_r, r_mask, BT: tl.constexpr):
+    """Chunk ``i_c`` of sequence ``i_b``: token indices ``t`` and mask, the ``[BT, BR]`` offsets and mask
+    into ``[B, T, R]`` tensors, and the chunk's ``k, v [BT, BR]`` and active flags ``a [BT]`` in fp32."""
+    t = i_c * BT + o_t
+    t_mask = t < T
+    tr_off = (i_b * T + t[:, None]) * R + o_r[None, :]
+    tr_mask = t_mask[:, None] & r_mask[None, :]
+    kt = tl.load(k_ptr + tr_off, mask=tr_mask, other=0.0).to(tl.float32)  # [BT, BR]
+    vt = tl.load(v_ptr + tr_off, mask=tr_mask, other=0.0).to(tl.float32)  # [BT, BR]
+    a = tl.load(active_ptr + i_b * T + t, mask=t_mask, other=0.0).to(tl.float32)  # [BT]
+    return t, t_mask, tr_off, tr_mask, kt, vt, a
+
+
+@triton.jit
+def _chunk_causal_mask(resets_ptr, row, t, t_mask, o_t, HAS_RESETS: tl.constexpr, BT: tl.constexpr):
+    """``allowed [BT(t), BT(u)]``: u <= t in the same segment; ``first [BT]``: t is in the chunk's first
+    segment (the one the carried state enters)."""
+    allowed = o_t[:, None] >= o_t[None, :]
+    first = o_t >= 0
+    if HAS_RESETS:
+        seg, _n_resets = _chunk_segments(resets_ptr, row, t, t_mask, BT)
+        allowed = allowed & (seg[:, None] == seg[None, :])
+        first = seg == 0
+    return allowed, first
+
+
+@triton.jit
 def _slot_state_fwd_kernel(
     k_ptr, v_ptr, qs_ptr, active_ptr, resets_ptr, s0_ptr, n0_ptr,  # [B,T,R] x2, [M,R], [B,T] x2, [B,M], [B,M,R]
     cs_ptr, cn_ptr, s_out_ptr, n_out_ptr,  # [B,NC,M], [B,NC,M,R], [B,M], [B,M,R]
@@ -81,13 +108,8 @@ def _slot_state_fwd_kernel(
         base = (i_b * NC + i_c) * M
         tl.store(cs_ptr + base + o_m, s.to(cs_ptr.dtype.element_ty), mask=m_mask)
         tl.store(cn_ptr + base * R + mr_off, n.to(cn_ptr.dtype.element_ty), mask=mr_mask)
-        t = i_c * BT + o_t
-        t_mask = t < T
-        tr_off = (i_b * T + t[:, None]) * R + o_r[None, :]
-        tr_mask = t_mask[:, None] & r_mask[None, :]
-        kt = tl.load(k_ptr + tr_off, mask=tr_mask, other=0.0).to(tl.float32)  # [BT, BR]
-        vt = tl.load(v_ptr + tr_off, mask=tr_mask, other=0.0).to(tl.float32)  # [BT, BR]
-        a = tl.load(active_ptr + i_b * T + t, mask=t_mask, other=0.0).to(tl.float32)  # [BT]
+        t, t_mask, _tr_off, _tr_mask, kt, vt, a = _chunk_tile(k_ptr, v_ptr, active_ptr, i_b, i_c, T, R, o_t, o_r,
+                                                              r_mask, BT)
         logits = tl.dot(kt, tl.trans(qs), input_precision=DOT_PREC) * scale  # [BT, BM]
         _th, w = _capped_weights(logits, a[:, None], cap)
         w = tl.where(m_mask[None, :], w, 0.0)
@@ -137,20 +159,10 @@ def _slot_scan_fwd_kernel(
     i_b = tl.program_id(1).to(tl.int64)
     o_t = tl.arange(0, BT)
     o_r = tl.arange(0, BR)
-    t = i_c * BT + o_t
-    t_mask = t < T
     r_mask = o_r < R
-    tr_off = (i_b * T + t[:, None]) * R + o_r[None, :]
-    tr_mask = t_mask[:, None] & r_mask[None, :]
-    kt = tl.load(k_ptr + tr_off, mask=tr_mask, other=0.0).to(tl.float32)  # [BT, BR]
-    vt = tl.load(v_ptr + tr_off, mask=tr_mask, other=0.0).to(tl.float32)  # [BT, BR]
-    a = tl.load(active_ptr + i_b * T + t, mask=t_mask, other=0.0).to(tl.float32)  # [BT]
-    allowed = o_t[:, None] >= o_t[None, :]  # [BT(t), BT(u)] causal
-    first = o_t >= 0
-    if HAS_RESETS:
-        seg, _n_resets = _chunk_segments(resets_ptr, i_b * T, t, t_mask, BT)
-        allowed = allowed & (seg[:, None] == seg[None, :])
-        first = seg == 0
+    t, t_mask, tr_off, tr_mask, kt, vt, a = _chunk_tile(k_ptr, v_ptr, active_ptr, i_b, i_c, T, R, o_t, o_r, r_mask,
+                                                        BT)
+    allowed, first = _chunk_causal_mask(resets_ptr, i_b * T, t, t_mask, o_t, HAS_RESETS, BT)
     base = (i_b * NC + i_c) * M
     acc = tl.zeros([BT, BR], dtype=tl.float32)
     if ATTN:
@@ -191,21 +203,11 @@ def _slot_scan_bwd_kernel(
     i_b = tl.program_id(1).to(tl.int64)
     o_t = tl.arange(0, BT)
     o_r = tl.arange(0, BR)
-    t = i_c * BT + o_t
-    t_mask = t < T
     r_mask = o_r < R
-    tr_off = (i_b * T + t[:, None]) * R + o_r[None, :]
-    tr_mask = t_mask[:, None] & r_mask[None, :]
-    kt = tl.load(k_ptr + tr_off, mask=tr_mask, other=0.0).to(tl.float32)  # [BT, BR]
-    vt = tl.load(v_ptr + tr_off, mask=tr_mask, other=0.0).to(tl.float32)  # [BT, BR]
+    t, t_mask, tr_off, tr_mask, kt, vt, a = _chunk_tile(k_ptr, v_ptr, active_ptr, i_b, i_c, T, R, o_t, o_r, r_mask,
+                                                        BT)
     dct = tl.load(dc_ptr + tr_off, mask=tr_mask, other=0.0).to(tl.float32)  # [BT, BR]
-    a = tl.load(active_ptr + i_b * T + t, mask=t_mask, other=0.0).to(tl.float32)  # [BT]
-    allowed = o_t[:, None] >= o_t[None, :]  # [BT(t), BT(u)]
-    first = o_t >= 0
-    if HAS_RESETS:
-        seg, _n_resets = _chunk_segments(resets_ptr, i_b * T, t, t_mask, BT)
-        allowed = allowed & (seg[:, None] == seg[None, :])
-        first = seg == 0
+    allowed, first = _chunk_causal_mask(resets_ptr, i_b * T, t, t_mask, o_t, HAS_RESETS, BT)
     allowed_f = tl.where(allowed, 1.0, 0.0)
     base = (i_b * NC + i_c) * M
     dk = tl.zeros([BT, BR], dtype=tl.float32)
@@ -292,18 +294,13 @@ def _slot_carry_bwd_kernel(
     o_t = tl.arange(0, BT)
     o_m = tl.arange(0, BM)
     o_r = tl.arange(0, BR)
-    t = i_c * BT + o_t
-    t_mask = t < T
     m_mask = o_m < M
     r_mask = o_r < R
-    tr_off = (i_b * T + t[:, None]) * R + o_r[None, :]
-    tr_mask = t_mask[:, None] & r_mask[None, :]
     mr_off = o_m[:, None] * R + o_r[None, :]
     mr_mask = m_mask[:, None] & r_mask[None, :]
     base = (i_b * NC + i_c) * M
-    kt = tl.load(k_ptr + tr_off, mask=tr_mask, other=0.0).to(tl.float32)  # [BT, BR]
-    vt = tl.load(v_ptr + tr_off, mask=tr_mask, other=0.0).to(tl.float32)  # [BT, BR]
-    a = tl.load(active_ptr + i_b * T + t, mask=t_mask, other=0.0).to(tl.float32)  # [BT]
+    t, t_mask, tr_off, tr_mask, kt, vt, a = _chunk_tile(k_ptr, v_ptr, active_ptr, i_b, i_c, T, R, o_t, o_r, r_mask,
+                                                        BT)
     qs = tl.load(qs_ptr + mr_off, mask=mr_mask, other=0.0).to(tl.float32)  # [BM, BR]
     g1 = tl.load(g1_ptr + base * R + mr_off, mask=mr_mask, other=0.0).to(tl.float32)  # [BM, BR]
     g2 = tl.load(g2_ptr + base + o_m, mask=m_mask, other=0.0).to(tl.float32)  # [BM]
