@@ -8,7 +8,8 @@ Providers
     ``triton`` (``lora_linear(..., backend="triton")``), ``peft`` (peft's eager ``lora.Linear``);
     DoRA in eval: ``dora_torch``, ``dora_triton`` (norm cached, as in eval), ``dora_peft``.
     Side path: ``copy`` (read h, write h': the memory floor), ``torch`` (``side_path_ref``),
-    ``triton`` (``side_path(..., backend="triton")``).
+    ``triton`` (``side_path(..., backend="triton")``), ``triton_tf32`` (the same kernels with one-pass
+    TF32 dot products instead of 3xTF32: the precision choice of ``talan_kernels/side_path/precision.py``).
 Modes: ``fwd`` (no grad), ``fwdbwd`` (forward + backward to every trainable input), ``decode``
 (LoRA: a few tokens, forward; side path: one token per sequence with a carried state).
 """
@@ -26,7 +27,7 @@ LORA_PROVIDERS = ("base", "triton_base", "torch", "triton", "peft")
 # Providers with no backward: their ``fwdbwd`` case does not exist.
 FORWARD_ONLY_PROVIDERS = ("triton_base",)
 DORA_PROVIDERS = ("base", "dora_torch", "dora_triton", "dora_peft")
-SIDE_PATH_PROVIDERS = ("copy", "torch", "triton")
+SIDE_PATH_PROVIDERS = ("copy", "torch", "triton", "triton_tf32")
 LORA_ALPHA = 32
 
 
@@ -172,6 +173,16 @@ def side_path_params(hidden: int, latent: int, slots: int, device, seed: int = 0
     return {name: p.detach().to(device) for name, p in block.params().items()}
 
 
+def _in_tf32(fn: Callable[[], object]) -> Callable[[], object]:
+    """``fn`` with the side-path kernels' fp32 dot products in one-pass TF32."""
+    from talan_kernels.side_path.precision import gpu_dot_precision
+
+    def run():
+        with gpu_dot_precision("tf32"):
+            return fn()
+    return run
+
+
 def side_path_case(provider: str, batch: int, tokens: int, hidden: int, latent: int, slots: int, mode: str,
                    device, dtype, seed: int = 0) -> Case:
     """The TALAN block on ``h [batch, tokens, hidden]`` (``tokens`` = the prompt length for
@@ -197,7 +208,7 @@ def side_path_case(provider: str, batch: int, tokens: int, hidden: int, latent: 
         forward = ref_out = lambda: (h.clone(), None)  # the floor: its "reference" is itself
     elif provider == "torch":
         forward, ref_out = ref, ref
-    elif provider == "triton":
+    elif provider in ("triton", "triton_tf32"):
         forward, ref_out = (lambda: side_path(h, params, state=state, backend="triton")), ref
     else:
         raise ValueError(f"unknown side path provider {provider!r}")
@@ -227,6 +238,8 @@ def side_path_case(provider: str, batch: int, tokens: int, hidden: int, latent: 
         def fn():
             with torch.no_grad():
                 return forward()
+    if provider == "triton_tf32":  # forward and backward launches alike
+        fn, check = _in_tf32(fn), _in_tf32(check)
     e = torch.finfo(dtype).bits // 8
     n_tok = batch * h.shape[1]
     per_token = 2 * hidden * latent * 2 + 3 * 2 * latent * latent + 6 * slots * latent + 6 * hidden

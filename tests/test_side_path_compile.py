@@ -88,3 +88,30 @@ def test_kernel_compiles_without_spills(name, kernel, config, h_type, arch):
                            num_stages=config.get("num_stages", 3))
     assert info.registers <= 255
     assert info.spill_stores == 0, f"{name} on sm_{arch}: {info.spill_stores} bytes of spill stores\n{info.ptxas_log}"
+
+
+def test_one_pass_tf32_reaches_every_gpu_config_and_compiles_without_spills():
+    """The benchmarks' ``triton_tf32`` provider (precision.py): inside ``gpu_dot_precision("tf32")`` every
+    GPU launch config carries it (the CPU's stays IEEE), the heaviest kernel compiles spill-free with it,
+    and the default comes back after the block."""
+    from talan_kernels.side_path.precision import gpu_dot_precision
+
+    def gpu_precisions():
+        configs = [*chunk_kernel_configs(64, 16, DEFAULT_CHUNK, "cuda").values(),
+                   *fused_kernel_configs(4096, 64, "tanh_gate", "cuda").values()]
+        return {c["DOT_PREC"] for c in configs if "DOT_PREC" in c}
+
+    assert gpu_precisions() == {"tf32x3"}
+    with gpu_dot_precision("tf32"):
+        assert gpu_precisions() == {"tf32"}
+        assert chunk_kernel_configs(64, 16, DEFAULT_CHUNK, "cpu")["scan_bwd"]["DOT_PREC"] == "ieee"
+        config = chunk_kernel_configs(64, 16, DEFAULT_CHUNK, "cuda")["scan_bwd"]
+        consts = {k: v for k, v in config.items() if k != "num_warps"}
+        info = compile_for_gpu(K._slot_scan_bwd_kernel, _signature(K._slot_scan_bwd_kernel),
+                               {**consts, "ATTN": True, "HAS_RESETS": True}, 90, num_warps=config["num_warps"],
+                               num_stages=3)
+        assert info.spill_stores == 0, info.ptxas_log
+    assert gpu_precisions() == {"tf32x3"}
+    with pytest.raises(ValueError, match="precision must be one of"):
+        with gpu_dot_precision("fp16"):
+            pass

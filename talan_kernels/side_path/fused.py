@@ -30,6 +30,7 @@ import triton
 from . import ops  # noqa: F401  (registers torch.ops.talan.*)
 from .decode import WRITEBACK_IDS
 from .fused_kernels import _side_path_expand_kernel, _side_path_shrink_kernel
+from .precision import dot_precision
 from .reference import RMS_EPS
 
 
@@ -39,7 +40,8 @@ def _block(n: int) -> int:
 
 def fused_kernel_configs(d: int, r: int, writeback: str, device_type: str) -> dict[str, dict]:
     """Meta-parameters of the shrink and expand kernels as the launchers use them (the compile tests
-    read them). fp32 matmuls run as 3xTF32 on tensor cores (fp32 accuracy, as the chunk kernels).
+    read them). fp32 matmuls run as 3xTF32 on tensor cores (fp32 accuracy, as the chunk kernels;
+    ``precision.py``).
     On the CPU (the interpreter) tiles are small, so that tiny test shapes span several of them.
     ``D_PER_PROG``: hidden channels per expand program; norm_cap's programs own whole rows."""
     br = _block(r)
@@ -51,8 +53,9 @@ def fused_kernel_configs(d: int, r: int, writeback: str, device_type: str) -> di
     # tiles at R = 128, spill. Untuned for speed: a GPU measurement has to settle BT (tokens per
     # re-read of W_in/W_out from L2) against the number of programs.
     wide = br >= 128
-    shrink = dict(BT=16 if wide else 32, BD=64, BR=br, BC=32, DOT_PREC="tf32x3", num_warps=8, num_stages=2)
-    expand = dict(BT=16 if wide else 32, BD=32 if wide else 64, BR=br, DOT_PREC="tf32x3", num_warps=8,
+    prec = dot_precision(device_type)
+    shrink = dict(BT=16 if wide else 32, BD=64, BR=br, BC=32, DOT_PREC=prec, num_warps=8, num_stages=2)
+    expand = dict(BT=16 if wide else 32, BD=32 if wide else 64, BR=br, DOT_PREC=prec, num_warps=8,
                   num_stages=2)
     expand["D_PER_PROG"] = d if writeback == "norm_cap" else 4 * expand["BD"]
     return {"shrink": shrink, "expand": expand}

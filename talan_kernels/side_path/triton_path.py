@@ -34,6 +34,7 @@ from .kernels import (
     _slot_state_bwd_kernel,
     _slot_state_fwd_kernel,
 )
+from .precision import dot_precision
 from .reference import rms_norm, scale_grad, write_back
 
 # Slots per program of the two chunk-scan kernels (grid (B, cdiv(M, BM))).
@@ -51,8 +52,8 @@ def _block(n: int) -> int:
 
 def chunk_kernel_configs(r: int, m: int, chunk_size: int, device_type: str) -> dict[str, dict]:
     """Meta-parameters of each chunk kernel as the launchers use them (the compile tests read them).
-    fp32 matmuls run as 3xTF32 on tensor cores (fp32 accuracy); the interpreter is IEEE anyway."""
-    prec = "tf32x3" if device_type == "cuda" else "ieee"
+    fp32 matmuls run as 3xTF32 on tensor cores (fp32 accuracy; ``precision.py``); the interpreter is IEEE."""
+    prec = dot_precision(device_type)
     br, bm = _block(r), min(STATE_BLOCK_M, _block(m))
     return {
         # 2 warps: ptxas spills a few bytes in these two at 4 warps (it stops at 128 registers)
