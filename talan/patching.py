@@ -50,6 +50,28 @@ class _ForwardInputs:
     resets_cache: dict
 
 
+def _active_from_mask_dict(masks: dict, past_len: int) -> torch.Tensor | None:
+    """``[B, Q]`` True for the real (not padding) tokens of this forward, read off the per-layer-type
+    ``[B, 1, Q, KV]`` masks that ``generate`` builds from the 2-D mask before the model runs (with a
+    static cache). Query ``i`` sits at key position ``past_len + i``; it is a real token iff it may
+    attend to itself (padding keys are masked for every query). ``None``: no masking, all real."""
+    tensors = [m for m in masks.values() if m is not None]
+    mask = masks.get("full_attention", tensors[0] if tensors else None)
+    if mask is None:
+        return None
+    if not (isinstance(mask, torch.Tensor) and mask.dim() == 4):
+        kind = f"a {mask.dim()}-D tensor" if isinstance(mask, torch.Tensor) else f"a {type(mask).__name__}"
+        raise ValueError(f"TALAN reads padding off a dict of [batch, 1, query, key] attention masks; got {kind} in "
+                         "it (flex attention's BlockMask is not supported). Pass the tokenizer's 2-D attention_mask")
+    q, kv = mask.shape[2], mask.shape[3]
+    if past_len + q > kv:
+        raise ValueError(f"attention mask of shape {tuple(mask.shape)} has {kv} key positions; {past_len} cached "
+                         f"+ {q} new tokens need {past_len + q}")
+    idx = torch.arange(q, device=mask.device)
+    self_attend = mask[:, 0, idx, past_len + idx]  # [B, Q]
+    return self_attend if self_attend.dtype == torch.bool else self_attend == 0  # additive masks: 0 = attend
+
+
 class _Patch:
     """Everything `patch` added to one decoder stack, so `unpatch` can remove it exactly."""
 
@@ -73,13 +95,14 @@ class _Patch:
         bound = dict(zip(self._forward_params, args))
         bound.update(kwargs)
         mask = bound.get("attention_mask")
-        if mask is not None and not (isinstance(mask, torch.Tensor) and mask.dim() == 2):
-            kind = f"a {mask.dim()}-D tensor" if isinstance(mask, torch.Tensor) else f"a {type(mask).__name__}"
-            raise ValueError(f"TALAN needs the 2-D [batch, length] attention_mask to know which tokens are padding; "
-                             f"got {kind}. Pass the tokenizer's attention_mask (a static/compiled cache that "
-                             f"builds 4-D masks is not supported)")
         cache = bound.get("cache", bound.get("past_key_values"))
         past_len = int(cache.get_seq_length()) if cache is not None else 0
+        if isinstance(mask, dict):
+            mask = _active_from_mask_dict(mask, past_len)
+        elif mask is not None and not (isinstance(mask, torch.Tensor) and mask.dim() == 2):
+            kind = f"a {mask.dim()}-D tensor" if isinstance(mask, torch.Tensor) else f"a {type(mask).__name__}"
+            raise ValueError(f"TALAN needs the 2-D [batch, length] attention_mask to know which tokens are padding; "
+                             f"got {kind}. Pass the tokenizer's attention_mask")
         self.inputs = _ForwardInputs(mask, past_len, {})
 
     def _context(self, hidden: torch.Tensor, layer_kwargs: dict) -> _TokenContext:

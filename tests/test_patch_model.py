@@ -228,13 +228,39 @@ def test_bad_inputs_raise_clear_errors_and_leave_the_model_unchanged():
     assert _hook_counts(model) == hooks_patched
 
 
-def test_four_dimensional_or_dict_masks_are_rejected():
+def test_four_dimensional_masks_and_unknown_mask_dicts_are_rejected():
     model = talan.patch(tiny_qwen3(), tiny_config())
     ids = tiny_batch()["input_ids"]
     with pytest.raises(ValueError, match="2-D"):
         model(ids, attention_mask=torch.ones(2, 1, 10, 10, dtype=torch.bool))
-    with pytest.raises(ValueError, match="2-D"):
-        model(ids, attention_mask={"full_attention": None})
+    with pytest.raises(ValueError, match="BlockMask is not supported"):
+        model(ids, attention_mask={"full_attention": object()})
+    with pytest.raises(ValueError, match="has 8 key positions"):
+        model(ids, attention_mask={"full_attention": torch.ones(2, 1, 10, 8, dtype=torch.bool)})
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])  # boolean and additive 4-D masks
+@pytest.mark.parametrize("site", SITES)
+def test_static_cache_generation_equals_recomputation(site, attn):
+    """With a static cache, generate hands the model per-layer-type 4-D masks instead of the 2-D one;
+    TALAN reads the padding off their diagonal."""
+    model = _live(talan.patch(tiny_qwen3(), tiny_config(site=site, layer=(0, 1))))
+    model.set_attn_implementation(attn)
+    ids = tiny_batch(batch=2, length=7)["input_ids"]
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0  # left padding in the second row
+    kwargs = dict(attention_mask=mask, max_new_tokens=6, do_sample=False, output_scores=True,
+                  return_dict_in_generate=True, pad_token_id=0)
+    seen = []
+    handle = model.model.register_forward_pre_hook(
+        lambda module, args, kw: seen.append(type(kw.get("attention_mask"))), with_kwargs=True, prepend=True)
+    static = model.generate(ids, cache_implementation="static", **kwargs)
+    handle.remove()
+    assert seen and all(kind is dict for kind in seen)  # the dict path really ran
+    recomputed = model.generate(ids, use_cache=False, **kwargs)
+    assert torch.equal(static.sequences, recomputed.sequences)
+    for a, b in zip(static.scores, recomputed.scores):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
 def test_assisted_decoding_is_exact_or_refused_never_silently_wrong():
