@@ -275,3 +275,21 @@ def test_assisted_decoding_is_exact_or_refused_never_silently_wrong():
         assert "crop" in str(err)
     else:
         assert torch.equal(assisted, expected)
+
+
+@pytest.mark.slow
+def test_compiled_static_cache_generation_equals_recomputation():
+    """What generate does on a GPU with a static cache (it compiles the forward): dynamo traces the hooks
+    (one graph break, where the cache length becomes a Python int) and the tokens stay exact."""
+    model = _live(talan.patch(tiny_qwen3(), tiny_config(layer=(0, 1))))
+    ids = tiny_batch(batch=2, length=7)["input_ids"]
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0
+    kwargs = dict(attention_mask=mask, max_new_tokens=5, do_sample=False, pad_token_id=0)
+    expected = model.generate(ids, use_cache=False, **kwargs)
+    model.forward = torch.compile(model.forward, backend="eager", dynamic=False)
+    try:
+        assert torch.equal(model.generate(ids, cache_implementation="static", **kwargs), expected)
+    finally:
+        del model.forward  # the instance attribute: back to the class's forward
+        torch._dynamo.reset()
