@@ -347,6 +347,31 @@ def _check_paths(settings: argparse.Namespace) -> None:
         _check_deepspeed_config(settings)
 
 
+def _shards_parameters(settings: argparse.Namespace) -> str | None:
+    """What shards the parameters in this run (FSDP from accelerate's environment, or ZeRO-3), or None."""
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        return "FSDP"
+    if settings.deepspeed is not None:
+        config = json.loads(Path(settings.deepspeed).read_text(encoding="utf-8"))
+        if config.get("zero_optimization", {}).get("stage") == 3:
+            return "DeepSpeed ZeRO-3"
+    return None
+
+
+def _use_fused_lora(settings: argparse.Namespace) -> bool:
+    """``--fused-lora``: on, off, or (unset) on for an unsharded run on a CUDA device."""
+    sharded = _shards_parameters(settings)
+    if settings.fused_lora is None:
+        on_gpu = torch.cuda.is_available() and not settings.use_cpu
+        return on_gpu and sharded is None
+    if settings.fused_lora and sharded is not None:
+        # the fused op reads the whole base weight inside the LoRA layer's forward, where the sharding
+        # wrapper has not gathered it (it gathers per wrapped module, around that module's own forward)
+        raise ValueError(f"--fused-lora: {sharded} shards the base weights that the fused LoRA op reads whole; "
+                         "train with --no-fused-lora (peft's own forward) under it")
+    return bool(settings.fused_lora)
+
+
 def _check_deepspeed_config(settings: argparse.Namespace) -> None:
     """Fail before training on a DeepSpeed config that would fail (or drop TALAN's settings) later."""
     path = Path(settings.deepspeed)
@@ -382,11 +407,13 @@ def run_train(args: argparse.Namespace) -> dict:
 
     Returns ``output_dir``, ``checkpoints`` (the ``checkpoint-*`` folders, sorted by step),
     ``global_step``, ``metrics`` (Trainer's), ``param_groups`` (name, initial lr, tensor count of
-    each optimizer group) and ``trainer`` (its ``model`` is the trained peft model).
+    each optimizer group), ``fused_lora`` (None, or the backend, the number of peft layers on the
+    fused op and the ones skipped with why) and ``trainer`` (its ``model`` is the trained peft model).
     """
     settings = resolve_settings(args)
     talan_config = talan_config_from(settings)  # a bad axis value fails here, before any model is built
     _check_paths(settings)
+    settings.fused_lora = _use_fused_lora(settings)
     threads = torch.get_num_threads()
     if settings.embedded:
         # the tiny model's ops gain nothing from intra-op threads; on a shared 2-core CPU they cost ~10x
@@ -408,6 +435,12 @@ def _run(settings: argparse.Namespace, talan_config) -> dict:
         examples = load_examples(settings.data, tokenizer)
     torch.manual_seed(settings.seed)  # adapter and TALAN initialisation, identical on every rank
     model = build_model(backbone, settings, talan_config)
+    fused = None
+    if settings.fused_lora:
+        from .fused_lora import enable_fused_lora
+
+        report = enable_fused_lora(model, backend=settings.backend)
+        fused = {"backend": report.backend, "layers": len(report.fused), "skipped": report.skipped}
     from transformers import PreTrainedTokenizerBase
 
     trainer = TalanTrainer(
@@ -427,4 +460,4 @@ def _run(settings: argparse.Namespace, talan_config) -> dict:
               for g in trainer.optimizer.param_groups]
     return {"output_dir": str(out), "checkpoints": [str(p) for p in checkpoints],
             "global_step": trainer.state.global_step, "metrics": output.metrics, "param_groups": groups,
-            "trainer": trainer}
+            "fused_lora": fused, "trainer": trainer}

@@ -36,7 +36,7 @@ DEFAULTS = {
     "max_steps": None, "num_epochs": 1.0, "warmup_steps": 0, "lr_scheduler": "cosine", "max_grad_norm": 1.0,
     "seed": 0, "save_steps": 500, "save_total_limit": None, "logging_steps": 10,
     "gradient_checkpointing": False, "bf16": False, "use_cpu": None, "ddp_find_unused_parameters": False,
-    "progress": True, "deepspeed": None,
+    "progress": True, "deepspeed": None, "fused_lora": None,
 }
 # No --model: the embedded tiny Qwen3 (random init) on the synthetic recall task, well under a minute on a CPU.
 EMBEDDED_DEFAULTS = {"learning_rate": 1e-2, "max_steps": 200, "save_steps": 100, "warmup_steps": 10,
@@ -118,6 +118,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     adapter.add_argument("--rank", type=positive_int, help=_default_help("rank"))
     adapter.add_argument("--alpha", type=non_negative_float, help="default: 2 * rank")
     adapter.add_argument("--dropout", type=non_negative_float, help=_default_help("dropout"))
+    adapter.add_argument("--fused-lora", action=argparse.BooleanOptionalAction,
+                         help="run the adapter's peft layers on talan's fused LoRA/DoRA kernels (enable_fused_lora, "
+                         "with --backend); a layer falls back to peft's forward while dropout is active or under "
+                         "autocast (--bf16). Default: on when training on a CUDA device without FSDP or ZeRO-3, "
+                         "which shard the base weights the fused op reads")
     adapter.add_argument("--target-modules", type=_target_modules, metavar="NAMES",
                          help="'all-linear' or comma-separated module names (default: all-linear)")
 

@@ -175,6 +175,38 @@ def test_resume_from_checkpoint_gives_the_uninterrupted_weights(tmp_path):
         assert _max_diff(final, load_file(middle / name)) > 1e-4, name  # the last 3 steps changed the weights
 
 
+# ---- fused LoRA ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("adapter", ["lora", "dora"])
+def test_fused_lora_trains_like_peft_eager(tmp_path, adapter):
+    """--fused-lora runs every adapter layer on the fused op (on the CPU its PyTorch reference): the first
+    step's loss and gradient norm equal peft's eager forward's to fp32 rounding, and training stays on the
+    same course. The default on a CPU is peft's forward."""
+    eager = _train(tmp_path / "eager", "--adapter", adapter, "--logging-steps", "1")
+    fused = _train(tmp_path / "fused", "--adapter", adapter, "--fused-lora", "--logging-steps", "1")
+    assert eager["fused_lora"] is None
+    n_layers = sum(1 for n, _ in eager["trainer"].model.named_modules() if n.endswith(".lora_A"))
+    assert fused["fused_lora"] == {"backend": "auto", "layers": n_layers, "skipped": {}} and n_layers > 0
+    logs = [[h for h in run["trainer"].state.log_history if "loss" in h] for run in (eager, fused)]
+    assert len(logs[0]) == len(logs[1]) == 4
+    for key in ("loss", "grad_norm"):  # identical weights at step 1: only the order of fp32 sums differs
+        assert logs[1][0][key] == pytest.approx(logs[0][0][key], rel=1e-6), key
+    # Later steps drift apart further: AdamW turns rounding noise in near-zero gradient components (lora_A's
+    # gradient starts at exactly 0, as lora_B does) into updates of up to ~lr: 1e-3 in DoRA's lora_A by step 4.
+    assert logs[1][-1]["loss"] == pytest.approx(logs[0][-1]["loss"], rel=1e-3)
+
+
+def test_fused_lora_is_refused_where_the_base_weights_are_sharded(tmp_path, monkeypatch):
+    monkeypatch.setenv("LOCAL_RANK", "0")  # as under a launcher (DeepSpeed needs one)
+    config = tmp_path / "zero3.json"
+    config.write_text(json.dumps(DEEPSPEED_ZERO3))
+    with pytest.raises(ValueError, match="DeepSpeed ZeRO-3 shards the base weights"):
+        _train(tmp_path / "run", "--fused-lora", "--deepspeed", str(config))
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what `accelerate launch --use_fsdp` exports
+    with pytest.raises(ValueError, match="FSDP shards the base weights"):
+        _train(tmp_path / "run", "--fused-lora")
+    assert not (tmp_path / "run").exists()
+
+
 # ---- distributed -------------------------------------------------------------------------------------
 RANK_SCRIPT = """
 import argparse, json, os, sys
