@@ -8,11 +8,14 @@ Parameters, buffers and ``state_dict`` keys are untouched, so peft checkpoints a
 
 Covered at call time: exactly one active adapter, plain LoRA (any scaling, so rsLoRA too) or
 DoRA, no ``lora_bias``, adapters not merged or disabled, dropout inactive (p = 0, or eval mode),
-no extra forward arguments (``adapter_names``), x in the base weight's dtype, no autocast.
+no extra forward arguments (``adapter_names``), and x in the base weight's dtype, or any float x under
+a bf16/fp16 autocast: then the op runs in the autocast dtype on x, W, bias, A and B cast to it, as
+autocast runs peft's matmuls (the DoRA magnitude stays in its own dtype).
 """
 
 from __future__ import annotations
 
+import contextlib
 import types
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -78,8 +81,9 @@ def _static_reason(layer) -> Optional[str]:
     return None
 
 
-def _covered_adapter(layer, x, args, kwargs) -> Optional[str]:
-    """The active adapter the fused op can run for this call, or None to use peft's forward."""
+def _covered_adapter(layer, x, args, kwargs) -> Optional[tuple[str, torch.dtype, bool]]:
+    """The active adapter the fused op can run for this call, the dtype it runs in and whether that
+    comes from autocast; None to use peft's forward."""
     _, _, DoraLinearVariant = _peft_classes()
     if args or kwargs or not isinstance(x, torch.Tensor) or layer.disable_adapters or layer.merged:
         return None
@@ -101,13 +105,17 @@ def _covered_adapter(layer, x, args, kwargs) -> Optional[str]:
         return None  # e.g. accelerate's offload hooks: peft's path runs them, ours would not
     weight = base.weight
     lora_A, lora_B = layer.lora_A[name].weight, layer.lora_B[name].weight
-    if x.dtype != weight.dtype or x.dtype not in (torch.float16, torch.bfloat16, torch.float32):
-        return None
     if not (x.device == weight.device == lora_A.device == lora_B.device):
         return None
+    floats = (torch.float16, torch.bfloat16, torch.float32)
     if torch.is_autocast_enabled(x.device.type):
+        dtype = torch.get_autocast_dtype(x.device.type)
+        if dtype not in (torch.float16, torch.bfloat16) or x.dtype not in floats or weight.dtype not in floats:
+            return None
+        return name, dtype, True
+    if x.dtype != weight.dtype or x.dtype not in floats:
         return None
-    return name
+    return name, x.dtype, False
 
 
 def _call_original(layer, state: _FusedState, x, args, kwargs):
@@ -118,17 +126,28 @@ def _call_original(layer, state: _FusedState, x, args, kwargs):
 
 def _fused_forward(self, x, *args, **kwargs):
     state: _FusedState = getattr(self, _STATE)
-    name = _covered_adapter(self, x, args, kwargs)
-    if name is None:
+    covered = _covered_adapter(self, x, args, kwargs)
+    if covered is None:
         return _call_original(self, state, x, args, kwargs)
+    name, dtype, autocast = covered
     base = self.get_base_layer()
+    weight, bias = base.weight, base.bias
     lora_A, lora_B = self.lora_A[name].weight, self.lora_B[name].weight
     scaling = self.scaling[name]
-    if name in self.lora_variant:  # DoRA (the only variant _covered_adapter lets through)
-        magnitude = self.lora_magnitude_vector[name].weight
-        return dora_linear(x, base.weight, lora_A, lora_B, magnitude, scaling, base.bias,
-                           backend=state.backend, norm_cache=state.norm_cache)
-    return lora_linear(x, base.weight, lora_A, lora_B, scaling, base.bias, backend=state.backend)
+    norm_cache = state.norm_cache
+    if autocast:
+        # What autocast does to peft's linear layers: every operand in the autocast dtype. The casts are
+        # differentiable, so the fp32 adapter weights get their gradients; the norm cache is keyed by
+        # storage and version, which fresh cast copies would defeat (or, reusing freed storage, fool).
+        x, weight, lora_A, lora_B = (t.to(dtype) for t in (x, weight, lora_A, lora_B))
+        bias = None if bias is None else bias.to(dtype)
+        norm_cache = None
+    with torch.autocast(x.device.type, enabled=False) if autocast else contextlib.nullcontext():
+        if name in self.lora_variant:  # DoRA (the only variant _covered_adapter lets through)
+            magnitude = self.lora_magnitude_vector[name].weight
+            return dora_linear(x, weight, lora_A, lora_B, magnitude, scaling, bias, backend=state.backend,
+                               norm_cache=norm_cache)
+        return lora_linear(x, weight, lora_A, lora_B, scaling, bias, backend=state.backend)
 
 
 def enable_fused_lora(model: nn.Module, backend: str = "auto") -> FusedLoraReport:

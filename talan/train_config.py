@@ -120,9 +120,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     adapter.add_argument("--dropout", type=non_negative_float, help=_default_help("dropout"))
     adapter.add_argument("--fused-lora", action=argparse.BooleanOptionalAction,
                          help="run the adapter's peft layers on talan's fused LoRA/DoRA kernels (enable_fused_lora, "
-                         "with --backend); a layer falls back to peft's forward while dropout is active or under "
-                         "autocast (--bf16). Default: on when training on a CUDA device without FSDP or ZeRO-3, "
-                         "which shard the base weights the fused op reads")
+                         "with --backend; under --bf16 in bf16, as autocast runs peft's); a layer falls back to "
+                         "peft's forward while dropout is active. Default: on when training on a CUDA device "
+                         "without FSDP or ZeRO-3, which shard the base weights the fused op reads")
     adapter.add_argument("--target-modules", type=_target_modules, metavar="NAMES",
                          help="'all-linear' or comma-separated module names (default: all-linear)")
 

@@ -13,7 +13,7 @@ from torch import nn
 
 from talan.fused_lora import FusedLoraReport, disable_fused_lora, enable_fused_lora
 from talan_kernels.lora import interface
-from talan_kernels.testing import assert_rel_rms
+from talan_kernels.testing import assert_rel_rms, rel_rms
 
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
@@ -203,3 +203,27 @@ def test_torch_compile_fullgraph_over_fused_layer():
     assert_rel_rms(got, want, 1e-5, "compiled y")
     assert_rel_rms(got_dx, want_dx, 1e-5, "compiled dx")
     disable_fused_lora(model)
+
+
+@pytest.mark.parametrize("variant", ["lora", "dora"])
+def test_autocast_runs_fused_in_the_autocast_dtype_like_peft(variant, monkeypatch):
+    """Under a bf16 autocast (Trainer's --bf16) on an fp32 model every layer still runs fused, on operands
+    cast to bf16 as autocast casts peft's. Against the fp32 model without autocast, its logits and fp32
+    adapter gradients are off by no more than twice peft's own error under the same autocast."""
+    calls = []
+    real = interface._apply
+    monkeypatch.setattr(interface, "_apply", lambda *a, **k: calls.append(a[0].dtype) or real(*a, **k))
+    model = tiny_qwen3_peft(variant)
+    ids = torch.randint(0, 128, (2, 9), generator=torch.Generator().manual_seed(1))
+    exact_logits, exact_grads = logits_and_grads(model, ids)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        peft_logits, peft_grads = logits_and_grads(model, ids)
+        enable_fused_lora(model, backend="torch")
+        logits, grads = logits_and_grads(model, ids)
+    assert calls == [torch.bfloat16] * (2 * len(TARGETS))
+    assert logits.dtype == peft_logits.dtype
+    for name, got, peft_got, exact in [("logits", logits, peft_logits, exact_logits),
+                                       *((n, grads[n], peft_grads[n], exact_grads[n]) for n in exact_grads)]:
+        assert got.dtype == peft_got.dtype, name
+        peft_error = rel_rms(peft_got.float(), exact.float())
+        assert rel_rms(got.float(), exact.float()) <= 2 * peft_error + 1e-3, name
