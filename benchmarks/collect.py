@@ -51,8 +51,8 @@ ROWS = {
     "talan_lora_vs_lora_decode": (1.01, "same, cached greedy decode, worst of batch 1/16"),
     "train_step_talan_fused_vs_peft_lora": (1 / 1.3, "train step: fused LoRA + TALAN vs peft eager LoRA alone"),
     "talan_block_share_of_layer": (None, "one TALAN block vs one Qwen3 decoder layer with peft LoRA, prefill"),
-    # whether backward kernels for the training path's d-wide stages (RMSNorm, W_in, W_out, writeback; PyTorch
-    # today, ~80 D bytes/token forward against a 4 D floor in bf16) would pay: their share of a layer's step
+    # the training path (shrink/scan/expand kernels forward, scan kernels + low-rank GEMMs backward): its share
+    # of a layer's forward + backward, which says whether more of it needs fusing
     "talan_block_train_share_of_layer": (None, "one TALAN block vs one Qwen3 decoder layer with peft LoRA, "
                                                "forward + backward (the training path)"),
     "lora_peft_vs_base_prefill": (None, "anchor: peft eager LoRA vs x @ W.T, 4096 tokens (SPEC: ~1.35x)"),

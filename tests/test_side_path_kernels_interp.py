@@ -90,6 +90,11 @@ def test_kernels_match_reference_outputs_state_and_every_gradient(case):
     assert_rel_rms(s, s_ref, TOL, "S")
     assert_rel_rms(n, n_ref, TOL, "N")
     assert not s.requires_grad and not n.requires_grad
+    _check_every_gradient(out, ref, h, params)
+
+
+
+def _check_every_gradient(out, ref, h, params):
     weight = torch.randn(out.shape, generator=torch.Generator().manual_seed(2))
     inputs = [h, *params.values()]
     grads = torch.autograd.grad((out * weight).sum(), inputs)
@@ -98,6 +103,31 @@ def test_kernels_match_reference_outputs_state_and_every_gradient(case):
         assert want.abs().sum() > 0, f"d{name} is zero in the reference: the case would not test it"
         assert_rel_rms(got, want, TOL, f"d{name}")
 
+
+@pytest.mark.interpreter
+@needs_interpreter
+def test_scalar_gate_and_partly_capped_norm_cap_gradients():
+    """The two writeback regimes the cases above leave out: one tanh gate for all channels, and norm_cap
+    with a ratio that caps about half of the tokens (the uncapped ones pass u through unchanged)."""
+    from talan_kernels.side_path.triton_path import side_path_triton
+
+    h, active, _, _ = make_inputs(2, 21, 32, 4, 16, 5, ())
+    h.requires_grad_()
+    params = {k: v.requires_grad_() for k, v in make_params(32, 16, 4, "attn", "tanh_gate", scalar_gate=True).items()}
+    out, _ = side_path_triton(h, params, active, grad_scale=0.5)
+    ref, _ = side_path_ref(h, params, active, grad_scale=0.5)
+    assert_rel_rms(out, ref, TOL, "h' (scalar gate)")
+    _check_every_gradient(out, ref, h, params)
+
+    params = {k: v.requires_grad_() for k, v in make_params(32, 16, 4, "glu", "norm_cap").items()}
+    with torch.no_grad():  # |u| per token from zero_add (h' - h = u where active), then a ratio between
+        u_norm = (side_path_ref(h, params, active, writeback="zero_add")[0] - h).norm(dim=-1)[active]
+        ratio = float((u_norm / h.norm(dim=-1)[active]).median())
+    kw = dict(mixer="glu", writeback="norm_cap", norm_cap_ratio=ratio)
+    out, _ = side_path_triton(h, params, active, **kw)
+    ref, _ = side_path_ref(h, params, active, **kw)
+    assert_rel_rms(out, ref, TOL, "h' (norm_cap)")
+    _check_every_gradient(out, ref, h, params)
 
 
 @pytest.mark.interpreter

@@ -7,11 +7,11 @@ What runs where (SPEC §4.1):
   (RMSNorm and the ``W_in``/``W_k``/``W_v``/``W_q`` projections in one read of ``h``), the chunked
   slot scan, the mlp/glu mixer tail in PyTorch on ``[N, R]``, and the expand kernel (``W_out``, the
   writeback, the active mask and the residual add in one write of ``h'``).
-- Training (a gradient is needed): PyTorch for RMSNorm and the d -> r / r -> r projections, the
-  mlp/glu tail, ``W_out`` and the writeback residual add (plain GEMMs/elementwise ops that autograd
-  handles); Triton (``kernels.py``) for the chunked causal slot scan fused with the mixer's read of
-  the memory (attn softmax over the slots, or the linear combination), forward and backward, so the
-  ``[B, T, M, R]`` memory never reaches HBM.
+- Training (a gradient is needed): the shrink and expand kernels forward and low-rank GEMMs backward
+  for the d-wide stages (``fused_train.py``); the r -> r projections and the mlp/glu tail in PyTorch
+  on ``[N, R]`` (autograd); Triton (``kernels.py``) for the chunked causal slot scan fused with the
+  mixer's read of the memory (attn softmax over the slots, or the linear combination), forward and
+  backward, so the ``[B, T, M, R]`` memory never reaches HBM.
 - Decode (one token, no gradient): the one-launch decode kernel (``decode.py``), all three stages.
 
 The kernels run on CUDA tensors, or on CPU tensors under ``TRITON_INTERPRET=1``.
@@ -27,6 +27,7 @@ import triton
 
 from . import ops  # noqa: F401  (registers torch.ops.talan.*)
 from .decode import side_path_decode
+from .fused_train import ExpandFunction, ShrinkFunction
 from .kernels import (
     _slot_carry_bwd_kernel,
     _slot_scan_bwd_kernel,
@@ -35,7 +36,7 @@ from .kernels import (
     _slot_state_fwd_kernel,
 )
 from .precision import dot_precision
-from .reference import rms_norm, scale_grad, write_back
+from .reference import scale_grad
 
 # Slots per program of the two chunk-scan kernels (grid (B, cdiv(M, BM))).
 STATE_BLOCK_M = 16
@@ -209,15 +210,21 @@ def side_path_triton(h, params, active=None, resets=None, state=None, *, mixer="
     s0, n0 = (None, None) if state is None else (state[0].float().contiguous(), state[1].float().contiguous())
     if not needs_grad:
         return side_path_infer(h, params, act, res, s0, n0, chunk_size=chunk_size, **kwargs)
-    p = {name: x.float() for name, x in params.items()}
-    h32 = scale_grad(h, grad_scale).float()
-    x = rms_norm(h32, p["norm_weight"])  # [B, T, D]
-    z = x @ p["w_in"]  # [B, T, R]
+    p = {name: x.float().contiguous() for name, x in params.items()}
+    d, r = h.shape[2], p["w_in"].shape[1]
+    hf = h.reshape(b * t, d).contiguous()
+    has_gate = writeback == "token_gate"
+    # the side path's own use of h takes the scaled gradient; the residual (expand's h) the plain one
+    z, logit, hnorm = ShrinkFunction.apply(scale_grad(hf, grad_scale), p["norm_weight"], p["w_in"], p["w_k"],
+                                           p["w_v"], p["gate_weight"] if has_gate else None,
+                                           p["gate_bias"] if has_gate else None)
+    z = z.view(b, t, r)
     k, v = z @ p["w_k"], z @ p["w_v"]
     mix = p["mix_weights"] if mixer == "linear" else z @ p["w_q"]
-    read, s, n = _SlotScanFunction.apply(k.contiguous(), v.contiguous(), p["slot_queries"].contiguous(),
-                                         mix.contiguous(), act, res, s0, n0, float(cap), mixer != "linear",
-                                         chunk_size)
-    u = _mixer_tail(z, read, p, mixer) @ p["w_out"]  # [B, T, D]
-    delta = write_back(h32, x, u, p, writeback, zero_add_scale, norm_cap_ratio)
-    return (h.float() + act.unsqueeze(-1) * delta).to(h.dtype), (s, n)
+    read, s, n = _SlotScanFunction.apply(k.contiguous(), v.contiguous(), p["slot_queries"], mix.contiguous(), act,
+                                         res, s0, n0, float(cap), mixer != "linear", chunk_size)
+    c = _mixer_tail(z, read, p, mixer).reshape(b * t, r).contiguous()
+    out = ExpandFunction.apply(hf, c, p["w_out"], act.reshape(b * t), p["gate"] if writeback == "tanh_gate" else None,
+                               logit if has_gate else None, hnorm if writeback == "norm_cap" else None, writeback,
+                               float(zero_add_scale), float(norm_cap_ratio))
+    return out.view(b, t, d), (s, n)
