@@ -139,9 +139,10 @@ def _fused_forward(self, x, *args, **kwargs):
         # What autocast does to peft's linear layers: every operand in the autocast dtype. The casts are
         # differentiable, so the fp32 adapter weights get their gradients; the norm cache is keyed by
         # storage and version, which fresh cast copies would defeat (or, reusing freed storage, fool).
+        if any(t.dtype != dtype for t in (weight, lora_A, lora_B)):
+            norm_cache = None
         x, weight, lora_A, lora_B = (t.to(dtype) for t in (x, weight, lora_A, lora_B))
         bias = None if bias is None else bias.to(dtype)
-        norm_cache = None
     with torch.autocast(x.device.type, enabled=False) if autocast else contextlib.nullcontext():
         if name in self.lora_variant:  # DoRA (the only variant _covered_adapter lets through)
             magnitude = self.lora_magnitude_vector[name].weight
