@@ -186,6 +186,23 @@ def test_dora_norm_cached_in_eval_and_recomputed_after_update(monkeypatch):
     assert_rel_rms(got, want, 1e-5, "logits after an in-place update of lora_B")
 
 
+@pytest.mark.parametrize("model_dtype, recomputed", [(torch.bfloat16, False), (torch.float32, True)])
+def test_dora_norm_cache_under_autocast(model_dtype, recomputed, monkeypatch):
+    """Under a bf16 autocast the eval cache holds for bf16 weights (nothing is cast); fp32 weights are cast
+    afresh on every call, so their norm is recomputed rather than keyed on temporary copies."""
+    calls = []
+    real = interface.dora_weight_norm
+    monkeypatch.setattr(interface, "dora_weight_norm", lambda *a, **k: calls.append(1) or real(*a, **k))
+    model = tiny_qwen3_peft("dora").to(model_dtype).eval()
+    enable_fused_lora(model, backend="torch")
+    ids = torch.randint(0, 128, (1, 4))
+    n_layers = 2 * len(TARGETS)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        model(input_ids=ids)
+        model(input_ids=ids)
+    assert len(calls) == (2 * n_layers if recomputed else n_layers)
+
+
 @pytest.mark.slow
 def test_torch_compile_fullgraph_over_fused_layer():
     torch.manual_seed(0)
