@@ -1,8 +1,8 @@
 """The training path's d-wide stages: the shrink and expand kernels forward, low-rank GEMMs backward.
 
-Forward, the same kernels as inference (``fused.py``): the shrink reads ``h`` once for RMSNorm and
-``z = x W_in`` (plus the token-gate logit and ``||h||``), the expand writes ``h' = h + a * wb(c W_out)``
-once. Backward, every d-wide gradient comes from two GEMMs per stage against ``[N, R]`` operands, with
+Forward, the same kernels as inference (``fused.py``): the shrink reads ``h`` once for RMSNorm,
+``z = x W_in``, ``k, v, q = z W_k, z W_v, z W_q``, the token-gate logit and ``||h||``; the expand writes
+``h' = h + a * wb(c W_out)`` once. The r x r projections' gradients are r-wide GEMMs. Backward, every d-wide gradient comes from two GEMMs per stage against ``[N, R]`` operands, with
 the row reductions of RMSNorm and the writebacks taken in r-wide space instead of over ``[N, D]``:
 
 - shrink (``x = rmsnorm(h) * w``, ``Y = [dz | dlogit]``, ``Wc = [W_in | gate_weight]``):
@@ -28,24 +28,32 @@ from .reference import RMS_EPS
 
 
 class ShrinkFunction(torch.autograd.Function):
-    """``h [N, D] -> z [N, R], logit [N] (or [0]), hnorm [N]``: RMSNorm, ``W_in``, the token-gate logit
-    and ``||h||`` in one read of ``h`` (the shrink kernel; its ``k, v`` outputs are left unused)."""
+    """``h [N, D] -> z, k, v [N, R], q [N, R] (or [N, 0] without w_q), logit [N] (or [0]), hnorm [N]``:
+    RMSNorm, ``W_in``, the r x r projections, the token-gate logit and ``||h||`` in one read of ``h``."""
 
     @staticmethod
-    def forward(ctx, h, norm_weight, w_in, w_k, w_v, gate_weight, gate_bias):
+    def forward(ctx, h, norm_weight, w_in, w_k, w_v, w_q, gate_weight, gate_bias):
         has_gate = gate_weight is not None
-        z, _k, _v, _q, logit, hnorm = torch.ops.talan.side_path_shrink(
-            h, norm_weight, w_in, w_k, w_v, None, gate_weight, gate_bias, True, True)
-        ctx.save_for_backward(h, norm_weight, w_in, gate_weight if has_gate else None,
+        z, k, v, q, logit, hnorm = torch.ops.talan.side_path_shrink(
+            h, norm_weight, w_in, w_k, w_v, w_q, gate_weight, gate_bias, True, True)
+        ctx.save_for_backward(h, norm_weight, w_in, w_k, w_v, w_q, gate_weight if has_gate else None,
                               gate_bias if has_gate else None, z, logit, hnorm)
-        return z, logit, hnorm
+        return z, k, v, q, logit, hnorm
 
     @staticmethod
-    def backward(ctx, dz, dlogit, dhnorm):
-        h, norm_weight, w_in, gate_weight, gate_bias, z, logit, hnorm = ctx.saved_tensors
+    def backward(ctx, dz, dk, dv, dq, dlogit, dhnorm):
+        h, norm_weight, w_in, w_k, w_v, w_q, gate_weight, gate_bias, z, logit, hnorm = ctx.saved_tensors
         n, d = h.shape
         has_gate = gate_weight is not None
+        grads = [None] * 8
+        # the r x r projections: z feeds k, v, q
         dz = torch.zeros_like(z) if dz is None else dz.float()
+        for i, (w, dy) in ((3, (w_k, dk)), (4, (w_v, dv)), (5, (w_q, dq))):
+            if w is None or dy is None:
+                continue
+            dz = dz + dy @ w.T
+            if ctx.needs_input_grad[i]:
+                grads[i] = z.T @ dy
         y, proj, w_cat = dz, z, w_in  # [N, R'], [N, R'], [D, R']
         if has_gate:
             dlogit = torch.zeros_like(logit) if dlogit is None else dlogit.float()
@@ -54,17 +62,16 @@ class ShrinkFunction(torch.autograd.Function):
             w_cat = torch.cat([w_in, gate_weight[:, None]], 1)
         rstd = torch.rsqrt(hnorm * hnorm / d + RMS_EPS)  # what the kernel normalised with
         h32 = h.float()
-        grads = [None] * 7
-        if any(ctx.needs_input_grad[1:3]) or (has_gate and ctx.needs_input_grad[5]):
+        if any(ctx.needs_input_grad[1:3]) or (has_gate and ctx.needs_input_grad[6]):
             big_h = h32.T @ (rstd[:, None] * y)  # [D, R'] = xhat^T Y
             if ctx.needs_input_grad[1]:
                 grads[1] = (w_cat * big_h).sum(1)
             if ctx.needs_input_grad[2]:
                 grads[2] = norm_weight[:, None] * big_h[:, :w_in.shape[1]]
-            if has_gate and ctx.needs_input_grad[5]:
-                grads[5] = norm_weight * big_h[:, -1]
-        if has_gate and ctx.needs_input_grad[6]:
-            grads[6] = dlogit.sum().reshape(gate_bias.shape)
+            if has_gate and ctx.needs_input_grad[6]:
+                grads[6] = norm_weight * big_h[:, -1]
+        if has_gate and ctx.needs_input_grad[7]:
+            grads[7] = dlogit.sum().reshape(gate_bias.shape)
         if ctx.needs_input_grad[0]:
             m = (y * proj).sum(1) / d  # mean_d(dx * w * xhat), in r-wide space
             row = rstd * rstd * m

@@ -215,14 +215,14 @@ def side_path_triton(h, params, active=None, resets=None, state=None, *, mixer="
     hf = h.reshape(b * t, d).contiguous()
     has_gate = writeback == "token_gate"
     # the side path's own use of h takes the scaled gradient; the residual (expand's h) the plain one
-    z, logit, hnorm = ShrinkFunction.apply(scale_grad(hf, grad_scale), p["norm_weight"], p["w_in"], p["w_k"],
-                                           p["w_v"], p["gate_weight"] if has_gate else None,
-                                           p["gate_bias"] if has_gate else None)
+    z, k, v, q, logit, hnorm = ShrinkFunction.apply(
+        scale_grad(hf, grad_scale), p["norm_weight"], p["w_in"], p["w_k"], p["w_v"],
+        None if mixer == "linear" else p["w_q"], p["gate_weight"] if has_gate else None,
+        p["gate_bias"] if has_gate else None)
     z = z.view(b, t, r)
-    k, v = z @ p["w_k"], z @ p["w_v"]
-    mix = p["mix_weights"] if mixer == "linear" else z @ p["w_q"]
-    read, s, n = _SlotScanFunction.apply(k.contiguous(), v.contiguous(), p["slot_queries"], mix.contiguous(), act,
-                                         res, s0, n0, float(cap), mixer != "linear", chunk_size)
+    mix = p["mix_weights"] if mixer == "linear" else q.view(b, t, r)
+    read, s, n = _SlotScanFunction.apply(k.view(b, t, r), v.view(b, t, r), p["slot_queries"], mix, act, res, s0, n0,
+                                         float(cap), mixer != "linear", chunk_size)
     c = _mixer_tail(z, read, p, mixer).reshape(b * t, r).contiguous()
     out = ExpandFunction.apply(hf, c, p["w_out"], act.reshape(b * t), p["gate"] if writeback == "tanh_gate" else None,
                                logit if has_gate else None, hnorm if writeback == "norm_cap" else None, writeback,
