@@ -2,8 +2,9 @@
 
 Forward, the same kernels as inference (``fused.py``): the shrink reads ``h`` once for RMSNorm,
 ``z = x W_in``, ``k, v, q = z W_k, z W_v, z W_q``, the token-gate logit and ``||h||``; the expand writes
-``h' = h + a * wb(c W_out)`` once. The r x r projections' gradients are r-wide GEMMs. Backward, every d-wide gradient comes from two GEMMs per stage against ``[N, R]`` operands, with
-the row reductions of RMSNorm and the writebacks taken in r-wide space instead of over ``[N, D]``:
+``h' = h + a * wb(c W_out)`` once. Backward, the r x r projections' gradients are r-wide GEMMs, and
+every d-wide gradient comes from two GEMMs per stage against ``[N, R]`` operands, with the row
+reductions of RMSNorm and the writebacks taken in r-wide space instead of over ``[N, D]``:
 
 - shrink (``x = rmsnorm(h) * w``, ``Y = [dz | dlogit]``, ``Wc = [W_in | gate_weight]``):
   ``H = h^T (rstd * Y)`` gives ``dW_in = w * H_z``, ``dgate_weight = w * H_l`` and
