@@ -117,15 +117,15 @@ def _load_parquet(path: Path, tokenizer) -> list[dict]:
     return [_to_example(row, tokenizer, f"{path}, row {i}") for i, row in enumerate(rows, start=1)]
 
 
-def load_examples(path: str | Path, tokenizer) -> list[dict]:
+def load_examples(path: str | Path, tokenizer, flag: str = "--data") -> list[dict]:
     """Prompt/completion examples from a ``.jsonl`` or ``.parquet`` file (pairs or chat ``messages``).
 
     Raises ``FileNotFoundError`` for a missing file and ``ValueError`` naming the file and line (or
-    Parquet row) for a malformed record, or for a file with no examples.
+    Parquet row) for a malformed record, or for a file with no examples; ``flag`` names the option.
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"--data {path}: no such file")
+        raise FileNotFoundError(f"{flag} {path}: no such file")
     if path.suffix == ".parquet":
         examples = _load_parquet(path, tokenizer)
     elif path.suffix == ".jsonl":
@@ -135,7 +135,7 @@ def load_examples(path: str | Path, tokenizer) -> list[dict]:
         else:
             examples = talan_data.load_jsonl(path)
     else:
-        raise ValueError(f"--data {path}: expected a .jsonl or .parquet file")
+        raise ValueError(f"{flag} {path}: expected a .jsonl or .parquet file")
     if not examples:
         raise ValueError(f"{path}: no examples")
     return examples
@@ -319,6 +319,9 @@ def _training_arguments(settings: argparse.Namespace) -> TrainingArguments:
         warmup_steps=settings.warmup_steps, lr_scheduler_type=settings.lr_scheduler,
         max_grad_norm=settings.max_grad_norm, seed=settings.seed, data_seed=settings.seed, save_strategy="steps",
         save_steps=settings.save_steps, save_total_limit=settings.save_total_limit,
+        eval_strategy="no" if settings.eval_data is None else "steps",
+        eval_steps=settings.eval_steps or settings.save_steps, per_device_eval_batch_size=settings.batch_size,
+        prediction_loss_only=True,  # eval_loss only: no [tokens, vocab] logits gathered
         logging_steps=settings.logging_steps, activation_checkpointing=settings.gradient_checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False} if settings.gradient_checkpointing else None,
         bf16=settings.bf16, ddp_find_unused_parameters=settings.ddp_find_unused_parameters,
@@ -333,8 +336,9 @@ def _check_paths(settings: argparse.Namespace) -> None:
     if settings.model is not None and not Path(settings.model).is_dir():
         raise FileNotFoundError(f"--model {settings.model}: no such directory. Pass a local Hugging Face "
                                 "checkpoint folder; talan train never downloads.")
-    if settings.data is not None and not Path(settings.data).is_file():
-        raise FileNotFoundError(f"--data {settings.data}: no such file")
+    for flag, path in (("--data", settings.data), ("--eval-data", settings.eval_data)):
+        if path is not None and not Path(path).is_file():
+            raise FileNotFoundError(f"{flag} {path}: no such file")
     resume = settings.resume_from_checkpoint
     if resume is not None:
         if not Path(resume).is_dir():
@@ -407,7 +411,8 @@ def run_train(args: argparse.Namespace) -> dict:
 
     Returns ``output_dir``, ``checkpoints`` (the ``checkpoint-*`` folders, sorted by step),
     ``global_step``, ``metrics`` (Trainer's), ``param_groups`` (name, initial lr, tensor count of
-    each optimizer group), ``fused_lora`` (None, or the backend, the number of peft layers on the
+    each optimizer group), ``eval_metrics`` (Trainer's ``evaluate()`` on ``--eval-data`` after
+    training, or None), ``fused_lora`` (None, or the backend, the number of peft layers on the
     fused op and the ones skipped with why) and ``trainer`` (its ``model`` is the trained peft model).
     """
     settings = resolve_settings(args)
@@ -433,6 +438,8 @@ def _run(settings: argparse.Namespace, talan_config) -> dict:
         examples = talan_data.recall_examples(settings.num_examples, seed=settings.seed)
     else:
         examples = load_examples(settings.data, tokenizer)
+    eval_examples = None if settings.eval_data is None else load_examples(settings.eval_data, tokenizer,
+                                                                            "--eval-data")
     torch.manual_seed(settings.seed)  # adapter and TALAN initialisation, identical on every rank
     model = build_model(backbone, settings, talan_config)
     fused = None
@@ -444,12 +451,13 @@ def _run(settings: argparse.Namespace, talan_config) -> dict:
     from transformers import PreTrainedTokenizerBase
 
     trainer = TalanTrainer(
-        model=model, args=_training_arguments(settings), train_dataset=examples,
+        model=model, args=_training_arguments(settings), train_dataset=examples, eval_dataset=eval_examples,
         data_collator=CompletionCollator(tokenizer, settings.max_length),
         processing_class=tokenizer if isinstance(tokenizer, PreTrainedTokenizerBase) else None,
         talan_lr=settings.talan_lr)
     output = trainer.train(resume_from_checkpoint=settings.resume_from_checkpoint)
 
+    eval_metrics = None if eval_examples is None else trainer.evaluate()
     trainer.save_model(settings.output_dir)  # the adapter (and a HF tokenizer), on the saving process
     trainer.save_talan(settings.output_dir)  # on every process: a gather under FSDP/DeepSpeed
     trainer.accelerator.wait_for_everyone()
@@ -460,4 +468,4 @@ def _run(settings: argparse.Namespace, talan_config) -> dict:
               for g in trainer.optimizer.param_groups]
     return {"output_dir": str(out), "checkpoints": [str(p) for p in checkpoints],
             "global_step": trainer.state.global_step, "metrics": output.metrics, "param_groups": groups,
-            "fused_lora": fused, "trainer": trainer}
+            "eval_metrics": eval_metrics, "fused_lora": fused, "trainer": trainer}

@@ -25,7 +25,8 @@ LR_SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
 
 _TALAN_DEFAULTS = TalanConfig()
 DEFAULTS = {
-    "model": None, "data": None, "output_dir": "runs/train", "resume_from_checkpoint": None,
+    "model": None, "data": None, "eval_data": None, "eval_steps": None, "output_dir": "runs/train",
+    "resume_from_checkpoint": None,
     "max_length": 1024, "num_examples": 2000,
     "layer": _TALAN_DEFAULTS.layer, "site": _TALAN_DEFAULTS.site, "num_slots": _TALAN_DEFAULTS.num_slots,
     "latent_dim": _TALAN_DEFAULTS.latent_dim, "mixer": _TALAN_DEFAULTS.mixer,
@@ -93,6 +94,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                     "downloaded (default: an embedded tiny Qwen3 with a character tokenizer)")
     io.add_argument("--data", metavar="FILE", help="training data, .jsonl or .parquet: prompt/completion pairs or "
                     "chat 'messages' lists (default: the synthetic key-value recall task)")
+    io.add_argument("--eval-data", metavar="FILE", help="held-out data in the same formats: its completion loss "
+                    "(eval_loss) every --eval-steps and at the end")
+    io.add_argument("--eval-steps", type=positive_int, help="optimizer steps between evaluations (default: "
+                    "--save-steps)")
     io.add_argument("--output-dir", metavar="DIR", help=_default_help("output_dir"))
     io.add_argument("--resume-from-checkpoint", metavar="DIR", help="a checkpoint-* folder of an earlier run "
                     "(adapter, TALAN, optimizer and RNG state)")

@@ -79,6 +79,26 @@ def test_jsonl_prompt_completion_data_trains_and_checkpoints(tmp_path):
         assert ADAPTER_FILES | TALAN_FILES <= {p.name for p in Path(folder).iterdir()}
 
 
+def test_eval_data_reports_the_completion_loss_every_eval_steps(tmp_path):
+    def pairs(numbers):
+        return [{"prompt": f"{i}+{i}=", "completion": str(2 * i)} for i in numbers]
+
+    data = _write_jsonl(tmp_path / "train.jsonl", pairs(range(12)))
+    held = _write_jsonl(tmp_path / "eval.jsonl", pairs(range(20, 28)))
+    result = _train(tmp_path / "run", "--data", str(data), "--eval-data", str(held), "--eval-steps", "2")
+    trainer = result["trainer"]
+    evals = [h for h in trainer.state.log_history if "eval_loss" in h]
+    assert [h["step"] for h in evals] == [2, 4, 4]  # every 2 steps, then the evaluation after training
+    # eval_loss is the mean of the batches' completion losses (8 held-out examples, batches of 4, in order)
+    examples = load_examples(held, CharTokenizer())
+    model = trainer.model.eval()
+    with torch.no_grad():
+        losses = [model(**trainer.data_collator(examples[i:i + 4])).loss.item() for i in (0, 4)]
+    assert result["eval_metrics"]["eval_loss"] == pytest.approx(sum(losses) / 2, rel=1e-5)
+    with pytest.raises(FileNotFoundError, match="--eval-data .*missing.jsonl: no such file"):
+        _train(tmp_path / "run2", "--eval-data", str(tmp_path / "missing.jsonl"))
+
+
 def test_chat_messages_render_with_the_plain_join_and_loss_on_the_last_reply(tmp_path):
     data = _write_jsonl(tmp_path / "chat.jsonl", [
         {"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "2+2?"},
