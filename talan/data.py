@@ -150,13 +150,8 @@ def _left_pad(rows: Sequence[list[int]], value: int) -> torch.Tensor:
     return torch.tensor([[value] * (width - len(r)) + list(r) for r in rows], dtype=torch.long)
 
 
-def collate(examples: Sequence[dict], tokenizer, max_length: int | None = None) -> dict[str, torch.Tensor]:
-    """Tokenise prompt + completion + eos, left pad, mask labels on prompt and padding.
-
-    Returns ``input_ids``, ``attention_mask`` and ``labels``, each ``[B, T]`` long, T the longest row.
-    With ``max_length``, a longer row loses tokens from the start of its prompt (the completion is
-    what carries the loss); a completion that alone exceeds ``max_length`` raises ``ValueError``.
-    """
+def _tokenize(examples: Sequence[dict], tokenizer, max_length: int | None) -> tuple[list[list[int]], list[list[int]]]:
+    """Token ids (prompt + completion + eos) and labels (the prompt masked) of each example."""
     if not examples:
         raise ValueError("collate needs at least one example")
     if tokenizer.eos_token_id is None:
@@ -172,9 +167,34 @@ def collate(examples: Sequence[dict], tokenizer, max_length: int | None = None) 
             prompt = prompt[max(0, len(prompt) + len(completion) - max_length):]
         ids.append(prompt + completion)
         labels.append([IGNORE_INDEX] * len(prompt) + completion)
+    return ids, labels
+
+
+def collate(examples: Sequence[dict], tokenizer, max_length: int | None = None) -> dict[str, torch.Tensor]:
+    """Tokenise prompt + completion + eos, left pad, mask labels on prompt and padding.
+
+    Returns ``input_ids``, ``attention_mask`` and ``labels``, each ``[B, T]`` long, T the longest row.
+    With ``max_length``, a longer row loses tokens from the start of its prompt (the completion is
+    what carries the loss); a completion that alone exceeds ``max_length`` raises ``ValueError``.
+    """
+    ids, labels = _tokenize(examples, tokenizer, max_length)
     input_ids = _left_pad(ids, _pad_id(tokenizer))
     attention_mask = _left_pad([[1] * len(r) for r in ids], 0)
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": _left_pad(labels, IGNORE_INDEX)}
+
+
+def collate_packed(examples: Sequence[dict], tokenizer, max_length: int | None = None) -> dict[str, torch.Tensor]:
+    """The examples of `collate` end to end in one row, with no padding (what transformers'
+    ``DataCollatorWithFlattening`` does): ``input_ids``, ``labels`` and ``position_ids``, each ``[1, total]``.
+    Position ids restart at 0 for every example and there is no attention mask, so attention and the
+    TALAN memory both restart there (SPEC §2); each example's first label is masked so that no loss
+    crosses from one example into the next.
+    """
+    ids, labels = _tokenize(examples, tokenizer, max_length)
+    positions = [list(range(len(r))) for r in ids]
+    labels = [[IGNORE_INDEX] + r[1:] for r in labels]
+    return {name: torch.tensor([sum(rows, [])], dtype=torch.long)
+            for name, rows in (("input_ids", ids), ("labels", labels), ("position_ids", positions))}
 
 
 def collate_prompts(prompts: Sequence[str], tokenizer) -> dict[str, torch.Tensor]:

@@ -142,15 +142,18 @@ def load_examples(path: str | Path, tokenizer, flag: str = "--data") -> list[dic
 
 
 class CompletionCollator:
-    """Trainer's ``data_collator``: `talan.data.collate` (left padding, loss on the completion + eos)."""
+    """Trainer's ``data_collator``: `talan.data.collate` (left padding, loss on the completion + eos), or
+    with ``packing`` `talan.data.collate_packed` (the batch in one row, no padding)."""
 
-    def __init__(self, tokenizer, max_length: int | None):
+    def __init__(self, tokenizer, max_length: int | None, packing: bool = False):
         # not `.tokenizer`: Trainer would call its save_pretrained, which the character tokenizer lacks
         self.text_tokenizer = tokenizer
         self.max_length = max_length
+        self.packing = packing
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
-        return talan_data.collate(features, self.text_tokenizer, max_length=self.max_length)
+        collate = talan_data.collate_packed if self.packing else talan_data.collate
+        return collate(features, self.text_tokenizer, max_length=self.max_length)
 
 
 # ---- model -----------------------------------------------------------------------------------------
@@ -452,7 +455,7 @@ def _run(settings: argparse.Namespace, talan_config) -> dict:
 
     trainer = TalanTrainer(
         model=model, args=_training_arguments(settings), train_dataset=examples, eval_dataset=eval_examples,
-        data_collator=CompletionCollator(tokenizer, settings.max_length),
+        data_collator=CompletionCollator(tokenizer, settings.max_length, settings.packing),
         processing_class=tokenizer if isinstance(tokenizer, PreTrainedTokenizerBase) else None,
         talan_lr=settings.talan_lr)
     output = trainer.train(resume_from_checkpoint=settings.resume_from_checkpoint)

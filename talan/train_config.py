@@ -37,7 +37,7 @@ DEFAULTS = {
     "max_steps": None, "num_epochs": 1.0, "warmup_steps": 0, "lr_scheduler": "cosine", "max_grad_norm": 1.0,
     "seed": 0, "save_steps": 500, "save_total_limit": None, "logging_steps": 10,
     "gradient_checkpointing": False, "bf16": False, "use_cpu": None, "ddp_find_unused_parameters": False,
-    "progress": True, "deepspeed": None, "fused_lora": None,
+    "progress": True, "deepspeed": None, "fused_lora": None, "packing": False,
 }
 # No --model: the embedded tiny Qwen3 (random init) on the synthetic recall task, well under a minute on a CPU.
 EMBEDDED_DEFAULTS = {"learning_rate": 1e-2, "max_steps": 200, "save_steps": 100, "warmup_steps": 10,
@@ -98,6 +98,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                     "(eval_loss) every --eval-steps and at the end")
     io.add_argument("--eval-steps", type=positive_int, help="optimizer steps between evaluations (default: "
                     "--save-steps)")
+    io.add_argument("--packing", action=argparse.BooleanOptionalAction, help="each batch as one row with no "
+                    "padding, position ids restarting per example (attention and TALAN's memory restart there)")
     io.add_argument("--output-dir", metavar="DIR", help=_default_help("output_dir"))
     io.add_argument("--resume-from-checkpoint", metavar="DIR", help="a checkpoint-* folder of an earlier run "
                     "(adapter, TALAN, optimizer and RNG state)")

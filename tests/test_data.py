@@ -7,7 +7,16 @@ import string
 import pytest
 import torch
 
-from talan.data import IGNORE_INDEX, CharTokenizer, batches, collate, collate_prompts, load_jsonl, recall_examples
+from talan.data import (
+    IGNORE_INDEX,
+    CharTokenizer,
+    batches,
+    collate,
+    collate_packed,
+    collate_prompts,
+    load_jsonl,
+    recall_examples,
+)
 
 
 @pytest.fixture
@@ -95,6 +104,22 @@ def test_hf_loss_sees_only_completion_tokens(tok):
     assert keep.sum() == 3 + 2  # "12"+eos and "9"+eos
     manual = torch.nn.functional.cross_entropy(logits[keep], targets[keep])
     torch.testing.assert_close(out.loss, manual)
+
+
+def test_collate_packed_puts_the_batch_in_one_row_with_restarting_positions(tok):
+    examples = [{"prompt": "ab", "completion": "xyz"}, {"prompt": "", "completion": "q"},
+                {"prompt": "abcdef", "completion": "12"}]
+    packed = collate_packed(examples, tok)
+    assert set(packed) == {"input_ids", "labels", "position_ids"}  # no attention mask: positions split sequences
+    padded = collate(examples, tok)
+    rows = [r[m.bool()].tolist() for r, m in zip(padded["input_ids"], padded["attention_mask"])]
+    assert packed["input_ids"].tolist() == [sum(rows, [])]
+    assert packed["position_ids"].tolist() == [sum((list(range(len(r))) for r in rows), [])]
+    # each example's labels as collate's, with its first one masked: no loss across an example boundary
+    # (the prompt-less second example would otherwise be scored on predicting "q" from the first's eos)
+    row_labels = [r[m.bool()].tolist() for r, m in zip(padded["labels"], padded["attention_mask"])]
+    assert packed["labels"].tolist() == [sum(([IGNORE_INDEX] + r[1:] for r in row_labels), [])]
+    assert packed["labels"][0, 6].item() == IGNORE_INDEX and row_labels[1][0] == tok.encode("q")[0]
 
 
 def test_collate_prompts_left_pads(tok):

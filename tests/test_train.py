@@ -79,6 +79,19 @@ def test_eval_data_reports_the_completion_loss_every_eval_steps(tmp_path):
         train(tmp_path / "run2", "--eval-data", str(tmp_path / "missing.jsonl"))
 
 
+def test_packing_trains_like_padded_batches(tmp_path):
+    """--packing: each batch is one row of its examples end to end. Attention and TALAN's memory restart at
+    every example, so the first step's loss and gradient norm are the padded batch's."""
+    padded = train(tmp_path / "padded", "--logging-steps", "1")
+    packed = train(tmp_path / "packed", "--packing", "--logging-steps", "1")
+    first = packed["trainer"].get_train_dataloader().collate_fn(padded["trainer"].train_dataset[:4])
+    assert first["input_ids"].shape[0] == 1 and "attention_mask" not in first
+    logs = [[h for h in run["trainer"].state.log_history if "loss" in h] for run in (padded, packed)]
+    for key in ("loss", "grad_norm"):  # same weights, same tokens: only fp32 sums in another order
+        assert logs[1][0][key] == pytest.approx(logs[0][0][key], rel=1e-5), key
+    assert logs[1][-1]["loss"] == pytest.approx(logs[0][-1]["loss"], rel=1e-3)
+
+
 def test_chat_messages_render_with_the_plain_join_and_loss_on_the_last_reply(tmp_path):
     data = write_jsonl(tmp_path / "chat.jsonl", [
         {"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "2+2?"},
