@@ -39,8 +39,9 @@ def decoder_stack(model: nn.Module) -> nn.Module:
     return stack
 
 
-def load_local_checkpoint(path, flag: str = "--model"):
-    """A local Hugging Face checkpoint folder and its tokenizer, fp32, never from the network.
+def load_local_checkpoint(path, flag: str = "--model", dtype=None):
+    """A local Hugging Face checkpoint folder and its tokenizer, never from the network; the weights in
+    ``dtype`` (default fp32).
 
     Raises ``FileNotFoundError`` for a missing folder or one without ``config.json`` and
     ``ValueError`` for a tokenizer without an eos token (it ends every completion); ``flag`` names
@@ -61,5 +62,5 @@ def load_local_checkpoint(path, flag: str = "--model"):
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     if tokenizer.eos_token_id is None:
         raise ValueError(f"{flag} {folder}: the tokenizer has no eos token, which ends every completion")
-    model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=dtype or torch.float32)
     return model, tokenizer

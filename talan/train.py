@@ -435,8 +435,9 @@ def run_train(args: argparse.Namespace) -> dict:
 def _run(settings: argparse.Namespace, talan_config) -> dict:
     if settings.embedded:
         backbone, tokenizer = _embedded_model(settings.seed)
+        backbone = backbone.to(getattr(torch, settings.model_dtype))
     else:
-        backbone, tokenizer = load_local_checkpoint(settings.model)
+        backbone, tokenizer = load_local_checkpoint(settings.model, dtype=getattr(torch, settings.model_dtype))
     if settings.data is None:
         examples = talan_data.recall_examples(settings.num_examples, seed=settings.seed)
     else:

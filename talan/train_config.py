@@ -22,6 +22,7 @@ from .config import BACKENDS, SITES, TRAINABLE_SCOPES, TalanConfig
 
 ADAPTERS = ("lora", "dora", "rslora")
 LR_SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
+MODEL_DTYPES = ("float32", "bfloat16", "float16")
 
 _TALAN_DEFAULTS = TalanConfig()
 DEFAULTS = {
@@ -37,7 +38,7 @@ DEFAULTS = {
     "max_steps": None, "num_epochs": 1.0, "warmup_steps": 0, "lr_scheduler": "cosine", "max_grad_norm": 1.0,
     "seed": 0, "save_steps": 500, "save_total_limit": None, "logging_steps": 10,
     "gradient_checkpointing": False, "bf16": False, "use_cpu": None, "ddp_find_unused_parameters": False,
-    "progress": True, "deepspeed": None, "fused_lora": None, "packing": False,
+    "progress": True, "deepspeed": None, "fused_lora": None, "packing": False, "model_dtype": "float32",
 }
 # No --model: the embedded tiny Qwen3 (random init) on the synthetic recall task, well under a minute on a CPU.
 EMBEDDED_DEFAULTS = {"learning_rate": 1e-2, "max_steps": 200, "save_steps": 100, "warmup_steps": 10,
@@ -92,6 +93,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     io = parser.add_argument_group("model and data")
     io.add_argument("--model", metavar="PATH", help="local Hugging Face Qwen3/Llama checkpoint folder, never "
                     "downloaded (default: an embedded tiny Qwen3 with a character tokenizer)")
+    io.add_argument("--model-dtype", choices=MODEL_DTYPES, help="dtype of the backbone's (frozen) weights; the "
+                    "adapter and TALAN train in fp32 whatever it is (default: float32)")
     io.add_argument("--data", metavar="FILE", help="training data, .jsonl or .parquet: prompt/completion pairs or "
                     "chat 'messages' lists (default: the synthetic key-value recall task)")
     io.add_argument("--eval-data", metavar="FILE", help="held-out data in the same formats: its completion loss "

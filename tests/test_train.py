@@ -9,6 +9,7 @@ FSDP2) are in test_train_distributed.py.
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -135,6 +136,22 @@ def test_local_checkpoint_with_a_chat_template(tmp_path):
     result = train(tmp_path / "run", "--model", str(model_dir), "--data", str(data), "--use-cpu")
     for folder in result["checkpoints"]:
         assert ADAPTER_FILES | TALAN_FILES <= {p.name for p in Path(folder).iterdir()}
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["peft", "fused-lora"])
+def test_bf16_backbone_trains_fp32_adapter_and_talan(tmp_path, fused):
+    """--model-dtype bfloat16: the frozen backbone in bf16 (half the memory), the adapter and TALAN in fp32,
+    as are their checkpoint files; the loss falls as in fp32 training."""
+    result = train(tmp_path, "--model-dtype", "bfloat16", "--logging-steps", "1", *(["--fused-lora"] if fused else []))
+    model = result["trainer"].model
+    dtypes = {("talan" if ".talan." in n else "adapter" if "lora_" in n else "base"): p.dtype
+              for n, p in model.named_parameters()}
+    assert dtypes == {"base": torch.bfloat16, "adapter": torch.float32, "talan": torch.float32}
+    assert (result["fused_lora"] is not None) == fused
+    for name in ("talan_model.safetensors", "adapter_model.safetensors"):
+        assert {t.dtype for t in load_file(tmp_path / name).values()} == {torch.float32}
+    losses = [h["loss"] for h in result["trainer"].state.log_history if "loss" in h]
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0]
 
 
 # ---- optimizer ---------------------------------------------------------------------------------------
