@@ -2,15 +2,35 @@
 
 A forward whose cache is empty is a prefill and starts a fresh state; a later forward with the same
 cache continues it. The state follows the cache's batch reorders (beam search) and refuses to
-continue from a cache it never saw or one whose length changed behind its back (``crop``).
+continue from a cache it never saw.
+
+A cache cropped back into its last forward (assisted decoding drops the draft tokens the model
+rejected) is followed too: for a forward of at most ``REPLAY_TOKENS`` tokens the block's input and the
+state before it are kept, and the state at the cropped length is recomputed from them. A crop further
+back, or into a longer forward (a prefill), is refused with a clear error.
 """
 
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+
+# Longest forward whose input is kept for a later crop (an assisted-decoding verification step holds the
+# last token plus the draft; a prefill is never cropped back into).
+REPLAY_TOKENS = 64
+
+
+@dataclass
+class Replay:
+    """What a crop back into the last forward needs: the cache length and state before it, and its input."""
+
+    start_len: int
+    state: tuple | None  # (S, N) before the forward; None after a prefill's start
+    hidden: torch.Tensor  # the block's input [B, t, D]
+    active: torch.Tensor | None  # [B, t] or None
 
 
 @dataclass
@@ -18,6 +38,7 @@ class LayerState:
     seq_len: int  # the cache length this state corresponds to
     slot_sums: torch.Tensor  # S [B, M] fp32
     value_sums: torch.Tensor  # N [B, M, R] fp32
+    replay: Replay | None = None
 
 
 class DecodeStates:
@@ -26,29 +47,44 @@ class DecodeStates:
     def __init__(self):
         self._by_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
-    def lookup(self, cache, layer_idx: int, past_len: int, batch: int):
-        """The ``(S, N)`` to continue from for ``layer_idx``, or None for a prefill (``past_len == 0``)."""
+    def lookup(self, cache, layer_idx: int, past_len: int, batch: int, block: Callable | None = None):
+        """The ``(S, N)`` to continue from for ``layer_idx``, or None for a prefill (``past_len == 0``).
+        ``block`` (the TALAN block, called as in the forward) recomputes the state after a crop."""
         if past_len == 0:
             return None
         entry = self._by_cache.get(cache, {}).get(layer_idx)
         if entry is None:
             raise ValueError("this cache holds tokens that TALAN never saw: start generation from an empty cache "
                              "(a new prompt) on the patched model, so TALAN can build its slot memory")
-        if entry.seq_len != past_len:
-            raise ValueError(f"the cache length changed outside TALAN ({entry.seq_len} -> {past_len} tokens, e.g. "
-                             "by crop() in assisted decoding); TALAN's cumulative slot memory cannot be cropped")
         if entry.slot_sums.shape[0] != batch:
             raise ValueError(f"the batch size changed from {entry.slot_sums.shape[0]} to {batch} while continuing "
                              "a cache")
-        return entry.slot_sums, entry.value_sums
+        if entry.seq_len == past_len:
+            return entry.slot_sums, entry.value_sums
+        replay = entry.replay
+        if replay is None or block is None or not replay.start_len <= past_len < entry.seq_len:
+            raise ValueError(f"the cache length changed outside TALAN ({entry.seq_len} -> {past_len} tokens); TALAN "
+                             f"can follow a crop() back into its last forward of at most {REPLAY_TOKENS} tokens "
+                             "(as assisted decoding does), not this one")
+        keep = past_len - replay.start_len
+        if keep == 0:
+            return replay.state
+        active = None if replay.active is None else replay.active[:, :keep]
+        with torch.no_grad():
+            _, state = block(replay.hidden[:, :keep], active, None, replay.state)
+        return state
 
-    def store(self, cache, layer_idx: int, new_len: int, state) -> None:
+    def store(self, cache, layer_idx: int, new_len: int, state, replay: Replay | None = None) -> None:
+        """The state at cache length ``new_len``; ``replay`` (kept for forwards of <= REPLAY_TOKENS tokens)
+        lets a later crop back into this forward recompute its state."""
         layers = self._by_cache.get(cache)
         if layers is None:
             layers = {}
             self._by_cache[cache] = layers
             _follow_batch_changes(cache, weakref.ref(self), layers)
-        layers[layer_idx] = LayerState(new_len, state[0].detach(), state[1].detach())
+        if replay is not None and replay.hidden.shape[1] > REPLAY_TOKENS:
+            replay = None
+        layers[layer_idx] = LayerState(new_len, state[0].detach(), state[1].detach(), replay)
 
 
 def _follow_batch_changes(cache, owner_ref, layers: dict) -> None:
@@ -65,6 +101,7 @@ def _follow_batch_changes(cache, owner_ref, layers: dict) -> None:
                 for entry in layers.values():
                     entry.slot_sums = transform(entry.slot_sums, *args, **kwargs)
                     entry.value_sums = transform(entry.value_sums, *args, **kwargs)
+                    entry.replay = None  # a crop after a reorder is refused rather than replayed on stale rows
             return result
 
         setattr(cache, method_name, wrapped)

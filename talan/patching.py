@@ -20,7 +20,7 @@ from torch import nn
 
 from .block import TalanBlock
 from .config import TalanConfig
-from .decode_state import DecodeStates
+from .decode_state import REPLAY_TOKENS, DecodeStates, Replay
 from .hosts import decoder_stack
 
 BLOCK_NAME = "talan"
@@ -130,13 +130,16 @@ class _Patch:
         return _TokenContext(active, resets, cache, self.inputs.past_len)
 
     def _apply(self, layer_idx: int, hidden: torch.Tensor, ctx: _TokenContext) -> torch.Tensor:
+        block = getattr(self.stack.layers[layer_idx], BLOCK_NAME)
         state = None
         if ctx.cache is not None:
-            state = self.decode_states.lookup(ctx.cache, layer_idx, ctx.past_len, hidden.shape[0])
-        block = getattr(self.stack.layers[layer_idx], BLOCK_NAME)
+            state = self.decode_states.lookup(ctx.cache, layer_idx, ctx.past_len, hidden.shape[0], block)
         out, new_state = block(hidden, ctx.active, ctx.resets, state)
         if ctx.cache is not None:
-            self.decode_states.store(ctx.cache, layer_idx, ctx.past_len + hidden.shape[1], new_state)
+            replay = None
+            if hidden.shape[1] <= REPLAY_TOKENS and ctx.resets is None:
+                replay = Replay(ctx.past_len, state, hidden.detach(), ctx.active)
+            self.decode_states.store(ctx.cache, layer_idx, ctx.past_len + hidden.shape[1], new_state, replay)
         return out
 
     def make_hooks(self, layer_idx: int):

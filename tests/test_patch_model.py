@@ -263,18 +263,38 @@ def test_static_cache_generation_equals_recomputation(site, attn):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
-def test_assisted_decoding_is_exact_or_refused_never_silently_wrong():
-    model = _live(talan.patch(tiny_qwen3(), tiny_config(layer=1)))
+@pytest.mark.parametrize("site", SITES)
+def test_assisted_decoding_equals_greedy_decoding(site):
+    """A draft model's rejected tokens are cropped from the cache; TALAN recomputes its state at the
+    cropped length from the last forward's kept input, so the result is greedy decoding's."""
+    model = _live(talan.patch(tiny_qwen3(), tiny_config(site=site, layer=1)))
     assistant = tiny_qwen3(seed=3)  # a different draft model: some draft tokens get rejected (cache crop)
     ids = tiny_batch(batch=1, length=6)["input_ids"]
-    kwargs = dict(attention_mask=torch.ones_like(ids), max_new_tokens=8, do_sample=False, pad_token_id=0)
+    crops = []
+    kwargs = dict(attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False, pad_token_id=0)
     expected = model.generate(ids, use_cache=False, **kwargs)
-    try:
+    from transformers import DynamicCache
+
+    real_crop = DynamicCache.crop
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(DynamicCache, "crop", lambda self, n: crops.append(n) or real_crop(self, n))
         assisted = model.generate(ids, assistant_model=assistant, **kwargs)
-    except ValueError as err:
-        assert "crop" in str(err)
-    else:
-        assert torch.equal(assisted, expected)
+    assert crops, "no draft token was rejected: the test would not exercise a crop"
+    assert torch.equal(assisted, expected)
+
+
+def test_a_crop_into_the_last_forward_continues_exactly_and_further_back_is_refused():
+    model = _live(talan.patch(tiny_qwen3(), tiny_config(layer=(0, 1))))
+    ids = tiny_batch(batch=1, length=12)["input_ids"]
+    cache = model(ids[:, :6], use_cache=True).cache
+    model(ids[:, 6:10], cache=cache, use_cache=True)  # a 4-token forward, then 3 of its tokens are dropped
+    cache.crop(-3)  # 10 -> 7 tokens
+    logits = model(ids[:, 7:9], cache=cache, use_cache=True).logits
+    expected = model(ids[:, :9], use_cache=False).logits[:, 7:]
+    torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
+    cache.crop(-4)  # 9 -> 5 tokens: back past the start of the last forward (at 7 tokens)
+    with pytest.raises(ValueError, match="crop"):
+        model(ids[:, 5:6], cache=cache, use_cache=True)
 
 
 @pytest.mark.slow
