@@ -80,7 +80,13 @@ if [ "$DRY_RUN" = 1 ]; then
     printf 'gpu_tests\tskipped (dry run: GPU only)\n' >> "$STEPS"
     echo "== gpu_tests: skipped (dry run)"
 else
-    run_step gpu_tests 140 "${PYTEST[@]}" -m gpu tests --junitxml="$WORK/gpu_tests.xml"
+    # The kernels' parity files first (pytest keeps the order of file arguments, not of a directory's), so
+    # that a slow end-to-end GPU test cannot squeeze them out of the step's time.
+    GPU_FILES=(tests/test_lora_kernels_gpu.py tests/test_side_path_kernels_interp.py)
+    for f in $(grep -l "pytest.mark.gpu" tests/test_*.py); do
+        case " ${GPU_FILES[*]} " in *" $f "*) ;; *) GPU_FILES+=("$f") ;; esac
+    done
+    run_step gpu_tests 140 "${PYTEST[@]}" -m gpu "${GPU_FILES[@]}" --junitxml="$WORK/gpu_tests.xml"
 fi
 
 # 2. The results rows (kernel ratios, TALAN + LoRA vs LoRA, training step, block share).

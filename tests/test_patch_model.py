@@ -313,3 +313,23 @@ def test_compiled_static_cache_generation_equals_recomputation():
     finally:
         del model.forward  # the instance attribute: back to the class's forward
         torch._dynamo.reset()
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="generate compiles the forward for a static cache on GPUs")
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_static_cache_generation_on_a_gpu_compiled_by_generate_equals_dynamic(backend):
+    """On a GPU, generate compiles the forward (inductor, CUDA graphs) for a static cache: TALAN's hooks and
+    state bookkeeping run inside it and the tokens equal the uncompiled dynamic-cache run's."""
+    model = _live(talan.patch(tiny_qwen3(), tiny_config(layer=(0, 1), backend=backend))).cuda()
+    ids = tiny_batch(batch=2, length=7)["input_ids"].cuda()
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0
+    kwargs = dict(attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=0)
+    dynamic = model.generate(ids, **kwargs)
+    try:
+        static = model.generate(ids, cache_implementation="static", **kwargs)
+    finally:
+        torch._dynamo.reset()
+    assert torch.equal(static, dynamic)
