@@ -1,4 +1,4 @@
-"""The ``talan`` command: ``demo``, ``report``, ``train``, ``study`` and ``analyze``.
+"""The ``talan`` command: ``demo``, ``report``, ``train``, ``export``, ``study`` and ``analyze``.
 
 Each subcommand is a function ``_cmd_<name>(args) -> int`` and an ``add_parser`` block in
 `build_parser`; `main` maps the errors users can cause (a missing path, a malformed data file, a bad
@@ -65,6 +65,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .export import run_export
+
+    run_export(args)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -104,6 +111,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_arguments(train)
     train.set_defaults(func=_cmd_train)
 
+    from .export import add_export_arguments
+
+    export = sub.add_parser("export", help="merge a trained adapter into its backbone; save it with TALAN's files",
+                            description="peft's merge_and_unload, then the merged model (no adapter cost), its "
+                            "tokenizer and TALAN's two files in one new folder.")
+    add_export_arguments(export)
+    export.set_defaults(func=_cmd_export)
+
     from .analyze import add_analyze_arguments
     from .study import add_study_arguments
 
@@ -130,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.steps = DEFAULT_STEPS
     try:
         return args.func(args)
-    except (FileNotFoundError, ImportError, ValueError) as err:
+    except (FileNotFoundError, FileExistsError, ImportError, ValueError) as err:
         # errors a user causes with an argument: one clear line, not a traceback
         print(f"talan {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -17,6 +17,7 @@ from train_helpers import (
     ADAPTER_FILES,
     DEEPSPEED_ZERO3,
     TALAN_FILES,
+    make_local_checkpoint,
     max_diff,
     parse_train,
     train,
@@ -106,25 +107,9 @@ def test_chat_messages_render_with_the_plain_join_and_loss_on_the_last_reply(tmp
 
 def test_local_checkpoint_with_a_chat_template(tmp_path):
     """--model: a saved Qwen3 + a HF tokenizer (built offline) whose chat template renders 'messages'."""
-    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
+    from transformers import PreTrainedTokenizerFast
 
-    chars = [chr(c) for c in range(32, 127)] + ["\n"]
-    specials = ["<pad>", "<|im_start|>", "<|im_end|>", "<unk>"]
-    vocab = {tok: i for i, tok in enumerate(specials + chars)}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="<|im_end|>",
-                                        unk_token="<unk>", additional_special_tokens=specials[1:3])
-    tokenizer.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
-                               "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-    model_dir = tmp_path / "model"
-    tokenizer.save_pretrained(model_dir)
-    config = Qwen3Config(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=1, head_dim=16,
-                         pad_token_id=0, eos_token_id=vocab["<|im_end|>"])
-    Qwen3ForCausalLM(config).save_pretrained(model_dir)
-
+    model_dir = make_local_checkpoint(tmp_path / "model")
     loaded = load_examples(write_jsonl(tmp_path / "chat.jsonl", [
         {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}]),
         PreTrainedTokenizerFast.from_pretrained(model_dir))

@@ -43,3 +43,29 @@ def write_jsonl(path: Path, records) -> Path:
 def saved_weights(run: Path) -> dict[str, torch.Tensor]:
     """The adapter's and TALAN's tensors a run (or one of its checkpoints) wrote."""
     return {**load_file(run / "talan_model.safetensors"), **load_file(run / "adapter_model.safetensors")}
+
+
+def make_local_checkpoint(model_dir: Path, chat_template: bool = True) -> Path:
+    """A tiny random Qwen3 and a character-level HF tokenizer (built offline, with a chat template) saved
+    as a local Hugging Face checkpoint folder."""
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
+
+    chars = [chr(c) for c in range(32, 127)] + ["\n"]
+    specials = ["<pad>", "<|im_start|>", "<|im_end|>", "<unk>"]
+    vocab = {tok: i for i, tok in enumerate(specials + chars)}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="<|im_end|>",
+                                        unk_token="<unk>", additional_special_tokens=specials[1:3])
+    if chat_template:
+        tokenizer.chat_template = (
+            "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+            "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    tokenizer.save_pretrained(model_dir)
+    config = Qwen3Config(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+                         pad_token_id=0, eos_token_id=vocab["<|im_end|>"])
+    torch.manual_seed(0)
+    Qwen3ForCausalLM(config).save_pretrained(model_dir)
+    return model_dir

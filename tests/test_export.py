@@ -1,0 +1,66 @@
+"""`talan export` (talan/export.py): a trained adapter merged into its backbone, saved with TALAN's files;
+reloading the folder gives the trained model's logits, and bad inputs get clear errors."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from train_helpers import TALAN_FILES, make_local_checkpoint, train, write_jsonl
+
+import talan
+from talan.cli import main
+from talan_kernels.testing import assert_rel_rms, rel_rms
+
+
+@pytest.fixture(scope="module")
+def local_model(tmp_path_factory):
+    return make_local_checkpoint(tmp_path_factory.mktemp("model"))
+
+
+@pytest.mark.parametrize("adapter", ["lora", "dora"])
+def test_export_merges_the_adapter_and_keeps_talan(tmp_path, local_model, adapter):
+    from transformers import AutoModelForCausalLM
+
+    data = write_jsonl(tmp_path / "train.jsonl", [{"prompt": f"{i}+{i}=", "completion": str(2 * i)} for i in range(16)])
+    run = train(tmp_path / "run", "--model", str(local_model), "--data", str(data), "--use-cpu", "--adapter", adapter,
+                "--learning-rate", "1e-2", "--backend", "torch")
+    ids = torch.randint(4, 90, (2, 11), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        trained = run["trainer"].model.eval()(input_ids=ids).logits
+
+    out = tmp_path / "merged"
+    assert main(["export", "--model", str(local_model), "--checkpoint", run["output_dir"], "--out", str(out)]) == 0
+    names = {p.name for p in out.iterdir()}
+    assert TALAN_FILES | {"config.json", "model.safetensors", "tokenizer.json"} <= names
+    assert not any(n.startswith("adapter_") for n in names)  # merged: no adapter left
+    weights = load_file(out / "model.safetensors")
+    assert not any(".talan." in k or "lora_" in k for k in weights)  # a plain HF checkpoint
+    assert json.loads((out / "talan_config.json").read_text())["backend"] == "torch"
+
+    merged = talan.load_pretrained(AutoModelForCausalLM.from_pretrained(out), out).eval()
+    with torch.no_grad():
+        got = merged(input_ids=ids).logits
+        with talan.disabled(merged):
+            without_talan = merged(input_ids=ids).logits
+    assert_rel_rms(got, trained, 1e-5, "merged model + TALAN vs the trained adapter + TALAN")  # fp32 merge rounding
+    assert rel_rms(without_talan, trained) > 1e-4  # TALAN is part of what was exported
+
+
+def test_export_bad_inputs_are_clear_errors(tmp_path, local_model, capsys):
+    def export(checkpoint, out):
+        return main(["export", "--model", str(local_model), "--checkpoint", str(checkpoint), "--out", str(out)])
+
+    assert export(tmp_path / "nowhere", tmp_path / "out") == 2
+    assert "--checkpoint" in capsys.readouterr().err
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "adapter_config.json").write_text("{}")
+    assert export(tmp_path / "half", tmp_path / "out") == 2
+    assert "talan_config.json is missing" in capsys.readouterr().err
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("")
+    run = train(tmp_path / "run", "--model", str(local_model), "--use-cpu", "--backend", "torch",
+                "--data", str(write_jsonl(tmp_path / "d.jsonl", [{"prompt": "a", "completion": "b"}] * 4)))
+    assert export(run["output_dir"], tmp_path / "full") == 2
+    assert "not empty" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
