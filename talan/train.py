@@ -355,12 +355,22 @@ def _check_paths(settings: argparse.Namespace) -> None:
 
 
 def _shards_parameters(settings: argparse.Namespace) -> str | None:
-    """What shards the parameters in this run (FSDP from accelerate's environment, or ZeRO-3), or None."""
-    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+    """What shards the parameters in this run, or None: FSDP (accelerate's environment) or ZeRO-3 (from
+    --deepspeed, or from ``accelerate launch --use_deepspeed``'s stage or config file)."""
+    env = os.environ
+    if env.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
         return "FSDP"
-    if settings.deepspeed is not None:
-        config = json.loads(Path(settings.deepspeed).read_text(encoding="utf-8"))
-        if config.get("zero_optimization", {}).get("stage") == 3:
+    config_file = settings.deepspeed
+    if env.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        if env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3":
+            return "DeepSpeed ZeRO-3"
+        config_file = config_file or env.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
+    if config_file is not None and Path(config_file).is_file():
+        try:
+            config = json.loads(Path(config_file).read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            return None  # --deepspeed was checked before; accelerate reports its own file's errors
+        if isinstance(config, dict) and config.get("zero_optimization", {}).get("stage") == 3:
             return "DeepSpeed ZeRO-3"
     return None
 

@@ -216,6 +216,10 @@ def test_fused_lora_is_refused_where_the_base_weights_are_sharded(tmp_path, monk
     config.write_text(json.dumps(DEEPSPEED_ZERO3))
     with pytest.raises(ValueError, match="DeepSpeed ZeRO-3 shards the base weights"):
         train(tmp_path / "run", "--fused-lora", "--deepspeed", str(config))
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")  # `accelerate launch --use_deepspeed --zero_stage 3`
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "3")
+    with pytest.raises(ValueError, match="DeepSpeed ZeRO-3 shards the base weights"):
+        train(tmp_path / "run", "--fused-lora")
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what `accelerate launch --use_fsdp` exports
     with pytest.raises(ValueError, match="FSDP shards the base weights"):
         train(tmp_path / "run", "--fused-lora")
