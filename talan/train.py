@@ -331,7 +331,8 @@ def _training_arguments(settings: argparse.Namespace) -> TrainingArguments:
         # without use_cpu, a multi-process launch on a machine with no GPU runs N unsynchronised copies
         use_cpu=not torch.cuda.is_available() if settings.use_cpu is None else settings.use_cpu,
         disable_tqdm=not settings.progress, report_to="none", remove_unused_columns=False,
-        dataloader_pin_memory=False, deepspeed=settings.deepspeed)
+        dataloader_pin_memory=False, deepspeed=settings.deepspeed, fsdp=True if settings.fsdp else None,
+        fsdp_config=settings.fsdp_config if settings.fsdp else None)
 
 
 def _check_paths(settings: argparse.Namespace) -> None:
@@ -339,7 +340,12 @@ def _check_paths(settings: argparse.Namespace) -> None:
     if settings.model is not None and not Path(settings.model).is_dir():
         raise FileNotFoundError(f"--model {settings.model}: no such directory. Pass a local Hugging Face "
                                 "checkpoint folder; talan train never downloads.")
-    for flag, path in (("--data", settings.data), ("--eval-data", settings.eval_data)):
+    if settings.fsdp_config is not None and not settings.fsdp:
+        raise ValueError("--fsdp-config is Trainer's FSDP tuning: pass --fsdp with it")
+    if settings.fsdp and settings.deepspeed is not None:
+        raise ValueError("--fsdp and --deepspeed both shard the model: pass one of them")
+    for flag, path in (("--data", settings.data), ("--eval-data", settings.eval_data),
+                       ("--fsdp-config", settings.fsdp_config)):
         if path is not None and not Path(path).is_file():
             raise FileNotFoundError(f"{flag} {path}: no such file")
     resume = settings.resume_from_checkpoint
@@ -358,7 +364,7 @@ def _shards_parameters(settings: argparse.Namespace) -> str | None:
     """What shards the parameters in this run, or None: FSDP (accelerate's environment) or ZeRO-3 (from
     --deepspeed, or from ``accelerate launch --use_deepspeed``'s stage or config file)."""
     env = os.environ
-    if env.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+    if settings.fsdp or env.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
         return "FSDP"
     config_file = settings.deepspeed
     if env.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":

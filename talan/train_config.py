@@ -39,6 +39,7 @@ DEFAULTS = {
     "seed": 0, "save_steps": 500, "save_total_limit": None, "logging_steps": 10,
     "gradient_checkpointing": False, "bf16": False, "use_cpu": None, "ddp_find_unused_parameters": False,
     "progress": True, "deepspeed": None, "fused_lora": None, "packing": False, "model_dtype": "float32",
+    "fsdp": False, "fsdp_config": None,
 }
 # No --model: the embedded tiny Qwen3 (random init) on the synthetic recall task, well under a minute on a CPU.
 EMBEDDED_DEFAULTS = {"learning_rate": 1e-2, "max_steps": 200, "save_steps": 100, "warmup_steps": 10,
@@ -159,6 +160,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                      help="DDP only; every adapter and TALAN parameter gets a gradient each step, so off by default")
     opt.add_argument("--use-cpu", action=argparse.BooleanOptionalAction, help="train on the CPU (default: when "
                      "no CUDA device is present; it is what makes a torchrun launch on CPUs use DDP over gloo)")
+    opt.add_argument("--fsdp", action=argparse.BooleanOptionalAction, help="shard with FSDP2, as Trainer's --fsdp "
+                     "(launch with torchrun; accelerate runs FSDP on GPUs only)")
+    opt.add_argument("--fsdp-config", metavar="FILE", help="Trainer's fsdp_config, a JSON file (with --fsdp)")
     opt.add_argument("--deepspeed", metavar="FILE", help="DeepSpeed JSON config, as Trainer's --deepspeed (ZeRO-3 "
                      "needs stage3_gather_16bit_weights_on_model_save: true, so checkpoints hold full weights); "
                      "launch with torchrun or the deepspeed launcher")

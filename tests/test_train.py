@@ -311,6 +311,18 @@ def test_bad_deepspeed_setups_fail_before_training(tmp_path, monkeypatch, config
     assert not (tmp_path / "run").exists()
 
 
+def test_bad_fsdp_setups_fail_before_training(tmp_path):
+    with pytest.raises(ValueError, match="pass --fsdp with it"):
+        train(tmp_path / "run", "--fsdp-config", str(tmp_path / "fsdp.json"))
+    with pytest.raises(FileNotFoundError, match="--fsdp-config .*fsdp.json: no such file"):
+        train(tmp_path / "run", "--fsdp", "--fsdp-config", str(tmp_path / "fsdp.json"))
+    config = tmp_path / "zero3.json"
+    config.write_text(json.dumps(DEEPSPEED_ZERO3))
+    with pytest.raises(ValueError, match="--fsdp and --deepspeed both shard"):
+        train(tmp_path / "run", "--fsdp", "--deepspeed", str(config))
+    assert not (tmp_path / "run").exists()
+
+
 def test_parquet_pairs_and_chat_rows_load_and_train(tmp_path):
     pq = pytest.importorskip("pyarrow.parquet")
     import pyarrow as pa

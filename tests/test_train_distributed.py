@@ -67,10 +67,10 @@ DISTRIBUTED_FLAGS = [*FAST, "--use-cpu", "--talan-lr", "0.02"]
 
 
 def _torchrun(folder: Path, *flags, checkpoints=("checkpoint-2", "checkpoint-4"), nproc=2, env=None,
-              sharded=False) -> Path:
+              sharded=False, fsdp=None) -> Path:
     """Run RANK_SCRIPT in ``nproc`` processes (CPU unless ``flags`` say otherwise) with ``flags`` and the
-    extra environment ``env``; ``sharded``: each process holds part of TALAN's parameters only. Returns the
-    run's output folder."""
+    extra environment ``env``; ``sharded``: each process holds part of TALAN's parameters only; ``fsdp``:
+    whether Trainer runs FSDP (default: as accelerate's environment says). Returns the output folder."""
     folder.mkdir(parents=True, exist_ok=True)
     script = folder / "rank_script.py"
     script.write_text(textwrap.dedent(RANK_SCRIPT))
@@ -82,7 +82,7 @@ def _torchrun(folder: Path, *flags, checkpoints=("checkpoint-2", "checkpoint-4")
     for rank in range(nproc):  # synchronised processes, not independent runs
         info = json.loads((folder / f"rank{rank}.json").read_text())
         assert info["world_size"] == nproc and info["global_step"] == 4
-        assert info["fsdp"] == (env.get("ACCELERATE_USE_FSDP") == "true")
+        assert info["fsdp"] == (env.get("ACCELERATE_USE_FSDP") == "true" if fsdp is None else fsdp)
         held, total = info["talan_numel"]
         assert held < total if sharded else held == total
         assert {g["name"]: g["lr"] for g in info["param_groups"]} == {"adapter": 0.01, "talan": 0.02}
@@ -153,6 +153,15 @@ def test_fsdp2_trainer_run_trains_like_ddp_and_resumes_exactly(ddp_run, tmp_path
     assert max_diff(sharded, saved_weights(resumed)) == 0
     rank0, rank1 = (load_file(tmp_path / "fsdp" / f"rank{r}.safetensors") for r in (0, 1))
     assert max_diff(rank0, rank1) == 0
+
+
+@pytest.mark.slow
+def test_fsdp_flag_shards_like_accelerates_environment(ddp_run, tmp_path):
+    """--fsdp (Trainer's own flag, for a plain torchrun launch) takes the same FSDP2 path as accelerate's
+    environment: sharded TALAN parameters, gathered into checkpoints equal to the DDP run's."""
+    fsdp = _torchrun(tmp_path / "fsdp", "--fsdp", env={"TALAN_TEST_FSDP_ON_CPU": "1"}, sharded=True, fsdp=True)
+    assert (fsdp / "checkpoint-2" / "pytorch_model_fsdp.bin").is_file()
+    _assert_weights_close(saved_weights(ddp_run), saved_weights(fsdp))
 
 
 @pytest.mark.gpu
