@@ -22,11 +22,11 @@ of `talan.data`, on the CPU in well under a minute.
 
 Checked: one process (CPU/GPU), DDP (``torchrun``; on a machine without a GPU ``use_cpu`` is set so
 that the processes synchronise over gloo), DeepSpeed ZeRO-3 (``--deepspeed``; on the CPU too, where
-DeepSpeed picks its CPU accelerator) and FSDP2 (``accelerate launch --use_fsdp``). Under FSDP and
-ZeRO-3, which shard the parameters, `TalanTrainer.save_talan` gathers the full state dict on every
-process (``accelerator.get_state_dict``) and writes TALAN's part of it from the main process. The tests
-run ZeRO-3 and FSDP2 on two CPU processes against DDP; for FSDP they force accelerate's FSDP path,
-which it takes for GPU processes only (CPU ones silently fall back to DDP).
+DeepSpeed picks its CPU accelerator) and FSDP2 (``--fsdp``, or ``accelerate launch --use_fsdp``).
+Under FSDP and ZeRO-3, which shard the parameters, `TalanTrainer.save_talan` gathers the full state
+dict on every process (``accelerator.get_state_dict``) and writes TALAN's part of it from the main
+process. The tests run ZeRO-3 and FSDP2 on two CPU processes against DDP; for FSDP they force
+accelerate's FSDP path, which it takes for GPU processes only (CPU ones silently fall back to DDP).
 """
 
 from __future__ import annotations
@@ -336,7 +336,7 @@ def _training_arguments(settings: argparse.Namespace) -> TrainingArguments:
 
 
 def _check_paths(settings: argparse.Namespace) -> None:
-    """Fail on a missing path before anything heavy is built."""
+    """Fail on a missing path or a bad combination of flags before anything heavy is built."""
     if settings.model is not None and not Path(settings.model).is_dir():
         raise FileNotFoundError(f"--model {settings.model}: no such directory. Pass a local Hugging Face "
                                 "checkpoint folder; talan train never downloads.")
