@@ -20,7 +20,7 @@ from torch import nn
 
 from .block import TalanBlock
 from .config import TalanConfig
-from .decode_state import REPLAY_TOKENS, DecodeStates, Replay
+from .decode_state import DecodeStates, Replay
 from .hosts import decoder_stack
 
 BLOCK_NAME = "talan"
@@ -136,9 +136,7 @@ class _Patch:
             state = self.decode_states.lookup(ctx.cache, layer_idx, ctx.past_len, hidden.shape[0], block)
         out, new_state = block(hidden, ctx.active, ctx.resets, state)
         if ctx.cache is not None:
-            replay = None
-            if hidden.shape[1] <= REPLAY_TOKENS and ctx.resets is None:
-                replay = Replay(ctx.past_len, state, hidden.detach(), ctx.active)
+            replay = Replay(ctx.past_len, state, hidden.detach(), ctx.active)  # store() keeps it if short
             self.decode_states.store(ctx.cache, layer_idx, ctx.past_len + hidden.shape[1], new_state, replay)
         return out
 

@@ -11,6 +11,19 @@ HOST = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_
             num_attention_heads=4, num_key_value_heads=2, head_dim=16)
 
 
+def record_calls(monkeypatch, owner, name: str, record=lambda *args, **kwargs: None) -> list:
+    """Wrap ``owner.name`` for the test: every call appends ``record(*args, **kwargs)`` to the returned
+    list, then runs the real function."""
+    calls, real = [], getattr(owner, name)
+
+    def wrapper(*args, **kwargs):
+        calls.append(record(*args, **kwargs))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, wrapper)
+    return calls
+
+
 def _build(config_cls, model_cls, seed, train, overrides):
     config = config_cls(**{**HOST, **overrides})
     config._attn_implementation = "eager"

@@ -9,6 +9,7 @@ from collections import OrderedDict
 
 import pytest
 import torch
+from conftest import record_calls
 from torch import nn
 
 from talan.fused_lora import FusedLoraReport, disable_fused_lora, enable_fused_lora
@@ -103,9 +104,7 @@ def test_enable_then_disable_restores_exactly():
 
 
 def test_uncovered_states_fall_back_to_peft(monkeypatch):
-    calls = []
-    real = interface._apply
-    monkeypatch.setattr(interface, "_apply", lambda *a, **k: calls.append(1) or real(*a, **k))
+    calls = record_calls(monkeypatch, interface, "_apply")
     model = tiny_qwen3_peft("lora", lora_dropout=0.1)
     enable_fused_lora(model, backend="torch")
     ids = torch.randint(0, 128, (1, 5))
@@ -166,9 +165,7 @@ def test_deepcopy_of_fused_model_runs_its_own_weights():
 
 
 def test_dora_norm_cached_in_eval_and_recomputed_after_update(monkeypatch):
-    calls = []
-    real = interface.dora_weight_norm
-    monkeypatch.setattr(interface, "dora_weight_norm", lambda *a, **k: calls.append(1) or real(*a, **k))
+    calls = record_calls(monkeypatch, interface, "dora_weight_norm")
     model = tiny_qwen3_peft("dora").eval()
     enable_fused_lora(model, backend="torch")
     ids = torch.randint(0, 128, (1, 4))
@@ -190,9 +187,7 @@ def test_dora_norm_cached_in_eval_and_recomputed_after_update(monkeypatch):
 def test_dora_norm_cache_under_autocast(model_dtype, recomputed, monkeypatch):
     """Under a bf16 autocast the eval cache holds for bf16 weights (nothing is cast); fp32 weights are cast
     afresh on every call, so their norm is recomputed rather than keyed on temporary copies."""
-    calls = []
-    real = interface.dora_weight_norm
-    monkeypatch.setattr(interface, "dora_weight_norm", lambda *a, **k: calls.append(1) or real(*a, **k))
+    calls = record_calls(monkeypatch, interface, "dora_weight_norm")
     model = tiny_qwen3_peft("dora").to(model_dtype).eval()
     enable_fused_lora(model, backend="torch")
     ids = torch.randint(0, 128, (1, 4))
@@ -227,9 +222,7 @@ def test_autocast_runs_fused_in_the_autocast_dtype_like_peft(variant, monkeypatc
     """Under a bf16 autocast (Trainer's --bf16) on an fp32 model every layer still runs fused, on operands
     cast to bf16 as autocast casts peft's. Against the fp32 model without autocast, its logits and fp32
     adapter gradients are off by no more than twice peft's own error under the same autocast."""
-    calls = []
-    real = interface._apply
-    monkeypatch.setattr(interface, "_apply", lambda *a, **k: calls.append(a[0].dtype) or real(*a, **k))
+    calls = record_calls(monkeypatch, interface, "_apply", lambda *a, **k: a[0].dtype)
     model = tiny_qwen3_peft(variant)
     ids = torch.randint(0, 128, (2, 9), generator=torch.Generator().manual_seed(1))
     exact_logits, exact_grads = logits_and_grads(model, ids)

@@ -7,6 +7,7 @@ import os
 
 import pytest
 import torch
+from conftest import record_calls
 
 from talan_kernels.lora import (
     DoraNormCache,
@@ -114,9 +115,7 @@ def test_dora_reference_matches_peft_in_eval():
 
 
 def test_norm_cache_reuses_until_a_weight_changes(monkeypatch):
-    calls = []
-    real = interface.dora_weight_norm
-    monkeypatch.setattr(interface, "dora_weight_norm", lambda *a, **k: calls.append(1) or real(*a, **k))
+    calls = record_calls(monkeypatch, interface, "dora_weight_norm")
     W, A, B = torch.randn(6, 5), torch.randn(2, 5), torch.randn(6, 2)
     cache = DoraNormCache()
     n1 = cache.get(W, A, B, 0.5, "torch")

@@ -9,6 +9,7 @@ import os
 
 import pytest
 import torch
+from conftest import record_calls
 
 from talan_kernels.side_path import side_path, side_path_ref
 from talan_kernels.testing import assert_rel_rms, rel_rms
@@ -196,13 +197,11 @@ def test_inference_prefill_on_fused_kernels_matches_reference(case, monkeypatch)
     kw = dict(mixer=mixer, writeback=writeback)
     if writeback == "norm_cap":
         kw["norm_cap_ratio"] = _norm_cap_ratio_at_median(h, params, active, resets, state, mixer)
-    calls = []
-    infer = triton_path.side_path_infer
-    monkeypatch.setattr(triton_path, "side_path_infer", lambda *a, **k: calls.append(1) or infer(*a, **k))
+    calls = record_calls(monkeypatch, triton_path, "side_path_infer")
     with torch.no_grad():
         out, (s, n) = side_path(h, params, active, resets, state, backend="triton", **kw)
     ref, (s_ref, n_ref) = side_path_ref(h, params, active, resets, state, **kw)
-    assert calls == [1], "the no-grad prefill must take the fused inference path"
+    assert len(calls) == 1, "the no-grad prefill must take the fused inference path"
     assert out.dtype == dtype
     tol = TOL if dtype == torch.float32 else 5e-3
     assert_rel_rms(out, ref, tol, "h'")
@@ -338,9 +337,7 @@ def _train_tiny_qwen3(backend, site, mixer, writeback, steps=5):
 def test_tiny_qwen3_with_lora_trains_the_same_on_triton_as_on_torch(site, mixer, writeback, monkeypatch):
     from talan_kernels.side_path import triton_path
 
-    calls = []
-    kernels_path = triton_path.side_path_triton
-    monkeypatch.setattr(triton_path, "side_path_triton", lambda *a, **k: calls.append(1) or kernels_path(*a, **k))
+    calls = record_calls(monkeypatch, triton_path, "side_path_triton")
     torch_losses = _train_tiny_qwen3("torch", site, mixer, writeback)
     assert not calls
     triton_losses = _train_tiny_qwen3("triton", site, mixer, writeback)
@@ -365,10 +362,8 @@ def test_generate_on_triton_uses_the_decode_kernel_and_matches_torch(monkeypatch
     ids = torch.randint(0, 128, (2, 9), generator=torch.Generator().manual_seed(2))
     mask = torch.ones_like(ids)
     mask[0, :3] = 0
-    calls, prefills = [], []
-    decode_step, infer = triton_path.side_path_decode, triton_path.side_path_infer
-    monkeypatch.setattr(triton_path, "side_path_decode", lambda *a, **k: calls.append(1) or decode_step(*a, **k))
-    monkeypatch.setattr(triton_path, "side_path_infer", lambda *a, **k: prefills.append(1) or infer(*a, **k))
+    calls = record_calls(monkeypatch, triton_path, "side_path_decode")
+    prefills = record_calls(monkeypatch, triton_path, "side_path_infer")
     scores = {}
     for backend in ("torch", "triton"):
         torch.manual_seed(0)
@@ -403,9 +398,7 @@ def test_no_grad_forward_on_triton_matches_torch(site, mixer, writeback, monkeyp
     ids = torch.randint(0, 128, (2, 23), generator=torch.Generator().manual_seed(3))
     mask = torch.ones_like(ids)
     mask[1, :6] = 0
-    prefills = []
-    infer = triton_path.side_path_infer
-    monkeypatch.setattr(triton_path, "side_path_infer", lambda *a, **k: prefills.append(1) or infer(*a, **k))
+    prefills = record_calls(monkeypatch, triton_path, "side_path_infer")
     logits = {}
     for backend in ("torch", "triton"):
         torch.manual_seed(0)

@@ -44,7 +44,7 @@ class ShrinkFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dz, dk, dv, dq, dlogit, dhnorm):
         h, norm_weight, w_in, w_k, w_v, w_q, gate_weight, gate_bias, z, logit, hnorm = ctx.saved_tensors
-        n, d = h.shape
+        d = h.shape[1]
         has_gate = gate_weight is not None
         grads = [None] * 8
         # the r x r projections: z feeds k, v, q
@@ -118,15 +118,15 @@ class ExpandFunction(torch.autograd.Function):
                 dc = coef[:, None] * q
                 dlogit = active * sig * (1 - sig) * (q * c).sum(1)
             else:  # norm_cap: delta = f u, f = L / max(|u|, L), L = ratio ||h||; capped: du = a f (G - kappa u)
-                gram = w_out @ w_out.T  # [R, R]
-                usq = ((c @ gram) * c).sum(1)  # ||u||^2
+                c_gram = c @ (w_out @ w_out.T)  # [N, R]: u W_out^T, as <u, u> = <c_gram, c>
+                usq = (c_gram * c).sum(1)  # ||u||^2
                 length, limit = usq.sqrt(), ctx.norm_cap_ratio * hnorm
                 capped = length >= limit  # (with L = |u| = 0 the forward's f is 0 / tiny = 0: capped too)
                 f = torch.where(capped, limit / length.clamp_min(1e-30), 1.0)
                 gu = (q * c).sum(1)
                 kappa = torch.where(capped, gu / usq.clamp_min(1e-30), 0.0)  # <G, u> / |u|^2
                 coef = active * f
-                dc = coef[:, None] * (q - kappa[:, None] * (c @ gram))
+                dc = coef[:, None] * (q - kappa[:, None] * c_gram)
                 dhnorm = ctx.norm_cap_ratio * torch.where(capped, active * gu / length.clamp_min(1e-30), 0.0)
         if need_w:
             p = (coef[:, None] * c).T @ g  # [R, D] = (coef c)^T G
