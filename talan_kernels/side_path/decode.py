@@ -24,13 +24,16 @@ WRITEBACK_PARAMS = {"zero_add": (), "tanh_gate": ("gate",), "token_gate": ("gate
                     "norm_cap": ()}
 
 
-def decode_config(d: int, m: int, r: int) -> dict:
+def decode_config(d: int, m: int, r: int, device_type: str = "cuda") -> dict:
     """Meta-parameters of the decode kernel (the compile tests read them). [BD, BR] tiles of
     W_in/W_out of <= 4096 elements and 8 warps keep every mixer/writeback free of register spills on
-    sm_80/sm_90 up to R = 128 (4 warps, or 8192-element tiles, spill at R = 64 on sm_80)."""
+    sm_80/sm_90 up to R = 128 (4 warps, or 8192-element tiles, spill at R = 64 on sm_80); above
+    R = 64 the r x r matvecs read BK = 32 rows of their weights at a time (whole [128, 128] tiles
+    spill with Triton 3.6's ptxas). On the CPU BK = 16, so the interpreter tests run that loop."""
     br = max(16, triton.next_power_of_2(r))
+    bk = 16 if device_type != "cuda" else (br if br <= 64 else 32)
     return dict(BD=max(16, min(128, 4096 // br, triton.next_power_of_2(d))), BM=max(16, triton.next_power_of_2(m)),
-                BR=br, num_warps=8)
+                BR=br, BK=bk, num_warps=8)
 
 
 def decode_launch(h, core, mixer_params, writeback_params, active, resets, s0, n0, mixer: str, writeback: str,
@@ -53,7 +56,7 @@ def decode_launch(h, core, mixer_params, writeback_params, active, resets, s0, n
         d, m, r, 1.0 / math.sqrt(r), cap, RMS_EPS, zero_add_scale, norm_cap_ratio,
         MIXER=MIXER_IDS[mixer], WRITEBACK=WRITEBACK_IDS[writeback],
         GATE_PER_CHANNEL=writeback == "tanh_gate" and writeback_params[0].numel() == d,
-        HAS_RESETS=resets is not None, HAS_STATE=has_state, **decode_config(d, m, r))
+        HAS_RESETS=resets is not None, HAS_STATE=has_state, **decode_config(d, m, r, h.device.type))
     return out, s_out, n_out
 
 

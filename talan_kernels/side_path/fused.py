@@ -49,12 +49,15 @@ def fused_kernel_configs(d: int, r: int, writeback: str, device_type: str) -> di
         return {"shrink": dict(BT=16, BD=32, BR=br, BC=16, DOT_PREC="ieee", num_warps=4, num_stages=1),
                 "expand": dict(BT=16, BD=32, BR=br, DOT_PREC="ieee", num_warps=4, num_stages=1,
                                D_PER_PROG=d if writeback == "norm_cap" else 64)}
-    # Spill-free on sm_80/sm_90 with 3xTF32 (tests/test_side_path_compile.py); 4 warps, or 32-token
-    # tiles at R = 128, spill. Untuned for speed: a GPU measurement has to settle BT (tokens per
-    # re-read of W_in/W_out from L2) against the number of programs.
+    # Spill-free on sm_80/sm_90 with 3xTF32 (tests/test_side_path_compile.py), with the newest Triton
+    # and with 3.6 (torch 2.11's); 4 warps, or 32-token tiles at R = 128, spill, and so does the
+    # 32-token shrink with 64-channel steps (255 registers; Triton 3.6 spills). Untuned for speed: a
+    # GPU measurement has to settle BT (tokens per re-read of W_in/W_out from L2) against the number
+    # of programs.
     wide = br >= 128
     prec = dot_precision(device_type)
-    shrink = dict(BT=16 if wide else 32, BD=64, BR=br, BC=32, DOT_PREC=prec, num_warps=8, num_stages=2)
+    shrink = dict(BT=16, BD=64, BR=br, BC=32, DOT_PREC=prec, num_warps=8, num_stages=2) if wide else \
+        dict(BT=32, BD=32, BR=br, BC=16, DOT_PREC=prec, num_warps=8, num_stages=2)
     expand = dict(BT=16 if wide else 32, BD=32 if wide else 64, BR=br, DOT_PREC=prec, num_warps=8,
                   num_stages=2)
     expand["D_PER_PROG"] = d if writeback == "norm_cap" else 4 * expand["BD"]

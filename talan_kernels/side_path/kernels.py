@@ -331,6 +331,23 @@ def _matvec(x, w_ptr, n_in, n_out, stride, o_in, o_out):
 
 
 @triton.jit
+def _square_matvec(x, w_ptr, R, o_r, BR: tl.constexpr, BK: tl.constexpr):
+    """``x [BR] @ W[:R, :R]`` (row-major, row stride R). With BK < BR it reads BK rows of W at a time
+    and picks x's BK entries out of registers with a [BR, BK] select: whole [BR, BR] tiles are 64
+    fp32 registers a thread at R = 128 over 8 warps, and the decode kernel's several of them spill."""
+    if BK >= BR:
+        out = _matvec(x, w_ptr, R, R, R, o_r, o_r)
+    else:
+        out = tl.zeros([BR], dtype=tl.float32)
+        o_k = tl.arange(0, BK)
+        for k0 in range(0, R, BK):
+            rows = k0 + o_k
+            xk = tl.sum(tl.where(o_r[:, None] == rows[None, :], x[:, None], 0.0), 0)  # [BK] = x[k0:k0+BK]
+            out += _matvec(xk, w_ptr + k0 * R, R - k0, R, R, o_k, o_r)
+    return out
+
+
+@triton.jit
 def _side_path_decode_kernel(
     h_ptr, out_ptr,  # [B, D] in the residual dtype
     norm_ptr, w_in_ptr, w_k_ptr, w_v_ptr, qs_ptr, w_out_ptr,  # [D], [D,R], [R,R], [R,R], [M,R], [R,D]
@@ -341,7 +358,7 @@ def _side_path_decode_kernel(
     D, M, R, scale, cap, eps, zero_add_scale, norm_cap_ratio,
     MIXER: tl.constexpr, WRITEBACK: tl.constexpr, GATE_PER_CHANNEL: tl.constexpr,
     HAS_RESETS: tl.constexpr, HAS_STATE: tl.constexpr,
-    BD: tl.constexpr, BM: tl.constexpr, BR: tl.constexpr,
+    BD: tl.constexpr, BM: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
 ):
     """One token of one sequence per program: RMSNorm, projections, the state update, the mixer and
     the writeback residual add in one launch. MIXER: 0 attn, 1 linear, 2 mlp, 3 glu. WRITEBACK: 0
@@ -372,8 +389,8 @@ def _side_path_decode_kernel(
     sumsq = tl.sum(sq, 0)
     rstd = 1.0 / tl.sqrt(sumsq / D + eps)
     z = z * rstd  # [BR]
-    kk = _matvec(z, w_k_ptr, R, R, R, o_r, o_r)  # [BR]
-    vv = _matvec(z, w_v_ptr, R, R, R, o_r, o_r)
+    kk = _square_matvec(z, w_k_ptr, R, o_r, BR, BK)  # [BR]
+    vv = _square_matvec(z, w_v_ptr, R, o_r, BR, BK)
     qs = tl.load(qs_ptr + mr_off, mask=mr_mask, other=0.0).to(tl.float32)  # [BM, BR]
     a = tl.load(active_ptr + i_b).to(tl.float32)
     _th, w = _capped_weights(tl.sum(qs * kk[None, :], 1) * scale, a, cap)
@@ -394,16 +411,16 @@ def _side_path_decode_kernel(
         beta = tl.load(mix1_ptr + o_m, mask=m_mask, other=0.0).to(tl.float32)
         c = tl.sum(beta[:, None] * mem, 0)
     else:
-        query = _matvec(z, mix1_ptr, R, R, R, o_r, o_r)
+        query = _square_matvec(z, mix1_ptr, R, o_r, BR, BK)
         score = tl.where(m_mask, tl.sum(mem * query[None, :], 1) * scale, float("-inf"))
         p = tl.exp(score - tl.max(score, 0))
         c = tl.sum(p[:, None] * mem, 0) / tl.sum(p, 0)  # [BR] the attention read
         if MIXER == 2:
-            hidden = _matvec(z, mix2_ptr, R, R, R, o_r, o_r) + _matvec(c, mix2_ptr + R * R, R, R, R, o_r, o_r)
+            hidden = _square_matvec(z, mix2_ptr, R, o_r, BR, BK) + _square_matvec(c, mix2_ptr + R * R, R, o_r, BR, BK)
             hidden = hidden / (1.0 + tl.exp(-hidden))  # SiLU
-            c = _matvec(hidden, mix3_ptr, R, R, R, o_r, o_r)
+            c = _square_matvec(hidden, mix3_ptr, R, o_r, BR, BK)
         elif MIXER == 3:
-            c = c / (1.0 + tl.exp(-_matvec(z, mix2_ptr, R, R, R, o_r, o_r)))
+            c = c / (1.0 + tl.exp(-_square_matvec(z, mix2_ptr, R, o_r, BR, BK)))
     # Stage 3: u = c W_out, the writeback and the residual add, block by block over D.
     factor = a
     if WRITEBACK == 0:
