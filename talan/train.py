@@ -26,7 +26,8 @@ DeepSpeed picks its CPU accelerator) and FSDP2 (``--fsdp``, or ``accelerate laun
 Under FSDP and ZeRO-3, which shard the parameters, `TalanTrainer.save_talan` gathers the full state
 dict on every process (``accelerator.get_state_dict``) and writes TALAN's part of it from the main
 process. The tests run ZeRO-3 and FSDP2 on two CPU processes against DDP; for FSDP they force
-accelerate's FSDP path, which it takes for GPU processes only (CPU ones silently fall back to DDP).
+accelerate's FSDP path, which it takes for GPU processes only (CPU ones would fall back to DDP; an
+unforced FSDP run on CPU processes is refused before its first step, `_check_fsdp_took_effect`).
 """
 
 from __future__ import annotations
@@ -381,6 +382,15 @@ def _shards_parameters(settings: argparse.Namespace) -> str | None:
     return None
 
 
+def _check_fsdp_took_effect(settings: argparse.Namespace, trainer) -> None:
+    """accelerate takes its FSDP path for GPU processes only: on CPU processes it quietly trains
+    unsharded (as DDP), which a user who asked for FSDP should hear about before training, not after."""
+    if _shards_parameters(settings) == "FSDP" and not trainer.is_fsdp_enabled:
+        asked = "--fsdp" if settings.fsdp else "accelerate launch --use_fsdp"
+        raise ValueError(f"{asked}: accelerate runs FSDP on GPU processes only, and these run on the CPU, so "
+                         "Trainer would train unsharded; launch on GPUs, or drop it (DDP is what would run)")
+
+
 def _use_fused_lora(settings: argparse.Namespace) -> bool:
     """``--fused-lora``: on, off, or (unset) on for an unsharded run on a CUDA device."""
     sharded = _shards_parameters(settings)
@@ -475,6 +485,7 @@ def _run(settings: argparse.Namespace, talan_config) -> dict:
         data_collator=CompletionCollator(tokenizer, settings.max_length, settings.packing),
         processing_class=tokenizer if isinstance(tokenizer, PreTrainedTokenizerBase) else None,
         talan_lr=settings.talan_lr)
+    _check_fsdp_took_effect(settings, trainer)
     output = trainer.train(resume_from_checkpoint=settings.resume_from_checkpoint)
 
     eval_metrics = None if eval_examples is None else trainer.evaluate()

@@ -164,6 +164,24 @@ def test_fsdp_flag_shards_like_accelerates_environment(ddp_run, tmp_path):
     _assert_weights_close(saved_weights(ddp_run), saved_weights(fsdp))
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["flag", "accelerate"])
+def test_fsdp_on_cpu_processes_is_refused_instead_of_training_unsharded(tmp_path, how):
+    """Unshimmed, accelerate's CPU processes fall back to DDP under --fsdp (or accelerate's --use_fsdp
+    environment): talan train stops before the first step and says so, and writes no checkpoint."""
+    flags, env = (["--fsdp"], {}) if how == "flag" else ([], FSDP2_ENV)
+    script = tmp_path / "rank_script.py"
+    script.write_text(textwrap.dedent(RANK_SCRIPT))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
+           str(tmp_path), "--output-dir", str(tmp_path / "run"), *DISTRIBUTED_FLAGS, *flags]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1", **env},
+                          timeout=300)
+    assert proc.returncode != 0
+    asked = "--fsdp" if how == "flag" else "accelerate launch --use_fsdp"
+    assert f"{asked}: accelerate runs FSDP on GPU processes only" in proc.stderr, proc.stderr[-3000:]
+    assert not list((tmp_path / "run").glob("checkpoint-*"))
+
+
 @pytest.mark.gpu
 @pytest.mark.slow
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="accelerate runs FSDP on GPUs only")
