@@ -1,0 +1,86 @@
+"""The side-path kernels at their GPU launch configurations, run by the interpreter.
+
+The launchers pick other tiles on CUDA tensors than on the CPU (``fused_kernel_configs``: 32- or
+16-token tiles, 32/64-channel steps, 16/32-column k/v/q tiles, 4 x BD channels per expand program;
+``decode_config``: whole r x r tiles up to R = 64, 32-row steps above). The other interpreter tests
+run the CPU tiles; here the launchers are handed the CUDA ones (with IEEE products: the interpreter
+computes fp32 anyway), so the masking and the loop bounds of the tiles a GPU runs are checked
+before any GPU run. Shapes: D = 300 is not a multiple of any channel step or expand program; R = 40
+pads to 64 and R = 128 takes the decode kernel's row loop.
+"""
+
+import pytest
+import torch
+from test_side_path_kernels_interp import TOL, _check_every_gradient, make_inputs, make_params, needs_interpreter
+
+from talan_kernels.side_path import side_path, side_path_ref
+from talan_kernels.side_path.triton_path import side_path_triton
+from talan_kernels.testing import assert_rel_rms
+
+pytestmark = [pytest.mark.interpreter, needs_interpreter]
+
+
+@pytest.fixture
+def cuda_tiles(monkeypatch):
+    """The launchers' CUDA configurations for CPU tensors; returns the configs they were handed."""
+    from talan_kernels.side_path import decode, fused
+
+    fused_configs, decode_config = fused.fused_kernel_configs, decode.decode_config
+    handed = []
+
+    def fused_on_cuda(d, r, writeback, device_type):
+        cfg = fused_configs(d, r, writeback, "cuda")
+        handed.append(cfg)
+        return {stage: {**c, "DOT_PREC": "ieee"} for stage, c in cfg.items()}
+
+    def decode_on_cuda(d, m, r, device_type="cuda"):
+        handed.append(decode_config(d, m, r, "cuda"))
+        return handed[-1]
+
+    monkeypatch.setattr(fused, "fused_kernel_configs", fused_on_cuda)
+    monkeypatch.setattr(decode, "decode_config", decode_on_cuda)
+    return handed
+
+
+# (mixer, writeback, B, T, D, M, R)
+CASES = [("attn", "tanh_gate", 2, 45, 300, 7, 40), ("glu", "token_gate", 2, 37, 300, 5, 128),
+         ("mlp", "norm_cap", 1, 33, 300, 4, 64), ("linear", "zero_add", 2, 20, 300, 3, 128)]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[f"{c[0]}-{c[1]}-R{c[-1]}" for c in CASES])
+def test_prefill_and_decode_on_gpu_tiles_match_the_reference(case, cuda_tiles):
+    mixer, writeback, b, t, d, m, r = case
+    prefill = t - 3
+    params = make_params(d, r, m, mixer, writeback, seed=11)
+    h, active, resets, state = make_inputs(b, t, d, m, r, pad=5, reset_at=(3, prefill + 1), seed=12)
+    kw = dict(mixer=mixer, writeback=writeback, norm_cap_ratio=0.05)
+    with torch.no_grad():
+        ref, (s_ref, n_ref) = side_path_ref(h, params, active, resets, state, **kw)
+        out, step_state = side_path(h[:, :prefill], params, active[:, :prefill], resets[:, :prefill], state,
+                                    backend="triton", **kw)
+        outs = [out]
+        for i in range(prefill, t):
+            step, step_state = side_path(h[:, i:i + 1], params, active[:, i:i + 1], resets[:, i:i + 1], step_state,
+                                         backend="triton", **kw)
+            outs.append(step)
+    assert_rel_rms(torch.cat(outs, 1) - h, ref - h, TOL, "perturbation")
+    assert_rel_rms(step_state[0], s_ref, TOL, "S")
+    assert_rel_rms(step_state[1], n_ref, TOL, "N")
+    shrink_steps = {c["shrink"]["BD"] for c in cuda_tiles if "shrink" in c}
+    assert shrink_steps == {64 if r >= 128 else 32}, "the prefill must have run on the CUDA shrink tiles"
+    assert [c["BK"] for c in cuda_tiles if "BK" in c] == [32 if r >= 128 else 64] * 3, "one decode launch a step"
+
+
+@pytest.mark.parametrize("mixer,writeback,r", [("attn", "norm_cap", 40), ("glu", "tanh_gate", 128)])
+def test_training_forward_and_gradients_on_gpu_tiles_match_the_reference(mixer, writeback, r, cuda_tiles):
+    """The training path's forward runs the same shrink/expand kernels (fused_train.py)."""
+    d, m = 300, 5
+    h, active, _, _ = make_inputs(2, 35, d, m, r, pad=4, reset_at=())
+    h.requires_grad_()
+    params = {k: v.requires_grad_() for k, v in make_params(d, r, m, mixer, writeback, seed=13).items()}
+    kw = dict(mixer=mixer, writeback=writeback, norm_cap_ratio=0.05)
+    out, _ = side_path_triton(h, params, active, **kw)
+    ref, _ = side_path_ref(h, params, active, **kw)
+    assert_rel_rms(out, ref, TOL, "h'")
+    _check_every_gradient(out, ref, h, params)
+    assert any("expand" in c for c in cuda_tiles), "the training forward must have run on the CUDA tiles"
