@@ -2,7 +2,7 @@
 
     python -m benchmarks.collect measure --out rows.json [--dry-run]
     python -m benchmarks.collect report --rows rows.json --out-dir benchmarks/results \\
-        [--junit gpu_tests.xml] [--bench-json bench.json] [--steps steps.tsv] [--dry-run]
+        [--junit gpu_tests_0.xml ...] [--bench-json bench.json] [--steps steps.tsv] [--dry-run]
 
 ``measure`` computes every row it can on this machine; a row whose kernel is missing, or that needs a
 GPU on a CPU-only machine, is written as skipped with the reason, and a row that fails (a wrong
@@ -320,13 +320,27 @@ def environment() -> dict:
     return env
 
 
-def junit_counts(path: str | None) -> dict | None:
-    if not path or not Path(path).exists():
+def junit_counts(paths: list[str] | str | None) -> dict | None:
+    """Test counts summed over junit files (gpu_tests.sh writes one per shard), with the ids of the
+    failed and errored tests (``file::test[params]``) so that a results file says which ones."""
+    found = [Path(p) for p in ([paths] if isinstance(paths, str) else paths or []) if Path(p).exists()]
+    if not found:
         return None
-    root = ET.parse(path).getroot()
-    suite = root if root.tag == "testsuite" else root.find("testsuite")
     keys = ("tests", "failures", "errors", "skipped")
-    return {k: int(suite.get(k, 0)) for k in keys} if suite is not None else None
+    totals, failed = dict.fromkeys(keys, 0), []
+    for path in found:
+        try:
+            root = ET.parse(path).getroot()
+        except ET.ParseError as exc:  # a shard killed mid-write
+            failed.append(f"{path.name}: unreadable ({exc})")
+            continue
+        for suite in ([root] if root.tag == "testsuite" else root.findall("testsuite")):
+            for k in keys:
+                totals[k] += int(suite.get(k, 0))
+            for case in suite.iter("testcase"):
+                if case.find("failure") is not None or case.find("error") is not None:
+                    failed.append(f"{case.get('classname', '').replace('.', '/')}.py::{case.get('name')}")
+    return {**totals, "files": len(found), "failed": failed}
 
 
 def bench_summary(paths: list[str] | None) -> list[dict] | None:
@@ -386,7 +400,10 @@ def to_markdown(report: dict) -> str:
         lines.append(f"\nMeasured ceilings: copy {c['bandwidth_GB/s']:.0f} GB/s, "
                      f"{c['matmul_dtype']} matmul {c['matmul_TFLOP/s']:.0f} TFLOP/s")
     if report.get("gpu_tests"):
-        lines.append(f"\nGPU tests: {report['gpu_tests']}")
+        t = report["gpu_tests"]
+        lines.append(f"\nGPU tests: {t['tests']} run, {t['failures']} failed, {t['errors']} errors, "
+                     f"{t['skipped']} skipped ({t.get('files', 1)} junit files)")
+        lines += [f"- failed: `{name}`" for name in t.get("failed", [])]
     if report.get("steps"):
         lines.append("\nSteps: " + "; ".join(f"{k}: {v}" for k, v in report["steps"].items()))
     lines += ["", "| row | value (ms) | ratio | target | baseline | note |", "|---|---:|---:|---:|---|---|"]
@@ -427,7 +444,7 @@ def main(argv=None) -> int:
     r = sub.add_parser("report", help="write <out-dir>/<date>-<gpu>.json and .md")
     r.add_argument("--rows", default=None)
     r.add_argument("--out-dir", required=True)
-    r.add_argument("--junit", default=None)
+    r.add_argument("--junit", action="append", default=[], help="junit XML of the GPU tests (repeatable)")
     r.add_argument("--bench-json", action="append", default=[], help="pytest-benchmark JSON (repeatable)")
     r.add_argument("--steps", default=None)
     r.add_argument("--dry-run", action="store_true")

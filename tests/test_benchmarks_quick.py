@@ -66,7 +66,10 @@ def test_dry_run_quick_benchmarks_pass_their_gates(dry_run):
     assert report is not None, proc.stdout[-3000:]
     assert report["steps"]["benchmarks"].startswith("passed"), _log(out, "benchmarks")
     assert report["steps"]["rows"].startswith("passed"), _log(out, "rows")
-    assert report["steps"]["gpu_tests"].startswith("skipped")
+    # the GPU tests ran in their shards, and every one of them skipped itself on the CPU
+    assert report["steps"]["gpu_tests"].startswith("passed"), _log(out, "gpu_tests")
+    tests = report["gpu_tests"]
+    assert tests["files"] >= 5 and tests["tests"] == tests["skipped"] > 0 and not tests["failed"], tests
 
 
 def test_dry_run_writes_a_well_formed_results_file(dry_run):
@@ -93,6 +96,48 @@ def test_dry_run_writes_a_well_formed_results_file(dry_run):
     for name in ("talan_lora_vs_lora_decode", "talan_block_share_of_layer", "talan_block_train_share_of_layer"):
         assert rows[name]["ratio"] is not None, rows[name]
     assert "DRY RUN" in results[0].with_suffix(".md").read_text().upper()
+
+
+GPU_TESTS = ROOT / "benchmarks" / "gpu_tests.sh"
+SHARD_TESTS = """
+import time
+
+import pytest
+
+pytestmark = pytest.mark.gpu
+
+
+def test_passes():
+    pass
+
+
+def test_fails():
+    assert False
+
+
+def test_outlives_the_step():
+    time.sleep(120)
+"""
+
+
+def test_gpu_test_shards_write_their_reports_when_the_time_limit_interrupts_them(tmp_path):
+    """gpu_check.sh's time limit (SIGINT to the process group) stops a shard that is still running;
+    it must still write its junit file (background jobs start with SIGINT ignored unless the shard
+    restores it), and the report lists the failed test by its id."""
+    collect, _ = _import_benchmarks()
+    tests = tmp_path / "test_shard.py"
+    tests.write_text(SHARD_TESTS)
+    work, logs = tmp_path / "work", tmp_path / "logs"
+    work.mkdir(), logs.mkdir()
+    shards = [f"{tests}|passes or fails", f"{tests}|outlives"]
+    proc = subprocess.run(["timeout", "-s", "INT", "-k", "20", "12", "bash", str(GPU_TESTS), str(work), str(logs),
+                           *shards], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 124, proc.stdout + proc.stderr  # timeout's own status: SIGINT sent, no SIGKILL
+    reports = sorted(work.glob("gpu_tests_*.xml"))
+    assert [p.name for p in reports] == ["gpu_tests_0.xml", "gpu_tests_1.xml"], proc.stdout
+    counts = collect.junit_counts([str(p) for p in reports])
+    assert counts["tests"] >= 2 and counts["failures"] == 1 and counts["files"] == 2
+    assert [name.rsplit("::", 1)[1] for name in counts["failed"]] == ["test_fails"]
 
 
 def test_report_without_rows_marks_every_row_skipped():
