@@ -9,7 +9,7 @@ import os
 
 import pytest
 import torch
-from conftest import record_calls
+from conftest import record_calls, tiny_qwen3
 
 from talan_kernels.side_path import side_path, side_path_ref
 from talan_kernels.testing import assert_rel_rms, rel_rms
@@ -305,14 +305,9 @@ def test_triton_backend_on_cpu_without_interpreter_raises_clearly():
 def _train_tiny_qwen3(backend, site, mixer, writeback, steps=5):
     """Losses of 5 AdamW steps on a tiny Qwen3 with peft LoRA and TALAN (left-padded batch)."""
     peft = pytest.importorskip("peft")
-    transformers = pytest.importorskip("transformers")
     import talan
 
-    config = transformers.Qwen3Config(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                      num_attention_heads=4, num_key_value_heads=2, head_dim=16)
-    config._attn_implementation = "eager"
-    torch.manual_seed(0)
-    model = transformers.Qwen3ForCausalLM(config).train()
+    model = tiny_qwen3(seed=0, train=True, num_hidden_layers=2)
     model = peft.get_peft_model(model, peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
     talan.patch(model, talan.TalanConfig(layer=(0, 1), site=site, num_slots=4, latent_dim=16, mixer=mixer,
                                          writeback=writeback, backend=backend))
@@ -353,13 +348,9 @@ def test_tiny_qwen3_with_lora_trains_the_same_on_triton_as_on_torch(site, mixer,
 def test_generate_on_triton_uses_the_decode_kernel_and_matches_torch(monkeypatch):
     """Cached greedy generation (prefill on the chunk kernels, then the decode kernel per token)
     gives the same scores as the reference backend, for a left-padded batch."""
-    transformers = pytest.importorskip("transformers")
     import talan
     from talan_kernels.side_path import triton_path
 
-    config = transformers.Qwen3Config(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                      num_attention_heads=4, num_key_value_heads=2, head_dim=16)
-    config._attn_implementation = "eager"
     ids = torch.randint(0, 128, (2, 9), generator=torch.Generator().manual_seed(2))
     mask = torch.ones_like(ids)
     mask[0, :3] = 0
@@ -367,8 +358,7 @@ def test_generate_on_triton_uses_the_decode_kernel_and_matches_torch(monkeypatch
     prefills = record_calls(monkeypatch, triton_path, "side_path_infer")
     scores = {}
     for backend in ("torch", "triton"):
-        torch.manual_seed(0)
-        model = transformers.Qwen3ForCausalLM(config).eval()
+        model = tiny_qwen3(seed=0, num_hidden_layers=2)
         talan.patch(model, talan.TalanConfig(layer=(0, 1), num_slots=4, latent_dim=16, backend=backend))
         with torch.no_grad():
             blocks = [m for m in model.modules() if isinstance(m, talan.TalanBlock)]
@@ -389,21 +379,17 @@ def test_generate_on_triton_uses_the_decode_kernel_and_matches_torch(monkeypatch
 def test_no_grad_forward_on_triton_matches_torch(site, mixer, writeback, monkeypatch):
     """A left-padded batch through a tiny Qwen3 under ``torch.no_grad()``: the blocks take the fused
     inference kernels and the logits equal the reference backend's."""
-    transformers = pytest.importorskip("transformers")
     import talan
     from talan_kernels.side_path import triton_path
 
-    config = transformers.Qwen3Config(vocab_size=128, hidden_size=72, intermediate_size=128, num_hidden_layers=2,
-                                      num_attention_heads=4, num_key_value_heads=2, head_dim=16)
-    config._attn_implementation = "eager"
+    host = dict(num_hidden_layers=2, hidden_size=72)  # 72: the expand kernel's partial channel tiles
     ids = torch.randint(0, 128, (2, 23), generator=torch.Generator().manual_seed(3))
     mask = torch.ones_like(ids)
     mask[1, :6] = 0
     prefills = record_calls(monkeypatch, triton_path, "side_path_infer")
     logits = {}
     for backend in ("torch", "triton"):
-        torch.manual_seed(0)
-        model = transformers.Qwen3ForCausalLM(config).eval()
+        model = tiny_qwen3(seed=0, **host)
         talan.patch(model, talan.TalanConfig(layer=(0, 1), site=site, num_slots=4, latent_dim=16, mixer=mixer,
                                              writeback=writeback, norm_cap_ratio=0.5, backend=backend))
         with torch.no_grad():
@@ -411,9 +397,8 @@ def test_no_grad_forward_on_triton_matches_torch(site, mixer, writeback, monkeyp
                 p.add_(0.2 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
             logits[backend] = model(input_ids=ids, attention_mask=mask).logits
     assert len(prefills) == 2
-    torch.manual_seed(0)
     with torch.no_grad():
-        plain = transformers.Qwen3ForCausalLM(config).eval()(input_ids=ids, attention_mask=mask).logits
+        plain = tiny_qwen3(seed=0, **host)(input_ids=ids, attention_mask=mask).logits
     assert (logits["torch"] - plain)[mask.bool()].abs().max() > 1e-3, \
         "the side path must change the logits for the comparison to mean anything"
     assert_rel_rms(logits["triton"], logits["torch"], TOL, "logits")
