@@ -63,7 +63,8 @@ def compile_for_gpu(kernel, signature: dict, constexprs: dict, arch: int, num_wa
     compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
                               options={"num_warps": num_warps, "num_stages": num_stages})
     ptx = compiled.asm["ptx"]
-    ptxas = get_ptxas(arch).path
+    ptxas = get_ptxas(arch)
+    ptxas = ptxas.path if hasattr(ptxas, "path") else ptxas[0]  # Triton < 3.4: a (path, version) tuple
     gpu_name = f"sm_{arch}a" if arch == 90 else f"sm_{arch}"
     with tempfile.TemporaryDirectory() as tmp:
         ptx_path = Path(tmp) / "kernel.ptx"
