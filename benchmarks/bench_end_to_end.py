@@ -16,7 +16,7 @@ import torch
 
 from talan.patching import talan_config
 
-from .common import lora_triton_status, side_path_triton_status, time_once
+from .common import interpreting, lora_triton_status, side_path_triton_status, time_once
 from .models import (
     HOSTS,
     build_pair,
@@ -43,8 +43,9 @@ def e2e_setup(quick: bool, device: torch.device) -> dict:
 
 
 def kernel_backends(device: torch.device) -> tuple[str, str, str]:
-    """(talan_backend, fused_lora_backend, why-not) : the kernels on a GPU when they import."""
-    if device.type != "cuda":
+    """(talan_backend, fused_lora_backend, why-not) : the kernels on a GPU (or in the interpreter,
+    ``common.interpreting``) when they import."""
+    if device.type != "cuda" and not interpreting():
         return "torch", "torch", ""
     sp_ok, sp_why = side_path_triton_status(device)
     lo_ok, lo_why = lora_triton_status(device)

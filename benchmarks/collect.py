@@ -35,6 +35,7 @@ import torch
 from .common import (
     bench_device,
     bench_dtype,
+    interpreting,
     lora_triton_status,
     measure,
     measure_ceilings,
@@ -128,7 +129,7 @@ def kernel_rows(device, dtype, dry_run: bool) -> list[dict]:
         if ("triton" in variant or "triton" in base) and not ok:
             rows.append(skipped(name, why))
             continue
-        if device.type != "cuda":
+        if device.type != "cuda" and not interpreting():
             rows.append(skipped(name, "kernel ratios are measured on a GPU only (no CUDA device here)"))
             continue
         rows.append(_guard(name, lambda v=variant, b=base, t=token_list, n=name, lab=label: to_row(
