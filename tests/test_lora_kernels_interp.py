@@ -14,6 +14,7 @@ from talan_kernels.lora.reference import dora_weight_norm_oracle
 from talan_kernels.testing import assert_rel_rms
 
 peft = pytest.importorskip("peft")
+from conftest import record_calls  # noqa: E402
 from lora_layers import layer_params, make_peft_layer, run_fused  # noqa: E402
 
 pytest.importorskip("triton")
@@ -156,6 +157,24 @@ def test_native_fp16_dot_path_within_twice_pytorch_fp16_error(adapter_dtype, dor
     layer = make_peft_layer(70, 45, 8, bias=True, dora=dora, seed=12).train()
     x, dy = torch.randn(37, 70), torch.randn(37, 45)
     check_low_precision(layer, x, dy, torch.float16, adapter_dtype)
+
+
+@pytest.mark.parametrize("M,N,K,r", [(300, 384, 520, 16), (5, 384, 520, 16), (257, 320, 448, 64)],
+                         ids=["prefill-r16", "decode-r16", "prefill-r64"])
+@pytest.mark.parametrize("dora", [False, True], ids=["lora", "dora"])
+def test_native_fp16_dot_path_at_the_gpu_launch_tiles(M, N, K, r, dora, monkeypatch):
+    # The same path at the tiles the launchers pick for fp16/bf16 on a GPU (128x128x32 prefill tiles,
+    # 64-row tiles at r = 64, 16-row decode tiles with 256-deep K steps, 128-wide dx tiles), at the GPU
+    # test's shapes: every dimension ends in a partial tile.
+    from test_lora_kernels_gpu import check_low_precision
+
+    monkeypatch.setattr(interface, "INTERPRETER_NATIVE_FP16_DOTS", True)
+    monkeypatch.setattr(interface, "POISON_OUTPUTS", True)
+    configs = record_calls(monkeypatch, interface, "fwd_config", lambda *args: args)
+    layer = make_peft_layer(K, N, r, bias=True, dora=dora, seed=M).train()
+    x, dy = torch.randn(M, K), torch.randn(M, N)
+    check_low_precision(layer, x, dy, torch.float16, torch.float16)
+    assert configs and all(args[-1] is False for args in configs), "the fp16 (GPU) tiles must have been used"
 
 
 def _base_ref(x, W, bias):
