@@ -3,9 +3,11 @@
 ``"tf32x3"`` (the default) splits each fp32 operand into a TF32 head and tail and takes three
 tensor-core products: fp32 accuracy, about 3x the tensor-core work of ``"tf32"``, which rounds the
 operands to TF32 (10-bit mantissa, ~1e-3 relative error per product). The chunk scans and the fused
-shrink/expand kernels are small next to a decoder layer, so whether the cheaper ``"tf32"`` pays is a
-GPU measurement (``benchmarks/bench_side_path.py``, provider ``triton_tf32``) that has not been made
-yet. On the CPU (the interpreter) products are always IEEE fp32.
+shrink/expand kernels are small next to a decoder layer, so how much the cheaper ``"tf32"`` saves is
+a GPU measurement (``benchmarks/bench_side_path.py``, provider ``triton_tf32``) not made yet. Its
+accuracy was emulated on the CPU (``benchmarks/tf32_emulation.py``): it fails the GPU parity test's
+bound (2x PyTorch's own error + 1e-6) by 300-650x for an fp32 residual stream, where 3xTF32 stays
+within half of it; hence the default. On the CPU (the interpreter) products are always IEEE fp32.
 """
 
 from __future__ import annotations
