@@ -12,49 +12,25 @@ from __future__ import annotations
 import statistics
 
 import pytest
-import torch
 
 from talan.patching import talan_config
 
-from .common import interpreting, lora_triton_status, side_path_triton_status, time_once
+from .common import time_once
 from .models import (
-    HOSTS,
+    BATCHES,
     build_pair,
     check_block_backend,
     check_decode,
     check_pair,
     check_train,
     decode_fn,
+    e2e_setup,
+    kernel_backends,
     prefill_fn,
+    random_ids,
     train_models,
     train_step_fn,
 )
-
-BATCHES = (1, 16)
-
-
-def e2e_setup(quick: bool, device: torch.device) -> dict:
-    """Host and sizes for this machine."""
-    if quick:
-        return dict(host=HOSTS["tiny"], prefill=16, prompt=8, new=4, train_batch=2, train_len=16, rounds=1)
-    if device.type == "cuda":
-        return dict(host=HOSTS["0.6B"], prefill=512, prompt=32, new=32, train_batch=8, train_len=512, rounds=5)
-    return dict(host=HOSTS["cpu"], prefill=128, prompt=16, new=8, train_batch=2, train_len=64, rounds=3)
-
-
-def kernel_backends(device: torch.device) -> tuple[str, str, str]:
-    """(talan_backend, fused_lora_backend, why-not) : the kernels on a GPU (or in the interpreter,
-    ``common.interpreting``) when they import."""
-    if device.type != "cuda" and not interpreting():
-        return "torch", "torch", ""
-    sp_ok, sp_why = side_path_triton_status(device)
-    lo_ok, lo_why = lora_triton_status(device)
-    return ("triton" if sp_ok else "", "triton" if lo_ok else "", sp_why or lo_why)
-
-
-def _ids(batch: int, length: int, vocab: int, device, seed: int) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randint(0, vocab, (batch, length), generator=gen).to(device)
 
 
 def timed_rounds(benchmark, fns: dict, baseline: str, device, rounds: int, quick: bool) -> dict:
@@ -91,7 +67,7 @@ def pair(setup, device, dtype):
     if not talan_backend:
         pytest.skip(why)
     lora, with_talan = build_pair(host=setup["host"], device=device, dtype=dtype, talan_backend=talan_backend)
-    check_pair(lora, with_talan, _ids(2, 16, setup["host"]["vocab_size"], device, seed=7))
+    check_pair(lora, with_talan, random_ids(2, 16, setup["host"]["vocab_size"], device, seed=7))
     if talan_backend != "torch":
         check_block_backend(with_talan, dtype, device)
     return lora, with_talan
@@ -103,10 +79,10 @@ def test_talan_lora_vs_lora(benchmark, pair, setup, device, quick, phase, batch)
     lora, with_talan = pair
     vocab = setup["host"]["vocab_size"]
     if phase == "prefill":
-        ids = _ids(batch, setup["prefill"], vocab, device, seed=1)
+        ids = random_ids(batch, setup["prefill"], vocab, device, seed=1)
         fns = {"lora": prefill_fn(lora, ids), "talan_lora": prefill_fn(with_talan, ids)}
     else:
-        prompt = _ids(batch, setup["prompt"], vocab, device, seed=2)
+        prompt = random_ids(batch, setup["prompt"], vocab, device, seed=2)
         check_decode(lora, with_talan, prompt, setup["new"])
         fns = {"lora": decode_fn(lora, prompt, setup["new"]), "talan_lora": decode_fn(with_talan, prompt, setup["new"])}
     benchmark.group = f"e2e {phase} batch {batch}"
@@ -121,12 +97,12 @@ def trainers(setup, device, dtype):
     if not (talan_backend and lora_backend):
         pytest.skip(why)
     models = train_models(setup["host"], 16, device, dtype, lora_backend, talan_backend)
-    check_train(models, _ids(2, 16, setup["host"]["vocab_size"], device, seed=5), dtype)
+    check_train(models, random_ids(2, 16, setup["host"]["vocab_size"], device, seed=5), dtype)
     return models
 
 
 def test_train_step(benchmark, trainers, setup, device, quick):
-    ids = _ids(setup["train_batch"], setup["train_len"], setup["host"]["vocab_size"], device, seed=4)
+    ids = random_ids(setup["train_batch"], setup["train_len"], setup["host"]["vocab_size"], device, seed=4)
     fns = {name: train_step_fn(model, ids) for name, model in trainers.items()}
     benchmark.group = "e2e train step"
     benchmark.extra_info.update(batch=setup["train_batch"], tokens=setup["train_len"])

@@ -149,8 +149,17 @@ def _guard(name: str, fn) -> dict:
 
 def e2e_rows(device, dtype, dry_run: bool) -> list[dict]:
     """TALAN + LoRA vs matched LoRA (prefill, decode; batch 1 and 16) and the block's share of a layer."""
-    from .bench_end_to_end import BATCHES, e2e_setup, kernel_backends
-    from .models import build_pair, check_block_backend, check_decode, check_pair, inference_ratio
+    from .models import (
+        BATCHES,
+        build_pair,
+        check_block_backend,
+        check_decode,
+        check_pair,
+        e2e_setup,
+        inference_ratio,
+        kernel_backends,
+        random_ids,
+    )
 
     setup = e2e_setup(dry_run, device)
     talan_backend, _, why = kernel_backends(device)
@@ -160,7 +169,7 @@ def e2e_rows(device, dtype, dry_run: bool) -> list[dict]:
     try:
         vocab = setup["host"]["vocab_size"]
         lora, with_talan = build_pair(host=setup["host"], device=device, dtype=dtype, talan_backend=talan_backend)
-        gate = {"logit_change": check_pair(lora, with_talan, _ids(2, 16, vocab, device, 7))}
+        gate = {"logit_change": check_pair(lora, with_talan, random_ids(2, 16, vocab, device, 7))}
         if talan_backend != "torch":
             gate["block_rel_rms_error"] = check_block_backend(with_talan, dtype, device)
     except Exception as exc:
@@ -170,8 +179,8 @@ def e2e_rows(device, dtype, dry_run: bool) -> list[dict]:
     for phase in ("prefill", "decode"):
         per_batch = {}
         for batch in BATCHES:
-            ids = _ids(batch, setup["prefill"], vocab, device, 1) if phase == "prefill" else None
-            prompt = _ids(batch, setup["prompt"], vocab, device, 2) if phase == "decode" else None
+            ids = random_ids(batch, setup["prefill"], vocab, device, 1) if phase == "prefill" else None
+            prompt = random_ids(batch, setup["prompt"], vocab, device, 2) if phase == "decode" else None
             try:
                 if prompt is not None:
                     check_decode(lora, with_talan, prompt, setup["new"])
@@ -244,8 +253,7 @@ def block_share_row(lora, with_talan, setup, device, dtype, train: bool = False)
 
 def train_rows(device, dtype, dry_run: bool) -> list[dict]:
     """peft's overhead over the base step, then fused LoRA + TALAN against peft eager LoRA."""
-    from .bench_end_to_end import e2e_setup, kernel_backends
-    from .models import check_train, train_models, train_step_fn
+    from .models import check_train, e2e_setup, kernel_backends, random_ids, train_models, train_step_fn
 
     names = ("train_step_peft_lora_vs_base", "train_step_talan_fused_vs_peft_lora")
     setup = e2e_setup(dry_run, device)
@@ -255,8 +263,8 @@ def train_rows(device, dtype, dry_run: bool) -> list[dict]:
     try:
         vocab = setup["host"]["vocab_size"]
         models = train_models(setup["host"], 16, device, dtype, lora_backend, talan_backend)
-        check_train(models, _ids(2, 16, vocab, device, 5), dtype)
-        ids = _ids(setup["train_batch"], setup["train_len"], vocab, device, 4)
+        check_train(models, random_ids(2, 16, vocab, device, 5), dtype)
+        ids = random_ids(setup["train_batch"], setup["train_len"], vocab, device, 4)
         res = paired_times({n: train_step_fn(m, ids) for n, m in models.items()}, setup["rounds"], device,
                            baseline="peft")
     except Exception as exc:
@@ -274,11 +282,6 @@ def train_rows(device, dtype, dry_run: bool) -> list[dict]:
              speedup=round(1 / res["ratio_fused"], 4), lora_backend=lora_backend, talan_backend=talan_backend,
              detail={"ratios": res["ratios_fused"]}),
     ]
-
-
-def _ids(batch, length, vocab, device, seed):
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randint(0, vocab, (batch, length), generator=gen).to(device)
 
 
 def measure_rows(dry_run: bool, out: str | None = None) -> dict:

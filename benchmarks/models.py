@@ -15,7 +15,7 @@ import torch
 
 from talan.report import MODEL_PRESETS
 
-from .common import TOLERANCE, check_close, paired_times
+from .common import TOLERANCE, check_close, interpreting, lora_triton_status, paired_times, side_path_triton_status
 
 QWEN3_0_6B = {k: v for k, v in MODEL_PRESETS["Qwen3-0.6B"].items() if k != "model_type"}
 HOSTS = {
@@ -24,6 +24,32 @@ HOSTS = {
     "tiny": dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2, head_dim=16, tie_word_embeddings=True),
 }
+
+BATCHES = (1, 16)
+
+
+def e2e_setup(quick: bool, device: torch.device) -> dict:
+    """Host and sizes for this machine (bench_end_to_end.py and collect.py's rows)."""
+    if quick:
+        return dict(host=HOSTS["tiny"], prefill=16, prompt=8, new=4, train_batch=2, train_len=16, rounds=1)
+    if device.type == "cuda":
+        return dict(host=HOSTS["0.6B"], prefill=512, prompt=32, new=32, train_batch=8, train_len=512, rounds=5)
+    return dict(host=HOSTS["cpu"], prefill=128, prompt=16, new=8, train_batch=2, train_len=64, rounds=3)
+
+
+def kernel_backends(device: torch.device) -> tuple[str, str, str]:
+    """(talan_backend, fused_lora_backend, why-not) : the kernels on a GPU (or in the interpreter,
+    ``common.interpreting``) when they import."""
+    if device.type != "cuda" and not interpreting():
+        return "torch", "torch", ""
+    sp_ok, sp_why = side_path_triton_status(device)
+    lo_ok, lo_why = lora_triton_status(device)
+    return ("triton" if sp_ok else "", "triton" if lo_ok else "", sp_why or lo_why)
+
+
+def random_ids(batch: int, length: int, vocab: int, device, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab, (batch, length), generator=gen).to(device)
 
 
 def qwen3_base(host: dict, seed: int = 0, device="cpu", dtype=torch.float32):
