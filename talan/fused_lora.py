@@ -15,7 +15,7 @@ autocast runs peft's matmuls (the DoRA magnitude stays in its own dtype).
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import types
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -49,6 +49,7 @@ class _FusedState:
     norm_cache: DoraNormCache
 
 
+@functools.cache
 def _peft_classes():
     from peft.tuners.lora.layer import Linear as LoraLinear
     from peft.tuners.lora.layer import LoraLayer
@@ -81,22 +82,40 @@ def _static_reason(layer) -> Optional[str]:
     return None
 
 
-def _covered_adapter(layer, x, args, kwargs) -> Optional[tuple[str, torch.dtype, bool]]:
+_FLOATS = (torch.float16, torch.bfloat16, torch.float32)
+
+
+@dataclass
+class _Call:
+    """What ``_covered_adapter`` found for one call, so the forward looks nothing up twice."""
+
+    name: str
+    dtype: torch.dtype
+    autocast: bool
+    base: nn.Linear
+    lora_A: torch.Tensor
+    lora_B: torch.Tensor
+
+
+def _covered_adapter(layer, x, args, kwargs) -> Optional[_Call]:
     """The active adapter the fused op can run for this call, the dtype it runs in and whether that
-    comes from autocast; None to use peft's forward."""
-    _, _, DoraLinearVariant = _peft_classes()
+    comes from autocast, with the tensors it needs; None to use peft's forward. Runs on every call of
+    every adapted layer (a decode step pays it ~200 times in a 28-layer model), hence the direct
+    ``_modules`` look-ups instead of nn.Module's attribute fallback."""
     if args or kwargs or not isinstance(x, torch.Tensor) or layer.disable_adapters or layer.merged:
         return None
-    active = [name for name in layer.active_adapters if name in layer.lora_A]
+    modules = layer._modules
+    lora_As = modules["lora_A"]
+    active = [name for name in layer.active_adapters if name in lora_As]
     if len(active) != 1:
         return None
     name = active[0]
     variant = layer.lora_variant.get(name)
-    if variant is not None and type(variant) is not DoraLinearVariant:
+    if variant is not None and type(variant) is not _peft_classes()[2]:
         return None
     if layer.lora_bias.get(name, False) or layer.r[name] > MAX_TRITON_RANK:
         return None
-    dropout = layer.lora_dropout[name]
+    dropout = modules["lora_dropout"][name]
     if not isinstance(dropout, nn.Identity):
         if not isinstance(dropout, nn.Dropout) or (dropout.training and dropout.p > 0):
             return None
@@ -104,18 +123,18 @@ def _covered_adapter(layer, x, args, kwargs) -> Optional[tuple[str, torch.dtype,
     if base._forward_hooks or base._forward_pre_hooks or "forward" in base.__dict__:
         return None  # e.g. accelerate's offload hooks: peft's path runs them, ours would not
     weight = base.weight
-    lora_A, lora_B = layer.lora_A[name].weight, layer.lora_B[name].weight
+    lora_A, lora_B = lora_As[name].weight, modules["lora_B"][name].weight
     if not (x.device == weight.device == lora_A.device == lora_B.device):
         return None
-    floats = (torch.float16, torch.bfloat16, torch.float32)
-    if torch.is_autocast_enabled(x.device.type):
-        dtype = torch.get_autocast_dtype(x.device.type)
-        if dtype not in (torch.float16, torch.bfloat16) or x.dtype not in floats or weight.dtype not in floats:
+    device_type = x.device.type
+    if torch.is_autocast_enabled(device_type):
+        dtype = torch.get_autocast_dtype(device_type)
+        if dtype not in (torch.float16, torch.bfloat16) or x.dtype not in _FLOATS or weight.dtype not in _FLOATS:
             return None
-        return name, dtype, True
-    if x.dtype != weight.dtype or x.dtype not in floats:
+        return _Call(name, dtype, True, base, lora_A, lora_B)
+    if x.dtype != weight.dtype or x.dtype not in _FLOATS:
         return None
-    return name, x.dtype, False
+    return _Call(name, x.dtype, False, base, lora_A, lora_B)
 
 
 def _call_original(layer, state: _FusedState, x, args, kwargs):
@@ -125,30 +144,31 @@ def _call_original(layer, state: _FusedState, x, args, kwargs):
 
 
 def _fused_forward(self, x, *args, **kwargs):
-    state: _FusedState = getattr(self, _STATE)
-    covered = _covered_adapter(self, x, args, kwargs)
-    if covered is None:
+    state: _FusedState = self.__dict__[_STATE]
+    call = _covered_adapter(self, x, args, kwargs)
+    if call is None:
         return _call_original(self, state, x, args, kwargs)
-    name, dtype, autocast = covered
-    base = self.get_base_layer()
-    weight, bias = base.weight, base.bias
-    lora_A, lora_B = self.lora_A[name].weight, self.lora_B[name].weight
-    scaling = self.scaling[name]
-    norm_cache = state.norm_cache
-    if autocast:
-        # What autocast does to peft's linear layers: every operand in the autocast dtype. The casts are
-        # differentiable, so the fp32 adapter weights get their gradients; the norm cache is keyed by
-        # storage and version, which fresh cast copies would defeat (or, reusing freed storage, fool).
-        if any(t.dtype != dtype for t in (weight, lora_A, lora_B)):
-            norm_cache = None
-        x, weight, lora_A, lora_B = (t.to(dtype) for t in (x, weight, lora_A, lora_B))
-        bias = None if bias is None else bias.to(dtype)
-    with torch.autocast(x.device.type, enabled=False) if autocast else contextlib.nullcontext():
-        if name in self.lora_variant:  # DoRA (the only variant _covered_adapter lets through)
-            magnitude = self.lora_magnitude_vector[name].weight
-            return dora_linear(x, weight, lora_A, lora_B, magnitude, scaling, bias, backend=state.backend,
-                               norm_cache=norm_cache)
-        return lora_linear(x, weight, lora_A, lora_B, scaling, bias, backend=state.backend)
+    if not call.autocast:
+        return _run_fused(self, state, call, x, call.base.weight, call.lora_A, call.lora_B, call.base.bias,
+                          state.norm_cache)
+    # What autocast does to peft's linear layers: every operand in the autocast dtype. The casts are
+    # differentiable, so the fp32 adapter weights get their gradients; the norm cache is keyed by
+    # storage and version, which fresh cast copies would defeat (or, reusing freed storage, fool).
+    dtype, weight, bias = call.dtype, call.base.weight, call.base.bias
+    norm_cache = None if any(t.dtype != dtype for t in (weight, call.lora_A, call.lora_B)) else state.norm_cache
+    x, weight, lora_A, lora_B = (t.to(dtype) for t in (x, weight, call.lora_A, call.lora_B))
+    with torch.autocast(x.device.type, enabled=False):
+        return _run_fused(self, state, call, x, weight, lora_A, lora_B, None if bias is None else bias.to(dtype),
+                          norm_cache)
+
+
+def _run_fused(layer, state: _FusedState, call: _Call, x, weight, lora_A, lora_B, bias, norm_cache):
+    scaling = layer.scaling[call.name]
+    if call.name in layer.lora_variant:  # DoRA (the only variant _covered_adapter lets through)
+        magnitude = layer._modules["lora_magnitude_vector"][call.name].weight
+        return dora_linear(x, weight, lora_A, lora_B, magnitude, scaling, bias, backend=state.backend,
+                           norm_cache=norm_cache)
+    return lora_linear(x, weight, lora_A, lora_B, scaling, bias, backend=state.backend)
 
 
 def enable_fused_lora(model: nn.Module, backend: str = "auto") -> FusedLoraReport:

@@ -163,6 +163,15 @@ def test_the_rows_step_needs_neither_pytest_nor_pytest_benchmark(tmp_path):
                                                                                       if r["ratio"]}
 
 
+def test_launch_overhead_script_runs_every_call_with_the_kernels_stubbed():
+    env = {**_env(), "TRITON_INTERPRET": "1"}
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.launch_overhead_cpu", "--quick"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ") and line.rstrip().endswith("|")]
+    assert len(rows) == 1 + 8 and all(float(r.rsplit("|", 2)[1]) > 0 for r in rows[1:]), proc.stdout
+
+
 def test_report_without_rows_marks_every_row_skipped():
     collect, _ = _import_benchmarks()
     report = collect.build_report(None, collect.environment(), {}, None, None, dry_run=True)

@@ -5,6 +5,7 @@ import os
 
 import pytest
 import torch
+from conftest import record_calls
 
 from talan import TalanBlock, TalanConfig
 from talan_kernels.testing import assert_rel_rms
@@ -109,3 +110,29 @@ def test_triton_block_inference_compiles_fullgraph_through_the_fused_ops():
     assert len(graphs) == 1
     for op in ("talan.side_path_shrink", "talan.slot_scan_fwd", "talan.side_path_expand"):
         assert op in text, f"{op} missing from the traced graph"
+
+
+@pytest.mark.interpreter
+@pytest.mark.skipif(not INTERP, reason="needs TRITON_INTERPRET=1 set before triton is imported")
+def test_eager_launches_directly_and_fake_tensor_mode_gets_the_fake_ops(monkeypatch):
+    """Plain eager calls the launchers without the dispatcher (``ops.resolve``); under a dispatch
+    mode the ops run instead, so ``FakeTensorMode`` gets their fake implementations (shapes and
+    dtypes, no kernel) rather than a Triton launch on fake tensors."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from talan_kernels.side_path import decode, fused
+
+    block = _block("triton", "mlp", "token_gate")
+    h, active, resets = _inputs()
+    shrinks = record_calls(monkeypatch, fused, "shrink_launch")
+    decodes = record_calls(monkeypatch, decode, "decode_launch")
+    with torch.no_grad():
+        out, (s, n) = block(h, active, resets)
+        step, _ = block(h[:, :1], active[:, :1], state=(s, n))
+    assert len(shrinks) == 1 and len(decodes) == 1
+    with FakeTensorMode(allow_non_fake_inputs=True), torch.no_grad():
+        fake_out, (fake_s, fake_n) = block(h, active, resets)
+        fake_step, _ = block(h[:, :1], active[:, :1], state=(fake_s, fake_n))
+    assert len(shrinks) == 1 and len(decodes) == 1, "a launcher ran on fake tensors"
+    for fake, real in ((fake_out, out), (fake_s, s), (fake_n, n), (fake_step, step)):
+        assert fake.shape == real.shape and fake.dtype == real.dtype

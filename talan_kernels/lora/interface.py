@@ -8,23 +8,23 @@ one opaque op per direction and never graph-breaks.
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Optional
 
 import torch
+
+from ..launching import cdiv, next_power_of_2
+from . import ops  # ops.resolve: the registered op while tracing, its implementation in eager mode
 
 _BACKENDS = ("auto", "torch", "triton")
 _DECODE_MAX_TOKENS = 16
 MAX_TRITON_RANK = 128
 
 
-def _next_pow2(n: int) -> int:
-    return 1 << max(n - 1, 0).bit_length()
-
-
 def _block_r(rank: int) -> int:
     # tl.dot needs every tile dimension >= 16; the whole rank lives in one tile.
-    return max(16, _next_pow2(rank))
+    return max(16, next_power_of_2(rank))
 
 
 # About one program per SM (H100/H200: 132 SMs, A100: 108): the grouping below never leaves fewer.
@@ -42,6 +42,7 @@ def _group(other_tiles: int, grouped_tiles: int) -> int:
     return group
 
 
+@functools.lru_cache(maxsize=1024)  # pure; looked up on every launch
 def fwd_config(M: int, N: int, K: int, R: int, dot_in_fp32: bool) -> dict:
     """Tiles of ``_lora_fwd_kernel``. Decode (M <= 16 tokens) is a stream over W: a 16-row tile (a
     64-row tile would waste 3/4 of every MMA), narrow N tiles for enough programs and long K steps
@@ -66,6 +67,7 @@ def fwd_config(M: int, N: int, K: int, R: int, dot_in_fp32: bool) -> dict:
     return dict(cfg, BLOCK_R=br, GROUP_N=_group(m_tiles, -(-N // cfg["BLOCK_N"])))
 
 
+@functools.lru_cache(maxsize=1024)  # pure; looked up on every launch
 def bwd_dx_config(M: int, N: int, K: int, R: int, dot_in_fp32: bool) -> dict:
     """Tiles of ``_lora_bwd_dx_kernel`` (``BLOCK_K`` is the dx column tile, ``BLOCK_N`` the reduction
     step; the same decode rule as the forward)."""
@@ -83,6 +85,7 @@ def bwd_dx_config(M: int, N: int, K: int, R: int, dot_in_fp32: bool) -> dict:
     return dict(cfg, BLOCK_R=br, GROUP_K=_group(m_tiles, -(-K // cfg["BLOCK_K"])))
 
 
+@functools.lru_cache(maxsize=1024)  # pure; looked up on every launch
 def wgrad_config(M: int, P: int, R: int, dot_in_fp32: bool) -> dict:
     """Tiles of ``_lora_wgrad_kernel`` (one program per BLOCK_P rows of the [P, R] result, each
     reducing over all M; bf16/fp16 uses 32-row P tiles so a 4096-wide layer still gets 128 programs)."""
@@ -95,6 +98,7 @@ def wgrad_config(M: int, P: int, R: int, dot_in_fp32: bool) -> dict:
     return dict(BLOCK_M=bm, BLOCK_P=bp, BLOCK_R=br, num_warps=4, num_stages=3)
 
 
+@functools.lru_cache(maxsize=1024)  # pure; looked up on every launch
 def norm_config(N: int, K: int, R: int, dot_in_fp32: bool) -> dict:
     """Tiles of ``_dora_norm_kernel`` (the norm is computed once per weight update, so small
     tiles that never spill matter more than its speed)."""
@@ -140,7 +144,6 @@ def _split(cfg: dict) -> tuple[dict, dict]:
 
 def lora_fwd_triton(x, weight, lora_A, lora_B, bias, col_scale, scaling: float, save_s: bool, save_z: bool):
     """Launch ``_lora_fwd_kernel`` on 2-D ``x [M, K]``; returns ``(y, S, Z)`` as ``lora_fwd_ref``."""
-    import triton
 
     from .kernels import _lora_fwd_kernel
 
@@ -153,7 +156,7 @@ def lora_fwd_triton(x, weight, lora_A, lora_B, bias, col_scale, scaling: float, 
         return y, s_out, z_out
     fp32_dots = dot_in_fp32(x.dtype)
     meta, launch = _split(fwd_config(M, N, K, R, fp32_dots))
-    grid = (triton.cdiv(M, meta["BLOCK_M"]), triton.cdiv(triton.cdiv(N, meta["BLOCK_N"]), meta["GROUP_N"]))
+    grid = (cdiv(M, meta["BLOCK_M"]), cdiv(cdiv(N, meta["BLOCK_N"]), meta["GROUP_N"]))
     _lora_fwd_kernel[grid](
         x, weight, lora_A, lora_B, bias, col_scale, y, s_out, z_out,
         M, N, K, R,
@@ -172,7 +175,6 @@ def base_linear_triton(x, weight, bias=None, *, rank: int = 16):
     SPEC §5's r=16) without the adapter term. Private, forward only (no autograd): used by the
     benchmarks to split the fused-vs-cuBLAS ratio into the LoRA term and the Triton GEMM, and by
     the tests."""
-    import triton
 
     from .kernels import _lora_fwd_kernel
 
@@ -183,7 +185,7 @@ def base_linear_triton(x, weight, bias=None, *, rank: int = 16):
         return y
     fp32_dots = dot_in_fp32(x.dtype)
     meta, launch = _split(fwd_config(M, N, K, rank, fp32_dots))
-    grid = (triton.cdiv(M, meta["BLOCK_M"]), triton.cdiv(triton.cdiv(N, meta["BLOCK_N"]), meta["GROUP_N"]))
+    grid = (cdiv(M, meta["BLOCK_M"]), cdiv(cdiv(N, meta["BLOCK_N"]), meta["GROUP_N"]))
     _lora_fwd_kernel[grid](
         x, weight, None, None, bias, None, y, None, None,
         M, N, K, 0,
@@ -198,7 +200,6 @@ def base_linear_triton(x, weight, bias=None, *, rank: int = 16):
 def lora_bwd_triton(dy, x, weight, lora_A, lora_B, s, z, col_scale, scaling: float, need_dx: bool,
                     need_dA: bool, need_dB: bool, need_dscale: bool):
     """Launch the backward kernels; returns ``(dx, dA, dB, dg)`` as ``lora_bwd_ref``."""
-    import triton
 
     from .kernels import _lora_bwd_dx_kernel, _lora_wgrad_kernel
 
@@ -217,8 +218,8 @@ def lora_bwd_triton(dy, x, weight, lora_A, lora_B, s, z, col_scale, scaling: flo
         ds = _empty((M, R), dy.device, torch.float32) if need_dA else empty()
         dx = _empty((M, K), x.device, x.dtype) if need_dx else empty()
         meta, launch = _split(bwd_dx_config(M, N, K, R, dot_in_fp32(dy.dtype)))
-        k_groups = triton.cdiv(triton.cdiv(K, meta["BLOCK_K"]), meta["GROUP_K"])
-        grid = (triton.cdiv(M, meta["BLOCK_M"]), k_groups if need_dx else 1)
+        k_groups = cdiv(cdiv(K, meta["BLOCK_K"]), meta["GROUP_K"])
+        grid = (cdiv(M, meta["BLOCK_M"]), k_groups if need_dx else 1)
         _lora_bwd_dx_kernel[grid](
             dy, weight, lora_A, lora_B, col_scale, dx, ds,
             M, N, K, R,
@@ -232,7 +233,7 @@ def lora_bwd_triton(dy, x, weight, lora_A, lora_B, s, z, col_scale, scaling: flo
             da = _empty((R, K), lora_A.device, lora_A.dtype)
             meta, launch = _split(wgrad_config(M, K, R, dot_in_fp32(x.dtype)))
             # dAᵀ [K, R] = xᵀ dS: the P axis of the kernel is K, written to dA transposed.
-            _lora_wgrad_kernel[(triton.cdiv(K, meta["BLOCK_P"]),)](
+            _lora_wgrad_kernel[(cdiv(K, meta["BLOCK_P"]),)](
                 x, ds, None, None, da, None,
                 M, K, R,
                 x.stride(0), x.stride(1), ds.stride(0), ds.stride(1), da.stride(1), da.stride(0),
@@ -244,7 +245,7 @@ def lora_bwd_triton(dy, x, weight, lora_A, lora_B, s, z, col_scale, scaling: flo
         dg = _empty((N if need_dscale else 0,), dy.device, torch.float32)
         s_arg = s if need_dB else torch.zeros(M, R, device=dy.device, dtype=torch.float32)
         meta, launch = _split(wgrad_config(M, N, R, dot_in_fp32(dy.dtype)))
-        _lora_wgrad_kernel[(triton.cdiv(N, meta["BLOCK_P"]),)](
+        _lora_wgrad_kernel[(cdiv(N, meta["BLOCK_P"]),)](
             dy, s_arg, z if need_dscale else None, col_scale, db, dg if need_dscale else None,
             M, N, R,
             dy.stride(0), dy.stride(1), s_arg.stride(0), s_arg.stride(1), db.stride(0), db.stride(1),
@@ -259,7 +260,6 @@ def lora_bwd_triton(dy, x, weight, lora_A, lora_B, s, z, col_scale, scaling: flo
 
 def dora_norm_triton(weight, lora_A, lora_B, scaling: float) -> torch.Tensor:
     """Launch ``_dora_norm_kernel``; returns the fp32 row norms ``[N]``."""
-    import triton
 
     from .kernels import _dora_norm_kernel, _lora_wgrad_kernel
 
@@ -271,7 +271,7 @@ def dora_norm_triton(weight, lora_A, lora_B, scaling: float) -> torch.Tensor:
     # G = A Aᵀ [R, R] once, with the rank-r reduction kernel (reduction axis K, P = R).
     gram = _empty((R, R), weight.device, torch.float32)
     meta, launch = _split(wgrad_config(K, R, R, dot_in_fp32(lora_A.dtype)))
-    _lora_wgrad_kernel[(triton.cdiv(R, meta["BLOCK_P"]),)](
+    _lora_wgrad_kernel[(cdiv(R, meta["BLOCK_P"]),)](
         lora_A, lora_A, None, None, gram, None,
         K, R, R,
         lora_A.stride(1), lora_A.stride(0), lora_A.stride(1), lora_A.stride(0), gram.stride(0), gram.stride(1),
@@ -280,7 +280,7 @@ def dora_norm_triton(weight, lora_A, lora_B, scaling: float) -> torch.Tensor:
     )
     fp32_dots = dot_in_fp32(weight.dtype)
     meta, launch = _split(norm_config(N, K, R, fp32_dots))
-    _dora_norm_kernel[(triton.cdiv(N, meta["BLOCK_N"]),)](
+    _dora_norm_kernel[(cdiv(N, meta["BLOCK_N"]),)](
         weight, lora_A, lora_B, gram, norm, N, K, R,
         weight.stride(0), weight.stride(1), lora_A.stride(0), lora_A.stride(1),
         lora_B.stride(0), lora_B.stride(1), float(scaling), DOT_IN_FP32=fp32_dots, **meta, **launch,
@@ -295,7 +295,7 @@ class _LoraLinearFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, lora_A, lora_B, bias, col_scale, scaling, save_s, save_z, use_triton):
-        y, s, z = torch.ops.talan.lora_linear_fwd(x, weight, lora_A, lora_B, bias, col_scale, scaling,
+        y, s, z = ops.resolve("lora_linear_fwd")(x, weight, lora_A, lora_B, bias, col_scale, scaling,
                                                    save_s, save_z, use_triton)
         ctx.save_for_backward(x, weight, lora_A, lora_B, s, z, col_scale)
         ctx.scaling = scaling
@@ -306,7 +306,7 @@ class _LoraLinearFunction(torch.autograd.Function):
     def backward(ctx, dy):
         x, weight, lora_A, lora_B, s, z, col_scale = ctx.saved_tensors
         need = ctx.needs_input_grad
-        dx, da, db, dg = torch.ops.talan.lora_linear_bwd(
+        dx, da, db, dg = ops.resolve("lora_linear_bwd")(
             dy, x, weight, lora_A, lora_B, s, z, col_scale, ctx.scaling,
             need[0], need[2], need[3], need[5], ctx.use_triton)
         dw = dbias = None
@@ -380,7 +380,7 @@ def _apply(x, weight, lora_A, lora_B, bias, col_scale, scaling: float, use_trito
         y = _LoraLinearFunction.apply(x2, weight, lora_A, lora_B, bias, col_scale, scaling,
                                       bool(need_ab), bool(save_z), use_triton)
     else:
-        y = torch.ops.talan.lora_linear_fwd(x2, weight, lora_A, lora_B, bias, col_scale, scaling,
+        y = ops.resolve("lora_linear_fwd")(x2, weight, lora_A, lora_B, bias, col_scale, scaling,
                                             False, False, use_triton)[0]
     return y.reshape(*lead, weight.shape[0])
 
@@ -415,7 +415,7 @@ def dora_weight_norm(weight: torch.Tensor, lora_A: torch.Tensor, lora_B: torch.T
                      backend: str = "auto") -> torch.Tensor:
     """Detached fp32 row norms ``||W_i + s (B A)_i||`` ``[N]`` via the low-rank identity."""
     use_triton = _use_triton(backend, weight.device)
-    return torch.ops.talan.dora_weight_norm(weight.detach(), lora_A.detach(), lora_B.detach(),
+    return ops.resolve("dora_weight_norm")(weight.detach(), lora_A.detach(), lora_B.detach(),
                                             float(scaling), use_triton)
 
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 import math
 
 import torch
-import triton
 
+from ..launching import as_fp32, next_power_of_2
+from . import ops  # ops.resolve: the registered op while tracing, its implementation in eager mode
 from .kernels import _side_path_decode_kernel
 from .reference import RMS_EPS
 
@@ -30,9 +31,9 @@ def decode_config(d: int, m: int, r: int, device_type: str = "cuda") -> dict:
     sm_80/sm_90 up to R = 128 (4 warps, or 8192-element tiles, spill at R = 64 on sm_80); above
     R = 64 the r x r matvecs read BK = 32 rows of their weights at a time (whole [128, 128] tiles
     spill with Triton 3.6's ptxas). On the CPU BK = 16, so the interpreter tests run that loop."""
-    br = max(16, triton.next_power_of_2(r))
+    br = max(16, next_power_of_2(r))
     bk = 16 if device_type != "cuda" else (br if br <= 64 else 32)
-    return dict(BD=max(16, min(128, 4096 // br, triton.next_power_of_2(d))), BM=max(16, triton.next_power_of_2(m)),
+    return dict(BD=max(16, min(128, 4096 // br, next_power_of_2(d))), BM=max(16, next_power_of_2(m)),
                 BR=br, BK=bk, num_warps=8)
 
 
@@ -69,12 +70,12 @@ def side_path_decode(h, params, active=None, resets=None, state=None, *, mixer="
         raise ValueError(f"side_path_decode takes one token per sequence, h [B, 1, D]; got T={t}")
 
     def f32(names):
-        return [params[name].detach().float().contiguous() for name in names]
+        return [as_fp32(params[name]) for name in names]
 
-    act = torch.ones(b, device=h.device) if active is None else active.reshape(b).float().contiguous()
+    act = torch.ones(b, device=h.device) if active is None else as_fp32(active.reshape(b))
     res = None if resets is None else resets.reshape(b).to(torch.int8).contiguous()
-    s0, n0 = (None, None) if state is None else (state[0].float().contiguous(), state[1].float().contiguous())
-    out, s, n = torch.ops.talan.side_path_decode(
+    s0, n0 = (None, None) if state is None else (as_fp32(state[0]), as_fp32(state[1]))
+    out, s, n = ops.resolve("side_path_decode")(
         h.detach().reshape(b, d).contiguous(), f32(CORE_PARAMS), f32(MIXER_PARAMS[mixer]),
         f32(WRITEBACK_PARAMS[writeback]), act, res, s0, n0, mixer, writeback, float(cap), float(zero_add_scale),
         float(norm_cap_ratio))

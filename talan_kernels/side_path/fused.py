@@ -25,8 +25,8 @@ The kernels are in ``fused_kernels.py``; ``triton_path.side_path_infer`` chains 
 from __future__ import annotations
 
 import torch
-import triton
 
+from ..launching import cdiv, next_power_of_2
 from . import ops  # noqa: F401  (registers torch.ops.talan.*)
 from .decode import WRITEBACK_IDS
 from .fused_kernels import _side_path_expand_kernel, _side_path_shrink_kernel
@@ -35,7 +35,7 @@ from .reference import RMS_EPS
 
 
 def _block(n: int) -> int:
-    return max(16, triton.next_power_of_2(n))
+    return max(16, next_power_of_2(n))
 
 
 def fused_kernel_configs(d: int, r: int, writeback: str, device_type: str) -> dict[str, dict]:
@@ -93,7 +93,7 @@ def shrink_launch(h, norm_weight, w_in, w_k, w_v, w_q, gate_weight, gate_bias, n
     logit = _new((n if has_gate else 0,), torch.float32, dev)
     hnorm = _new((n if need_hnorm else 0,), torch.float32, dev)
     consts, launch = _launch_opts(fused_kernel_configs(d, r, "", dev.type)["shrink"])
-    _side_path_shrink_kernel[(triton.cdiv(n, consts["BT"]),)](
+    _side_path_shrink_kernel[(cdiv(n, consts["BT"]),)](
         h, norm_weight, w_in, w_k, w_v, w_q if has_q else w_k, gate_weight if has_gate else norm_weight,
         gate_bias if has_gate else norm_weight, z if need_z else k, k, v, q if has_q else k,
         logit if has_gate else k, hnorm if need_hnorm else k, n, d, r, RMS_EPS,
@@ -112,7 +112,7 @@ def expand_launch(h, c, w_out, active, gate, logit, hnorm, writeback: str, zero_
     cfg = fused_kernel_configs(d, r, writeback, h.device.type)["expand"]
     consts, launch = _launch_opts(cfg)
     per_prog = cfg["D_PER_PROG"]
-    _side_path_expand_kernel[(triton.cdiv(n, consts["BT"]), triton.cdiv(d, per_prog))](
+    _side_path_expand_kernel[(cdiv(n, consts["BT"]), cdiv(d, per_prog))](
         h, c, w_out, active, gate if gate is not None else c, logit if logit is not None else c,
         hnorm if hnorm is not None else c, out, n, d, r, per_prog, zero_add_scale, norm_cap_ratio,
         WRITEBACK=WRITEBACK_IDS[writeback], GATE_PER_CHANNEL=gate is not None and gate.numel() == d,

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from . import ops  # noqa: F401  (registers torch.ops.talan.*)
+from . import ops  # registers torch.ops.talan.*; ops.resolve picks op or implementation
 from .reference import RMS_EPS
 
 
@@ -35,7 +35,7 @@ class ShrinkFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h, norm_weight, w_in, w_k, w_v, w_q, gate_weight, gate_bias):
         has_gate = gate_weight is not None
-        z, k, v, q, logit, hnorm = torch.ops.talan.side_path_shrink(
+        z, k, v, q, logit, hnorm = ops.resolve("side_path_shrink")(
             h, norm_weight, w_in, w_k, w_v, w_q, gate_weight, gate_bias, True, True)
         ctx.save_for_backward(h, norm_weight, w_in, w_k, w_v, w_q, gate_weight if has_gate else None,
                               gate_bias if has_gate else None, z, logit, hnorm)
@@ -90,7 +90,7 @@ class ExpandFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, h, c, w_out, active, gate, logit, hnorm, writeback, zero_add_scale, norm_cap_ratio):
-        out = torch.ops.talan.side_path_expand(h, c, w_out, active, gate, logit, hnorm, writeback,
+        out = ops.resolve("side_path_expand")(h, c, w_out, active, gate, logit, hnorm, writeback,
                                                zero_add_scale, norm_cap_ratio)
         ctx.save_for_backward(c, w_out, active, gate, logit, hnorm)
         ctx.writeback, ctx.zero_add_scale, ctx.norm_cap_ratio = writeback, zero_add_scale, norm_cap_ratio

@@ -23,9 +23,9 @@ import math
 
 import torch
 import torch.nn.functional as F
-import triton
 
-from . import ops  # noqa: F401  (registers torch.ops.talan.*)
+from ..launching import as_fp32, cdiv, next_power_of_2
+from . import ops  # registers torch.ops.talan.*; ops.resolve picks op or implementation
 from .decode import side_path_decode
 from .fused_train import ExpandFunction, ShrinkFunction
 from .kernels import (
@@ -48,7 +48,7 @@ DEFAULT_CHUNK = 16
 
 def _block(n: int) -> int:
     """Tile width for a dimension of size n: a power of 2, at least 16 (tl.dot's minimum)."""
-    return max(16, triton.next_power_of_2(n))
+    return max(16, next_power_of_2(n))
 
 
 def chunk_kernel_configs(r: int, m: int, chunk_size: int, device_type: str) -> dict[str, dict]:
@@ -80,7 +80,7 @@ def slot_scan_fwd(k, v, slot_queries, mix, active, resets, s0, n0, cap: float, a
     state entering every chunk ``cs [B,NC,M]``, ``cn [B,NC,M,R]`` and the final ``(S [B,M], N [B,M,R])``."""
     b, t, r = k.shape
     m = slot_queries.shape[0]
-    nc = triton.cdiv(t, chunk_size)
+    nc = cdiv(t, chunk_size)
     dev = k.device
     cs, cn = new_output((b, nc, m), dev), new_output((b, nc, m, r), dev)
     s_out, n_out = new_output((b, m), dev), new_output((b, m, r), dev)
@@ -88,7 +88,7 @@ def slot_scan_fwd(k, v, slot_queries, mix, active, resets, s0, n0, cap: float, a
     has_resets, has_state = resets is not None, s0 is not None
     cfg = chunk_kernel_configs(r, m, chunk_size, dev.type)
     res = resets if has_resets else active  # never read without HAS_RESETS
-    _slot_state_fwd_kernel[(b, triton.cdiv(m, cfg["state_fwd"]["BM"]))](
+    _slot_state_fwd_kernel[(b, cdiv(m, cfg["state_fwd"]["BM"]))](
         k, v, slot_queries, active, res, s0 if has_state else k, n0 if has_state else k, cs, cn, s_out, n_out,
         t, m, r, nc, 1.0 / math.sqrt(r), cap, HAS_RESETS=has_resets, HAS_STATE=has_state, **cfg["state_fwd"])
     _slot_scan_fwd_kernel[(nc, b)](
@@ -103,7 +103,7 @@ def slot_scan_bwd(k, v, slot_queries, mix, active, resets, cs, cn, c, lse, dc, c
     ``dslot_queries [M,R]`` and ``dmix`` (``dquery [B,T,R]`` for attn, ``dbeta [M]`` for linear)."""
     b, t, r = k.shape
     m = slot_queries.shape[0]
-    nc = triton.cdiv(t, chunk_size)
+    nc = cdiv(t, chunk_size)
     dev = k.device
     dk, dv = new_output((b, t, r), dev), new_output((b, t, r), dev)
     dquery = new_output((b, t, r), dev) if attn else dk
@@ -117,7 +117,7 @@ def slot_scan_bwd(k, v, slot_queries, mix, active, resets, cs, cn, c, lse, dc, c
     _slot_scan_bwd_kernel[(nc, b)](
         k, v, slot_queries, mix, active, res, cs, cn, c, lse if attn else c, dc, dk, dv, dquery, dqs,
         dbeta, d1, d2, t, m, r, nc, scale, cap, ATTN=attn, HAS_RESETS=has_resets, **cfg["scan_bwd"])
-    _slot_state_bwd_kernel[(b, triton.cdiv(m, cfg["state_bwd"]["BM"]))](
+    _slot_state_bwd_kernel[(b, cdiv(m, cfg["state_bwd"]["BM"]))](
         res, d1, d2, g1, g2, t, m, r, nc, HAS_RESETS=has_resets, **cfg["state_bwd"])
     _slot_carry_bwd_kernel[(nc, b)](
         k, v, slot_queries, active, res, g1, g2, dk, dv, dqs, t, m, r, nc, scale, cap,
@@ -132,7 +132,7 @@ class _SlotScanFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, k, v, slot_queries, mix, active, resets, s0, n0, cap, attn, chunk_size):
-        c, lse, cs, cn, s, n = torch.ops.talan.slot_scan_fwd(k, v, slot_queries, mix, active, resets, s0, n0,
+        c, lse, cs, cn, s, n = ops.resolve("slot_scan_fwd")(k, v, slot_queries, mix, active, resets, s0, n0,
                                                              cap, attn, chunk_size)
         ctx.save_for_backward(k, v, slot_queries, mix, active, resets, cs, cn, c, lse)
         ctx.cap, ctx.attn, ctx.chunk_size = cap, attn, chunk_size
@@ -143,7 +143,7 @@ class _SlotScanFunction(torch.autograd.Function):
     def backward(ctx, dc, _ds, _dn):
         k, v, slot_queries, mix, active, resets, cs, cn, c, lse = ctx.saved_tensors
         dc = torch.zeros_like(c) if dc is None else dc.contiguous()
-        dk, dv, dqs, dmix = torch.ops.talan.slot_scan_bwd(k, v, slot_queries, mix, active, resets, cs, cn, c, lse,
+        dk, dv, dqs, dmix = ops.resolve("slot_scan_bwd")(k, v, slot_queries, mix, active, resets, cs, cn, c, lse,
                                                           dc, ctx.cap, ctx.attn, ctx.chunk_size)
         return dk, dv, dqs, dmix, None, None, None, None, None, None, None
 
@@ -165,20 +165,20 @@ def side_path_infer(h, params, act, res, s0, n0, *, mixer, writeback, cap, zero_
     ``h'``). ``act [B, T]`` fp32, ``res [B, T]`` int8 or None, ``s0 [B, M]``/``n0 [B, M, R]`` fp32 or
     None. Returns ``(h' [B, T, D] in h.dtype, (S [B, M], N [B, M, R]))``."""
     b, t, d = h.shape
-    p = {name: x.detach().float().contiguous() for name, x in params.items()}
+    p = {name: as_fp32(x) for name, x in params.items()}
     r = p["w_in"].shape[1]
     hf = h.detach().reshape(b * t, d).contiguous()
     has_gate, need_hnorm = writeback == "token_gate", writeback == "norm_cap"
-    z, k, v, q, logit, hnorm = torch.ops.talan.side_path_shrink(
+    z, k, v, q, logit, hnorm = ops.resolve("side_path_shrink")(
         hf, p["norm_weight"], p["w_in"], p["w_k"], p["w_v"], None if mixer == "linear" else p["w_q"],
         p["gate_weight"] if has_gate else None, p["gate_bias"] if has_gate else None, mixer in ("mlp", "glu"),
         need_hnorm)
     mix = p["mix_weights"] if mixer == "linear" else q.view(b, t, r)
-    read, _lse, _cs, _cn, s, n = torch.ops.talan.slot_scan_fwd(
+    read, _lse, _cs, _cn, s, n = ops.resolve("slot_scan_fwd")(
         k.view(b, t, r), v.view(b, t, r), p["slot_queries"], mix, act, res, s0, n0, float(cap), mixer != "linear",
         chunk_size)
     c = _mixer_tail(z, read.view(b * t, r), p, mixer).contiguous()  # [N, R]
-    out = torch.ops.talan.side_path_expand(
+    out = ops.resolve("side_path_expand")(
         hf, c, p["w_out"], act.reshape(b * t), p["gate"] if writeback == "tanh_gate" else None,
         logit if has_gate else None, hnorm if need_hnorm else None, writeback, float(zero_add_scale),
         float(norm_cap_ratio))
@@ -207,7 +207,7 @@ def side_path_triton(h, params, active=None, resets=None, state=None, *, mixer="
         raise ValueError(f"chunk_size must be a power of 2 >= 16; got {chunk_size}")
     act = torch.ones(b, t, device=h.device) if active is None else active.float().contiguous()
     res = None if resets is None else resets.to(torch.int8).contiguous()
-    s0, n0 = (None, None) if state is None else (state[0].float().contiguous(), state[1].float().contiguous())
+    s0, n0 = (None, None) if state is None else (as_fp32(state[0]), as_fp32(state[1]))
     if not needs_grad:
         return side_path_infer(h, params, act, res, s0, n0, chunk_size=chunk_size, **kwargs)
     p = {name: x.float().contiguous() for name, x in params.items()}

@@ -1,0 +1,55 @@
+"""talan_kernels.launching: the launchers' integer helpers, and when callers go through the
+``torch.library`` ops (tracing, dispatch modes) rather than the implementations (plain eager)."""
+
+import pytest
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+from talan_kernels.launching import as_fp32, cdiv, next_power_of_2, use_custom_op
+from talan_kernels.lora import ops as lora_ops
+from talan_kernels.side_path import ops as side_path_ops
+
+triton = pytest.importorskip("triton")
+
+
+def test_integer_helpers_agree_with_triton():
+    for n in [*range(1, 70), 127, 128, 129, 4095, 4096, 4097]:  # n >= 1: sizes (triton gives 0 for 0)
+        assert next_power_of_2(n) == triton.next_power_of_2(n), n
+        for d in (1, 3, 16, 64):
+            assert cdiv(n, d) == triton.cdiv(n, d), (n, d)
+
+
+def test_as_fp32_returns_fp32_contiguous_tensors_themselves():
+    x = torch.randn(4, 3)
+    assert as_fp32(x) is x
+    for other in (x.t(), x.double(), x.half()):
+        y = as_fp32(other)
+        assert y.dtype == torch.float32 and y.is_contiguous() and torch.allclose(y, other.float(), atol=1e-3)
+    w = torch.randn(3, requires_grad=True)
+    assert as_fp32(w) is w and not as_fp32(w.double()).requires_grad
+
+
+@pytest.mark.parametrize("ops, names", [
+    (side_path_ops, ("slot_scan_fwd", "slot_scan_bwd", "side_path_decode", "side_path_shrink", "side_path_expand")),
+    (lora_ops, ("lora_linear_fwd", "lora_linear_bwd", "dora_weight_norm"))])
+def test_eager_calls_the_implementation_and_a_dispatch_mode_gets_the_op(ops, names):
+    assert not use_custom_op()
+    for name in names:
+        impl = ops.resolve(name)
+        assert not isinstance(impl, torch._ops.OpOverloadPacket) and impl.__name__ == name
+    with FakeTensorMode():
+        assert use_custom_op()
+        for name in names:
+            assert ops.resolve(name) == getattr(torch.ops.talan, name)
+
+
+def test_torch_compile_traces_the_op():
+    seen = []
+
+    def fn(x):
+        seen.append(use_custom_op())  # runs while dynamo traces
+        return x + 1
+
+    torch.compile(fn, backend="eager", fullgraph=True)(torch.ones(2))
+    assert seen == [True]
+    torch._dynamo.reset()
