@@ -223,7 +223,7 @@ def block_share_row(lora, with_talan, setup, device, dtype, train: bool = False)
     idx, block = next(iter(talan.patching.talan_blocks(with_talan).items()))
     layer = lora.base_model.model.model.layers[idx]
     rotary = lora.base_model.model.model.rotary_emb
-    batch, tokens = (2, setup["share_tokens"]) if setup["rounds"] == 1 else (1, setup["share_tokens"])
+    batch, tokens = (2 if setup["rounds"] == 1 else 1), setup["share_tokens"]
     gen = torch.Generator().manual_seed(11)
     h = torch.randn(batch, tokens, block.hidden_size, generator=gen).to(device=device, dtype=dtype)
     pos = torch.arange(tokens, device=device).unsqueeze(0).expand(batch, -1)

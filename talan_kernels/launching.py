@@ -11,6 +11,8 @@ from Python, against ~0.05 µs for the plain arithmetic.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 
@@ -23,6 +25,24 @@ def use_custom_op() -> bool:
         return True
     stack_depth = getattr(torch._C, "_len_torch_dispatch_stack", None)
     return stack_depth is None or stack_depth() > 0
+
+
+class EagerOps:
+    """The implementations of one module's ``talan::*`` custom ops, for ``resolve``. Decorate each
+    implementation with ``keep`` under ``@torch.library.custom_op`` (decorators apply bottom-up, so
+    ``keep`` sees the plain function)."""
+
+    def __init__(self) -> None:
+        self._impls: dict[str, Callable] = {}
+
+    def keep(self, fn: Callable) -> Callable:
+        self._impls[fn.__name__] = fn
+        return fn
+
+    def resolve(self, name: str) -> Callable:
+        """``torch.ops.talan.<name>`` while torch.compile traces or a dispatch mode is active
+        (``use_custom_op``), else the op's implementation: the same code, called directly."""
+        return getattr(torch.ops.talan, name) if use_custom_op() else self._impls[name]
 
 
 def cdiv(a: int, b: int) -> int:

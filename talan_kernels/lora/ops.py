@@ -7,31 +7,19 @@ reference (reference.py). Unrequested outputs are empty tensors (custom ops retu
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Optional
 
 import torch
 
-from ..launching import use_custom_op
+from ..launching import EagerOps
 from . import reference
 
-_EAGER: dict[str, Callable] = {}
-
-
-def _eager(fn: Callable) -> Callable:
-    """Keep the undecorated implementation for ``resolve`` (applied under ``custom_op``)."""
-    _EAGER[fn.__name__] = fn
-    return fn
-
-
-def resolve(name: str) -> Callable:
-    """``torch.ops.talan.<name>`` while torch.compile traces or a dispatch mode is active, else the
-    op's implementation (the same code, called directly: ``launching.use_custom_op``)."""
-    return getattr(torch.ops.talan, name) if use_custom_op() else _EAGER[name]
+_OPS = EagerOps()
+resolve = _OPS.resolve  # callers: ``ops.resolve("<name>")(...)``
 
 
 @torch.library.custom_op("talan::lora_linear_fwd", mutates_args=())
-@_eager
+@_OPS.keep
 def lora_linear_fwd(x: torch.Tensor, weight: torch.Tensor, lora_A: torch.Tensor, lora_B: torch.Tensor,
                     bias: Optional[torch.Tensor], col_scale: Optional[torch.Tensor], scaling: float,
                     save_s: bool, save_z: bool, use_triton: bool
@@ -54,7 +42,7 @@ def _(x, weight, lora_A, lora_B, bias, col_scale, scaling, save_s, save_z, use_t
 
 
 @torch.library.custom_op("talan::lora_linear_bwd", mutates_args=())
-@_eager
+@_OPS.keep
 def lora_linear_bwd(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, lora_A: torch.Tensor,
                     lora_B: torch.Tensor, s: torch.Tensor, z: torch.Tensor, col_scale: Optional[torch.Tensor],
                     scaling: float, need_dx: bool, need_dA: bool, need_dB: bool, need_dscale: bool,
@@ -81,7 +69,7 @@ def _(dy, x, weight, lora_A, lora_B, s, z, col_scale, scaling, need_dx, need_dA,
 
 
 @torch.library.custom_op("talan::dora_weight_norm", mutates_args=())
-@_eager
+@_OPS.keep
 def dora_weight_norm(weight: torch.Tensor, lora_A: torch.Tensor, lora_B: torch.Tensor, scaling: float,
                      use_triton: bool) -> torch.Tensor:
     """Detached fp32 row norms ``||W_i + s (B A)_i||`` [N] from the low-rank identity."""

@@ -9,31 +9,19 @@ implementation without the dispatcher's overhead in plain eager mode (``launchin
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Optional
 
 import torch
 from torch import Tensor
 
-from ..launching import use_custom_op
+from ..launching import EagerOps
 
-_EAGER: dict[str, Callable] = {}
-
-
-def _eager(fn: Callable) -> Callable:
-    """Keep the undecorated implementation for ``resolve`` (applied under ``custom_op``)."""
-    _EAGER[fn.__name__] = fn
-    return fn
-
-
-def resolve(name: str) -> Callable:
-    """``torch.ops.talan.<name>`` while torch.compile traces or a dispatch mode is active, else the
-    op's implementation (the same code, called directly)."""
-    return getattr(torch.ops.talan, name) if use_custom_op() else _EAGER[name]
+_OPS = EagerOps()
+resolve = _OPS.resolve  # callers: ``ops.resolve("<name>")(...)``
 
 
 @torch.library.custom_op("talan::slot_scan_fwd", mutates_args=())
-@_eager
+@_OPS.keep
 def slot_scan_fwd(k: Tensor, v: Tensor, slot_queries: Tensor, mix: Tensor, active: Tensor,
                   resets: Optional[Tensor], s0: Optional[Tensor], n0: Optional[Tensor], cap: float, attn: bool,
                   chunk_size: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -53,7 +41,7 @@ def _(k, v, slot_queries, mix, active, resets, s0, n0, cap, attn, chunk_size):
 
 
 @torch.library.custom_op("talan::slot_scan_bwd", mutates_args=())
-@_eager
+@_OPS.keep
 def slot_scan_bwd(k: Tensor, v: Tensor, slot_queries: Tensor, mix: Tensor, active: Tensor,
                   resets: Optional[Tensor], cs: Tensor, cn: Tensor, c: Tensor, lse: Tensor, dc: Tensor, cap: float,
                   attn: bool, chunk_size: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -70,7 +58,7 @@ def _(k, v, slot_queries, mix, active, resets, cs, cn, c, lse, dc, cap, attn, ch
 
 
 @torch.library.custom_op("talan::side_path_decode", mutates_args=())
-@_eager
+@_OPS.keep
 def side_path_decode(h: Tensor, core: list[Tensor], mixer_params: list[Tensor], writeback_params: list[Tensor],
                      active: Tensor, resets: Optional[Tensor], s0: Optional[Tensor], n0: Optional[Tensor],
                      mixer: str, writeback: str, cap: float, zero_add_scale: float,
@@ -90,7 +78,7 @@ def _(h, core, mixer_params, writeback_params, active, resets, s0, n0, mixer, wr
 
 
 @torch.library.custom_op("talan::side_path_shrink", mutates_args=())
-@_eager
+@_OPS.keep
 def side_path_shrink(h: Tensor, norm_weight: Tensor, w_in: Tensor, w_k: Tensor, w_v: Tensor, w_q: Optional[Tensor],
                      gate_weight: Optional[Tensor], gate_bias: Optional[Tensor], need_z: bool,
                      need_hnorm: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -109,7 +97,7 @@ def _(h, norm_weight, w_in, w_k, w_v, w_q, gate_weight, gate_bias, need_z, need_
 
 
 @torch.library.custom_op("talan::side_path_expand", mutates_args=())
-@_eager
+@_OPS.keep
 def side_path_expand(h: Tensor, c: Tensor, w_out: Tensor, active: Tensor, gate: Optional[Tensor],
                      logit: Optional[Tensor], hnorm: Optional[Tensor], writeback: str, zero_add_scale: float,
                      norm_cap_ratio: float) -> Tensor:
