@@ -27,7 +27,8 @@ BLOCK_NAME = "talan"
 _PATCH_ATTR = "_talan_patch"
 
 
-CONTEXT_KWARG = "talan_context"
+CONTEXT_KWARG = "talan_context"  # a layer's _TokenContext, handed from the layer to its self_attn (mid site)
+INPUTS_KWARG = "talan_inputs"  # the forward's _ForwardInputs, handed from the decoder stack to its layers
 
 
 @dataclass
@@ -85,6 +86,8 @@ class _Patch:
         self.decode_states = DecodeStates()
         self.layer_inputs: dict[int, torch.Tensor] = {}  # mid site: the residual of the running layer call
         self._forward_params = inspect.signature(stack.forward).parameters
+        # Qwen3/Llama stacks pass their **kwargs on to every layer, and the layer to its self_attn.
+        self._passes_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in self._forward_params.values())
 
     def blocks(self) -> Iterator[tuple[int, TalanBlock]]:
         for i in self.layer_indices:
@@ -104,11 +107,18 @@ class _Patch:
             raise ValueError(f"TALAN needs the 2-D [batch, length] attention_mask to know which tokens are padding; "
                              f"got {kind}. Pass the tokenizer's attention_mask")
         self.inputs = _ForwardInputs(mask, past_len, {})
+        if not self._passes_kwargs:
+            return None
+        # The forward's inputs travel in the layers' kwargs, so a layer that gradient checkpointing recomputes
+        # in the backward reads its own forward's padding mask, not that of a later forward: transformers 4.x
+        # checkpoints the layer's __call__, so the layer hooks run again then (5.x checkpoints forward only).
+        return args, {**kwargs, INPUTS_KWARG: self.inputs}
 
     def _context(self, hidden: torch.Tensor, layer_kwargs: dict) -> _TokenContext:
         """Active mask, packed-sequence starts and cache for the tokens of one layer call."""
         b, t = hidden.shape[:2]
-        mask = self.inputs.attention_mask
+        inputs = layer_kwargs.get(INPUTS_KWARG, self.inputs)
+        mask = inputs.attention_mask
         active = None
         if mask is not None:
             if mask.shape[0] != b or mask.shape[1] < t:
@@ -121,13 +131,13 @@ class _Patch:
         # no attention mask and no cache; a new sequence starts where they do not step by exactly 1.
         if mask is None and cache is None and position_ids is not None and t > 1:
             key = id(position_ids)
-            if key not in self.inputs.resets_cache:
+            if key not in inputs.resets_cache:
                 pos = position_ids.expand(b, -1) if position_ids.shape[0] != b else position_ids
                 starts = torch.zeros_like(pos, dtype=torch.bool)
                 starts[:, 1:] = (pos[:, 1:] - pos[:, :-1]) != 1
-                self.inputs.resets_cache[key] = (starts if bool(starts.any()) else None, position_ids)
-            resets = self.inputs.resets_cache[key][0]
-        return _TokenContext(active, resets, cache, self.inputs.past_len)
+                inputs.resets_cache[key] = (starts if bool(starts.any()) else None, position_ids)
+            resets = inputs.resets_cache[key][0]
+        return _TokenContext(active, resets, cache, inputs.past_len)
 
     def _apply(self, layer_idx: int, hidden: torch.Tensor, ctx: _TokenContext) -> torch.Tensor:
         block = getattr(self.stack.layers[layer_idx], BLOCK_NAME)
@@ -149,7 +159,7 @@ class _Patch:
             hidden = args[0] if args else kwargs["hidden_states"]
             ctx = self._context(hidden, kwargs)
             if site == "mid":
-                # transformers checkpoints the layer's forward (not __call__), so this hook runs once and
+                # transformers 5 checkpoints the layer's forward (not __call__), so this hook runs once and
                 # the attention hook runs again on recompute: hand the context over with the layer's own
                 # kwargs (which reach self_attn) rather than through shared state a later forward overwrites.
                 return args, {**kwargs, CONTEXT_KWARG: ctx}

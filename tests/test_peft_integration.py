@@ -179,7 +179,7 @@ def _assert_same_loss_and_grads(reference, checkpointed):
     assert any(g.abs().max() > 0 for name, g in grads0.items() if name.endswith("talan.w_in"))
 
 
-GC_CASES = ["mid", "post"]
+GC_CASES = ["pre", "mid", "post"]
 
 
 @ORDER
@@ -190,10 +190,7 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(order, site, r
     _assert_same_loss_and_grads(reference, _loss_and_grads(order, site, checkpointing=True, reentrant=reentrant))
 
 
-
-
-@pytest.mark.parametrize("site", [
-    "mid", "post"])
+@pytest.mark.parametrize("site", GC_CASES)
 def test_gradient_checkpointing_with_two_forwards_before_one_backward(site):
     """The recompute of a batch must use that batch's padding mask, not the mask of the latest forward."""
     reference = _loss_and_grads("peft_first", site, checkpointing=False, batches=2)
