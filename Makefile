@@ -16,12 +16,25 @@ DEPS    := "triton>=3.0" "transformers>=5,<6" "peft>=0.17" safetensors tqdm matp
 TRITON_COMPAT := 3.6.0
 COMPAT        := $(VENV)/triton-$(TRITON_COMPAT)
 
+# The CPU and interpreter tests run a second time on the oldest transformers/peft that pyproject.toml
+# accepts (the last transformers 4.x), kept beside the venv the same way with the versions they need
+# of the hub client, tokenizers and accelerate; tests/test_stack_versions.py ties them to pyproject's floors.
+HF_FLOOR        := transformers==4.57.6 peft==0.17.1
+HF_FLOOR_DEPS   := accelerate==1.10.1 huggingface_hub==0.36.2 tokenizers==0.22.2 requests urllib3 idna certifi \
+                   charset-normalizer
+HF_COMPAT       := $(VENV)/hf-floor
+
 .PHONY: venv test lint demo report bench bench-quick clean
 
 venv: $(STAMP)
 
 $(COMPAT)/.installed: $(STAMP)
 	$(BIN)/python -m pip install --quiet --no-deps --target $(COMPAT) triton==$(TRITON_COMPAT)
+	touch $@
+
+$(HF_COMPAT)/.installed: $(STAMP) Makefile
+	rm -rf $(HF_COMPAT)
+	$(BIN)/python -m pip install --quiet --no-deps --target $(HF_COMPAT) $(HF_FLOOR) $(HF_FLOOR_DEPS)
 	touch $@
 
 $(STAMP): pyproject.toml Makefile
@@ -35,11 +48,14 @@ $(STAMP): pyproject.toml Makefile
 lint: venv
 	$(BIN)/ruff check talan talan_kernels tests benchmarks
 
-test: venv lint $(COMPAT)/.installed
+test: venv lint $(COMPAT)/.installed $(HF_COMPAT)/.installed
 	$(BIN)/python -m pytest -q -m "not gpu and not compile and not interpreter" tests
 	TRITON_INTERPRET=1 $(BIN)/python -m pytest -q -m "interpreter" tests
 	$(BIN)/python -m pytest -q -m "compile" tests
 	PYTHONPATH=$(COMPAT) TALAN_EXPECT_TRITON=$(TRITON_COMPAT) $(BIN)/python -m pytest -q -m "compile" tests
+	PYTHONPATH=$(HF_COMPAT) TALAN_EXPECT_HF="$(HF_FLOOR)" \
+		$(BIN)/python -m pytest -q -m "not gpu and not compile and not interpreter" tests
+	PYTHONPATH=$(HF_COMPAT) TALAN_EXPECT_HF="$(HF_FLOOR)" TRITON_INTERPRET=1 $(BIN)/python -m pytest -q -m "interpreter" tests
 
 demo: venv
 	$(BIN)/talan demo

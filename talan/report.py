@@ -67,7 +67,9 @@ def _adapter_param_ids(model: nn.Module) -> set[int]:
         # adapter_layer_names lists the attributes (ModuleDict / ParameterDict / Parameter) that hold
         # the adapter's trainable weights; DoRA appends lora_magnitude_vector to it per instance.
         # The wrapped base_layer is never among them, so the frozen backbone weight stays backbone.
-        for name in getattr(module, "adapter_layer_names", ()):
+        # (older peft, e.g. 0.17, gives its ModulesToSaveWrapper no adapter_layer_names: its copies sit in
+        # the modules_to_save ModuleDict)
+        for name in getattr(module, "adapter_layer_names", None) or ("modules_to_save",):
             holder = getattr(module, name, None)
             if isinstance(holder, nn.Parameter):
                 ids.add(id(holder))

@@ -33,6 +33,7 @@ unforced FSDP run on CPU processes is refused before its first step, `_check_fsd
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -261,12 +262,13 @@ class TalanTrainer(Trainer):
         # Trainer exempts norms by module type or name; TALAN's RMSNorm weight is a raw parameter
         return [n for n in super().get_decay_parameter_names(model) if not n.endswith(f".{BLOCK_NAME}.norm_weight")]
 
-    def create_optimizer(self, model=None):
+    def create_optimizer(self, *args, **kwargs):
         """Trainer's optimizer (its class, kwargs and decay groups), with the TALAN parameters moved
-        to groups of their own at ``talan_lr``. Only regroups before the first step, so no state moves."""
+        to groups of their own at ``talan_lr``. Only regroups before the first step, so no state moves.
+        (transformers 5 passes the model; 4.x passes nothing.)"""
         if self.optimizer is not None:
             return self.optimizer
-        optimizer = super().create_optimizer(model)
+        optimizer = super().create_optimizer(*args, **kwargs)
         talan_ids = {id(p) for p in talan_parameters(self._talan_model())}
         groups, talan_groups = [], []
         for group in optimizer.param_groups:
@@ -315,6 +317,14 @@ class TalanTrainer(Trainer):
         return super().train(resume_from_checkpoint=resume_from_checkpoint or None, **kwargs)
 
 
+def _checkpointing_arguments(enabled: bool) -> dict:
+    """Activation checkpointing (non-reentrant), under the name this transformers gives it: 5.x calls it
+    activation_checkpointing (gradient_checkpointing stays as a deprecated alias), 4.x only gradient_checkpointing."""
+    fields = {field.name for field in dataclasses.fields(TrainingArguments)}
+    name = "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"
+    return {name: enabled, f"{name}_kwargs": {"use_reentrant": False} if enabled else None}
+
+
 def _training_arguments(settings: argparse.Namespace) -> TrainingArguments:
     return TrainingArguments(
         output_dir=settings.output_dir, per_device_train_batch_size=settings.batch_size,
@@ -326,8 +336,7 @@ def _training_arguments(settings: argparse.Namespace) -> TrainingArguments:
         eval_strategy="no" if settings.eval_data is None else "steps",
         eval_steps=settings.eval_steps or settings.save_steps, per_device_eval_batch_size=settings.batch_size,
         prediction_loss_only=True,  # eval_loss only: no [tokens, vocab] logits gathered
-        logging_steps=settings.logging_steps, activation_checkpointing=settings.gradient_checkpointing,
-        activation_checkpointing_kwargs={"use_reentrant": False} if settings.gradient_checkpointing else None,
+        logging_steps=settings.logging_steps, **_checkpointing_arguments(settings.gradient_checkpointing),
         bf16=settings.bf16, ddp_find_unused_parameters=settings.ddp_find_unused_parameters,
         # without use_cpu, a multi-process launch on a machine with no GPU runs N unsynchronised copies
         use_cpu=not torch.cuda.is_available() if settings.use_cpu is None else settings.use_cpu,

@@ -1,14 +1,25 @@
 """talan.patch on tiny Qwen3/Llama hosts: identity at init, causality, conditioning, padding, packing,
 cached generation, hidden states, disabled/unpatch, every axis option, and bad inputs."""
 
+import inspect
+
 import pytest
 import torch
-from conftest import VOCAB, tiny_batch, tiny_config, tiny_llama, tiny_qwen3
+import transformers
+from conftest import TRANSFORMERS_4, VOCAB, tiny_batch, tiny_config, tiny_llama, tiny_qwen3
 
 import talan
 from talan_kernels.side_path import MIXERS, WRITEBACKS
 
 SITES = ("pre", "mid", "post")
+# transformers 5 calls the KV cache `cache` (forward argument and output field); 4.x `past_key_values`
+CACHE = "cache" if "cache" in inspect.signature(transformers.Qwen3Model.forward).parameters else "past_key_values"
+
+
+def _cached_forward(model, ids, cache=None):
+    """A forward that fills (or continues) a KV cache: its output and the cache."""
+    out = model(ids, use_cache=True, **({} if cache is None else {CACHE: cache}))
+    return out, getattr(out, CACHE)
 
 
 def _live(model):
@@ -137,19 +148,22 @@ def test_beam_search_carries_the_state_with_the_beams():
 def test_continuing_a_cache_talan_never_saw_or_that_was_cropped_raises():
     model = tiny_qwen3()
     ids = tiny_batch(batch=1, length=6)["input_ids"]
-    cache = model(ids, use_cache=True).cache
+    _, cache = _cached_forward(model, ids)
     talan.patch(model, tiny_config(layer=0))
     with pytest.raises(ValueError, match="never saw"):
-        model(ids[:, :1], cache=cache, use_cache=True)
-    cache = model(ids, use_cache=True).cache
-    model(ids[:, :1], cache=cache, use_cache=True)
+        _cached_forward(model, ids[:, :1], cache)
+    _, cache = _cached_forward(model, ids)
+    _cached_forward(model, ids[:, :1], cache)
     cache.crop(-2)  # what assisted decoding does with rejected draft tokens
     with pytest.raises(ValueError, match="crop"):
-        model(ids[:, :1], cache=cache, use_cache=True)
+        _cached_forward(model, ids[:, :1], cache)
 
 
 @pytest.mark.parametrize("site", SITES)
-def test_output_hidden_states_show_the_perturbed_state(site):
+def test_output_hidden_states_show_the_perturbed_state(site, request):
+    if site == "post" and TRANSFORMERS_4:  # runs, and must fail there: a known limit, not a skipped check
+        request.applymarker(pytest.mark.xfail(strict=True, reason="transformers 4.x records a layer's hidden "
+                                              "state inside its forward, before the post-site block's hook"))
     model = _live(talan.patch(tiny_qwen3(), tiny_config(site=site, layer=1)))
     received = []
     handle = model.model.layers[2].register_forward_pre_hook(lambda mod, args: received.append(args[0]))
@@ -286,15 +300,15 @@ def test_assisted_decoding_equals_greedy_decoding(site):
 def test_a_crop_into_the_last_forward_continues_exactly_and_further_back_is_refused():
     model = _live(talan.patch(tiny_qwen3(), tiny_config(layer=(0, 1))))
     ids = tiny_batch(batch=1, length=12)["input_ids"]
-    cache = model(ids[:, :6], use_cache=True).cache
-    model(ids[:, 6:10], cache=cache, use_cache=True)  # a 4-token forward, then 3 of its tokens are dropped
+    _, cache = _cached_forward(model, ids[:, :6])
+    _cached_forward(model, ids[:, 6:10], cache)  # a 4-token forward, then 3 of its tokens are dropped
     cache.crop(-3)  # 10 -> 7 tokens
-    logits = model(ids[:, 7:9], cache=cache, use_cache=True).logits
+    logits = _cached_forward(model, ids[:, 7:9], cache)[0].logits
     expected = model(ids[:, :9], use_cache=False).logits[:, 7:]
     torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
     cache.crop(-4)  # 9 -> 5 tokens: back past the start of the last forward (at 7 tokens)
     with pytest.raises(ValueError, match="crop"):
-        model(ids[:, 5:6], cache=cache, use_cache=True)
+        _cached_forward(model, ids[:, 5:6], cache)
 
 
 @pytest.mark.slow
