@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from talan_kernels.side_path import side_path_ref
-from talan_kernels.testing import rel_rms
+from talan_kernels.testing import random_side_path_inputs, random_side_path_params, rel_rms
 
 ATEN = torch.ops.aten
 CASES = [("attn", "tanh_gate"), ("linear", "zero_add"), ("mlp", "token_gate"), ("glu", "norm_cap")]
@@ -68,12 +67,10 @@ class TensorCoreProducts(TorchDispatchMode):
 
 
 def _inputs(mixer: str, writeback: str, quick: bool, seed: int = 0):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from test_side_path_kernels_interp import make_inputs, make_params
-
     b, t, d, m, r = (2, 40, 32, 4, 16) if quick else (3, 300, 256, 16, 64)  # the GPU parity test's shapes
-    params = make_params(d, r, m, mixer, writeback, seed=seed)
-    h, active, resets, state = make_inputs(b, t, d, m, r, pad=5 if quick else 17, reset_at=(5, 30 if quick else 130))
+    params = random_side_path_params(d, r, m, mixer, writeback, seed=seed)
+    h, active, resets, state = random_side_path_inputs(b, t, d, m, r, pad=5 if quick else 17,
+                                                       reset_at=(5, 30 if quick else 130))
     return h, params, active, resets, state
 
 

@@ -1,4 +1,5 @@
-"""Helpers shared by the kernel tests: error metrics and compile-for-GPU checks without a GPU.
+"""Helpers shared by the kernel tests: error metrics, random side-path inputs and compile-for-GPU
+checks without a GPU.
 
 Nothing here runs at import time beyond importing torch; triton is imported lazily so that
 `import talan_kernels` works on a machine without it.
@@ -40,6 +41,51 @@ class CompiledKernelInfo:
     spill_stores: int
     spill_loads: int
     ptxas_log: str
+
+
+def random_side_path_params(d: int, r: int, m: int, mixer: str, writeback: str, seed: int = 0,
+                            dtype: torch.dtype = torch.float32, scalar_gate: bool = False) -> dict[str, torch.Tensor]:
+    """Random side-path block parameters for the kernel and reference tests (not the init: there the zero
+    ``W_out`` and gates would hide gradients). ``W_k``, ``W_v`` sit near the identity, so keys and values
+    keep the shrunk token's scale."""
+    g = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape, scale=1.0):
+        return torch.randn(*shape, generator=g) * scale
+
+    eye = torch.eye(r)
+    p = {"norm_weight": 1 + 0.1 * rnd(d), "w_in": rnd(d, r, scale=d ** -0.5),
+         "w_k": eye + rnd(r, r, scale=0.3 * r ** -0.5), "w_v": eye + rnd(r, r, scale=0.3 * r ** -0.5),
+         "slot_queries": rnd(m, r), "w_out": rnd(r, d, scale=r ** -0.5)}
+    if mixer != "linear":
+        p["w_q"] = rnd(r, r, scale=r ** -0.5)
+    if mixer == "linear":
+        p["mix_weights"] = 1.0 / m + 0.2 * rnd(m)
+    if mixer == "mlp":
+        p["w_1"], p["w_2"] = rnd(2 * r, r, scale=(2 * r) ** -0.5), rnd(r, r, scale=r ** -0.5)
+    if mixer == "glu":
+        p["w_glu"] = rnd(r, r, scale=r ** -0.5)
+    if writeback == "tanh_gate":
+        p["gate"] = rnd(1 if scalar_gate else d, scale=0.5)
+    if writeback == "token_gate":
+        p["gate_weight"], p["gate_bias"] = rnd(d, scale=d ** -0.5), torch.tensor([0.5])
+    return {name: value.to(dtype) for name, value in p.items()}
+
+
+def random_side_path_inputs(b: int, t: int, d: int, m: int, r: int, pad: int, reset_at, seed: int = 1):
+    """``h``, a left-padded ``active`` mask (row 1 padded by ``pad``), ``resets`` True at ``reset_at`` in
+    row 0 (None when empty) and a random carried ``(S, N)`` state."""
+    g = torch.Generator().manual_seed(seed)
+    h = torch.randn(b, t, d, generator=g)
+    active = torch.ones(b, t, dtype=torch.bool)
+    if b > 1:
+        active[1, :pad] = False
+    resets = None
+    if reset_at:
+        resets = torch.zeros(b, t, dtype=torch.bool)
+        resets[0, list(reset_at)] = True
+    state = (torch.rand(b, m, generator=g) * 3, torch.randn(b, m, r, generator=g))
+    return h, active, resets, state
 
 
 _REGS = re.compile(r"Used (\d+) registers")

@@ -11,11 +11,13 @@ pads to 64 and R = 128 takes the decode kernel's row loop.
 
 import pytest
 import torch
-from test_side_path_kernels_interp import TOL, _check_every_gradient, make_inputs, make_params, needs_interpreter
+from test_side_path_kernels_interp import TOL, _check_every_gradient, needs_interpreter
 
 from talan_kernels.side_path import side_path, side_path_ref
 from talan_kernels.side_path.triton_path import side_path_triton
 from talan_kernels.testing import assert_rel_rms
+from talan_kernels.testing import random_side_path_inputs as make_inputs
+from talan_kernels.testing import random_side_path_params as make_params
 
 pytestmark = [pytest.mark.interpreter, needs_interpreter]
 

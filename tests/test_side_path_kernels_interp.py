@@ -13,51 +13,12 @@ from conftest import record_calls, tiny_qwen3
 
 from talan_kernels.side_path import side_path, side_path_ref
 from talan_kernels.testing import assert_rel_rms, rel_rms
+from talan_kernels.testing import random_side_path_inputs as make_inputs
+from talan_kernels.testing import random_side_path_params as make_params
 
 INTERP = os.environ.get("TRITON_INTERPRET") == "1"
 needs_interpreter = pytest.mark.skipif(not INTERP, reason="needs TRITON_INTERPRET=1 set before triton is imported")
 TOL = 1e-5
-
-
-def make_params(d, r, m, mixer, writeback, seed=0, scalar_gate=False):
-    """Random block parameters (not the init: there the zero W_out/gates would hide gradients)."""
-    g = torch.Generator().manual_seed(seed)
-
-    def rnd(*shape, scale=1.0):
-        return torch.randn(*shape, generator=g) * scale
-
-    p = {"norm_weight": 1 + 0.1 * rnd(d), "w_in": rnd(d, r, scale=d ** -0.5),
-         "w_k": torch.eye(r) + rnd(r, r, scale=0.3 * r ** -0.5), "w_v": torch.eye(r) + rnd(r, r, scale=0.3 * r ** -0.5),
-         "slot_queries": rnd(m, r), "w_out": rnd(r, d, scale=r ** -0.5)}
-    if mixer != "linear":
-        p["w_q"] = rnd(r, r, scale=r ** -0.5)
-    if mixer == "linear":
-        p["mix_weights"] = 1.0 / m + 0.2 * rnd(m)
-    if mixer == "mlp":
-        p["w_1"], p["w_2"] = rnd(2 * r, r, scale=(2 * r) ** -0.5), rnd(r, r, scale=r ** -0.5)
-    if mixer == "glu":
-        p["w_glu"] = rnd(r, r, scale=r ** -0.5)
-    if writeback == "tanh_gate":
-        p["gate"] = rnd(1 if scalar_gate else d, scale=0.5)
-    if writeback == "token_gate":
-        p["gate_weight"], p["gate_bias"] = rnd(d, scale=d ** -0.5), torch.tensor([0.5])
-    return p
-
-
-def make_inputs(b, t, d, m, r, pad, reset_at, seed=1):
-    """``h``, a left-padded ``active`` mask (row 1 padded by ``pad``), ``resets`` True at
-    ``reset_at`` in row 0 (None when empty) and a random carried state."""
-    g = torch.Generator().manual_seed(seed)
-    h = torch.randn(b, t, d, generator=g)
-    active = torch.ones(b, t, dtype=torch.bool)
-    if b > 1:
-        active[1, :pad] = False
-    resets = None
-    if reset_at:
-        resets = torch.zeros(b, t, dtype=torch.bool)
-        resets[0, list(reset_at)] = True
-    state = (torch.rand(b, m, generator=g) * 3, torch.randn(b, m, r, generator=g))
-    return h, active, resets, state
 
 
 # (mixer, writeback, B, T, D, M, R, pad, resets, with_state, chunk): T not a multiple of the chunk,

@@ -7,6 +7,7 @@ import torch
 
 from talan_kernels.side_path import MIXERS, WRITEBACKS, scale_grad, side_path_ref, slot_memory_oracle, slot_memory_ref
 from talan_kernels.side_path.reference import slot_weights
+from talan_kernels.testing import random_side_path_params
 
 CAP = 15.0
 
@@ -25,27 +26,8 @@ def _left_padded(b, t, pad=3):
     return active
 
 
-def _params(d, r, m, mixer, writeback, dtype=torch.float64, seed=1, live_gate=True):
-    g = torch.Generator().manual_seed(seed)
-
-    def rnd(*shape, scale=1.0):
-        return (torch.randn(*shape, generator=g, dtype=dtype) * scale)
-
-    p = {"norm_weight": 1 + 0.1 * rnd(d), "w_in": rnd(d, r, scale=d ** -0.5), "w_k": rnd(r, r, scale=r ** -0.5),
-         "w_v": rnd(r, r, scale=r ** -0.5), "slot_queries": rnd(m, r), "w_out": rnd(r, d, scale=r ** -0.5)}
-    if mixer in ("attn", "mlp", "glu"):
-        p["w_q"] = rnd(r, r, scale=r ** -0.5)
-    if mixer == "linear":
-        p["mix_weights"] = rnd(m)
-    if mixer == "mlp":
-        p["w_1"], p["w_2"] = rnd(2 * r, r, scale=(2 * r) ** -0.5), rnd(r, r, scale=r ** -0.5)
-    if mixer == "glu":
-        p["w_glu"] = rnd(r, r, scale=r ** -0.5)
-    if writeback == "tanh_gate":
-        p["gate"] = rnd(d) if live_gate else torch.zeros(d, dtype=dtype)
-    if writeback == "token_gate":
-        p["gate_weight"], p["gate_bias"] = rnd(d, scale=d ** -0.5), torch.full((1,), -1.0, dtype=dtype)
-    return p
+def _params(d, r, m, mixer, writeback, dtype=torch.float64, seed=1):
+    return random_side_path_params(d, r, m, mixer, writeback, seed=seed, dtype=dtype)
 
 
 @pytest.mark.parametrize("with_resets", [False, True])
