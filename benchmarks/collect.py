@@ -309,6 +309,35 @@ def measure_rows(dry_run: bool, out: str | None = None) -> dict:
 
 # ----------------------------------------------------------------------------- report
 
+PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
+
+
+def below_floors(versions: dict, pyproject: Path = PYPROJECT) -> list:
+    """``["transformers 4.55.0 outside >=4.57", ...]``: the distributions in ``versions`` that pyproject's
+    requirements do not accept.
+    A GPU machine runs its own preinstalled stack (nothing is installed), so its results say when that stack
+    is one `make test` does not cover."""
+    try:
+        import tomllib
+        from packaging.requirements import Requirement
+        from packaging.version import InvalidVersion, Version
+    except ImportError:  # Python 3.10 or no packaging: nothing to compare with
+        return []
+    below = []
+    for line in tomllib.loads(pyproject.read_text())["project"]["dependencies"]:
+        requirement = Requirement(line)
+        found = versions.get(requirement.name)
+        if found is None or found == "not installed":
+            continue
+        try:
+            # prereleases count: a container's torch is often one (2.11.0a0+git...)
+            if not requirement.specifier.contains(Version(found), prereleases=True):
+                below.append(f"{requirement.name} {found} outside {requirement.specifier}")
+        except InvalidVersion:
+            continue
+    return below
+
+
 def environment() -> dict:
     env = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
            "date": time.strftime("%Y-%m-%d"), "time": time.strftime("%H:%M:%S"), "machine": platform.machine()}
@@ -317,6 +346,7 @@ def environment() -> dict:
             env[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
             env[dist] = "not installed"
+    env["below_floors"] = below_floors(env)
     if torch.cuda.is_available():
         env["device"] = torch.cuda.get_device_name(0)
         env["capability"] = ".".join(map(str, torch.cuda.get_device_capability(0)))
@@ -400,6 +430,9 @@ def to_markdown(report: dict) -> str:
     if report["dry_run"]:
         lines += ["**Dry run on a CPU: plumbing check only, these numbers mean nothing.**", ""]
     lines.append(" · ".join(f"{k} {env.get(k)}" for k in ("torch", "triton", "transformers", "peft", "cuda")))
+    if env.get("below_floors"):
+        lines.append(f"\n**Outside pyproject's requirements (a stack make test does not cover): "
+                     f"{'; '.join(env['below_floors'])}.**")
     if report.get("ceilings"):
         c = report["ceilings"]
         lines.append(f"\nMeasured ceilings: copy {c['bandwidth_GB/s']:.0f} GB/s, "

@@ -182,6 +182,19 @@ def test_report_without_rows_marks_every_row_skipped():
     assert "talan_lora_vs_lora_prefill" in collect.to_markdown(report)
 
 
+def test_report_names_a_stack_outside_pyprojects_requirements():
+    collect, _ = _import_benchmarks()
+    versions = {"torch": "2.11.0a0+git1234", "triton": "3.6.0", "transformers": "4.55.4", "peft": "0.17.1"}
+    assert collect.below_floors(versions) == ["transformers 4.55.4 outside >=4.57"]
+    assert collect.below_floors({**versions, "transformers": "5.0.0", "peft": "0.9.0"}) == ["peft 0.9.0 outside >=0.17"]
+    env = collect.environment()
+    assert env["below_floors"] == []  # make test's own stacks are inside them
+    report = collect.build_report(None, {**env, "below_floors": collect.below_floors(versions)}, {}, None, None,
+                                  dry_run=True)
+    assert "Outside pyproject's requirements (a stack make test does not cover): transformers 4.55.4" in \
+        collect.to_markdown(report)
+
+
 def test_plot_writes_a_png(tmp_path):
     _, plot = _import_benchmarks()
     # A sample results file made here (the values exercise the chart only; nothing is committed).
