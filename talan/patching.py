@@ -2,7 +2,8 @@
 
 Each block is a submodule of its decoder layer (``layer.talan``) and is applied by forward hooks on
 that instance: ``pre`` rewrites the layer input, ``post`` the layer output (registered with
-``prepend=True`` so ``output_hidden_states`` records the perturbed state) and ``mid`` adds the
+``prepend=True`` so transformers 5's ``output_hidden_states`` records the perturbed state; 4.x records
+it inside the layer's forward, before the hook) and ``mid`` adds the
 block's perturbation of ``residual + attention`` to the attention output. No transformers class is
 reassigned and no HF ``forward`` is copied. The hooks have no side effects besides the decode state
 that is tied to a cache object, so gradient checkpointing (which re-runs them) is safe.
@@ -27,7 +28,6 @@ BLOCK_NAME = "talan"
 _PATCH_ATTR = "_talan_patch"
 
 
-CONTEXT_KWARG = "talan_context"  # a layer's _TokenContext, handed from the layer to its self_attn (mid site)
 INPUTS_KWARG = "talan_inputs"  # the forward's _ForwardInputs, handed from the decoder stack to its layers
 
 
@@ -86,7 +86,8 @@ class _Patch:
         self.decode_states = DecodeStates()
         self.layer_inputs: dict[int, torch.Tensor] = {}  # mid site: the residual of the running layer call
         self._forward_params = inspect.signature(stack.forward).parameters
-        # Qwen3/Llama stacks pass their **kwargs on to every layer, and the layer to its self_attn.
+        # Qwen3/Llama stacks pass their **kwargs on to every layer, and the layer to its self_attn (with its
+        # position ids and cache).
         self._passes_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in self._forward_params.values())
 
     def blocks(self) -> Iterator[tuple[int, TalanBlock]]:
@@ -151,27 +152,17 @@ class _Patch:
         return out
 
     def make_hooks(self, layer_idx: int):
-        site = self.config.site
-
         def layer_pre(module, args, kwargs):
             if not self.enabled:
                 return None
             hidden = args[0] if args else kwargs["hidden_states"]
-            ctx = self._context(hidden, kwargs)
-            if site == "mid":
-                # transformers 5 checkpoints the layer's forward (not __call__), so this hook runs once and
-                # the attention hook runs again on recompute: hand the context over with the layer's own
-                # kwargs (which reach self_attn) rather than through shared state a later forward overwrites.
-                return args, {**kwargs, CONTEXT_KWARG: ctx}
-            if site == "pre":
-                new_hidden = self._apply(layer_idx, hidden, ctx)
-                if args:
-                    return (new_hidden, *args[1:]), kwargs
-                return args, {**kwargs, "hidden_states": new_hidden}
-            return None
+            new_hidden = self._apply(layer_idx, hidden, self._context(hidden, kwargs))
+            if args:
+                return (new_hidden, *args[1:]), kwargs
+            return args, {**kwargs, "hidden_states": new_hidden}
 
         def layer_post(module, args, kwargs, output):
-            if not self.enabled or site != "post":
+            if not self.enabled:
                 return None
             hidden = output[0] if isinstance(output, tuple) else output
             new_hidden = self._apply(layer_idx, hidden, self._context(hidden, kwargs))
@@ -184,13 +175,14 @@ class _Patch:
                 self.layer_inputs[layer_idx] = args[0]
 
         def attention_post(module, args, kwargs, output):
-            ctx = kwargs.get(CONTEXT_KWARG)
+            # self_attn gets the layer's kwargs (the forward's inputs, position ids, cache), so its own
+            # recompute under gradient checkpointing reads the mask of its own forward, like the other sites
             residual = self.layer_inputs.pop(layer_idx, None)
-            if not self.enabled or ctx is None or residual is None:
+            if not self.enabled or residual is None:
                 return None
             attn_out = output[0] if isinstance(output, tuple) else output
             h_mid = residual + attn_out  # exactly the layer's `residual + attention`
-            h_new = self._apply(layer_idx, h_mid, ctx)
+            h_new = self._apply(layer_idx, h_mid, self._context(h_mid, kwargs))
             attn_new = attn_out + (h_new - h_mid)  # the layer then adds the residual back: h_mid + delta
             return (attn_new, *output[1:]) if isinstance(output, tuple) else attn_new
 
@@ -201,8 +193,11 @@ class _Patch:
         for i in self.layer_indices:
             layer = self.stack.layers[i]
             layer_pre, layer_post, residual_pre, attention_post = self.make_hooks(i)
-            self.handles.append(layer.register_forward_pre_hook(layer_pre, with_kwargs=True))
-            self.handles.append(layer.register_forward_hook(layer_post, with_kwargs=True, prepend=True))
+            # each site hooks only where it acts, so no other hook runs on every layer call
+            if self.config.site == "pre":
+                self.handles.append(layer.register_forward_pre_hook(layer_pre, with_kwargs=True))
+            if self.config.site == "post":
+                self.handles.append(layer.register_forward_hook(layer_post, with_kwargs=True, prepend=True))
             if self.config.site == "mid":
                 self.handles.append(layer.input_layernorm.register_forward_pre_hook(residual_pre))
                 self.handles.append(layer.self_attn.register_forward_hook(attention_post, with_kwargs=True))
