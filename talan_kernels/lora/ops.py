@@ -5,8 +5,6 @@ Each op takes ``use_triton``: True runs the Triton launchers (interface.py), Fal
 reference (reference.py). Unrequested outputs are empty tensors (custom ops return no None).
 """
 
-from __future__ import annotations
-
 from typing import Optional
 
 import torch

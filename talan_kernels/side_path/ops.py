@@ -7,9 +7,9 @@ Callers take an op through ``resolve(name)``: the registered op while something 
 implementation without the dispatcher's overhead in plain eager mode (``launching.use_custom_op``).
 """
 
-from __future__ import annotations
-
-from typing import Optional
+# typing.List / Optional, and no `from __future__ import annotations`: torch 2.4's schema inference takes
+# only these annotation objects (not list[...] nor strings); later releases accept both.
+from typing import List, Optional
 
 import torch
 from torch import Tensor
@@ -59,7 +59,7 @@ def _(k, v, slot_queries, mix, active, resets, cs, cn, c, lse, dc, cap, attn, ch
 
 @torch.library.custom_op("talan::side_path_decode", mutates_args=())
 @_OPS.keep
-def side_path_decode(h: Tensor, core: list[Tensor], mixer_params: list[Tensor], writeback_params: list[Tensor],
+def side_path_decode(h: Tensor, core: List[Tensor], mixer_params: List[Tensor], writeback_params: List[Tensor],
                      active: Tensor, resets: Optional[Tensor], s0: Optional[Tensor], n0: Optional[Tensor],
                      mixer: str, writeback: str, cap: float, zero_add_scale: float,
                      norm_cap_ratio: float) -> tuple[Tensor, Tensor, Tensor]:
