@@ -8,13 +8,14 @@ drift in the machine's speed cancels.
 
 from __future__ import annotations
 
-import os
 import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+
+from talan_kernels.launching import TRITON_INTERPRETER
 
 # Relative RMS error allowed against the fp32 reference, by activation dtype (SPEC §4 tolerances;
 # fp32 on a GPU runs TF32/3xTF32 matmuls, hence the looser GPU value).
@@ -73,7 +74,7 @@ def interpreting() -> bool:
     """``TRITON_INTERPRET=1``: the Triton kernels run on the CPU, in the interpreter. The benchmarks'
     Triton providers then run too, at the CPU's small shapes: a plumbing check of the GPU-only code
     (their correctness gates, the rows), never a timing anyone should read."""
-    return os.environ.get("TRITON_INTERPRET") == "1"
+    return TRITON_INTERPRETER
 
 
 def _import_status(module: str, device: torch.device) -> tuple[bool, str]:

@@ -11,9 +11,15 @@ from Python, against ~0.05 µs for the plain arithmetic.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import torch
+
+# Whether Triton runs its kernels in the interpreter (on CPU tensors). Triton reads TRITON_INTERPRET when a
+# kernel is defined, at import, so a later change of the variable would not take effect anyway; reading it
+# once here also keeps os.environ out of the code that torch.compile traces (torch 2.4's dynamo cannot).
+TRITON_INTERPRETER = os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def use_custom_op() -> bool:

@@ -9,12 +9,11 @@ one opaque op per direction and never graph-breaks.
 from __future__ import annotations
 
 import functools
-import os
 from typing import Optional
 
 import torch
 
-from ..launching import cdiv, next_power_of_2
+from ..launching import TRITON_INTERPRETER, cdiv, next_power_of_2
 from . import ops  # ops.resolve: the registered op while tracing, its implementation in eager mode
 
 _BACKENDS = ("auto", "torch", "triton")
@@ -115,7 +114,7 @@ def dot_in_fp32(dtype: torch.dtype) -> bool:
     core does), so the native-dtype path is testable on the CPU."""
     if dtype == torch.float32:
         return True
-    if os.environ.get("TRITON_INTERPRET") == "1":
+    if TRITON_INTERPRETER:
         return not (INTERPRETER_NATIVE_FP16_DOTS and dtype == torch.float16)
     return False
 
@@ -329,7 +328,7 @@ def _use_triton(backend: str, device: torch.device) -> bool:
         return False
     if backend == "auto":
         return device.type == "cuda"
-    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+    if device.type != "cuda" and not TRITON_INTERPRETER:
         raise RuntimeError(f"backend='triton' needs CUDA tensors, or TRITON_INTERPRET=1 set before triton is "
                            f"imported to run the kernels on the CPU (got tensors on {device})")
     return True

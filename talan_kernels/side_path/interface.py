@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import os
-
+from ..launching import TRITON_INTERPRETER
 from .reference import MIXERS, WRITEBACKS, side_path_ref
 
 BACKENDS = ("auto", "torch", "triton")
@@ -53,7 +52,7 @@ def side_path(h, params, active=None, resets=None, state=None, *, mixer="attn", 
     use_kernels = backend == "triton" or (backend == "auto" and h.is_cuda)
     if not use_kernels:
         return side_path_ref(h, params, active, resets, state, **kwargs)
-    if not h.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+    if not h.is_cuda and not TRITON_INTERPRETER:
         raise RuntimeError("backend='triton' on CPU tensors needs Triton's interpreter: set "
                            "TRITON_INTERPRET=1 before importing triton, or use backend='torch'/'auto'")
     from .triton_path import side_path_triton
