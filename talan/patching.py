@@ -55,7 +55,9 @@ def _active_from_mask_dict(masks: dict, past_len: int) -> torch.Tensor | None:
     """``[B, Q]`` True for the real (not padding) tokens of this forward, read off the per-layer-type
     ``[B, 1, Q, KV]`` masks that ``generate`` builds from the 2-D mask before the model runs (with a
     static cache). Query ``i`` sits at key position ``past_len + i``; it is a real token iff it may
-    attend to itself (padding keys are masked for every query). ``None``: no masking, all real."""
+    attend to itself (padding keys are masked for every query) and to no later position. The second
+    condition matters on torch < 2.5, where transformers opens a padding query's fully masked row to
+    every key (sdpa returned NaN for such rows there). ``None``: no masking, all real."""
     tensors = [m for m in masks.values() if m is not None]
     mask = masks.get("full_attention", tensors[0] if tensors else None)
     if mask is None:
@@ -68,9 +70,10 @@ def _active_from_mask_dict(masks: dict, past_len: int) -> torch.Tensor | None:
     if past_len + q > kv:
         raise ValueError(f"attention mask of shape {tuple(mask.shape)} has {kv} key positions; {past_len} cached "
                          f"+ {q} new tokens need {past_len + q}")
-    idx = torch.arange(q, device=mask.device)
-    self_attend = mask[:, 0, idx, past_len + idx]  # [B, Q]
-    return self_attend if self_attend.dtype == torch.bool else self_attend == 0  # additive masks: 0 = attend
+    allowed = mask[:, 0] if mask.dtype == torch.bool else mask[:, 0] == 0  # [B, Q, KV]; additive: 0 = attend
+    position = past_len + torch.arange(q, device=mask.device)
+    later = torch.arange(kv, device=mask.device)[None, :] > position[:, None]  # [Q, KV]
+    return allowed[:, torch.arange(q, device=mask.device), position] & ~(allowed & later).any(-1)
 
 
 class _Patch:

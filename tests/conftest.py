@@ -4,12 +4,18 @@ the same names that return the factory (``def test_x(tiny_qwen3): model = tiny_q
 import pytest
 import torch
 import transformers
+from packaging.version import Version
 
 import talan
 
 # `make test` runs the CPU tests a second time on the oldest transformers/peft the package accepts (4.x);
 # the few behaviours that differ there are marked where they are tested.
 TRANSFORMERS_4 = int(transformers.__version__.split(".")[0]) < 5
+# pyproject accepts torch >= 2.4 (with transformers 4.x; `make test-torch` runs the suite there). transformers
+# builds packed-sequence attention masks, and Trainer resumes, only on torch >= 2.6; accelerate's FSDP2 too.
+TORCH_BEFORE_2_6 = Version(torch.__version__).release[:2] < (2, 6)
+NEEDS_TORCH_2_6 = pytest.mark.skipif(TORCH_BEFORE_2_6, reason="needs torch >= 2.6: transformers' packed-sequence "
+                                     "masks and resume, accelerate's FSDP2 (talan train refuses the first two)")
 
 VOCAB = 128
 HOST = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=3,

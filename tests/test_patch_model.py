@@ -6,7 +6,7 @@ import inspect
 import pytest
 import torch
 import transformers
-from conftest import TRANSFORMERS_4, VOCAB, tiny_batch, tiny_config, tiny_llama, tiny_qwen3
+from conftest import NEEDS_TORCH_2_6, TRANSFORMERS_4, VOCAB, tiny_batch, tiny_config, tiny_llama, tiny_qwen3
 
 import talan
 from talan_kernels.side_path import MIXERS, WRITEBACKS
@@ -103,6 +103,7 @@ def test_left_padded_rows_get_the_result_they_get_alone(site):
         torch.testing.assert_close(batched[i, 10 - len(row):], alone, rtol=1e-5, atol=1e-5)
 
 
+@NEEDS_TORCH_2_6  # older: transformers' attention ignores the boundaries
 @pytest.mark.parametrize("site", SITES)
 def test_packed_sequences_restart_the_memory_at_each_boundary(site):
     model = _live(talan.patch(tiny_qwen3(), tiny_config(site=site, layer=0)))
@@ -251,6 +252,24 @@ def test_four_dimensional_masks_and_unknown_mask_dicts_are_rejected():
         model(ids, attention_mask={"full_attention": object()})
     with pytest.raises(ValueError, match="has 8 key positions"):
         model(ids, attention_mask={"full_attention": torch.ones(2, 1, 10, 8, dtype=torch.bool)})
+
+
+@pytest.mark.parametrize("past_len,q,kv", [(0, 6, 9), (6, 1, 9), (0, 6, 6)])
+def test_padding_read_off_4d_masks_also_when_padding_rows_were_opened(past_len, q, kv):
+    """On torch < 2.5 transformers opens a padding query's fully masked sdpa row to every key; such a
+    row attends to itself too, yet is padding (it also attends to later positions)."""
+    pad = torch.tensor([0, 2, 4])[:, None]  # left padding per row
+    key = torch.arange(kv)[None, None, :]
+    query = past_len + torch.arange(q)[None, :, None]
+    allowed = (key <= query) & (key >= pad[:, :, None])  # [B, Q, KV]
+    want = query[..., 0] >= pad
+    opened = allowed | ~allowed.any(-1, keepdim=True)
+    if past_len == 0:
+        assert not torch.equal(opened, allowed)  # padding queries are present and opened
+    additive = torch.zeros(allowed.shape).masked_fill(~allowed, torch.finfo(torch.float32).min)
+    for mask in (allowed, opened, additive):
+        got = talan.patching._active_from_mask_dict({"full_attention": mask[:, None]}, past_len)
+        assert torch.equal(got, want)
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])  # boolean and additive 4-D masks
