@@ -345,6 +345,28 @@ def _training_arguments(settings: argparse.Namespace) -> TrainingArguments:
         fsdp_config=settings.fsdp_config if settings.fsdp else None)
 
 
+def _torch_before_2_6() -> bool:
+    """torch < 2.6 (a 2.6 pre-release counts as 2.6, as transformers counts it)."""
+    from packaging.version import Version  # a dependency of transformers
+
+    return Version(torch.__version__).release[:2] < (2, 6)
+
+
+def _check_torch_release(settings: argparse.Namespace) -> None:
+    """What transformers does only on torch >= 2.6, refused up front on an older torch (which transformers
+    4.x runs on): there it builds no per-sequence attention mask from the position ids, so packed examples
+    would silently attend across their boundaries; and Trainer refuses the torch.load of a resume's
+    optimizer and RNG state, but only once the model is built. (accelerate refuses FSDP2 there itself.)"""
+    if not _torch_before_2_6():
+        return
+    needs = (("--packing", "packed examples would attend across their boundaries", settings.packing),
+             ("--resume-from-checkpoint", "Trainer loads optimizer and RNG state with torch.load only there",
+              settings.resume_from_checkpoint))
+    for flag, why, asked in needs:
+        if asked:
+            raise ValueError(f"{flag} needs torch >= 2.6 ({why}); this is torch {torch.__version__}")
+
+
 def _check_paths(settings: argparse.Namespace) -> None:
     """Fail on a missing path or a bad combination of flags before anything heavy is built."""
     if settings.model is not None and not Path(settings.model).is_dir():
@@ -368,6 +390,7 @@ def _check_paths(settings: argparse.Namespace) -> None:
                                         "checkpoint of talan train")
     if settings.deepspeed is not None:
         _check_deepspeed_config(settings)
+    _check_torch_release(settings)
 
 
 def _shards_parameters(settings: argparse.Namespace) -> str | None:

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import NEEDS_TORCH_2_6
 from safetensors.torch import load_file
 from train_helpers import (
     ADAPTER_FILES,
@@ -81,6 +82,7 @@ def test_eval_data_reports_the_completion_loss_every_eval_steps(tmp_path):
         train(tmp_path / "run2", "--eval-data", str(tmp_path / "missing.jsonl"))
 
 
+@NEEDS_TORCH_2_6
 def test_packing_trains_like_padded_batches(tmp_path):
     """--packing: each batch is one row of its examples end to end. Attention and TALAN's memory restart at
     every example, so the first step's loss and gradient norm are the padded batch's."""
@@ -177,6 +179,7 @@ def test_every_trainable_parameter_gets_a_gradient(mixer, writeback):
 
 
 # ---- resume ------------------------------------------------------------------------------------------
+@NEEDS_TORCH_2_6
 def test_resume_from_checkpoint_gives_the_uninterrupted_weights(tmp_path):
     flags = ["--max-steps", "6", "--save-steps", "3"]
     full = train(tmp_path / "full", *flags)
@@ -264,6 +267,21 @@ def test_missing_resume_checkpoint_is_a_clear_error(tmp_path):
     (tmp_path / "checkpoint-2").mkdir()
     with pytest.raises(FileNotFoundError, match="talan_config.json is missing"):
         train(tmp_path, "--resume-from-checkpoint", str(tmp_path / "checkpoint-2"))
+
+
+@pytest.mark.parametrize("flag", ["--packing", "--resume-from-checkpoint"])
+def test_what_needs_torch_2_6_is_refused_before_training_on_an_older_torch(tmp_path, monkeypatch, flag):
+    """On torch < 2.6 transformers ignores packed boundaries in attention (silently wrong) and Trainer refuses
+    to resume (after the model is built): talan train says so before it builds anything."""
+    train(tmp_path / "run", "--max-steps", "2", "--save-steps", "2")
+    args = {"--packing": [], "--resume-from-checkpoint": [str(tmp_path / "run" / "checkpoint-2")]}
+    monkeypatch.setattr(talan.train, "build_model", lambda *a: pytest.fail("built a model"))
+    monkeypatch.setattr(torch, "__version__", "2.5.1+cu121")
+    with pytest.raises(ValueError, match=f"{flag} needs torch >= 2.6 .*this is torch 2.5.1"):
+        train(tmp_path / "refused", flag, *args[flag])
+    assert not (tmp_path / "refused").exists()
+    monkeypatch.setattr(torch, "__version__", "2.6.0a0+git1234")  # a pre-release counts as its release
+    talan.train._check_torch_release(parse_train(flag, *args[flag]))
 
 
 @pytest.mark.parametrize("lines, lineno", [

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TRANSFORMERS_4
+from conftest import NEEDS_TORCH_2_6, TORCH_BEFORE_2_6, TRANSFORMERS_4
 from safetensors.torch import load_file
 from train_helpers import ADAPTER_FILES, DEEPSPEED_ZERO3, FAST, TALAN_FILES, max_diff, parse_train, saved_weights, train
 
@@ -149,6 +149,8 @@ def test_deepspeed_zero3_trains_like_ddp_and_resumes_exactly(ddp_run, tmp_path):
     sharded = saved_weights(zero3)
     _assert_weights_close(saved_weights(ddp_run), sharded)
     assert max_diff(sharded, saved_weights(zero3 / "checkpoint-2")) > 1e-3  # steps 3-4 moved the weights
+    if TORCH_BEFORE_2_6:
+        pytest.skip("trained like DDP; resuming needs torch >= 2.6 (Trainer's torch.load)")
     resumed = _torchrun(tmp_path / "resumed", "--deepspeed", str(config),
                         "--resume-from-checkpoint", str(zero3 / "checkpoint-2"), checkpoints=("checkpoint-4",),
                         sharded=True)
@@ -168,6 +170,7 @@ FSDP2_ENV = {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "FSDP_AUTO_WRAP
 
 
 @pytest.mark.slow
+@NEEDS_TORCH_2_6  # accelerate's FSDP2
 def test_fsdp2_trainer_run_trains_like_ddp_and_resumes_exactly(ddp_run, tmp_path):
     """Trainer under FSDP2 on two CPU processes (accelerate's FSDP environment, and its FSDP path forced on
     for CPU processes, see RANK_SCRIPT): the callback gathers the shards into TALAN's files in every
@@ -217,6 +220,8 @@ def test_fsdp_on_cpu_processes_is_refused_instead_of_training_unsharded(tmp_path
     asked = "--fsdp" if how == "flag" else "accelerate launch --use_fsdp"
     if how == "flag" and TRANSFORMERS_4:  # there accelerate itself refuses first (module-state sync, no device)
         assert "There are currently no available devices found" in proc.stderr, proc.stderr[-3000:]
+    elif how == "accelerate" and TORCH_BEFORE_2_6:  # accelerate refuses its FSDP2 on torch < 2.6 itself
+        assert "FSDP2 requires PyTorch >= 2.6" in proc.stderr, proc.stderr[-3000:]
     else:
         assert f"{asked}: accelerate runs FSDP on GPU processes only" in proc.stderr, proc.stderr[-3000:]
     assert not list((tmp_path / "run").glob("checkpoint-*"))
@@ -361,6 +366,7 @@ dist.destroy_process_group()
 
 
 @pytest.mark.slow
+@NEEDS_TORCH_2_6  # torch.distributed.fsdp.fully_shard
 def test_torchrun_fsdp2_gathered_talan_tensors_are_full_and_reload(tmp_path):
     """Real FSDP2 sharding (fully_shard over gloo), without Trainer: gather, pick TALAN's tensors, write, reload."""
     script = tmp_path / "fsdp2_script.py"
