@@ -92,6 +92,16 @@ _REGS = re.compile(r"Used (\d+) registers")
 _SPILL = re.compile(r"(\d+) bytes spill stores, (\d+) bytes spill loads")
 
 
+def triton_ptxas(arch: int) -> str:
+    """The path of the ptxas that this Triton compiles ``sm_<arch>`` with."""
+    from triton.backends.nvidia import compiler
+
+    if not hasattr(compiler, "get_ptxas"):  # Triton < 3.3: one ptxas for every arch, a (path, version) tuple
+        return compiler._path_to_binary("ptxas")[0]
+    ptxas = compiler.get_ptxas(arch)
+    return ptxas.path if hasattr(ptxas, "path") else ptxas[0]  # Triton < 3.4: a (path, version) tuple
+
+
 def compile_for_gpu(kernel, signature: dict, constexprs: dict, arch: int, num_warps: int = 4,
                     num_stages: int = 2) -> CompiledKernelInfo:
     """Compile a ``@triton.jit`` kernel for ``sm_<arch>`` with no GPU present and report what
@@ -102,15 +112,13 @@ def compile_for_gpu(kernel, signature: dict, constexprs: dict, arch: int, num_wa
     """
     import triton
     from triton.backends.compiler import GPUTarget
-    from triton.backends.nvidia.compiler import get_ptxas
     from triton.compiler import ASTSource
 
     src = ASTSource(fn=kernel, signature=signature, constexprs=constexprs)
     compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
                               options={"num_warps": num_warps, "num_stages": num_stages})
     ptx = compiled.asm["ptx"]
-    ptxas = get_ptxas(arch)
-    ptxas = ptxas.path if hasattr(ptxas, "path") else ptxas[0]  # Triton < 3.4: a (path, version) tuple
+    ptxas = triton_ptxas(arch)
     gpu_name = f"sm_{arch}a" if arch == 90 else f"sm_{arch}"
     with tempfile.TemporaryDirectory() as tmp:
         ptx_path = Path(tmp) / "kernel.ptx"

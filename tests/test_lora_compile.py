@@ -137,8 +137,9 @@ def _compile(kernel, shape, dtype, arch):
     pass the divisibility attributes a real launch has)."""
     import triton
     from triton.backends.compiler import GPUTarget
-    from triton.backends.nvidia.compiler import get_ptxas
     from triton.compiler import ASTSource
+
+    from talan_kernels.testing import triton_ptxas
 
     M, R = _SHAPES[shape]
     fn, sig, consts, attrs, warps, stages = _CASES[kernel](M, R, dtype)
@@ -148,7 +149,7 @@ def _compile(kernel, shape, dtype, arch):
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "kernel.ptx"
         path.write_text(ptx)
-        proc = subprocess.run([get_ptxas(arch).path, "-v", f"--gpu-name=sm_{arch}{'a' if arch == 90 else ''}",
+        proc = subprocess.run([triton_ptxas(arch), "-v", f"--gpu-name=sm_{arch}{'a' if arch == 90 else ''}",
                                str(path), "-o", str(Path(tmp) / "kernel.cubin")], capture_output=True, text=True,
                               check=True)
     log = proc.stdout + proc.stderr
