@@ -24,7 +24,17 @@ HF_FLOOR_DEPS   := accelerate==1.10.1 huggingface_hub==0.36.2 tokenizers==0.22.2
                    charset-normalizer
 HF_COMPAT       := $(VENV)/hf-floor
 
-.PHONY: venv test lint demo report bench bench-quick clean
+# Opt-in, never part of `make test`: the CPU and interpreter suites on an older torch, in a venv of its own.
+# PyPI has CUDA builds only of an older torch for x86_64 (2-5 GB with their CUDA libraries, which also run
+# on a CPU), so make test installs none. The default is the floor of pyproject (torch 2.4.1, which pins
+# Triton 3.0, on transformers 4.57.6 / peft 0.17.1; numpy < 2, which Triton < 3.2's interpreter needs).
+# The GPU check machine's torch: make test-old-torch OLD_TORCH=2.11.0 OLD_TORCH_DEPS='"transformers>=5,<6" \
+#   "peft>=0.17" "numpy<2.4"' (Triton 3.6's interpreter needs numpy < 2.4).
+OLD_TORCH      ?= 2.4.1
+OLD_TORCH_DEPS ?= transformers==4.57.6 peft==0.17.1 accelerate==1.10.1 "numpy<2"
+OLD_VENV       := .venv-torch-$(OLD_TORCH)
+
+.PHONY: venv test test-old-torch lint demo report bench bench-quick clean
 
 venv: $(STAMP)
 
@@ -57,6 +67,13 @@ test: venv lint $(COMPAT)/.installed $(HF_COMPAT)/.installed
 		$(BIN)/python -m pytest -q -m "not gpu and not compile and not interpreter" tests
 	PYTHONPATH=$(HF_COMPAT) TALAN_EXPECT_HF="$(HF_FLOOR)" TRITON_INTERPRET=1 $(BIN)/python -m pytest -q -m "interpreter" tests
 
+test-old-torch:
+	test -x $(OLD_VENV)/bin/python || $(PY) -m venv $(OLD_VENV)
+	$(OLD_VENV)/bin/python -m pip install --quiet torch==$(OLD_TORCH) $(OLD_TORCH_DEPS) safetensors tqdm \
+		matplotlib deepspeed pytest pytest-benchmark
+	PYTHONPATH=. $(OLD_VENV)/bin/python -m pytest -q -rs -m "not gpu and not compile and not interpreter" tests
+	PYTHONPATH=. TRITON_INTERPRET=1 $(OLD_VENV)/bin/python -m pytest -q -rs -m "interpreter" tests
+
 demo: venv
 	$(BIN)/talan demo
 
@@ -70,4 +87,4 @@ bench-quick: venv
 	$(BIN)/python -m pytest -q -rs benchmarks --quick
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) .venv-torch-* build *.egg-info .pytest_cache

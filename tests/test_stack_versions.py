@@ -1,5 +1,6 @@
 """The transformers/peft floors in pyproject.toml are the versions `make test` runs the suite on a second
-time (the Makefile's HF_FLOOR), and that run really imports them."""
+time (the Makefile's HF_FLOOR), and that run really imports them; the torch floor is the release line that
+the opt-in `make test-old-torch` installs by default."""
 
 import os
 import re
@@ -33,6 +34,17 @@ def test_pyproject_floors_are_the_versions_make_test_runs_on():
         assert version in specifier, f"{name}=={version} (tested) is outside pyproject's {specifier}"
         # the floor names the tested release line, so a user on an older one is refused, not untested
         assert len(floors) == 1 and floors[0].release[:2] == version.release[:2], (name, str(specifier))
+
+
+def test_pyproject_torch_floor_is_what_make_test_old_torch_runs_on():
+    tomllib = pytest.importorskip("tomllib")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    torch_req = next(Requirement(line) for line in project["dependencies"] if Requirement(line).name == "torch")
+    found = re.search(r"^OLD_TORCH\s*\?=\s*(\S+)$", (ROOT / "Makefile").read_text(), re.MULTILINE)
+    assert found, "the Makefile has no OLD_TORCH line"
+    tested = Version(found.group(1))
+    floors = [Version(spec.version) for spec in torch_req.specifier if spec.operator == ">="]
+    assert tested in torch_req.specifier and len(floors) == 1 and floors[0].release[:2] == tested.release[:2]
 
 
 def test_runs_against_the_hf_stack_make_test_asked_for():
