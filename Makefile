@@ -25,8 +25,8 @@ HF_FLOOR_DEPS   := accelerate==1.10.1 huggingface_hub==0.36.2 tokenizers==0.22.2
 HF_COMPAT       := $(VENV)/hf-floor
 
 # Opt-in, never part of `make test`: the CPU and interpreter suites on an older torch, in a venv of its own.
-# PyPI has CUDA builds only of an older torch for x86_64 (2-5 GB with their CUDA libraries, which also run
-# on a CPU), so make test installs none. The default is the floor of pyproject (torch 2.4.1, which pins
+# PyPI has CUDA builds only of an older torch for x86_64 (with their CUDA libraries, which also run on a
+# CPU, the torch 2.4.1 venv took 5.3 GB), so make test installs none. The default is the floor of pyproject (torch 2.4.1, which pins
 # Triton 3.0, on transformers 4.57.6 / peft 0.17.1; numpy < 2, which Triton < 3.2's interpreter needs).
 # The GPU check machine's torch: make test-old-torch OLD_TORCH=2.11.0 OLD_TORCH_DEPS='"transformers>=5,<6" \
 #   "peft>=0.17" "numpy<2.4"' (Triton 3.6's interpreter needs numpy < 2.4).

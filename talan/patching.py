@@ -71,9 +71,9 @@ def _active_from_mask_dict(masks: dict, past_len: int) -> torch.Tensor | None:
         raise ValueError(f"attention mask of shape {tuple(mask.shape)} has {kv} key positions; {past_len} cached "
                          f"+ {q} new tokens need {past_len + q}")
     allowed = mask[:, 0] if mask.dtype == torch.bool else mask[:, 0] == 0  # [B, Q, KV]; additive: 0 = attend
-    position = past_len + torch.arange(q, device=mask.device)
-    later = torch.arange(kv, device=mask.device)[None, :] > position[:, None]  # [Q, KV]
-    return allowed[:, torch.arange(q, device=mask.device), position] & ~(allowed & later).any(-1)
+    idx = torch.arange(q, device=mask.device)
+    later = torch.arange(kv, device=mask.device)[None, :] > past_len + idx[:, None]  # [Q, KV]
+    return allowed[:, idx, past_len + idx] & ~(allowed & later).any(-1)
 
 
 class _Patch:

@@ -1,5 +1,9 @@
 """talan_kernels.launching: the launchers' integer helpers, and when callers go through the
-``torch.library`` ops (tracing, dispatch modes) rather than the implementations (plain eager)."""
+``torch.library`` ops (tracing, dispatch modes) rather than the implementations (plain eager); and the
+ops' annotations, as torch 2.4 needs them."""
+
+import inspect
+import types
 
 import pytest
 import torch
@@ -29,9 +33,22 @@ def test_as_fp32_returns_fp32_contiguous_tensors_themselves():
     assert as_fp32(w) is w and not as_fp32(w.double()).requires_grad
 
 
-@pytest.mark.parametrize("ops, names", [
+_OPS_AND_NAMES = [
     (side_path_ops, ("slot_scan_fwd", "slot_scan_bwd", "side_path_decode", "side_path_shrink", "side_path_expand")),
-    (lora_ops, ("lora_linear_fwd", "lora_linear_bwd", "dora_weight_norm"))])
+    (lora_ops, ("lora_linear_fwd", "lora_linear_bwd", "dora_weight_norm"))]
+
+
+@pytest.mark.parametrize("ops, names", _OPS_AND_NAMES)
+def test_op_parameters_are_annotated_as_torch_2_4_infers_schemas(ops, names):
+    """pyproject's torch floor (2.4) infers a custom op's schema only from typing objects: a string
+    annotation (``from __future__ import annotations``) or ``list[Tensor]`` failed every import of talan
+    there. This make test's torch accepts both, so the annotations are checked here."""
+    for name in names:
+        for param, annotation in inspect.signature(ops.resolve(name)).parameters.items():
+            assert not isinstance(annotation.annotation, (str, types.GenericAlias)), (name, param)
+
+
+@pytest.mark.parametrize("ops, names", _OPS_AND_NAMES)
 def test_eager_calls_the_implementation_and_a_dispatch_mode_gets_the_op(ops, names):
     assert not use_custom_op()
     for name in names:
