@@ -41,6 +41,26 @@ def _dot(a, b, acc, DOT_IN_FP32: tl.constexpr):
 
 
 @triton.jit
+def _group_first_tile(M, C, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, GROUP: tl.constexpr):
+    """This program's row block and the first of its GROUP consecutive column tiles (y's N tiles in
+    the forward, dx's K tiles in the backward): ``(pid_g, offs_m, mask_m, first, offs_c, mask_c)``."""
+    pid_m = tl.program_id(0)
+    pid_g = tl.program_id(1)
+    offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
+    first = pid_g * GROUP
+    offs_c = first.to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C).to(tl.int64)
+    return pid_g, offs_m, offs_m < M, first, offs_c, offs_c < C
+
+
+@triton.jit
+def _store_rank_rows(OUT, tile, offs_m, mask_m, R, BLOCK_R: tl.constexpr):
+    """Rows ``offs_m`` of the contiguous [M, R] matrix OUT (S or dS) from a [BLOCK_M, BLOCK_R] tile."""
+    offs_r = tl.arange(0, BLOCK_R).to(tl.int64)
+    tl.store(OUT + offs_m[:, None] * R + offs_r[None, :], tile.to(OUT.dtype.element_ty),
+             mask=mask_m[:, None] & (offs_r < R)[None, :])
+
+
+@triton.jit
 def _fwd_mainloop(
     X, W, A, offs_m, offs_n, mask_m, mask_n, K, R,
     stride_xm, stride_xk, stride_wn, stride_wk, stride_ar, stride_ak,
@@ -113,23 +133,14 @@ def _lora_fwd_kernel(
     epilogue, so the adapter costs no extra pass over x or y and S is computed once per group.
     Without HAS_LORA neither S nor its product is computed (SAVE_S must then be False)."""
     DOT_T: tl.constexpr = tl.float32 if DOT_IN_FP32 else X.dtype.element_ty
-    pid_m = tl.program_id(0)
-    pid_g = tl.program_id(1)
-    offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
-    mask_m = offs_m < M
-    first = pid_g * GROUP_N
-
-    offs_n = first.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
-    mask_n = offs_n < N
+    pid_g, offs_m, mask_m, first, offs_n, mask_n = _group_first_tile(M, N, BLOCK_M, BLOCK_N, GROUP_N)
     acc, s_acc = _fwd_mainloop(X, W, A, offs_m, offs_n, mask_m, mask_n, K, R,
                                stride_xm, stride_xk, stride_wn, stride_wk, stride_ar, stride_ak,
                                HAS_LORA, DOT_T, DOT_IN_FP32, BLOCK_M, BLOCK_N, BLOCK_K, BLOCK_R)
     if SAVE_S:
         # Every group of N tiles computes the same S rows; only the first group stores them.
         if pid_g == 0:
-            offs_r = tl.arange(0, BLOCK_R).to(tl.int64)
-            tl.store(S_OUT + offs_m[:, None] * R + offs_r[None, :], s_acc.to(S_OUT.dtype.element_ty),
-                     mask=mask_m[:, None] & (offs_r < R)[None, :])
+            _store_rank_rows(S_OUT, s_acc, offs_m, mask_m, R, BLOCK_R)
     s_lo = (s_acc * scaling).to(DOT_T)                                                   # [BM, BR]
     _fwd_epilogue(acc, s_lo, B, BIAS, SCALE, Y, Z_OUT, offs_m, offs_n, mask_m, mask_n, N, R,
                   stride_bn, stride_br, HAS_BIAS, HAS_SCALE, SAVE_Z, HAS_LORA, DOT_T, DOT_IN_FP32,
@@ -210,23 +221,14 @@ def _lora_bwd_dx_kernel(
     tile adds ``dS A`` at the end. Without HAS_DX (x needs no gradient) the grid has one column and
     only dS is produced, for dA."""
     DOT_T: tl.constexpr = tl.float32 if DOT_IN_FP32 else DY.dtype.element_ty
-    pid_m = tl.program_id(0)
-    pid_g = tl.program_id(1)
-    offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
-    mask_m = offs_m < M
-    first = pid_g * GROUP_K
-
-    offs_k = first.to(tl.int64) * BLOCK_K + tl.arange(0, BLOCK_K).to(tl.int64)
-    mask_k = offs_k < K
+    pid_g, offs_m, mask_m, first, offs_k, mask_k = _group_first_tile(M, K, BLOCK_M, BLOCK_K, GROUP_K)
     acc, ds = _dx_mainloop(DY, W, B, SCALE, offs_m, offs_k, mask_m, mask_k, N, R,
                            stride_dym, stride_dyn, stride_wn, stride_wk, stride_bn, stride_br,
                            HAS_SCALE, HAS_DX, True, DOT_T, DOT_IN_FP32, BLOCK_M, BLOCK_N, BLOCK_K, BLOCK_R)
     ds = ds * scaling
     if SAVE_DS:
         if pid_g == 0:
-            offs_r = tl.arange(0, BLOCK_R).to(tl.int64)
-            tl.store(DS_OUT + offs_m[:, None] * R + offs_r[None, :], ds.to(DS_OUT.dtype.element_ty),
-                     mask=mask_m[:, None] & (offs_r < R)[None, :])
+            _store_rank_rows(DS_OUT, ds, offs_m, mask_m, R, BLOCK_R)
     if HAS_DX:
         ds_lo = ds.to(DOT_T)                                                             # [BM, BR]
         _dx_epilogue(acc, ds_lo, A, DX, offs_m, offs_k, mask_m, mask_k, K, R, stride_ar, stride_ak,
