@@ -406,10 +406,10 @@ def _shards_parameters(settings: argparse.Namespace) -> str | None:
         config_file = config_file or env.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
     if config_file is not None and Path(config_file).is_file():
         try:
-            config = json.loads(Path(config_file).read_text(encoding="utf-8"))
-        except json.JSONDecodeError:
+            config = _read_deepspeed_config(config_file)
+        except ValueError:
             return None  # --deepspeed was checked before; accelerate reports its own file's errors
-        if isinstance(config, dict) and config.get("zero_optimization", {}).get("stage") == 3:
+        if config.get("zero_optimization", {}).get("stage") == 3:
             return "DeepSpeed ZeRO-3"
     return None
 
@@ -437,17 +437,27 @@ def _use_fused_lora(settings: argparse.Namespace) -> bool:
     return bool(settings.fused_lora)
 
 
+def _read_deepspeed_config(path) -> dict:
+    """A DeepSpeed JSON config as a dict whose ``zero_optimization`` (if any) is a dict too; otherwise a
+    ValueError naming the file (and the line)."""
+    try:
+        config = json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--deepspeed {path}, line {err.lineno}: not valid JSON ({err.msg})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"--deepspeed {path}: expected a JSON object, got {type(config).__name__}")
+    zero = config.get("zero_optimization", {})
+    if not isinstance(zero, dict):
+        raise ValueError(f"--deepspeed {path}: zero_optimization must be a JSON object, got {type(zero).__name__}")
+    return config
+
+
 def _check_deepspeed_config(settings: argparse.Namespace) -> None:
     """Fail before training on a DeepSpeed config that would fail (or drop TALAN's settings) later."""
     path = Path(settings.deepspeed)
     if not path.is_file():
         raise FileNotFoundError(f"--deepspeed {path}: no such file")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"--deepspeed {path}, line {err.lineno}: not valid JSON ({err.msg})") from None
-    if not isinstance(config, dict):
-        raise ValueError(f"--deepspeed {path}: expected a JSON object, got {type(config).__name__}")
+    config = _read_deepspeed_config(path)
     zero = config.get("zero_optimization", {})
     if zero.get("stage") == 3 and not zero.get("stage3_gather_16bit_weights_on_model_save", False):
         # without it the first checkpoint fails after save_steps of training (accelerate cannot gather)

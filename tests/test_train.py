@@ -312,6 +312,7 @@ def test_bad_flag_values_are_rejected(tmp_path, capsys):
     (None, (), FileNotFoundError, "--deepspeed .*missing.json: no such file"),
     ('{"zero_optimization": ', (), ValueError, r"--deepspeed .*ds\.json, line 1: not valid JSON"),
     ("[1, 2]", (), ValueError, "expected a JSON object, got list"),
+    ('{"zero_optimization": 3}', (), ValueError, "zero_optimization must be a JSON object, got int"),
     ('{"zero_optimization": {"stage": 3}}', (), ValueError, "stage3_gather_16bit_weights_on_model_save"),
     (json.dumps({**DEEPSPEED_ZERO3, "optimizer": {"type": "AdamW"}}), ("--talan-lr", "0.05"), ValueError,
      "'optimizer' section replaces Trainer's optimizer"),
