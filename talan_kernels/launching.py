@@ -21,6 +21,12 @@ import torch
 # once here also keeps os.environ out of the code that torch.compile traces (torch 2.4's dynamo cannot).
 TRITON_INTERPRETER = os.environ.get("TRITON_INTERPRET") == "1"
 
+# Compile options that every launch passes, and that the compile tests compile with. FMA contraction is
+# on, as every Triton up to 3.9 defaults to and as the kernels' configurations were tuned (registers,
+# spills) and checked with. Triton 3.9 warns on each process whose launches leave it unset, and 3.10
+# turns the default off. TRITON_FORCE_DISABLE_FP_FUSION=1 still overrides it.
+COMPILE_OPTIONS = {"enable_fp_fusion": True}
+
 
 def use_custom_op() -> bool:
     """Whether a launcher's caller must go through the ``torch.library`` op rather than call the

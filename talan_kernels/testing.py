@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from .launching import COMPILE_OPTIONS
+
 
 def rel_rms(out: torch.Tensor, ref: torch.Tensor) -> float:
     """Relative RMS error ``||out - ref|| / ||ref||`` computed in fp64 (0 when both are 0)."""
@@ -116,7 +118,7 @@ def compile_for_gpu(kernel, signature: dict, constexprs: dict, arch: int, num_wa
 
     src = ASTSource(fn=kernel, signature=signature, constexprs=constexprs)
     compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
-                              options={"num_warps": num_warps, "num_stages": num_stages})
+                              options={"num_warps": num_warps, "num_stages": num_stages, **COMPILE_OPTIONS})
     ptx = compiled.asm["ptx"]
     ptxas = triton_ptxas(arch)
     gpu_name = f"sm_{arch}a" if arch == 90 else f"sm_{arch}"

@@ -14,6 +14,7 @@ import pytest
 
 pytest.importorskip("triton")
 
+from talan_kernels.launching import COMPILE_OPTIONS  # noqa: E402
 from talan_kernels.lora import interface  # noqa: E402
 
 pytestmark = pytest.mark.compile
@@ -144,7 +145,8 @@ def _compile(kernel, shape, dtype, arch):
     M, R = _SHAPES[shape]
     fn, sig, consts, attrs, warps, stages = _CASES[kernel](M, R, dtype)
     compiled = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs),
-                              target=GPUTarget("cuda", arch, 32), options={"num_warps": warps, "num_stages": stages})
+                              target=GPUTarget("cuda", arch, 32),
+                              options={"num_warps": warps, "num_stages": stages, **COMPILE_OPTIONS})
     ptx = compiled.asm["ptx"]
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "kernel.ptx"

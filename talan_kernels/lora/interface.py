@@ -13,7 +13,7 @@ from typing import Optional
 
 import torch
 
-from ..launching import TRITON_INTERPRETER, cdiv, next_power_of_2
+from ..launching import COMPILE_OPTIONS, TRITON_INTERPRETER, cdiv, next_power_of_2
 from . import ops  # ops.resolve: the registered op while tracing, its implementation in eager mode
 
 _BACKENDS = ("auto", "torch", "triton")
@@ -135,7 +135,7 @@ def _empty(shape, device, dtype) -> torch.Tensor:
 
 def _split(cfg: dict) -> tuple[dict, dict]:
     meta = {k: v for k, v in cfg.items() if k.startswith(("BLOCK_", "GROUP_"))}
-    launch = {k: cfg[k] for k in ("num_warps", "num_stages")}
+    launch = {**{k: cfg[k] for k in ("num_warps", "num_stages")}, **COMPILE_OPTIONS}
     return meta, launch
 
 

@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from ..launching import as_fp32, next_power_of_2
+from ..launching import COMPILE_OPTIONS, as_fp32, next_power_of_2
 from . import ops  # ops.resolve: the registered op while tracing, its implementation in eager mode
 from .kernels import _side_path_decode_kernel
 from .reference import RMS_EPS
@@ -57,7 +57,7 @@ def decode_launch(h, core, mixer_params, writeback_params, active, resets, s0, n
         d, m, r, 1.0 / math.sqrt(r), cap, RMS_EPS, zero_add_scale, norm_cap_ratio,
         MIXER=MIXER_IDS[mixer], WRITEBACK=WRITEBACK_IDS[writeback],
         GATE_PER_CHANNEL=writeback == "tanh_gate" and writeback_params[0].numel() == d,
-        HAS_RESETS=resets is not None, HAS_STATE=has_state, **decode_config(d, m, r, h.device.type))
+        HAS_RESETS=resets is not None, HAS_STATE=has_state, **decode_config(d, m, r, h.device.type), **COMPILE_OPTIONS)
     return out, s_out, n_out
 
 

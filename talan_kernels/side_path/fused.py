@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import torch
 
-from ..launching import cdiv, next_power_of_2
+from ..launching import COMPILE_OPTIONS, cdiv, next_power_of_2
 from . import ops  # noqa: F401  (registers torch.ops.talan.*)
 from .decode import WRITEBACK_IDS
 from .fused_kernels import _side_path_expand_kernel, _side_path_shrink_kernel
@@ -66,9 +66,8 @@ def fused_kernel_configs(d: int, r: int, writeback: str, device_type: str) -> di
 
 def _launch_opts(cfg: dict) -> tuple[dict, dict]:
     """Split a config into the kernel's constexprs and the launch options."""
-    launch = {k: cfg[k] for k in ("num_warps", "num_stages")}
-    consts = {k: v for k, v in cfg.items() if k not in launch and k != "D_PER_PROG"}
-    return consts, launch
+    consts = {k: v for k, v in cfg.items() if k not in ("num_warps", "num_stages", "D_PER_PROG")}
+    return consts, {"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"], **COMPILE_OPTIONS}
 
 
 def _new(shape, dtype, device) -> torch.Tensor:

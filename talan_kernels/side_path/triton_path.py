@@ -24,7 +24,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..launching import as_fp32, cdiv, next_power_of_2
+from ..launching import COMPILE_OPTIONS, as_fp32, cdiv, next_power_of_2
 from . import ops  # registers torch.ops.talan.*; ops.resolve picks op or implementation
 from .decode import side_path_decode
 from .fused_train import ExpandFunction, ShrinkFunction
@@ -90,10 +90,11 @@ def slot_scan_fwd(k, v, slot_queries, mix, active, resets, s0, n0, cap: float, a
     res = resets if has_resets else active  # never read without HAS_RESETS
     _slot_state_fwd_kernel[(b, cdiv(m, cfg["state_fwd"]["BM"]))](
         k, v, slot_queries, active, res, s0 if has_state else k, n0 if has_state else k, cs, cn, s_out, n_out,
-        t, m, r, nc, 1.0 / math.sqrt(r), cap, HAS_RESETS=has_resets, HAS_STATE=has_state, **cfg["state_fwd"])
+        t, m, r, nc, 1.0 / math.sqrt(r), cap, HAS_RESETS=has_resets, HAS_STATE=has_state, **cfg["state_fwd"],
+        **COMPILE_OPTIONS)
     _slot_scan_fwd_kernel[(nc, b)](
         k, v, slot_queries, mix, active, res, cs, cn, c, lse if attn else c, t, m, r, nc, 1.0 / math.sqrt(r), cap,
-        ATTN=attn, HAS_RESETS=has_resets, **cfg["scan_fwd"])
+        ATTN=attn, HAS_RESETS=has_resets, **cfg["scan_fwd"], **COMPILE_OPTIONS)
     return c, lse, cs, cn, s_out, n_out
 
 
@@ -116,12 +117,12 @@ def slot_scan_bwd(k, v, slot_queries, mix, active, resets, cs, cn, c, lse, dc, c
     cfg = chunk_kernel_configs(r, m, chunk_size, dev.type)
     _slot_scan_bwd_kernel[(nc, b)](
         k, v, slot_queries, mix, active, res, cs, cn, c, lse if attn else c, dc, dk, dv, dquery, dqs,
-        dbeta, d1, d2, t, m, r, nc, scale, cap, ATTN=attn, HAS_RESETS=has_resets, **cfg["scan_bwd"])
+        dbeta, d1, d2, t, m, r, nc, scale, cap, ATTN=attn, HAS_RESETS=has_resets, **cfg["scan_bwd"], **COMPILE_OPTIONS)
     _slot_state_bwd_kernel[(b, cdiv(m, cfg["state_bwd"]["BM"]))](
-        res, d1, d2, g1, g2, t, m, r, nc, HAS_RESETS=has_resets, **cfg["state_bwd"])
+        res, d1, d2, g1, g2, t, m, r, nc, HAS_RESETS=has_resets, **cfg["state_bwd"], **COMPILE_OPTIONS)
     _slot_carry_bwd_kernel[(nc, b)](
         k, v, slot_queries, active, res, g1, g2, dk, dv, dqs, t, m, r, nc, scale, cap,
-        HAS_RESETS=has_resets, **cfg["carry_bwd"])
+        HAS_RESETS=has_resets, **cfg["carry_bwd"], **COMPILE_OPTIONS)
     dmix = dquery if attn else dbeta.sum((0, 1))
     return dk, dv, dqs.sum((0, 1)), dmix
 
