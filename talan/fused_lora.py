@@ -15,7 +15,6 @@ autocast runs peft's matmuls (the DoRA magnitude stays in its own dtype).
 
 from __future__ import annotations
 
-import functools
 import types
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -49,13 +48,21 @@ class _FusedState:
     norm_cache: DoraNormCache
 
 
-@functools.cache
-def _peft_classes():
-    from peft.tuners.lora.layer import Linear as LoraLinear
-    from peft.tuners.lora.layer import LoraLayer
-    from peft.tuners.lora.variants import DoraLinearVariant
+_PEFT_CLASSES: Optional[tuple] = None
 
-    return LoraLayer, LoraLinear, DoraLinearVariant
+
+def _peft_classes():
+    """peft's ``(LoraLayer, lora.Linear, DoraLinearVariant)``, imported on first use. Cached in a plain
+    global, not ``functools.cache``: the forward calls it, and dynamo warns on every compile that traces
+    through an lru_cache wrapper (it ignores the cache)."""
+    global _PEFT_CLASSES
+    if _PEFT_CLASSES is None:
+        from peft.tuners.lora.layer import Linear as LoraLinear
+        from peft.tuners.lora.layer import LoraLayer
+        from peft.tuners.lora.variants import DoraLinearVariant
+
+        _PEFT_CLASSES = (LoraLayer, LoraLinear, DoraLinearVariant)
+    return _PEFT_CLASSES
 
 
 def _static_reason(layer) -> Optional[str]:
