@@ -84,6 +84,10 @@ def _import_status(module: str, device: torch.device) -> tuple[bool, str]:
         __import__(module)
     except Exception as exc:  # a kernel being written may not import yet: skip it, never crash
         return False, f"{module} does not import: {type(exc).__name__}: {exc}"
+    from talan_kernels.launching import GPU_KERNELS_UNAVAILABLE
+
+    if device.type == "cuda" and not interpreting() and GPU_KERNELS_UNAVAILABLE:
+        return False, GPU_KERNELS_UNAVAILABLE  # its compiler would abort the process on some kernels
     return True, ""
 
 

@@ -424,11 +424,14 @@ def _check_fsdp_took_effect(settings: argparse.Namespace, trainer) -> None:
 
 
 def _use_fused_lora(settings: argparse.Namespace) -> bool:
-    """``--fused-lora``: on, off, or (unset) on for an unsharded run on a CUDA device."""
+    """``--fused-lora``: on, off, or (unset) on for an unsharded run on a CUDA device where the kernels
+    compile (not on a Triton older than ``talan_kernels.launching.MIN_GPU_TRITON``)."""
+    from talan_kernels.launching import GPU_KERNELS_UNAVAILABLE
+
     sharded = _shards_parameters(settings)
     if settings.fused_lora is None:
         on_gpu = torch.cuda.is_available() and not settings.use_cpu
-        return on_gpu and sharded is None
+        return on_gpu and sharded is None and GPU_KERNELS_UNAVAILABLE is None
     if settings.fused_lora and sharded is not None:
         # the fused op reads the whole base weight inside the LoRA layer's forward, where the sharding
         # wrapper has not gathered it (it gathers per wrapped module, around that module's own forward)

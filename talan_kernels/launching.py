@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from typing import Optional
 
 import torch
 
@@ -21,11 +22,54 @@ import torch
 # once here also keeps os.environ out of the code that torch.compile traces (torch 2.4's dynamo cannot).
 TRITON_INTERPRETER = os.environ.get("TRITON_INTERPRET") == "1"
 
+# The oldest Triton whose compiler builds every kernel here for sm_80 and sm_90. Older ones abort the whole
+# process with an LLVM error on some of them (seen compiling for both archs without a GPU: 3.0 and 3.1 on the
+# chunk scans' 3xTF32 products, 3.2 on those and on the LoRA forward and dx kernels at r >= 64 for sm_90). Below it the
+# kernels never launch on a GPU: backend "auto" takes the PyTorch path there and "triton" raises. The
+# interpreter (TRITON_INTERPRET=1, CPU tensors) runs them on any Triton >= 3.0.
+MIN_GPU_TRITON = (3, 3)
+
+
+def _gpu_kernels_unavailable() -> Optional[str]:
+    try:
+        import triton
+    except ImportError:
+        return "Triton is not installed"
+    release = tuple(int(part) for part in triton.__version__.split(".")[:2])
+    if release < MIN_GPU_TRITON:
+        return (f"Triton {triton.__version__} cannot compile every kernel (its compiler aborts on some); they "
+                f"need Triton >= {'.'.join(map(str, MIN_GPU_TRITON))}, as torch >= 2.7 installs")
+    return None
+
+
+# Why the kernels cannot run on a GPU with this install, or None. Read once at import, like
+# TRITON_INTERPRETER, so that the per-call backend choice stays a constant for torch.compile.
+GPU_KERNELS_UNAVAILABLE = _gpu_kernels_unavailable()
+
 # Compile options that every launch passes, and that the compile tests compile with. FMA contraction is
 # on, as every Triton up to 3.9 defaults to and as the kernels' configurations were tuned (registers,
 # spills) and checked with. Triton 3.9 warns on each process whose launches leave it unset, and 3.10
 # turns the default off. TRITON_FORCE_DISABLE_FP_FUSION=1 still overrides it.
 COMPILE_OPTIONS = {"enable_fp_fusion": True}
+
+
+def use_kernels(backend: str, device: torch.device) -> bool:
+    """Whether a call with a valid ``backend`` ("auto", "torch" or "triton") on tensors on ``device`` runs
+    the Triton kernels: "auto" on CUDA tensors where the kernels compile; "triton" always, or a
+    RuntimeError that says why they cannot run there."""
+    if backend == "torch":
+        return False
+    on_cuda = device.type == "cuda"
+    gpu_problem = None if TRITON_INTERPRETER else GPU_KERNELS_UNAVAILABLE
+    if backend == "auto":
+        return on_cuda and gpu_problem is None
+    if on_cuda and gpu_problem is not None:
+        raise RuntimeError(f"backend='triton' on CUDA tensors: {gpu_problem}. Use backend='auto' (the PyTorch path "
+                           "with this Triton) or 'torch'")
+    if not on_cuda and not TRITON_INTERPRETER:
+        raise RuntimeError(f"backend='triton' needs CUDA tensors, or TRITON_INTERPRET=1 set before triton is "
+                           f"imported to run the kernels on the CPU (got tensors on {device})")
+    return True
 
 
 def use_custom_op() -> bool:

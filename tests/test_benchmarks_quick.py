@@ -255,3 +255,22 @@ def test_triton_base_provider_is_forward_only():
     assert "triton_base" in LORA_PROVIDERS and "triton_base" in FORWARD_ONLY_PROVIDERS
     with pytest.raises(ValueError, match="forward only"):
         lora_case("triton_base", 8, 16, 4, "fwdbwd", torch.device("cpu"), torch.float32)
+
+
+def test_triton_providers_skip_on_a_gpu_whose_triton_cannot_compile_the_kernels(monkeypatch):
+    """On a Triton older than launching.MIN_GPU_TRITON the kernels never launch on a GPU, so the benchmarks
+    skip their Triton providers with that reason rather than run the PyTorch path under their name."""
+    pytest.importorskip("triton")
+    import torch
+
+    from benchmarks import common
+    from talan_kernels import launching
+
+    if common.interpreting():
+        pytest.skip("under the interpreter the kernels run on any Triton")
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(launching, "GPU_KERNELS_UNAVAILABLE", None)
+    assert common.lora_triton_status(cuda) == (True, "") and common.side_path_triton_status(cuda) == (True, "")
+    monkeypatch.setattr(launching, "GPU_KERNELS_UNAVAILABLE", "Triton 3.2.0 cannot compile every kernel")
+    for status in (common.lora_triton_status, common.side_path_triton_status):
+        assert status(cuda) == (False, "Triton 3.2.0 cannot compile every kernel")

@@ -70,3 +70,33 @@ def test_torch_compile_traces_the_op():
     torch.compile(fn, backend="eager", fullgraph=True)(torch.ones(2))
     assert seen == [True]
     torch._dynamo.reset()
+
+
+
+def test_kernels_run_on_a_gpu_only_with_a_triton_whose_compiler_builds_them(monkeypatch):
+    """Triton < 3.3 aborts the process compiling some kernels (launching.MIN_GPU_TRITON): there "auto" takes
+    the PyTorch path on CUDA tensors and "triton" says why it cannot run. The interpreter runs on any Triton."""
+    triton = pytest.importorskip("triton")
+    from talan_kernels import launching
+    from talan_kernels.lora.interface import _use_triton
+
+    monkeypatch.setattr(triton, "__version__", "3.2.0")
+    reason = launching._gpu_kernels_unavailable()
+    assert "Triton 3.2.0 cannot compile" in reason and ">= 3.3" in reason
+    for version in ("3.3.1", "3.6.0", "3.10.0"):
+        monkeypatch.setattr(triton, "__version__", version)
+        assert launching._gpu_kernels_unavailable() is None, version
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    monkeypatch.setattr(launching, "TRITON_INTERPRETER", False)
+    monkeypatch.setattr(launching, "GPU_KERNELS_UNAVAILABLE", None)
+    assert launching.use_kernels("auto", cuda) and launching.use_kernels("triton", cuda)
+    assert not launching.use_kernels("auto", cpu) and not launching.use_kernels("torch", cuda)
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+        launching.use_kernels("triton", cpu)
+    monkeypatch.setattr(launching, "GPU_KERNELS_UNAVAILABLE", reason)
+    assert not launching.use_kernels("auto", cuda) and not _use_triton("auto", cuda)
+    with pytest.raises(RuntimeError, match=r"backend='triton' on CUDA tensors: Triton 3\.2\.0 cannot compile"):
+        _use_triton("triton", cuda)
+    monkeypatch.setattr(launching, "TRITON_INTERPRETER", True)
+    assert launching.use_kernels("triton", cpu) and launching.use_kernels("auto", cuda)

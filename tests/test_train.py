@@ -6,6 +6,7 @@ rate, resuming gives the uninterrupted run's weights, --fused-lora trains like p
 FSDP2) are in test_train_distributed.py.
 """
 
+import argparse
 import json
 from pathlib import Path
 
@@ -227,6 +228,24 @@ def test_fused_lora_is_refused_where_the_base_weights_are_sharded(tmp_path, monk
     with pytest.raises(ValueError, match="FSDP shards the base weights"):
         train(tmp_path / "run", "--fused-lora")
     assert not (tmp_path / "run").exists()
+
+
+def test_fused_lora_is_on_by_default_only_on_a_gpu_where_the_kernels_compile(monkeypatch):
+    """Unset --fused-lora: on for an unsharded CUDA run, but not on a Triton whose compiler aborts on some
+    of the kernels (launching.GPU_KERNELS_UNAVAILABLE), where peft's own forward is the better default."""
+    from talan.train import _use_fused_lora
+    from talan_kernels import launching
+
+    for name in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"):
+        monkeypatch.delenv(name, raising=False)
+    settings = argparse.Namespace(fused_lora=None, use_cpu=False, fsdp=False, deepspeed=None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(launching, "GPU_KERNELS_UNAVAILABLE", None)
+    assert _use_fused_lora(settings) is True
+    monkeypatch.setattr(launching, "GPU_KERNELS_UNAVAILABLE", "Triton 3.2.0 cannot compile every kernel")
+    assert _use_fused_lora(settings) is False
+    settings.fused_lora = True  # asked for: its layers run the PyTorch reference of the op there
+    assert _use_fused_lora(settings) is True
 
 
 # ---- settings ----------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from typing import Optional
 
 import torch
 
-from ..launching import COMPILE_OPTIONS, TRITON_INTERPRETER, cdiv, next_power_of_2
+from ..launching import COMPILE_OPTIONS, TRITON_INTERPRETER, cdiv, next_power_of_2, use_kernels
 from . import ops  # ops.resolve: the registered op while tracing, its implementation in eager mode
 
 _BACKENDS = ("auto", "torch", "triton")
@@ -324,14 +324,7 @@ class _LoraLinearFunction(torch.autograd.Function):
 def _use_triton(backend: str, device: torch.device) -> bool:
     if backend not in _BACKENDS:
         raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
-    if backend == "torch":
-        return False
-    if backend == "auto":
-        return device.type == "cuda"
-    if device.type != "cuda" and not TRITON_INTERPRETER:
-        raise RuntimeError(f"backend='triton' needs CUDA tensors, or TRITON_INTERPRET=1 set before triton is "
-                           f"imported to run the kernels on the CPU (got tensors on {device})")
-    return True
+    return use_kernels(backend, device)
 
 
 def _check(x, weight, lora_A, lora_B, bias, extra: dict, use_triton: bool) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..launching import TRITON_INTERPRETER
+from ..launching import use_kernels
 from .reference import MIXERS, WRITEBACKS, side_path_ref
 
 BACKENDS = ("auto", "torch", "triton")
@@ -41,7 +41,8 @@ def side_path(h, params, active=None, resets=None, state=None, *, mixer="attn", 
         active: ``[B, T]`` 0/1 or None. resets: ``[B, T]`` bool or None (packed-sequence starts).
         state: ``(S [B, M], N [B, M, R])`` fp32 decode state or None.
         backend: ``"torch"`` (reference), ``"triton"`` (kernels; on CPU tensors only under
-            ``TRITON_INTERPRET=1``), ``"auto"`` (kernels on CUDA tensors, reference otherwise).
+            ``TRITON_INTERPRET=1``), ``"auto"`` (kernels on CUDA tensors, reference otherwise, and on
+            a Triton older than ``launching.MIN_GPU_TRITON``).
 
     Returns:
         ``h'`` ``[B, T, D]`` in ``h.dtype`` and the final state ``(S [B, M], N [B, M, R])`` fp32.
@@ -49,12 +50,8 @@ def side_path(h, params, active=None, resets=None, state=None, *, mixer="attn", 
     _check_inputs(h, params, active, resets, state, mixer, writeback, backend)
     kwargs = dict(mixer=mixer, writeback=writeback, cap=cap, zero_add_scale=zero_add_scale,
                   norm_cap_ratio=norm_cap_ratio, grad_scale=grad_scale)
-    use_kernels = backend == "triton" or (backend == "auto" and h.is_cuda)
-    if not use_kernels:
+    if not use_kernels(backend, h.device):
         return side_path_ref(h, params, active, resets, state, **kwargs)
-    if not h.is_cuda and not TRITON_INTERPRETER:
-        raise RuntimeError("backend='triton' on CPU tensors needs Triton's interpreter: set "
-                           "TRITON_INTERPRET=1 before importing triton, or use backend='torch'/'auto'")
     from .triton_path import side_path_triton
 
     return side_path_triton(h, params, active, resets, state, **kwargs)
