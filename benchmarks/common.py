@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from talan_kernels import launching
 from talan_kernels.launching import TRITON_INTERPRETER
 
 # Relative RMS error allowed against the fp32 reference, by activation dtype (SPEC §4 tolerances;
@@ -84,10 +85,9 @@ def _import_status(module: str, device: torch.device) -> tuple[bool, str]:
         __import__(module)
     except Exception as exc:  # a kernel being written may not import yet: skip it, never crash
         return False, f"{module} does not import: {type(exc).__name__}: {exc}"
-    from talan_kernels.launching import GPU_KERNELS_UNAVAILABLE
-
-    if device.type == "cuda" and not interpreting() and GPU_KERNELS_UNAVAILABLE:
-        return False, GPU_KERNELS_UNAVAILABLE  # its compiler would abort the process on some kernels
+    unavailable = launching.GPU_KERNELS_UNAVAILABLE  # read at call time: tests patch it
+    if device.type == "cuda" and not interpreting() and unavailable:
+        return False, unavailable  # its compiler would abort the process on some kernels
     return True, ""
 
 

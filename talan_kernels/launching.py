@@ -11,6 +11,8 @@ from Python, against ~0.05 µs for the plain arithmetic.
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 import os
 from collections.abc import Callable
 from typing import Optional
@@ -30,21 +32,34 @@ TRITON_INTERPRETER = os.environ.get("TRITON_INTERPRET") == "1"
 MIN_GPU_TRITON = (3, 3)
 
 
-def _gpu_kernels_unavailable() -> Optional[str]:
-    try:
-        import triton
-    except ImportError:
+def _installed_triton_version() -> Optional[str]:
+    """The installed Triton's version without importing it (an import costs ~0.3 s of ``import talan``,
+    which CPU users of the PyTorch path never need): from the package metadata of the distributions that
+    ship the ``triton`` module, importing it only when none has any."""
+    for dist in ("triton", "pytorch-triton", "pytorch-triton-rocm"):
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    if importlib.util.find_spec("triton") is None:
+        return None
+    import triton
+
+    return triton.__version__
+
+
+def _gpu_kernels_unavailable(version: Optional[str]) -> Optional[str]:
+    if version is None:
         return "Triton is not installed"
-    release = tuple(int(part) for part in triton.__version__.split(".")[:2])
-    if release < MIN_GPU_TRITON:
-        return (f"Triton {triton.__version__} cannot compile every kernel (its compiler aborts on some); they "
+    if tuple(int(part) for part in version.split(".")[:2]) < MIN_GPU_TRITON:
+        return (f"Triton {version} cannot compile every kernel (its compiler aborts on some); they "
                 f"need Triton >= {'.'.join(map(str, MIN_GPU_TRITON))}, as torch >= 2.7 installs")
     return None
 
 
 # Why the kernels cannot run on a GPU with this install, or None. Read once at import, like
 # TRITON_INTERPRETER, so that the per-call backend choice stays a constant for torch.compile.
-GPU_KERNELS_UNAVAILABLE = _gpu_kernels_unavailable()
+GPU_KERNELS_UNAVAILABLE = _gpu_kernels_unavailable(_installed_triton_version())
 
 # Compile options that every launch passes, and that the compile tests compile with. FMA contraction is
 # on, as every Triton up to 3.9 defaults to and as the kernels' configurations were tuned (registers,

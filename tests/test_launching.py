@@ -80,12 +80,12 @@ def test_kernels_run_on_a_gpu_only_with_a_triton_whose_compiler_builds_them(monk
     from talan_kernels import launching
     from talan_kernels.lora.interface import _use_triton
 
-    monkeypatch.setattr(triton, "__version__", "3.2.0")
-    reason = launching._gpu_kernels_unavailable()
+    assert launching._installed_triton_version() == triton.__version__  # read without importing it
+    reason = launching._gpu_kernels_unavailable("3.2.0")
     assert "Triton 3.2.0 cannot compile" in reason and ">= 3.3" in reason
-    for version in ("3.3.1", "3.6.0", "3.10.0"):
-        monkeypatch.setattr(triton, "__version__", version)
-        assert launching._gpu_kernels_unavailable() is None, version
+    assert launching._gpu_kernels_unavailable(None) == "Triton is not installed"
+    for version in ("3.3.1", "3.6.0", "3.10.0", "3.4.0+git1234abc"):
+        assert launching._gpu_kernels_unavailable(version) is None, version
 
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
     monkeypatch.setattr(launching, "TRITON_INTERPRETER", False)
