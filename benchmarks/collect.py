@@ -42,6 +42,7 @@ from .common import (
     paired_times,
     sync,
 )
+from .profiling import breakdown_markdown, guarded_breakdown
 
 # name -> (target ratio or None, what the row compares). The first seven are the required rows.
 ROWS = {
@@ -247,9 +248,11 @@ def block_share_row(lora, with_talan, setup, device, dtype, train: bool = False)
                        timer=lambda fn: measure(fn, device, rounds=3))
     name = "talan_block_train_share_of_layer" if train else "talan_block_share_of_layer"
     what = "forward + backward" if train else "forward"
+    kernels = guarded_breakdown(timed(block), device, iters=1 if setup["rounds"] == 1 else 5,
+                                measured_s=res["block_s"])
     return _row(name, value=_ms(res["block_s"]), unit="ms", ratio=round(res["ratio_block"], 4),
                 baseline=f"decoder layer {idx} with peft LoRA, {what}: {_ms(res['layer_s'])} ms "
-                         f"({batch}x{tokens} tokens)", detail={"ratios": res["ratios_block"]})
+                         f"({batch}x{tokens} tokens)", detail={"ratios": res["ratios_block"], "kernels": kernels})
 
 
 def train_rows(device, dtype, dry_run: bool) -> list[dict]:
@@ -266,8 +269,10 @@ def train_rows(device, dtype, dry_run: bool) -> list[dict]:
         models = train_models(setup["host"], 16, device, dtype, lora_backend, talan_backend)
         check_train(models, random_ids(2, 16, vocab, device, 5), dtype)
         ids = random_ids(setup["train_batch"], setup["train_len"], vocab, device, 4)
-        res = paired_times({n: train_step_fn(m, ids) for n, m in models.items()}, setup["rounds"], device,
-                           baseline="peft")
+        steps = {n: train_step_fn(m, ids) for n, m in models.items()}
+        res = paired_times(steps, setup["rounds"], device, baseline="peft")
+        kernels = guarded_breakdown(steps["fused"], device, iters=1 if setup["rounds"] == 1 else 3, top=15,
+                                    measured_s=res["fused_s"])
     except Exception as exc:
         traceback.print_exc()
         return [_row(n, error=f"{type(exc).__name__}: {exc}"[:2000]) for n in names]
@@ -281,7 +286,7 @@ def train_rows(device, dtype, dry_run: bool) -> list[dict]:
         _row(names[1], value=_ms(res["fused_s"]), ratio=round(res["ratio_fused"], 4),
              baseline=f"peft eager LoRA step: {_ms(res['peft_s'])} ms ({shape})",
              speedup=round(1 / res["ratio_fused"], 4), lora_backend=lora_backend, talan_backend=talan_backend,
-             detail={"ratios": res["ratios_fused"]}),
+             detail={"ratios": res["ratios_fused"], "kernels": kernels}),
     ]
 
 
@@ -450,6 +455,11 @@ def to_markdown(report: dict) -> str:
         target = f"≤ {r['target']:.3g}" if r.get("target") else ""
         lines.append(f"| {r['name']} | {_fmt(r['value'])} | {_fmt(r['ratio'])} | {target} | {r['baseline'] or ''} "
                      f"| {note.replace('|', '/').splitlines()[0] if note else ''} |")
+    broken_down = [r for r in report["rows"] if isinstance(r.get("detail"), dict) and r["detail"].get("kernels")]
+    if broken_down:
+        lines += ["", "## Where the time goes (torch.profiler, one profiled run after the timing)"]
+        for r in broken_down:
+            lines += breakdown_markdown(r["name"], r["detail"]["kernels"])
     if report.get("benchmarks"):
         lines += ["", "## pytest-benchmark (median)", "", "| benchmark | median ms | GB/s | TFLOP/s |",
                   "|---|---:|---:|---:|"]

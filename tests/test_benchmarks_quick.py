@@ -95,7 +95,14 @@ def test_dry_run_writes_a_well_formed_results_file(dry_run):
         assert "GPU" in rows[name]["skipped"], rows[name]
     for name in ("talan_lora_vs_lora_decode", "talan_block_share_of_layer", "talan_block_train_share_of_layer"):
         assert rows[name]["ratio"] is not None, rows[name]
-    assert "DRY RUN" in results[0].with_suffix(".md").read_text().upper()
+    # the rows that decide the side path's next step say where their time went (CPU operators here)
+    for name in ("talan_block_share_of_layer", "talan_block_train_share_of_layer",
+                 "train_step_talan_fused_vs_peft_lora"):
+        kernels = rows[name]["detail"]["kernels"]
+        assert "error" not in kernels and kernels["us_per_call"] > 0 and kernels["kernels"], (name, kernels)
+    markdown = results[0].with_suffix(".md").read_text()
+    assert "DRY RUN" in markdown.upper()
+    assert "### talan_block_train_share_of_layer" in markdown and "`aten::mm`" in markdown
 
 
 GPU_TESTS = ROOT / "benchmarks" / "gpu_tests.sh"
@@ -274,3 +281,45 @@ def test_triton_providers_skip_on_a_gpu_whose_triton_cannot_compile_the_kernels(
     monkeypatch.setattr(launching, "GPU_KERNELS_UNAVAILABLE", "Triton 3.2.0 cannot compile every kernel")
     for status in (common.lora_triton_status, common.side_path_triton_status):
         assert status(cuda) == (False, "Triton 3.2.0 cannot compile every kernel")
+
+
+def test_kernel_breakdown_counts_the_calls_of_a_known_function():
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    import torch
+
+    from benchmarks.profiling import breakdown_markdown, guarded_breakdown, kernel_breakdown
+
+    a = torch.randn(64, 64)
+    out = kernel_breakdown(lambda: (a @ a) @ a + 1, torch.device("cpu"), iters=3, measured_s=1.0)
+    by_name = {k["name"]: k for k in out["kernels"]}
+    assert by_name["aten::mm"]["calls"] == 2 and by_name["aten::add"]["calls"] == 1, out
+    assert "busy_fraction" not in out  # a CPU's self times include the profiler's overhead
+    assert out["us_per_call"] >= sum(k["us"] for k in out["kernels"]) - 0.05 * len(out["kernels"])
+
+    def broken():
+        raise RuntimeError("no profiler here")
+
+    assert guarded_breakdown(broken, torch.device("cpu")) == {"error": "RuntimeError: no profiler here"}
+    assert "profiler failed" in "\n".join(breakdown_markdown("row", {"error": "RuntimeError: x"}))
+    assert "| `aten::mm` | 2 |" in "\n".join(breakdown_markdown("row", out))
+
+
+def test_device_totals_sum_kernels_by_name_and_leave_host_events_out():
+    """The CUDA branch's aggregation, on profiler events built by hand (no GPU here)."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from types import SimpleNamespace
+
+    from torch.autograd import DeviceType
+    from torch.autograd.profiler_util import Interval
+
+    from benchmarks.profiling import device_totals
+
+    def event(name, device_type, start, end):
+        return SimpleNamespace(name=name, device_type=device_type, time_range=Interval(start, end))
+
+    events = [event("_shrink_kernel", DeviceType.CUDA, 0, 4), event("cudaLaunchKernel", DeviceType.CPU, 0, 9),
+              event("_shrink_kernel", DeviceType.CUDA, 10, 16), event("aten::mm", DeviceType.CPU, 0, 30),
+              event("Memset (Device)", DeviceType.CUDA, 20, 21)]
+    assert device_totals(events) == {"_shrink_kernel": [10.0, 2], "Memset (Device)": [1.0, 1]}
