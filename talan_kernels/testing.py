@@ -7,6 +7,7 @@ Nothing here runs at import time beyond importing torch; triton is imported lazi
 
 from __future__ import annotations
 
+import inspect
 import re
 import subprocess
 import tempfile
@@ -100,7 +101,9 @@ def triton_ptxas(arch: int) -> str:
 
     if not hasattr(compiler, "get_ptxas"):  # Triton < 3.3: one ptxas for every arch, a (path, version) tuple
         return compiler._path_to_binary("ptxas")[0]
-    ptxas = compiler.get_ptxas(arch)
+    # Triton 3.3 and >= 3.6 pick a ptxas per arch; 3.4 and 3.5 have one (get_ptxas() takes no argument)
+    takes_arch = bool(inspect.signature(compiler.get_ptxas).parameters)
+    ptxas = compiler.get_ptxas(arch) if takes_arch else compiler.get_ptxas()
     return ptxas.path if hasattr(ptxas, "path") else ptxas[0]  # Triton < 3.4: a (path, version) tuple
 
 

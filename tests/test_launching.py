@@ -100,3 +100,25 @@ def test_kernels_run_on_a_gpu_only_with_a_triton_whose_compiler_builds_them(monk
         _use_triton("triton", cuda)
     monkeypatch.setattr(launching, "TRITON_INTERPRETER", True)
     assert launching.use_kernels("triton", cpu) and launching.use_kernels("auto", cuda)
+
+
+@pytest.mark.parametrize("takes_arch", [True, False])
+def test_compile_checks_find_ptxas_with_either_get_ptxas_signature(monkeypatch, takes_arch):
+    """Triton 3.3 and >= 3.6 have ``get_ptxas(arch)``; 3.4 and 3.5 ``get_ptxas()``: the compile checks read both
+    (they failed every test on 3.4/3.5 with a TypeError before)."""
+    compiler = pytest.importorskip("triton.backends.nvidia.compiler")
+    from talan_kernels.testing import triton_ptxas
+
+    seen = []
+
+    def with_arch(arch):
+        seen.append(arch)
+        return types.SimpleNamespace(path=f"/ptxas-for-sm_{arch}")
+
+    def without_arch():
+        seen.append(None)
+        return types.SimpleNamespace(path="/ptxas")
+
+    monkeypatch.setattr(compiler, "get_ptxas", with_arch if takes_arch else without_arch, raising=False)
+    assert triton_ptxas(90) == ("/ptxas-for-sm_90" if takes_arch else "/ptxas")
+    assert seen == [90 if takes_arch else None]
