@@ -1,12 +1,19 @@
 """Shared tiny hosts and configs: plain factories (``from conftest import tiny_qwen3``) and fixtures of
 the same names that return the factory (``def test_x(tiny_qwen3): model = tiny_qwen3()``)."""
 
+import os
+
 import pytest
 import torch
 import transformers
 from packaging.version import Version
 
 import talan
+
+if os.environ.get("TRITON_INTERPRET") == "1":  # every interpreted load and store stays inside its launch's tensors
+    import memory_check
+
+    memory_check.install()
 
 # `make test` runs the CPU tests a second time on the oldest transformers/peft the package accepts (4.x);
 # the few behaviours that differ there are marked where they are tested.
