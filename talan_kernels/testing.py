@@ -37,6 +37,11 @@ def assert_rel_rms(out: torch.Tensor, ref: torch.Tensor, tol: float, name: str =
     assert err <= tol, f"{name}: relative RMS error {err:.3e} > {tol:.1e}"
 
 
+# Largest dynamic shared memory one block may use: A100 (sm_80) 163 KiB, H100/H200 (sm_90) 227 KiB. A
+# kernel over it compiles but fails at launch ("out of resource: shared memory").
+SHARED_MEMORY_LIMIT = {80: 166912, 90: 232448}
+
+
 @dataclass
 class CompiledKernelInfo:
     arch: int
@@ -44,6 +49,7 @@ class CompiledKernelInfo:
     spill_stores: int
     spill_loads: int
     ptxas_log: str
+    shared_bytes: int = 0
 
 
 def random_side_path_params(d: int, r: int, m: int, mixer: str, writeback: str, seed: int = 0,
@@ -110,7 +116,7 @@ def triton_ptxas(arch: int) -> str:
 def compile_for_gpu(kernel, signature: dict, constexprs: dict, arch: int, num_warps: int = 4,
                     num_stages: int = 2) -> CompiledKernelInfo:
     """Compile a ``@triton.jit`` kernel for ``sm_<arch>`` with no GPU present and report what
-    Triton's own ptxas (``-v``) says about registers and spills.
+    Triton's own ptxas (``-v``) says about registers and spills, and the shared memory Triton allocated.
 
     ``signature`` maps every argument name to a Triton type string (``"*fp32"``, ``"i32"``,
     ``"fp32"``) or ``"constexpr"``; ``constexprs`` gives the constexpr values.
@@ -137,4 +143,5 @@ def compile_for_gpu(kernel, signature: dict, constexprs: dict, arch: int, num_wa
         raise RuntimeError(f"could not read the register count from ptxas output:\n{log}")
     return CompiledKernelInfo(arch=arch, registers=max(regs),
                               spill_stores=sum(int(s) for s, _ in spills),
-                              spill_loads=sum(int(ld) for _, ld in spills), ptxas_log=log)
+                              spill_loads=sum(int(ld) for _, ld in spills), ptxas_log=log,
+                              shared_bytes=compiled.metadata.shared)

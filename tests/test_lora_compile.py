@@ -21,11 +21,10 @@ if GPU_KERNELS_UNAVAILABLE:  # the launchers never compile the kernels for a GPU
 
 from talan_kernels.launching import COMPILE_OPTIONS  # noqa: E402
 from talan_kernels.lora import interface  # noqa: E402
+from talan_kernels.testing import SHARED_MEMORY_LIMIT  # noqa: E402
 
 pytestmark = pytest.mark.compile
 
-# Largest dynamic shared memory one block may use: A100 (sm_80) 163 KiB, H100/H200 (sm_90) 227 KiB.
-_SMEM_LIMIT = {80: 166912, 90: 232448}
 _MMA = re.compile(r"\b(w?gmma\.mma_async\S*|mma\.sync\S*)")
 _REGS = re.compile(r"Used (\d+) registers")
 _SPILL = re.compile(r"(\d+) bytes spill stores, (\d+) bytes spill loads")
@@ -182,7 +181,7 @@ def test_kernel_compiles_on_tensor_cores_without_spills(kernel, shape, dtype, ar
     regs, spills, ptx, smem = _compile(kernel, shape, dtype, arch)
     where = f"{kernel} {shape} {dtype} sm_{arch}"
     assert spills == 0, f"{where}: {spills} bytes of spill stores and loads ({regs} registers)"
-    assert smem <= _SMEM_LIMIT[arch], f"{where}: {smem} bytes of shared memory > {_SMEM_LIMIT[arch]}"
+    assert smem <= SHARED_MEMORY_LIMIT[arch], f"{where}: {smem} bytes of shared memory > {SHARED_MEMORY_LIMIT[arch]}"
     mmas = set(_MMA.findall(ptx))
     if dtype == "bf16":
         assert mmas, f"{where}: no tensor-core instruction in the PTX"
@@ -210,7 +209,7 @@ def test_base_forward_without_lora_compiles_on_bf16_tensor_cores(shape, arch):
     regs, spills, ptx, smem = _compile("fwd_base", shape, "bf16", arch)
     where = f"fwd_base {shape} bf16 sm_{arch}"
     assert spills == 0, f"{where}: {spills} bytes of spill stores and loads ({regs} registers)"
-    assert smem <= _SMEM_LIMIT[arch], f"{where}: {smem} bytes of shared memory > {_SMEM_LIMIT[arch]}"
+    assert smem <= SHARED_MEMORY_LIMIT[arch], f"{where}: {smem} bytes of shared memory > {SHARED_MEMORY_LIMIT[arch]}"
     mmas = set(_MMA.findall(ptx))
     assert mmas and all(".bf16" in m for m in mmas), f"{where}: {sorted(mmas)}"
     assert "tf32" not in ptx, f"{where}: TF32 left in the bf16 path"

@@ -1,5 +1,5 @@
 """Every side-path kernel, at the meta-parameters its launcher uses, compiles for sm_80 and sm_90
-with Triton's own ptxas (no GPU needed) and spills no registers.
+with Triton's own ptxas (no GPU needed), spills no registers and fits the GPU's shared memory.
 
 Shapes: the defaults r = 64, M = 16 (and M = 32, R = 128 for the decode kernel and the fused
 inference kernels), hidden size 4096; the residual stream in bf16 (and fp32 for the fused kernels).
@@ -21,7 +21,7 @@ from talan_kernels.side_path import kernels as K  # noqa: E402
 from talan_kernels.side_path.decode import WRITEBACK_IDS, decode_config  # noqa: E402
 from talan_kernels.side_path.fused import fused_kernel_configs  # noqa: E402
 from talan_kernels.side_path.triton_path import DEFAULT_CHUNK, chunk_kernel_configs  # noqa: E402
-from talan_kernels.testing import compile_for_gpu  # noqa: E402
+from talan_kernels.testing import SHARED_MEMORY_LIMIT, compile_for_gpu  # noqa: E402
 
 pytestmark = pytest.mark.compile
 
@@ -104,6 +104,7 @@ def test_kernel_compiles_without_spills(name, kernel, config, h_type, arch):
                            num_stages=config.get("num_stages", 3))
     assert info.registers <= 255
     assert info.spill_stores == 0, f"{name} on sm_{arch}: {info.spill_stores} bytes of spill stores\n{info.ptxas_log}"
+    assert info.shared_bytes <= SHARED_MEMORY_LIMIT[arch], f"{name} on sm_{arch}: {info.shared_bytes} B shared"
 
 
 def test_one_pass_tf32_reaches_every_gpu_config_and_compiles_without_spills():
