@@ -53,3 +53,11 @@ def test_json_round_trip_with_version(tmp_path):
 def test_from_dict_rejects_unknown_fields():
     with pytest.raises(ValueError, match="bogus_field"):
         TalanConfig.from_dict({"bogus_field": 1})
+
+
+@pytest.mark.parametrize("field,value", [("latent_dim", 129), ("num_slots", 33)])
+def test_triton_backend_refuses_a_block_larger_than_the_kernels_take(field, value):
+    with pytest.raises(ValueError, match=rf"{field} must be <= \d+ with backend='triton'.*got {value}"):
+        TalanConfig(backend="triton", **{field: value})
+    assert getattr(TalanConfig(backend="auto", **{field: value}), field) == value  # auto: the PyTorch path
+    TalanConfig(backend="triton", latent_dim=128, num_slots=32)  # the largest the kernels take

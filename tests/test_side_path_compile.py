@@ -20,6 +20,7 @@ from talan_kernels.side_path import fused_kernels as FK  # noqa: E402
 from talan_kernels.side_path import kernels as K  # noqa: E402
 from talan_kernels.side_path.decode import WRITEBACK_IDS, decode_config  # noqa: E402
 from talan_kernels.side_path.fused import fused_kernel_configs  # noqa: E402
+from talan_kernels.side_path.interface import MAX_TRITON_LATENT_DIM, MAX_TRITON_SLOTS  # noqa: E402
 from talan_kernels.side_path.triton_path import DEFAULT_CHUNK, chunk_kernel_configs  # noqa: E402
 from talan_kernels.testing import SHARED_MEMORY_LIMIT, compile_for_gpu  # noqa: E402
 
@@ -43,14 +44,14 @@ def _signature(kernel, h_type: str = "*bf16") -> dict:
     return sig
 
 
-def _chunk_cases():
+def _chunk_cases(r: int = 64, m: int = 16):
     kernels = {"state_fwd": K._slot_state_fwd_kernel, "scan_fwd": K._slot_scan_fwd_kernel,
                "scan_bwd": K._slot_scan_bwd_kernel, "state_bwd": K._slot_state_bwd_kernel,
                "carry_bwd": K._slot_carry_bwd_kernel}
     flags = {"state_fwd": dict(HAS_RESETS=True, HAS_STATE=True), "scan_fwd": dict(ATTN=True, HAS_RESETS=True),
              "scan_bwd": dict(ATTN=True, HAS_RESETS=True), "state_bwd": dict(HAS_RESETS=True),
              "carry_bwd": dict(HAS_RESETS=True)}
-    cfgs = chunk_kernel_configs(64, 16, DEFAULT_CHUNK, "cuda")
+    cfgs = chunk_kernel_configs(r, m, DEFAULT_CHUNK, "cuda")
     cases = [(name, kernels[name], {**flags[name], **cfgs[name]}) for name in kernels]
     # the linear mixer takes the other branch of the two heaviest kernels
     cases += [(f"{name}-linear", kernels[name], {**flags[name], **cfgs[name], "ATTN": False})
@@ -105,6 +106,38 @@ def test_kernel_compiles_without_spills(name, kernel, config, h_type, arch):
     assert info.registers <= 255
     assert info.spill_stores == 0, f"{name} on sm_{arch}: {info.spill_stores} bytes of spill stores\n{info.ptxas_log}"
     assert info.shared_bytes <= SHARED_MEMORY_LIMIT[arch], f"{name} on sm_{arch}: {info.shared_bytes} B shared"
+
+
+def _largest_cases():
+    """Every kernel at the largest block the kernels take (interface.MAX_TRITON_*), as the launchers configure it."""
+    r, m = MAX_TRITON_LATENT_DIM, MAX_TRITON_SLOTS
+    cases = [(f"{name}-R{r}-M{m}", kernel, config, "*bf16") for name, kernel, config in _chunk_cases(r, m)]
+    fused = fused_kernel_configs(4096, r, "norm_cap", "cuda")
+    cases.append((f"shrink-R{r}", FK._side_path_shrink_kernel,
+                  dict(STORE_Z=True, HAS_Q=True, HAS_GATE=True, HAS_HNORM=True, **fused["shrink"]), "*bf16"))
+    expand = {k: v for k, v in fused["expand"].items() if k != "D_PER_PROG"}
+    cases.append((f"expand-R{r}", FK._side_path_expand_kernel,
+                  dict(WRITEBACK=WRITEBACK_IDS["norm_cap"], GATE_PER_CHANNEL=True, **expand), "*bf16"))
+    cases.append((f"decode-R{r}-M{m}", K._side_path_decode_kernel,
+                  dict(MIXER=2, WRITEBACK=3, GATE_PER_CHANNEL=True, HAS_RESETS=True, HAS_STATE=True,
+                       **decode_config(4096, m, r)), "*bf16"))
+    return cases
+
+
+@pytest.mark.parametrize("arch", [80, 90])
+def test_the_largest_block_the_kernels_take_fits_shared_memory_and_spills_little(arch):
+    """Beyond the defaults (which spill nothing) up to the sizes the launchers accept: every kernel fits
+    the GPU's shared memory, so it launches, and spills at most 1 KB a thread (measured: <= 900 B, the
+    backward carry kernel, which holds every slot in one tile). One size further, R = 256 or M = 64, the
+    spills reach 9-25 KB and R = 512 exceeds shared memory: those run on the PyTorch path."""
+    worst = {}
+    for name, kernel, config, h_type in _largest_cases():
+        consts = {k: v for k, v in config.items() if k not in ("num_warps", "num_stages")}
+        info = compile_for_gpu(kernel, _signature(kernel, h_type), consts, arch, num_warps=config["num_warps"],
+                               num_stages=config.get("num_stages", 3))
+        assert info.shared_bytes <= SHARED_MEMORY_LIMIT[arch], f"{name}: {info.shared_bytes} B shared"
+        worst[name] = info.spill_stores
+    assert max(worst.values()) <= 1024, worst
 
 
 def test_one_pass_tf32_reaches_every_gpu_config_and_compiles_without_spills():
