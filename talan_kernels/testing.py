@@ -49,7 +49,7 @@ class CompiledKernelInfo:
     spill_stores: int
     spill_loads: int
     ptxas_log: str
-    shared_bytes: int = 0
+    shared_bytes: int  # what Triton allocated (compiled.metadata.shared)
 
 
 def random_side_path_params(d: int, r: int, m: int, mixer: str, writeback: str, seed: int = 0,

@@ -47,10 +47,9 @@ def tensor_extents(arg_names, args, kwargs) -> list[tuple[str, int, int]]:
     return extents
 
 
-def check_access(kind: str, addresses: np.ndarray, mask: np.ndarray, itemsize: int) -> None:
-    """Raise ``OutOfBoundsAccess`` unless every address the mask lets through, with its ``itemsize`` bytes,
-    lies inside one tensor argument of the current launch."""
-    live = _live(addresses, mask)
+def check_access(kind: str, live: np.ndarray, itemsize: int) -> None:
+    """Raise ``OutOfBoundsAccess`` unless every address the mask let through (``live``), with its
+    ``itemsize`` bytes, lies inside one tensor argument of the current launch."""
     if live.size == 0:
         return
     lo, hi = int(live.min()), int(live.max()) + itemsize
@@ -70,7 +69,8 @@ def check_access(kind: str, addresses: np.ndarray, mask: np.ndarray, itemsize: i
 
 
 def _live(addresses: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    return addresses[np.broadcast_to(mask, addresses.shape)] if mask is not None else addresses.ravel()
+    """The addresses the mask lets through (an unmasked access comes with an all-true mask)."""
+    return addresses[np.broadcast_to(mask, addresses.shape)]
 
 
 def _pairs(accesses: list) -> tuple[np.ndarray, np.ndarray]:
@@ -150,14 +150,17 @@ def install() -> None:
         finally:
             _launch["loads"], _launch["stores"] = [], []
 
+    def record_access(kind, builder, ptrs, mask):
+        live = _live(ptrs.data, mask.data)
+        check_access(kind, live, _itemsize(ptrs))
+        _launch[f"{kind}s"].append((live, _program(builder)))
+
     def checked_load(self, ptrs, mask, *rest, **kw):
-        check_access("load", ptrs.data, mask.data, _itemsize(ptrs))
-        _launch["loads"].append((_live(ptrs.data, mask.data), _program(self)))
+        record_access("load", self, ptrs, mask)
         return masked_load(self, ptrs, mask, *rest, **kw)
 
     def checked_store(self, ptrs, value, mask, *rest, **kw):
-        check_access("store", ptrs.data, mask.data, _itemsize(ptrs))
-        _launch["stores"].append((_live(ptrs.data, mask.data), _program(self)))
+        record_access("store", self, ptrs, mask)
         return masked_store(self, ptrs, value, mask, *rest, **kw)
 
     interpreter.GridExecutor.__call__ = checked_launch

@@ -72,7 +72,6 @@ def test_torch_compile_traces_the_op():
     torch._dynamo.reset()
 
 
-
 def test_kernels_run_on_a_gpu_only_with_a_triton_whose_compiler_builds_them(monkeypatch):
     """Triton < 3.3 aborts the process compiling some kernels (launching.MIN_GPU_TRITON): there "auto" takes
     the PyTorch path on CUDA tensors and "triton" says why it cannot run. The interpreter runs on any Triton."""

@@ -42,8 +42,8 @@ def _neighbour_kernel(buf, out, n):
     tl.store(out + pid, tl.load(buf + (pid + 1) % n))
 
 
-def _copy(n, limit, src_len=None):
-    src = torch.arange(float(src_len or n))
+def _copy(n, limit):
+    src = torch.arange(float(n))
     dst = torch.full((n,), float("nan"))
     _copy_kernel[(triton.cdiv(n, 16),)](src, dst, n, limit, BLOCK=16)
     return src, dst

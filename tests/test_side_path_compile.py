@@ -59,29 +59,42 @@ def _chunk_cases(r: int = 64, m: int = 16):
     return cases
 
 
+def _decode_case(mixer: int, writeback: int, m: int, r: int):
+    consts = dict(MIXER=mixer, WRITEBACK=writeback, GATE_PER_CHANNEL=True, HAS_RESETS=True, HAS_STATE=True,
+                  **decode_config(4096, m, r))
+    return f"decode-mixer{mixer}-wb{writeback}-R{r}-M{m}", K._side_path_decode_kernel, consts
+
+
 def _decode_cases():
-    cases = []
-    for mixer, writeback, m, r in ((2, 3, 16, 64), (0, 1, 16, 64), (3, 2, 32, 128), (1, 0, 16, 64)):
-        consts = dict(MIXER=mixer, WRITEBACK=writeback, GATE_PER_CHANNEL=True, HAS_RESETS=True, HAS_STATE=True,
-                      **decode_config(4096, m, r))
-        cases.append((f"decode-mixer{mixer}-wb{writeback}-R{r}", K._side_path_decode_kernel, consts))
-    return cases
+    return [_decode_case(*c) for c in ((2, 3, 16, 64), (0, 1, 16, 64), (3, 2, 32, 128), (1, 0, 16, 64))]
+
+
+def _shrink_case(r: int, h_type: str):
+    """The inference shrink kernel with every optional output/branch."""
+    cfg = fused_kernel_configs(4096, r, "tanh_gate", "cuda")["shrink"]
+    flags = dict(STORE_Z=True, HAS_Q=True, HAS_GATE=True, HAS_HNORM=True)
+    return f"shrink-R{r}-{h_type[1:]}", FK._side_path_shrink_kernel, {**flags, **cfg}, h_type
+
+
+def _expand_case(writeback: str, r: int, h_type: str):
+    cfg = fused_kernel_configs(4096, r, writeback, "cuda")["expand"]
+    cfg = {k: v for k, v in cfg.items() if k != "D_PER_PROG"}
+    flags = dict(WRITEBACK=WRITEBACK_IDS[writeback], GATE_PER_CHANNEL=True)
+    return f"expand-{writeback}-R{r}-{h_type[1:]}", FK._side_path_expand_kernel, {**flags, **cfg}, h_type
 
 
 def _fused_cases():
-    """The inference shrink/expand kernels with every optional output/branch of the heaviest kind."""
-    cases = []
-    for r, h_type in ((64, "*bf16"), (64, "*fp32"), (128, "*bf16")):
-        cfg = fused_kernel_configs(4096, r, "tanh_gate", "cuda")["shrink"]
-        flags = dict(STORE_Z=True, HAS_Q=True, HAS_GATE=True, HAS_HNORM=True)
-        cases.append((f"shrink-R{r}-{h_type[1:]}", FK._side_path_shrink_kernel, {**flags, **cfg}, h_type))
-    for writeback, r, h_type in (("tanh_gate", 64, "*bf16"), ("norm_cap", 64, "*fp32"), ("norm_cap", 128, "*bf16"),
-                                 ("tanh_gate", 128, "*fp32")):
-        cfg = fused_kernel_configs(4096, r, writeback, "cuda")["expand"]
-        cfg = {k: v for k, v in cfg.items() if k != "D_PER_PROG"}
-        flags = dict(WRITEBACK=WRITEBACK_IDS[writeback], GATE_PER_CHANNEL=True)
-        cases.append((f"expand-{writeback}-R{r}-{h_type[1:]}", FK._side_path_expand_kernel, {**flags, **cfg}, h_type))
-    return cases
+    """The inference shrink/expand kernels, the heaviest writebacks, both residual dtypes."""
+    return ([_shrink_case(r, h_type) for r, h_type in ((64, "*bf16"), (64, "*fp32"), (128, "*bf16"))]
+            + [_expand_case(*c) for c in (("tanh_gate", 64, "*bf16"), ("norm_cap", 64, "*fp32"),
+                                          ("norm_cap", 128, "*bf16"), ("tanh_gate", 128, "*fp32"))])
+
+
+def _compile(kernel, config: dict, h_type: str, arch: int):
+    """Compile as launched: num_stages as the fused kernels set it, the others take Triton's default (3)."""
+    consts = {k: v for k, v in config.items() if k not in ("num_warps", "num_stages")}
+    return compile_for_gpu(kernel, _signature(kernel, h_type), consts, arch, num_warps=config["num_warps"],
+                           num_stages=config.get("num_stages", 3))
 
 
 CASES = [(*c, "*bf16") for c in _chunk_cases() + _decode_cases()] + _fused_cases()
@@ -99,10 +112,7 @@ def test_runs_against_the_triton_make_test_asked_for():
 @pytest.mark.parametrize("arch", [80, 90])
 @pytest.mark.parametrize("name,kernel,config,h_type", CASES, ids=[c[0] for c in CASES])
 def test_kernel_compiles_without_spills(name, kernel, config, h_type, arch):
-    # num_stages as launched: the fused kernels set it, the others take Triton's default (3)
-    consts = {k: v for k, v in config.items() if k not in ("num_warps", "num_stages")}
-    info = compile_for_gpu(kernel, _signature(kernel, h_type), consts, arch, num_warps=config["num_warps"],
-                           num_stages=config.get("num_stages", 3))
+    info = _compile(kernel, config, h_type, arch)
     assert info.registers <= 255
     assert info.spill_stores == 0, f"{name} on sm_{arch}: {info.spill_stores} bytes of spill stores\n{info.ptxas_log}"
     assert info.shared_bytes <= SHARED_MEMORY_LIMIT[arch], f"{name} on sm_{arch}: {info.shared_bytes} B shared"
@@ -111,17 +121,8 @@ def test_kernel_compiles_without_spills(name, kernel, config, h_type, arch):
 def _largest_cases():
     """Every kernel at the largest block the kernels take (interface.MAX_TRITON_*), as the launchers configure it."""
     r, m = MAX_TRITON_LATENT_DIM, MAX_TRITON_SLOTS
-    cases = [(f"{name}-R{r}-M{m}", kernel, config, "*bf16") for name, kernel, config in _chunk_cases(r, m)]
-    fused = fused_kernel_configs(4096, r, "norm_cap", "cuda")
-    cases.append((f"shrink-R{r}", FK._side_path_shrink_kernel,
-                  dict(STORE_Z=True, HAS_Q=True, HAS_GATE=True, HAS_HNORM=True, **fused["shrink"]), "*bf16"))
-    expand = {k: v for k, v in fused["expand"].items() if k != "D_PER_PROG"}
-    cases.append((f"expand-R{r}", FK._side_path_expand_kernel,
-                  dict(WRITEBACK=WRITEBACK_IDS["norm_cap"], GATE_PER_CHANNEL=True, **expand), "*bf16"))
-    cases.append((f"decode-R{r}-M{m}", K._side_path_decode_kernel,
-                  dict(MIXER=2, WRITEBACK=3, GATE_PER_CHANNEL=True, HAS_RESETS=True, HAS_STATE=True,
-                       **decode_config(4096, m, r)), "*bf16"))
-    return cases
+    return ([(f"{name}-R{r}-M{m}", kernel, config, "*bf16") for name, kernel, config in _chunk_cases(r, m)]
+            + [_shrink_case(r, "*bf16"), _expand_case("norm_cap", r, "*bf16"), (*_decode_case(2, 3, m, r), "*bf16")])
 
 
 @pytest.mark.parametrize("arch", [80, 90])
@@ -132,9 +133,7 @@ def test_the_largest_block_the_kernels_take_fits_shared_memory_and_spills_little
     spills reach 9-25 KB and R = 512 exceeds shared memory: those run on the PyTorch path."""
     worst = {}
     for name, kernel, config, h_type in _largest_cases():
-        consts = {k: v for k, v in config.items() if k not in ("num_warps", "num_stages")}
-        info = compile_for_gpu(kernel, _signature(kernel, h_type), consts, arch, num_warps=config["num_warps"],
-                               num_stages=config.get("num_stages", 3))
+        info = _compile(kernel, config, h_type, arch)
         assert info.shared_bytes <= SHARED_MEMORY_LIMIT[arch], f"{name}: {info.shared_bytes} B shared"
         worst[name] = info.spill_stores
     assert max(worst.values()) <= 1024, worst
@@ -156,10 +155,7 @@ def test_one_pass_tf32_reaches_every_gpu_config_and_compiles_without_spills():
         assert gpu_precisions() == {"tf32"}
         assert chunk_kernel_configs(64, 16, DEFAULT_CHUNK, "cpu")["scan_bwd"]["DOT_PREC"] == "ieee"
         config = chunk_kernel_configs(64, 16, DEFAULT_CHUNK, "cuda")["scan_bwd"]
-        consts = {k: v for k, v in config.items() if k != "num_warps"}
-        info = compile_for_gpu(K._slot_scan_bwd_kernel, _signature(K._slot_scan_bwd_kernel),
-                               {**consts, "ATTN": True, "HAS_RESETS": True}, 90, num_warps=config["num_warps"],
-                               num_stages=3)
+        info = _compile(K._slot_scan_bwd_kernel, {**config, "ATTN": True, "HAS_RESETS": True}, "*bf16", 90)
         assert info.spill_stores == 0, info.ptxas_log
     assert gpu_precisions() == {"tf32x3"}
     with pytest.raises(ValueError, match="precision must be one of"):

@@ -10,9 +10,9 @@ BACKENDS = ("auto", "torch", "triton")
 # The largest sizes the kernels take. Each holds a whole [*, R] tile, and the backward carry kernel every
 # slot in one tile. Up to these, every kernel compiles for sm_80/sm_90 within shared memory and spills at
 # most about 1 KB a thread at the corner (R = 128, M = 32; none at the defaults R = 64, M = 16); beyond
-# them the spills reach 9-25 KB (R = 256, or M = 64 in the backward) and at R = 512 the shrink and state
-# kernels exceed shared memory, so they would not launch (tests/test_side_path_compile.py). Larger
-# blocks run on the PyTorch path under backend="auto".
+# them the spills reach 9-25 KB (R = 256, or M = 64 in the backward) and at R = 512 the shrink kernel
+# (and, on sm_80, the state kernel) exceeds shared memory, so it would not launch
+# (tests/test_side_path_compile.py). Larger blocks run on the PyTorch path under backend="auto".
 MAX_TRITON_LATENT_DIM = 128
 MAX_TRITON_SLOTS = 32
 
