@@ -55,9 +55,8 @@ def test_from_dict_rejects_unknown_fields():
         TalanConfig.from_dict({"bogus_field": 1})
 
 
-@pytest.mark.parametrize("field,value", [("latent_dim", 129), ("num_slots", 33)])
-def test_triton_backend_refuses_a_block_larger_than_the_kernels_take(field, value):
-    with pytest.raises(ValueError, match=rf"{field} must be <= \d+ with backend='triton'.*got {value}"):
-        TalanConfig(backend="triton", **{field: value})
-    assert getattr(TalanConfig(backend="auto", **{field: value}), field) == value  # auto: the PyTorch path
-    TalanConfig(backend="triton", latent_dim=128, num_slots=32)  # the largest the kernels take
+def test_triton_backend_refuses_a_block_wider_than_the_kernels_take():
+    with pytest.raises(ValueError, match=r"latent_dim must be <= 128 with backend='triton'.*got 129"):
+        TalanConfig(backend="triton", latent_dim=129)
+    assert TalanConfig(backend="auto", latent_dim=129).latent_dim == 129  # auto: the PyTorch path
+    TalanConfig(backend="triton", latent_dim=128, num_slots=1024)  # the widest the kernels take; any M

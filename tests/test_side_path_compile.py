@@ -2,7 +2,8 @@
 with Triton's own ptxas (no GPU needed), spills no registers and fits the GPU's shared memory.
 
 Shapes: the defaults r = 64, M = 16 (and M = 32, R = 128 for the decode kernel and the fused
-inference kernels), hidden size 4096; the residual stream in bf16 (and fp32 for the fused kernels).
+inference kernels; the widest R with many slots in a test of its own), hidden size 4096; the
+residual stream in bf16 (and fp32 for the fused kernels).
 """
 
 import os
@@ -20,7 +21,7 @@ from talan_kernels.side_path import fused_kernels as FK  # noqa: E402
 from talan_kernels.side_path import kernels as K  # noqa: E402
 from talan_kernels.side_path.decode import WRITEBACK_IDS, decode_config  # noqa: E402
 from talan_kernels.side_path.fused import fused_kernel_configs  # noqa: E402
-from talan_kernels.side_path.interface import MAX_TRITON_LATENT_DIM, MAX_TRITON_SLOTS  # noqa: E402
+from talan_kernels.side_path.interface import MAX_TRITON_LATENT_DIM  # noqa: E402
 from talan_kernels.side_path.triton_path import DEFAULT_CHUNK, chunk_kernel_configs  # noqa: E402
 from talan_kernels.testing import SHARED_MEMORY_LIMIT, compile_for_gpu  # noqa: E402
 
@@ -118,19 +119,26 @@ def test_kernel_compiles_without_spills(name, kernel, config, h_type, arch):
     assert info.shared_bytes <= SHARED_MEMORY_LIMIT[arch], f"{name} on sm_{arch}: {info.shared_bytes} B shared"
 
 
+# Slots for the largest-size test: the kernels take any number, so one well past the defaults, where the
+# decode kernel walks the slots in blocks (BM <= 64) and the carry kernel in 16-slot blocks.
+MANY_SLOTS = 256
+
+
 def _largest_cases():
-    """Every kernel at the largest block the kernels take (interface.MAX_TRITON_*), as the launchers configure it."""
-    r, m = MAX_TRITON_LATENT_DIM, MAX_TRITON_SLOTS
+    """Every kernel at the widest block the kernels take (interface.MAX_TRITON_LATENT_DIM) and many slots, as
+    the launchers configure it; and the decode kernel's slot loop at the default width."""
+    r, m = MAX_TRITON_LATENT_DIM, MANY_SLOTS
     return ([(f"{name}-R{r}-M{m}", kernel, config, "*bf16") for name, kernel, config in _chunk_cases(r, m)]
-            + [_shrink_case(r, "*bf16"), _expand_case("norm_cap", r, "*bf16"), (*_decode_case(2, 3, m, r), "*bf16")])
+            + [_shrink_case(r, "*bf16"), _expand_case("norm_cap", r, "*bf16")]
+            + [(*_decode_case(*c), "*bf16") for c in ((2, 3, m, r), (0, 1, m, 64), (1, 2, m, 64))])
 
 
 @pytest.mark.parametrize("arch", [80, 90])
 def test_the_largest_block_the_kernels_take_fits_shared_memory_and_spills_little(arch):
-    """Beyond the defaults (which spill nothing) up to the sizes the launchers accept: every kernel fits
-    the GPU's shared memory, so it launches, and spills at most 1 KB a thread (measured: <= 900 B, the
-    backward carry kernel, which holds every slot in one tile). One size further, R = 256 or M = 64, the
-    spills reach 9-25 KB and R = 512 exceeds shared memory: those run on the PyTorch path."""
+    """Beyond the defaults (which spill nothing) up to the width the launchers accept, with many slots:
+    every kernel fits the GPU's shared memory, so it launches, and spills at most 1 KB a thread (measured:
+    <= 260 B, the backward kernels at R = 128). One width further, R = 256, the spills reach 9-25 KB and
+    R = 512 exceeds shared memory: those run on the PyTorch path."""
     worst = {}
     for name, kernel, config, h_type in _largest_cases():
         info = _compile(kernel, config, h_type, arch)

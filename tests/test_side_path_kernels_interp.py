@@ -94,14 +94,15 @@ def test_scalar_gate_and_partly_capped_norm_cap_gradients():
 
 @pytest.mark.interpreter
 @needs_interpreter
-@pytest.mark.parametrize("mixer,writeback,scalar_gate,r", [
-    ("attn", "tanh_gate", False, 16), ("linear", "norm_cap", False, 16), ("mlp", "zero_add", False, 24),
-    ("glu", "token_gate", False, 40), ("attn", "tanh_gate", True, 16)])
-def test_prefill_then_decode_steps_equal_the_full_sequence(mixer, writeback, scalar_gate, r):
+@pytest.mark.parametrize("mixer,writeback,scalar_gate,r,m", [
+    ("attn", "tanh_gate", False, 16, 5), ("linear", "norm_cap", False, 16, 21), ("mlp", "zero_add", False, 24, 5),
+    ("glu", "token_gate", False, 40, 5), ("attn", "tanh_gate", True, 16, 21)])
+def test_prefill_then_decode_steps_equal_the_full_sequence(mixer, writeback, scalar_gate, r, m):
     """A prefill on the chunk kernels, then one-token steps on the decode kernel carrying (S, N),
     reproduce the reference over the whole sequence, incl. padding and a reset during decoding.
-    r = 24 and 40 run the decode kernel's r x r matvecs in 16-row steps (the last one partial)."""
-    b, t, d, m, prefill = 2, 12, 40, 5, 7
+    r = 24 and 40 run the decode kernel's r x r matvecs in 16-row steps (the last one partial);
+    m = 21 runs its loop over 16-slot blocks (the attn softmax online across the blocks)."""
+    b, t, d, prefill = 2, 12, 40, 7
     params = make_params(d, r, m, mixer, writeback, seed=3, scalar_gate=scalar_gate)
     h, active, resets, _ = make_inputs(b, t, d, m, r, pad=3, reset_at=(2, 9), seed=4)
     active[0, 8] = False  # an inactive token while decoding

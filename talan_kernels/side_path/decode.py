@@ -27,14 +27,18 @@ WRITEBACK_PARAMS = {"zero_add": (), "tanh_gate": ("gate",), "token_gate": ("gate
 
 def decode_config(d: int, m: int, r: int, device_type: str = "cuda") -> dict:
     """Meta-parameters of the decode kernel (the compile tests read them). [BD, BR] tiles of
-    W_in/W_out of <= 4096 elements and 8 warps keep every mixer/writeback free of register spills on
-    sm_80/sm_90 up to R = 128 (4 warps, or 8192-element tiles, spill at R = 64 on sm_80); above
-    R = 64 the r x r matvecs read BK = 32 rows of their weights at a time (whole [128, 128] tiles
-    spill with Triton 3.6's ptxas). On the CPU BK = 16, so the interpreter tests run that loop."""
+    W_in/W_out and [BM, BR] tiles of the state of <= 4096 elements and 8 warps keep every
+    mixer/writeback free of register spills on sm_80/sm_90 up to R = 128 (4 warps, or 8192-element
+    tiles, spill at R = 64 on sm_80; a whole [128, 128] state tile spills 600 B, [256, 16] 20 B).
+    The kernel walks the slots BM <= 64 at a time, so any M fits. Above R = 64 the r x r matvecs
+    read BK = 32 rows of their weights at a time (whole [128, 128] tiles spill with Triton 3.6's
+    ptxas). On the CPU BK = BM = 16, so the interpreter tests run both loops."""
     br = max(16, next_power_of_2(r))
-    bk = 16 if device_type != "cuda" else (br if br <= 64 else 32)
-    return dict(BD=max(16, min(128, 4096 // br, next_power_of_2(d))), BM=max(16, next_power_of_2(m)),
-                BR=br, BK=bk, num_warps=8)
+    on_gpu = device_type == "cuda"
+    bk = (br if br <= 64 else 32) if on_gpu else 16
+    bm = min(max(16, next_power_of_2(m)), 64, 4096 // br) if on_gpu else 16
+    return dict(BD=max(16, min(128, 4096 // br, next_power_of_2(d))), BM=bm, SLOT_LOOP=m > bm, BR=br, BK=bk,
+                num_warps=8)
 
 
 def decode_launch(h, core, mixer_params, writeback_params, active, resets, s0, n0, mixer: str, writeback: str,

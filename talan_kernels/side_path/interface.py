@@ -7,31 +7,29 @@ from .reference import MIXERS, WRITEBACKS, side_path_ref
 
 BACKENDS = ("auto", "torch", "triton")
 
-# The largest sizes the kernels take. Each holds a whole [*, R] tile, and the backward carry kernel every
-# slot in one tile. Up to these, every kernel compiles for sm_80/sm_90 within shared memory and spills at
-# most about 1 KB a thread at the corner (R = 128, M = 32; none at the defaults R = 64, M = 16); beyond
-# them the spills reach 9-25 KB (R = 256, or M = 64 in the backward) and at R = 512 the shrink kernel
-# (and, on sm_80, the state kernel) exceeds shared memory, so it would not launch
-# (tests/test_side_path_compile.py). Larger blocks run on the PyTorch path under backend="auto".
+# The largest latent width the kernels take: each holds whole [*, R] tiles. Up to it every kernel compiles
+# for sm_80/sm_90 within shared memory and spills at most a few hundred bytes a thread (R = 128; none at the
+# default R = 64); at R = 256 the spills reach 9-25 KB and at R = 512 the shrink kernel (and, on sm_80, the
+# state kernel) exceeds shared memory, so it would not launch (tests/test_side_path_compile.py). Wider
+# blocks run on the PyTorch path under backend="auto". The number of slots has no limit: every kernel walks
+# the slots one at a time or a fixed-size block at a time.
 MAX_TRITON_LATENT_DIM = 128
-MAX_TRITON_SLOTS = 32
 
 
-def kernel_size_problem(latent_dim: int, num_slots: int) -> str | None:
-    """Why the kernels do not take a block of this size, or None."""
-    if latent_dim > MAX_TRITON_LATENT_DIM or num_slots > MAX_TRITON_SLOTS:
-        return (f"the Triton kernels take latent_dim <= {MAX_TRITON_LATENT_DIM} and num_slots <= {MAX_TRITON_SLOTS}; "
-                f"got latent_dim={latent_dim}, num_slots={num_slots} (backend='auto' runs larger blocks on the "
-                "PyTorch path)")
+def kernel_size_problem(latent_dim: int) -> str | None:
+    """Why the kernels do not take a block of this latent width, or None."""
+    if latent_dim > MAX_TRITON_LATENT_DIM:
+        return (f"the Triton kernels take latent_dim <= {MAX_TRITON_LATENT_DIM}; got latent_dim={latent_dim} "
+                "(backend='auto' runs wider blocks on the PyTorch path)")
     return None
 
 
-def use_side_path_kernels(backend: str, device, latent_dim: int, num_slots: int) -> bool:
-    """``launching.use_kernels`` for a block of this size: "auto" takes the PyTorch path for a block the
-    kernels do not take, "triton" raises a ValueError that names the sizes."""
+def use_side_path_kernels(backend: str, device, latent_dim: int) -> bool:
+    """``launching.use_kernels`` for a block of this latent width: "auto" takes the PyTorch path for a
+    block the kernels do not take, "triton" raises a ValueError that names the width."""
     if not use_kernels(backend, device):
         return False
-    problem = kernel_size_problem(latent_dim, num_slots)
+    problem = kernel_size_problem(latent_dim)
     if problem is None:
         return True
     if backend == "triton":
@@ -73,8 +71,7 @@ def side_path(h, params, active=None, resets=None, state=None, *, mixer="attn", 
         state: ``(S [B, M], N [B, M, R])`` fp32 decode state or None.
         backend: ``"torch"`` (reference), ``"triton"`` (kernels; on CPU tensors only under
             ``TRITON_INTERPRET=1``), ``"auto"`` (kernels on CUDA tensors, reference otherwise, on
-            a Triton older than ``launching.MIN_GPU_TRITON`` and for R > ``MAX_TRITON_LATENT_DIM`` or
-            M > ``MAX_TRITON_SLOTS``).
+            a Triton older than ``launching.MIN_GPU_TRITON`` and for R > ``MAX_TRITON_LATENT_DIM``).
 
     Returns:
         ``h'`` ``[B, T, D]`` in ``h.dtype`` and the final state ``(S [B, M], N [B, M, R])`` fp32.
@@ -82,7 +79,7 @@ def side_path(h, params, active=None, resets=None, state=None, *, mixer="attn", 
     _check_inputs(h, params, active, resets, state, mixer, writeback, backend)
     kwargs = dict(mixer=mixer, writeback=writeback, cap=cap, zero_add_scale=zero_add_scale,
                   norm_cap_ratio=norm_cap_ratio, grad_scale=grad_scale)
-    if not use_side_path_kernels(backend, h.device, params["w_in"].shape[1], params["slot_queries"].shape[0]):
+    if not use_side_path_kernels(backend, h.device, params["w_in"].shape[1]):
         return side_path_ref(h, params, active, resets, state, **kwargs)
     from .triton_path import side_path_triton
 

@@ -15,7 +15,7 @@ The chunked slot scan (stage 1) is split so that no kernel walks the tokens one 
 - ``_slot_state_bwd_kernel``   grid (B, M-blocks): the reverse scan over chunks of what later
   chunks contribute to ``R1``/``R2``.
 - ``_slot_carry_bwd_kernel``   grid (NC, B): adds that carried part to ``dk``, ``dv``, ``dq_slots``
-  (it is linear in ``R1``/``R2``, so it does not need ``g`` again).
+  (it is linear in ``R1``/``R2``, so it does not need ``g`` again), a block of slots at a time.
 
 A chunk's tokens split into segments at packed-sequence resets: ``seg`` counts the resets at or
 before a token inside its chunk. The carried state enters only the first segment (``seg == 0``);
@@ -292,34 +292,38 @@ def _slot_carry_bwd_kernel(
     i_c = tl.program_id(0)
     i_b = tl.program_id(1).to(tl.int64)
     o_t = tl.arange(0, BT)
-    o_m = tl.arange(0, BM)
     o_r = tl.arange(0, BR)
-    m_mask = o_m < M
     r_mask = o_r < R
-    mr_off = o_m[:, None] * R + o_r[None, :]
-    mr_mask = m_mask[:, None] & r_mask[None, :]
     base = (i_b * NC + i_c) * M
     t, t_mask, tr_off, tr_mask, kt, vt, a = _chunk_tile(k_ptr, v_ptr, active_ptr, i_b, i_c, T, R, o_t, o_r, r_mask,
                                                         BT)
-    qs = tl.load(qs_ptr + mr_off, mask=mr_mask, other=0.0).to(tl.float32)  # [BM, BR]
-    g1 = tl.load(g1_ptr + base * R + mr_off, mask=mr_mask, other=0.0).to(tl.float32)  # [BM, BR]
-    g2 = tl.load(g2_ptr + base + o_m, mask=m_mask, other=0.0).to(tl.float32)  # [BM]
-    th, w = _capped_weights(tl.dot(kt, tl.trans(qs), input_precision=DOT_PREC) * scale, a[:, None], cap)
-    w = tl.where(m_mask[None, :], w, 0.0)  # [BT, BM]
     if HAS_RESETS:
         seg, n_resets = _chunk_segments(resets_ptr, i_b * T, t, t_mask, BT)
-        w = tl.where((seg == n_resets)[:, None], w, 0.0)  # later chunks see only the last segment
-    dv = tl.dot(w, g1, input_precision=DOT_PREC)  # [BT, BR]
-    dw = tl.dot(vt, tl.trans(g1), input_precision=DOT_PREC) - g2[None, :]  # [BT, BM]
-    dlogit = w * dw * (1.0 - th * th) * scale
-    dk = tl.dot(dlogit, qs, input_precision=DOT_PREC)  # [BT, BR]
-    dqs = tl.dot(tl.trans(dlogit), kt, input_precision=DOT_PREC)  # [BM, BR]
-    dv += tl.load(dv_ptr + tr_off, mask=tr_mask, other=0.0)
-    dk += tl.load(dk_ptr + tr_off, mask=tr_mask, other=0.0)
-    dqs += tl.load(dqs_ptr + base * R + mr_off, mask=mr_mask, other=0.0)
+        last = seg == n_resets  # later chunks see only the last segment
+    dv = tl.load(dv_ptr + tr_off, mask=tr_mask, other=0.0)  # [BT, BR]
+    dk = tl.load(dk_ptr + tr_off, mask=tr_mask, other=0.0)
+    # The correction sums over the slots: BM slots at a time, so the tiles stay the same size for any M.
+    for m0 in range(0, M, BM):
+        o_m = m0 + tl.arange(0, BM)
+        m_mask = o_m < M
+        mr_off = o_m[:, None] * R + o_r[None, :]
+        mr_mask = m_mask[:, None] & r_mask[None, :]
+        qs = tl.load(qs_ptr + mr_off, mask=mr_mask, other=0.0).to(tl.float32)  # [BM, BR]
+        g1 = tl.load(g1_ptr + base * R + mr_off, mask=mr_mask, other=0.0).to(tl.float32)  # [BM, BR]
+        g2 = tl.load(g2_ptr + base + o_m, mask=m_mask, other=0.0).to(tl.float32)  # [BM]
+        th, w = _capped_weights(tl.dot(kt, tl.trans(qs), input_precision=DOT_PREC) * scale, a[:, None], cap)
+        w = tl.where(m_mask[None, :], w, 0.0)  # [BT, BM]
+        if HAS_RESETS:
+            w = tl.where(last[:, None], w, 0.0)
+        dv += tl.dot(w, g1, input_precision=DOT_PREC)  # [BT, BR]
+        dw = tl.dot(vt, tl.trans(g1), input_precision=DOT_PREC) - g2[None, :]  # [BT, BM]
+        dlogit = w * dw * (1.0 - th * th) * scale
+        dk += tl.dot(dlogit, qs, input_precision=DOT_PREC)  # [BT, BR]
+        dqs = tl.dot(tl.trans(dlogit), kt, input_precision=DOT_PREC)  # [BM, BR]
+        dqs += tl.load(dqs_ptr + base * R + mr_off, mask=mr_mask, other=0.0)
+        tl.store(dqs_ptr + base * R + mr_off, dqs.to(dqs_ptr.dtype.element_ty), mask=mr_mask)
     tl.store(dv_ptr + tr_off, dv.to(dv_ptr.dtype.element_ty), mask=tr_mask)
     tl.store(dk_ptr + tr_off, dk.to(dk_ptr.dtype.element_ty), mask=tr_mask)
-    tl.store(dqs_ptr + base * R + mr_off, dqs.to(dqs_ptr.dtype.element_ty), mask=mr_mask)
 
 
 @triton.jit
@@ -348,6 +352,42 @@ def _square_matvec(x, w_ptr, R, o_r, BR: tl.constexpr, BK: tl.constexpr):
 
 
 @triton.jit
+def _decode_slot_block(m0, c, m_run, l_run, kk, vv, query, a, keep, i_b, qs_ptr, mix1_ptr, s0_ptr, n0_ptr,
+                       s_out_ptr, n_out_ptr, M, R, o_r, r_mask, scale, cap,
+                       MIXER: tl.constexpr, HAS_STATE: tl.constexpr, BM: tl.constexpr):
+    """Slots ``m0 .. m0 + BM`` of the decode step: their ``(S, N)`` update (stored) and their part of the
+    mixer's read ``c [BR]`` (attn: with the running softmax max ``m_run`` and sum ``l_run``)."""
+    o_m = m0 + tl.arange(0, BM)
+    m_mask = o_m < M
+    mr_off = o_m[:, None] * R + o_r[None, :]
+    mr_mask = m_mask[:, None] & r_mask[None, :]
+    qs = tl.load(qs_ptr + mr_off, mask=mr_mask, other=0.0).to(tl.float32)  # [BM, BR]
+    _th, w = _capped_weights(tl.sum(qs * kk[None, :], 1) * scale, a, cap)
+    w = tl.where(m_mask, w, 0.0)  # [BM]
+    s = w
+    n = w[:, None] * vv[None, :]  # [BM, BR]
+    if HAS_STATE:
+        s += keep * tl.load(s0_ptr + i_b * M + o_m, mask=m_mask, other=0.0)
+        n += keep * tl.load(n0_ptr + i_b * M * R + mr_off, mask=mr_mask, other=0.0)
+    tl.store(s_out_ptr + i_b * M + o_m, s, mask=m_mask)
+    tl.store(n_out_ptr + i_b * M * R + mr_off, n, mask=mr_mask)
+    pos = s > 0
+    mem = n * tl.where(pos, 1.0 / tl.where(pos, s, 1.0), 0.0)[:, None]  # [BM, BR]
+    if MIXER == 1:
+        beta = tl.load(mix1_ptr + o_m, mask=m_mask, other=0.0).to(tl.float32)
+        c += tl.sum(beta[:, None] * mem, 0)
+    else:
+        score = tl.where(m_mask, tl.sum(mem * query[None, :], 1) * scale, float("-inf"))
+        m_new = tl.maximum(m_run, tl.max(score, 0))  # finite: every block has a slot below M
+        alpha = tl.exp(m_run - m_new)
+        p = tl.exp(score - m_new)
+        l_run = l_run * alpha + tl.sum(p, 0)
+        c = c * alpha + tl.sum(p[:, None] * mem, 0)
+        m_run = m_new
+    return c, m_run, l_run
+
+
+@triton.jit
 def _side_path_decode_kernel(
     h_ptr, out_ptr,  # [B, D] in the residual dtype
     norm_ptr, w_in_ptr, w_k_ptr, w_v_ptr, qs_ptr, w_out_ptr,  # [D], [D,R], [R,R], [R,R], [M,R], [R,D]
@@ -358,19 +398,15 @@ def _side_path_decode_kernel(
     D, M, R, scale, cap, eps, zero_add_scale, norm_cap_ratio,
     MIXER: tl.constexpr, WRITEBACK: tl.constexpr, GATE_PER_CHANNEL: tl.constexpr,
     HAS_RESETS: tl.constexpr, HAS_STATE: tl.constexpr,
-    BD: tl.constexpr, BM: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
+    BD: tl.constexpr, BM: tl.constexpr, SLOT_LOOP: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
 ):
     """One token of one sequence per program: RMSNorm, projections, the state update, the mixer and
     the writeback residual add in one launch. MIXER: 0 attn, 1 linear, 2 mlp, 3 glu. WRITEBACK: 0
     zero_add, 1 tanh_gate, 2 token_gate, 3 norm_cap."""
     i_b = tl.program_id(0).to(tl.int64)
     o_d = tl.arange(0, BD)
-    o_m = tl.arange(0, BM)
     o_r = tl.arange(0, BR)
-    m_mask = o_m < M
     r_mask = o_r < R
-    mr_off = o_m[:, None] * R + o_r[None, :]
-    mr_mask = m_mask[:, None] & r_mask[None, :]
     # Pass 1 over D: sum of squares, z before the RMS scale (a scalar, applied after), token gate logit.
     sq = tl.zeros([BD], dtype=tl.float32)
     z = tl.zeros([BR], dtype=tl.float32)
@@ -391,30 +427,30 @@ def _side_path_decode_kernel(
     z = z * rstd  # [BR]
     kk = _square_matvec(z, w_k_ptr, R, o_r, BR, BK)  # [BR]
     vv = _square_matvec(z, w_v_ptr, R, o_r, BR, BK)
-    qs = tl.load(qs_ptr + mr_off, mask=mr_mask, other=0.0).to(tl.float32)  # [BM, BR]
     a = tl.load(active_ptr + i_b).to(tl.float32)
-    _th, w = _capped_weights(tl.sum(qs * kk[None, :], 1) * scale, a, cap)
-    w = tl.where(m_mask, w, 0.0)  # [BM]
-    s = w
-    n = w[:, None] * vv[None, :]  # [BM, BR]
+    keep = 1.0
     if HAS_STATE:
-        keep = 1.0
         if HAS_RESETS:
             keep = (tl.load(resets_ptr + i_b) == 0).to(tl.float32)  # a new sequence drops the state
-        s += keep * tl.load(s0_ptr + i_b * M + o_m, mask=m_mask, other=0.0)
-        n += keep * tl.load(n0_ptr + i_b * M * R + mr_off, mask=mr_mask, other=0.0)
-    tl.store(s_out_ptr + i_b * M + o_m, s, mask=m_mask)
-    tl.store(n_out_ptr + i_b * M * R + mr_off, n, mask=mr_mask)
-    pos = s > 0
-    mem = n * tl.where(pos, 1.0 / tl.where(pos, s, 1.0), 0.0)[:, None]  # [BM, BR]
-    if MIXER == 1:
-        beta = tl.load(mix1_ptr + o_m, mask=m_mask, other=0.0).to(tl.float32)
-        c = tl.sum(beta[:, None] * mem, 0)
-    else:
+    query = z  # the linear mixer reads no query
+    if MIXER != 1:
         query = _square_matvec(z, mix1_ptr, R, o_r, BR, BK)
-        score = tl.where(m_mask, tl.sum(mem * query[None, :], 1) * scale, float("-inf"))
-        p = tl.exp(score - tl.max(score, 0))
-        c = tl.sum(p[:, None] * mem, 0) / tl.sum(p, 0)  # [BR] the attention read
+    # The state update and the mixer's read of the memory, BM slots at a time, so the tiles do not grow
+    # with M; the attn softmax runs online over the blocks (running max and sum as fp32 scalars).
+    c = tl.zeros([BR], dtype=tl.float32)
+    m_run = tl.max(tl.full([BM], float("-inf"), dtype=tl.float32), 0)
+    l_run = tl.sum(tl.zeros([BM], dtype=tl.float32), 0)
+    if SLOT_LOOP:
+        for m0 in range(0, M, BM):
+            c, m_run, l_run = _decode_slot_block(m0, c, m_run, l_run, kk, vv, query, a, keep, i_b, qs_ptr, mix1_ptr,
+                                                 s0_ptr, n0_ptr, s_out_ptr, n_out_ptr, M, R, o_r, r_mask, scale, cap,
+                                                 MIXER, HAS_STATE, BM)
+    else:  # M <= BM: straight-line code (ptxas holds a rolled loop to 128 registers and spills at R = 64)
+        c, m_run, l_run = _decode_slot_block(0, c, m_run, l_run, kk, vv, query, a, keep, i_b, qs_ptr, mix1_ptr,
+                                             s0_ptr, n0_ptr, s_out_ptr, n_out_ptr, M, R, o_r, r_mask, scale, cap,
+                                             MIXER, HAS_STATE, BM)
+    if MIXER != 1:
+        c = c / l_run  # [BR] the attention read
         if MIXER == 2:
             hidden = _square_matvec(z, mix2_ptr, R, o_r, BR, BK) + _square_matvec(c, mix2_ptr + R * R, R, o_r, BR, BK)
             hidden = hidden / (1.0 + tl.exp(-hidden))  # SiLU

@@ -38,7 +38,7 @@ from .kernels import (
 from .precision import dot_precision
 from .reference import scale_grad
 
-# Slots per program of the two chunk-scan kernels (grid (B, cdiv(M, BM))).
+# Slots per program of the two state kernels (grid (B, cdiv(M, BM))), and per step of the carry kernel's loop.
 STATE_BLOCK_M = 16
 # Tokens per chunk. 16 keeps the backward chunk kernel free of register spills at R = 64 with fp32
 # (3xTF32) matmuls on sm_80/sm_90 (at 32 it spills 32-500 bytes; see tests/test_side_path_compile.py).
@@ -62,8 +62,7 @@ def chunk_kernel_configs(r: int, m: int, chunk_size: int, device_type: str) -> d
         "scan_fwd": dict(BT=chunk_size, BR=br, DOT_PREC=prec, num_warps=2),
         "scan_bwd": dict(BT=chunk_size, BR=br, DOT_PREC=prec, num_warps=4),
         "state_bwd": dict(BT=chunk_size, BM=bm, BR=br, num_warps=4),
-        # all slots in one tile: the carry correction sums over m
-        "carry_bwd": dict(BT=chunk_size, BM=_block(m), BR=br, DOT_PREC=prec, num_warps=4),
+        "carry_bwd": dict(BT=chunk_size, BM=bm, BR=br, DOT_PREC=prec, num_warps=4),
     }
 
 
