@@ -6,7 +6,7 @@ The launchers pick other tiles on CUDA tensors than on the CPU (``fused_kernel_c
 run the CPU tiles; here the launchers are handed the CUDA ones (with IEEE products: the interpreter
 computes fp32 anyway), so the masking and the loop bounds of the tiles a GPU runs are checked
 before any GPU run. Shapes: D = 300 is not a multiple of any channel step or expand program; R = 40
-pads to 64 and R = 128 takes the decode kernel's row loop.
+pads to 64 and R = 128 takes the decode kernel's row loop; M = 40 at R = 128 its loop over 32-slot blocks.
 """
 
 import pytest
@@ -44,12 +44,15 @@ def cuda_tiles(monkeypatch):
     return handed
 
 
+# More slots than one decode block holds at R = 128 (32), so the decode kernel runs its slot loop.
+MANY_SLOTS = 40
 # (mixer, writeback, B, T, D, M, R)
 CASES = [("attn", "tanh_gate", 2, 45, 300, 7, 40), ("glu", "token_gate", 2, 37, 300, 5, 128),
-         ("mlp", "norm_cap", 1, 33, 300, 4, 64), ("linear", "zero_add", 2, 20, 300, 3, 128)]
+         ("mlp", "norm_cap", 1, 33, 300, 4, 64), ("linear", "zero_add", 2, 20, 300, 3, 128),
+         ("attn", "tanh_gate", 1, 20, 300, MANY_SLOTS, 128)]
 
 
-@pytest.mark.parametrize("case", CASES, ids=[f"{c[0]}-{c[1]}-R{c[-1]}" for c in CASES])
+@pytest.mark.parametrize("case", CASES, ids=[f"{c[0]}-{c[1]}-M{c[-2]}-R{c[-1]}" for c in CASES])
 def test_prefill_and_decode_on_gpu_tiles_match_the_reference(case, cuda_tiles):
     mixer, writeback, b, t, d, m, r = case
     prefill = t - 3
@@ -70,7 +73,10 @@ def test_prefill_and_decode_on_gpu_tiles_match_the_reference(case, cuda_tiles):
     assert_rel_rms(step_state[1], n_ref, TOL, "N")
     shrink_steps = {c["shrink"]["BD"] for c in cuda_tiles if "shrink" in c}
     assert shrink_steps == {64 if r >= 128 else 32}, "the prefill must have run on the CUDA shrink tiles"
-    assert [c["BK"] for c in cuda_tiles if "BK" in c] == [32 if r >= 128 else 64] * 3, "one decode launch a step"
+    decode_tiles = [c for c in cuda_tiles if "BK" in c]
+    assert [c["BK"] for c in decode_tiles] == [32 if r >= 128 else 64] * 3, "one decode launch a step"
+    if m == MANY_SLOTS:
+        assert all(c["SLOT_LOOP"] for c in decode_tiles), "the case must run the decode kernel's slot loop"
 
 
 @pytest.mark.parametrize("mixer,writeback,r", [("attn", "norm_cap", 40), ("glu", "tanh_gate", 128)])
