@@ -126,6 +126,12 @@ def next_power_of_2(n: int) -> int:
     return 1 if n <= 1 else 1 << (int(n) - 1).bit_length()
 
 
+def dot_tile(n: int) -> int:
+    """Tile width for a dimension of size ``n`` that a kernel multiplies with ``tl.dot``: a power of 2,
+    at least 16 (``tl.dot``'s minimum)."""
+    return max(16, next_power_of_2(n))
+
+
 def as_fp32(x: torch.Tensor) -> torch.Tensor:
     """``x`` as a contiguous fp32 tensor for a kernel (no autograd involved): ``x`` itself when it
     already is one (TALAN's parameters and state always are), which skips three tensor method calls

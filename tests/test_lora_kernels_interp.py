@@ -9,6 +9,7 @@ import os
 import pytest
 import torch
 
+from talan_kernels.launching import dot_tile
 from talan_kernels.lora import dora_linear, dora_linear_ref, dora_weight_norm, interface, lora_linear, lora_linear_ref
 from talan_kernels.lora.reference import dora_weight_norm_oracle
 from talan_kernels.testing import assert_rel_rms
@@ -111,11 +112,11 @@ def _small_tiles(monkeypatch, group):
     # 16-wide tiles and groups of `group` tiles that do not divide the tile count, so the grouped
     # loops (S reused across N tiles, dS across K tiles) and their partial last group both run.
     def fwd(M, N, K, R, fp32):
-        return dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, BLOCK_R=interface._block_r(R), GROUP_N=group,
+        return dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, BLOCK_R=dot_tile(R), GROUP_N=group,
                     num_warps=4, num_stages=1)
 
     def dx(M, N, K, R, fp32):
-        return dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, BLOCK_R=interface._block_r(R), GROUP_K=group,
+        return dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, BLOCK_R=dot_tile(R), GROUP_K=group,
                     num_warps=4, num_stages=1)
 
     monkeypatch.setattr(interface, "fwd_config", fwd)

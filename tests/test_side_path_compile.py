@@ -137,7 +137,7 @@ def _largest_cases():
 def test_the_largest_block_the_kernels_take_fits_shared_memory_and_spills_little(arch):
     """Beyond the defaults (which spill nothing) up to the width the launchers accept, with many slots:
     every kernel fits the GPU's shared memory, so it launches, and spills at most 1 KB a thread (measured:
-    <= 260 B, the backward kernels at R = 128). One width further, R = 256, the spills reach 9-25 KB and
+    <= 260 B, the backward kernels at R = 128). One width further, R = 256, the spills reach 11.5 KB and
     R = 512 exceeds shared memory: those run on the PyTorch path."""
     worst = {}
     for name, kernel, config, h_type in _largest_cases():

@@ -13,17 +13,12 @@ from typing import Optional
 
 import torch
 
-from ..launching import COMPILE_OPTIONS, TRITON_INTERPRETER, cdiv, next_power_of_2, use_kernels
+from ..launching import COMPILE_OPTIONS, TRITON_INTERPRETER, cdiv, dot_tile, use_kernels
 from . import ops  # ops.resolve: the registered op while tracing, its implementation in eager mode
 
 _BACKENDS = ("auto", "torch", "triton")
 _DECODE_MAX_TOKENS = 16
 MAX_TRITON_RANK = 128
-
-
-def _block_r(rank: int) -> int:
-    # tl.dot needs every tile dimension >= 16; the whole rank lives in one tile.
-    return max(16, next_power_of_2(rank))
 
 
 # About one program per SM (H100/H200: 132 SMs, A100: 108): the grouping below never leaves fewer.
@@ -48,7 +43,7 @@ def fwd_config(M: int, N: int, K: int, R: int, dot_in_fp32: bool) -> dict:
     for enough bytes in flight. bf16/fp16 prefill uses 128x128 tiles (fp32 accumulators of
     64 + BR/2 registers a thread over 8 warps; 64 rows for r > 32); the fp32 (IEEE, CUDA-core)
     path keeps 64x64 tiles."""
-    br = _block_r(R)
+    br = dot_tile(R)
     if M <= _DECODE_MAX_TOKENS:
         if dot_in_fp32:
             cfg = dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=64 if br <= 64 else 32, num_warps=4, num_stages=3)
@@ -70,7 +65,7 @@ def fwd_config(M: int, N: int, K: int, R: int, dot_in_fp32: bool) -> dict:
 def bwd_dx_config(M: int, N: int, K: int, R: int, dot_in_fp32: bool) -> dict:
     """Tiles of ``_lora_bwd_dx_kernel`` (``BLOCK_K`` is the dx column tile, ``BLOCK_N`` the reduction
     step; the same decode rule as the forward)."""
-    br = _block_r(R)
+    br = dot_tile(R)
     if M <= _DECODE_MAX_TOKENS:
         # 8 warps at r > 64: with 4, Triton 3.6's ptxas settles on 72 registers and spills on sm_90
         cfg = dict(BLOCK_M=16, BLOCK_N=32 if br <= 64 else 16, BLOCK_K=64, num_warps=4 if br <= 64 else 8,
@@ -88,7 +83,7 @@ def bwd_dx_config(M: int, N: int, K: int, R: int, dot_in_fp32: bool) -> dict:
 def wgrad_config(M: int, P: int, R: int, dot_in_fp32: bool) -> dict:
     """Tiles of ``_lora_wgrad_kernel`` (one program per BLOCK_P rows of the [P, R] result, each
     reducing over all M; bf16/fp16 uses 32-row P tiles so a 4096-wide layer still gets 128 programs)."""
-    br = _block_r(R)
+    br = dot_tile(R)
     bm = 16 if M <= _DECODE_MAX_TOKENS else (32 if dot_in_fp32 else 64)
     if dot_in_fp32:
         bp = 64 if br <= 64 else 32
@@ -101,7 +96,7 @@ def wgrad_config(M: int, P: int, R: int, dot_in_fp32: bool) -> dict:
 def norm_config(N: int, K: int, R: int, dot_in_fp32: bool) -> dict:
     """Tiles of ``_dora_norm_kernel`` (the norm is computed once per weight update, so small
     tiles that never spill matter more than its speed)."""
-    br = _block_r(R)
+    br = dot_tile(R)
     return dict(BLOCK_N=32 if br <= 64 else 16, BLOCK_K=32 if dot_in_fp32 else 64, BLOCK_R=br, BLOCK_C=16,
                 num_warps=4, num_stages=2 if dot_in_fp32 else 3)
 

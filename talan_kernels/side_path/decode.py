@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from ..launching import COMPILE_OPTIONS, as_fp32, next_power_of_2
+from ..launching import COMPILE_OPTIONS, as_fp32, dot_tile, next_power_of_2
 from . import ops  # ops.resolve: the registered op while tracing, its implementation in eager mode
 from .kernels import _side_path_decode_kernel
 from .reference import RMS_EPS
@@ -33,10 +33,10 @@ def decode_config(d: int, m: int, r: int, device_type: str = "cuda") -> dict:
     The kernel walks the slots BM <= 64 at a time, so any M fits. Above R = 64 the r x r matvecs
     read BK = 32 rows of their weights at a time (whole [128, 128] tiles spill with Triton 3.6's
     ptxas). On the CPU BK = BM = 16, so the interpreter tests run both loops."""
-    br = max(16, next_power_of_2(r))
+    br = dot_tile(r)
     on_gpu = device_type == "cuda"
     bk = (br if br <= 64 else 32) if on_gpu else 16
-    bm = min(max(16, next_power_of_2(m)), 64, 4096 // br) if on_gpu else 16
+    bm = min(dot_tile(m), 64, 4096 // br) if on_gpu else 16
     return dict(BD=max(16, min(128, 4096 // br, next_power_of_2(d))), BM=bm, SLOT_LOOP=m > bm, BR=br, BK=bk,
                 num_warps=8)
 

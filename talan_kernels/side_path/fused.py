@@ -26,16 +26,12 @@ from __future__ import annotations
 
 import torch
 
-from ..launching import COMPILE_OPTIONS, cdiv, next_power_of_2
+from ..launching import COMPILE_OPTIONS, cdiv, dot_tile
 from . import ops  # noqa: F401  (registers torch.ops.talan.*)
 from .decode import WRITEBACK_IDS
 from .fused_kernels import _side_path_expand_kernel, _side_path_shrink_kernel
 from .precision import dot_precision
 from .reference import RMS_EPS
-
-
-def _block(n: int) -> int:
-    return max(16, next_power_of_2(n))
 
 
 def fused_kernel_configs(d: int, r: int, writeback: str, device_type: str) -> dict[str, dict]:
@@ -44,7 +40,7 @@ def fused_kernel_configs(d: int, r: int, writeback: str, device_type: str) -> di
     ``precision.py``).
     On the CPU (the interpreter) tiles are small, so that tiny test shapes span several of them.
     ``D_PER_PROG``: hidden channels per expand program; norm_cap's programs own whole rows."""
-    br = _block(r)
+    br = dot_tile(r)
     if device_type != "cuda":
         return {"shrink": dict(BT=16, BD=32, BR=br, BC=16, DOT_PREC="ieee", num_warps=4, num_stages=1),
                 "expand": dict(BT=16, BD=32, BR=br, DOT_PREC="ieee", num_warps=4, num_stages=1,

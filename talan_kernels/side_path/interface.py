@@ -9,7 +9,7 @@ BACKENDS = ("auto", "torch", "triton")
 
 # The largest latent width the kernels take: each holds whole [*, R] tiles. Up to it every kernel compiles
 # for sm_80/sm_90 within shared memory and spills at most a few hundred bytes a thread (R = 128; none at the
-# default R = 64); at R = 256 the spills reach 9-25 KB and at R = 512 the shrink kernel (and, on sm_80, the
+# default R = 64); at R = 256 the spills reach 11.5 KB and at R = 512 the shrink kernel (and, on sm_80, the
 # state kernel) exceeds shared memory, so it would not launch (tests/test_side_path_compile.py). Wider
 # blocks run on the PyTorch path under backend="auto". The number of slots has no limit: every kernel walks
 # the slots one at a time or a fixed-size block at a time.

@@ -24,7 +24,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..launching import COMPILE_OPTIONS, as_fp32, cdiv, next_power_of_2
+from ..launching import COMPILE_OPTIONS, as_fp32, cdiv, dot_tile
 from . import ops  # registers torch.ops.talan.*; ops.resolve picks op or implementation
 from .decode import side_path_decode
 from .fused_train import ExpandFunction, ShrinkFunction
@@ -46,16 +46,11 @@ STATE_BLOCK_M = 16
 DEFAULT_CHUNK = 16
 
 
-def _block(n: int) -> int:
-    """Tile width for a dimension of size n: a power of 2, at least 16 (tl.dot's minimum)."""
-    return max(16, next_power_of_2(n))
-
-
 def chunk_kernel_configs(r: int, m: int, chunk_size: int, device_type: str) -> dict[str, dict]:
     """Meta-parameters of each chunk kernel as the launchers use them (the compile tests read them).
     fp32 matmuls run as 3xTF32 on tensor cores (fp32 accuracy; ``precision.py``); the interpreter is IEEE."""
     prec = dot_precision(device_type)
-    br, bm = _block(r), min(STATE_BLOCK_M, _block(m))
+    br, bm = dot_tile(r), min(STATE_BLOCK_M, dot_tile(m))
     return {
         # 2 warps: ptxas spills a few bytes in these two at 4 warps (it stops at 128 registers)
         "state_fwd": dict(BT=chunk_size, BM=bm, BR=br, DOT_PREC=prec, num_warps=2),
