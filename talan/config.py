@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from talan_kernels.side_path import MIXERS, WRITEBACKS
-from talan_kernels.side_path.interface import MAX_TRITON_LATENT_DIM
+from talan_kernels.side_path.interface import kernel_size_problem
 
 SITES = ("pre", "mid", "post")
 TRAINABLE_SCOPES = ("joint", "freeze_compressor", "writeback_only")
@@ -70,10 +70,9 @@ class TalanConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
                 raise ValueError(f"{name} must be a positive int; got {value!r}")
-        if self.backend == "triton" and self.latent_dim > MAX_TRITON_LATENT_DIM:  # fail here, not at a forward
-            raise ValueError(f"latent_dim must be <= {MAX_TRITON_LATENT_DIM} with backend='triton' (the widest the "
-                             f"kernels take); got {self.latent_dim}. backend='auto' runs wider blocks on the "
-                             "PyTorch path")
+        problem = kernel_size_problem(self.latent_dim)
+        if self.backend == "triton" and problem:  # fail at the config, not at the first forward
+            raise ValueError(f"backend='triton': {problem}")
         for name, low, strict in (("grad_scale", 0.0, False), ("score_cap", 0.0, True),
                                   ("zero_add_scale", 0.0, False), ("norm_cap_ratio", 0.0, True)):
             value = getattr(self, name)

@@ -132,25 +132,29 @@ def test_only_a_rank_killed_by_a_signal_is_run_again():
 
 
 def test_run_ranks_runs_a_killed_rank_once_more_and_clears_its_outputs(tmp_path):
-    """The first run "loses" a rank to SIGABRT after writing an output; the second must start without it."""
+    """The first run "loses" a rank to SIGABRT after writing an output: one more run, which must start without
+    that output. A run that fails with an error is not run again."""
     script = tmp_path / "ranks.py"
     script.write_text(textwrap.dedent("""
         import pathlib, sys
-        out, marker = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+        out, runs = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+        runs.write_text(runs.read_text() + "run\\n" if runs.exists() else "run\\n")
         if out.exists():
-            sys.exit("the output of the killed run was left behind")
+            sys.exit("the output of an earlier run was left behind")
         out.mkdir()
-        if not marker.exists():
-            marker.touch()
+        if runs.read_text().count("run") == 1:
             sys.exit("Root Cause (first observed failure):\\n  traceback : Signal 6 (SIGABRT) received by PID 7")
         print("second run")
     """))
-    cmd = [sys.executable, str(script), str(tmp_path / "out"), str(tmp_path / "killed-once")]
+    runs = tmp_path / "runs.txt"
+    cmd = [sys.executable, str(script), str(tmp_path / "out"), str(runs)]
     with pytest.warns(UserWarning, match="a rank was killed by a signal; ran again"):
         proc = _run_ranks(cmd, os.environ, tmp_path, outputs=[tmp_path / "out"], timeout=60)
     assert proc.stdout == "second run\n" and (tmp_path / "first_attempt.log").is_file()
-    with pytest.raises(AssertionError, match="the output of the killed run"):  # no third run, no rerun of errors
+    assert runs.read_text().count("run") == 2
+    with pytest.raises(AssertionError, match="the output of an earlier run"):  # an error (out is still there)
         _run_ranks(cmd, os.environ, tmp_path, outputs=[], timeout=60)
+    assert runs.read_text().count("run") == 3  # ... is not run again
 
 
 @pytest.fixture(scope="module")

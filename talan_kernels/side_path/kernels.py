@@ -438,15 +438,12 @@ def _side_path_decode_kernel(
     # The state update and the mixer's read of the memory, BM slots at a time, so the tiles do not grow
     # with M; the attn softmax runs online over the blocks (running max and sum as fp32 scalars).
     c = tl.zeros([BR], dtype=tl.float32)
-    m_run = tl.max(tl.full([BM], float("-inf"), dtype=tl.float32), 0)
-    l_run = tl.sum(tl.zeros([BM], dtype=tl.float32), 0)
-    if SLOT_LOOP:
-        for m0 in range(0, M, BM):
-            c, m_run, l_run = _decode_slot_block(m0, c, m_run, l_run, kk, vv, query, a, keep, i_b, qs_ptr, mix1_ptr,
-                                                 s0_ptr, n0_ptr, s_out_ptr, n_out_ptr, M, R, o_r, r_mask, scale, cap,
-                                                 MIXER, HAS_STATE, BM)
-    else:  # M <= BM: straight-line code (ptxas holds a rolled loop to 128 registers and spills at R = 64)
-        c, m_run, l_run = _decode_slot_block(0, c, m_run, l_run, kk, vv, query, a, keep, i_b, qs_ptr, mix1_ptr,
+    m_run = tl.full([], float("-inf"), tl.float32)
+    l_run = tl.full([], 0.0, tl.float32)
+    # M <= BM (no SLOT_LOOP): one block, under a constant bound so that it compiles to straight-line code
+    # (ptxas holds a rolled loop to 128 registers and spills at R = 64)
+    for m0 in range(0, M if SLOT_LOOP else 1, BM):
+        c, m_run, l_run = _decode_slot_block(m0, c, m_run, l_run, kk, vv, query, a, keep, i_b, qs_ptr, mix1_ptr,
                                              s0_ptr, n0_ptr, s_out_ptr, n_out_ptr, M, R, o_r, r_mask, scale, cap,
                                              MIXER, HAS_STATE, BM)
     if MIXER != 1:
