@@ -6,8 +6,8 @@
 #   bash benchmarks/gpu_check.sh --dry-run       # on a CPU: every step at tiny shapes, GPU-only steps skipped,
 #                                                # results in a temporary directory (printed at the end)
 #
-# Uses the machine's own stack: `python` (or $PYTHON) with PYTHONPATH=., no environment created and
-# nothing installed. Every step has its own time limit and a failing or missing piece never stops the
+# Uses the machine's own stack: $PYTHON (default python3, else python) with PYTHONPATH=., no environment
+# created and nothing installed. Every step has its own time limit and a failing or missing piece never stops the
 # next step: a kernel not written yet is a skipped row, not a crash. Step logs go to <out>/logs/.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
@@ -24,7 +24,10 @@ while [ $# -gt 0 ]; do
     shift
 done
 
-PY="${PYTHON:-python}"
+# $PYTHON, else python3 (the GPU machine's image has its torch behind a plain python3 and may have no
+# `python`), else python; exported so that gpu_tests.sh uses the same one
+PY="${PYTHON:-$(command -v python3 || echo python)}"
+export PYTHON="$PY"
 export PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}"
 BUDGET="${GPU_CHECK_BUDGET_S:-470}"   # seconds for all steps; the report step is kept 30 s of it
 START=$SECONDS

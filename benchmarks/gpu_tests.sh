@@ -13,7 +13,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 WORK="${1:?usage: gpu_tests.sh WORK_DIR LOG_DIR}"
 LOGS="${2:?usage: gpu_tests.sh WORK_DIR LOG_DIR}"
-PY="${PYTHON:-python}"
+PY="${PYTHON:-$(command -v python3 || echo python)}"  # as gpu_check.sh picks it
 
 # "file|-k expression": the kernels' parity files split by dtype / adapter; every other file that
 # has GPU tests is one shard (the end-to-end ones: a compiled static-cache generate, a one-GPU FSDP2 run).

@@ -7,11 +7,13 @@ results file into a PNG. No timing is asserted anywhere.
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu_check.sh"
@@ -43,6 +45,26 @@ def _import_benchmarks():
 def test_gpu_check_script_is_valid_bash():
     proc = subprocess.run(["bash", "-n", str(SCRIPT)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU the script would run the whole check")
+@pytest.mark.parametrize("on_path", [("python3", "python"), ("python",)])
+def test_gpu_check_takes_python3_when_python_is_not_set(tmp_path, on_path):
+    """Without $PYTHON the script runs python3 (the GPU image's interpreter, which may have no `python`),
+    else python: on a CPU it stops at its CUDA check, naming the interpreter it asked."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in on_path:  # wrappers, not symlinks: a symlinked venv python would not find the venv
+        (bin_dir / name).write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+        (bin_dir / name).chmod(0o755)
+    (bin_dir / "dirname").symlink_to(shutil.which("dirname"))
+    env = {**_env(), "PATH": str(bin_dir)}
+    del env["PYTHON"]
+    proc = subprocess.run([shutil.which("bash"), str(SCRIPT), "--out", str(tmp_path / "out")], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    asked = bin_dir / on_path[0] if on_path[0] == "python3" else "python"
+    assert f"no CUDA device visible to {asked};" in proc.stderr
 
 
 @pytest.fixture(scope="module")
