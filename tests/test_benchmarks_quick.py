@@ -8,8 +8,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -129,7 +131,9 @@ def test_dry_run_writes_a_well_formed_results_file(dry_run):
 
 GPU_TESTS = ROOT / "benchmarks" / "gpu_tests.sh"
 SHARD_TESTS = """
+import os
 import time
+from pathlib import Path
 
 import pytest
 
@@ -145,25 +149,39 @@ def test_fails():
 
 
 def test_outlives_the_step():
+    Path(os.environ["TALAN_SHARD_STARTED"]).touch()
     time.sleep(120)
 """
 
 
 def test_gpu_test_shards_write_their_reports_when_the_time_limit_interrupts_them(tmp_path):
-    """gpu_check.sh's time limit (SIGINT to the process group) stops a shard that is still running;
-    it must still write its junit file (background jobs start with SIGINT ignored unless the shard
-    restores it), and the report lists the failed test by its id."""
+    """gpu_check.sh's time limit (``timeout -s INT``: SIGINT to the process group) stops a shard that is
+    still running; it must still write its junit file (background jobs start with SIGINT ignored unless the
+    shard restores it), and the report lists the failed test by its id. The signal goes out once the long
+    test is running: sent at a fixed time, it could reach a shard still starting up on a loaded machine
+    (seen here), which has no report to write."""
     collect, _ = _import_benchmarks()
     tests = tmp_path / "test_shard.py"
     tests.write_text(SHARD_TESTS)
-    work, logs = tmp_path / "work", tmp_path / "logs"
+    work, logs, started = tmp_path / "work", tmp_path / "logs", tmp_path / "started"
     work.mkdir(), logs.mkdir()
     shards = [f"{tests}|passes or fails", f"{tests}|outlives"]
-    proc = subprocess.run(["timeout", "-s", "INT", "-k", "20", "12", "bash", str(GPU_TESTS), str(work), str(logs),
-                           *shards], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 124, proc.stdout + proc.stderr  # timeout's own status: SIGINT sent, no SIGKILL
+    proc = subprocess.Popen(["bash", str(GPU_TESTS), str(work), str(logs), *shards], cwd=ROOT,
+                            env={**_env(), "TALAN_SHARD_STARTED": str(started)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (started.exists() and (work / "gpu_tests_0.xml").exists()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        os.killpg(proc.pid, signal.SIGINT)  # what timeout -s INT does to the step's process group
+        output, _ = proc.communicate(timeout=40)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert "interrupted; waiting for the shards" in output, output
+    assert proc.returncode == 1, output  # a shard failed (the interrupted one and test_fails')
     reports = sorted(work.glob("gpu_tests_*.xml"))
-    assert [p.name for p in reports] == ["gpu_tests_0.xml", "gpu_tests_1.xml"], proc.stdout
+    assert [p.name for p in reports] == ["gpu_tests_0.xml", "gpu_tests_1.xml"], output
     counts = collect.junit_counts([str(p) for p in reports])
     assert counts["tests"] >= 2 and counts["failures"] == 1 and counts["files"] == 2
     assert [name.rsplit("::", 1)[1] for name in counts["failed"]] == ["test_fails"]
