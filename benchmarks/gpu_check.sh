@@ -6,9 +6,10 @@
 #   bash benchmarks/gpu_check.sh --dry-run       # on a CPU: every step at tiny shapes, GPU-only steps skipped,
 #                                                # results in a temporary directory (printed at the end)
 #
-# Uses the machine's own stack: $PYTHON (default python3, else python) with PYTHONPATH=., no environment
-# created and nothing installed. Every step has its own time limit and a failing or missing piece never stops the
-# next step: a kernel not written yet is a skipped row, not a crash. Step logs go to <out>/logs/.
+# Uses the machine's own stack: $PYTHON (default python3, else python) with PYTHONPATH=., no
+# environment created and nothing installed. Every step has its own time limit and a failing or missing
+# piece never stops the next step: a kernel not written yet is a skipped row, not a crash. Step logs go
+# to <out>/logs/.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 

@@ -221,9 +221,9 @@ def test_fused_lora_is_refused_where_the_base_weights_are_sharded(tmp_path, monk
     config.write_text(json.dumps(DEEPSPEED_ZERO3))
     # a --deepspeed config is read only where the package is installed (make test installs it; the GPU
     # machine's stack may not): without it the run stops first on that, and the launcher routes below still run
-    refusal = (ValueError, "DeepSpeed ZeRO-3 shards the base weights") if importlib.util.find_spec("deepspeed") \
-        else (ImportError, "--deepspeed needs the deepspeed package")
-    with pytest.raises(refusal[0], match=refusal[1]):
+    error, message = (ValueError, "DeepSpeed ZeRO-3 shards the base weights") \
+        if importlib.util.find_spec("deepspeed") else (ImportError, "--deepspeed needs the deepspeed package")
+    with pytest.raises(error, match=message):
         train(tmp_path / "run", "--fused-lora", "--deepspeed", str(config))
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")  # `accelerate launch --use_deepspeed --zero_stage 3`
     monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "3")

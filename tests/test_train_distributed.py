@@ -27,9 +27,9 @@ from talan.train_config import resolve_settings
 # ---- distributed -------------------------------------------------------------------------------------
 # The last lines of the torchrun scripts. At interpreter exit, after every rank has destroyed its process group,
 # torch's teardown sometimes aborts a gloo rank ("terminate called without an active exception", SIGABRT): 7
-# times in 40 runs of FSDP2_SCRIPT on the 2-core VM under CPU load, twice in a row in one CI run. Everything is
-# written and flushed by then, so the ranks leave without that teardown (0 in 40 runs under the same load);
-# _run_ranks still runs a killed rank once more.
+# times in 40 runs of FSDP2_SCRIPT on the 2-core VM under CPU load, twice in a row in one clean-clone .ci/run
+# here. Everything is written and flushed by then, so the ranks leave without that teardown (0 in 40 runs
+# under the same load); _run_ranks still runs a killed rank once more.
 EXIT_WITHOUT_TEARDOWN = """
 import torch.distributed as dist
 if dist.is_initialized():
