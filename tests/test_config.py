@@ -56,7 +56,7 @@ def test_from_dict_rejects_unknown_fields():
 
 
 def test_triton_backend_refuses_a_block_wider_than_the_kernels_take():
-    with pytest.raises(ValueError, match=r"backend='triton': .*latent_dim <= 128; got latent_dim=129"):
-        TalanConfig(backend="triton", latent_dim=129)
-    assert TalanConfig(backend="auto", latent_dim=129).latent_dim == 129  # auto: the PyTorch path
-    TalanConfig(backend="triton", latent_dim=128, num_slots=1024)  # the widest the kernels take; any M
+    with pytest.raises(ValueError, match=r"backend='triton': .*latent_dim <= 256; got latent_dim=257"):
+        TalanConfig(backend="triton", latent_dim=257)
+    assert TalanConfig(backend="auto", latent_dim=257).latent_dim == 257  # auto: the PyTorch path
+    TalanConfig(backend="triton", latent_dim=256, num_slots=1024)  # the widest the kernels take; any M

@@ -124,15 +124,15 @@ def test_compile_checks_find_ptxas_with_either_get_ptxas_signature(monkeypatch, 
 
 
 def test_auto_runs_a_block_wider_than_the_kernels_take_on_the_pytorch_path(monkeypatch):
-    """R > 128 would spill many KB a thread (R = 512: not launch at all) on a GPU: "auto" takes the
-    PyTorch path for such a block, "triton" raises a ValueError with the width."""
+    """R > 256 would spill KBs a thread on a GPU: "auto" takes the PyTorch path for such a block,
+    "triton" raises a ValueError with the width."""
     from talan_kernels import launching
     from talan_kernels.side_path.interface import use_side_path_kernels
 
     cuda = torch.device("cuda")  # the decision needs no GPU
     monkeypatch.setattr(launching, "GPU_KERNELS_UNAVAILABLE", None)
-    assert use_side_path_kernels("auto", cuda, 128) and use_side_path_kernels("triton", cuda, 128)
-    assert not use_side_path_kernels("auto", cuda, 129)
+    assert use_side_path_kernels("auto", cuda, 256) and use_side_path_kernels("triton", cuda, 256)
+    assert not use_side_path_kernels("auto", cuda, 257)
     assert not use_side_path_kernels("auto", torch.device("cpu"), 64)
-    with pytest.raises(ValueError, match="latent_dim <= 128; got latent_dim=256"):
-        use_side_path_kernels("triton", cuda, 256)
+    with pytest.raises(ValueError, match="latent_dim <= 256; got latent_dim=512"):
+        use_side_path_kernels("triton", cuda, 512)

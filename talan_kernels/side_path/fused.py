@@ -17,7 +17,10 @@ bf16/fp16, 4 for fp32; weights are L2-resident and left out):
   (``M R / 4``), the scan kernel reads ``k, v, q`` and the chunk states and writes ``c`` (16 R + ``M R
   / 4``), the expand reads ``c`` (4 R): about ``48 R`` at M = 16, i.e. ~0.75x the bf16 floor at
   R = 64, D = 1024 (mlp/glu add ``z`` and the PyTorch tail on ``[N, R]``). Recomputing ``k, v, q``
-  from ``z`` inside the scan kernels would save about ``20 R`` (not done).
+  from ``z`` inside the scan kernels would save about ``20 R`` (not done). At R = 256 (``BK < BR``) the
+  shrink always writes ``z`` (4 R more) and reads it back in slices once per BC output columns, and the
+  expand reads ``c`` in slices once per BD channels: re-reads of a program's own recent rows, which L1/L2
+  should serve (not measured).
 
 The kernels are in ``fused_kernels.py``; ``triton_path.side_path_infer`` chains them with the scan.
 """
@@ -42,20 +45,27 @@ def fused_kernel_configs(d: int, r: int, writeback: str, device_type: str) -> di
     ``D_PER_PROG``: hidden channels per expand program; norm_cap's programs own whole rows."""
     br = dot_tile(r)
     if device_type != "cuda":
-        return {"shrink": dict(BT=16, BD=32, BR=br, BC=16, DOT_PREC="ieee", num_warps=4, num_stages=1),
-                "expand": dict(BT=16, BD=32, BR=br, DOT_PREC="ieee", num_warps=4, num_stages=1,
+        # BK < BR from R = 32 on: the interpreter tests run both ways of the k/v/q and W_out products
+        bk = 16 if br >= 32 else br
+        return {"shrink": dict(BT=16, BD=32, BR=br, BC=16, BK=bk, DOT_PREC="ieee", num_warps=4, num_stages=1),
+                "expand": dict(BT=16, BD=32, BR=br, BK=bk, DOT_PREC="ieee", num_warps=4, num_stages=1,
                                D_PER_PROG=d if writeback == "norm_cap" else 64)}
     # Spill-free on sm_80/sm_90 with 3xTF32 (tests/test_side_path_compile.py), with the newest Triton
     # and with 3.6 (torch 2.11's); 4 warps, or 32-token tiles at R = 128, spill, and so does the
-    # 32-token shrink with 64-channel steps (255 registers; Triton 3.6 spills). Untuned for speed: a
-    # GPU measurement has to settle BT (tokens per re-read of W_in/W_out from L2) against the number
-    # of programs.
-    wide = br >= 128
+    # 32-token shrink with 64-channel steps (255 registers; Triton 3.6 spills). At R = 256 z and c go
+    # through memory in 32-wide slices (BK < BR): as whole dot operands they spilled 9-10 KB (shrink) and
+    # 0.2-0.6 KB (expand). Untuned for speed: a GPU measurement has to settle BT (tokens per re-read of
+    # W_in/W_out from L2) against the number of programs.
     prec = dot_precision(device_type)
-    shrink = dict(BT=16, BD=64, BR=br, BC=32, DOT_PREC=prec, num_warps=8, num_stages=2) if wide else \
-        dict(BT=32, BD=32, BR=br, BC=16, DOT_PREC=prec, num_warps=8, num_stages=2)
-    expand = dict(BT=16 if wide else 32, BD=32 if wide else 64, BR=br, DOT_PREC=prec, num_warps=8,
-                  num_stages=2)
+    if br >= 256:
+        shrink = dict(BT=16, BD=32, BR=br, BC=32, BK=32, DOT_PREC=prec, num_warps=8, num_stages=2)
+        expand = dict(BT=16, BD=64, BR=br, BK=32, DOT_PREC=prec, num_warps=8, num_stages=2)
+    elif br >= 128:
+        shrink = dict(BT=16, BD=64, BR=br, BC=32, BK=br, DOT_PREC=prec, num_warps=8, num_stages=2)
+        expand = dict(BT=16, BD=32, BR=br, BK=br, DOT_PREC=prec, num_warps=8, num_stages=2)
+    else:
+        shrink = dict(BT=32, BD=32, BR=br, BC=16, BK=br, DOT_PREC=prec, num_warps=8, num_stages=2)
+        expand = dict(BT=32, BD=64, BR=br, BK=br, DOT_PREC=prec, num_warps=8, num_stages=2)
     expand["D_PER_PROG"] = d if writeback == "norm_cap" else 4 * expand["BD"]
     return {"shrink": shrink, "expand": expand}
 
@@ -82,18 +92,19 @@ def shrink_launch(h, norm_weight, w_in, w_k, w_v, w_q, gate_weight, gate_bias, n
     r = w_in.shape[1]
     dev = h.device
     has_q, has_gate = w_q is not None, gate_weight is not None
-    z = _new((n, r if need_z else 0), torch.float32, dev)
+    consts, launch = _launch_opts(fused_kernel_configs(d, r, "", dev.type)["shrink"])
+    store_z = need_z or consts["BK"] < consts["BR"]  # wide blocks read z back in slices for k, v, q
+    z = _new((n, r if store_z else 0), torch.float32, dev)
     k, v = _new((n, r), torch.float32, dev), _new((n, r), torch.float32, dev)
     q = _new((n, r if has_q else 0), torch.float32, dev)
     logit = _new((n if has_gate else 0,), torch.float32, dev)
     hnorm = _new((n if need_hnorm else 0,), torch.float32, dev)
-    consts, launch = _launch_opts(fused_kernel_configs(d, r, "", dev.type)["shrink"])
     _side_path_shrink_kernel[(cdiv(n, consts["BT"]),)](
         h, norm_weight, w_in, w_k, w_v, w_q if has_q else w_k, gate_weight if has_gate else norm_weight,
-        gate_bias if has_gate else norm_weight, z if need_z else k, k, v, q if has_q else k,
+        gate_bias if has_gate else norm_weight, z if store_z else k, k, v, q if has_q else k,
         logit if has_gate else k, hnorm if need_hnorm else k, n, d, r, RMS_EPS,
-        STORE_Z=need_z, HAS_Q=has_q, HAS_GATE=has_gate, HAS_HNORM=need_hnorm, **consts, **launch)
-    return z, k, v, q, logit, hnorm
+        STORE_Z=store_z, HAS_Q=has_q, HAS_GATE=has_gate, HAS_HNORM=need_hnorm, **consts, **launch)
+    return (z if need_z else z.new_empty((n, 0))), k, v, q, logit, hnorm
 
 
 def expand_launch(h, c, w_out, active, gate, logit, hnorm, writeback: str, zero_add_scale: float,

@@ -7,13 +7,13 @@ from .reference import MIXERS, WRITEBACKS, side_path_ref
 
 BACKENDS = ("auto", "torch", "triton")
 
-# The largest latent width the kernels take: each holds whole [*, R] tiles. Up to it every kernel compiles
-# for sm_80/sm_90 within shared memory and spills at most a few hundred bytes a thread (R = 128; none at the
-# default R = 64); at R = 256 the spills reach 11.5 KB and at R = 512 the shrink kernel (and, on sm_80, the
-# state kernel) exceeds shared memory, so it would not launch (tests/test_side_path_compile.py). Wider
-# blocks run on the PyTorch path under backend="auto". The number of slots has no limit: every kernel walks
-# the slots one at a time or a fixed-size block at a time.
-MAX_TRITON_LATENT_DIM = 128
+# The largest latent width the kernels take: each holds [*, R] tiles. Up to it every kernel compiles for
+# sm_80/sm_90 within shared memory and spills at most a few hundred bytes a thread (R = 128 and 256; none at
+# the default R = 64); from R = 256 on the products over R read their operands in slices from memory (BK in
+# the launch configs), and at R = 512 the backward kernels still spill up to 4 KB, so such blocks run on the
+# PyTorch path under backend="auto" (tests/test_side_path_compile.py). The number of slots has no limit:
+# every kernel walks the slots one at a time or a fixed-size block at a time.
+MAX_TRITON_LATENT_DIM = 256
 
 
 def kernel_size_problem(latent_dim: int) -> str | None:

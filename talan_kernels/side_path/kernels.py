@@ -80,12 +80,31 @@ def _chunk_causal_mask(resets_ptr, row, t, t_mask, o_t, HAS_RESETS: tl.constexpr
 
 
 @triton.jit
+def _sliced_matmul(x_ptr, x_rows, x_mask, w_ptr, w_k_stride, w_cols, w_mask, R, BX: tl.constexpr,
+                   BN: tl.constexpr, BK: tl.constexpr, DOT_PREC: tl.constexpr):
+    """``x[x_rows, :R] @ W[:R, cols]``, ``[BX, BN]``, from BK-wide slices read from memory: ``x`` is an
+    [*, R] tensor, ``W[k, n]`` lies at ``w_ptr + k * w_k_stride + w_cols[n]`` (``w_mask`` its valid columns).
+    For wide blocks (R = 256): a whole [16, 256] operand of a dot over R is held by every warp and spills
+    (tests/test_side_path_compile.py)."""
+    acc = tl.zeros([BX, BN], dtype=tl.float32)
+    for k0 in range(0, R, BK):
+        o_k = k0 + tl.arange(0, BK)
+        k_mask = o_k < R
+        xs = tl.load(x_ptr + x_rows[:, None] * R + o_k[None, :], mask=x_mask[:, None] & k_mask[None, :],
+                     other=0.0).to(tl.float32)  # [BX, BK]
+        ws = tl.load(w_ptr + o_k[:, None] * w_k_stride + w_cols[None, :], mask=k_mask[:, None] & w_mask[None, :],
+                     other=0.0).to(tl.float32)  # [BK, BN]
+        acc += tl.dot(xs, ws, input_precision=DOT_PREC)
+    return acc
+
+
+@triton.jit
 def _slot_state_fwd_kernel(
     k_ptr, v_ptr, qs_ptr, active_ptr, resets_ptr, s0_ptr, n0_ptr,  # [B,T,R] x2, [M,R], [B,T] x2, [B,M], [B,M,R]
     cs_ptr, cn_ptr, s_out_ptr, n_out_ptr,  # [B,NC,M], [B,NC,M,R], [B,M], [B,M,R]
     T, M, R, NC, scale, cap,
     HAS_RESETS: tl.constexpr, HAS_STATE: tl.constexpr,
-    BT: tl.constexpr, BM: tl.constexpr, BR: tl.constexpr, DOT_PREC: tl.constexpr,
+    BT: tl.constexpr, BM: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr, DOT_PREC: tl.constexpr,
 ):
     i_b = tl.program_id(0).to(tl.int64)
     i_m = tl.program_id(1)
@@ -110,8 +129,11 @@ def _slot_state_fwd_kernel(
         tl.store(cn_ptr + base * R + mr_off, n.to(cn_ptr.dtype.element_ty), mask=mr_mask)
         t, t_mask, _tr_off, _tr_mask, kt, vt, a = _chunk_tile(k_ptr, v_ptr, active_ptr, i_b, i_c, T, R, o_t, o_r,
                                                               r_mask, BT)
-        logits = tl.dot(kt, tl.trans(qs), input_precision=DOT_PREC) * scale  # [BT, BM]
-        _th, w = _capped_weights(logits, a[:, None], cap)
+        if BK < BR:
+            logits = _sliced_matmul(k_ptr, i_b * T + t, t_mask, qs_ptr, 1, o_m * R, m_mask, R, BT, BM, BK, DOT_PREC)
+        else:
+            logits = tl.dot(kt, tl.trans(qs), input_precision=DOT_PREC)  # [BT, BM]
+        _th, w = _capped_weights(logits * scale, a[:, None], cap)
         w = tl.where(m_mask[None, :], w, 0.0)
         if HAS_RESETS:
             seg, n_resets = _chunk_segments(resets_ptr, i_b * T, t, t_mask, BT)
@@ -287,7 +309,8 @@ def _slot_carry_bwd_kernel(
     k_ptr, v_ptr, qs_ptr, active_ptr, resets_ptr, g1_ptr, g2_ptr,  # g1 [B,NC,M,R], g2 [B,NC,M]
     dk_ptr, dv_ptr, dqs_ptr,  # [B,T,R], [B,T,R], [B,NC,M,R]: updated in place (own elements only)
     T, M, R, NC, scale, cap,
-    HAS_RESETS: tl.constexpr, BT: tl.constexpr, BM: tl.constexpr, BR: tl.constexpr, DOT_PREC: tl.constexpr,
+    HAS_RESETS: tl.constexpr, BT: tl.constexpr, BM: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
+    DOT_PREC: tl.constexpr,
 ):
     i_c = tl.program_id(0)
     i_b = tl.program_id(1).to(tl.int64)
@@ -311,12 +334,19 @@ def _slot_carry_bwd_kernel(
         qs = tl.load(qs_ptr + mr_off, mask=mr_mask, other=0.0).to(tl.float32)  # [BM, BR]
         g1 = tl.load(g1_ptr + base * R + mr_off, mask=mr_mask, other=0.0).to(tl.float32)  # [BM, BR]
         g2 = tl.load(g2_ptr + base + o_m, mask=m_mask, other=0.0).to(tl.float32)  # [BM]
-        th, w = _capped_weights(tl.dot(kt, tl.trans(qs), input_precision=DOT_PREC) * scale, a[:, None], cap)
+        if BK < BR:
+            logits = _sliced_matmul(k_ptr, i_b * T + t, t_mask, qs_ptr, 1, o_m * R, m_mask, R, BT, BM, BK, DOT_PREC)
+            vg1 = _sliced_matmul(v_ptr, i_b * T + t, t_mask, g1_ptr, 1, (base + o_m) * R, m_mask, R, BT, BM, BK,
+                                 DOT_PREC)
+        else:
+            logits = tl.dot(kt, tl.trans(qs), input_precision=DOT_PREC)  # [BT, BM]
+            vg1 = tl.dot(vt, tl.trans(g1), input_precision=DOT_PREC)
+        th, w = _capped_weights(logits * scale, a[:, None], cap)
         w = tl.where(m_mask[None, :], w, 0.0)  # [BT, BM]
         if HAS_RESETS:
             w = tl.where(last[:, None], w, 0.0)
         dv += tl.dot(w, g1, input_precision=DOT_PREC)  # [BT, BR]
-        dw = tl.dot(vt, tl.trans(g1), input_precision=DOT_PREC) - g2[None, :]  # [BT, BM]
+        dw = vg1 - g2[None, :]  # [BT, BM]
         dlogit = w * dw * (1.0 - th * th) * scale
         dk += tl.dot(dlogit, qs, input_precision=DOT_PREC)  # [BT, BR]
         dqs = tl.dot(tl.trans(dlogit), kt, input_precision=DOT_PREC)  # [BM, BR]

@@ -51,13 +51,23 @@ def chunk_kernel_configs(r: int, m: int, chunk_size: int, device_type: str) -> d
     fp32 matmuls run as 3xTF32 on tensor cores (fp32 accuracy; ``precision.py``); the interpreter is IEEE."""
     prec = dot_precision(device_type)
     br, bm = dot_tile(r), min(STATE_BLOCK_M, dot_tile(m))
+    if device_type != "cuda":
+        bk_state = bk_carry = 16 if br >= 32 else br  # from R = 32 on the interpreter tests run both ways
+    elif br >= 256:
+        # The products over R (k q^T, v g1^T) from 32- and 16-wide slices read from memory (BK < BR): as
+        # whole [16, 256] dot operands, held by every warp, they spilled up to 11 KB
+        bk_state, bk_carry = 32, 16
+    else:
+        bk_state = bk_carry = br
+    # 2 warps: ptxas spills a few bytes in state_fwd and scan_fwd at 4 warps (it stops at 128 registers);
+    # at R = 256 everything but state_bwd needs 8 (fewer spill 0.3-11 KB, 16 cap the registers at 128)
+    fwd_warps, bwd_warps = (8, 8) if device_type == "cuda" and br >= 256 else (2, 4)
     return {
-        # 2 warps: ptxas spills a few bytes in these two at 4 warps (it stops at 128 registers)
-        "state_fwd": dict(BT=chunk_size, BM=bm, BR=br, DOT_PREC=prec, num_warps=2),
-        "scan_fwd": dict(BT=chunk_size, BR=br, DOT_PREC=prec, num_warps=2),
-        "scan_bwd": dict(BT=chunk_size, BR=br, DOT_PREC=prec, num_warps=4),
+        "state_fwd": dict(BT=chunk_size, BM=bm, BR=br, BK=bk_state, DOT_PREC=prec, num_warps=fwd_warps),
+        "scan_fwd": dict(BT=chunk_size, BR=br, DOT_PREC=prec, num_warps=fwd_warps),
+        "scan_bwd": dict(BT=chunk_size, BR=br, DOT_PREC=prec, num_warps=bwd_warps),
         "state_bwd": dict(BT=chunk_size, BM=bm, BR=br, num_warps=4),
-        "carry_bwd": dict(BT=chunk_size, BM=bm, BR=br, DOT_PREC=prec, num_warps=4),
+        "carry_bwd": dict(BT=chunk_size, BM=bm, BR=br, BK=bk_carry, DOT_PREC=prec, num_warps=bwd_warps),
     }
 
 
