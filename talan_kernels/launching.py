@@ -132,6 +132,13 @@ def dot_tile(n: int) -> int:
     return max(16, next_power_of_2(n))
 
 
+def interpreter_slice(br: int) -> int:
+    """Slice width of the products over a latent dimension (tile ``br``) in the interpreter's launch
+    configs: 16 from a 32-wide tile on, so the interpreter tests run both the whole-tile products (R <= 16)
+    and the sliced ones that a GPU takes at R = 256 (the side path's ``BK``)."""
+    return 16 if br >= 32 else br
+
+
 def as_fp32(x: torch.Tensor) -> torch.Tensor:
     """``x`` as a contiguous fp32 tensor for a kernel (no autograd involved): ``x`` itself when it
     already is one (TALAN's parameters and state always are), which skips three tensor method calls

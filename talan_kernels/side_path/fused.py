@@ -18,9 +18,9 @@ bf16/fp16, 4 for fp32; weights are L2-resident and left out):
   / 4``), the expand reads ``c`` (4 R): about ``48 R`` at M = 16, i.e. ~0.75x the bf16 floor at
   R = 64, D = 1024 (mlp/glu add ``z`` and the PyTorch tail on ``[N, R]``). Recomputing ``k, v, q``
   from ``z`` inside the scan kernels would save about ``20 R`` (not done). At R = 256 (``BK < BR``) the
-  shrink always writes ``z`` (4 R more) and reads it back in slices once per BC output columns, and the
-  expand reads ``c`` in slices once per BD channels: re-reads of a program's own recent rows, which L1/L2
-  should serve (not measured).
+  shrink always writes ``z`` (4 R more) and reads it back in slices, once for each of k, v, q per BC
+  output columns, and the expand reads ``c`` in slices once per BD channels: re-reads of a program's own
+  recent rows, which L1/L2 should serve (not measured).
 
 The kernels are in ``fused_kernels.py``; ``triton_path.side_path_infer`` chains them with the scan.
 """
@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import torch
 
-from ..launching import COMPILE_OPTIONS, cdiv, dot_tile
+from ..launching import COMPILE_OPTIONS, cdiv, dot_tile, interpreter_slice
 from . import ops  # noqa: F401  (registers torch.ops.talan.*)
 from .decode import WRITEBACK_IDS
 from .fused_kernels import _side_path_expand_kernel, _side_path_shrink_kernel
@@ -45,8 +45,7 @@ def fused_kernel_configs(d: int, r: int, writeback: str, device_type: str) -> di
     ``D_PER_PROG``: hidden channels per expand program; norm_cap's programs own whole rows."""
     br = dot_tile(r)
     if device_type != "cuda":
-        # BK < BR from R = 32 on: the interpreter tests run both ways of the k/v/q and W_out products
-        bk = 16 if br >= 32 else br
+        bk = interpreter_slice(br)
         return {"shrink": dict(BT=16, BD=32, BR=br, BC=16, BK=bk, DOT_PREC="ieee", num_warps=4, num_stages=1),
                 "expand": dict(BT=16, BD=32, BR=br, BK=bk, DOT_PREC="ieee", num_warps=4, num_stages=1,
                                D_PER_PROG=d if writeback == "norm_cap" else 64)}

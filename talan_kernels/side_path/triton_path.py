@@ -24,7 +24,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..launching import COMPILE_OPTIONS, as_fp32, cdiv, dot_tile
+from ..launching import COMPILE_OPTIONS, as_fp32, cdiv, dot_tile, interpreter_slice
 from . import ops  # registers torch.ops.talan.*; ops.resolve picks op or implementation
 from .decode import side_path_decode
 from .fused_train import ExpandFunction, ShrinkFunction
@@ -52,7 +52,7 @@ def chunk_kernel_configs(r: int, m: int, chunk_size: int, device_type: str) -> d
     prec = dot_precision(device_type)
     br, bm = dot_tile(r), min(STATE_BLOCK_M, dot_tile(m))
     if device_type != "cuda":
-        bk_state = bk_carry = 16 if br >= 32 else br  # from R = 32 on the interpreter tests run both ways
+        bk_state = bk_carry = interpreter_slice(br)
     elif br >= 256:
         # The products over R (k q^T, v g1^T) from 32- and 16-wide slices read from memory (BK < BR): as
         # whole [16, 256] dot operands, held by every warp, they spilled up to 11 KB
