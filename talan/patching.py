@@ -99,10 +99,20 @@ class _Patch:
 
     # ---- hooks -------------------------------------------------------------------------------
     def on_model_forward(self, module, args, kwargs):
+        if not self.enabled:  # talan.disabled(model): the unpatched model's forward, whatever its inputs
+            return None
         bound = dict(zip(self._forward_params, args))
         bound.update(kwargs)
         mask = bound.get("attention_mask")
         cache = bound.get("cache", bound.get("past_key_values"))
+        if cache is not None and not callable(getattr(cache, "get_seq_length", None)):
+            # Continuous batching packs the new tokens of many requests into one row and pages their keys;
+            # the forward does not say which request a token belongs to, so no per-sequence (S, N) state
+            # could be carried from one step to the next.
+            raise ValueError(f"TALAN keeps a memory state per sequence and cannot follow a {type(cache).__name__} "
+                             "(continuous batching: generate_batch, init_continuous_batching, transformers serve "
+                             "--continuous-batching); use model.generate, or talan.disabled(model) to run without "
+                             "TALAN")
         past_len = int(cache.get_seq_length()) if cache is not None else 0
         if isinstance(mask, dict):
             mask = _active_from_mask_dict(mask, past_len)

@@ -2,6 +2,7 @@
 cached generation, hidden states, disabled/unpatch, every axis option, and bad inputs."""
 
 import inspect
+import logging
 
 import pytest
 import torch
@@ -328,6 +329,42 @@ def test_a_crop_into_the_last_forward_continues_exactly_and_further_back_is_refu
     cache.crop(-4)  # 9 -> 5 tokens: back past the start of the last forward (at 7 tokens)
     with pytest.raises(ValueError, match="crop"):
         _cached_forward(model, ids[:, 5:6], cache)
+
+
+@pytest.mark.skipif(TRANSFORMERS_4, reason="transformers 4.x's continuous batching sizes its paged cache from CUDA "
+                    "memory, also when given the sizes: it does not run on a CPU")
+def test_continuous_batching_is_refused_by_name_and_runs_with_talan_disabled(caplog):
+    """generate_batch packs the requests into one row of a PagedAttentionCache, so TALAN cannot tell them apart:
+    the forward raises a ValueError naming it (the batching manager logs it and fails the requests); under
+    talan.disabled the model generates what the unpatched model does."""
+    from transformers import GenerationConfig
+
+    model = tiny_qwen3()
+    prompts = [[1, 2, 3, 4, 5], [6, 7, 8]]
+    config = GenerationConfig(max_new_tokens=4, do_sample=False, eos_token_id=VOCAB + 1, pad_token_id=0)
+    # a small paged cache: sized from the free memory it takes seconds to fill on a CPU (the sizes have their own
+    # config class only in later 5.x releases)
+    from transformers.generation import configuration_utils
+
+    sizes_config = getattr(configuration_utils, "ContinuousBatchingConfig", None)
+    sizes = {} if sizes_config is None else {"continuous_batching_config": sizes_config(
+        page_size=16, num_blocks=8, max_batch_tokens=32)}
+
+    def tokens(results):
+        return {rid: list(out.generated_tokens) for rid, out in results.items()}
+
+    def generate_batch():
+        return tokens(model.generate_batch(inputs=prompts, generation_config=config, **sizes))
+
+    expected = generate_batch()
+    assert len(expected) == 2 and all(len(t) == 4 for t in expected.values())
+    _live(talan.patch(model, tiny_config(layer=1)))
+    with caplog.at_level(logging.ERROR):
+        failed = generate_batch()
+    assert "cannot follow a PagedAttentionCache (continuous batching" in caplog.text
+    assert failed == {rid: [] for rid in expected}
+    with talan.disabled(model):
+        assert generate_batch() == expected
 
 
 @pytest.mark.slow
