@@ -8,11 +8,17 @@ A cache cropped back into its last forward (assisted decoding drops the draft to
 rejected) is followed too: for a forward of at most ``REPLAY_TOKENS`` tokens the block's input and the
 state before it are kept, and the state at the cropped length is recomputed from them. A crop further
 back, or into a longer forward (a prefill), is refused with a clear error.
+
+The states live in the cache object's own ``__dict__`` and the batch-reordering wrappers are methods bound
+to it, so ``copy.deepcopy(cache)`` (transformers' prompt-reuse recipe: prefill a shared prefix once, then
+generate from a copy for each prompt) copies the TALAN state with the keys and values, and the copy's
+wrappers reorder the copy, not the original.
 """
 
 from __future__ import annotations
 
-import weakref
+import itertools
+import types
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -41,18 +47,22 @@ class LayerState:
     replay: Replay | None = None
 
 
+_STATES_ATTR = "_talan_decode_states"  # on the cache: {DecodeStates key: {layer index: LayerState}}
+_KEYS = itertools.count()  # an int key copies as itself, so a deep-copied cache's states keep their owner
+
+
 class DecodeStates:
-    """Maps live cache objects (weakly) to the TALAN state of each block computed alongside them."""
+    """The TALAN state of each block computed alongside a cache object, kept on that cache."""
 
     def __init__(self):
-        self._by_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._key = next(_KEYS)
 
     def lookup(self, cache, layer_idx: int, past_len: int, batch: int, block: Callable | None = None):
         """The ``(S, N)`` to continue from for ``layer_idx``, or None for a prefill (``past_len == 0``).
         ``block`` (the TALAN block, called as in the forward) recomputes the state after a crop."""
         if past_len == 0:
             return None
-        entry = self._by_cache.get(cache, {}).get(layer_idx)
+        entry = getattr(cache, _STATES_ATTR, {}).get(self._key, {}).get(layer_idx)
         if entry is None:
             raise ValueError("this cache holds tokens that TALAN never saw: start generation from an empty cache "
                              "(a new prompt) on the patched model, so TALAN can build its slot memory")
@@ -77,34 +87,36 @@ class DecodeStates:
     def store(self, cache, layer_idx: int, new_len: int, state, replay: Replay | None = None) -> None:
         """The state at cache length ``new_len``; ``replay`` (kept for forwards of <= REPLAY_TOKENS tokens)
         lets a later crop back into this forward recompute its state."""
-        layers = self._by_cache.get(cache)
-        if layers is None:
-            layers = {}
-            self._by_cache[cache] = layers
-            _follow_batch_changes(cache, weakref.ref(self), layers)
+        owners = getattr(cache, _STATES_ATTR, None)
+        if owners is None:
+            owners = {}
+            setattr(cache, _STATES_ATTR, owners)
+            _follow_batch_changes(cache)
         if replay is not None and replay.hidden.shape[1] > REPLAY_TOKENS:
             replay = None
-        layers[layer_idx] = LayerState(new_len, state[0].detach(), state[1].detach(), replay)
+        owners.setdefault(self._key, {})[layer_idx] = LayerState(new_len, state[0].detach(), state[1].detach(),
+                                                                  replay)
 
 
-def _follow_batch_changes(cache, owner_ref, layers: dict) -> None:
-    """Wrap this cache instance's batch-reordering methods so the TALAN states move with it."""
+def _follow_batch_changes(cache) -> None:
+    """Bind wrappers of the cache's batch-reordering methods to this instance so the TALAN states move with
+    it. Bound methods (not closures over this cache) so that a deep copy's wrappers act on the copy."""
 
     def wrap(method_name, transform):
-        original = getattr(cache, method_name, None)
+        original = getattr(type(cache), method_name, None)
         if original is None:
             return
 
-        def wrapped(*args, **kwargs):
-            result = original(*args, **kwargs)
-            if owner_ref() is not None:
+        def wrapped(self, *args, **kwargs):
+            result = original(self, *args, **kwargs)
+            for layers in getattr(self, _STATES_ATTR, {}).values():
                 for entry in layers.values():
                     entry.slot_sums = transform(entry.slot_sums, *args, **kwargs)
                     entry.value_sums = transform(entry.value_sums, *args, **kwargs)
                     entry.replay = None  # a crop after a reorder is refused rather than replayed on stale rows
             return result
 
-        setattr(cache, method_name, wrapped)
+        setattr(cache, method_name, types.MethodType(wrapped, cache))
 
     wrap("reorder_cache", lambda t, beam_idx: t.index_select(0, beam_idx.to(t.device)))
     wrap("batch_repeat_interleave", lambda t, repeats: t.repeat_interleave(repeats, dim=0))

@@ -1,6 +1,7 @@
 """talan.patch on tiny Qwen3/Llama hosts: identity at init, causality, conditioning, padding, packing,
 cached generation, hidden states, disabled/unpatch, every axis option, and bad inputs."""
 
+import copy
 import inspect
 import logging
 
@@ -159,6 +160,40 @@ def test_continuing_a_cache_talan_never_saw_or_that_was_cropped_raises():
     cache.crop(-2)  # what assisted decoding does with rejected draft tokens
     with pytest.raises(ValueError, match="crop"):
         _cached_forward(model, ids[:, :1], cache)
+
+
+@pytest.mark.parametrize("site", SITES)
+def test_a_deep_copied_prefix_cache_continues_like_recomputation(site):
+    """transformers' prompt reuse: prefill a shared prefix once, then generate each prompt from a deep copy of
+    that cache. The copy carries TALAN's state; generating from it leaves the original's state as it was."""
+    model = _live(talan.patch(tiny_qwen3(), tiny_config(site=site, layer=(0, 1))))
+    prefix = tiny_batch(batch=1, length=6)["input_ids"]
+    with torch.no_grad():  # a cache of tensors that need no gradient, as deepcopy requires
+        _, prefix_cache = _cached_forward(model, prefix)
+    kwargs = dict(max_new_tokens=5, do_sample=False, output_scores=True, return_dict_in_generate=True,
+                  pad_token_id=0)
+    for seed in (2, 3):  # the second prompt copies the prefix cache after the first one's generate
+        ids = torch.cat([prefix, tiny_batch(batch=1, length=3, seed=seed)["input_ids"]], dim=1)
+        mask = torch.ones_like(ids)
+        reused = model.generate(ids, attention_mask=mask, **{CACHE: copy.deepcopy(prefix_cache)}, **kwargs)
+        recomputed = model.generate(ids, attention_mask=mask, use_cache=False, **kwargs)
+        assert torch.equal(reused.sequences, recomputed.sequences)
+        for a, b in zip(reused.scores, recomputed.scores):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_a_deep_copied_cache_reorders_its_own_state_not_the_original():
+    model = _live(talan.patch(tiny_qwen3(), tiny_config(layer=1)))
+    ids = tiny_batch(batch=2, length=6)["input_ids"]
+    with torch.no_grad():
+        _, cache = _cached_forward(model, ids)
+    copied = copy.deepcopy(cache)
+    copied.reorder_cache(torch.tensor([1, 0]))  # what beam search does; the original keeps its order
+    step = tiny_batch(batch=2, length=1, seed=4)["input_ids"]
+    expected = model(torch.cat([ids, step], dim=1), use_cache=False).logits[:, -1:]
+    torch.testing.assert_close(_cached_forward(model, step, cache)[0].logits, expected, rtol=1e-5, atol=1e-5)
+    copied_logits = _cached_forward(model, step.flip(0), copied)[0].logits
+    torch.testing.assert_close(copied_logits, expected.flip(0), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("site", SITES)
