@@ -6,9 +6,25 @@ from torch import nn
 
 
 def _supported_classes() -> tuple[type, ...]:
-    from transformers import LlamaForCausalLM, LlamaModel, Qwen3ForCausalLM, Qwen3Model
+    """Qwen3 and Llama are the paper's hosts. Qwen3-MoE, Qwen2 (Qwen2.5) and Mistral have the same decoder
+    layer, which is all the hooks rely on: ``input_layernorm`` then ``self_attn`` added to the residual, a
+    normed MLP (or mixture of experts) added to it, and the stack passing its kwargs on to each layer
+    (tests/test_hosts.py runs every site on each)."""
+    from transformers import (
+        LlamaForCausalLM,
+        LlamaModel,
+        MistralForCausalLM,
+        MistralModel,
+        Qwen2ForCausalLM,
+        Qwen2Model,
+        Qwen3ForCausalLM,
+        Qwen3Model,
+        Qwen3MoeForCausalLM,
+        Qwen3MoeModel,
+    )
 
-    return (Qwen3ForCausalLM, Qwen3Model, LlamaForCausalLM, LlamaModel)
+    return (Qwen3ForCausalLM, Qwen3Model, LlamaForCausalLM, LlamaModel, Qwen3MoeForCausalLM, Qwen3MoeModel,
+            Qwen2ForCausalLM, Qwen2Model, MistralForCausalLM, MistralModel)
 
 
 def unwrap_peft(model: nn.Module) -> nn.Module:
@@ -23,7 +39,7 @@ def unwrap_peft(model: nn.Module) -> nn.Module:
 
 
 def decoder_stack(model: nn.Module) -> nn.Module:
-    """The module that owns ``layers`` (``Qwen3Model``/``LlamaModel``) for any supported host.
+    """The module that owns ``layers`` (``Qwen3Model``, ``LlamaModel``, ...) for any supported host.
 
     Raises ``TypeError`` for an unsupported model, naming its class.
     """

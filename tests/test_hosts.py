@@ -1,0 +1,77 @@
+"""The hosts beyond the paper's Qwen3 and Llama: Qwen3-MoE, Qwen2 (Qwen2.5) and Mistral share their decoder
+layer, so every site patches exactly, generates as it recomputes, unpatches exactly and trains with peft."""
+
+import pytest
+import torch
+from conftest import _build, tiny_batch, tiny_config
+from peft import LoraConfig, get_peft_model
+
+import talan
+
+
+def tiny_qwen3_moe(seed=0, train=False):
+    from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
+
+    # every layer sparse (4 experts, 2 per token), so the hooks sit around a mixture-of-experts MLP
+    moe = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, decoder_sparse_step=1)
+    return _build(Qwen3MoeConfig, Qwen3MoeForCausalLM, seed, train, moe)
+
+
+def tiny_qwen2(seed=0, train=False):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    return _build(Qwen2Config, Qwen2ForCausalLM, seed, train, {})
+
+
+def tiny_mistral(seed=0, train=False):
+    from transformers import MistralConfig, MistralForCausalLM
+
+    return _build(MistralConfig, MistralForCausalLM, seed, train, {})
+
+
+HOSTS = [tiny_qwen3_moe, tiny_qwen2, tiny_mistral]
+
+
+def _open_gates(model):
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("talan.gate"):
+                p.fill_(2.0)
+
+
+@pytest.mark.parametrize("site", ["pre", "mid", "post"])
+@pytest.mark.parametrize("factory", HOSTS, ids=lambda f: f.__name__[5:])
+def test_host_patches_exactly_and_generates_as_it_recomputes(factory, site):
+    model = factory()
+    ids = tiny_batch(batch=2, length=7)["input_ids"]
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0  # left padding in the second row
+    unpatched = model(ids, attention_mask=mask).logits
+    talan.patch(model, tiny_config(site=site, layer=(0, 1)))
+    assert torch.equal(model(ids, attention_mask=mask).logits, unpatched)  # identity at initialisation
+    _open_gates(model)
+    assert not torch.allclose(model(ids, attention_mask=mask).logits, unpatched, atol=1e-4)
+    kwargs = dict(attention_mask=mask, max_new_tokens=6, do_sample=False, output_scores=True,
+                  return_dict_in_generate=True, pad_token_id=0)
+    cached = model.generate(ids, use_cache=True, **kwargs)
+    recomputed = model.generate(ids, use_cache=False, **kwargs)
+    assert torch.equal(cached.sequences, recomputed.sequences)
+    for a, b in zip(cached.scores, recomputed.scores):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    talan.unpatch(model)
+    assert torch.equal(model(ids, attention_mask=mask).logits, unpatched)
+
+
+@pytest.mark.parametrize("factory", HOSTS, ids=lambda f: f.__name__[5:])
+def test_host_trains_talan_and_lora_together(factory):
+    model = get_peft_model(factory(train=True), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    talan.patch(model, tiny_config(layer=1))
+    batch = tiny_batch(batch=2, length=9)
+    extra = {"output_router_logits": True} if factory is tiny_qwen3_moe else {}  # adds the MoE balancing loss
+    loss = model(**batch, labels=batch["input_ids"], **extra).loss
+    loss.backward()
+    assert torch.isfinite(loss)
+    talan_grads = [p.grad for p in talan.talan_parameters(model)]
+    lora_grads = [p.grad for name, p in model.named_parameters() if "lora_" in name]
+    assert lora_grads and all(g is not None and torch.isfinite(g).all() for g in talan_grads + lora_grads)
+    assert any(g.abs().sum() > 0 for g in talan_grads) and any(g.abs().sum() > 0 for g in lora_grads)
