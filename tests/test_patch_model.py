@@ -182,6 +182,22 @@ def test_a_deep_copied_prefix_cache_continues_like_recomputation(site):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
+def test_a_second_turn_continues_the_cache_the_first_generate_returned():
+    """A chat's next turn: generate again on the conversation so far with the cache the last generate returned
+    (it holds all but the last generated token); TALAN continues its memory as if recomputed."""
+    model = _live(talan.patch(tiny_qwen3(), tiny_config(layer=(0, 1))))
+    ids = tiny_batch(batch=1, length=6)["input_ids"]
+    kwargs = dict(max_new_tokens=4, do_sample=False, pad_token_id=0, return_dict_in_generate=True, output_scores=True)
+    first = model.generate(ids, attention_mask=torch.ones_like(ids), **kwargs)
+    turn = torch.cat([first.sequences, tiny_batch(batch=1, length=3, seed=5)["input_ids"]], dim=1)
+    mask = torch.ones_like(turn)
+    second = model.generate(turn, attention_mask=mask, **{CACHE: getattr(first, CACHE)}, **kwargs)
+    recomputed = model.generate(turn, attention_mask=mask, use_cache=False, **kwargs)
+    assert torch.equal(second.sequences, recomputed.sequences)
+    for a, b in zip(second.scores, recomputed.scores):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
 def test_a_deep_copied_cache_reorders_its_own_state_not_the_original():
     model = _live(talan.patch(tiny_qwen3(), tiny_config(layer=1)))
     ids = tiny_batch(batch=2, length=6)["input_ids"]
