@@ -116,6 +116,11 @@ class _Patch:
         past_len = int(cache.get_seq_length()) if cache is not None else 0
         if isinstance(mask, dict):
             mask = _active_from_mask_dict(mask, past_len)
+        elif isinstance(mask, torch.Tensor) and mask.dim() == 4 and cache is not None:
+            # generate with a static cache hands over the 4-D mask it built from the 2-D one: a dict per layer
+            # type (Qwen3, Qwen2) or, for a model with one layer type (Llama, Mistral), the tensor itself. Only
+            # padding is read off it: with a cache sequences are never packed (position ids do not split them).
+            mask = _active_from_mask_dict({"full_attention": mask}, past_len)
         elif mask is not None and not (isinstance(mask, torch.Tensor) and mask.dim() == 2):
             kind = f"a {mask.dim()}-D tensor" if isinstance(mask, torch.Tensor) else f"a {type(mask).__name__}"
             raise ValueError(f"TALAN needs the 2-D [batch, length] attention_mask to know which tokens are padding; "

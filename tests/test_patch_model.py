@@ -326,10 +326,12 @@ def test_padding_read_off_4d_masks_also_when_padding_rows_were_opened(past_len, 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])  # boolean and additive 4-D masks
 @pytest.mark.parametrize("site", SITES)
-def test_static_cache_generation_equals_recomputation(site, attn):
-    """With a static cache, generate hands the model per-layer-type 4-D masks instead of the 2-D one;
-    TALAN reads the padding off their diagonal."""
-    model = _live(talan.patch(tiny_qwen3(), tiny_config(site=site, layer=(0, 1))))
+@pytest.mark.parametrize("factory", [tiny_qwen3, tiny_llama])
+def test_static_cache_generation_equals_recomputation(factory, site, attn):
+    """With a static cache, generate hands the model the 4-D masks it built from the 2-D one (a dict per
+    layer type for Qwen3; Llama has one layer type and gets the tensor); TALAN reads the padding off their
+    diagonal."""
+    model = _live(talan.patch(factory(), tiny_config(site=site, layer=(0, 1))))
     model.set_attn_implementation(attn)
     ids = tiny_batch(batch=2, length=7)["input_ids"]
     mask = torch.ones_like(ids)
@@ -341,7 +343,8 @@ def test_static_cache_generation_equals_recomputation(site, attn):
         lambda module, args, kw: seen.append(type(kw.get("attention_mask"))), with_kwargs=True, prepend=True)
     static = model.generate(ids, cache_implementation="static", **kwargs)
     handle.remove()
-    assert seen and all(kind is dict for kind in seen)  # the dict path really ran
+    mask_kind = dict if factory is tiny_qwen3 else torch.Tensor  # the 4-D path really ran
+    assert seen and all(kind is mask_kind for kind in seen)
     recomputed = model.generate(ids, use_cache=False, **kwargs)
     assert torch.equal(static.sequences, recomputed.sequences)
     for a, b in zip(static.scores, recomputed.scores):
