@@ -422,10 +422,11 @@ def test_continuous_batching_is_refused_by_name_and_runs_with_talan_disabled(cap
 
 
 @pytest.mark.slow
-def test_compiled_static_cache_generation_equals_recomputation():
+@pytest.mark.parametrize("factory", [tiny_qwen3, tiny_llama])  # its 4-D masks: a dict, a tensor
+def test_compiled_static_cache_generation_equals_recomputation(factory):
     """What generate does on a GPU with a static cache (it compiles the forward): dynamo traces the hooks
     (one graph break, where the cache length becomes a Python int) and the tokens stay exact."""
-    model = _live(talan.patch(tiny_qwen3(), tiny_config(layer=(0, 1))))
+    model = _live(talan.patch(factory(), tiny_config(layer=(0, 1))))
     ids = tiny_batch(batch=2, length=7)["input_ids"]
     mask = torch.ones_like(ids)
     mask[1, :3] = 0

@@ -147,8 +147,9 @@ def test_all_linear_never_wraps_talan_weights(order):
 
 
 
-def _loss_and_grads(order, site, checkpointing, reentrant=False, batches=1):
-    """Loss and gradients of every trainable parameter for a model in train mode with TALAN open."""
+def _loss_and_grads(order, site, checkpointing, reentrant=False, batches=1, compile_backend=None):
+    """Loss and gradients of every trainable parameter for a model in train mode with TALAN open (its forward
+    compiled with ``compile_backend`` if given)."""
     model = _build(order, config=tiny_config(site=site), train=True, init_lora_weights=False)
     _open_gates(model)
     if checkpointing:
@@ -157,11 +158,12 @@ def _loss_and_grads(order, site, checkpointing, reentrant=False, batches=1):
         hf.enable_input_require_grads()
         assert hf.model.gradient_checkpointing
     model.train()
+    forward = model if compile_backend is None else torch.compile(model, backend=compile_backend)
     loss = 0.0
     for seed in range(batches):
         batch = tiny_batch(seed=seed + 1)
         batch["attention_mask"][seed % 2, : 2 + 3 * seed] = 0  # padding differs between the batches
-        loss = loss + model(**batch, labels=batch["input_ids"]).loss
+        loss = loss + forward(**batch, labels=batch["input_ids"]).loss
     loss.backward()
     grads = {name: p.grad for name, p in model.named_parameters() if p.requires_grad}
     return loss.detach(), grads
@@ -195,6 +197,18 @@ def test_gradient_checkpointing_with_two_forwards_before_one_backward(site):
     """The recompute of a batch must use that batch's padding mask, not the mask of the latest forward."""
     reference = _loss_and_grads("peft_first", site, checkpointing=False, batches=2)
     _assert_same_loss_and_grads(reference, _loss_and_grads("peft_first", site, checkpointing=True, batches=2))
+
+
+@pytest.mark.slow
+def test_the_whole_model_compiled_trains_as_in_eager():
+    """Trainer(torch_compile=True) compiles the whole peft + TALAN model: dynamo traces the hooks and
+    AOTAutograd the backward (aot_eager: inductor's front end, without its C++ build)."""
+    reference = _loss_and_grads("peft_first", "mid", checkpointing=False, batches=2)
+    try:
+        compiled = _loss_and_grads("peft_first", "mid", checkpointing=False, batches=2, compile_backend="aot_eager")
+    finally:
+        torch._dynamo.reset()
+    _assert_same_loss_and_grads(reference, compiled)
 
 
 # ---- merge, generate, save/load --------------------------------------------------------------------
