@@ -83,8 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="co-train peft LoRA + TALAN briefly, generate, save and reload",
                           description="Runs offline. With no --model: a tiny random-init Qwen3, a character "
                           "tokenizer and a synthetic key-value recall task.")
-    demo.add_argument("--model", metavar="PATH", help="local Hugging Face Qwen3/Llama checkpoint folder "
-                      "(never downloaded)")
+    demo.add_argument("--model", metavar="PATH", help="local Hugging Face checkpoint folder of a supported model "
+                      "(Qwen3, Llama, Qwen3-MoE, Qwen2, Mistral; never downloaded)")
     demo.add_argument("--data", metavar="FILE.jsonl", help='training data: one {"prompt": ..., "completion": ...} '
                       "per line (default: the synthetic recall task)")
     demo.add_argument("--steps", type=positive_int, default=None, help="training steps (default: 300)")

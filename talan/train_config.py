@@ -92,8 +92,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--config", metavar="FILE", help="YAML or JSON file of flag values (flags override it)")
 
     io = parser.add_argument_group("model and data")
-    io.add_argument("--model", metavar="PATH", help="local Hugging Face Qwen3/Llama checkpoint folder, never "
-                    "downloaded (default: an embedded tiny Qwen3 with a character tokenizer)")
+    io.add_argument("--model", metavar="PATH", help="local Hugging Face checkpoint folder (Qwen3, Llama, Qwen3-MoE, "
+                    "Qwen2, Mistral), never downloaded (default: an embedded tiny Qwen3 with a character tokenizer)")
     io.add_argument("--model-dtype", choices=MODEL_DTYPES, help="dtype of the backbone's (frozen) weights; the "
                     "adapter and TALAN train in fp32 whatever it is (default: float32)")
     io.add_argument("--data", metavar="FILE", help="training data, .jsonl or .parquet: prompt/completion pairs or "
