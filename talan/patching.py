@@ -237,7 +237,19 @@ def _get_patch(model: nn.Module, required: bool = True) -> _Patch | None:
     return found
 
 
+def _accelerate_hooks(layer: nn.Module) -> tuple:
+    hook = getattr(layer, "_hf_hook", None)
+    return tuple(h for h in getattr(hook, "hooks", (hook,)) if h is not None)  # SequentialHook holds several
+
+
 def _layer_device(layer: nn.Module) -> torch.device:
+    """Where the layer computes. For a model that accelerate dispatched (a device_map), its hook's execution
+    device: a layer offloaded to "cpu" or "disk" keeps its weights on the meta device between forwards, and the
+    block (its weights are small) stays on the device the layer runs on. Otherwise where its weights are."""
+    for hook in _accelerate_hooks(layer):
+        device = getattr(hook, "execution_device", None)
+        if device is not None:
+            return torch.device(device)  # an int is a CUDA index
     for p in layer.parameters():
         return p.device
     return torch.device("cpu")
@@ -257,6 +269,14 @@ def patch(model: nn.Module, config: TalanConfig | None = None) -> nn.Module:
     if getattr(stack, _PATCH_ATTR, None) is not None:
         raise ValueError("model is already patched with TALAN: call talan.unpatch(model) before patching again")
     layer_indices = config.resolve_layers(len(stack.layers))
+    # accelerate offloads a layer leaf by leaf, so the block (a leaf of its own) keeps its weights; only a hook on
+    # the layer itself that offloads (preload_module_classes) would load and drop every tensor under it.
+    offloaded = [i for i in layer_indices if any(getattr(h, "offload", False)
+                                                 for h in _accelerate_hooks(stack.layers[i]))]
+    if offloaded:
+        raise ValueError(f"layer: accelerate offloads decoder layer(s) {offloaded} as one module (its "
+                         "preload_module_classes), and its hook would load and drop the TALAN block's weights with the "
+                         "layer's; keep those layers on a device in the device_map, or choose another layer")
     hidden_size = stack.config.hidden_size
     # Build every block before touching the model, so a failure leaves it unchanged.
     blocks = {i: TalanBlock(hidden_size, config, device=_layer_device(stack.layers[i])) for i in layer_indices}
