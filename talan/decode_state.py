@@ -57,6 +57,9 @@ class DecodeStates:
     def __init__(self):
         self._key = next(_KEYS)
 
+    def __deepcopy__(self, memo):
+        return DecodeStates()  # a copied model starts its own states: it never continues the original's caches
+
     def lookup(self, cache, layer_idx: int, past_len: int, batch: int, block: Callable | None = None):
         """The ``(S, N)`` to continue from for ``layer_idx``, or None for a prefill (``past_len == 0``).
         ``block`` (the TALAN block, called as in the forward) recomputes the state after a crop."""

@@ -12,6 +12,7 @@ that is tied to a cache object, so gradient checkpointing (which re-runs them) i
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -88,10 +89,11 @@ class _Patch:
         self.inputs = _ForwardInputs(None, 0, {})
         self.decode_states = DecodeStates()
         self.layer_inputs: dict[int, torch.Tensor] = {}  # mid site: the residual of the running layer call
-        self._forward_params = inspect.signature(stack.forward).parameters
+        params = inspect.signature(stack.forward).parameters
+        self._forward_params = tuple(params)  # names only: a signature's mappingproxy cannot be deep-copied
         # Qwen3/Llama stacks pass their **kwargs on to every layer, and the layer to its self_attn (with its
         # position ids and cache).
-        self._passes_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in self._forward_params.values())
+        self._passes_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
     def blocks(self) -> Iterator[tuple[int, TalanBlock]]:
         for i in self.layer_indices:
@@ -169,56 +171,59 @@ class _Patch:
             self.decode_states.store(ctx.cache, layer_idx, ctx.past_len + hidden.shape[1], new_state, replay)
         return out
 
-    def make_hooks(self, layer_idx: int):
-        def layer_pre(module, args, kwargs):
-            if not self.enabled:
-                return None
-            hidden = args[0] if args else kwargs["hidden_states"]
-            new_hidden = self._apply(layer_idx, hidden, self._context(hidden, kwargs))
-            if args:
-                return (new_hidden, *args[1:]), kwargs
-            return args, {**kwargs, "hidden_states": new_hidden}
+    # The hooks are methods of this object (with the layer index bound by functools.partial), never closures:
+    # copy.deepcopy(model) copies the _Patch with the stack it hangs on, and a deep-copied bound method is bound
+    # to the copy, so a copied model runs its own blocks and hooks (trl's reference model, an EMA copy).
+    def _layer_pre(self, layer_idx, module, args, kwargs):
+        if not self.enabled:
+            return None
+        hidden = args[0] if args else kwargs["hidden_states"]
+        new_hidden = self._apply(layer_idx, hidden, self._context(hidden, kwargs))
+        if args:
+            return (new_hidden, *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": new_hidden}
 
-        def layer_post(module, args, kwargs, output):
-            if not self.enabled:
-                return None
-            hidden = output[0] if isinstance(output, tuple) else output
-            new_hidden = self._apply(layer_idx, hidden, self._context(hidden, kwargs))
-            return (new_hidden, *output[1:]) if isinstance(output, tuple) else new_hidden
+    def _layer_post(self, layer_idx, module, args, kwargs, output):
+        if not self.enabled:
+            return None
+        hidden = output[0] if isinstance(output, tuple) else output
+        new_hidden = self._apply(layer_idx, hidden, self._context(hidden, kwargs))
+        return (new_hidden, *output[1:]) if isinstance(output, tuple) else new_hidden
 
-        def residual_pre(module, args):
-            # The input layernorm's input is exactly the layer's residual; this hook runs inside the
-            # checkpointed forward, so the recompute sees its own (recomputed) residual.
-            if self.enabled:
-                self.layer_inputs[layer_idx] = args[0]
+    def _residual_pre(self, layer_idx, module, args):
+        # The input layernorm's input is exactly the layer's residual; this hook runs inside the
+        # checkpointed forward, so the recompute sees its own (recomputed) residual.
+        if self.enabled:
+            self.layer_inputs[layer_idx] = args[0]
 
-        def attention_post(module, args, kwargs, output):
-            # self_attn gets the layer's kwargs (the forward's inputs, position ids, cache), so its own
-            # recompute under gradient checkpointing reads the mask of its own forward, like the other sites
-            residual = self.layer_inputs.pop(layer_idx, None)
-            if not self.enabled or residual is None:
-                return None
-            attn_out = output[0] if isinstance(output, tuple) else output
-            h_mid = residual + attn_out  # exactly the layer's `residual + attention`
-            h_new = self._apply(layer_idx, h_mid, self._context(h_mid, kwargs))
-            attn_new = attn_out + (h_new - h_mid)  # the layer then adds the residual back: h_mid + delta
-            return (attn_new, *output[1:]) if isinstance(output, tuple) else attn_new
-
-        return layer_pre, layer_post, residual_pre, attention_post
+    def _attention_post(self, layer_idx, module, args, kwargs, output):
+        # self_attn gets the layer's kwargs (the forward's inputs, position ids, cache), so its own
+        # recompute under gradient checkpointing reads the mask of its own forward, like the other sites
+        residual = self.layer_inputs.pop(layer_idx, None)
+        if not self.enabled or residual is None:
+            return None
+        attn_out = output[0] if isinstance(output, tuple) else output
+        h_mid = residual + attn_out  # exactly the layer's `residual + attention`
+        h_new = self._apply(layer_idx, h_mid, self._context(h_mid, kwargs))
+        attn_new = attn_out + (h_new - h_mid)  # the layer then adds the residual back: h_mid + delta
+        return (attn_new, *output[1:]) if isinstance(output, tuple) else attn_new
 
     def install(self) -> None:
         self.handles.append(self.stack.register_forward_pre_hook(self.on_model_forward, with_kwargs=True))
         for i in self.layer_indices:
             layer = self.stack.layers[i]
-            layer_pre, layer_post, residual_pre, attention_post = self.make_hooks(i)
             # each site hooks only where it acts, so no other hook runs on every layer call
             if self.config.site == "pre":
-                self.handles.append(layer.register_forward_pre_hook(layer_pre, with_kwargs=True))
+                hook = functools.partial(self._layer_pre, i)
+                self.handles.append(layer.register_forward_pre_hook(hook, with_kwargs=True))
             if self.config.site == "post":
-                self.handles.append(layer.register_forward_hook(layer_post, with_kwargs=True, prepend=True))
+                hook = functools.partial(self._layer_post, i)
+                self.handles.append(layer.register_forward_hook(hook, with_kwargs=True, prepend=True))
             if self.config.site == "mid":
-                self.handles.append(layer.input_layernorm.register_forward_pre_hook(residual_pre))
-                self.handles.append(layer.self_attn.register_forward_hook(attention_post, with_kwargs=True))
+                residual_hook = functools.partial(self._residual_pre, i)
+                self.handles.append(layer.input_layernorm.register_forward_pre_hook(residual_hook))
+                hook = functools.partial(self._attention_post, i)
+                self.handles.append(layer.self_attn.register_forward_hook(hook, with_kwargs=True))
 
     def remove(self) -> None:
         for handle in self.handles:

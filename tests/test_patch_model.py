@@ -253,6 +253,31 @@ def test_every_axis_option_trains_with_finite_gradients(option):
     assert losses[-1] != losses[0]
 
 
+@pytest.mark.parametrize("site", SITES)
+def test_a_deep_copy_of_a_patched_model_runs_its_own_blocks(site):
+    """copy.deepcopy(model) (trl's reference model, an EMA copy): the copy's hooks are bound to the copy, so it
+    runs its own TALAN blocks; training or unpatching one never changes the other."""
+    model = _live(talan.patch(tiny_qwen3(), tiny_config(site=site, layer=(0, 1))))
+    batch = tiny_batch()
+    batch["attention_mask"][1, :3] = 0
+    unpatched, patched = tiny_qwen3()(**batch).logits, model(**batch).logits
+    twin = copy.deepcopy(model)
+    assert torch.equal(twin(**batch).logits, patched)
+    with torch.no_grad():
+        for p in talan.talan_parameters(twin):
+            p.mul_(-1.5)
+    changed = twin(**batch).logits
+    assert not torch.allclose(changed, patched, atol=1e-4)
+    assert torch.equal(model(**batch).logits, patched)
+    kwargs = dict(attention_mask=batch["attention_mask"], max_new_tokens=4, do_sample=False, pad_token_id=0)
+    assert torch.equal(twin.generate(batch["input_ids"], **kwargs),
+                       twin.generate(batch["input_ids"], use_cache=False, **kwargs))
+    talan.unpatch(twin)
+    assert torch.equal(twin(**batch).logits, unpatched)
+    assert torch.equal(model(**batch).logits, patched)
+    assert _hook_counts(twin) == _hook_counts(tiny_qwen3())
+
+
 def test_patch_never_changes_requires_grad_of_the_backbone():
     model = tiny_qwen3()
     model.model.layers[0].mlp.up_proj.weight.requires_grad_(False)
