@@ -278,6 +278,16 @@ def test_a_deep_copy_of_a_patched_model_runs_its_own_blocks(site):
     assert _hook_counts(twin) == _hook_counts(tiny_qwen3())
 
 
+def test_a_whole_patched_model_saved_with_torch_save_loads_with_its_blocks(tmp_path):
+    model = _live(talan.patch(tiny_qwen3(), tiny_config(site="mid", layer=(0, 1))))
+    batch = tiny_batch()
+    torch.save(model, tmp_path / "model.pt")  # pickles the modules, their hooks and the patch state
+    loaded = torch.load(tmp_path / "model.pt", weights_only=False)
+    assert torch.equal(loaded(**batch).logits, model(**batch).logits)
+    talan.unpatch(loaded)
+    assert torch.equal(loaded(**batch).logits, tiny_qwen3()(**batch).logits)
+
+
 def test_patch_never_changes_requires_grad_of_the_backbone():
     model = tiny_qwen3()
     model.model.layers[0].mlp.up_proj.weight.requires_grad_(False)
