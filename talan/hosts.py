@@ -27,15 +27,25 @@ def _supported_classes() -> tuple[type, ...]:
             Qwen2ForCausalLM, Qwen2Model, MistralForCausalLM, MistralModel)
 
 
-def unwrap_peft(model: nn.Module) -> nn.Module:
-    """The transformers model inside a peft ``PeftModel`` (or the model itself)."""
+def unwrap_host(model: nn.Module) -> nn.Module:
+    """The transformers model inside the wrappers that keep its modules as they are: peft's ``PeftModel``,
+    ``torch.compile``'s ``OptimizedModule`` and ``DistributedDataParallel``, in any nesting (or the model
+    itself)."""
+    from torch.nn.parallel import DistributedDataParallel
+
     try:
         from peft import PeftModel
     except ImportError:  # peft is optional for plain transformers models
-        return model
-    if isinstance(model, PeftModel):
-        return model.get_base_model()
-    return model
+        PeftModel = ()
+    while True:
+        if isinstance(model, PeftModel):
+            model = model.get_base_model()
+        elif isinstance(model, DistributedDataParallel):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):  # torch.compile(model)
+            model = model._orig_mod
+        else:
+            return model
 
 
 def decoder_stack(model: nn.Module) -> nn.Module:
@@ -43,11 +53,12 @@ def decoder_stack(model: nn.Module) -> nn.Module:
 
     Raises ``TypeError`` for an unsupported model, naming its class.
     """
-    host = unwrap_peft(model)
+    host = unwrap_host(model)
     supported = _supported_classes()
     if not isinstance(host, supported):
         names = ", ".join(cls.__name__ for cls in supported)
-        raise TypeError(f"talan supports {names} (plain or wrapped by peft); got {type(model).__name__}"
+        raise TypeError(f"talan supports {names} (plain, or wrapped by peft, torch.compile or DDP); got "
+                        f"{type(model).__name__}"
                         + (f" wrapping {type(host).__name__}" if host is not model else ""))
     stack = host.model if hasattr(host, "lm_head") else host
     if not isinstance(getattr(stack, "layers", None), nn.ModuleList):

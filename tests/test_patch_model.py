@@ -288,6 +288,33 @@ def test_a_whole_patched_model_saved_with_torch_save_loads_with_its_blocks(tmp_p
     assert torch.equal(loaded(**batch).logits, tiny_qwen3()(**batch).logits)
 
 
+def test_models_wrapped_by_torch_compile_or_ddp_are_patched_saved_and_loaded_through(tmp_path):
+    """talan.* takes the model inside torch.compile's OptimizedModule and DistributedDataParallel, as it does
+    the one inside a PeftModel."""
+    import torch.distributed as dist
+
+    batch = tiny_batch()
+    compiled = torch.compile(tiny_qwen3(), backend="eager")
+    talan.patch(compiled, tiny_config(layer=(0, 1)))
+    assert talan.patching.is_patched(compiled._orig_mod)
+    with torch.no_grad():
+        for p in talan.talan_parameters(compiled):
+            p.add_(0.3)
+    try:
+        expected = compiled._orig_mod(**batch).logits
+        torch.testing.assert_close(compiled(**batch).logits, expected, rtol=1e-6, atol=1e-6)
+    finally:
+        torch._dynamo.reset()
+    talan.save_pretrained(compiled, tmp_path / "talan")
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+    try:
+        wrapped = torch.nn.parallel.DistributedDataParallel(tiny_qwen3())
+        talan.load_pretrained(wrapped, tmp_path / "talan")
+        assert torch.equal(wrapped(**batch).logits, expected)
+    finally:
+        dist.destroy_process_group()
+
+
 def test_patch_never_changes_requires_grad_of_the_backbone():
     model = tiny_qwen3()
     model.model.layers[0].mlp.up_proj.weight.requires_grad_(False)
