@@ -67,6 +67,11 @@ def _active_from_mask_dict(masks: dict, past_len: int) -> torch.Tensor | None:
         kind = f"a {mask.dim()}-D tensor" if isinstance(mask, torch.Tensor) else f"a {type(mask).__name__}"
         raise ValueError(f"TALAN reads padding off a dict of [batch, 1, query, key] attention masks; got {kind} in "
                          "it (flex attention's BlockMask is not supported). Pass the tokenizer's 2-D attention_mask")
+    return _active_from_4d_mask(mask, past_len)
+
+
+def _active_from_4d_mask(mask: torch.Tensor, past_len: int) -> torch.Tensor:
+    """``_active_from_mask_dict`` for one ``[B, 1, Q, KV]`` mask (boolean, or additive with 0 = attend)."""
     q, kv = mask.shape[2], mask.shape[3]
     if past_len + q > kv:
         raise ValueError(f"attention mask of shape {tuple(mask.shape)} has {kv} key positions; {past_len} cached "
@@ -122,7 +127,7 @@ class _Patch:
             # generate with a static cache hands over the 4-D mask it built from the 2-D one: a dict per layer
             # type (Qwen3, Qwen2) or, for a model with one layer type (Llama, Mistral), the tensor itself. Only
             # padding is read off it: with a cache sequences are never packed (position ids do not split them).
-            mask = _active_from_mask_dict({"full_attention": mask}, past_len)
+            mask = _active_from_4d_mask(mask, past_len)
         elif mask is not None and not (isinstance(mask, torch.Tensor) and mask.dim() == 2):
             kind = f"a {mask.dim()}-D tensor" if isinstance(mask, torch.Tensor) else f"a {type(mask).__name__}"
             raise ValueError(f"TALAN needs the 2-D [batch, length] attention_mask to know which tokens are padding; "

@@ -64,6 +64,26 @@ def tiny_llama(seed: int = 0, train: bool = False, **overrides):
     return _build(LlamaConfig, LlamaForCausalLM, seed, train, overrides)
 
 
+def open_gates(model, value: float = 2.0):
+    """Open every block's tanh gate (zero at init, where TALAN is an exact identity) so TALAN changes the
+    outputs; returns the model."""
+    from talan.patching import talan_blocks
+
+    with torch.no_grad():
+        for block in talan_blocks(model).values():
+            block.gate.fill_(value)
+    return model
+
+
+def assert_same_generation(got, expected, tol: float = 1e-5) -> None:
+    """Two ``generate(..., output_scores=True, return_dict_in_generate=True)`` results: the same tokens and
+    step scores within ``tol``."""
+    assert torch.equal(got.sequences, expected.sequences)
+    assert len(got.scores) == len(expected.scores)
+    for a, b in zip(got.scores, expected.scores):
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+
+
 def tiny_config(**overrides) -> talan.TalanConfig:
     """A small TALAN config (r=16, M=4) on the reference backend."""
     return talan.TalanConfig(**{"latent_dim": 16, "num_slots": 4, "backend": "torch", **overrides})

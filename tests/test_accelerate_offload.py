@@ -4,19 +4,13 @@ device instead (on this CPU-only machine: a layer offloaded to disk, executed on
 
 import pytest
 import torch
-from conftest import tiny_batch, tiny_config, tiny_qwen3
+from conftest import open_gates, tiny_batch, tiny_config, tiny_qwen3
 
 import talan
 from talan.patching import talan_blocks
 
 DEVICE_MAP = {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.layers.0": "cpu",
               "model.layers.1": "disk", "model.layers.2": "cpu", "model.norm": "cpu", "lm_head": "cpu"}
-
-
-def _open_gates(model):
-    with torch.no_grad():
-        for block in talan_blocks(model).values():
-            block.gate.fill_(2.0)
 
 
 def _offloaded(tmp_path):
@@ -44,8 +38,8 @@ def test_a_block_in_a_disk_offloaded_layer_lives_on_its_execution_device(tmp_pat
         for block in blocks.values():
             for p in block.parameters():
                 p.data.normal_(0, 0.3)
-    _open_gates(model)
-    _open_gates(reference)
+    open_gates(model)
+    open_gates(reference)
     torch.testing.assert_close(model(**batch).logits, reference(**batch).logits, rtol=1e-5, atol=1e-5)
     kwargs = dict(attention_mask=batch["attention_mask"], max_new_tokens=5, do_sample=False, pad_token_id=0)
     generated = model.generate(batch["input_ids"], **kwargs)

@@ -4,7 +4,7 @@ and trains with peft."""
 
 import pytest
 import torch
-from conftest import _build, tiny_batch, tiny_config
+from conftest import _build, assert_same_generation, open_gates, tiny_batch, tiny_config
 from peft import LoraConfig, get_peft_model
 
 import talan
@@ -33,13 +33,6 @@ def tiny_mistral(seed=0, train=False):
 HOSTS = [tiny_qwen3_moe, tiny_qwen2, tiny_mistral]
 
 
-def _open_gates(model):
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("talan.gate"):
-                p.fill_(2.0)
-
-
 @pytest.mark.parametrize("site", ["pre", "mid", "post"])
 @pytest.mark.parametrize("factory", HOSTS, ids=lambda f: f.__name__[5:])
 def test_host_patches_exactly_and_generates_as_it_recomputes(factory, site):
@@ -50,16 +43,14 @@ def test_host_patches_exactly_and_generates_as_it_recomputes(factory, site):
     unpatched = model(ids, attention_mask=mask).logits
     talan.patch(model, tiny_config(site=site, layer=(0, 1)))
     assert torch.equal(model(ids, attention_mask=mask).logits, unpatched)  # identity at initialisation
-    _open_gates(model)
+    open_gates(model)
     assert not torch.allclose(model(ids, attention_mask=mask).logits, unpatched, atol=1e-4)
     kwargs = dict(attention_mask=mask, max_new_tokens=6, do_sample=False, output_scores=True,
                   return_dict_in_generate=True, pad_token_id=0)
     recomputed = model.generate(ids, use_cache=False, **kwargs)
     for cache in ("dynamic", "static"):  # a static cache hands the model 4-D masks built from the 2-D one
         cached = model.generate(ids, cache_implementation=cache, **kwargs)
-        assert torch.equal(cached.sequences, recomputed.sequences)
-        for a, b in zip(cached.scores, recomputed.scores):
-            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+        assert_same_generation(cached, recomputed)
     talan.unpatch(model)
     assert torch.equal(model(ids, attention_mask=mask).logits, unpatched)
 

@@ -8,7 +8,17 @@ import logging
 import pytest
 import torch
 import transformers
-from conftest import NEEDS_TORCH_2_6, TRANSFORMERS_4, VOCAB, tiny_batch, tiny_config, tiny_llama, tiny_qwen3
+from conftest import (
+    NEEDS_TORCH_2_6,
+    TRANSFORMERS_4,
+    VOCAB,
+    assert_same_generation,
+    open_gates,
+    tiny_batch,
+    tiny_config,
+    tiny_llama,
+    tiny_qwen3,
+)
 
 import talan
 from talan_kernels.side_path import MIXERS, WRITEBACKS
@@ -24,15 +34,6 @@ def _cached_forward(model, ids, cache=None):
     return out, getattr(out, CACHE)
 
 
-def _live(model):
-    """Open the tanh gates so TALAN changes the outputs (at init it is an exact identity)."""
-    with torch.no_grad():
-        for name, p in talan.patching._get_patch(model).stack.named_parameters():
-            if name.endswith("talan.gate"):
-                p.fill_(2.0)
-    return model
-
-
 def _hook_counts(model):
     return [(len(m._forward_hooks), len(m._forward_pre_hooks)) for m in model.modules()]
 
@@ -46,7 +47,7 @@ def test_patched_model_equals_unpatched_at_init_and_after_unpatch(factory, site)
     hooks = _hook_counts(model)
     talan.patch(model, tiny_config(site=site, layer=(0, -1)))
     assert torch.equal(model(**batch).logits, ref)
-    _live(model)
+    open_gates(model)
     assert not torch.allclose(model(**batch).logits, ref)
     with talan.disabled(model):
         assert torch.equal(model(**batch).logits, ref)
@@ -60,13 +61,13 @@ def test_bare_decoder_model_is_supported():
     model = tiny_qwen3().model
     batch = tiny_batch()
     ref = model(**batch).last_hidden_state
-    _live(talan.patch(model, tiny_config()))
+    open_gates(talan.patch(model, tiny_config()))
     assert not torch.allclose(model(**batch).last_hidden_state, ref)
 
 
 @pytest.mark.parametrize("site", SITES)
 def test_changing_future_tokens_never_changes_earlier_logits(site):
-    model = _live(talan.patch(tiny_qwen3(), tiny_config(site=site, layer=0)))
+    model = open_gates(talan.patch(tiny_qwen3(), tiny_config(site=site, layer=0)))
     ids = tiny_batch()["input_ids"]
     changed = ids.clone()
     changed[:, 6:] = (changed[:, 6:] + 7) % VOCAB
@@ -84,13 +85,13 @@ def test_memory_carries_earlier_tokens_when_attention_is_silenced():
     changed = ids.clone()
     changed[:, 0] = (changed[:, 0] + 1) % VOCAB
     assert torch.equal(model(ids).logits[:, 5:], model(changed).logits[:, 5:])
-    _live(talan.patch(model, tiny_config(layer=0)))
+    open_gates(talan.patch(model, tiny_config(layer=0)))
     assert not torch.allclose(model(ids).logits[:, 5:], model(changed).logits[:, 5:])
 
 
 @pytest.mark.parametrize("site", SITES)
 def test_left_padded_rows_get_the_result_they_get_alone(site):
-    model = _live(talan.patch(tiny_qwen3(), tiny_config(site=site, layer=(0, 2))))
+    model = open_gates(talan.patch(tiny_qwen3(), tiny_config(site=site, layer=(0, 2))))
     lengths = [10, 6, 3]
     gen = torch.Generator().manual_seed(4)
     rows = [torch.randint(0, VOCAB, (n,), generator=gen) for n in lengths]
@@ -108,7 +109,7 @@ def test_left_padded_rows_get_the_result_they_get_alone(site):
 @NEEDS_TORCH_2_6  # older: transformers' attention ignores the boundaries
 @pytest.mark.parametrize("site", SITES)
 def test_packed_sequences_restart_the_memory_at_each_boundary(site):
-    model = _live(talan.patch(tiny_qwen3(), tiny_config(site=site, layer=0)))
+    model = open_gates(talan.patch(tiny_qwen3(), tiny_config(site=site, layer=0)))
     gen = torch.Generator().manual_seed(6)
     seqs = [torch.randint(0, VOCAB, (n,), generator=gen) for n in (5, 7, 4)]
     packed = torch.cat(seqs)[None]
@@ -124,7 +125,7 @@ def test_packed_sequences_restart_the_memory_at_each_boundary(site):
 @pytest.mark.parametrize("factory", [tiny_qwen3, tiny_llama])
 @pytest.mark.parametrize("site", SITES)
 def test_cached_generation_equals_recomputation(factory, site):
-    model = _live(talan.patch(factory(), tiny_config(site=site, layer=(0, 1))))
+    model = open_gates(talan.patch(factory(), tiny_config(site=site, layer=(0, 1))))
     ids = tiny_batch(batch=2, length=7)["input_ids"]
     mask = torch.ones_like(ids)
     mask[1, :3] = 0  # left padding in the second row
@@ -132,16 +133,14 @@ def test_cached_generation_equals_recomputation(factory, site):
                   return_dict_in_generate=True, pad_token_id=0)
     cached = model.generate(ids, use_cache=True, **kwargs)
     recomputed = model.generate(ids, use_cache=False, **kwargs)
-    assert torch.equal(cached.sequences, recomputed.sequences)
-    for a, b in zip(cached.scores, recomputed.scores):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert_same_generation(cached, recomputed)
     # a second prompt on the same model starts a fresh memory: same result as the first time
     again = model.generate(ids, use_cache=True, **kwargs)
     assert torch.equal(again.sequences, cached.sequences)
 
 
 def test_beam_search_carries_the_state_with_the_beams():
-    model = _live(talan.patch(tiny_qwen3(), tiny_config(layer=1)))
+    model = open_gates(talan.patch(tiny_qwen3(), tiny_config(layer=1)))
     ids = tiny_batch(batch=2, length=6)["input_ids"]
     kwargs = dict(attention_mask=torch.ones_like(ids), max_new_tokens=6, num_beams=3, do_sample=False,
                   pad_token_id=0)
@@ -166,7 +165,7 @@ def test_continuing_a_cache_talan_never_saw_or_that_was_cropped_raises():
 def test_a_deep_copied_prefix_cache_continues_like_recomputation(site):
     """transformers' prompt reuse: prefill a shared prefix once, then generate each prompt from a deep copy of
     that cache. The copy carries TALAN's state; generating from it leaves the original's state as it was."""
-    model = _live(talan.patch(tiny_qwen3(), tiny_config(site=site, layer=(0, 1))))
+    model = open_gates(talan.patch(tiny_qwen3(), tiny_config(site=site, layer=(0, 1))))
     prefix = tiny_batch(batch=1, length=6)["input_ids"]
     with torch.no_grad():  # a cache of tensors that need no gradient, as deepcopy requires
         _, prefix_cache = _cached_forward(model, prefix)
@@ -177,15 +176,13 @@ def test_a_deep_copied_prefix_cache_continues_like_recomputation(site):
         mask = torch.ones_like(ids)
         reused = model.generate(ids, attention_mask=mask, **{CACHE: copy.deepcopy(prefix_cache)}, **kwargs)
         recomputed = model.generate(ids, attention_mask=mask, use_cache=False, **kwargs)
-        assert torch.equal(reused.sequences, recomputed.sequences)
-        for a, b in zip(reused.scores, recomputed.scores):
-            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+        assert_same_generation(reused, recomputed)
 
 
 def test_a_second_turn_continues_the_cache_the_first_generate_returned():
     """A chat's next turn: generate again on the conversation so far with the cache the last generate returned
     (it holds all but the last generated token); TALAN continues its memory as if recomputed."""
-    model = _live(talan.patch(tiny_qwen3(), tiny_config(layer=(0, 1))))
+    model = open_gates(talan.patch(tiny_qwen3(), tiny_config(layer=(0, 1))))
     ids = tiny_batch(batch=1, length=6)["input_ids"]
     kwargs = dict(max_new_tokens=4, do_sample=False, pad_token_id=0, return_dict_in_generate=True, output_scores=True)
     first = model.generate(ids, attention_mask=torch.ones_like(ids), **kwargs)
@@ -193,13 +190,11 @@ def test_a_second_turn_continues_the_cache_the_first_generate_returned():
     mask = torch.ones_like(turn)
     second = model.generate(turn, attention_mask=mask, **{CACHE: getattr(first, CACHE)}, **kwargs)
     recomputed = model.generate(turn, attention_mask=mask, use_cache=False, **kwargs)
-    assert torch.equal(second.sequences, recomputed.sequences)
-    for a, b in zip(second.scores, recomputed.scores):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert_same_generation(second, recomputed)
 
 
 def test_a_deep_copied_cache_reorders_its_own_state_not_the_original():
-    model = _live(talan.patch(tiny_qwen3(), tiny_config(layer=1)))
+    model = open_gates(talan.patch(tiny_qwen3(), tiny_config(layer=1)))
     ids = tiny_batch(batch=2, length=6)["input_ids"]
     with torch.no_grad():
         _, cache = _cached_forward(model, ids)
@@ -217,7 +212,7 @@ def test_output_hidden_states_show_the_perturbed_state(site, request):
     if site == "post" and TRANSFORMERS_4:  # runs, and must fail there: a known limit, not a skipped check
         request.applymarker(pytest.mark.xfail(strict=True, reason="transformers 4.x records a layer's hidden "
                                               "state inside its forward, before the post-site block's hook"))
-    model = _live(talan.patch(tiny_qwen3(), tiny_config(site=site, layer=1)))
+    model = open_gates(talan.patch(tiny_qwen3(), tiny_config(site=site, layer=1)))
     received = []
     handle = model.model.layers[2].register_forward_pre_hook(lambda mod, args: received.append(args[0]))
     batch = tiny_batch()
@@ -257,7 +252,7 @@ def test_every_axis_option_trains_with_finite_gradients(option):
 def test_a_deep_copy_of_a_patched_model_runs_its_own_blocks(site):
     """copy.deepcopy(model) (trl's reference model, an EMA copy): the copy's hooks are bound to the copy, so it
     runs its own TALAN blocks; training or unpatching one never changes the other."""
-    model = _live(talan.patch(tiny_qwen3(), tiny_config(site=site, layer=(0, 1))))
+    model = open_gates(talan.patch(tiny_qwen3(), tiny_config(site=site, layer=(0, 1))))
     batch = tiny_batch()
     batch["attention_mask"][1, :3] = 0
     unpatched, patched = tiny_qwen3()(**batch).logits, model(**batch).logits
@@ -279,7 +274,7 @@ def test_a_deep_copy_of_a_patched_model_runs_its_own_blocks(site):
 
 
 def test_a_whole_patched_model_saved_with_torch_save_loads_with_its_blocks(tmp_path):
-    model = _live(talan.patch(tiny_qwen3(), tiny_config(site="mid", layer=(0, 1))))
+    model = open_gates(talan.patch(tiny_qwen3(), tiny_config(site="mid", layer=(0, 1))))
     batch = tiny_batch()
     torch.save(model, tmp_path / "model.pt")  # pickles the modules, their hooks and the patch state
     loaded = torch.load(tmp_path / "model.pt", weights_only=False)
@@ -393,7 +388,7 @@ def test_static_cache_generation_equals_recomputation(factory, site, attn):
     """With a static cache, generate hands the model the 4-D masks it built from the 2-D one (a dict per
     layer type for Qwen3; Llama has one layer type and gets the tensor); TALAN reads the padding off their
     diagonal."""
-    model = _live(talan.patch(factory(), tiny_config(site=site, layer=(0, 1))))
+    model = open_gates(talan.patch(factory(), tiny_config(site=site, layer=(0, 1))))
     model.set_attn_implementation(attn)
     ids = tiny_batch(batch=2, length=7)["input_ids"]
     mask = torch.ones_like(ids)
@@ -408,16 +403,14 @@ def test_static_cache_generation_equals_recomputation(factory, site, attn):
     mask_kind = dict if factory is tiny_qwen3 else torch.Tensor  # the 4-D path really ran
     assert seen and all(kind is mask_kind for kind in seen)
     recomputed = model.generate(ids, use_cache=False, **kwargs)
-    assert torch.equal(static.sequences, recomputed.sequences)
-    for a, b in zip(static.scores, recomputed.scores):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert_same_generation(static, recomputed)
 
 
 @pytest.mark.parametrize("site", SITES)
 def test_assisted_decoding_equals_greedy_decoding(site):
     """A draft model's rejected tokens are cropped from the cache; TALAN recomputes its state at the
     cropped length from the last forward's kept input, so the result is greedy decoding's."""
-    model = _live(talan.patch(tiny_qwen3(), tiny_config(site=site, layer=1)))
+    model = open_gates(talan.patch(tiny_qwen3(), tiny_config(site=site, layer=1)))
     assistant = tiny_qwen3(seed=3)  # a different draft model: some draft tokens get rejected (cache crop)
     ids = tiny_batch(batch=1, length=6)["input_ids"]
     crops = []
@@ -434,7 +427,7 @@ def test_assisted_decoding_equals_greedy_decoding(site):
 
 
 def test_a_crop_into_the_last_forward_continues_exactly_and_further_back_is_refused():
-    model = _live(talan.patch(tiny_qwen3(), tiny_config(layer=(0, 1))))
+    model = open_gates(talan.patch(tiny_qwen3(), tiny_config(layer=(0, 1))))
     ids = tiny_batch(batch=1, length=12)["input_ids"]
     _, cache = _cached_forward(model, ids[:, :6])
     _cached_forward(model, ids[:, 6:10], cache)  # a 4-token forward, then 3 of its tokens are dropped
@@ -474,7 +467,7 @@ def test_continuous_batching_is_refused_by_name_and_runs_with_talan_disabled(cap
 
     expected = generate_batch()
     assert len(expected) == 2 and all(len(t) == 4 for t in expected.values())
-    _live(talan.patch(model, tiny_config(layer=1)))
+    open_gates(talan.patch(model, tiny_config(layer=1)))
     with caplog.at_level(logging.ERROR):
         failed = generate_batch()
     assert "cannot follow a PagedAttentionCache (continuous batching" in caplog.text
@@ -488,7 +481,7 @@ def test_continuous_batching_is_refused_by_name_and_runs_with_talan_disabled(cap
 def test_compiled_static_cache_generation_equals_recomputation(factory):
     """What generate does on a GPU with a static cache (it compiles the forward): dynamo traces the hooks
     (one graph break, where the cache length becomes a Python int) and the tokens stay exact."""
-    model = _live(talan.patch(factory(), tiny_config(layer=(0, 1))))
+    model = open_gates(talan.patch(factory(), tiny_config(layer=(0, 1))))
     ids = tiny_batch(batch=2, length=7)["input_ids"]
     mask = torch.ones_like(ids)
     mask[1, :3] = 0
@@ -509,7 +502,7 @@ def test_compiled_static_cache_generation_equals_recomputation(factory):
 def test_static_cache_generation_on_a_gpu_compiled_by_generate_equals_dynamic(backend):
     """On a GPU, generate compiles the forward (inductor, CUDA graphs) for a static cache: TALAN's hooks and
     state bookkeeping run inside it and the tokens equal the uncompiled dynamic-cache run's."""
-    model = _live(talan.patch(tiny_qwen3(), tiny_config(layer=(0, 1), backend=backend))).cuda()
+    model = open_gates(talan.patch(tiny_qwen3(), tiny_config(layer=(0, 1), backend=backend))).cuda()
     ids = tiny_batch(batch=2, length=7)["input_ids"].cuda()
     mask = torch.ones_like(ids)
     mask[1, :3] = 0

@@ -6,7 +6,7 @@ import os
 
 import pytest
 import torch
-from conftest import tiny_batch, tiny_config, tiny_qwen3
+from conftest import open_gates, tiny_batch, tiny_config, tiny_qwen3
 from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file
 from transformers import Qwen3ForCausalLM
@@ -41,13 +41,6 @@ def _build(order, kind="lora", config=None, train=False, reenable=True, **lora_k
         if reenable:
             talan.mark_trainable(model)
     return model
-
-
-def _open_gates(model, value=0.5):
-    """Make TALAN contribute: tanh_gate starts at 0, which makes the side path an exact identity."""
-    with torch.no_grad():
-        for block in talan_blocks(model).values():
-            block.gate.fill_(value)
 
 
 def _adapter_params(model):
@@ -151,7 +144,7 @@ def _loss_and_grads(order, site, checkpointing, reentrant=False, batches=1, comp
     """Loss and gradients of every trainable parameter for a model in train mode with TALAN open (its forward
     compiled with ``compile_backend`` if given)."""
     model = _build(order, config=tiny_config(site=site), train=True, init_lora_weights=False)
-    _open_gates(model)
+    open_gates(model, 0.5)
     if checkpointing:
         hf = model.get_base_model()
         hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
@@ -217,7 +210,7 @@ def test_the_whole_model_compiled_trains_as_in_eager():
 @KIND
 def test_merge_and_unload_keeps_talan_blocks_and_outputs(order, kind):
     model = _build(order, kind, init_lora_weights=False)
-    _open_gates(model)
+    open_gates(model, 0.5)
     blocks = talan_blocks(model)
     base_q = model.get_base_model().model.layers[0].self_attn.q_proj.base_layer.weight.detach().clone()
     expected = _logits(model)
@@ -238,7 +231,7 @@ def test_merge_and_unload_keeps_talan_blocks_and_outputs(order, kind):
 @KIND
 def test_forward_and_cached_generation_work_in_either_order(order, kind):
     model = _build(order, kind, init_lora_weights=False)
-    _open_gates(model)
+    open_gates(model, 0.5)
     batch = tiny_batch(length=6)
     batch["attention_mask"][0, :2] = 0  # left padding
     logits = _logits(model, batch)
