@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import itertools
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 import torch
@@ -60,15 +60,21 @@ class DecodeStates:
     def __deepcopy__(self, memo):
         return DecodeStates()  # a copied model starts its own states: it never continues the original's caches
 
-    def lookup(self, cache, layer_idx: int, past_len: int, batch: int, block: Callable | None = None):
-        """The ``(S, N)`` to continue from for ``layer_idx``, or None for a prefill (``past_len == 0``).
-        ``block`` (the TALAN block, called as in the forward) recomputes the state after a crop."""
+    def lookup(self, cache, layer_idx: int, past_len: int, batch: int, block: Callable | None = None,
+               prefix_lengths: Collection[int] = ()):
+        """The ``(S, N)`` to continue from for ``layer_idx``, or None for a prefill (``past_len == 0``, or a
+        cache this long that TALAN has not seen: peft prefix tuning's virtual tokens, never in the residual
+        stream). ``block`` (the TALAN block, called as in the forward) recomputes the state after a crop."""
         if past_len == 0:
             return None
         entry = getattr(cache, _STATES_ATTR, {}).get(self._key, {}).get(layer_idx)
+        if entry is None and past_len in prefix_lengths:
+            return None
         if entry is None:
             raise ValueError("this cache holds tokens that TALAN never saw: start generation from an empty cache "
-                             "(a new prompt) on the patched model, so TALAN can build its slot memory")
+                             "(a new prompt) on the patched model, so TALAN can build its slot memory (with peft "
+                             "prefix tuning, patch the PeftModel, talan.patch(peft_model), so TALAN knows the "
+                             "length of its virtual-token prefix)")
         if entry.slot_sums.shape[0] != batch:
             raise ValueError(f"the batch size changed from {entry.slot_sums.shape[0]} to {batch} while continuing "
                              "a cache")

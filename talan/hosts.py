@@ -27,16 +27,16 @@ def _supported_classes() -> tuple[type, ...]:
             Qwen2ForCausalLM, Qwen2Model, MistralForCausalLM, MistralModel)
 
 
-def unwrap_host(model: nn.Module) -> nn.Module:
-    """The transformers model inside the wrappers that keep its modules as they are: peft's ``PeftModel``,
-    ``torch.compile``'s ``OptimizedModule`` and ``DistributedDataParallel``, in any nesting (or the model
-    itself)."""
+def _wrapper_chain(model: nn.Module) -> list[nn.Module]:
+    """``model`` and every module inside the wrappers that keep its modules as they are (peft's ``PeftModel``,
+    ``torch.compile``'s ``OptimizedModule``, ``DistributedDataParallel``, in any nesting), outermost first."""
     from torch.nn.parallel import DistributedDataParallel
 
     try:
         from peft import PeftModel
     except ImportError:  # peft is optional for plain transformers models
         PeftModel = ()
+    chain = [model]
     while True:
         if isinstance(model, PeftModel):
             model = model.get_base_model()
@@ -45,7 +45,33 @@ def unwrap_host(model: nn.Module) -> nn.Module:
         elif isinstance(getattr(model, "_orig_mod", None), nn.Module):  # torch.compile(model)
             model = model._orig_mod
         else:
-            return model
+            return chain
+        chain.append(model)
+
+
+def unwrap_host(model: nn.Module) -> nn.Module:
+    """The transformers model inside the wrappers that keep its modules as they are: peft's ``PeftModel``,
+    ``torch.compile``'s ``OptimizedModule`` and ``DistributedDataParallel``, in any nesting (or the model
+    itself)."""
+    return _wrapper_chain(model)[-1]
+
+
+# peft methods that hand the model a cache prefilled with their virtual tokens' keys and values: those tokens
+# never pass through the residual stream.
+_PREFIX_CACHE_PEFT_TYPES = ("PREFIX_TUNING", "CARTRIDGE")
+
+
+def peft_adapter_configs(model: nn.Module) -> list[dict]:
+    """The ``peft_config`` dicts (adapter name -> config) of every PeftModel around the host. The dict objects
+    themselves: peft adds adapters to them in place, and a deep copy or pickle of the model carries them."""
+    return [m.peft_config for m in _wrapper_chain(model)[:-1] if isinstance(getattr(m, "peft_config", None), dict)]
+
+
+def prefix_cache_lengths(peft_configs: list[dict]) -> frozenset[int]:
+    """Cache lengths that peft's prefix tuning (or a cartridge) starts a forward with: their adapters'
+    ``num_virtual_tokens``."""
+    return frozenset(int(cfg.num_virtual_tokens) for configs in peft_configs for cfg in configs.values()
+                     if str(getattr(cfg.peft_type, "value", cfg.peft_type)) in _PREFIX_CACHE_PEFT_TYPES)
 
 
 def decoder_stack(model: nn.Module) -> nn.Module:

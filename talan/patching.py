@@ -23,7 +23,7 @@ from torch import nn
 from .block import TalanBlock
 from .config import TalanConfig
 from .decode_state import DecodeStates, Replay
-from .hosts import decoder_stack
+from .hosts import decoder_stack, peft_adapter_configs, prefix_cache_lengths
 
 BLOCK_NAME = "talan"
 _PATCH_ATTR = "_talan_patch"
@@ -85,8 +85,12 @@ def _active_from_4d_mask(mask: torch.Tensor, past_len: int) -> torch.Tensor:
 class _Patch:
     """Everything `patch` added to one decoder stack, so `unpatch` can remove it exactly."""
 
-    def __init__(self, stack: nn.Module, config: TalanConfig, layer_indices: tuple[int, ...]):
+    def __init__(self, stack: nn.Module, config: TalanConfig, layer_indices: tuple[int, ...],
+                 peft_configs: list[dict] | None = None):
         self.stack = stack
+        # the peft_config dicts of the PeftModel(s) patched: prefix tuning prefills every forward's cache with
+        # virtual tokens that no block sees, so a cache that long with no TALAN state is a fresh start
+        self.peft_configs = peft_configs or []
         self.config = config
         self.layer_indices = layer_indices
         self.enabled = True
@@ -169,7 +173,8 @@ class _Patch:
         block = getattr(self.stack.layers[layer_idx], BLOCK_NAME)
         state = None
         if ctx.cache is not None:
-            state = self.decode_states.lookup(ctx.cache, layer_idx, ctx.past_len, hidden.shape[0], block)
+            prefix = prefix_cache_lengths(self.peft_configs) if ctx.past_len else ()
+            state = self.decode_states.lookup(ctx.cache, layer_idx, ctx.past_len, hidden.shape[0], block, prefix)
         out, new_state = block(hidden, ctx.active, ctx.resets, state)
         if ctx.cache is not None:
             replay = Replay(ctx.past_len, state, hidden.detach(), ctx.active)  # store() keeps it if short
@@ -293,7 +298,7 @@ def patch(model: nn.Module, config: TalanConfig | None = None) -> nn.Module:
     for i, block in blocks.items():
         block.apply_trainable_scope()
         stack.layers[i].add_module(BLOCK_NAME, block)
-    state = _Patch(stack, config, layer_indices)
+    state = _Patch(stack, config, layer_indices, peft_adapter_configs(model))
     state.install()
     setattr(stack, _PATCH_ATTR, state)
     return model
