@@ -114,12 +114,12 @@ def triton_ptxas(arch: int) -> str:
 
 
 def compile_for_gpu(kernel, signature: dict, constexprs: dict, arch: int, num_warps: int = 4,
-                    num_stages: int = 2) -> CompiledKernelInfo:
+                    num_stages: int = 2, maxnreg: int | None = None) -> CompiledKernelInfo:
     """Compile a ``@triton.jit`` kernel for ``sm_<arch>`` with no GPU present and report what
     Triton's own ptxas (``-v``) says about registers and spills, and the shared memory Triton allocated.
 
     ``signature`` maps every argument name to a Triton type string (``"*fp32"``, ``"i32"``,
-    ``"fp32"``) or ``"constexpr"``; ``constexprs`` gives the constexpr values.
+    ``"fp32"``) or ``"constexpr"``; ``constexprs`` gives the constexpr values; ``maxnreg`` as a launch gives it.
     """
     import triton
     from triton.backends.compiler import GPUTarget
@@ -127,7 +127,8 @@ def compile_for_gpu(kernel, signature: dict, constexprs: dict, arch: int, num_wa
 
     src = ASTSource(fn=kernel, signature=signature, constexprs=constexprs)
     compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
-                              options={"num_warps": num_warps, "num_stages": num_stages, **COMPILE_OPTIONS})
+                              options={"num_warps": num_warps, "num_stages": num_stages, **COMPILE_OPTIONS,
+                                       **({"maxnreg": maxnreg} if maxnreg is not None else {})})
     ptx = compiled.asm["ptx"]
     ptxas = triton_ptxas(arch)
     gpu_name = f"sm_{arch}a" if arch == 90 else f"sm_{arch}"

@@ -19,7 +19,7 @@ if GPU_KERNELS_UNAVAILABLE:  # the launchers never compile the kernels for a GPU
 
 from talan_kernels.side_path import fused_kernels as FK  # noqa: E402
 from talan_kernels.side_path import kernels as K  # noqa: E402
-from talan_kernels.side_path.decode import WRITEBACK_IDS, decode_config  # noqa: E402
+from talan_kernels.side_path.decode import MIXER_IDS, WRITEBACK_IDS, decode_config  # noqa: E402
 from talan_kernels.side_path.fused import fused_kernel_configs  # noqa: E402
 from talan_kernels.side_path.interface import MAX_TRITON_LATENT_DIM  # noqa: E402
 from talan_kernels.side_path.triton_path import DEFAULT_CHUNK, chunk_kernel_configs  # noqa: E402
@@ -67,7 +67,9 @@ def _decode_case(mixer: int, writeback: int, m: int, r: int):
 
 
 def _decode_cases():
-    return [_decode_case(*c) for c in ((2, 3, 16, 64), (0, 1, 16, 64), (3, 2, 32, 128), (1, 0, 16, 64))]
+    """Every mixer with every writeback at the default size (16 slots, latent_dim 64), and a wider one."""
+    every_pair = [(mixer, writeback, 16, 64) for mixer in MIXER_IDS.values() for writeback in WRITEBACK_IDS.values()]
+    return [_decode_case(*c) for c in every_pair + [(3, 2, 32, 128)]]
 
 
 def _shrink_case(r: int, h_type: str):
@@ -93,9 +95,9 @@ def _fused_cases():
 
 def _compile(kernel, config: dict, h_type: str, arch: int):
     """Compile as launched: num_stages as the fused kernels set it, the others take Triton's default (3)."""
-    consts = {k: v for k, v in config.items() if k not in ("num_warps", "num_stages")}
+    consts = {k: v for k, v in config.items() if k not in ("num_warps", "num_stages", "maxnreg")}
     return compile_for_gpu(kernel, _signature(kernel, h_type), consts, arch, num_warps=config["num_warps"],
-                           num_stages=config.get("num_stages", 3))
+                           num_stages=config.get("num_stages", 3), maxnreg=config.get("maxnreg"))
 
 
 CASES = [(*c, "*bf16") for c in _chunk_cases() + _decode_cases()] + _fused_cases()

@@ -32,13 +32,21 @@ def decode_config(d: int, m: int, r: int, device_type: str = "cuda") -> dict:
     tiles, spill at R = 64 on sm_80; a whole [128, 128] state tile spills 600 B, [256, 16] 20 B).
     The kernel walks the slots BM <= 64 at a time, so any M fits. Above R = 64 the r x r matvecs
     read BK = 32 rows of their weights at a time (whole [128, 128] tiles spill with Triton 3.6's
-    ptxas). On the CPU BK = BM = 16, so the interpreter tests run both loops."""
+    ptxas). On the CPU BK = BM = 16, so the interpreter tests run both loops.
+    On the GPU ``maxnreg`` allows every register 8 warps can have: left to itself ptxas stops some
+    mixer/writeback pairs at 128 and spills (linear + norm_cap on sm_80, linear + token_gate with 256
+    slots on sm_90; Triton 3.9). One program per sequence runs, so a second resident block per SM
+    that 128 would allow buys nothing."""
     br = dot_tile(r)
     on_gpu = device_type == "cuda"
     bk = (br if br <= 64 else 32) if on_gpu else 16
     bm = min(dot_tile(m), 64, 4096 // br) if on_gpu else 16
-    return dict(BD=max(16, min(128, 4096 // br, next_power_of_2(d))), BM=bm, SLOT_LOOP=m > bm, BR=br, BK=bk,
-                num_warps=8)
+    num_warps = 8
+    config = dict(BD=max(16, min(128, 4096 // br, next_power_of_2(d))), BM=bm, SLOT_LOOP=m > bm, BR=br, BK=bk,
+                  num_warps=num_warps)
+    if on_gpu:
+        config["maxnreg"] = min(255, 65536 // (32 * num_warps))  # the register file split over the block
+    return config
 
 
 def decode_launch(h, core, mixer_params, writeback_params, active, resets, s0, n0, mixer: str, writeback: str,
