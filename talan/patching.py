@@ -71,15 +71,18 @@ def _active_from_mask_dict(masks: dict, past_len: int) -> torch.Tensor | None:
 
 
 def _active_from_4d_mask(mask: torch.Tensor, past_len: int) -> torch.Tensor:
-    """``_active_from_mask_dict`` for one ``[B, 1, Q, KV]`` mask (boolean, or additive with 0 = attend)."""
+    """``_active_from_mask_dict`` for one ``[B, 1, Q, KV]`` mask (boolean, or additive with 0 = attend).
+    Its key columns start at absolute position 0 (a full static layer, which may have empty slots after the
+    queries) or, when fewer than ``past_len + Q``, end at the last query: a sliding-window static layer's mask
+    covers only its window (``get_mask_sizes``: offset ``past_len - window + 1``, length ``window - 1 + Q``)."""
     q, kv = mask.shape[2], mask.shape[3]
-    if past_len + q > kv:
-        raise ValueError(f"attention mask of shape {tuple(mask.shape)} has {kv} key positions; {past_len} cached "
-                         f"+ {q} new tokens need {past_len + q}")
+    if q > kv:
+        raise ValueError(f"attention mask of shape {tuple(mask.shape)} has {kv} key positions for {q} new tokens")
+    offset = max(past_len + q - kv, 0)  # the absolute position of key column 0
     allowed = mask[:, 0] if mask.dtype == torch.bool else mask[:, 0] == 0  # [B, Q, KV]; additive: 0 = attend
-    idx = torch.arange(q, device=mask.device)
-    later = torch.arange(kv, device=mask.device)[None, :] > past_len + idx[:, None]  # [Q, KV]
-    return allowed[:, idx, past_len + idx] & ~(allowed & later).any(-1)
+    own = past_len - offset + torch.arange(q, device=mask.device)  # each query's own key column
+    later = torch.arange(kv, device=mask.device)[None, :] > own[:, None]  # [Q, KV]
+    return allowed[:, torch.arange(q, device=mask.device), own] & ~(allowed & later).any(-1)
 
 
 class _Patch:

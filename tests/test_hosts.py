@@ -55,6 +55,34 @@ def test_host_patches_exactly_and_generates_as_it_recomputes(factory, site):
     assert torch.equal(model(ids, attention_mask=mask).logits, unpatched)
 
 
+def sliding_mistral():  # every layer slides: generate hands the model one 4-D mask tensor
+    from transformers import MistralConfig, MistralForCausalLM
+
+    return _build(MistralConfig, MistralForCausalLM, 0, False, {"sliding_window": 4})
+
+
+def sliding_qwen2():  # layers 1 and 2 slide, layer 0 attends fully: a dict of masks per layer type
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    return _build(Qwen2Config, Qwen2ForCausalLM, 0, False,
+                  {"use_sliding_window": True, "sliding_window": 4, "max_window_layers": 1})
+
+
+@pytest.mark.parametrize("factory", [sliding_mistral, sliding_qwen2], ids=lambda f: f.__name__)
+def test_sliding_window_caches_generate_as_recomputed_past_the_window(factory):
+    """Past the window a static sliding layer's mask covers only the window (Mistral: every layer, so generate
+    hands the model that tensor): TALAN reads the padding at the query's own column of it."""
+    model = open_gates(talan.patch(factory(), tiny_config(layer=(0, 1))))
+    ids = tiny_batch(batch=2, length=7)["input_ids"]
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0  # left padding in the second row
+    kwargs = dict(attention_mask=mask, max_new_tokens=6, do_sample=False, output_scores=True,
+                  return_dict_in_generate=True, pad_token_id=0)
+    recomputed = model.generate(ids, use_cache=False, **kwargs)
+    for cache in ("dynamic", "static"):
+        assert_same_generation(model.generate(ids, cache_implementation=cache, **kwargs), recomputed)
+
+
 @pytest.mark.parametrize("factory", HOSTS, ids=lambda f: f.__name__[5:])
 def test_host_trains_talan_and_lora_together(factory):
     model = get_peft_model(factory(train=True), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))

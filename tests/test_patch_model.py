@@ -363,17 +363,21 @@ def test_four_dimensional_masks_and_unknown_mask_dicts_are_rejected():
         model(ids, attention_mask={"full_attention": torch.ones(2, 1, 10, 8, dtype=torch.bool)})
 
 
-@pytest.mark.parametrize("past_len,q,kv", [(0, 6, 9), (6, 1, 9), (0, 6, 6)])
-def test_padding_read_off_4d_masks_also_when_padding_rows_were_opened(past_len, q, kv):
+@pytest.mark.parametrize("past_len,q,kv,window", [(0, 6, 9, None), (6, 1, 9, None), (0, 6, 6, None), (7, 1, 4, 4),
+                                                  (3, 4, 6, 3)])
+def test_padding_read_off_4d_masks_also_when_padding_rows_were_opened(past_len, q, kv, window):
     """On torch < 2.5 transformers opens a padding query's fully masked sdpa row to every key; such a
-    row attends to itself too, yet is padding (it also attends to later positions)."""
+    row attends to itself too, yet is padding (it also attends to later positions). A sliding-window static
+    layer's mask has only ``window - 1 + q`` key columns once the window is full, the last one the last query's."""
     pad = torch.tensor([0, 2, 4])[:, None]  # left padding per row
-    key = torch.arange(kv)[None, None, :]
+    key = max(past_len + q - kv, 0) + torch.arange(kv)[None, None, :]  # absolute positions of the key columns
     query = past_len + torch.arange(q)[None, :, None]
     allowed = (key <= query) & (key >= pad[:, :, None])  # [B, Q, KV]
+    if window is not None:
+        allowed &= key > query - window
     want = query[..., 0] >= pad
     opened = allowed | ~allowed.any(-1, keepdim=True)
-    if past_len == 0:
+    if past_len == 0 or window == 3:
         assert not torch.equal(opened, allowed)  # padding queries are present and opened
     additive = torch.zeros(allowed.shape).masked_fill(~allowed, torch.finfo(torch.float32).min)
     for mask in (allowed, opened, additive):
