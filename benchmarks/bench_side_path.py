@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from .cases import SIDE_PATH_PROVIDERS, side_path_case
+from .cases import SIDE_PATH_PROVIDER_MODES, SIDE_PATH_PROVIDERS, side_path_case
 from .common import bench_device, side_path_triton_status
 
 
@@ -26,10 +26,12 @@ def side_path_grid(quick: bool, cuda: bool) -> list[tuple[str, int, int, int, in
 def pytest_generate_tests(metafunc):
     if "sp_shape" in metafunc.fixturenames:
         shapes = side_path_grid(metafunc.config.getoption("--quick"), bench_device().type == "cuda")
-        metafunc.parametrize("sp_shape", shapes, ids=[f"{m}-B{b}-T{t}-D{d}-r{r}-M{s}" for m, b, t, d, r, s in shapes])
+        pairs = [(shape, provider) for provider in SIDE_PATH_PROVIDERS for shape in shapes
+                 if shape[0] in SIDE_PATH_PROVIDER_MODES.get(provider, (shape[0],))]
+        metafunc.parametrize("sp_shape,provider", pairs,
+                             ids=[f"{p}-{m}-B{b}-T{t}-D{d}-r{r}-M{s}" for (m, b, t, d, r, s), p in pairs])
 
 
-@pytest.mark.parametrize("provider", SIDE_PATH_PROVIDERS)
 def test_side_path(run_case, device, dtype, sp_shape, provider):
     mode, batch, tokens, hidden, latent, slots = sp_shape
     if provider.startswith("triton"):

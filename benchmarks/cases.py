@@ -9,7 +9,9 @@ Providers
     DoRA in eval: ``dora_torch``, ``dora_triton`` (norm cached, as in eval), ``dora_peft``.
     Side path: ``copy`` (read h, write h': the memory floor), ``torch`` (``side_path_ref``),
     ``triton`` (``side_path(..., backend="triton")``), ``triton_tf32`` (the same kernels with one-pass
-    TF32 dot products instead of 3xTF32: the precision choice of ``talan_kernels/side_path/precision.py``).
+    TF32 dot products instead of 3xTF32: the precision choice of ``talan_kernels/side_path/precision.py``),
+    ``triton_pipelined`` (decode only: the decode kernel's loops over D pipelined 3 deep,
+    ``talan_kernels/side_path/decode.py``'s ``decode_pipeline_stages``).
 Modes: ``fwd`` (no grad), ``fwdbwd`` (forward + backward to every trainable input), ``decode``
 (LoRA: a few tokens, forward; side path: one token per sequence with a carried state).
 """
@@ -27,7 +29,10 @@ LORA_PROVIDERS = ("base", "triton_base", "torch", "triton", "peft")
 # Providers with no backward: their ``fwdbwd`` case does not exist.
 FORWARD_ONLY_PROVIDERS = ("triton_base",)
 DORA_PROVIDERS = ("base", "dora_torch", "dora_triton", "dora_peft")
-SIDE_PATH_PROVIDERS = ("copy", "torch", "triton", "triton_tf32")
+SIDE_PATH_PROVIDERS = ("copy", "torch", "triton", "triton_tf32", "triton_pipelined")
+# Providers that exist for one side-path mode only.
+SIDE_PATH_PROVIDER_MODES = {"triton_pipelined": ("decode",)}
+PIPELINED_DECODE_STAGES = 3
 LORA_ALPHA = 32
 
 
@@ -173,14 +178,25 @@ def side_path_params(hidden: int, latent: int, slots: int, device, seed: int = 0
     return {name: p.detach().to(device) for name, p in block.params().items()}
 
 
-def _in_tf32(fn: Callable[[], object]) -> Callable[[], object]:
-    """``fn`` with the side-path kernels' fp32 dot products in one-pass TF32."""
-    from talan_kernels.side_path.precision import gpu_dot_precision
+def _within(context: Callable[[], object], fn: Callable[[], object]) -> Callable[[], object]:
+    """``fn`` run inside a fresh ``context()`` each call."""
 
     def run():
-        with gpu_dot_precision("tf32"):
+        with context():
             return fn()
     return run
+
+
+def _provider_context(provider: str) -> Callable[[], object] | None:
+    """The launch choice a side-path provider times (None: the defaults)."""
+    from talan_kernels.side_path.decode import decode_pipeline_stages
+    from talan_kernels.side_path.precision import gpu_dot_precision
+
+    if provider == "triton_tf32":  # one-pass TF32 fp32 dot products
+        return lambda: gpu_dot_precision("tf32")
+    if provider == "triton_pipelined":
+        return lambda: decode_pipeline_stages(PIPELINED_DECODE_STAGES)
+    return None
 
 
 def side_path_case(provider: str, batch: int, tokens: int, hidden: int, latent: int, slots: int, mode: str,
@@ -208,7 +224,9 @@ def side_path_case(provider: str, batch: int, tokens: int, hidden: int, latent: 
         forward = ref_out = lambda: (h.clone(), None)  # the floor: its "reference" is itself
     elif provider == "torch":
         forward, ref_out = ref, ref
-    elif provider in ("triton", "triton_tf32"):
+    elif provider in ("triton", "triton_tf32", "triton_pipelined"):
+        if mode not in SIDE_PATH_PROVIDER_MODES.get(provider, (mode,)):
+            raise ValueError(f"side path provider {provider!r} has no mode {mode!r}")
         forward, ref_out = (lambda: side_path(h, params, state=state, backend="triton")), ref
     else:
         raise ValueError(f"unknown side path provider {provider!r}")
@@ -238,8 +256,9 @@ def side_path_case(provider: str, batch: int, tokens: int, hidden: int, latent: 
         def fn():
             with torch.no_grad():
                 return forward()
-    if provider == "triton_tf32":  # forward and backward launches alike
-        fn, check = _in_tf32(fn), _in_tf32(check)
+    context = _provider_context(provider)
+    if context is not None:  # forward and backward launches alike
+        fn, check = _within(context, fn), _within(context, check)
     e = torch.finfo(dtype).bits // 8
     n_tok = batch * h.shape[1]
     per_token = 2 * hidden * latent * 2 + 3 * 2 * latent * latent + 6 * slots * latent + 6 * hidden
@@ -247,5 +266,7 @@ def side_path_case(provider: str, batch: int, tokens: int, hidden: int, latent: 
     traffic = 2 * n_tok * hidden * e * (2 if train else 1)
     if mode == "decode":
         traffic += 2 * batch * slots * (latent + 1) * 4  # the fp32 state, read and written
+        if provider != "copy":  # the fp32 weights, read once (at batch 1 they are nearly all of it)
+            traffic += sum(p.numel() for p in params.values()) * 4
     return Case(fn=fn, check=check, bytes=traffic, flops=flops)
 

@@ -65,6 +65,11 @@ CASES = [("attn", "tanh_gate", 2, 45, 300, 7, 40), ("glu", "token_gate", 2, 37, 
 
 @pytest.mark.parametrize("case", CASES, ids=[f"{c[0]}-{c[1]}-M{c[-2]}-R{c[-1]}" for c in CASES])
 def test_prefill_and_decode_on_gpu_tiles_match_the_reference(case, cuda_tiles):
+    _check_prefill_and_decode(case, cuda_tiles)
+
+
+def _check_prefill_and_decode(case, cuda_tiles) -> list[dict]:
+    """Prefill then one-token steps against the reference; returns the decode configs the launches got."""
     mixer, writeback, b, t, d, m, r = case
     prefill = t - 3
     params = make_params(d, r, m, mixer, writeback, seed=11)
@@ -90,6 +95,17 @@ def test_prefill_and_decode_on_gpu_tiles_match_the_reference(case, cuda_tiles):
     assert [c["BK"] for c in decode_tiles] == [32 if r >= 128 else 64] * 3, "one decode launch a step"
     if m == MANY_SLOTS:
         assert all(c["SLOT_LOOP"] for c in decode_tiles), "the case must run the decode kernel's slot loop"
+    return decode_tiles
+
+
+@pytest.mark.parametrize("case", [CASES[2], CASES[4]], ids=["mlp-norm_cap", "attn-slot-loop"])
+def test_pipelined_decode_on_gpu_tiles_matches_the_reference(case, cuda_tiles):
+    """The benchmarks' triton_pipelined provider: the decode kernel's loops over D as tl.range(num_stages=3)."""
+    from talan_kernels.side_path.decode import decode_pipeline_stages
+
+    with decode_pipeline_stages(3):
+        decode_tiles = _check_prefill_and_decode(case, cuda_tiles)
+    assert [c["D_STAGES"] for c in decode_tiles] == [3] * 3
 
 
 @pytest.mark.parametrize("mixer,writeback,r", [("attn", "norm_cap", 40), ("glu", "tanh_gate", 128),

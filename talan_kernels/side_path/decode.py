@@ -8,7 +8,9 @@ keeps the overhead near the 1.01x target of SPEC §5.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 
 import torch
 
@@ -25,6 +27,28 @@ WRITEBACK_PARAMS = {"zero_add": (), "tanh_gate": ("gate",), "token_gate": ("gate
                     "norm_cap": ()}
 
 
+# The decode kernel's loops over D read W_in and W_out ([D, R] fp32 each: 512 KB at D = 1024, R = 64) from one
+# program per sequence, so at batch 1 one SM streams them, a [BD, BR] tile (16 KB) per iteration: plain loops
+# keep one tile in flight (latency-bound: ~16 iterations x ~1 us a pass at D = 1024, a prediction), D_STAGES = s
+# keeps s (cp.async into shared memory, 16 KB a stage). Which is faster is for a GPU run to say
+# (benchmarks/bench_side_path.py, provider triton_pipelined); the default stays the plain loop until then.
+DECODE_STAGES = (1, 2, 3, 4)
+_pipeline = {"stages": 1}
+
+
+@contextlib.contextmanager
+def decode_pipeline_stages(stages: int) -> Iterator[None]:
+    """Within the block, launch the decode kernel on CUDA tensors with its loops over D software-pipelined
+    ``stages`` deep (1: plain loops, the default). Benchmarks use it to time the alternatives."""
+    if stages not in DECODE_STAGES:
+        raise ValueError(f"stages must be one of {DECODE_STAGES}; got {stages!r}")
+    before, _pipeline["stages"] = _pipeline["stages"], stages
+    try:
+        yield
+    finally:
+        _pipeline["stages"] = before
+
+
 def decode_config(d: int, m: int, r: int, device_type: str = "cuda") -> dict:
     """Meta-parameters of the decode kernel (the compile tests read them). [BD, BR] tiles of
     W_in/W_out and [BM, BR] tiles of the state of <= 4096 elements and 8 warps keep every
@@ -36,14 +60,15 @@ def decode_config(d: int, m: int, r: int, device_type: str = "cuda") -> dict:
     On the GPU ``maxnreg`` allows every register 8 warps can have: left to itself ptxas stops some
     mixer/writeback pairs at 128 and spills (linear + norm_cap on sm_80, linear + token_gate with 256
     slots on sm_90; Triton 3.9). One program per sequence runs, so a second resident block per SM
-    that 128 would allow buys nothing."""
+    that 128 would allow buys nothing.
+    ``D_STAGES``: see ``decode_pipeline_stages``; 1 (plain loops) until a GPU run has timed the others."""
     br = dot_tile(r)
     on_gpu = device_type == "cuda"
     bk = (br if br <= 64 else 32) if on_gpu else 16
     bm = min(dot_tile(m), 64, 4096 // br) if on_gpu else 16
     num_warps = 8
     config = dict(BD=max(16, min(128, 4096 // br, next_power_of_2(d))), BM=bm, SLOT_LOOP=m > bm, BR=br, BK=bk,
-                  num_warps=num_warps)
+                  num_warps=num_warps, D_STAGES=_pipeline["stages"] if on_gpu else 1)
     if on_gpu:
         config["maxnreg"] = min(255, 65536 // (32 * num_warps))  # the register file split over the block
     return config

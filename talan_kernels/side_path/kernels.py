@@ -429,10 +429,13 @@ def _side_path_decode_kernel(
     MIXER: tl.constexpr, WRITEBACK: tl.constexpr, GATE_PER_CHANNEL: tl.constexpr,
     HAS_RESETS: tl.constexpr, HAS_STATE: tl.constexpr,
     BD: tl.constexpr, BM: tl.constexpr, SLOT_LOOP: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
+    D_STAGES: tl.constexpr,
 ):
     """One token of one sequence per program: RMSNorm, projections, the state update, the mixer and
     the writeback residual add in one launch. MIXER: 0 attn, 1 linear, 2 mlp, 3 glu. WRITEBACK: 0
-    zero_add, 1 tanh_gate, 2 token_gate, 3 norm_cap."""
+    zero_add, 1 tanh_gate, 2 token_gate, 3 norm_cap. D_STAGES > 1 software-pipelines the loops over D
+    (cp.async into shared memory): one program streams W_in and W_out alone, so how many of their tiles are
+    in flight is what bounds it (``decode.decode_config``)."""
     i_b = tl.program_id(0).to(tl.int64)
     o_d = tl.arange(0, BD)
     o_r = tl.arange(0, BR)
@@ -441,7 +444,7 @@ def _side_path_decode_kernel(
     sq = tl.zeros([BD], dtype=tl.float32)
     z = tl.zeros([BR], dtype=tl.float32)
     gate_dot = tl.zeros([BD], dtype=tl.float32)
-    for d0 in range(0, D, BD):
+    for d0 in tl.range(0, D, BD, num_stages=D_STAGES):
         d = d0 + o_d
         d_mask = d < D
         hd = tl.load(h_ptr + i_b * D + d, mask=d_mask, other=0.0).to(tl.float32)  # [BD]
@@ -494,13 +497,13 @@ def _side_path_decode_kernel(
     elif WRITEBACK == 3:
         # norm_cap needs ||u|| before any element is written: a first pass recomputes u's blocks.
         usq = tl.zeros([BD], dtype=tl.float32)
-        for d0 in range(0, D, BD):
+        for d0 in tl.range(0, D, BD, num_stages=D_STAGES):
             d = d0 + o_d
             u = _matvec(c, w_out_ptr + d0, R, D - d0, D, o_r, o_d)
             usq += u * u
         limit = norm_cap_ratio * tl.sqrt(sumsq)
         factor = a * limit / tl.maximum(tl.maximum(tl.sqrt(tl.sum(usq, 0)), limit), 1.1754943508222875e-38)
-    for d0 in range(0, D, BD):
+    for d0 in tl.range(0, D, BD, num_stages=D_STAGES):
         d = d0 + o_d
         d_mask = d < D
         u = _matvec(c, w_out_ptr + d0, R, D - d0, D, o_r, o_d)  # [BD]
