@@ -4,27 +4,20 @@ from __future__ import annotations
 
 from torch import nn
 
+# The model families TALAN patches. Qwen3 and Llama are the paper's hosts. Qwen3-MoE, Qwen2 (Qwen2.5) and
+# Mistral have the same decoder layer, which is all the hooks rely on: ``input_layernorm`` then ``self_attn``
+# added to the residual, a normed MLP (or mixture of experts) added to it, and the stack passing its kwargs
+# on to each layer (tests/test_hosts.py runs every site on each).
+FAMILIES = ("Qwen3", "Llama", "Qwen3Moe", "Qwen2", "Mistral")
+# The bare decoder stack and the models around it: the language-model head, and the task heads that peft
+# fine-tunes too (task_type SEQ_CLS, TOKEN_CLS, QUESTION_ANS) over the same stack.
+HEADS = ("ForCausalLM", "Model", "ForSequenceClassification", "ForTokenClassification", "ForQuestionAnswering")
+
 
 def _supported_classes() -> tuple[type, ...]:
-    """Qwen3 and Llama are the paper's hosts. Qwen3-MoE, Qwen2 (Qwen2.5) and Mistral have the same decoder
-    layer, which is all the hooks rely on: ``input_layernorm`` then ``self_attn`` added to the residual, a
-    normed MLP (or mixture of experts) added to it, and the stack passing its kwargs on to each layer
-    (tests/test_hosts.py runs every site on each)."""
-    from transformers import (
-        LlamaForCausalLM,
-        LlamaModel,
-        MistralForCausalLM,
-        MistralModel,
-        Qwen2ForCausalLM,
-        Qwen2Model,
-        Qwen3ForCausalLM,
-        Qwen3Model,
-        Qwen3MoeForCausalLM,
-        Qwen3MoeModel,
-    )
+    import transformers
 
-    return (Qwen3ForCausalLM, Qwen3Model, LlamaForCausalLM, LlamaModel, Qwen3MoeForCausalLM, Qwen3MoeModel,
-            Qwen2ForCausalLM, Qwen2Model, MistralForCausalLM, MistralModel)
+    return tuple(getattr(transformers, family + head) for family in FAMILIES for head in HEADS)
 
 
 def _wrapper_chain(model: nn.Module) -> list[nn.Module]:
@@ -82,11 +75,10 @@ def decoder_stack(model: nn.Module) -> nn.Module:
     host = unwrap_host(model)
     supported = _supported_classes()
     if not isinstance(host, supported):
-        names = ", ".join(cls.__name__ for cls in supported)
-        raise TypeError(f"talan supports {names} (plain, or wrapped by peft, torch.compile or DDP); got "
-                        f"{type(model).__name__}"
+        raise TypeError(f"talan supports the {', '.join(FAMILIES)} models ({', '.join('*' + h for h in HEADS)}; "
+                        f"plain, or wrapped by peft, torch.compile or DDP); got {type(model).__name__}"
                         + (f" wrapping {type(host).__name__}" if host is not model else ""))
-    stack = host.model if hasattr(host, "lm_head") else host
+    stack = host.base_model  # the decoder stack under any head (the stack itself for a bare *Model)
     if not isinstance(getattr(stack, "layers", None), nn.ModuleList):
         raise TypeError(f"{type(host).__name__} has no decoder layer list to patch")
     return stack

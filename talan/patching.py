@@ -276,9 +276,10 @@ def _layer_device(layer: nn.Module) -> torch.device:
 def patch(model: nn.Module, config: TalanConfig | None = None) -> nn.Module:
     """Insert TALAN blocks into ``model`` in place and return the same object.
 
-    Supports HF Qwen3 and Llama (``*ForCausalLM`` or the bare ``*Model``; Qwen3-MoE, Qwen2 and Mistral too, see
-    ``hosts``) and peft models wrapping one (peft first, then patch). Never changes ``requires_grad`` of a non-TALAN
-    parameter; the blocks' own trainability follows ``config.trainable``.
+    Supports HF Qwen3 and Llama (``*ForCausalLM``, the bare ``*Model`` or a task head: sequence or token
+    classification, question answering; Qwen3-MoE, Qwen2 and Mistral too, see ``hosts``) and peft models wrapping
+    one (peft first, then patch). Never changes ``requires_grad`` of a non-TALAN parameter; the blocks' own
+    trainability follows ``config.trainable``.
     """
     config = TalanConfig() if config is None else config
     if not isinstance(config, TalanConfig):

@@ -96,3 +96,63 @@ def test_host_trains_talan_and_lora_together(factory):
     lora_grads = [p.grad for name, p in model.named_parameters() if "lora_" in name]
     assert lora_grads and all(g is not None and torch.isfinite(g).all() for g in talan_grads + lora_grads)
     assert any(g.abs().sum() > 0 for g in talan_grads) and any(g.abs().sum() > 0 for g in lora_grads)
+
+
+# The task heads peft fine-tunes over the same decoder stack: (class suffix, peft task_type, labels).
+TASK_HEADS = {
+    "ForSequenceClassification": ("SEQ_CLS", lambda ids: {"labels": torch.tensor([0, 1])}),
+    "ForTokenClassification": ("TOKEN_CLS", lambda ids: {"labels": ids % 2}),
+    "ForQuestionAnswering": ("QUESTION_ANS", lambda ids: {"start_positions": torch.tensor([1, 4]),
+                                                          "end_positions": torch.tensor([3, 6])}),
+}
+HEAD_CASES = ([(family, head) for family in ("Qwen3", "Llama") for head in TASK_HEADS]
+              + [(family, "ForSequenceClassification") for family in ("Qwen3Moe", "Qwen2", "Mistral")])
+
+
+def _task_model(family: str, head: str, seed: int = 0, train: bool = False):
+    import transformers
+
+    moe = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32) if family == "Qwen3Moe" else {}
+    return _build(getattr(transformers, f"{family}Config"), getattr(transformers, family + head), seed, train,
+                  {"num_labels": 2, "pad_token_id": 0, **moe})
+
+
+def _head_outputs(out) -> torch.Tensor:
+    return torch.cat([out.start_logits, out.end_logits], -1) if hasattr(out, "start_logits") else out.logits
+
+
+@pytest.mark.parametrize("family,head", HEAD_CASES, ids=[f + h[3:] for f, h in HEAD_CASES])
+def test_task_heads_patch_train_with_peft_save_and_load(family, head, tmp_path):
+    """Sequence/token classification and extractive QA: the same hooks on the stack under the head. Exact at
+    initialisation and after unpatch; with the gates open TALAN changes the head's outputs; trains beside a
+    peft adapter of that task type; its checkpoint reproduces the outputs on a fresh model of the class."""
+    batch = tiny_batch(batch=2, length=9)
+    batch["input_ids"] = batch["input_ids"].clamp(min=1)  # the pad token (0) only where padding is
+    batch["input_ids"][0, -2:] = 0  # right padding in the first row: the classifier reads its last real token
+    batch["attention_mask"][0, -2:] = 0
+    model = _task_model(family, head)
+    with torch.no_grad():
+        unpatched = _head_outputs(model(**batch))
+        talan.patch(model, tiny_config(layer=(0, 1)))
+        assert torch.equal(_head_outputs(model(**batch)), unpatched)
+        open_gates(model)
+        patched = _head_outputs(model(**batch))
+    assert not torch.allclose(patched, unpatched, atol=1e-4)
+    talan.save_pretrained(model, tmp_path)
+    with torch.no_grad():
+        talan.unpatch(model)
+        assert torch.equal(_head_outputs(model(**batch)), unpatched)
+        torch.testing.assert_close(_head_outputs(talan.load_pretrained(model, tmp_path)(**batch)), patched,
+                                   rtol=0, atol=0)
+
+    task_type, labels = TASK_HEADS[head]
+    trained = get_peft_model(_task_model(family, head, train=True),
+                             LoraConfig(task_type=task_type, r=4, lora_alpha=8,  # "all-linear" takes the heads too
+                                        target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
+    open_gates(talan.patch(trained, tiny_config(layer=1)))
+    loss = trained(**batch, **labels(batch["input_ids"])).loss
+    loss.backward()
+    assert torch.isfinite(loss)
+    talan_grads = [p.grad for p in talan.talan_parameters(trained)]
+    assert all(g is not None and torch.isfinite(g).all() for g in talan_grads)
+    assert any(g.abs().sum() > 0 for g in talan_grads)
