@@ -11,10 +11,11 @@ from Python, against ~0.05 µs for the plain arithmetic.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import importlib.util
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Optional
 
 import torch
@@ -146,3 +147,14 @@ def as_fp32(x: torch.Tensor) -> torch.Tensor:
     if x.dtype == torch.float32 and x.is_contiguous():
         return x
     return x.detach().float().contiguous()
+
+
+@contextlib.contextmanager
+def overridden(settings: dict, key: str, value) -> Iterator[None]:
+    """Within the block ``settings[key]`` is ``value``, then what it was: the launch choices that benchmarks
+    time against the defaults (``precision.gpu_dot_precision``, ``decode.decode_pipeline_stages``)."""
+    before, settings[key] = settings[key], value
+    try:
+        yield
+    finally:
+        settings[key] = before

@@ -96,6 +96,21 @@ def tiny_batch(batch: int = 2, length: int = 10, seed: int = 1) -> dict[str, tor
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
 
+def left_padded_prompt(length: int = 7) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two rows of ``tiny_batch`` ids, the second left-padded by 3 tokens: ``(ids, attention_mask)``."""
+    ids = tiny_batch(batch=2, length=length)["input_ids"]
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0
+    return ids, mask
+
+
+def greedy_kwargs(mask: torch.Tensor, max_new_tokens: int = 6, scores: bool = True) -> dict:
+    """``generate``'s keyword arguments for greedy decoding of a padded prompt; with ``scores`` the result
+    carries the step scores that ``assert_same_generation`` compares."""
+    kwargs = dict(attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=0)
+    return {**kwargs, "output_scores": True, "return_dict_in_generate": True} if scores else kwargs
+
+
 @pytest.fixture(name="tiny_qwen3")
 def _tiny_qwen3_factory():
     return tiny_qwen3

@@ -4,7 +4,15 @@ and trains with peft."""
 
 import pytest
 import torch
-from conftest import _build, assert_same_generation, open_gates, tiny_batch, tiny_config
+from conftest import (
+    _build,
+    assert_same_generation,
+    greedy_kwargs,
+    left_padded_prompt,
+    open_gates,
+    tiny_batch,
+    tiny_config,
+)
 from peft import LoraConfig, get_peft_model
 
 import talan
@@ -37,16 +45,13 @@ HOSTS = [tiny_qwen3_moe, tiny_qwen2, tiny_mistral]
 @pytest.mark.parametrize("factory", HOSTS, ids=lambda f: f.__name__[5:])
 def test_host_patches_exactly_and_generates_as_it_recomputes(factory, site):
     model = factory()
-    ids = tiny_batch(batch=2, length=7)["input_ids"]
-    mask = torch.ones_like(ids)
-    mask[1, :3] = 0  # left padding in the second row
+    ids, mask = left_padded_prompt()
     unpatched = model(ids, attention_mask=mask).logits
     talan.patch(model, tiny_config(site=site, layer=(0, 1)))
     assert torch.equal(model(ids, attention_mask=mask).logits, unpatched)  # identity at initialisation
     open_gates(model)
     assert not torch.allclose(model(ids, attention_mask=mask).logits, unpatched, atol=1e-4)
-    kwargs = dict(attention_mask=mask, max_new_tokens=6, do_sample=False, output_scores=True,
-                  return_dict_in_generate=True, pad_token_id=0)
+    kwargs = greedy_kwargs(mask)
     recomputed = model.generate(ids, use_cache=False, **kwargs)
     for cache in ("dynamic", "static"):  # a static cache hands the model 4-D masks built from the 2-D one
         cached = model.generate(ids, cache_implementation=cache, **kwargs)
@@ -73,11 +78,8 @@ def test_sliding_window_caches_generate_as_recomputed_past_the_window(factory):
     """Past the window a static sliding layer's mask covers only the window (Mistral: every layer, so generate
     hands the model that tensor): TALAN reads the padding at the query's own column of it."""
     model = open_gates(talan.patch(factory(), tiny_config(layer=(0, 1))))
-    ids = tiny_batch(batch=2, length=7)["input_ids"]
-    mask = torch.ones_like(ids)
-    mask[1, :3] = 0  # left padding in the second row
-    kwargs = dict(attention_mask=mask, max_new_tokens=6, do_sample=False, output_scores=True,
-                  return_dict_in_generate=True, pad_token_id=0)
+    ids, mask = left_padded_prompt()
+    kwargs = greedy_kwargs(mask)
     recomputed = model.generate(ids, use_cache=False, **kwargs)
     for cache in ("dynamic", "static"):
         assert_same_generation(model.generate(ids, cache_implementation=cache, **kwargs), recomputed)

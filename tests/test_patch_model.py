@@ -13,6 +13,8 @@ from conftest import (
     TRANSFORMERS_4,
     VOCAB,
     assert_same_generation,
+    greedy_kwargs,
+    left_padded_prompt,
     open_gates,
     tiny_batch,
     tiny_config,
@@ -126,11 +128,8 @@ def test_packed_sequences_restart_the_memory_at_each_boundary(site):
 @pytest.mark.parametrize("site", SITES)
 def test_cached_generation_equals_recomputation(factory, site):
     model = open_gates(talan.patch(factory(), tiny_config(site=site, layer=(0, 1))))
-    ids = tiny_batch(batch=2, length=7)["input_ids"]
-    mask = torch.ones_like(ids)
-    mask[1, :3] = 0  # left padding in the second row
-    kwargs = dict(attention_mask=mask, max_new_tokens=8, do_sample=False, output_scores=True,
-                  return_dict_in_generate=True, pad_token_id=0)
+    ids, mask = left_padded_prompt()
+    kwargs = greedy_kwargs(mask, max_new_tokens=8)
     cached = model.generate(ids, use_cache=True, **kwargs)
     recomputed = model.generate(ids, use_cache=False, **kwargs)
     assert_same_generation(cached, recomputed)
@@ -394,11 +393,8 @@ def test_static_cache_generation_equals_recomputation(factory, site, attn):
     diagonal."""
     model = open_gates(talan.patch(factory(), tiny_config(site=site, layer=(0, 1))))
     model.set_attn_implementation(attn)
-    ids = tiny_batch(batch=2, length=7)["input_ids"]
-    mask = torch.ones_like(ids)
-    mask[1, :3] = 0  # left padding in the second row
-    kwargs = dict(attention_mask=mask, max_new_tokens=6, do_sample=False, output_scores=True,
-                  return_dict_in_generate=True, pad_token_id=0)
+    ids, mask = left_padded_prompt()
+    kwargs = greedy_kwargs(mask)
     seen = []
     handle = model.model.register_forward_pre_hook(
         lambda module, args, kw: seen.append(type(kw.get("attention_mask"))), with_kwargs=True, prepend=True)
@@ -486,10 +482,8 @@ def test_compiled_static_cache_generation_equals_recomputation(factory):
     """What generate does on a GPU with a static cache (it compiles the forward): dynamo traces the hooks
     (one graph break, where the cache length becomes a Python int) and the tokens stay exact."""
     model = open_gates(talan.patch(factory(), tiny_config(layer=(0, 1))))
-    ids = tiny_batch(batch=2, length=7)["input_ids"]
-    mask = torch.ones_like(ids)
-    mask[1, :3] = 0
-    kwargs = dict(attention_mask=mask, max_new_tokens=5, do_sample=False, pad_token_id=0)
+    ids, mask = left_padded_prompt()
+    kwargs = greedy_kwargs(mask, max_new_tokens=5, scores=False)
     expected = model.generate(ids, use_cache=False, **kwargs)
     model.forward = torch.compile(model.forward, backend="eager", dynamic=False)
     try:
@@ -507,10 +501,8 @@ def test_static_cache_generation_on_a_gpu_compiled_by_generate_equals_dynamic(ba
     """On a GPU, generate compiles the forward (inductor, CUDA graphs) for a static cache: TALAN's hooks and
     state bookkeeping run inside it and the tokens equal the uncompiled dynamic-cache run's."""
     model = open_gates(talan.patch(tiny_qwen3(), tiny_config(layer=(0, 1), backend=backend))).cuda()
-    ids = tiny_batch(batch=2, length=7)["input_ids"].cuda()
-    mask = torch.ones_like(ids)
-    mask[1, :3] = 0
-    kwargs = dict(attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=0)
+    ids, mask = (t.cuda() for t in left_padded_prompt())
+    kwargs = greedy_kwargs(mask, scores=False)
     dynamic = model.generate(ids, **kwargs)
     try:
         static = model.generate(ids, cache_implementation="static", **kwargs)

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import torch
 
-from ..launching import COMPILE_OPTIONS, as_fp32, dot_tile, next_power_of_2
+from ..launching import COMPILE_OPTIONS, as_fp32, dot_tile, next_power_of_2, overridden
 from . import ops  # ops.resolve: the registered op while tracing, its implementation in eager mode
 from .kernels import _side_path_decode_kernel
 from .reference import RMS_EPS
@@ -42,11 +42,8 @@ def decode_pipeline_stages(stages: int) -> Iterator[None]:
     ``stages`` deep (1: plain loops, the default). Benchmarks use it to time the alternatives."""
     if stages not in DECODE_STAGES:
         raise ValueError(f"stages must be one of {DECODE_STAGES}; got {stages!r}")
-    before, _pipeline["stages"] = _pipeline["stages"], stages
-    try:
+    with overridden(_pipeline, "stages", stages):
         yield
-    finally:
-        _pipeline["stages"] = before
 
 
 def decode_config(d: int, m: int, r: int, device_type: str = "cuda") -> dict:

@@ -15,6 +15,8 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
+from ..launching import overridden
+
 GPU_DOT_PRECISIONS = ("tf32x3", "tf32", "ieee")
 _current = {"gpu": "tf32x3"}
 
@@ -30,8 +32,5 @@ def gpu_dot_precision(precision: str) -> Iterator[None]:
     ``GPU_DOT_PRECISIONS``) for their fp32 dot products. Benchmarks use it to time the alternatives."""
     if precision not in GPU_DOT_PRECISIONS:
         raise ValueError(f"precision must be one of {GPU_DOT_PRECISIONS}; got {precision!r}")
-    before, _current["gpu"] = _current["gpu"], precision
-    try:
+    with overridden(_current, "gpu", precision):
         yield
-    finally:
-        _current["gpu"] = before
