@@ -66,7 +66,7 @@ def decode_config(d: int, m: int, r: int, device_type: str = "cuda") -> dict:
     num_warps = 8
     config = dict(BD=max(16, min(128, 4096 // br, next_power_of_2(d))), BM=bm, SLOT_LOOP=m > bm, BR=br, BK=bk,
                   num_warps=num_warps, D_STAGES=_pipeline["stages"] if on_gpu else 1)
-    if on_gpu:
+    if on_gpu and torch.version.hip is None:  # a ptxas option: Triton's AMD backend has no maxnreg
         config["maxnreg"] = min(255, 65536 // (32 * num_warps))  # the register file split over the block
     return config
 
