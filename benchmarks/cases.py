@@ -10,14 +10,16 @@ Providers
     Side path: ``copy`` (read h, write h': the memory floor), ``torch`` (``side_path_ref``),
     ``triton`` (``side_path(..., backend="triton")``), ``triton_tf32`` (the same kernels with one-pass
     TF32 dot products instead of 3xTF32: the precision choice of ``talan_kernels/side_path/precision.py``),
-    ``triton_pipelined`` (decode only: the decode kernel's loops over D pipelined 3 deep,
-    ``talan_kernels/side_path/decode.py``'s ``decode_pipeline_stages``).
+    decode only, the decode kernel's launch choices of ``talan_kernels/side_path/decode.py``:
+    ``triton_pipelined`` (its loops over D pipelined 3 deep), ``triton_split`` (its last pass over D split
+    between 4 programs a sequence), ``triton_split_pipelined`` (both).
 Modes: ``fwd`` (no grad), ``fwdbwd`` (forward + backward to every trainable input), ``decode``
 (LoRA: a few tokens, forward; side path: one token per sequence with a carried state).
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -29,10 +31,11 @@ LORA_PROVIDERS = ("base", "triton_base", "torch", "triton", "peft")
 # Providers with no backward: their ``fwdbwd`` case does not exist.
 FORWARD_ONLY_PROVIDERS = ("triton_base",)
 DORA_PROVIDERS = ("base", "dora_torch", "dora_triton", "dora_peft")
-SIDE_PATH_PROVIDERS = ("copy", "torch", "triton", "triton_tf32", "triton_pipelined")
+# (decode_pipeline_stages, decode_programs_per_sequence) of the decode-only providers
+DECODE_VARIANTS = {"triton_pipelined": (3, 1), "triton_split": (1, 4), "triton_split_pipelined": (3, 4)}
+SIDE_PATH_PROVIDERS = ("copy", "torch", "triton", "triton_tf32", *DECODE_VARIANTS)
 # Providers that exist for one side-path mode only.
-SIDE_PATH_PROVIDER_MODES = {"triton_pipelined": ("decode",)}
-PIPELINED_DECODE_STAGES = 3
+SIDE_PATH_PROVIDER_MODES = dict.fromkeys(DECODE_VARIANTS, ("decode",))
 LORA_ALPHA = 32
 
 
@@ -189,13 +192,19 @@ def _within(context: Callable[[], object], fn: Callable[[], object]) -> Callable
 
 def _provider_context(provider: str) -> Callable[[], object] | None:
     """The launch choice a side-path provider times (None: the defaults)."""
-    from talan_kernels.side_path.decode import decode_pipeline_stages
+    from talan_kernels.side_path.decode import decode_pipeline_stages, decode_programs_per_sequence
     from talan_kernels.side_path.precision import gpu_dot_precision
 
     if provider == "triton_tf32":  # one-pass TF32 fp32 dot products
         return lambda: gpu_dot_precision("tf32")
-    if provider == "triton_pipelined":
-        return lambda: decode_pipeline_stages(PIPELINED_DECODE_STAGES)
+    if provider in DECODE_VARIANTS:
+        stages, programs = DECODE_VARIANTS[provider]
+
+        @contextlib.contextmanager
+        def both():
+            with decode_pipeline_stages(stages), decode_programs_per_sequence(programs):
+                yield
+        return both
     return None
 
 
@@ -224,7 +233,7 @@ def side_path_case(provider: str, batch: int, tokens: int, hidden: int, latent: 
         forward = ref_out = lambda: (h.clone(), None)  # the floor: its "reference" is itself
     elif provider == "torch":
         forward, ref_out = ref, ref
-    elif provider in ("triton", "triton_tf32", "triton_pipelined"):
+    elif provider in ("triton", "triton_tf32", *DECODE_VARIANTS):
         if mode not in SIDE_PATH_PROVIDER_MODES.get(provider, (mode,)):
             raise ValueError(f"side path provider {provider!r} has no mode {mode!r}")
         forward, ref_out = (lambda: side_path(h, params, state=state, backend="triton")), ref

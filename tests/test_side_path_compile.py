@@ -178,25 +178,34 @@ def test_one_pass_tf32_reaches_every_gpu_config_and_compiles_without_spills():
 
 
 @pytest.mark.parametrize("arch", [80, 90])
-def test_pipelined_decode_reaches_the_gpu_config_and_compiles_without_spills(arch):
-    """The benchmarks' ``triton_pipelined`` provider (decode.py): inside ``decode_pipeline_stages(s)`` the GPU
-    decode config carries ``D_STAGES = s`` (the CPU's stays 1), the loops over D become cp.async copies into
-    shared memory, and the kernel still spills nothing and fits shared memory, at the default size with
-    every writeback and at R = 128 with many slots. The default comes back after the block."""
-    from talan_kernels.side_path.decode import decode_pipeline_stages
+def test_decode_variants_reach_the_gpu_config_and_compile_without_spills(arch):
+    """The benchmarks' decode providers (decode.py): inside ``decode_pipeline_stages(s)`` and
+    ``decode_programs_per_sequence(p)`` the GPU decode config carries ``D_STAGES = s`` and whole-BD shares of D
+    (the CPU's stays one plain program); pipelined, the loops over D become cp.async copies into shared memory.
+    Each variant spills nothing and fits shared memory, at the default size with every writeback and at
+    R = 128 with many slots. The defaults come back after the blocks."""
+    from talan_kernels.side_path.decode import decode_pipeline_stages, decode_programs_per_sequence
 
-    assert decode_config(4096, 16, 64)["D_STAGES"] == 1
-    with decode_pipeline_stages(3):
-        assert decode_config(4096, 16, 64, "cpu")["D_STAGES"] == 1
-        cases = [_decode_case(0, wb, 16, 64) for wb in WRITEBACK_IDS.values()] + [_decode_case(3, 3, MANY_SLOTS, 128)]
-        for name, kernel, config in cases:
-            assert config["D_STAGES"] == 3
-            info = _compile(kernel, config, "*bf16", arch)
-            assert info.spill_stores == 0, f"{name} on sm_{arch}: {info.spill_stores} B spilled\n{info.ptxas_log}"
-            assert info.shared_bytes <= SHARED_MEMORY_LIMIT[arch], f"{name}: {info.shared_bytes} B shared"
-            # Triton's pipeliner keeps stages - 1 fp32 [BD, BR] weight tiles in flight in shared memory
-            assert info.shared_bytes >= 2 * config["BD"] * config["BR"] * 4, "the W tiles must be staged"
-    assert decode_config(4096, 16, 64)["D_STAGES"] == 1
+    assert (decode_config(4096, 16, 64)["D_STAGES"], decode_config(4096, 16, 64)["D_PER_PROG"]) == (1, 0)
+    for stages, programs in ((3, 1), (1, 4), (3, 4)):
+        with decode_pipeline_stages(stages), decode_programs_per_sequence(programs):
+            cpu = decode_config(4096, 16, 64, "cpu")
+            assert (cpu["D_STAGES"], cpu["D_PER_PROG"]) == (1, 0)
+            cases = ([_decode_case(0, wb, 16, 64) for wb in WRITEBACK_IDS.values()]
+                     + [_decode_case(3, 3, MANY_SLOTS, 128)])
+            for name, kernel, config in cases:
+                assert config["D_STAGES"] == stages
+                assert config["D_PER_PROG"] == (4096 // programs if programs > 1 else 0)
+                info = _compile(kernel, config, "*bf16", arch)
+                where = f"{name} stages {stages} programs {programs} on sm_{arch}"
+                assert info.spill_stores == 0, f"{where}: {info.spill_stores} B spilled\n{info.ptxas_log}"
+                assert info.shared_bytes <= SHARED_MEMORY_LIMIT[arch], f"{where}: {info.shared_bytes} B shared"
+                if stages > 1:  # Triton's pipeliner keeps stages - 1 fp32 [BD, BR] weight tiles in shared memory
+                    assert info.shared_bytes >= 2 * config["BD"] * config["BR"] * 4, f"{where}: W tiles not staged"
+    assert (decode_config(4096, 16, 64)["D_STAGES"], decode_config(4096, 16, 64)["D_PER_PROG"]) == (1, 0)
     with pytest.raises(ValueError, match="stages must be one of"):
         with decode_pipeline_stages(0):
+            pass
+    with pytest.raises(ValueError, match="programs must be"):
+        with decode_programs_per_sequence(0):
             pass

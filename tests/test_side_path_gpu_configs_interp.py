@@ -98,14 +98,23 @@ def _check_prefill_and_decode(case, cuda_tiles) -> list[dict]:
     return decode_tiles
 
 
-@pytest.mark.parametrize("case", [CASES[2], CASES[4]], ids=["mlp-norm_cap", "attn-slot-loop"])
-def test_pipelined_decode_on_gpu_tiles_matches_the_reference(case, cuda_tiles):
-    """The benchmarks' triton_pipelined provider: the decode kernel's loops over D as tl.range(num_stages=3)."""
-    from talan_kernels.side_path.decode import decode_pipeline_stages
+DECODE_VARIANTS = [(3, 1), (1, 3), (3, 3)]  # (stages, programs a sequence)
 
-    with decode_pipeline_stages(3):
+
+@pytest.mark.parametrize("stages,programs", DECODE_VARIANTS, ids=[f"stages{s}-programs{p}" for s, p in DECODE_VARIANTS])
+@pytest.mark.parametrize("case", [CASES[1], CASES[2], CASES[4]],
+                         ids=["glu-token_gate", "mlp-norm_cap", "attn-slot-loop"])
+def test_decode_variants_on_gpu_tiles_match_the_reference(case, stages, programs, cuda_tiles):
+    """The benchmarks' triton_pipelined / triton_split / triton_split_pipelined providers: the decode kernel's
+    loops over D as tl.range(num_stages=3); its last pass split between 3 programs a sequence (D = 300: two
+    whole 128-channel shares and one of 44; only program 0 stores the state, which the memory check holds
+    every other program to)."""
+    from talan_kernels.side_path.decode import decode_pipeline_stages, decode_programs_per_sequence
+
+    with decode_pipeline_stages(stages), decode_programs_per_sequence(programs):
         decode_tiles = _check_prefill_and_decode(case, cuda_tiles)
-    assert [c["D_STAGES"] for c in decode_tiles] == [3] * 3
+    assert [c["D_STAGES"] for c in decode_tiles] == [stages] * 3
+    assert [c["D_PER_PROG"] for c in decode_tiles] == [128 if programs == 3 else 0] * 3
 
 
 @pytest.mark.parametrize("mixer,writeback,r", [("attn", "norm_cap", 40), ("glu", "tanh_gate", 128),

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import torch
 
-from ..launching import COMPILE_OPTIONS, as_fp32, dot_tile, next_power_of_2, overridden
+from ..launching import COMPILE_OPTIONS, as_fp32, cdiv, dot_tile, next_power_of_2, overridden
 from . import ops  # ops.resolve: the registered op while tracing, its implementation in eager mode
 from .kernels import _side_path_decode_kernel
 from .reference import RMS_EPS
@@ -30,10 +30,12 @@ WRITEBACK_PARAMS = {"zero_add": (), "tanh_gate": ("gate",), "token_gate": ("gate
 # The decode kernel's loops over D read W_in and W_out ([D, R] fp32 each: 512 KB at D = 1024, R = 64) from one
 # program per sequence, so at batch 1 one SM streams them, a [BD, BR] tile (16 KB) per iteration: plain loops
 # keep one tile in flight (latency-bound: ~16 iterations x ~1 us a pass at D = 1024, a prediction), D_STAGES = s
-# keeps s (cp.async into shared memory, 16 KB a stage). Which is faster is for a GPU run to say
-# (benchmarks/bench_side_path.py, provider triton_pipelined); the default stays the plain loop until then.
+# keeps s (cp.async into shared memory, 16 KB a stage). Splitting the last pass (u = c W_out, h' written) over
+# p programs a sequence puts p SMs on W_out, each recomputing the first pass and the state (the launch stays one).
+# Which is faster is for a GPU run to say (benchmarks/bench_side_path.py, providers triton_pipelined,
+# triton_split, triton_split_pipelined); the defaults stay one plain program until then.
 DECODE_STAGES = (1, 2, 3, 4)
-_pipeline = {"stages": 1}
+_pipeline = {"stages": 1, "programs": 1}
 
 
 @contextlib.contextmanager
@@ -43,6 +45,16 @@ def decode_pipeline_stages(stages: int) -> Iterator[None]:
     if stages not in DECODE_STAGES:
         raise ValueError(f"stages must be one of {DECODE_STAGES}; got {stages!r}")
     with overridden(_pipeline, "stages", stages):
+        yield
+
+
+@contextlib.contextmanager
+def decode_programs_per_sequence(programs: int) -> Iterator[None]:
+    """Within the block, launch the decode kernel on CUDA tensors with its last pass over D split between
+    ``programs`` programs a sequence (1: one program, the default). Benchmarks use it to time the alternatives."""
+    if not (isinstance(programs, int) and 1 <= programs <= 64):
+        raise ValueError(f"programs must be an int in [1, 64]; got {programs!r}")
+    with overridden(_pipeline, "programs", programs):
         yield
 
 
@@ -58,14 +70,18 @@ def decode_config(d: int, m: int, r: int, device_type: str = "cuda") -> dict:
     mixer/writeback pairs at 128 and spills (linear + norm_cap on sm_80, linear + token_gate with 256
     slots on sm_90; Triton 3.9). One program per sequence runs, so a second resident block per SM
     that 128 would allow buys nothing.
-    ``D_STAGES``: see ``decode_pipeline_stages``; 1 (plain loops) until a GPU run has timed the others."""
+    ``D_STAGES``: see ``decode_pipeline_stages``; 1 (plain loops) until a GPU run has timed the others.
+    ``D_PER_PROG``: channels of h' a program writes (0: all D), from ``decode_programs_per_sequence``."""
     br = dot_tile(r)
     on_gpu = device_type == "cuda"
     bk = (br if br <= 64 else 32) if on_gpu else 16
     bm = min(dot_tile(m), 64, 4096 // br) if on_gpu else 16
     num_warps = 8
-    config = dict(BD=max(16, min(128, 4096 // br, next_power_of_2(d))), BM=bm, SLOT_LOOP=m > bm, BR=br, BK=bk,
-                  num_warps=num_warps, D_STAGES=_pipeline["stages"] if on_gpu else 1)
+    bd = max(16, min(128, 4096 // br, next_power_of_2(d)))
+    programs = _pipeline["programs"] if on_gpu else 1
+    per_prog = cdiv(cdiv(d, programs), bd) * bd if programs > 1 else 0  # whole BD blocks a program
+    config = dict(BD=bd, BM=bm, SLOT_LOOP=m > bm, BR=br, BK=bk, num_warps=num_warps,
+                  D_STAGES=_pipeline["stages"] if on_gpu else 1, D_PER_PROG=per_prog)
     if on_gpu and torch.version.hip is None:  # a ptxas option: Triton's AMD backend has no maxnreg
         config["maxnreg"] = min(255, 65536 // (32 * num_warps))  # the register file split over the block
     return config
@@ -85,13 +101,14 @@ def decode_launch(h, core, mixer_params, writeback_params, active, resets, s0, n
     mix = list(mixer_params) + [h] * (3 - len(mixer_params))  # unused pointers: never read
     wb = list(writeback_params) + [h] * (2 - len(writeback_params))
     has_state = s0 is not None
-    _side_path_decode_kernel[(b,)](
+    config = decode_config(d, m, r, h.device.type)
+    _side_path_decode_kernel[(b, cdiv(d, config["D_PER_PROG"]) if config["D_PER_PROG"] else 1)](
         h, out, *core, *mix, *wb, active, resets if resets is not None else active,
         s0 if has_state else h, n0 if has_state else h, s_out, n_out,
         d, m, r, 1.0 / math.sqrt(r), cap, RMS_EPS, zero_add_scale, norm_cap_ratio,
         MIXER=MIXER_IDS[mixer], WRITEBACK=WRITEBACK_IDS[writeback],
         GATE_PER_CHANNEL=writeback == "tanh_gate" and writeback_params[0].numel() == d,
-        HAS_RESETS=resets is not None, HAS_STATE=has_state, **decode_config(d, m, r, h.device.type), **COMPILE_OPTIONS)
+        HAS_RESETS=resets is not None, HAS_STATE=has_state, **config, **COMPILE_OPTIONS)
     return out, s_out, n_out
 
 

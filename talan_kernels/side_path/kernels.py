@@ -383,10 +383,11 @@ def _square_matvec(x, w_ptr, R, o_r, BR: tl.constexpr, BK: tl.constexpr):
 
 @triton.jit
 def _decode_slot_block(m0, c, m_run, l_run, kk, vv, query, a, keep, i_b, qs_ptr, mix1_ptr, s0_ptr, n0_ptr,
-                       s_out_ptr, n_out_ptr, M, R, o_r, r_mask, scale, cap,
+                       s_out_ptr, n_out_ptr, M, M_store, R, o_r, r_mask, scale, cap,
                        MIXER: tl.constexpr, HAS_STATE: tl.constexpr, BM: tl.constexpr):
-    """Slots ``m0 .. m0 + BM`` of the decode step: their ``(S, N)`` update (stored) and their part of the
-    mixer's read ``c [BR]`` (attn: with the running softmax max ``m_run`` and sum ``l_run``)."""
+    """Slots ``m0 .. m0 + BM`` of the decode step: their ``(S, N)`` update (stored below ``M_store``: M, or 0
+    in a program that leaves the store to another) and their part of the mixer's read ``c [BR]`` (attn:
+    with the running softmax max ``m_run`` and sum ``l_run``)."""
     o_m = m0 + tl.arange(0, BM)
     m_mask = o_m < M
     mr_off = o_m[:, None] * R + o_r[None, :]
@@ -399,8 +400,9 @@ def _decode_slot_block(m0, c, m_run, l_run, kk, vv, query, a, keep, i_b, qs_ptr,
     if HAS_STATE:
         s += keep * tl.load(s0_ptr + i_b * M + o_m, mask=m_mask, other=0.0)
         n += keep * tl.load(n0_ptr + i_b * M * R + mr_off, mask=mr_mask, other=0.0)
-    tl.store(s_out_ptr + i_b * M + o_m, s, mask=m_mask)
-    tl.store(n_out_ptr + i_b * M * R + mr_off, n, mask=mr_mask)
+    store = o_m < M_store
+    tl.store(s_out_ptr + i_b * M + o_m, s, mask=store)
+    tl.store(n_out_ptr + i_b * M * R + mr_off, n, mask=store[:, None] & r_mask[None, :])
     pos = s > 0
     mem = n * tl.where(pos, 1.0 / tl.where(pos, s, 1.0), 0.0)[:, None]  # [BM, BR]
     if MIXER == 1:
@@ -429,13 +431,15 @@ def _side_path_decode_kernel(
     MIXER: tl.constexpr, WRITEBACK: tl.constexpr, GATE_PER_CHANNEL: tl.constexpr,
     HAS_RESETS: tl.constexpr, HAS_STATE: tl.constexpr,
     BD: tl.constexpr, BM: tl.constexpr, SLOT_LOOP: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
-    D_STAGES: tl.constexpr,
+    D_STAGES: tl.constexpr, D_PER_PROG: tl.constexpr,
 ):
     """One token of one sequence per program: RMSNorm, projections, the state update, the mixer and
     the writeback residual add in one launch. MIXER: 0 attn, 1 linear, 2 mlp, 3 glu. WRITEBACK: 0
     zero_add, 1 tanh_gate, 2 token_gate, 3 norm_cap. D_STAGES > 1 software-pipelines the loops over D
     (cp.async into shared memory): one program streams W_in and W_out alone, so how many of their tiles are
-    in flight is what bounds it (``decode.decode_config``)."""
+    in flight is what bounds it (``decode.decode_config``). D_PER_PROG > 0 splits the last pass over D
+    between programs (grid axis 1): each recomputes z, the state and the mixer's read (program 0 stores
+    the state) and writes its D_PER_PROG channels of h'."""
     i_b = tl.program_id(0).to(tl.int64)
     o_d = tl.arange(0, BD)
     o_r = tl.arange(0, BR)
@@ -475,10 +479,17 @@ def _side_path_decode_kernel(
     l_run = tl.full([], 0.0, tl.float32)
     # M <= BM (no SLOT_LOOP): one block, under a constant bound so that it compiles to straight-line code
     # (ptxas holds a rolled loop to 128 registers and spills at R = 64)
+    d_lo = 0
+    d_hi = D
+    m_store = M
+    if D_PER_PROG > 0:
+        d_lo = tl.program_id(1) * D_PER_PROG
+        d_hi = tl.minimum(D, d_lo + D_PER_PROG)
+        m_store = tl.where(tl.program_id(1) == 0, M, 0)
     for m0 in range(0, M if SLOT_LOOP else 1, BM):
         c, m_run, l_run = _decode_slot_block(m0, c, m_run, l_run, kk, vv, query, a, keep, i_b, qs_ptr, mix1_ptr,
-                                             s0_ptr, n0_ptr, s_out_ptr, n_out_ptr, M, R, o_r, r_mask, scale, cap,
-                                             MIXER, HAS_STATE, BM)
+                                             s0_ptr, n0_ptr, s_out_ptr, n_out_ptr, M, m_store, R, o_r, r_mask, scale,
+                                             cap, MIXER, HAS_STATE, BM)
     if MIXER != 1:
         c = c / l_run  # [BR] the attention read
         if MIXER == 2:
@@ -503,10 +514,10 @@ def _side_path_decode_kernel(
             usq += u * u
         limit = norm_cap_ratio * tl.sqrt(sumsq)
         factor = a * limit / tl.maximum(tl.maximum(tl.sqrt(tl.sum(usq, 0)), limit), 1.1754943508222875e-38)
-    for d0 in tl.range(0, D, BD, num_stages=D_STAGES):
+    for d0 in tl.range(d_lo, d_hi, BD, num_stages=D_STAGES):
         d = d0 + o_d
-        d_mask = d < D
-        u = _matvec(c, w_out_ptr + d0, R, D - d0, D, o_r, o_d)  # [BD]
+        d_mask = d < d_hi
+        u = _matvec(c, w_out_ptr + d0, R, d_hi - d0, D, o_r, o_d)  # [BD]
         if WRITEBACK == 1:
             if GATE_PER_CHANNEL:
                 gate = tl.load(wb1_ptr + d, mask=d_mask, other=0.0).to(tl.float32)
