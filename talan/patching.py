@@ -119,6 +119,9 @@ class _Patch:
         bound.update(kwargs)
         mask = bound.get("attention_mask")
         cache = bound.get("cache", bound.get("past_key_values"))
+        if isinstance(cache, (tuple, list)):  # transformers itself no longer reads these (it needs get_seq_length)
+            raise ValueError(f"past_key_values is a legacy {type(cache).__name__} of per-layer key/value tensors; pass "
+                             "the transformers Cache object (a DynamicCache, ...) that the model returned")
         if cache is not None and not callable(getattr(cache, "get_seq_length", None)):
             # Continuous batching packs the new tokens of many requests into one row and pages their keys;
             # the forward does not say which request a token belongs to, so no per-sequence (S, N) state

@@ -362,6 +362,19 @@ def test_four_dimensional_masks_and_unknown_mask_dicts_are_rejected():
         model(ids, attention_mask={"full_attention": torch.ones(2, 1, 10, 8, dtype=torch.bool)})
 
 
+def test_a_legacy_tuple_cache_is_refused_by_name():
+    """transformers reads no tuple of per-layer (key, value) pairs any more (it fails on get_seq_length); TALAN's
+    error says what to pass instead, not that continuous batching is unsupported."""
+    model = open_gates(talan.patch(tiny_qwen3(), tiny_config()))
+    ids, mask = left_padded_prompt()
+    cache = model(ids, attention_mask=mask, use_cache=True).past_key_values
+    legacy = tuple((layer.keys, layer.values) for layer in cache.layers) if hasattr(cache, "layers") else \
+        cache.to_legacy_cache()
+    step_mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+    with pytest.raises(ValueError, match="legacy tuple of per-layer key/value tensors"):
+        model(ids[:, :1], attention_mask=step_mask, past_key_values=legacy)
+
+
 @pytest.mark.parametrize("past_len,q,kv,window", [(0, 6, 9, None), (6, 1, 9, None), (0, 6, 6, None), (7, 1, 4, 4),
                                                   (3, 4, 6, 3)])
 def test_padding_read_off_4d_masks_also_when_padding_rows_were_opened(past_len, q, kv, window):
