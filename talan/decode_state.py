@@ -61,14 +61,15 @@ class DecodeStates:
         return DecodeStates()  # a copied model starts its own states: it never continues the original's caches
 
     def lookup(self, cache, layer_idx: int, past_len: int, batch: int, block: Callable | None = None,
-               prefix_lengths: Collection[int] = ()):
+               prefix_lengths: Callable[[], Collection[int]] = tuple):
         """The ``(S, N)`` to continue from for ``layer_idx``, or None for a prefill (``past_len == 0``, or a
         cache this long that TALAN has not seen: peft prefix tuning's virtual tokens, never in the residual
-        stream). ``block`` (the TALAN block, called as in the forward) recomputes the state after a crop."""
+        stream; ``prefix_lengths()`` says which lengths, asked only then, never on a decode step).
+        ``block`` (the TALAN block, called as in the forward) recomputes the state after a crop."""
         if past_len == 0:
             return None
         entry = getattr(cache, _STATES_ATTR, {}).get(self._key, {}).get(layer_idx)
-        if entry is None and past_len in prefix_lengths:
+        if entry is None and past_len in prefix_lengths():
             return None
         if entry is None:
             raise ValueError("this cache holds tokens that TALAN never saw: start generation from an empty cache "

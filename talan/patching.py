@@ -107,6 +107,9 @@ class _Patch:
         # position ids and cache).
         self._passes_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
+    def _prefix_lengths(self) -> frozenset[int]:
+        return prefix_cache_lengths(self.peft_configs)
+
     def blocks(self) -> Iterator[tuple[int, TalanBlock]]:
         for i in self.layer_indices:
             yield i, getattr(self.stack.layers[i], BLOCK_NAME)
@@ -179,8 +182,8 @@ class _Patch:
         block = getattr(self.stack.layers[layer_idx], BLOCK_NAME)
         state = None
         if ctx.cache is not None:
-            prefix = prefix_cache_lengths(self.peft_configs) if ctx.past_len else ()
-            state = self.decode_states.lookup(ctx.cache, layer_idx, ctx.past_len, hidden.shape[0], block, prefix)
+            state = self.decode_states.lookup(ctx.cache, layer_idx, ctx.past_len, hidden.shape[0], block,
+                                              self._prefix_lengths)
         out, new_state = block(hidden, ctx.active, ctx.resets, state)
         if ctx.cache is not None:
             replay = Replay(ctx.past_len, state, hidden.detach(), ctx.active)  # store() keeps it if short

@@ -27,7 +27,7 @@ WRITEBACK_PARAMS = {"zero_add": (), "tanh_gate": ("gate",), "token_gate": ("gate
                     "norm_cap": ()}
 
 
-# The decode kernel's loops over D read W_in and W_out ([D, R] fp32 each: 512 KB at D = 1024, R = 64) from one
+# The decode kernel's loops over D read W_in and W_out ([D, R] fp32, 256 KB each at D = 1024, R = 64) from one
 # program per sequence, so at batch 1 one SM streams them, a [BD, BR] tile (16 KB) per iteration: plain loops
 # keep one tile in flight (latency-bound: ~16 iterations x ~1 us a pass at D = 1024, a prediction), D_STAGES = s
 # keeps s (cp.async into shared memory, 16 KB a stage). Splitting the last pass (u = c W_out, h' written) over
@@ -35,7 +35,7 @@ WRITEBACK_PARAMS = {"zero_add": (), "tanh_gate": ("gate",), "token_gate": ("gate
 # Which is faster is for a GPU run to say (benchmarks/bench_side_path.py, providers triton_pipelined,
 # triton_split, triton_split_pipelined); the defaults stay one plain program until then.
 DECODE_STAGES = (1, 2, 3, 4)
-_pipeline = {"stages": 1, "programs": 1}
+_launch_choices = {"stages": 1, "programs": 1}
 
 
 @contextlib.contextmanager
@@ -44,7 +44,7 @@ def decode_pipeline_stages(stages: int) -> Iterator[None]:
     ``stages`` deep (1: plain loops, the default). Benchmarks use it to time the alternatives."""
     if stages not in DECODE_STAGES:
         raise ValueError(f"stages must be one of {DECODE_STAGES}; got {stages!r}")
-    with overridden(_pipeline, "stages", stages):
+    with overridden(_launch_choices, "stages", stages):
         yield
 
 
@@ -54,7 +54,7 @@ def decode_programs_per_sequence(programs: int) -> Iterator[None]:
     ``programs`` programs a sequence (1: one program, the default). Benchmarks use it to time the alternatives."""
     if not (isinstance(programs, int) and 1 <= programs <= 64):
         raise ValueError(f"programs must be an int in [1, 64]; got {programs!r}")
-    with overridden(_pipeline, "programs", programs):
+    with overridden(_launch_choices, "programs", programs):
         yield
 
 
@@ -78,10 +78,10 @@ def decode_config(d: int, m: int, r: int, device_type: str = "cuda") -> dict:
     bm = min(dot_tile(m), 64, 4096 // br) if on_gpu else 16
     num_warps = 8
     bd = max(16, min(128, 4096 // br, next_power_of_2(d)))
-    programs = _pipeline["programs"] if on_gpu else 1
+    programs = _launch_choices["programs"] if on_gpu else 1
     per_prog = cdiv(cdiv(d, programs), bd) * bd if programs > 1 else 0  # whole BD blocks a program
     config = dict(BD=bd, BM=bm, SLOT_LOOP=m > bm, BR=br, BK=bk, num_warps=num_warps,
-                  D_STAGES=_pipeline["stages"] if on_gpu else 1, D_PER_PROG=per_prog)
+                  D_STAGES=_launch_choices["stages"] if on_gpu else 1, D_PER_PROG=per_prog)
     if on_gpu and torch.version.hip is None:  # a ptxas option: Triton's AMD backend has no maxnreg
         config["maxnreg"] = min(255, 65536 // (32 * num_warps))  # the register file split over the block
     return config
