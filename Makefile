@@ -6,9 +6,10 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 TORCH   := torch==2.13.0
-# deepspeed: the ZeRO-3 test of talan train (an sdist that builds without torch: no CUDA ops, nothing pulled)
+# deepspeed: the ZeRO-3 test of talan train (an sdist that builds without torch: no CUDA ops, nothing pulled);
+# bitsandbytes: the QLoRA tests (its wheel runs 4-bit and int8 layers on the CPU too)
 DEPS    := "triton>=3.0" "transformers>=5,<6" "peft>=0.17" safetensors tqdm matplotlib pyarrow deepspeed \
-           pytest pytest-benchmark ruff
+           bitsandbytes pytest pytest-benchmark ruff
 
 # The compile tests run a second time against the Triton that the GPU check machine's torch (2.11)
 # pins, kept beside the venv's own (pip --target, no deps) and put first on PYTHONPATH for that run:

@@ -68,11 +68,13 @@ def _peft_classes():
 def _static_reason(layer) -> Optional[str]:
     """Why the layer can never run fused (None when it can, at least in some state)."""
     _, LoraLinear, DoraLinearVariant = _peft_classes()
-    if type(layer) is not LoraLinear:
-        return f"{type(layer).__module__}.{type(layer).__name__} is not peft's lora.Linear"
+    # The base first: peft wraps a quantised base (QLoRA's bitsandbytes Linear4bit, ...) or an embedding in
+    # a LoRA class of its own, and the base is what the report should name.
     base = layer.get_base_layer()
     if type(base) is not nn.Linear:
-        return f"base layer {type(base).__name__} is not torch.nn.Linear (quantised or custom)"
+        return f"base layer {type(base).__module__}.{type(base).__name__} is not torch.nn.Linear"
+    if type(layer) is not LoraLinear:
+        return f"{type(layer).__module__}.{type(layer).__name__} is not peft's lora.Linear"
     if getattr(layer, "fan_in_fan_out", False):
         return "fan_in_fan_out weights (Conv1D layout)"
     reasons = []

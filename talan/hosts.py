@@ -84,9 +84,9 @@ def decoder_stack(model: nn.Module) -> nn.Module:
     return stack
 
 
-def load_local_checkpoint(path, flag: str = "--model", dtype=None):
+def load_local_checkpoint(path, flag: str = "--model", dtype=None, quantization_config=None):
     """A local Hugging Face checkpoint folder and its tokenizer, never from the network; the weights in
-    ``dtype`` (default fp32).
+    ``dtype`` (default fp32), quantised as they load when a transformers ``quantization_config`` is given.
 
     Raises ``FileNotFoundError`` for a missing folder or one without ``config.json`` and
     ``ValueError`` for a tokenizer without an eos token (it ends every completion); ``flag`` names
@@ -107,5 +107,6 @@ def load_local_checkpoint(path, flag: str = "--model", dtype=None):
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     if tokenizer.eos_token_id is None:
         raise ValueError(f"{flag} {folder}: the tokenizer has no eos token, which ends every completion")
-    model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=dtype or torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=dtype or torch.float32,
+                                                 quantization_config=quantization_config)
     return model, tokenizer

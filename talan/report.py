@@ -78,8 +78,18 @@ def _adapter_param_ids(model: nn.Module) -> set[int]:
     return ids
 
 
+def _logical_numel(p: torch.Tensor) -> int:
+    """How many weights a parameter stands for. A bitsandbytes 4-bit weight (QLoRA) is stored packed,
+    two values a byte or more in a wider ``quant_storage``, so its own ``numel`` undercounts: its quant
+    state keeps the shape it was quantised from. (An 8-bit weight holds one value per element.)"""
+    shape = getattr(getattr(p, "quant_state", None), "shape", None)
+    return int(torch.Size(shape).numel()) if shape is not None else p.numel()
+
+
 def parameter_report(model: nn.Module) -> dict:
     """Counts of distinct parameters by owner, and TALAN / trainable as a percent of the backbone.
+    A bitsandbytes 4-bit weight counts as the weights it was quantised from, as transformers'
+    ``num_parameters`` counts it.
 
     Returns ``{"backbone", "adapter", "talan", "trainable"}`` (ints; ``backbone`` excludes the adapter
     and TALAN) and ``{"talan_percent", "trainable_percent"}`` (floats on a 0-100 scale, of ``backbone``).
@@ -89,9 +99,10 @@ def parameter_report(model: nn.Module) -> dict:
     counts = {"backbone": 0, "adapter": 0, "talan": 0, "trainable": 0}
     for p in model.parameters():  # distinct: a tied embedding is yielded once
         owner = "talan" if id(p) in talan_ids else "adapter" if id(p) in adapter_ids else "backbone"
-        counts[owner] += p.numel()
+        numel = _logical_numel(p)
+        counts[owner] += numel
         if p.requires_grad:
-            counts["trainable"] += p.numel()
+            counts["trainable"] += numel
     backbone = counts["backbone"]
     return {**counts,
             "talan_percent": 100.0 * counts["talan"] / backbone if backbone else 0.0,

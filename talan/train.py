@@ -391,6 +391,45 @@ def _check_paths(settings: argparse.Namespace) -> None:
     if settings.deepspeed is not None:
         _check_deepspeed_config(settings)
     _check_torch_release(settings)
+    _check_quantization(settings)
+
+
+def _quantization_flag(settings: argparse.Namespace) -> str | None:
+    return "--load-in-4bit" if settings.load_in_4bit else "--load-in-8bit" if settings.load_in_8bit else None
+
+
+def _check_quantization(settings: argparse.Namespace) -> None:
+    """--load-in-4bit / --load-in-8bit: one of them, on a checkpoint, unsharded, with bitsandbytes installed."""
+    flag = _quantization_flag(settings)
+    if flag is None:
+        return
+    if settings.load_in_4bit and settings.load_in_8bit:
+        raise ValueError("--load-in-4bit and --load-in-8bit both quantise the backbone: pass one of them")
+    if settings.embedded:
+        raise ValueError(f"{flag} quantises a checkpoint as it loads: pass --model (a local checkpoint folder)")
+    # untested there: FSDP and ZeRO-3 would shard the packed weights, and DeepSpeed wraps the model on its own
+    deepspeed = settings.deepspeed is not None or os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    engine = _shards_parameters(settings) or ("DeepSpeed" if deepspeed else None)
+    if engine is not None:
+        raise ValueError(f"{flag}: {engine} with a bitsandbytes-quantised backbone is not supported by talan train; "
+                         "train it on one process or with DDP")
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ImportError(f"{flag} needs the bitsandbytes package: pip install bitsandbytes")
+
+
+def _quantization_config(settings: argparse.Namespace):
+    """transformers' ``BitsAndBytesConfig`` for the quantisation flags (QLoRA's NF4 with double quantisation,
+    computing in the backbone's dtype), or None."""
+    if _quantization_flag(settings) is None:
+        return None
+    from transformers import BitsAndBytesConfig
+
+    if settings.load_in_8bit:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=getattr(torch, settings.model_dtype))
 
 
 def _shards_parameters(settings: argparse.Namespace) -> str | None:
@@ -508,7 +547,15 @@ def _run(settings: argparse.Namespace, talan_config) -> dict:
         backbone, tokenizer = _embedded_model(settings.seed)
         backbone = backbone.to(getattr(torch, settings.model_dtype))
     else:
-        backbone, tokenizer = load_local_checkpoint(settings.model, dtype=getattr(torch, settings.model_dtype))
+        quantization = _quantization_config(settings)
+        backbone, tokenizer = load_local_checkpoint(settings.model, dtype=getattr(torch, settings.model_dtype),
+                                                    quantization_config=quantization)
+        if quantization is not None:
+            from peft import prepare_model_for_kbit_training
+
+            # peft's QLoRA recipe: the rest of the backbone in fp32; checkpointing as --gradient-checkpointing asks
+            backbone = prepare_model_for_kbit_training(
+                backbone, use_gradient_checkpointing=settings.gradient_checkpointing)
     if settings.data is None:
         examples = talan_data.recall_examples(settings.num_examples, seed=settings.seed)
     else:

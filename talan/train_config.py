@@ -39,7 +39,7 @@ DEFAULTS = {
     "seed": 0, "save_steps": 500, "save_total_limit": None, "logging_steps": 10,
     "gradient_checkpointing": False, "bf16": False, "use_cpu": None, "ddp_find_unused_parameters": False,
     "progress": True, "deepspeed": None, "fused_lora": None, "packing": False, "model_dtype": "float32",
-    "fsdp": False, "fsdp_config": None,
+    "fsdp": False, "fsdp_config": None, "load_in_4bit": False, "load_in_8bit": False,
 }
 # No --model: the embedded tiny Qwen3 (random init) on the synthetic recall task, well under a minute on a CPU.
 EMBEDDED_DEFAULTS = {"learning_rate": 1e-2, "max_steps": 200, "save_steps": 100, "warmup_steps": 10,
@@ -96,6 +96,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                     "Qwen2, Mistral), never downloaded (default: an embedded tiny Qwen3 with a character tokenizer)")
     io.add_argument("--model-dtype", choices=MODEL_DTYPES, help="dtype of the backbone's (frozen) weights; the "
                     "adapter and TALAN train in fp32 whatever it is (default: float32)")
+    io.add_argument("--load-in-4bit", action=argparse.BooleanOptionalAction, help="QLoRA: load --model's linear "
+                    "weights as bitsandbytes 4-bit NF4 (double quantisation) that compute in --model-dtype, prepared "
+                    "as peft's prepare_model_for_kbit_training does; the adapter and TALAN train in fp32 (one "
+                    "process or DDP)")
+    io.add_argument("--load-in-8bit", action=argparse.BooleanOptionalAction, help="load --model's linear weights as "
+                    "bitsandbytes int8, prepared likewise")
     io.add_argument("--data", metavar="FILE", help="training data, .jsonl or .parquet: prompt/completion pairs or "
                     "chat 'messages' lists (default: the synthetic key-value recall task)")
     io.add_argument("--eval-data", metavar="FILE", help="held-out data in the same formats: its completion loss "
