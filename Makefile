@@ -25,6 +25,13 @@ HF_FLOOR_DEPS   := accelerate==1.10.1 huggingface_hub==0.36.2 tokenizers==0.22.2
                    charset-normalizer
 HF_COMPAT       := $(VENV)/hf-floor
 
+# TRL (the SFTTrainer tests) and datasets, kept beside the venv the same way and put on PYTHONPATH for the
+# CPU pass on the venv's transformers 5 only: transformers 4.x's Trainer imports datasets whenever it is
+# installed, and datasets 5 needs a newer huggingface_hub than the HF floor's. Pinned: no deps are resolved
+# there (the venv holds the rest of what they need).
+TRL_COMPAT := $(VENV)/trl
+TRL_PKGS   := trl==1.16.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 xxhash==4.1.0 pandas==3.1.1
+
 # Opt-in, never part of `make test`: the CPU and interpreter suites on an older torch, in a venv of its own.
 # PyPI has CUDA builds only of an older torch for x86_64 (with their CUDA libraries, which also run on a
 # CPU, the torch 2.4.1 venv took 5.3 GB), so make test installs none. The default is the floor of pyproject (torch 2.4.1, which pins
@@ -43,6 +50,11 @@ $(COMPAT)/.installed: $(STAMP)
 	$(BIN)/python -m pip install --quiet --no-deps --target $(COMPAT) triton==$(TRITON_COMPAT)
 	touch $@
 
+$(TRL_COMPAT)/.installed: $(STAMP) Makefile
+	rm -rf $(TRL_COMPAT)
+	$(BIN)/python -m pip install --quiet --no-deps --target $(TRL_COMPAT) $(TRL_PKGS)
+	touch $@
+
 $(HF_COMPAT)/.installed: $(STAMP) Makefile
 	rm -rf $(HF_COMPAT)
 	$(BIN)/python -m pip install --quiet --no-deps --target $(HF_COMPAT) $(HF_FLOOR) $(HF_FLOOR_DEPS)
@@ -59,8 +71,8 @@ $(STAMP): pyproject.toml Makefile
 lint: venv
 	$(BIN)/ruff check talan talan_kernels tests benchmarks
 
-test: venv lint $(COMPAT)/.installed $(HF_COMPAT)/.installed
-	$(BIN)/python -m pytest -q -m "not gpu and not compile and not interpreter" tests
+test: venv lint $(COMPAT)/.installed $(HF_COMPAT)/.installed $(TRL_COMPAT)/.installed
+	PYTHONPATH=$(TRL_COMPAT) $(BIN)/python -m pytest -q -m "not gpu and not compile and not interpreter" tests
 	TRITON_INTERPRET=1 $(BIN)/python -m pytest -q -m "interpreter" tests
 	$(BIN)/python -m pytest -q -m "compile" tests
 	PYTHONPATH=$(COMPAT) TALAN_EXPECT_TRITON=$(TRITON_COMPAT) $(BIN)/python -m pytest -q -m "compile" tests

@@ -1,16 +1,9 @@
 """``talan train``: SFT of a local Qwen3/Llama checkpoint with a peft adapter (LoRA, DoRA, rsLoRA) + TALAN.
 
 Built on `transformers.Trainer`, so ``accelerate launch`` and ``torchrun`` (DDP) work as with any
-Trainer script. What TALAN adds to a stock Trainer run:
-
-- `TalanTrainer.create_optimizer` puts the TALAN parameters in their own param groups with their
-  own learning rate (``--talan-lr``; SPEC §1 names it as the lever on how fast the side path opens);
-- `TalanCheckpointCallback` writes ``talan_config.json`` + ``talan_model.safetensors`` into every
-  ``checkpoint-*`` folder, beside the adapter that peft's ``save_pretrained`` writes (peft drops
-  TALAN's weights, which are not adapter weights);
-- `TalanTrainer.train(resume_from_checkpoint=...)` loads TALAN's weights from the checkpoint before
-  the Trainer restores the adapter, optimizer, scheduler and RNG state, so a resumed run ends with
-  the same weights as an uninterrupted one.
+Trainer script. It runs `talan.trainer.TalanTrainer`: the TALAN parameters in param groups of their own
+(``--talan-lr``), TALAN's files in every checkpoint and beside the final adapter, and resuming that
+restores them.
 
 Data: a JSONL or Parquet file of ``{"prompt", "completion"}`` pairs or of chat ``{"messages": [...]}``
 lists, rendered with the tokenizer's chat template when it has one (else ``"role: content"`` lines);
@@ -20,14 +13,13 @@ padding and label masking are `talan.data.collate`'s.
 With no ``--model``: a tiny random-init Qwen3, the character tokenizer and the synthetic recall task
 of `talan.data`, on the CPU in well under a minute.
 
-Checked: one process (CPU/GPU), DDP (``torchrun``; on a machine without a GPU ``use_cpu`` is set so
-that the processes synchronise over gloo), DeepSpeed ZeRO-3 (``--deepspeed``; on the CPU too, where
-DeepSpeed picks its CPU accelerator) and FSDP2 (``--fsdp``, or ``accelerate launch --use_fsdp``).
-Under FSDP and ZeRO-3, which shard the parameters, `TalanTrainer.save_talan` gathers the full state
-dict on every process (``accelerator.get_state_dict``) and writes TALAN's part of it from the main
-process. The tests run ZeRO-3 and FSDP2 on two CPU processes against DDP; for FSDP they force
-accelerate's FSDP path, which it takes for GPU processes only (CPU ones would fall back to DDP; an
-unforced FSDP run on CPU processes is refused before its first step, `_check_fsdp_took_effect`).
+Checked: one process (CPU/GPU), DDP (``torchrun``; on a machine without a GPU ``use_cpu`` is set so that the
+processes synchronise over gloo), DeepSpeed ZeRO-3 (``--deepspeed``; on the CPU too, where DeepSpeed picks its
+CPU accelerator) and FSDP2 (``--fsdp``, or ``accelerate launch --use_fsdp``). Under FSDP and ZeRO-3 TALAN's
+files are written from the gathered state dict. The tests run ZeRO-3 and FSDP2 on two CPU processes against
+DDP; for FSDP they force accelerate's FSDP path, which it takes for GPU processes only (CPU ones would fall
+back to DDP; an unforced FSDP run on CPU processes is refused before its first step,
+`_check_fsdp_took_effect`).
 """
 
 from __future__ import annotations
@@ -39,19 +31,17 @@ import os
 from pathlib import Path
 
 import torch
-from transformers import Trainer, TrainerCallback, TrainingArguments
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+from transformers import TrainingArguments
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from . import checkpoint as talan_checkpoint
 from . import data as talan_data
 from .hosts import load_local_checkpoint
-from .patching import BLOCK_NAME, talan_blocks, talan_config, talan_parameters
 from .train_config import add_train_arguments, resolve_settings, talan_config_from
+from .trainer import TalanCheckpointCallback, TalanTrainer, TalanTrainerMixin, talan_tensors_from_state_dict
 
-__all__ = ["TalanCheckpointCallback", "TalanTrainer", "add_train_arguments", "load_examples", "run_train",
-           "talan_tensors_from_state_dict"]
-
-TALAN_GROUP = "talan"
+__all__ = ["TalanCheckpointCallback", "TalanTrainer", "TalanTrainerMixin", "add_train_arguments", "load_examples",
+           "run_train", "talan_tensors_from_state_dict"]
 
 
 # ---- data ------------------------------------------------------------------------------------------
@@ -182,139 +172,6 @@ def build_model(backbone, settings: argparse.Namespace, talan_config):
                       use_rslora=settings.adapter == "rslora", task_type="CAUSAL_LM")
     backbone.config.use_cache = False  # no KV cache (and no TALAN decode state) in teacher-forced training
     return patch(get_peft_model(backbone, lora), talan_config)
-
-
-# ---- Trainer pieces --------------------------------------------------------------------------------
-# inserted into parameter names by FSDP1, activation checkpointing and torch.compile wrappers
-_WRAPPER_PARTS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
-
-
-def talan_tensors_from_state_dict(model, state_dict: dict) -> dict[str, torch.Tensor]:
-    """TALAN's tensors, keyed ``layers.{i}.{param}`` as `talan.save_pretrained` writes them, picked out
-    of a full (gathered) ``state_dict`` of ``model`` or of a wrapper around it.
-
-    ``model`` is the unwrapped patched model (it gives the blocks' names); a key of the state dict
-    matches a TALAN parameter when, with wrapper parts such as ``_fsdp_wrapped_module.`` taken out,
-    it is the parameter's name in ``model`` or ends with ``.`` + that name (a ``module.`` prefix).
-    Raises ``KeyError`` for a parameter with no key or several, ``ValueError`` for a tensor whose
-    shape is not the full one (a shard).
-    """
-    clean = {}
-    for key, value in state_dict.items():
-        for part in _WRAPPER_PARTS:
-            key = key.replace(part, "")
-        clean[key] = value
-    module_names = {id(module): name for name, module in model.named_modules()}
-    config, host = talan_config(model), talan_checkpoint._host(model)
-    blocks = talan_blocks(model)
-    expected = talan_checkpoint._expected_shapes(config, host["hidden_size"], tuple(blocks))
-    tensors = {}
-    for i, block in blocks.items():
-        for name, _ in block.named_parameters():
-            full = f"{module_names[id(block)]}.{name}"
-            hits = [k for k in clean if k == full or k.endswith(f".{full}")]
-            if len(hits) != 1:
-                raise KeyError(f"TALAN parameter {full}: {'no key' if not hits else f'several keys {hits}'} "
-                               "in the gathered state dict")
-            tensor = clean[hits[0]].detach().to("cpu").contiguous()
-            key = f"layers.{i}.{name}"
-            if tuple(tensor.shape) != expected[key]:
-                raise ValueError(f"TALAN parameter {full} has shape {tuple(tensor.shape)} in the gathered state "
-                                 f"dict, not the full {expected[key]}: a shard, not a gathered tensor")
-            tensors[key] = tensor
-    return tensors
-
-
-class TalanCheckpointCallback(TrainerCallback):
-    """Writes TALAN's two files into each ``checkpoint-*`` folder that the Trainer has just saved.
-
-    With ``trainer`` (as `TalanTrainer` registers it) the files are written by `TalanTrainer.save_talan`,
-    which gathers sharded (FSDP, DeepSpeed ZeRO-3) parameters first; ``on_save`` runs on every process,
-    so each takes part in the gather.
-    """
-
-    def __init__(self, trainer: TalanTrainer | None = None):
-        self.trainer = trainer
-
-    def on_save(self, args, state, control, model=None, **kwargs):
-        folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
-        if self.trainer is not None:
-            self.trainer.save_talan(folder)
-        elif args.should_save:
-            talan_checkpoint.save_pretrained(model, folder)
-        return control
-
-
-class TalanTrainer(Trainer):
-    """`transformers.Trainer` for a peft model patched with TALAN.
-
-    ``talan_lr`` (default: ``args.learning_rate``) is the learning rate of the TALAN parameters,
-    which get param groups of their own (named ``"talan"``); checkpoints hold TALAN's files and
-    resuming restores them.
-    """
-
-    def __init__(self, *args, talan_lr: float | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.talan_lr = talan_lr
-        self.add_callback(TalanCheckpointCallback(self))
-
-    def get_decay_parameter_names(self, model) -> list[str]:
-        # Trainer exempts norms by module type or name; TALAN's RMSNorm weight is a raw parameter
-        return [n for n in super().get_decay_parameter_names(model) if not n.endswith(f".{BLOCK_NAME}.norm_weight")]
-
-    def create_optimizer(self, *args, **kwargs):
-        """Trainer's optimizer (its class, kwargs and decay groups), with the TALAN parameters moved
-        to groups of their own at ``talan_lr``. Only regroups before the first step, so no state moves.
-        (transformers 5 passes the model; 4.x passes nothing.)"""
-        if self.optimizer is not None:
-            return self.optimizer
-        optimizer = super().create_optimizer(*args, **kwargs)
-        talan_ids = {id(p) for p in talan_parameters(self._talan_model())}
-        groups, talan_groups = [], []
-        for group in optimizer.param_groups:
-            own = [p for p in group["params"] if id(p) in talan_ids]
-            rest = [p for p in group["params"] if id(p) not in talan_ids]
-            if rest:
-                groups.append({**group, "params": rest, "name": group.get("name", "adapter")})
-            if own:
-                lr = group["lr"] if self.talan_lr is None else self.talan_lr
-                talan_groups.append({**group, "params": own, "lr": lr, "name": TALAN_GROUP})
-        if any(optimizer.state.values()):
-            raise RuntimeError("the optimizer already holds state; TALAN's param groups must be split before training")
-        optimizer.param_groups = groups + talan_groups
-        return optimizer
-
-    def _talan_model(self):
-        """The patched peft model (under FSDP1 ``self.model`` is the FSDP wrapper once training starts)."""
-        return self.accelerator.unwrap_model(self.model)
-
-    @property
-    def _talan_sharded(self) -> bool:
-        return bool(self.is_fsdp_enabled or self.is_deepspeed_enabled)
-
-    def save_talan(self, folder: str | os.PathLike) -> None:
-        """Write TALAN's two files into ``folder``. Call it on every process: under FSDP and DeepSpeed the
-        full state dict is gathered (a collective), then the main process writes TALAN's part of it."""
-        model = self._talan_model()
-        if self._talan_sharded:
-            state_dict = self.accelerator.get_state_dict(self.model_wrapped)  # every process takes part
-            if self.args.should_save and self.accelerator.is_main_process:  # FSDP gathers onto rank 0 only
-                tensors = talan_tensors_from_state_dict(model, state_dict)
-                talan_checkpoint._write_checkpoint(folder, talan_config(model), tensors,
-                                                   talan_checkpoint._host(model))
-        elif self.args.should_save:
-            talan_checkpoint.save_pretrained(model, folder)
-
-    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
-        if resume_from_checkpoint is True:
-            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
-            if resume_from_checkpoint is None:
-                raise ValueError(f"no checkpoint-* folder to resume from in {self.args.output_dir}")
-        if resume_from_checkpoint:
-            # before the Trainer wraps (and FSDP/ZeRO-3 shard) the model, on every rank: each loads the full
-            # tensors, which the wrapper then shards
-            talan_checkpoint.load_pretrained(self.model, resume_from_checkpoint)
-        return super().train(resume_from_checkpoint=resume_from_checkpoint or None, **kwargs)
 
 
 def _checkpointing_arguments(enabled: bool) -> dict:
@@ -581,8 +438,7 @@ def _run(settings: argparse.Namespace, talan_config) -> dict:
     output = trainer.train(resume_from_checkpoint=settings.resume_from_checkpoint)
 
     eval_metrics = None if eval_examples is None else trainer.evaluate()
-    trainer.save_model(settings.output_dir)  # the adapter (and a HF tokenizer), on the saving process
-    trainer.save_talan(settings.output_dir)  # on every process: a gather under FSDP/DeepSpeed
+    trainer.save_model(settings.output_dir)  # on every process: the adapter (a HF tokenizer) and TALAN's files
     trainer.accelerator.wait_for_everyone()
     out = Path(settings.output_dir)
     checkpoints = sorted((p for p in out.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if p.is_dir()),
