@@ -47,9 +47,9 @@ def quantised(checkpoint, kind="nf4"):
                                             dtype=torch.float32, attn_implementation="eager").eval()
 
 
-def qlora(checkpoint, kind="nf4", seed=0):
+def qlora(checkpoint, kind="nf4", seed=0, checkpointing=False):
     """QLoRA as peft's guide builds it: the quantised base prepared for k-bit training, then LoRA."""
-    model = prepare_model_for_kbit_training(quantised(checkpoint, kind), use_gradient_checkpointing=False)
+    model = prepare_model_for_kbit_training(quantised(checkpoint, kind), use_gradient_checkpointing=checkpointing)
     torch.manual_seed(seed)
     return get_peft_model(model, LoraConfig(**LORA))
 
@@ -101,10 +101,13 @@ def test_qlora_host_patches_exactly_and_generates_as_it_recomputes(checkpoint, k
     assert torch.equal(model(input_ids=ids, attention_mask=mask).logits, unpatched)
 
 
-def test_qlora_training_step_matches_the_dequantised_fp32_host(checkpoint):
+@pytest.mark.parametrize("checkpointing", [False, True], ids=["plain", "gradient_checkpointing"])
+def test_qlora_training_step_matches_the_dequantised_fp32_host(checkpoint, checkpointing):
     """Loss and every TALAN and LoRA gradient on the 4-bit host equal those of an fp32 host holding its
-    dequantised weights (fp32 compute: only the order of the sums differs)."""
-    model = qlora(checkpoint).train()  # eval would repack its 4-bit weights for a CPU kernel
+    dequantised weights (fp32 compute: only the order of the sums differs), also with the gradient
+    checkpointing that peft's k-bit preparation turns on by default."""
+    model = qlora(checkpoint, checkpointing=checkpointing).train()
+    assert model.is_gradient_checkpointing == checkpointing  # eval would repack its 4-bit weights for a CPU kernel
     twin = dequantised_twin(model).train()
     torch.manual_seed(0)  # the LoRA initialisation `qlora` drew
     twin = get_peft_model(twin, LoraConfig(**LORA))
