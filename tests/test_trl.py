@@ -116,7 +116,7 @@ def test_padding_free_batches_restart_talans_memory_at_each_example(tmp_path, lo
     batch = trainer.data_collator(examples)
     assert "attention_mask" not in batch and batch["input_ids"].shape[0] == 1
     with torch.no_grad():
-        packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits[0]
+        packed = model(**batch).logits[0]  # as the trainer calls it: labels, cu_seq_lens_* and seq_idx too
         start = 0
         for example in examples:
             ids = torch.tensor([example["input_ids"]])
