@@ -18,7 +18,17 @@ import pytest
 import torch
 from conftest import NEEDS_TORCH_2_6, TORCH_BEFORE_2_6, TRANSFORMERS_4
 from safetensors.torch import load_file
-from train_helpers import ADAPTER_FILES, DEEPSPEED_ZERO3, FAST, TALAN_FILES, max_diff, parse_train, saved_weights, train
+from train_helpers import (
+    ADAPTER_FILES,
+    DEEPSPEED_ZERO3,
+    FAST,
+    TALAN_FILES,
+    make_local_checkpoint,
+    max_diff,
+    parse_train,
+    saved_weights,
+    train,
+)
 
 import talan
 from talan.train import build_model
@@ -185,6 +195,17 @@ def test_torchrun_two_cpu_processes_end_with_identical_weights(ddp_run):
     saved = load_file(ddp_run / "talan_model.safetensors")
     on_rank0 = {k: v for k, v in rank0.items() if ".talan." in k}
     assert sorted(t.sum().item() for t in saved.values()) == sorted(t.sum().item() for t in on_rank0.values())
+
+
+@pytest.mark.slow
+def test_torchrun_ddp_trains_a_4bit_backbone_in_step(tmp_path):
+    """QLoRA under DDP (--load-in-4bit, two processes): both ranks end with identical adapter and TALAN weights."""
+    pytest.importorskip("bitsandbytes")
+    run = _torchrun(tmp_path / "qlora", "--model", str(make_local_checkpoint(tmp_path / "model")), "--load-in-4bit",
+                    "--learning-rate", "0.01")  # the embedded model's default, which _torchrun checks
+    rank0, rank1 = (load_file(run.parent / f"rank{r}.safetensors") for r in (0, 1))
+    assert any(".talan." in n for n in rank0) and any("lora_" in n for n in rank0)
+    assert max_diff(rank0, rank1) == 0
 
 
 @pytest.mark.slow
