@@ -113,6 +113,27 @@ def test_patch_first_then_peft_freezes_talan_until_mark_trainable(kind):
 
 
 @ORDER
+def test_peft_disable_adapter_turns_off_the_adapter_not_talan(order):
+    """peft's disable_adapter() leaves TALAN on (talan.disabled turns it off): a TRL reference model taken as
+    the policy with its adapter disabled keeps TALAN (README)."""
+    model = open_gates(_build(order))
+    with torch.no_grad():
+        for p in _adapter_params(model).values():
+            p.normal_(0, 0.1)  # a trained adapter: LoRA's B is zero at init
+    both_on = _logits(model)
+    with model.disable_adapter():
+        adapter_off = _logits(model)
+        with talan.disabled(model):
+            both_off = _logits(model)
+    with talan.disabled(model):
+        talan_off = _logits(model)
+    # each switch changes the outputs on its own: under disable_adapter TALAN still acts
+    for a, b in ((adapter_off, both_on), (both_off, adapter_off), (talan_off, both_on), (both_off, talan_off)):
+        assert not torch.allclose(a, b, atol=1e-4)
+    assert torch.equal(both_off, _logits(tiny_qwen3()))  # the base model: neither adapter nor TALAN
+
+
+@ORDER
 def test_all_linear_never_wraps_talan_weights(order):
     model = tiny_qwen3()
     if order == "patch_first":
