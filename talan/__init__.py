@@ -1,7 +1,7 @@
 """TALAN: Task-Aligned Latent Adaptation Networks for Hugging Face models.
 
 ``talan.patch(model)`` inserts the side-path blocks into a Qwen3/Llama model (also Qwen3-MoE, Qwen2,
-Mistral; plain or wrapped by peft); see SPEC §3 for the contract of every name exported here.
+Mistral, Mixtral; plain or wrapped by peft); see SPEC §3 for the contract of every name exported here.
 """
 
 __version__ = "0.1.0"

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from torch import nn
 
-# The model families TALAN patches. Qwen3 and Llama are the paper's hosts. Qwen3-MoE, Qwen2 (Qwen2.5) and
-# Mistral have the same decoder layer, which is all the hooks rely on: ``input_layernorm`` then ``self_attn``
-# added to the residual, a normed MLP (or mixture of experts) added to it, and the stack passing its kwargs
-# on to each layer (tests/test_hosts.py runs every site on each).
-FAMILIES = ("Qwen3", "Llama", "Qwen3Moe", "Qwen2", "Mistral")
+# The model families TALAN patches. Qwen3 and Llama are the paper's hosts. Qwen3-MoE, Qwen2 (Qwen2.5),
+# Mistral and Mixtral have the same decoder layer, which is all the hooks rely on: ``input_layernorm`` then
+# ``self_attn`` added to the residual, a normed MLP (or mixture of experts) added to it, and the stack passing
+# its kwargs on to each layer (tests/test_hosts.py runs every site on each).
+FAMILIES = ("Qwen3", "Llama", "Qwen3Moe", "Qwen2", "Mistral", "Mixtral")
 # The bare decoder stack and the models around it: the language-model head, and the task heads that peft
 # fine-tunes too (task_type SEQ_CLS, TOKEN_CLS, QUESTION_ANS) over the same stack.
 HEADS = ("ForCausalLM", "Model", "ForSequenceClassification", "ForTokenClassification", "ForQuestionAnswering")

@@ -283,7 +283,7 @@ def patch(model: nn.Module, config: TalanConfig | None = None) -> nn.Module:
     """Insert TALAN blocks into ``model`` in place and return the same object.
 
     Supports HF Qwen3 and Llama (``*ForCausalLM``, the bare ``*Model`` or a task head: sequence or token
-    classification, question answering; Qwen3-MoE, Qwen2 and Mistral too, see ``hosts``) and peft models wrapping
+    classification, question answering; Qwen3-MoE, Qwen2, Mistral, Mixtral, see ``hosts``) and peft models wrapping
     one (peft first, then patch). Never changes ``requires_grad`` of a non-TALAN parameter; the blocks' own
     trainability follows ``config.trainable``.
     """

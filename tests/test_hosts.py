@@ -1,5 +1,5 @@
-"""The hosts beyond the paper's Qwen3 and Llama: Qwen3-MoE, Qwen2 (Qwen2.5) and Mistral share their decoder
-layer, so every site patches exactly, generates (dynamic and static cache) as it recomputes, unpatches exactly
+"""The hosts beyond the paper's Qwen3 and Llama: Qwen3-MoE, Qwen2 (Qwen2.5), Mistral and Mixtral share their
+decoder layer, so every site patches exactly, generates (dynamic and static cache) as it recomputes, unpatches exactly
 and trains with peft."""
 
 import pytest
@@ -38,7 +38,16 @@ def tiny_mistral(seed=0, train=False):
     return _build(MistralConfig, MistralForCausalLM, seed, train, {})
 
 
-HOSTS = [tiny_qwen3_moe, tiny_qwen2, tiny_mistral]
+def tiny_mixtral(seed=0, train=False):
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    return _build(MixtralConfig, MixtralForCausalLM, seed, train, MIXTRAL_MOE)
+
+
+# 4 experts, 2 per token: the hooks sit around a mixture-of-experts MLP
+MIXTRAL_MOE = dict(num_local_experts=4, num_experts_per_tok=2)
+MOE_HOSTS = (tiny_qwen3_moe, tiny_mixtral)
+HOSTS = [tiny_qwen3_moe, tiny_qwen2, tiny_mistral, tiny_mixtral]
 
 
 @pytest.mark.parametrize("site", ["pre", "mid", "post"])
@@ -90,7 +99,7 @@ def test_host_trains_talan_and_lora_together(factory):
     model = get_peft_model(factory(train=True), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
     talan.patch(model, tiny_config(layer=1))
     batch = tiny_batch(batch=2, length=9)
-    extra = {"output_router_logits": True} if factory is tiny_qwen3_moe else {}  # adds the MoE balancing loss
+    extra = {"output_router_logits": True} if factory in MOE_HOSTS else {}  # adds the MoE balancing loss
     loss = model(**batch, labels=batch["input_ids"], **extra).loss
     loss.backward()
     assert torch.isfinite(loss)
@@ -108,13 +117,14 @@ TASK_HEADS = {
                                                           "end_positions": torch.tensor([3, 6])}),
 }
 HEAD_CASES = ([(family, head) for family in ("Qwen3", "Llama") for head in TASK_HEADS]
-              + [(family, "ForSequenceClassification") for family in ("Qwen3Moe", "Qwen2", "Mistral")])
+              + [(family, "ForSequenceClassification") for family in ("Qwen3Moe", "Qwen2", "Mistral", "Mixtral")])
 
 
 def _task_model(family: str, head: str, seed: int = 0, train: bool = False):
     import transformers
 
-    moe = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32) if family == "Qwen3Moe" else {}
+    moe = {"Qwen3Moe": dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32),
+           "Mixtral": MIXTRAL_MOE}.get(family, {})
     return _build(getattr(transformers, f"{family}Config"), getattr(transformers, family + head), seed, train,
                   {"num_labels": 2, "pad_token_id": 0, **moe})
 
