@@ -107,6 +107,8 @@ def load_local_checkpoint(path, flag: str = "--model", dtype=None, quantization_
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     if tokenizer.eos_token_id is None:
         raise ValueError(f"{flag} {folder}: the tokenizer has no eos token, which ends every completion")
+    # only when given: an explicit None makes transformers load a checkpoint saved quantised as unquantised
+    quantization = {} if quantization_config is None else {"quantization_config": quantization_config}
     model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=dtype or torch.float32,
-                                                 quantization_config=quantization_config)
+                                                 **quantization)
     return model, tokenizer

@@ -255,25 +255,40 @@ def _quantization_flag(settings: argparse.Namespace) -> str | None:
     return "--load-in-4bit" if settings.load_in_4bit else "--load-in-8bit" if settings.load_in_8bit else None
 
 
+def _saved_quantization(settings: argparse.Namespace) -> str | None:
+    """The ``quant_method`` of a checkpoint saved quantised (a ``quantization_config`` in its config.json, as
+    the bitsandbytes 4-bit checkpoints that QLoRA users share carry), or None."""
+    if settings.embedded:
+        return None
+    try:
+        config = json.loads((Path(settings.model) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # load_local_checkpoint reports a missing or unreadable config
+    quantization = config.get("quantization_config") if isinstance(config, dict) else None
+    return str(quantization.get("quant_method", "unknown")) if isinstance(quantization, dict) else None
+
+
 def _check_quantization(settings: argparse.Namespace) -> None:
-    """--load-in-4bit / --load-in-8bit: one of them, on a checkpoint, unsharded, with bitsandbytes installed."""
-    flag = _quantization_flag(settings)
-    if flag is None:
+    """A quantised backbone (--load-in-4bit / --load-in-8bit, or a checkpoint saved quantised): one flag, on a
+    checkpoint, unsharded, with bitsandbytes installed."""
+    flag, saved = _quantization_flag(settings), _saved_quantization(settings)
+    if flag is None and saved is None:
         return
     if settings.load_in_4bit and settings.load_in_8bit:
         raise ValueError("--load-in-4bit and --load-in-8bit both quantise the backbone: pass one of them")
     if settings.embedded:
         raise ValueError(f"{flag} quantises a checkpoint as it loads: pass --model (a local checkpoint folder)")
+    what = flag or f"--model {settings.model} (saved quantised, {saved})"
     # untested there: FSDP and ZeRO-3 would shard the packed weights, and DeepSpeed wraps the model on its own
     deepspeed = settings.deepspeed is not None or os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
     engine = _shards_parameters(settings) or ("DeepSpeed" if deepspeed else None)
     if engine is not None:
-        raise ValueError(f"{flag}: {engine} with a bitsandbytes-quantised backbone is not supported by talan train; "
+        raise ValueError(f"{what}: {engine} with a quantised backbone is not supported by talan train; "
                          "train it on one process or with DDP")
     import importlib.util
 
-    if importlib.util.find_spec("bitsandbytes") is None:
-        raise ImportError(f"{flag} needs the bitsandbytes package: pip install bitsandbytes")
+    if (flag is not None or saved == "bitsandbytes") and importlib.util.find_spec("bitsandbytes") is None:
+        raise ImportError(f"{what} needs the bitsandbytes package: pip install bitsandbytes")
 
 
 def _quantization_config(settings: argparse.Namespace):
@@ -407,7 +422,7 @@ def _run(settings: argparse.Namespace, talan_config) -> dict:
         quantization = _quantization_config(settings)
         backbone, tokenizer = load_local_checkpoint(settings.model, dtype=getattr(torch, settings.model_dtype),
                                                     quantization_config=quantization)
-        if quantization is not None:
+        if getattr(backbone, "hf_quantizer", None) is not None:  # the flags, or a checkpoint saved quantised
             from peft import prepare_model_for_kbit_training
 
             # peft's QLoRA recipe: the rest of the backbone in fp32; checkpointing as --gradient-checkpointing asks

@@ -196,11 +196,32 @@ def test_talan_train_quantised_backbone_trains_and_its_checkpoint_reloads(tmp_pa
         assert_rel_rms(merged(input_ids=ids).logits, unmerged(input_ids=ids).logits, 1e-5, "export of a QLoRA run")
 
 
+def test_talan_train_prepares_a_checkpoint_saved_in_4bit(tmp_path):
+    """A checkpoint saved quantised (its config.json carries the quantization_config) loads quantised with no
+    flag and gets peft's k-bit preparation like --load-in-4bit: the rest of the backbone (saved in bf16, loaded
+    with --model-dtype bfloat16) in fp32; sharding it is refused like the flags."""
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    model_dir = make_local_checkpoint(tmp_path / "model")
+    saved = tmp_path / "model-4bit"
+    AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16, quantization_config=BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4")).save_pretrained(saved)  # its other weights in bf16
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (saved / name).write_bytes((model_dir / name).read_bytes())
+    result = train(tmp_path / "run", "--model", str(saved), "--model-dtype", "bfloat16", "--use-cpu")
+    model = result["trainer"].model
+    assert {type(m.base_layer.weight).__name__ for m in model.modules() if hasattr(m, "base_layer")} == {"Params4bit"}
+    assert {p.dtype for p in model.parameters() if p.dtype.is_floating_point} == {torch.float32}
+    assert ADAPTER_FILES | TALAN_FILES <= {p.name for p in (tmp_path / "run").iterdir()}
+    with pytest.raises(ValueError, match=r"\(saved quantised, bitsandbytes\): FSDP with a quantised backbone"):
+        train(tmp_path / "fsdp", "--model", str(saved), "--fsdp")
+
+
 @pytest.mark.parametrize("flags, error, message", [
     (["--load-in-4bit", "--load-in-8bit"], ValueError, "pass one of them"),
     (["--load-in-4bit"], ValueError, "pass --model"),
-    (["--load-in-8bit", "--fsdp", "--model", "."], ValueError, "FSDP with a bitsandbytes-quantised backbone"),
-    (["--load-in-4bit", "--deepspeed", "ds.json", "--model", "."], ValueError, "DeepSpeed with a bitsandbytes"),
+    (["--load-in-8bit", "--fsdp", "--model", "."], ValueError, "FSDP with a quantised backbone"),
+    (["--load-in-4bit", "--deepspeed", "ds.json", "--model", "."], ValueError, "DeepSpeed with a quantised"),
 ])
 def test_bad_quantisation_setups_fail_before_training(tmp_path, monkeypatch, flags, error, message):
     monkeypatch.chdir(tmp_path)
