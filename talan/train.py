@@ -199,7 +199,8 @@ def _training_arguments(settings: argparse.Namespace) -> TrainingArguments:
         use_cpu=not torch.cuda.is_available() if settings.use_cpu is None else settings.use_cpu,
         disable_tqdm=not settings.progress, report_to="none", remove_unused_columns=False,
         dataloader_pin_memory=False, deepspeed=settings.deepspeed, fsdp=True if settings.fsdp else None,
-        fsdp_config=settings.fsdp_config if settings.fsdp else None)
+        fsdp_config=settings.fsdp_config if settings.fsdp else None,
+        **({} if settings.optim is None else {"optim": settings.optim}))
 
 
 def _torch_before_2_6() -> bool:
@@ -249,6 +250,18 @@ def _check_paths(settings: argparse.Namespace) -> None:
         _check_deepspeed_config(settings)
     _check_torch_release(settings)
     _check_quantization(settings)
+    _check_optim(settings)
+
+
+def _check_optim(settings: argparse.Namespace) -> None:
+    """--optim: one of Trainer's optimizer names (TrainingArguments would reject it only once the model is built)."""
+    if settings.optim is None:
+        return
+    from transformers.training_args import OptimizerNames
+
+    names = [name.value for name in OptimizerNames]
+    if settings.optim not in names:
+        raise ValueError(f"--optim {settings.optim!r}: not one of Trainer's optimizers ({', '.join(names)})")
 
 
 def _quantization_flag(settings: argparse.Namespace) -> str | None:

@@ -39,7 +39,7 @@ DEFAULTS = {
     "seed": 0, "save_steps": 500, "save_total_limit": None, "logging_steps": 10,
     "gradient_checkpointing": False, "bf16": False, "use_cpu": None, "ddp_find_unused_parameters": False,
     "progress": True, "deepspeed": None, "fused_lora": None, "packing": False, "model_dtype": "float32",
-    "fsdp": False, "fsdp_config": None, "load_in_4bit": False, "load_in_8bit": False,
+    "fsdp": False, "fsdp_config": None, "load_in_4bit": False, "load_in_8bit": False, "optim": None,
 }
 # No --model: the embedded tiny Qwen3 (random init) on the synthetic recall task, well under a minute on a CPU.
 EMBEDDED_DEFAULTS = {"learning_rate": 1e-2, "max_steps": 200, "save_steps": 100, "warmup_steps": 10,
@@ -149,6 +149,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     opt.add_argument("--talan-lr", type=non_negative_float, help="lr of the TALAN parameter group "
                      "(default: --learning-rate)")
     opt.add_argument("--weight-decay", type=non_negative_float, help=_default_help("weight_decay"))
+    opt.add_argument("--optim", metavar="NAME", help="Trainer's optimizer (TrainingArguments.optim), e.g. "
+                     "adamw_torch, or paged_adamw_8bit for QLoRA (default: Trainer's); TALAN keeps its param group")
     opt.add_argument("--batch-size", type=positive_int, help=f"per device ({_default_help('batch_size')})")
     opt.add_argument("--grad-accum", type=positive_int, help=_default_help("grad_accum"))
     opt.add_argument("--max-steps", type=positive_int, help="optimizer steps (default: --num-epochs over the "

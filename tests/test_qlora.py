@@ -163,11 +163,16 @@ def test_fused_lora_leaves_quantised_layers_on_peft_and_names_their_base(checkpo
 # ---- talan train --load-in-4bit / --load-in-8bit ---------------------------------------------------------
 @pytest.mark.parametrize("flag", ["--load-in-4bit", "--load-in-8bit"])
 def test_talan_train_quantised_backbone_trains_and_its_checkpoint_reloads(tmp_path, flag):
+    """With QLoRA's paged 8-bit AdamW (bitsandbytes), which keeps TALAN's param group."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     model_dir = make_local_checkpoint(tmp_path / "model")
-    result = train(tmp_path / "run", "--model", str(model_dir), flag, "--use-cpu", "--logging-steps", "1")
+    result = train(tmp_path / "run", "--model", str(model_dir), flag, "--use-cpu", "--logging-steps", "1",
+                   "--optim", "paged_adamw_8bit", "--talan-lr", "1e-3")
+    optimizer = result["trainer"].optimizer
+    assert type(getattr(optimizer, "optimizer", optimizer)).__module__.startswith("bitsandbytes.optim")
+    assert {g["name"]: g["initial_lr"] for g in optimizer.param_groups} == {"adapter": 2e-4, "talan": 1e-3}
     model = result["trainer"].model
     weights = {type(m.base_layer.weight).__name__ for m in model.modules() if hasattr(m, "base_layer")}
     assert weights == {"Params4bit" if "4bit" in flag else "Int8Params"}

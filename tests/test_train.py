@@ -23,6 +23,7 @@ from train_helpers import (
     make_local_checkpoint,
     max_diff,
     parse_train,
+    saved_weights,
     train,
     write_jsonl,
 )
@@ -160,6 +161,20 @@ def test_talan_parameter_group_uses_its_own_learning_rate(tmp_path):
                      load_file(Path(last) / "talan_model.safetensors")) == 0
     assert max_diff(load_file(Path(first) / "adapter_model.safetensors"),
                      load_file(Path(last) / "adapter_model.safetensors")) > 0
+
+
+def test_optim_picks_trainers_optimizer_and_keeps_talans_group(tmp_path):
+    """--optim: Trainer's optimizer by name (SGD here: its steps differ from AdamW's), TALAN in its own groups
+    at --talan-lr; a name Trainer does not know fails before any model is built."""
+    result = train(tmp_path / "sgd", "--optim", "sgd", "--learning-rate", "1e-2", "--talan-lr", "3e-2")
+    optimizer = result["trainer"].optimizer
+    assert isinstance(getattr(optimizer, "optimizer", optimizer), torch.optim.SGD)
+    assert {(g["name"], g["initial_lr"]) for g in optimizer.param_groups} == {("adapter", 1e-2), ("talan", 3e-2)}
+    train(tmp_path / "adamw", "--learning-rate", "1e-2", "--talan-lr", "3e-2")
+    assert max_diff(saved_weights(tmp_path / "sgd"), saved_weights(tmp_path / "adamw")) > 1e-4
+    with pytest.raises(ValueError, match=r"--optim 'adam_w': not one of Trainer's optimizers \(.*adamw_torch"):
+        train(tmp_path / "bad", "--optim", "adam_w")
+    assert not (tmp_path / "bad").exists()
 
 
 @pytest.mark.parametrize("mixer", ["attn", "linear", "mlp", "glu"])
