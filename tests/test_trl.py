@@ -87,6 +87,25 @@ def test_sft_trainer_given_a_peft_config_trains_the_patched_base_talan(tmp_path,
     assert TALAN_FILES <= {p.name for p in (tmp_path / "checkpoint-2").iterdir()}
 
 
+def test_the_callback_alone_writes_talan_into_a_stock_trainers_checkpoints(tmp_path, local_model):
+    """Without the mixin: `TalanCheckpointCallback()` on TRL's own SFTTrainer writes TALAN's files into every
+    checkpoint, and they hold the model's TALAN weights at that step."""
+    from transformers import AutoTokenizer
+
+    from talan.trainer import TalanCheckpointCallback
+
+    model = patched(local_model)
+    data = datasets.Dataset.from_list([{"prompt": f"{i}+{i}=", "completion": str(2 * i)} for i in range(8)])
+    args = trl.SFTConfig(output_dir=str(tmp_path), use_cpu=True, report_to=[], max_steps=2, save_steps=2,
+                         per_device_train_batch_size=4, learning_rate=1e-2, disable_tqdm=True)
+    trl.SFTTrainer(model=model, args=args, train_dataset=data, processing_class=AutoTokenizer.from_pretrained(
+        local_model), callbacks=[TalanCheckpointCallback()]).train()
+    assert ADAPTER_FILES | TALAN_FILES <= {p.name for p in (tmp_path / "checkpoint-2").iterdir()}
+    reloaded = talan.load_pretrained(patched(local_model, seed=1), tmp_path / "checkpoint-2")
+    for trained, loaded in zip(talan.talan_parameters(model), talan.talan_parameters(reloaded)):
+        assert torch.equal(trained, loaded)
+
+
 def test_the_mixin_refuses_a_model_without_talan(tmp_path, local_model):
     from transformers import AutoModelForCausalLM
 
