@@ -134,7 +134,6 @@ GPU_TESTS = ROOT / "benchmarks" / "gpu_tests.sh"
 SHARD_TESTS = """
 import os
 import time
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest

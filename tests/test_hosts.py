@@ -17,13 +17,16 @@ from peft import LoraConfig, get_peft_model
 
 import talan
 
+# The mixture-of-experts families' config: every layer sparse, 4 experts, 2 per token, so the hooks sit around a
+# mixture-of-experts MLP.
+MOE = {"Qwen3Moe": dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, decoder_sparse_step=1),
+       "Mixtral": dict(num_local_experts=4, num_experts_per_tok=2)}
+
 
 def tiny_qwen3_moe(seed=0, train=False):
     from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
 
-    # every layer sparse (4 experts, 2 per token), so the hooks sit around a mixture-of-experts MLP
-    moe = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, decoder_sparse_step=1)
-    return _build(Qwen3MoeConfig, Qwen3MoeForCausalLM, seed, train, moe)
+    return _build(Qwen3MoeConfig, Qwen3MoeForCausalLM, seed, train, MOE["Qwen3Moe"])
 
 
 def tiny_qwen2(seed=0, train=False):
@@ -41,11 +44,9 @@ def tiny_mistral(seed=0, train=False):
 def tiny_mixtral(seed=0, train=False):
     from transformers import MixtralConfig, MixtralForCausalLM
 
-    return _build(MixtralConfig, MixtralForCausalLM, seed, train, MIXTRAL_MOE)
+    return _build(MixtralConfig, MixtralForCausalLM, seed, train, MOE["Mixtral"])
 
 
-# 4 experts, 2 per token: the hooks sit around a mixture-of-experts MLP
-MIXTRAL_MOE = dict(num_local_experts=4, num_experts_per_tok=2)
 MOE_HOSTS = (tiny_qwen3_moe, tiny_mixtral)
 HOSTS = [tiny_qwen3_moe, tiny_qwen2, tiny_mistral, tiny_mixtral]
 
@@ -123,10 +124,8 @@ HEAD_CASES = ([(family, head) for family in ("Qwen3", "Llama") for head in TASK_
 def _task_model(family: str, head: str, seed: int = 0, train: bool = False):
     import transformers
 
-    moe = {"Qwen3Moe": dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32),
-           "Mixtral": MIXTRAL_MOE}.get(family, {})
     return _build(getattr(transformers, f"{family}Config"), getattr(transformers, family + head), seed, train,
-                  {"num_labels": 2, "pad_token_id": 0, **moe})
+                  {"num_labels": 2, "pad_token_id": 0, **MOE.get(family, {})})
 
 
 def _head_outputs(out) -> torch.Tensor:
@@ -137,7 +136,7 @@ def _head_outputs(out) -> torch.Tensor:
 def test_task_heads_patch_train_with_peft_save_and_load(family, head, tmp_path):
     """Sequence/token classification and extractive QA: the same hooks on the stack under the head. Exact at
     initialisation and after unpatch; with the gates open TALAN changes the head's outputs; trains beside a
-    peft adapter of that task type; its checkpoint reproduces the outputs on a fresh model of the class."""
+    peft adapter of that task type; its checkpoint, loaded into the unpatched model, reproduces the outputs."""
     batch = tiny_batch(batch=2, length=9)
     batch["input_ids"] = batch["input_ids"].clamp(min=1)  # the pad token (0) only where padding is
     batch["input_ids"][0, -2:] = 0  # right padding in the first row: the classifier reads its last real token

@@ -184,10 +184,11 @@ def test_decode_variants_reach_the_gpu_config_and_compile_without_spills(arch):
     (the CPU's stays one plain program); pipelined, the loops over D become cp.async copies into shared memory.
     Each variant spills nothing and fits shared memory, at the default size with every writeback and at
     R = 128 with many slots. The defaults come back after the blocks."""
+    from benchmarks.cases import DECODE_VARIANTS
     from talan_kernels.side_path.decode import decode_pipeline_stages, decode_programs_per_sequence
 
     assert (decode_config(4096, 16, 64)["D_STAGES"], decode_config(4096, 16, 64)["D_PER_PROG"]) == (1, 0)
-    for stages, programs in ((3, 1), (1, 4), (3, 4)):
+    for stages, programs in DECODE_VARIANTS.values():
         with decode_pipeline_stages(stages), decode_programs_per_sequence(programs):
             cpu = decode_config(4096, 16, 64, "cpu")
             assert (cpu["D_STAGES"], cpu["D_PER_PROG"]) == (1, 0)
