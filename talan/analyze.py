@@ -104,12 +104,12 @@ def _examples(args, folder: Path) -> list[dict]:
 
 
 # ---- measuring -------------------------------------------------------------------------------
-def _site_module(layer, site: str):
+def _site_module(layer, site: str, layout):
     """(module, kind) whose hook sees the residual stream right after TALAN's write at ``site``."""
     if site == "pre":
         return layer.input_layernorm, "input"  # its input is the layer input TALAN rewrote
     if site == "mid":
-        return layer.post_attention_layernorm, "input"  # its input is residual + attention (+ TALAN)
+        return getattr(layer, layout.mlp_norm), "input"  # its input is residual + attention (+ TALAN)
     return layer, "output"  # a hook registered after TALAN's prepended one sees the perturbed output
 
 
@@ -134,7 +134,7 @@ def measure(model, tokenizer, examples: list[dict], batch_size: int = 32) -> dic
     """The measurements of this module's docstring; every norm is a mean over active tokens."""
     import talan
 
-    from .hosts import decoder_stack
+    from .hosts import decoder_stack, layer_layout
     from .patching import talan_blocks, talan_config
 
     stack = decoder_stack(model)
@@ -143,7 +143,9 @@ def measure(model, tokenizer, examples: list[dict], batch_size: int = 32) -> dic
     num_layers = len(stack.layers)
     first = blocks[0]
     # the last layer's own output (before the final norm) comes from a hook; the others from hidden_states
-    layers = {**{i: _site_module(stack.layers[i], config.site) for i in blocks}, "last": (stack.layers[-1], "output")}
+    layout = layer_layout(model)
+    layers = {**{i: _site_module(stack.layers[i], config.site, layout) for i in blocks},
+              "last": (stack.layers[-1], "output")}
     labels = [(k, f"layer {k} output") for k in range(first, num_layers)] + [(num_layers, "after the final norm")]
 
     def states(hs, captured):

@@ -2,22 +2,51 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from torch import nn
 
-# The model families TALAN patches. Qwen3 and Llama are the paper's hosts. Qwen3-MoE, Qwen2 (Qwen2.5),
-# Mistral and Mixtral have the same decoder layer, which is all the hooks rely on: ``input_layernorm`` then
-# ``self_attn`` added to the residual, a normed MLP (or mixture of experts) added to it, and the stack passing
-# its kwargs on to each layer (tests/test_hosts.py runs every site on each).
-FAMILIES = ("Qwen3", "Llama", "Qwen3Moe", "Qwen2", "Mistral", "Mixtral")
+
+@dataclass(frozen=True)
+class LayerLayout:
+    """Where a family's decoder layer keeps the state between attention and MLP (``residual + attention``, the mid
+    site): the layer adds the output of ``attention_output`` to its residual (the layer input, which is what
+    ``input_layernorm`` reads), and ``mlp_norm`` reads that sum. ``self_attn`` always gets the layer's kwargs
+    (position ids, cache)."""
+
+    attention_output: str = "self_attn"
+    mlp_norm: str = "post_attention_layernorm"
+
+
+# The model families TALAN patches, by class-name prefix. Qwen3 and Llama are the paper's hosts; the others have
+# the same decoder layer up to where the attention output joins the residual, which is all the hooks rely on:
+# ``input_layernorm`` reads the layer input, the attention output (normed first in the sandwich-norm families,
+# dropped out first in Phi-3) is added to it, a normed MLP (or mixture of experts) is added to that, and the stack
+# passes its kwargs on to each layer and each layer to ``self_attn`` (tests/test_hosts.py runs every site on each).
+_SANDWICH = LayerLayout("post_attention_layernorm", "pre_feedforward_layernorm")
+FAMILIES = {
+    "Qwen3": LayerLayout(), "Llama": LayerLayout(), "Qwen3Moe": LayerLayout(), "Qwen2": LayerLayout(),
+    "Mistral": LayerLayout(), "Mixtral": LayerLayout(), "Gemma": LayerLayout(), "SmolLM3": LayerLayout(),
+    "Gemma2": _SANDWICH, "Gemma3Text": _SANDWICH, "Glm4": LayerLayout("post_self_attn_layernorm"),
+    "Phi3": LayerLayout("resid_attn_dropout"),
+}
 # The bare decoder stack and the models around it: the language-model head, and the task heads that peft
-# fine-tunes too (task_type SEQ_CLS, TOKEN_CLS, QUESTION_ANS) over the same stack.
+# fine-tunes too (task_type SEQ_CLS, TOKEN_CLS, QUESTION_ANS) over the same stack, where transformers has them.
 HEADS = ("ForCausalLM", "Model", "ForSequenceClassification", "ForTokenClassification", "ForQuestionAnswering")
+# Gemma 3's text-only language model is Gemma3ForCausalLM (Gemma3ForConditionalGeneration, its multimodal model,
+# is not a host: its decoder stack sits under a vision tower's wrapper).
+_RENAMED = {"Gemma3TextForCausalLM": "Gemma3ForCausalLM"}
+# transformers class name -> family, for every family and head (a head transformers lacks never matches)
+_CLASS_FAMILIES = {_RENAMED.get(family + head, family + head): family for family in FAMILIES for head in HEADS}
 
 
-def _supported_classes() -> tuple[type, ...]:
-    import transformers
-
-    return tuple(getattr(transformers, family + head) for family in FAMILIES for head in HEADS)
+def _host_family(host: nn.Module) -> str | None:
+    """The family of a transformers model class (or of a subclass of one), by name, without importing every
+    family's modeling module; None for anything else (remote code included)."""
+    for cls in type(host).__mro__:
+        if cls.__module__.startswith("transformers.") and cls.__name__ in _CLASS_FAMILIES:
+            return _CLASS_FAMILIES[cls.__name__]
+    return None
 
 
 def _wrapper_chain(model: nn.Module) -> list[nn.Module]:
@@ -67,21 +96,36 @@ def prefix_cache_lengths(peft_configs: list[dict]) -> frozenset[int]:
                      if str(getattr(cfg.peft_type, "value", cfg.peft_type)) in _PREFIX_CACHE_PEFT_TYPES)
 
 
+def _supported_host(model: nn.Module) -> tuple[nn.Module, str]:
+    """The transformers model inside ``model``'s wrappers and its family; ``TypeError`` naming the class for an
+    unsupported one."""
+    host = unwrap_host(model)
+    family = _host_family(host)
+    if family is None:
+        families = ", ".join(f.removesuffix("Text") for f in FAMILIES)
+        raise TypeError(f"talan supports the {families} models ({', '.join('*' + h for h in HEADS)}; "
+                        f"plain, or wrapped by peft, torch.compile or DDP); got {type(model).__name__}"
+                        + (f" wrapping {type(host).__name__}" if host is not model else ""))
+    return host, family
+
+
 def decoder_stack(model: nn.Module) -> nn.Module:
     """The module that owns ``layers`` (``Qwen3Model``, ``LlamaModel``, ...) for any supported host.
 
     Raises ``TypeError`` for an unsupported model, naming its class.
     """
-    host = unwrap_host(model)
-    supported = _supported_classes()
-    if not isinstance(host, supported):
-        raise TypeError(f"talan supports the {', '.join(FAMILIES)} models ({', '.join('*' + h for h in HEADS)}; "
-                        f"plain, or wrapped by peft, torch.compile or DDP); got {type(model).__name__}"
-                        + (f" wrapping {type(host).__name__}" if host is not model else ""))
-    stack = host.base_model  # the decoder stack under any head (the stack itself for a bare *Model)
-    if not isinstance(getattr(stack, "layers", None), nn.ModuleList):
-        raise TypeError(f"{type(host).__name__} has no decoder layer list to patch")
-    return stack
+    host, _ = _supported_host(model)
+    # the decoder stack under any head (the stack itself for a bare *Model); transformers 4.x's Gemma3ForCausalLM
+    # keeps its stack in `model` but names its base model "language_model", so base_model is the head itself
+    for stack in (host.base_model, getattr(host, "model", None)):
+        if isinstance(getattr(stack, "layers", None), nn.ModuleList):
+            return stack
+    raise TypeError(f"{type(host).__name__} has no decoder layer list to patch")
+
+
+def layer_layout(model: nn.Module) -> LayerLayout:
+    """The `LayerLayout` of a supported host's decoder layers (``TypeError`` for an unsupported model)."""
+    return FAMILIES[_supported_host(model)[1]]
 
 
 def load_local_checkpoint(path, flag: str = "--model", dtype=None, quantization_config=None):

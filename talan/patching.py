@@ -23,7 +23,7 @@ from torch import nn
 from .block import TalanBlock
 from .config import TalanConfig
 from .decode_state import DecodeStates, Replay
-from .hosts import decoder_stack, peft_adapter_configs, prefix_cache_lengths
+from .hosts import LayerLayout, decoder_stack, layer_layout, peft_adapter_configs, prefix_cache_lengths
 
 BLOCK_NAME = "talan"
 _PATCH_ATTR = "_talan_patch"
@@ -88,9 +88,10 @@ def _active_from_4d_mask(mask: torch.Tensor, past_len: int) -> torch.Tensor:
 class _Patch:
     """Everything `patch` added to one decoder stack, so `unpatch` can remove it exactly."""
 
-    def __init__(self, stack: nn.Module, config: TalanConfig, layer_indices: tuple[int, ...],
+    def __init__(self, stack: nn.Module, config: TalanConfig, layer_indices: tuple[int, ...], layout: LayerLayout,
                  peft_configs: list[dict] | None = None):
         self.stack = stack
+        self.layout = layout
         # the peft_config dicts of the PeftModel(s) patched: prefix tuning prefills every forward's cache with
         # virtual tokens that no block sees, so a cache that long with no TALAN state is a fresh start
         self.peft_configs = peft_configs or []
@@ -101,6 +102,9 @@ class _Patch:
         self.inputs = _ForwardInputs(None, 0, {})
         self.decode_states = DecodeStates()
         self.layer_inputs: dict[int, torch.Tensor] = {}  # mid site: the residual of the running layer call
+        # mid site, where the attention output is normed or dropped out before it joins the residual: the kwargs
+        # that the running layer call handed its self_attn (the norm or dropout gets none)
+        self.attention_kwargs: dict[int, dict] = {}
         params = inspect.signature(stack.forward).parameters
         self._forward_params = tuple(params)  # names only: a signature's mappingproxy cannot be deep-copied
         # Qwen3/Llama stacks pass their **kwargs on to every layer, and the layer to its self_attn (with its
@@ -215,10 +219,16 @@ class _Patch:
         if self.enabled:
             self.layer_inputs[layer_idx] = args[0]
 
+    def _attention_kwargs_pre(self, layer_idx, module, args, kwargs):
+        if self.enabled:
+            self.attention_kwargs[layer_idx] = kwargs
+
     def _attention_post(self, layer_idx, module, args, kwargs, output):
         # self_attn gets the layer's kwargs (the forward's inputs, position ids, cache), so its own
-        # recompute under gradient checkpointing reads the mask of its own forward, like the other sites
+        # recompute under gradient checkpointing reads the mask of its own forward, like the other sites;
+        # a norm or dropout after it reads the kwargs its self_attn got in the same layer call
         residual = self.layer_inputs.pop(layer_idx, None)
+        kwargs = self.attention_kwargs.pop(layer_idx, kwargs)
         if not self.enabled or residual is None:
             return None
         attn_out = output[0] if isinstance(output, tuple) else output
@@ -241,14 +251,19 @@ class _Patch:
             if self.config.site == "mid":
                 residual_hook = functools.partial(self._residual_pre, i)
                 self.handles.append(layer.input_layernorm.register_forward_pre_hook(residual_hook))
+                output_module = getattr(layer, self.layout.attention_output)
+                if output_module is not layer.self_attn:
+                    kwargs_hook = functools.partial(self._attention_kwargs_pre, i)
+                    self.handles.append(layer.self_attn.register_forward_pre_hook(kwargs_hook, with_kwargs=True))
                 hook = functools.partial(self._attention_post, i)
-                self.handles.append(layer.self_attn.register_forward_hook(hook, with_kwargs=True))
+                self.handles.append(output_module.register_forward_hook(hook, with_kwargs=True))
 
     def remove(self) -> None:
         for handle in self.handles:
             handle.remove()
         self.handles.clear()
         self.layer_inputs.clear()
+        self.attention_kwargs.clear()
         for i in self.layer_indices:
             delattr(self.stack.layers[i], BLOCK_NAME)
 
@@ -283,9 +298,9 @@ def patch(model: nn.Module, config: TalanConfig | None = None) -> nn.Module:
     """Insert TALAN blocks into ``model`` in place and return the same object.
 
     Supports HF Qwen3 and Llama (``*ForCausalLM``, the bare ``*Model`` or a task head: sequence or token
-    classification, question answering; Qwen3-MoE, Qwen2, Mistral, Mixtral, see ``hosts``) and peft models wrapping
-    one (peft first, then patch). Never changes ``requires_grad`` of a non-TALAN parameter; the blocks' own
-    trainability follows ``config.trainable``.
+    classification, question answering; Qwen3-MoE, Qwen2, Mistral, Mixtral, Gemma 1-3, Phi-3, SmolLM3, GLM-4, see
+    ``hosts``) and peft models wrapping one (peft first, then patch). Never changes ``requires_grad`` of a
+    non-TALAN parameter; the blocks' own trainability follows ``config.trainable``.
     """
     config = TalanConfig() if config is None else config
     if not isinstance(config, TalanConfig):
@@ -308,7 +323,7 @@ def patch(model: nn.Module, config: TalanConfig | None = None) -> nn.Module:
     for i, block in blocks.items():
         block.apply_trainable_scope()
         stack.layers[i].add_module(BLOCK_NAME, block)
-    state = _Patch(stack, config, layer_indices, peft_adapter_configs(model))
+    state = _Patch(stack, config, layer_indices, layer_layout(model), peft_adapter_configs(model))
     state.install()
     setattr(stack, _PATCH_ATTR, state)
     return model

@@ -93,8 +93,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
 
     io = parser.add_argument_group("model and data")
     io.add_argument("--model", metavar="PATH", help="local Hugging Face checkpoint folder (Qwen3, Llama, Qwen3-MoE, "
-                    "Qwen2, Mistral, Mixtral), never downloaded (default: an embedded tiny Qwen3 with a character "
-                    "tokenizer)")
+                    "Qwen2, Mistral, Mixtral, Gemma 1-3, Phi-3, SmolLM3, GLM-4), never downloaded (default: an "
+                    "embedded tiny Qwen3 with a character tokenizer)")
     io.add_argument("--model-dtype", choices=MODEL_DTYPES, help="dtype of the backbone's (frozen) weights; the "
                     "adapter and TALAN train in fp32 whatever it is (default: float32)")
     io.add_argument("--load-in-4bit", action=argparse.BooleanOptionalAction, help="QLoRA: load --model's linear "

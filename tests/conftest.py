@@ -84,6 +84,19 @@ def assert_same_generation(got, expected, tol: float = 1e-5) -> None:
         torch.testing.assert_close(a, b, rtol=tol, atol=tol)
 
 
+def assert_same_loss_and_grads(reference, checkpointed):
+    """Two ``(loss, {name: grad})`` of a peft + TALAN model agree to fp32 round-off, and TALAN contributed."""
+    (loss0, grads0), (loss1, grads1) = reference, checkpointed
+    torch.testing.assert_close(loss1, loss0, rtol=1e-6, atol=0)
+    assert grads1.keys() == grads0.keys()
+    assert any(".talan." in name for name in grads0) and any("lora_" in name for name in grads0)
+    for name, g0 in grads0.items():
+        assert g0 is not None and grads1[name] is not None, name
+        torch.testing.assert_close(grads1[name], g0, rtol=1e-5, atol=1e-7, msg=lambda m, n=name: f"{n}: {m}")
+    # TALAN actually contributes: its compressor gets a gradient (zero while the gate is closed)
+    assert any(g.abs().max() > 0 for name, g in grads0.items() if name.endswith("talan.w_in"))
+
+
 def tiny_config(**overrides) -> talan.TalanConfig:
     """A small TALAN config (r=16, M=4) on the reference backend."""
     return talan.TalanConfig(**{"latent_dim": 16, "num_slots": 4, "backend": "torch", **overrides})

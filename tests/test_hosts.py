@@ -1,12 +1,16 @@
-"""The hosts beyond the paper's Qwen3 and Llama: Qwen3-MoE, Qwen2 (Qwen2.5), Mistral and Mixtral share their
-decoder layer, so every site patches exactly, generates (dynamic and static cache) as it recomputes, unpatches exactly
-and trains with peft."""
+"""The hosts beyond the paper's Qwen3 and Llama: Qwen3-MoE, Qwen2 (Qwen2.5), Mistral, Mixtral, Gemma, SmolLM3 share
+their decoder layer; Gemma 2/3 and GLM-4 norm the attention output before it joins the residual, Phi-3 drops it out.
+Every site patches exactly, generates (dynamic and static cache) as it recomputes, unpatches exactly and trains
+with peft, and the mid site writes exactly between attention and MLP."""
+
+import contextlib
 
 import pytest
 import torch
 from conftest import (
     _build,
     assert_same_generation,
+    assert_same_loss_and_grads,
     greedy_kwargs,
     left_padded_prompt,
     open_gates,
@@ -16,45 +20,36 @@ from conftest import (
 from peft import LoraConfig, get_peft_model
 
 import talan
+from talan.hosts import decoder_stack, layer_layout
+from talan.patching import talan_blocks
 
-# The mixture-of-experts families' config: every layer sparse, 4 experts, 2 per token, so the hooks sit around a
-# mixture-of-experts MLP.
-MOE = {"Qwen3Moe": dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, decoder_sparse_step=1),
-       "Mixtral": dict(num_local_experts=4, num_experts_per_tok=2)}
-
-
-def tiny_qwen3_moe(seed=0, train=False):
-    from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
-
-    return _build(Qwen3MoeConfig, Qwen3MoeForCausalLM, seed, train, MOE["Qwen3Moe"])
-
-
-def tiny_qwen2(seed=0, train=False):
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    return _build(Qwen2Config, Qwen2ForCausalLM, seed, train, {})
+# Special tokens inside the tiny vocabulary, for the families whose defaults lie outside it.
+IN_VOCAB = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2)
+# Each family's config beyond conftest.HOST. The mixture-of-experts families: every layer sparse, 4 experts, 2 per
+# token, so the hooks sit around a mixture-of-experts MLP.
+FAMILY_CONFIG = {
+    "Qwen3Moe": dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, decoder_sparse_step=1),
+    "Mixtral": dict(num_local_experts=4, num_experts_per_tok=2),
+    "Phi3": IN_VOCAB, "SmolLM3": IN_VOCAB, "Glm4": IN_VOCAB,
+}
+MOE_FAMILIES = ("Qwen3Moe", "Mixtral")
+FAMILIES = ["Qwen3Moe", "Qwen2", "Mistral", "Mixtral", "Gemma", "Gemma2", "Gemma3Text", "Phi3", "SmolLM3", "Glm4"]
 
 
-def tiny_mistral(seed=0, train=False):
-    from transformers import MistralConfig, MistralForCausalLM
+def tiny_host(family: str, head: str = "ForCausalLM", seed: int = 0, train: bool = False, **overrides):
+    """A seeded 3-layer model of ``family`` (d=64, eager attention) with random weights."""
+    import transformers
 
-    return _build(MistralConfig, MistralForCausalLM, seed, train, {})
-
-
-def tiny_mixtral(seed=0, train=False):
-    from transformers import MixtralConfig, MixtralForCausalLM
-
-    return _build(MixtralConfig, MixtralForCausalLM, seed, train, MOE["Mixtral"])
-
-
-MOE_HOSTS = (tiny_qwen3_moe, tiny_mixtral)
-HOSTS = [tiny_qwen3_moe, tiny_qwen2, tiny_mistral, tiny_mixtral]
+    name = family + head
+    model_cls = getattr(transformers, "Gemma3ForCausalLM" if name == "Gemma3TextForCausalLM" else name)
+    return _build(getattr(transformers, f"{family}Config"), model_cls, seed, train,
+                  {**FAMILY_CONFIG.get(family, {}), **overrides})
 
 
 @pytest.mark.parametrize("site", ["pre", "mid", "post"])
-@pytest.mark.parametrize("factory", HOSTS, ids=lambda f: f.__name__[5:])
-def test_host_patches_exactly_and_generates_as_it_recomputes(factory, site):
-    model = factory()
+@pytest.mark.parametrize("family", FAMILIES)
+def test_host_patches_exactly_and_generates_as_it_recomputes(family, site):
+    model = tiny_host(family)
     ids, mask = left_padded_prompt()
     unpatched = model(ids, attention_mask=mask).logits
     talan.patch(model, tiny_config(site=site, layer=(0, 1)))
@@ -70,24 +65,43 @@ def test_host_patches_exactly_and_generates_as_it_recomputes(factory, site):
     assert torch.equal(model(ids, attention_mask=mask).logits, unpatched)
 
 
-def sliding_mistral():  # every layer slides: generate hands the model one 4-D mask tensor
-    from transformers import MistralConfig, MistralForCausalLM
+@pytest.mark.parametrize("family", ["Qwen3", "Llama", *FAMILIES])
+def test_mid_site_writes_the_block_output_between_attention_and_mlp(family):
+    """The mid site's state is the layer's ``residual + attention`` as it joins the residual (after the attention
+    output's own norm, or Phi-3's dropout, here at p = 0.5 in train mode): the MLP's norm reads exactly what the
+    block makes of the state it reads with TALAN disabled. Hooking the attention itself instead would pass the
+    block's write through that norm or dropout."""
+    model = tiny_host(family, train=True, **({"resid_pdrop": 0.5} if family == "Phi3" else {}))
+    open_gates(talan.patch(model, tiny_config(site="mid", layer=0)))
+    mlp_norm = getattr(decoder_stack(model).layers[0], layer_layout(model).mlp_norm)
+    read = []
+    handle = mlp_norm.register_forward_pre_hook(lambda module, args: read.append(args[0]))
+    ids, mask = left_padded_prompt()
+    with torch.no_grad():
+        for enabled in (False, True):
+            torch.manual_seed(1)  # the same dropout masks in both forwards
+            with talan.disabled(model) if not enabled else contextlib.nullcontext():
+                model(ids, attention_mask=mask)
+        written, _ = talan_blocks(model)[0](read[0], mask.bool(), None, None)
+    handle.remove()
+    assert not torch.allclose(written, read[0], atol=1e-2)  # the block changes the state
+    torch.testing.assert_close(read[1], written, rtol=1e-5, atol=1e-5)  # fp32 (h + a) + (w - h) vs w
 
-    return _build(MistralConfig, MistralForCausalLM, 0, False, {"sliding_window": 4})
+
+SLIDING = {
+    "Mistral": {"sliding_window": 4},  # every layer slides: generate hands the model one 4-D mask tensor
+    # layers 1 and 2 slide, layer 0 attends fully: a dict of masks per layer type
+    "Qwen2": {"use_sliding_window": True, "sliding_window": 4, "max_window_layers": 1},
+    "Gemma2": {"sliding_window": 4},  # sliding and full layers alternate, starting with a sliding one
+    "Gemma3Text": {"sliding_window": 4},  # five sliding layers to a full one: all three layers slide
+}
 
 
-def sliding_qwen2():  # layers 1 and 2 slide, layer 0 attends fully: a dict of masks per layer type
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    return _build(Qwen2Config, Qwen2ForCausalLM, 0, False,
-                  {"use_sliding_window": True, "sliding_window": 4, "max_window_layers": 1})
-
-
-@pytest.mark.parametrize("factory", [sliding_mistral, sliding_qwen2], ids=lambda f: f.__name__)
-def test_sliding_window_caches_generate_as_recomputed_past_the_window(factory):
+@pytest.mark.parametrize("family", SLIDING)
+def test_sliding_window_caches_generate_as_recomputed_past_the_window(family):
     """Past the window a static sliding layer's mask covers only the window (Mistral: every layer, so generate
     hands the model that tensor): TALAN reads the padding at the query's own column of it."""
-    model = open_gates(talan.patch(factory(), tiny_config(layer=(0, 1))))
+    model = open_gates(talan.patch(tiny_host(family, **SLIDING[family]), tiny_config(layer=(0, 1))))
     ids, mask = left_padded_prompt()
     kwargs = greedy_kwargs(mask)
     recomputed = model.generate(ids, use_cache=False, **kwargs)
@@ -95,12 +109,12 @@ def test_sliding_window_caches_generate_as_recomputed_past_the_window(factory):
         assert_same_generation(model.generate(ids, cache_implementation=cache, **kwargs), recomputed)
 
 
-@pytest.mark.parametrize("factory", HOSTS, ids=lambda f: f.__name__[5:])
-def test_host_trains_talan_and_lora_together(factory):
-    model = get_peft_model(factory(train=True), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+@pytest.mark.parametrize("family", FAMILIES)
+def test_host_trains_talan_and_lora_together(family):
+    model = get_peft_model(tiny_host(family, train=True), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
     talan.patch(model, tiny_config(layer=1))
     batch = tiny_batch(batch=2, length=9)
-    extra = {"output_router_logits": True} if factory in MOE_HOSTS else {}  # adds the MoE balancing loss
+    extra = {"output_router_logits": True} if family in MOE_FAMILIES else {}  # adds the MoE balancing loss
     loss = model(**batch, labels=batch["input_ids"], **extra).loss
     loss.backward()
     assert torch.isfinite(loss)
@@ -108,6 +122,33 @@ def test_host_trains_talan_and_lora_together(factory):
     lora_grads = [p.grad for name, p in model.named_parameters() if "lora_" in name]
     assert lora_grads and all(g is not None and torch.isfinite(g).all() for g in talan_grads + lora_grads)
     assert any(g.abs().sum() > 0 for g in talan_grads) and any(g.abs().sum() > 0 for g in lora_grads)
+
+
+def _two_batches_loss_and_grads(family: str, checkpointing: bool):
+    """Loss and gradients of two forwards (each with its own padding) then one backward, peft LoRA + TALAN at the
+    mid site, in train mode."""
+    model = get_peft_model(tiny_host(family, train=True),
+                           LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False))
+    open_gates(talan.patch(model, tiny_config(site="mid", layer=(0, 1))), 0.5)
+    if checkpointing:
+        model.get_base_model().gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.get_base_model().enable_input_require_grads()
+    loss = 0.0
+    for seed in range(2):
+        batch = tiny_batch(seed=seed + 1)
+        batch["attention_mask"][seed % 2, : 2 + 3 * seed] = 0
+        loss = loss + model(**batch, labels=batch["input_ids"]).loss
+    loss.backward()
+    return loss.detach(), {name: p.grad for name, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.filterwarnings("ignore:.*gradient_checkpointing.*:FutureWarning")
+@pytest.mark.parametrize("family", ["Gemma2", "Gemma3Text", "Phi3", "Glm4"])
+def test_gradient_checkpointing_recomputes_a_mid_site_after_the_attention_norm(family):
+    """Where the mid site hooks a norm (or dropout) after self_attn, the recompute in the backward reads the
+    kwargs its own self_attn got, so each forward's padding: the same loss and gradients as without
+    checkpointing."""
+    assert_same_loss_and_grads(_two_batches_loss_and_grads(family, False), _two_batches_loss_and_grads(family, True))
 
 
 # The task heads peft fine-tunes over the same decoder stack: (class suffix, peft task_type, labels).
@@ -118,14 +159,11 @@ TASK_HEADS = {
                                                           "end_positions": torch.tensor([3, 6])}),
 }
 HEAD_CASES = ([(family, head) for family in ("Qwen3", "Llama") for head in TASK_HEADS]
-              + [(family, "ForSequenceClassification") for family in ("Qwen3Moe", "Qwen2", "Mistral", "Mixtral")])
+              + [(family, "ForSequenceClassification") for family in FAMILIES])
 
 
 def _task_model(family: str, head: str, seed: int = 0, train: bool = False):
-    import transformers
-
-    return _build(getattr(transformers, f"{family}Config"), getattr(transformers, family + head), seed, train,
-                  {"num_labels": 2, "pad_token_id": 0, **MOE.get(family, {})})
+    return tiny_host(family, head, seed, train, num_labels=2, pad_token_id=0)
 
 
 def _head_outputs(out) -> torch.Tensor:
@@ -159,7 +197,7 @@ def test_task_heads_patch_train_with_peft_save_and_load(family, head, tmp_path):
     task_type, labels = TASK_HEADS[head]
     trained = get_peft_model(_task_model(family, head, train=True),
                              LoraConfig(task_type=task_type, r=4, lora_alpha=8,  # "all-linear" takes the heads too
-                                        target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
+                                        target_modules=r".*\.self_attn\.\w+_proj"))  # Phi-3: qkv_proj, o_proj
     open_gates(talan.patch(trained, tiny_config(layer=1)))
     loss = trained(**batch, **labels(batch["input_ids"])).loss
     loss.backward()

@@ -6,7 +6,7 @@ import os
 
 import pytest
 import torch
-from conftest import open_gates, tiny_batch, tiny_config, tiny_qwen3
+from conftest import assert_same_loss_and_grads, open_gates, tiny_batch, tiny_config, tiny_qwen3
 from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file
 from transformers import Qwen3ForCausalLM
@@ -183,18 +183,6 @@ def _loss_and_grads(order, site, checkpointing, reentrant=False, batches=1, comp
     return loss.detach(), grads
 
 
-def _assert_same_loss_and_grads(reference, checkpointed):
-    (loss0, grads0), (loss1, grads1) = reference, checkpointed
-    torch.testing.assert_close(loss1, loss0, rtol=1e-6, atol=0)
-    assert grads1.keys() == grads0.keys()
-    assert any(".talan." in name for name in grads0) and any("lora_" in name for name in grads0)
-    for name, g0 in grads0.items():
-        assert g0 is not None and grads1[name] is not None, name
-        torch.testing.assert_close(grads1[name], g0, rtol=1e-5, atol=1e-7, msg=lambda m, n=name: f"{n}: {m}")
-    # TALAN actually contributes: its compressor gets a gradient (zero while the gate is closed)
-    assert any(g.abs().max() > 0 for name, g in grads0.items() if name.endswith("talan.w_in"))
-
-
 GC_CASES = ["pre", "mid", "post"]
 
 
@@ -203,14 +191,14 @@ GC_CASES = ["pre", "mid", "post"]
 @pytest.mark.parametrize("site", GC_CASES)
 def test_gradient_checkpointing_gives_the_same_loss_and_gradients(order, site, reentrant):
     reference = _loss_and_grads(order, site, checkpointing=False)
-    _assert_same_loss_and_grads(reference, _loss_and_grads(order, site, checkpointing=True, reentrant=reentrant))
+    assert_same_loss_and_grads(reference, _loss_and_grads(order, site, checkpointing=True, reentrant=reentrant))
 
 
 @pytest.mark.parametrize("site", GC_CASES)
 def test_gradient_checkpointing_with_two_forwards_before_one_backward(site):
     """The recompute of a batch must use that batch's padding mask, not the mask of the latest forward."""
     reference = _loss_and_grads("peft_first", site, checkpointing=False, batches=2)
-    _assert_same_loss_and_grads(reference, _loss_and_grads("peft_first", site, checkpointing=True, batches=2))
+    assert_same_loss_and_grads(reference, _loss_and_grads("peft_first", site, checkpointing=True, batches=2))
 
 
 @pytest.mark.slow
@@ -222,7 +210,7 @@ def test_the_whole_model_compiled_trains_as_in_eager():
         compiled = _loss_and_grads("peft_first", "mid", checkpointing=False, batches=2, compile_backend="aot_eager")
     finally:
         torch._dynamo.reset()
-    _assert_same_loss_and_grads(reference, compiled)
+    assert_same_loss_and_grads(reference, compiled)
 
 
 # ---- merge, generate, save/load --------------------------------------------------------------------

@@ -45,11 +45,13 @@ def saved_weights(run: Path) -> dict[str, torch.Tensor]:
     return {**load_file(run / "talan_model.safetensors"), **load_file(run / "adapter_model.safetensors")}
 
 
-def make_local_checkpoint(model_dir: Path, chat_template: bool = True) -> Path:
-    """A tiny random Qwen3 and a character-level HF tokenizer (built offline, with a chat template) saved
-    as a local Hugging Face checkpoint folder."""
+def make_local_checkpoint(model_dir: Path, chat_template: bool = True, family: str = "Qwen3") -> Path:
+    """A tiny random causal LM of ``family`` (a transformers config prefix: Qwen3, Gemma3Text, Phi3, ...) and a
+    character-level HF tokenizer (built offline, with a chat template) saved as a local Hugging Face checkpoint
+    folder."""
+    import transformers
     from tokenizers import Regex, Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
+    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
     chars = [chr(c) for c in range(32, 127)] + ["\n"]
     specials = ["<pad>", "<|im_start|>", "<|im_end|>", "<unk>"]
@@ -63,9 +65,9 @@ def make_local_checkpoint(model_dir: Path, chat_template: bool = True) -> Path:
             "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
             "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
     tokenizer.save_pretrained(model_dir)
-    config = Qwen3Config(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=1, head_dim=16,
-                         pad_token_id=0, eos_token_id=vocab["<|im_end|>"])
+    config = getattr(transformers, f"{family}Config")(
+        vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=16, pad_token_id=0, eos_token_id=vocab["<|im_end|>"])
     torch.manual_seed(0)
-    Qwen3ForCausalLM(config).save_pretrained(model_dir)
+    AutoModelForCausalLM.from_config(config).save_pretrained(model_dir)
     return model_dir
