@@ -1,8 +1,7 @@
 """TALAN: Task-Aligned Latent Adaptation Networks for Hugging Face models.
 
-``talan.patch(model)`` inserts the side-path blocks into a Qwen3/Llama model (also Qwen3-MoE, Qwen2,
-Mistral, Mixtral, Gemma 1-3, Phi-3, SmolLM3, GLM-4; plain or wrapped by peft); see SPEC §3 for the contract of
-every name exported here.
+``talan.patch(model)`` inserts the side-path blocks into a Qwen3/Llama model (or one of the other families in
+``talan.hosts.FAMILIES``; plain or wrapped by peft); see SPEC §3 for the contract of every name exported here.
 """
 
 __version__ = "0.1.0"

@@ -107,7 +107,7 @@ def _examples(args, folder: Path) -> list[dict]:
 def _site_module(layer, site: str, layout):
     """(module, kind) whose hook sees the residual stream right after TALAN's write at ``site``."""
     if site == "pre":
-        return layer.input_layernorm, "input"  # its input is the layer input TALAN rewrote
+        return getattr(layer, layout.residual_input), "input"  # its input is the layer input TALAN rewrote
     if site == "mid":
         return getattr(layer, layout.mlp_norm), "input"  # its input is residual + attention (+ TALAN)
     return layer, "output"  # a hook registered after TALAN's prepended one sees the perturbed output
@@ -118,7 +118,8 @@ def _forward(model, batch, layers: dict) -> tuple[list[torch.Tensor], dict[int, 
     captured, handles = {}, []
     for i, (module, kind) in layers.items():  # i: a TALAN layer index, or "last"
         if kind == "input":
-            handles.append(module.register_forward_pre_hook(lambda m, a, i=i: captured.__setitem__(i, a[0])))
+            handles.append(module.register_forward_pre_hook(  # self_attn gets its input as a keyword
+                lambda m, a, kw, i=i: captured.__setitem__(i, a[0] if a else kw["hidden_states"]), with_kwargs=True))
         else:
             handles.append(module.register_forward_hook(
                 lambda m, a, o, i=i: captured.__setitem__(i, o[0] if isinstance(o, tuple) else o)))

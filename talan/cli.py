@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from .cli_types import positive_int
 from .config import TalanConfig
+from .hosts import family_names
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -84,8 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
                           description="Runs offline. With no --model: a tiny random-init Qwen3, a character "
                           "tokenizer and a synthetic key-value recall task.")
     demo.add_argument("--model", metavar="PATH", help="local Hugging Face checkpoint folder of a supported model "
-                      "(Qwen3, Llama, Qwen3-MoE, Qwen2, Mistral, Mixtral, Gemma 1-3, Phi-3, SmolLM3, GLM-4; never "
-                      "downloaded)")
+                      f"({family_names()}; never downloaded)")
     demo.add_argument("--data", metavar="FILE.jsonl", help='training data: one {"prompt": ..., "completion": ...} '
                       "per line (default: the synthetic recall task)")
     demo.add_argument("--steps", type=positive_int, default=None, help="training steps (default: 300)")

@@ -10,25 +10,29 @@ from torch import nn
 @dataclass(frozen=True)
 class LayerLayout:
     """Where a family's decoder layer keeps the state between attention and MLP (``residual + attention``, the mid
-    site): the layer adds the output of ``attention_output`` to its residual (the layer input, which is what
-    ``input_layernorm`` reads), and ``mlp_norm`` reads that sum. ``self_attn`` always gets the layer's kwargs
+    site): ``residual_input``'s input is the layer input (the residual), the layer adds the output of
+    ``attention_output`` to it, and ``mlp_norm`` reads that sum. ``self_attn`` always gets the layer's kwargs
     (position ids, cache)."""
 
+    residual_input: str = "input_layernorm"
     attention_output: str = "self_attn"
     mlp_norm: str = "post_attention_layernorm"
 
 
 # The model families TALAN patches, by class-name prefix. Qwen3 and Llama are the paper's hosts; the others have
 # the same decoder layer up to where the attention output joins the residual, which is all the hooks rely on:
-# ``input_layernorm`` reads the layer input, the attention output (normed first in the sandwich-norm families,
-# dropped out first in Phi-3) is added to it, a normed MLP (or mixture of experts) is added to that, and the stack
+# the layer input is the residual, the attention output (normed first in the sandwich-norm and post-norm families,
+# dropped out first in Phi-3) is added to it, a (normed) MLP or mixture of experts is added to that, and the stack
 # passes its kwargs on to each layer and each layer to ``self_attn`` (tests/test_hosts.py runs every site on each).
-_SANDWICH = LayerLayout("post_attention_layernorm", "pre_feedforward_layernorm")
+_PRE_NORM = LayerLayout()
+_SANDWICH = LayerLayout(attention_output="post_attention_layernorm", mlp_norm="pre_feedforward_layernorm")
+# no norm before attention or MLP: self_attn reads the residual itself, the MLP reads residual + attention
+_POST_NORM = LayerLayout(residual_input="self_attn", attention_output="post_attention_layernorm", mlp_norm="mlp")
 FAMILIES = {
-    "Qwen3": LayerLayout(), "Llama": LayerLayout(), "Qwen3Moe": LayerLayout(), "Qwen2": LayerLayout(),
-    "Mistral": LayerLayout(), "Mixtral": LayerLayout(), "Gemma": LayerLayout(), "SmolLM3": LayerLayout(),
-    "Gemma2": _SANDWICH, "Gemma3Text": _SANDWICH, "Glm4": LayerLayout("post_self_attn_layernorm"),
-    "Phi3": LayerLayout("resid_attn_dropout"),
+    "Qwen3": _PRE_NORM, "Llama": _PRE_NORM, "Qwen3Moe": _PRE_NORM, "Qwen2": _PRE_NORM, "Mistral": _PRE_NORM,
+    "Ministral": _PRE_NORM, "Mixtral": _PRE_NORM, "Gemma": _PRE_NORM, "SmolLM3": _PRE_NORM, "Starcoder2": _PRE_NORM,
+    "Gemma2": _SANDWICH, "Gemma3Text": _SANDWICH, "Glm4": LayerLayout(attention_output="post_self_attn_layernorm"),
+    "Phi3": LayerLayout(attention_output="resid_attn_dropout"), "Olmo2": _POST_NORM, "Olmo3": _POST_NORM,
 }
 # The bare decoder stack and the models around it: the language-model head, and the task heads that peft
 # fine-tunes too (task_type SEQ_CLS, TOKEN_CLS, QUESTION_ANS) over the same stack, where transformers has them.
@@ -38,6 +42,11 @@ HEADS = ("ForCausalLM", "Model", "ForSequenceClassification", "ForTokenClassific
 _RENAMED = {"Gemma3TextForCausalLM": "Gemma3ForCausalLM"}
 # transformers class name -> family, for every family and head (a head transformers lacks never matches)
 _CLASS_FAMILIES = {_RENAMED.get(family + head, family + head): family for family in FAMILIES for head in HEADS}
+
+
+def family_names() -> str:
+    """The supported families by their transformers class prefix, for messages and help texts."""
+    return ", ".join(family.removesuffix("Text") for family in FAMILIES)  # Gemma3Text: Gemma3ForCausalLM
 
 
 def _host_family(host: nn.Module) -> str | None:
@@ -102,8 +111,7 @@ def _supported_host(model: nn.Module) -> tuple[nn.Module, str]:
     host = unwrap_host(model)
     family = _host_family(host)
     if family is None:
-        families = ", ".join(f.removesuffix("Text") for f in FAMILIES)
-        raise TypeError(f"talan supports the {families} models ({', '.join('*' + h for h in HEADS)}; "
+        raise TypeError(f"talan supports the {family_names()} models ({', '.join('*' + h for h in HEADS)}; "
                         f"plain, or wrapped by peft, torch.compile or DDP); got {type(model).__name__}"
                         + (f" wrapping {type(host).__name__}" if host is not model else ""))
     return host, family

@@ -213,11 +213,11 @@ class _Patch:
         new_hidden = self._apply(layer_idx, hidden, self._context(hidden, kwargs))
         return (new_hidden, *output[1:]) if isinstance(output, tuple) else new_hidden
 
-    def _residual_pre(self, layer_idx, module, args):
-        # The input layernorm's input is exactly the layer's residual; this hook runs inside the
-        # checkpointed forward, so the recompute sees its own (recomputed) residual.
+    def _residual_pre(self, layer_idx, module, args, kwargs):
+        # The input layernorm's input (self_attn's, in a post-norm layer) is exactly the layer's residual; this
+        # hook runs inside the checkpointed forward, so the recompute sees its own (recomputed) residual.
         if self.enabled:
-            self.layer_inputs[layer_idx] = args[0]
+            self.layer_inputs[layer_idx] = args[0] if args else kwargs["hidden_states"]
 
     def _attention_kwargs_pre(self, layer_idx, module, args, kwargs):
         if self.enabled:
@@ -250,7 +250,8 @@ class _Patch:
                 self.handles.append(layer.register_forward_hook(hook, with_kwargs=True, prepend=True))
             if self.config.site == "mid":
                 residual_hook = functools.partial(self._residual_pre, i)
-                self.handles.append(layer.input_layernorm.register_forward_pre_hook(residual_hook))
+                residual_module = getattr(layer, self.layout.residual_input)
+                self.handles.append(residual_module.register_forward_pre_hook(residual_hook, with_kwargs=True))
                 output_module = getattr(layer, self.layout.attention_output)
                 if output_module is not layer.self_attn:
                     kwargs_hook = functools.partial(self._attention_kwargs_pre, i)
@@ -298,8 +299,8 @@ def patch(model: nn.Module, config: TalanConfig | None = None) -> nn.Module:
     """Insert TALAN blocks into ``model`` in place and return the same object.
 
     Supports HF Qwen3 and Llama (``*ForCausalLM``, the bare ``*Model`` or a task head: sequence or token
-    classification, question answering; Qwen3-MoE, Qwen2, Mistral, Mixtral, Gemma 1-3, Phi-3, SmolLM3, GLM-4, see
-    ``hosts``) and peft models wrapping one (peft first, then patch). Never changes ``requires_grad`` of a
+    classification, question answering; or of another family in ``hosts.FAMILIES``: Qwen3-MoE, Gemma, Phi-3, ...)
+    and peft models wrapping one (peft first, then patch). Never changes ``requires_grad`` of a
     non-TALAN parameter; the blocks' own trainability follows ``config.trainable``.
     """
     config = TalanConfig() if config is None else config

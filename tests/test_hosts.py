@@ -3,10 +3,9 @@ their decoder layer; Gemma 2/3 and GLM-4 norm the attention output before it joi
 Every site patches exactly, generates (dynamic and static cache) as it recomputes, unpatches exactly and trains
 with peft, and the mid site writes exactly between attention and MLP."""
 
-import contextlib
-
 import pytest
 import torch
+import transformers
 from conftest import (
     _build,
     assert_same_generation,
@@ -33,13 +32,12 @@ FAMILY_CONFIG = {
     "Phi3": IN_VOCAB, "SmolLM3": IN_VOCAB, "Glm4": IN_VOCAB,
 }
 MOE_FAMILIES = ("Qwen3Moe", "Mixtral")
-FAMILIES = ["Qwen3Moe", "Qwen2", "Mistral", "Mixtral", "Gemma", "Gemma2", "Gemma3Text", "Phi3", "SmolLM3", "Glm4"]
+FAMILIES = ["Qwen3Moe", "Qwen2", "Mistral", "Ministral", "Mixtral", "Gemma", "Gemma2", "Gemma3Text", "Phi3", "SmolLM3",
+            "Glm4", "Starcoder2", "Olmo2", "Olmo3"]
 
 
 def tiny_host(family: str, head: str = "ForCausalLM", seed: int = 0, train: bool = False, **overrides):
     """A seeded 3-layer model of ``family`` (d=64, eager attention) with random weights."""
-    import transformers
-
     name = family + head
     model_cls = getattr(transformers, "Gemma3ForCausalLM" if name == "Gemma3TextForCausalLM" else name)
     return _build(getattr(transformers, f"{family}Config"), model_cls, seed, train,
@@ -65,27 +63,30 @@ def test_host_patches_exactly_and_generates_as_it_recomputes(family, site):
     assert torch.equal(model(ids, attention_mask=mask).logits, unpatched)
 
 
+@pytest.mark.parametrize("site", ["pre", "mid", "post"])
 @pytest.mark.parametrize("family", ["Qwen3", "Llama", *FAMILIES])
-def test_mid_site_writes_the_block_output_between_attention_and_mlp(family):
-    """The mid site's state is the layer's ``residual + attention`` as it joins the residual (after the attention
-    output's own norm, or Phi-3's dropout, here at p = 0.5 in train mode): the MLP's norm reads exactly what the
-    block makes of the state it reads with TALAN disabled. Hooking the attention itself instead would pass the
-    block's write through that norm or dropout."""
+def test_each_site_writes_the_block_output_where_analyze_reads_the_stream(family, site):
+    """At every site the residual stream right after TALAN's write (where `talan analyze` probes it) is exactly
+    what the block makes of the stream it probes with TALAN disabled. For the mid site that is the layer's
+    ``residual + attention`` as it joins the residual: after the attention output's own norm, or Phi-3's dropout
+    (here at p = 0.5, in train mode); hooking the attention itself would pass the block's write through that norm
+    or dropout."""
+    from talan.analyze import _forward, _site_module
+
     model = tiny_host(family, train=True, **({"resid_pdrop": 0.5} if family == "Phi3" else {}))
-    open_gates(talan.patch(model, tiny_config(site="mid", layer=0)))
-    mlp_norm = getattr(decoder_stack(model).layers[0], layer_layout(model).mlp_norm)
-    read = []
-    handle = mlp_norm.register_forward_pre_hook(lambda module, args: read.append(args[0]))
+    open_gates(talan.patch(model, tiny_config(site=site, layer=0)))
+    probe = {0: _site_module(decoder_stack(model).layers[0], site, layer_layout(model))}
     ids, mask = left_padded_prompt()
+    batch = {"input_ids": ids, "attention_mask": mask}
+    torch.manual_seed(1)  # the same dropout masks in both forwards
+    with talan.disabled(model):
+        stream = _forward(model, batch, probe)[1][0]
+    torch.manual_seed(1)
+    written = _forward(model, batch, probe)[1][0]
     with torch.no_grad():
-        for enabled in (False, True):
-            torch.manual_seed(1)  # the same dropout masks in both forwards
-            with talan.disabled(model) if not enabled else contextlib.nullcontext():
-                model(ids, attention_mask=mask)
-        written, _ = talan_blocks(model)[0](read[0], mask.bool(), None, None)
-    handle.remove()
-    assert not torch.allclose(written, read[0], atol=1e-2)  # the block changes the state
-    torch.testing.assert_close(read[1], written, rtol=1e-5, atol=1e-5)  # fp32 (h + a) + (w - h) vs w
+        expected, _ = talan_blocks(model)[0](stream, mask.bool(), None, None)
+    assert not torch.allclose(expected, stream, atol=1e-2)  # the block changes the stream
+    torch.testing.assert_close(written, expected, rtol=1e-5, atol=1e-5)  # fp32: (h + a) + (w - h) against w
 
 
 SLIDING = {
@@ -143,7 +144,7 @@ def _two_batches_loss_and_grads(family: str, checkpointing: bool):
 
 
 @pytest.mark.filterwarnings("ignore:.*gradient_checkpointing.*:FutureWarning")
-@pytest.mark.parametrize("family", ["Gemma2", "Gemma3Text", "Phi3", "Glm4"])
+@pytest.mark.parametrize("family", ["Gemma2", "Gemma3Text", "Phi3", "Glm4", "Olmo2"])
 def test_gradient_checkpointing_recomputes_a_mid_site_after_the_attention_norm(family):
     """Where the mid site hooks a norm (or dropout) after self_attn, the recompute in the backward reads the
     kwargs its own self_attn got, so each forward's padding: the same loss and gradients as without
@@ -159,7 +160,8 @@ TASK_HEADS = {
                                                           "end_positions": torch.tensor([3, 6])}),
 }
 HEAD_CASES = ([(family, head) for family in ("Qwen3", "Llama") for head in TASK_HEADS]
-              + [(family, "ForSequenceClassification") for family in FAMILIES])
+              + [(family, "ForSequenceClassification") for family in FAMILIES  # where this transformers has it
+                 if hasattr(transformers, f"{family}ForSequenceClassification")])
 
 
 def _task_model(family: str, head: str, seed: int = 0, train: bool = False):
