@@ -11,28 +11,33 @@ from torch import nn
 class LayerLayout:
     """Where a family's decoder layer keeps the state between attention and MLP (``residual + attention``, the mid
     site): ``residual_input``'s input is the layer input (the residual), the layer adds the output of
-    ``attention_output`` to it, and ``mlp_norm`` reads that sum. ``self_attn`` always gets the layer's kwargs
-    (position ids, cache)."""
+    ``attention_output`` to it (times the layer's float attribute ``attention_scale``, when named), and
+    ``mlp_norm`` reads that sum. ``self_attn`` always gets the layer's kwargs (position ids, cache)."""
 
     residual_input: str = "input_layernorm"
     attention_output: str = "self_attn"
     mlp_norm: str = "post_attention_layernorm"
+    attention_scale: str | None = None
 
 
 # The model families TALAN patches, by class-name prefix. Qwen3 and Llama are the paper's hosts; the others have
 # the same decoder layer up to where the attention output joins the residual, which is all the hooks rely on:
 # the layer input is the residual, the attention output (normed first in the sandwich-norm and post-norm families,
-# dropped out first in Phi-3) is added to it, a (normed) MLP or mixture of experts is added to that, and the stack
-# passes its kwargs on to each layer and each layer to ``self_attn`` (tests/test_hosts.py runs every site on each).
+# dropped out first in Phi-3, scaled in Granite) is added to it, a (normed) MLP or mixture of experts is added to
+# that, and the stack passes its kwargs on to each layer and each layer to ``self_attn`` (tests/test_hosts.py runs
+# every site on each).
 _PRE_NORM = LayerLayout()
 _SANDWICH = LayerLayout(attention_output="post_attention_layernorm", mlp_norm="pre_feedforward_layernorm")
 # no norm before attention or MLP: self_attn reads the residual itself, the MLP reads residual + attention
 _POST_NORM = LayerLayout(residual_input="self_attn", attention_output="post_attention_layernorm", mlp_norm="mlp")
+# Granite adds residual + attention * residual_multiplier (a config float)
+_GRANITE = LayerLayout(attention_scale="residual_multiplier")
 FAMILIES = {
     "Qwen3": _PRE_NORM, "Llama": _PRE_NORM, "Qwen3Moe": _PRE_NORM, "Qwen2": _PRE_NORM, "Mistral": _PRE_NORM,
     "Ministral": _PRE_NORM, "Mixtral": _PRE_NORM, "Gemma": _PRE_NORM, "SmolLM3": _PRE_NORM, "Starcoder2": _PRE_NORM,
     "Gemma2": _SANDWICH, "Gemma3Text": _SANDWICH, "Glm4": LayerLayout(attention_output="post_self_attn_layernorm"),
     "Phi3": LayerLayout(attention_output="resid_attn_dropout"), "Olmo2": _POST_NORM, "Olmo3": _POST_NORM,
+    "Granite": _GRANITE, "GraniteMoe": _GRANITE, "GraniteMoeShared": _GRANITE,
 }
 # The bare decoder stack and the models around it: the language-model head, and the task heads that peft
 # fine-tunes too (task_type SEQ_CLS, TOKEN_CLS, QUESTION_ANS) over the same stack, where transformers has them.

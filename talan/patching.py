@@ -232,9 +232,13 @@ class _Patch:
         if not self.enabled or residual is None:
             return None
         attn_out = output[0] if isinstance(output, tuple) else output
-        h_mid = residual + attn_out  # exactly the layer's `residual + attention`
+        scale = 1.0  # Granite's layer adds `residual + attention * residual_multiplier`
+        if self.layout.attention_scale is not None:
+            scale = float(getattr(self.stack.layers[layer_idx], self.layout.attention_scale))
+        h_mid = residual + (attn_out if scale == 1.0 else attn_out * scale)  # exactly the layer's sum
         h_new = self._apply(layer_idx, h_mid, self._context(h_mid, kwargs))
-        attn_new = attn_out + (h_new - h_mid)  # the layer then adds the residual back: h_mid + delta
+        delta = h_new - h_mid  # the layer then adds the residual back: h_mid + delta
+        attn_new = attn_out + (delta if scale == 1.0 else delta / scale)
         return (attn_new, *output[1:]) if isinstance(output, tuple) else attn_new
 
     def install(self) -> None:

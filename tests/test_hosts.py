@@ -30,10 +30,15 @@ FAMILY_CONFIG = {
     "Qwen3Moe": dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, decoder_sparse_step=1),
     "Mixtral": dict(num_local_experts=4, num_experts_per_tok=2),
     "Phi3": IN_VOCAB, "SmolLM3": IN_VOCAB, "Glm4": IN_VOCAB,
+    # Granite 3's scale on what joins the residual (its default, 1.0, would hide a missing scale)
+    "Granite": dict(residual_multiplier=0.22),
+    "GraniteMoe": dict(residual_multiplier=0.22, num_local_experts=4, num_experts_per_tok=2),
+    "GraniteMoeShared": dict(residual_multiplier=0.22, num_local_experts=4, num_experts_per_tok=2,
+                             shared_intermediate_size=32),
 }
-MOE_FAMILIES = ("Qwen3Moe", "Mixtral")
+MOE_FAMILIES = ("Qwen3Moe", "Mixtral", "GraniteMoe", "GraniteMoeShared")
 FAMILIES = ["Qwen3Moe", "Qwen2", "Mistral", "Ministral", "Mixtral", "Gemma", "Gemma2", "Gemma3Text", "Phi3", "SmolLM3",
-            "Glm4", "Starcoder2", "Olmo2", "Olmo3"]
+            "Glm4", "Starcoder2", "Olmo2", "Olmo3", "Granite", "GraniteMoe", "GraniteMoeShared"]
 
 
 def tiny_host(family: str, head: str = "ForCausalLM", seed: int = 0, train: bool = False, **overrides):
@@ -144,7 +149,7 @@ def _two_batches_loss_and_grads(family: str, checkpointing: bool):
 
 
 @pytest.mark.filterwarnings("ignore:.*gradient_checkpointing.*:FutureWarning")
-@pytest.mark.parametrize("family", ["Gemma2", "Gemma3Text", "Phi3", "Glm4", "Olmo2"])
+@pytest.mark.parametrize("family", ["Gemma2", "Gemma3Text", "Phi3", "Glm4", "Olmo2", "Granite"])
 def test_gradient_checkpointing_recomputes_a_mid_site_after_the_attention_norm(family):
     """Where the mid site hooks a norm (or dropout) after self_attn, the recompute in the backward reads the
     kwargs its own self_attn got, so each forward's padding: the same loss and gradients as without
