@@ -2,8 +2,8 @@
 
 With no arguments everything is embedded: a tiny Qwen3 built from a config with random weights, a
 character tokenizer and a synthetic key-value recall task, so the demo runs offline on a laptop CPU
-in well under a minute. ``model_path`` points at a local HF Qwen3/Llama checkpoint (never
-downloaded) and ``data_path`` at a JSONL file of prompt/completion pairs.
+in well under a minute. ``model_path`` points at a local HF checkpoint of a supported host
+(``talan.hosts.FAMILIES``; never downloaded) and ``data_path`` at a JSONL file of prompt/completion pairs.
 
 The order is the one SPEC §3 asks of users: ``get_peft_model`` first, then ``talan.patch``.
 """

@@ -1,4 +1,5 @@
-"""``talan train``: SFT of a local Qwen3/Llama checkpoint with a peft adapter (LoRA, DoRA, rsLoRA) + TALAN.
+"""``talan train``: SFT of a local checkpoint (Qwen3, Llama or another family in ``talan.hosts.FAMILIES``) with a
+peft adapter (LoRA, DoRA, rsLoRA) + TALAN.
 
 Built on `transformers.Trainer`, so ``accelerate launch`` and ``torchrun`` (DDP) work as with any
 Trainer script. It runs `talan.trainer.TalanTrainer`: the TALAN parameters in param groups of their own

@@ -18,10 +18,19 @@ def local_model(tmp_path_factory):
     return make_local_checkpoint(tmp_path_factory.mktemp("model"))
 
 
-@pytest.mark.parametrize("adapter", ["lora", "dora"])
-def test_export_merges_the_adapter_and_keeps_talan(tmp_path, local_model, adapter):
+# Qwen3 with either adapter; then a local checkpoint of each other decoder-layer layout (hosts.FAMILIES): Gemma 3
+# (attention output normed first), OLMo 2 (no pre-norm), Phi-3 (dropped out first, fused qkv_proj that "all-linear"
+# adapts), Granite (scaled), each trained by `talan train`, exported and reloaded.
+EXPORT_CASES = [("Qwen3", "lora"), ("Qwen3", "dora"), ("Gemma3Text", "lora"), ("Olmo2", "lora"), ("Phi3", "lora"),
+                ("Granite", "lora")]
+
+
+@pytest.mark.parametrize("family,adapter", EXPORT_CASES, ids=[f"{f}-{a}" for f, a in EXPORT_CASES])
+def test_export_merges_the_adapter_and_keeps_talan(tmp_path, local_model, family, adapter):
     from transformers import AutoModelForCausalLM
 
+    if family != "Qwen3":
+        local_model = make_local_checkpoint(tmp_path / "model", family=family)
     data = write_jsonl(tmp_path / "train.jsonl", [{"prompt": f"{i}+{i}=", "completion": str(2 * i)} for i in range(16)])
     run = train(tmp_path / "run", "--model", str(local_model), "--data", str(data), "--use-cpu", "--adapter", adapter,
                 "--learning-rate", "1e-2", "--backend", "torch")
@@ -39,6 +48,7 @@ def test_export_merges_the_adapter_and_keeps_talan(tmp_path, local_model, adapte
     assert json.loads((out / "talan_config.json").read_text())["backend"] == "torch"
 
     merged = talan.load_pretrained(AutoModelForCausalLM.from_pretrained(out), out).eval()
+    assert type(merged) is type(run["trainer"].model.get_base_model())
     with torch.no_grad():
         got = merged(input_ids=ids).logits
         with talan.disabled(merged):
