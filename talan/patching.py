@@ -137,7 +137,15 @@ class _Patch:
                              "(continuous batching: generate_batch, init_continuous_batching, transformers serve "
                              "--continuous-batching); use model.generate, or talan.disabled(model) to run without "
                              "TALAN")
-        past_len = int(cache.get_seq_length()) if cache is not None else 0
+        past_len = 0
+        if cache is not None:
+            past_len = cache.get_seq_length()
+            position = bound.get("cache_position")
+            if isinstance(past_len, torch.Tensor) and isinstance(position, torch.Tensor) and position.numel():
+                # transformers 4.x's StaticCache counts the non-zero key rows of batch row 0, which undercounts
+                # when that row starts with zero keys (padding); generate itself steps by cache_position
+                past_len = position[0]
+            past_len = int(past_len)
         if isinstance(mask, dict):
             mask = _active_from_mask_dict(mask, past_len)
         elif isinstance(mask, torch.Tensor) and mask.dim() == 4 and cache is not None:

@@ -419,6 +419,19 @@ def test_static_cache_generation_equals_recomputation(factory, site, attn):
     assert_same_generation(static, recomputed)
 
 
+def test_static_cache_whose_first_row_starts_with_zero_keys_continues_at_its_true_length():
+    """transformers 4.x's StaticCache counts its length as the non-zero key rows of batch row 0: left padding
+    whose keys are exactly zero there (the pad token's embedding row, zero at init, and no k_proj bias) makes it
+    undercount, while generate itself steps by cache_position. TALAN follows cache_position then."""
+    model = open_gates(talan.patch(tiny_llama(pad_token_id=0), tiny_config(site="pre", layer=(0, 1))))
+    ids, mask = left_padded_prompt()
+    ids, mask = ids.flip(0), mask.flip(0)  # the padded row first
+    ids[0, :3] = 0  # pad tokens under the padding: their keys are zero in every layer
+    kwargs = greedy_kwargs(mask)
+    assert_same_generation(model.generate(ids, cache_implementation="static", **kwargs),
+                           model.generate(ids, use_cache=False, **kwargs))
+
+
 @pytest.mark.parametrize("site", SITES)
 def test_assisted_decoding_equals_greedy_decoding(site):
     """A draft model's rejected tokens are cropped from the cache; TALAN recomputes its state at the
