@@ -116,19 +116,23 @@ def _site_module(layer, site: str, layout):
 @torch.no_grad()
 def _forward(model, batch, layers: dict) -> tuple[list[torch.Tensor], dict[int, torch.Tensor]]:
     captured, handles = {}, []
+
+    def keep(i, t):  # a copy: the stack may write into the tensor later (Qwen3-VL adds image features in place)
+        captured[i] = t.float().clone()
+
     for i, (module, kind) in layers.items():  # i: a TALAN layer index, or "last"
         if kind == "input":
             handles.append(module.register_forward_pre_hook(  # self_attn gets its input as a keyword
-                lambda m, a, kw, i=i: captured.__setitem__(i, a[0] if a else kw["hidden_states"]), with_kwargs=True))
+                lambda m, a, kw, i=i: keep(i, a[0] if a else kw["hidden_states"]), with_kwargs=True))
         else:
             handles.append(module.register_forward_hook(
-                lambda m, a, o, i=i: captured.__setitem__(i, o[0] if isinstance(o, tuple) else o)))
+                lambda m, a, o, i=i: keep(i, o[0] if isinstance(o, tuple) else o)))
     try:
         out = model(**batch, output_hidden_states=True)
     finally:
         for h in handles:
             h.remove()
-    return [h.float() for h in out.hidden_states], {i: t.float() for i, t in captured.items()}
+    return [h.float() for h in out.hidden_states], captured
 
 
 def measure(model, tokenizer, examples: list[dict], batch_size: int = 32) -> dict:

@@ -38,10 +38,13 @@ FAMILIES = {
     "Gemma2": _SANDWICH, "Gemma3Text": _SANDWICH, "Glm4": LayerLayout(attention_output="post_self_attn_layernorm"),
     "Phi3": LayerLayout(attention_output="resid_attn_dropout"), "Olmo2": _POST_NORM, "Olmo3": _POST_NORM,
     "Granite": _GRANITE, "GraniteMoe": _GRANITE, "GraniteMoeShared": _GRANITE,
+    # vision-language: the text decoder is a Qwen2/Qwen3 stack, whose causal attention spans text and image tokens
+    "Qwen2_5_VL": _PRE_NORM, "Qwen3VL": _PRE_NORM,
 }
 # The bare decoder stack and the models around it: the language-model head, and the task heads that peft
 # fine-tunes too (task_type SEQ_CLS, TOKEN_CLS, QUESTION_ANS) over the same stack, where transformers has them.
-HEADS = ("ForCausalLM", "Model", "ForSequenceClassification", "ForTokenClassification", "ForQuestionAnswering")
+HEADS = ("ForCausalLM", "Model", "ForSequenceClassification", "ForTokenClassification", "ForQuestionAnswering",
+         "ForConditionalGeneration", "TextModel")  # a vision-language model and its bare text decoder
 # Gemma 3's text-only language model is Gemma3ForCausalLM (Gemma3ForConditionalGeneration, its multimodal model,
 # is not a host: its decoder stack sits under a vision tower's wrapper).
 _RENAMED = {"Gemma3TextForCausalLM": "Gemma3ForCausalLM"}
@@ -129,8 +132,10 @@ def decoder_stack(model: nn.Module) -> nn.Module:
     """
     host, _ = _supported_host(model)
     # the decoder stack under any head (the stack itself for a bare *Model); transformers 4.x's Gemma3ForCausalLM
-    # keeps its stack in `model` but names its base model "language_model", so base_model is the head itself
-    for stack in (host.base_model, getattr(host, "model", None)):
+    # keeps its stack in `model` but names its base model "language_model", so base_model is the head itself; a
+    # vision-language model keeps its text decoder in `language_model`, beside the vision tower
+    outer = (host.base_model, getattr(host, "model", None))
+    for stack in (*outer, *(getattr(m, "language_model", None) for m in outer)):
         if isinstance(getattr(stack, "layers", None), nn.ModuleList):
             return stack
     raise TypeError(f"{type(host).__name__} has no decoder layer list to patch")

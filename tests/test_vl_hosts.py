@@ -1,0 +1,130 @@
+"""Vision-language hosts: Qwen2.5-VL and Qwen3-VL. Their text decoder is a Qwen2/Qwen3 stack under the vision
+tower's wrapper (``model.language_model``), whose causal attention spans text and image tokens alike, so TALAN's
+memory takes in the image tokens as it takes in any other. With an image in a left-padded prompt: every site is
+exact at init and after unpatch, generates (dynamic and static cache) as it recomputes, writes exactly the block's
+output into the stream, trains with peft LoRA on the language model, and saves and reloads."""
+
+import inspect
+
+import pytest
+import torch
+import transformers
+from conftest import VOCAB, assert_same_generation, greedy_kwargs, open_gates, tiny_config
+from peft import LoraConfig, get_peft_model
+
+import talan
+from talan.analyze import _forward, _site_module
+from talan.hosts import decoder_stack, layer_layout
+from talan.patching import is_patched, talan_blocks
+
+FAMILIES = ["Qwen2_5_VL", "Qwen3VL"]
+IMAGE, VISION_START, VISION_END = 5, 3, 4  # token ids inside the tiny vocabulary
+VISION = {  # one vision block, 4x4-pixel patches merged 2x2 into the text width
+    "Qwen2_5_VL": dict(window_size=8, fullatt_block_indexes=[0]),
+    "Qwen3VL": dict(num_position_embeddings=16, deepstack_visual_indexes=[0]),  # deepstack adds to layer 0's output
+}
+
+
+def tiny_vl(family: str, head: str = "ForConditionalGeneration", train: bool = False):
+    """A seeded tiny vision-language model: a 3-layer text decoder (d=64, multimodal RoPE) and a 1-block vision
+    tower, eager attention, random weights."""
+    text = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+                num_key_value_heads=2, head_dim=16, rope_theta=10000.0,
+                rope_scaling={"rope_type": "default", "mrope_section": [2, 3, 3]},  # 4.57's key; 5.x converts it
+                pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    vision = dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, patch_size=4,
+                  spatial_merge_size=2, temporal_patch_size=2, **VISION[family])
+    config = getattr(transformers, f"{family}Config")(text_config=text, vision_config=vision, image_token_id=IMAGE,
+                                                      video_token_id=6, vision_start_token_id=VISION_START,
+                                                      vision_end_token_id=VISION_END)
+    config._attn_implementation = config.text_config._attn_implementation = "eager"
+    torch.manual_seed(0)
+    model = getattr(transformers, family + head)(config.text_config if head == "TextModel" else config)
+    return model.train() if train else model.eval()
+
+
+def image_prompt(family: str, seed: int = 3) -> dict:
+    """Two rows, each with one 4x4-patch image (4 image tokens after merging) between text tokens; the first row
+    left-padded by 2 tokens."""
+    image = [VISION_START, *[IMAGE] * 4, VISION_END]
+    ids = torch.tensor([[0, 0, 7, *image, 9, 10], [8, 9, 7, *image, 11, 12]])
+    mask = torch.ones_like(ids)
+    mask[0, :2] = 0
+    pixels = torch.randn(2 * 16, 3 * 2 * 4 * 4, generator=torch.Generator().manual_seed(seed))
+    inputs = dict(input_ids=ids, attention_mask=mask, pixel_values=pixels, image_grid_thw=torch.tensor([[1, 4, 4]] * 2))
+    if "mm_token_type_ids" in inspect.signature(getattr(transformers, f"{family}Model").forward).parameters:
+        inputs["mm_token_type_ids"] = (ids == IMAGE).int()  # transformers 5.x's Qwen3-VL computes M-RoPE from it
+    return inputs
+
+
+def _logits(model, inputs):
+    with torch.no_grad():
+        return model(**inputs).logits
+
+
+@pytest.mark.parametrize("site", ["pre", "mid", "post"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_vl_host_patches_exactly_and_generates_as_it_recomputes(family, site):
+    model, inputs = tiny_vl(family), image_prompt(family)
+    unpatched = _logits(model, inputs)
+    talan.patch(model, tiny_config(site=site, layer=(0, 1)))
+    assert torch.equal(_logits(model, inputs), unpatched)  # identity at initialisation
+    open_gates(model)
+    assert not torch.allclose(_logits(model, inputs), unpatched, atol=1e-4)
+    kwargs = greedy_kwargs(inputs["attention_mask"])
+    prompt = {k: v for k, v in inputs.items() if k != "attention_mask"}
+    recomputed = model.generate(**prompt, use_cache=False, **kwargs)
+    for cache in ("dynamic", "static"):
+        assert_same_generation(model.generate(**prompt, cache_implementation=cache, **kwargs), recomputed)
+    talan.unpatch(model)
+    assert torch.equal(_logits(model, inputs), unpatched)
+
+
+@pytest.mark.parametrize("site", ["pre", "mid", "post"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_vl_sites_write_the_block_output_where_analyze_reads_the_stream(family, site):
+    model, inputs = tiny_vl(family), image_prompt(family)
+    open_gates(talan.patch(model, tiny_config(site=site, layer=0)))
+    probe = {0: _site_module(decoder_stack(model).layers[0], site, layer_layout(model))}
+    with talan.disabled(model):
+        stream = _forward(model, inputs, probe)[1][0]
+    written = _forward(model, inputs, probe)[1][0]
+    with torch.no_grad():
+        expected, _ = talan_blocks(model)[0](stream, inputs["attention_mask"].bool(), None, None)
+    assert not torch.allclose(expected, stream, atol=1e-2)
+    torch.testing.assert_close(written, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_vl_host_trains_with_lora_on_the_language_model_and_reloads(family, tmp_path):
+    model = get_peft_model(tiny_vl(family, train=True),  # the text decoder's attention; the vision tower stays frozen
+                           LoraConfig(r=4, lora_alpha=8, target_modules=r".*language_model.*\.(q|k|v|o)_proj",
+                                      init_lora_weights=False))
+    open_gates(talan.patch(model, tiny_config(layer=(0, 1))), 0.5)
+    inputs = image_prompt(family)
+    loss = model(**inputs, labels=inputs["input_ids"].masked_fill(inputs["input_ids"] == IMAGE, -100)).loss
+    loss.backward()
+    assert torch.isfinite(loss)
+    talan_grads = [p.grad for p in talan.talan_parameters(model)]
+    lora_grads = [p.grad for name, p in model.named_parameters() if "lora_" in name]
+    assert lora_grads and all(g is not None and torch.isfinite(g).all() for g in talan_grads + lora_grads)
+    assert any(g.abs().sum() > 0 for g in talan_grads) and any(g.abs().sum() > 0 for g in lora_grads)
+
+    model.eval()
+    talan.save_pretrained(model, tmp_path)
+    expected = _logits(model, inputs)
+    with model.disable_adapter():  # the adapter off: the same backbone, with TALAN's trained blocks
+        without_adapter = _logits(model, inputs)
+    reloaded = talan.load_pretrained(tiny_vl(family), tmp_path)
+    torch.testing.assert_close(_logits(reloaded, inputs), without_adapter, rtol=0, atol=0)
+    assert not torch.allclose(without_adapter, expected, atol=1e-5)  # the adapter mattered too
+
+
+@pytest.mark.parametrize("head", ["Model", "TextModel"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_bare_vl_models_and_their_text_decoders_are_hosts(family, head):
+    model = tiny_vl(family, head)
+    stack = decoder_stack(model)
+    assert stack is (model if head == "TextModel" else model.language_model)
+    talan.patch(model, tiny_config(layer=1))
+    assert hasattr(stack.layers[1], "talan") and is_patched(model)
