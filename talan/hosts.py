@@ -45,11 +45,12 @@ FAMILIES = {
 # fine-tunes too (task_type SEQ_CLS, TOKEN_CLS, QUESTION_ANS) over the same stack, where transformers has them.
 HEADS = ("ForCausalLM", "Model", "ForSequenceClassification", "ForTokenClassification", "ForQuestionAnswering",
          "ForConditionalGeneration", "TextModel")  # a vision-language model and its bare text decoder
-# Gemma 3's text-only language model is Gemma3ForCausalLM (Gemma3ForConditionalGeneration, its multimodal model,
-# is not a host: its decoder stack sits under a vision tower's wrapper).
-_RENAMED = {"Gemma3TextForCausalLM": "Gemma3ForCausalLM"}
-# transformers class name -> family, for every family and head (a head transformers lacks never matches)
-_CLASS_FAMILIES = {_RENAMED.get(family + head, family + head): family for family in FAMILIES for head in HEADS}
+# transformers class name -> family, for every family and head (a head transformers lacks never matches), and Gemma
+# 3's classes named otherwise: its text-only language model, and the vision-language model (Gemma 3 from 4B on),
+# whose text decoder is the same stack, its image tokens attending to each other both ways
+_CLASS_FAMILIES = {family + head: family for family in FAMILIES for head in HEADS} | {
+    name: "Gemma3Text" for name in ("Gemma3ForCausalLM", "Gemma3ForConditionalGeneration", "Gemma3Model",
+                                    "Gemma3ForSequenceClassification")}
 
 
 def family_names() -> str:

@@ -52,13 +52,17 @@ class _ForwardInputs:
     resets_cache: dict
 
 
+# transformers opens a padding query's fully masked sdpa row to every key on torch < 2.5 (sdpa returned NaN for such
+# rows there), so that a padding query attends to itself too
+_OPENED_PADDING_ROWS = tuple(int(part) for part in torch.__version__.split(".")[:2]) < (2, 5)
+
+
 def _active_from_mask_dict(masks: dict, past_len: int) -> torch.Tensor | None:
     """``[B, Q]`` True for the real (not padding) tokens of this forward, read off the per-layer-type
     ``[B, 1, Q, KV]`` masks that ``generate`` builds from the 2-D mask before the model runs (with a
-    static cache). Query ``i`` sits at key position ``past_len + i``; it is a real token iff it may
-    attend to itself (padding keys are masked for every query) and to no later position. The second
-    condition matters on torch < 2.5, where transformers opens a padding query's fully masked row to
-    every key (sdpa returned NaN for such rows there). ``None``: no masking, all real."""
+    static cache), or that a vision-language model builds for its text decoder (Gemma 3: image tokens attend to
+    each other both ways). Query ``i`` sits at key position ``past_len + i``; it is a real token iff it may
+    attend to itself (padding keys are masked for every query). ``None``: no masking, all real."""
     tensors = [m for m in masks.values() if m is not None]
     mask = masks.get("full_attention", tensors[0] if tensors else None)
     if mask is None:
@@ -70,19 +74,23 @@ def _active_from_mask_dict(masks: dict, past_len: int) -> torch.Tensor | None:
     return _active_from_4d_mask(mask, past_len)
 
 
-def _active_from_4d_mask(mask: torch.Tensor, past_len: int) -> torch.Tensor:
+def _active_from_4d_mask(mask: torch.Tensor, past_len: int, opened_rows: bool = _OPENED_PADDING_ROWS) -> torch.Tensor:
     """``_active_from_mask_dict`` for one ``[B, 1, Q, KV]`` mask (boolean, or additive with 0 = attend).
     Its key columns start at absolute position 0 (a full static layer, which may have empty slots after the
     queries) or, when fewer than ``past_len + Q``, end at the last query: a sliding-window static layer's mask
-    covers only its window (``get_mask_sizes``: offset ``past_len - window + 1``, length ``window - 1 + Q``)."""
+    covers only its window (``get_mask_sizes``: offset ``past_len - window + 1``, length ``window - 1 + Q``).
+    With ``opened_rows`` (torch < 2.5) a query that attends to every key and has a later one is padding: a real
+    token attends to no later key, except inside a two-way image block, which then must not reach the last key."""
     q, kv = mask.shape[2], mask.shape[3]
     if q > kv:
         raise ValueError(f"attention mask of shape {tuple(mask.shape)} has {kv} key positions for {q} new tokens")
     offset = max(past_len + q - kv, 0)  # the absolute position of key column 0
     allowed = mask[:, 0] if mask.dtype == torch.bool else mask[:, 0] == 0  # [B, Q, KV]; additive: 0 = attend
     own = past_len - offset + torch.arange(q, device=mask.device)  # each query's own key column
-    later = torch.arange(kv, device=mask.device)[None, :] > own[:, None]  # [Q, KV]
-    return allowed[:, torch.arange(q, device=mask.device), own] & ~(allowed & later).any(-1)
+    real = allowed[:, torch.arange(q, device=mask.device), own]
+    if opened_rows:
+        real &= ~(allowed.all(-1) & (own < kv - 1))
+    return real
 
 
 class _Patch:

@@ -1,6 +1,7 @@
-"""Vision-language hosts: Qwen2.5-VL and Qwen3-VL. Their text decoder is a Qwen2/Qwen3 stack under the vision
-tower's wrapper (``model.language_model``), whose causal attention spans text and image tokens alike, so TALAN's
-memory takes in the image tokens as it takes in any other. With an image in a left-padded prompt: every site is
+"""Vision-language hosts: Qwen2.5-VL, Qwen3-VL and Gemma 3 (4B on). Their text decoder is a Qwen2/Qwen3/Gemma 3
+stack under the vision tower's wrapper (``model.language_model``); its attention spans text and image tokens alike
+(Gemma 3's image tokens attend to each other both ways), so TALAN's memory takes in the image tokens as it takes in
+any other. With an image in a left-padded prompt: every site is
 exact at init and after unpatch, generates (dynamic and static cache) as it recomputes, writes exactly the block's
 output into the stream, trains with peft LoRA on the language model, and saves and reloads."""
 
@@ -17,26 +18,36 @@ from talan.analyze import _forward, _site_module
 from talan.hosts import decoder_stack, layer_layout
 from talan.patching import is_patched, talan_blocks
 
-FAMILIES = ["Qwen2_5_VL", "Qwen3VL"]
+FAMILIES = ["Qwen2_5_VL", "Qwen3VL", "Gemma3"]
 IMAGE, VISION_START, VISION_END = 5, 3, 4  # token ids inside the tiny vocabulary
+TEXT = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+            num_key_value_heads=2, head_dim=16, pad_token_id=0, bos_token_id=1, eos_token_id=2)
 VISION = {  # one vision block, 4x4-pixel patches merged 2x2 into the text width
     "Qwen2_5_VL": dict(window_size=8, fullatt_block_indexes=[0]),
     "Qwen3VL": dict(num_position_embeddings=16, deepstack_visual_indexes=[0]),  # deepstack adds to layer 0's output
 }
 
 
-def tiny_vl(family: str, head: str = "ForConditionalGeneration", train: bool = False):
-    """A seeded tiny vision-language model: a 3-layer text decoder (d=64, multimodal RoPE) and a 1-block vision
-    tower, eager attention, random weights."""
-    text = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
-                num_key_value_heads=2, head_dim=16, rope_theta=10000.0,
-                rope_scaling={"rope_type": "default", "mrope_section": [2, 3, 3]},  # 4.57's key; 5.x converts it
-                pad_token_id=0, bos_token_id=1, eos_token_id=2)
+def _config(family: str):
+    if family == "Gemma3":  # a 1-layer SigLIP on 16x16 pixels in 4x4 patches, pooled to 4 image tokens
+        vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=16,
+                      patch_size=4)
+        return transformers.Gemma3Config(text_config=TEXT, vision_config=vision, mm_tokens_per_image=4,
+                                         image_token_index=IMAGE, boi_token_index=VISION_START,
+                                         eoi_token_index=VISION_END)
+    text = dict(TEXT, rope_theta=10000.0,  # multimodal RoPE; rope_scaling is 4.57's key, 5.x converts it
+                rope_scaling={"rope_type": "default", "mrope_section": [2, 3, 3]})
     vision = dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, patch_size=4,
                   spatial_merge_size=2, temporal_patch_size=2, **VISION[family])
-    config = getattr(transformers, f"{family}Config")(text_config=text, vision_config=vision, image_token_id=IMAGE,
-                                                      video_token_id=6, vision_start_token_id=VISION_START,
-                                                      vision_end_token_id=VISION_END)
+    return getattr(transformers, f"{family}Config")(text_config=text, vision_config=vision, image_token_id=IMAGE,
+                                                    video_token_id=6, vision_start_token_id=VISION_START,
+                                                    vision_end_token_id=VISION_END)
+
+
+def tiny_vl(family: str, head: str = "ForConditionalGeneration", train: bool = False):
+    """A seeded tiny vision-language model: a 3-layer text decoder (d=64) and a 1-block vision tower, eager
+    attention, random weights (``head="TextModel"``: the bare text decoder alone)."""
+    config = _config(family)
     config._attn_implementation = config.text_config._attn_implementation = "eager"
     torch.manual_seed(0)
     model = getattr(transformers, family + head)(config.text_config if head == "TextModel" else config)
@@ -44,13 +55,16 @@ def tiny_vl(family: str, head: str = "ForConditionalGeneration", train: bool = F
 
 
 def image_prompt(family: str, seed: int = 3) -> dict:
-    """Two rows, each with one 4x4-patch image (4 image tokens after merging) between text tokens; the first row
-    left-padded by 2 tokens."""
+    """Two rows, each with one image (4 image tokens) between text tokens; the first row left-padded by 2 tokens."""
     image = [VISION_START, *[IMAGE] * 4, VISION_END]
     ids = torch.tensor([[0, 0, 7, *image, 9, 10], [8, 9, 7, *image, 11, 12]])
     mask = torch.ones_like(ids)
     mask[0, :2] = 0
-    pixels = torch.randn(2 * 16, 3 * 2 * 4 * 4, generator=torch.Generator().manual_seed(seed))
+    generator = torch.Generator().manual_seed(seed)
+    if family == "Gemma3":  # token_type_ids mark the image tokens, which attend to each other both ways
+        return dict(input_ids=ids, attention_mask=mask, pixel_values=torch.randn(2, 3, 16, 16, generator=generator),
+                    token_type_ids=(ids == IMAGE).long())
+    pixels = torch.randn(2 * 16, 3 * 2 * 4 * 4, generator=generator)  # 4x4 patches, merged 2x2
     inputs = dict(input_ids=ids, attention_mask=mask, pixel_values=pixels, image_grid_thw=torch.tensor([[1, 4, 4]] * 2))
     if "mm_token_type_ids" in inspect.signature(getattr(transformers, f"{family}Model").forward).parameters:
         inputs["mm_token_type_ids"] = (ids == IMAGE).int()  # transformers 5.x's Qwen3-VL computes M-RoPE from it
