@@ -84,6 +84,14 @@ def assert_same_generation(got, expected, tol: float = 1e-5) -> None:
         torch.testing.assert_close(a, b, rtol=tol, atol=tol)
 
 
+def assert_talan_and_lora_gradients(model) -> None:
+    """After a backward: every TALAN and LoRA parameter has a finite gradient, and some of each are non-zero."""
+    talan_grads = [p.grad for p in talan.talan_parameters(model)]
+    lora_grads = [p.grad for name, p in model.named_parameters() if "lora_" in name]
+    assert lora_grads and all(g is not None and torch.isfinite(g).all() for g in talan_grads + lora_grads)
+    assert any(g.abs().sum() > 0 for g in talan_grads) and any(g.abs().sum() > 0 for g in lora_grads)
+
+
 def assert_same_loss_and_grads(reference, checkpointed):
     """Two ``(loss, {name: grad})`` of a peft + TALAN model agree to fp32 round-off, and TALAN contributed."""
     (loss0, grads0), (loss1, grads1) = reference, checkpointed

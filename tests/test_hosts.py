@@ -1,7 +1,8 @@
-"""The hosts beyond the paper's Qwen3 and Llama: Qwen3-MoE, Qwen2 (Qwen2.5), Mistral, Mixtral, Gemma, SmolLM3 share
-their decoder layer; Gemma 2/3 and GLM-4 norm the attention output before it joins the residual, Phi-3 drops it out.
-Every site patches exactly, generates (dynamic and static cache) as it recomputes, unpatches exactly and trains
-with peft, and the mid site writes exactly between attention and MLP."""
+"""The text hosts beyond the paper's Qwen3 and Llama (talan.hosts.FAMILIES): Qwen3-MoE, Qwen2 (Qwen2.5), Mistral,
+Ministral, Mixtral, Gemma, SmolLM3, StarCoder2 share their decoder layer; Gemma 2/3 and GLM-4 norm the attention
+output before it joins the residual, OLMo 2/3 too with no norm before attention, Phi-3 drops it out and Granite
+scales it. Every site patches exactly, generates (dynamic and static cache) as it recomputes, unpatches exactly,
+writes exactly the block's output into the stream, and trains with peft."""
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ from conftest import (
     _build,
     assert_same_generation,
     assert_same_loss_and_grads,
+    assert_talan_and_lora_gradients,
     greedy_kwargs,
     left_padded_prompt,
     open_gates,
@@ -124,10 +126,7 @@ def test_host_trains_talan_and_lora_together(family):
     loss = model(**batch, labels=batch["input_ids"], **extra).loss
     loss.backward()
     assert torch.isfinite(loss)
-    talan_grads = [p.grad for p in talan.talan_parameters(model)]
-    lora_grads = [p.grad for name, p in model.named_parameters() if "lora_" in name]
-    assert lora_grads and all(g is not None and torch.isfinite(g).all() for g in talan_grads + lora_grads)
-    assert any(g.abs().sum() > 0 for g in talan_grads) and any(g.abs().sum() > 0 for g in lora_grads)
+    assert_talan_and_lora_gradients(model)
 
 
 def _two_batches_loss_and_grads(family: str, checkpointing: bool):

@@ -10,7 +10,14 @@ import inspect
 import pytest
 import torch
 import transformers
-from conftest import VOCAB, assert_same_generation, greedy_kwargs, open_gates, tiny_config
+from conftest import (
+    VOCAB,
+    assert_same_generation,
+    assert_talan_and_lora_gradients,
+    greedy_kwargs,
+    open_gates,
+    tiny_config,
+)
 from peft import LoraConfig, get_peft_model
 
 import talan
@@ -119,10 +126,7 @@ def test_vl_host_trains_with_lora_on_the_language_model_and_reloads(family, tmp_
     loss = model(**inputs, labels=inputs["input_ids"].masked_fill(inputs["input_ids"] == IMAGE, -100)).loss
     loss.backward()
     assert torch.isfinite(loss)
-    talan_grads = [p.grad for p in talan.talan_parameters(model)]
-    lora_grads = [p.grad for name, p in model.named_parameters() if "lora_" in name]
-    assert lora_grads and all(g is not None and torch.isfinite(g).all() for g in talan_grads + lora_grads)
-    assert any(g.abs().sum() > 0 for g in talan_grads) and any(g.abs().sum() > 0 for g in lora_grads)
+    assert_talan_and_lora_gradients(model)
 
     model.eval()
     talan.save_pretrained(model, tmp_path)
