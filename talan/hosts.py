@@ -58,12 +58,30 @@ def family_names() -> str:
     return ", ".join(family.removesuffix("Text") for family in FAMILIES)  # Gemma3Text: Gemma3ForCausalLM
 
 
-def _host_family(host: nn.Module) -> str | None:
-    """The family of a transformers model class (or of a subclass of one), by name, without importing every
-    family's modeling module; None for anything else (remote code included)."""
-    for cls in type(host).__mro__:
-        if cls.__module__.startswith("transformers.") and cls.__name__ in _CLASS_FAMILIES:
-            return _CLASS_FAMILIES[cls.__name__]
+# Vision-language wrappers around a text decoder that transformers builds from their text config (AutoModel), with
+# causal attention over image tokens: that decoder's own family says how to patch it (LLaVA over Llama or Gemma 2,
+# Mistral 3 over Mistral).
+_VL_WRAPPERS = {name: None for name in ("LlavaForConditionalGeneration", "LlavaModel",
+                                        "Mistral3ForConditionalGeneration", "Mistral3Model")}
+
+
+def _transformers_class(module: nn.Module, names: dict) -> str | None:
+    """The value in ``names`` for the transformers class of ``module`` (or of a class it derives from), matched by
+    name without importing every family's modeling module; None for anything else (remote code included)."""
+    for cls in type(module).__mro__:
+        if cls.__module__.startswith("transformers.") and cls.__name__ in names:
+            return names[cls.__name__] or cls.__name__
+    return None
+
+
+def _find_stack(host: nn.Module) -> nn.Module | None:
+    """The module that owns the decoder ``layers`` under any head (the host itself for a bare *Model).
+    transformers 4.x's Gemma3ForCausalLM keeps its stack in ``model`` but names its base model "language_model", so
+    base_model is the head itself; a vision-language model keeps its text decoder in ``language_model``."""
+    outer = (host.base_model, getattr(host, "model", None))
+    for stack in (*outer, *(getattr(m, "language_model", None) for m in outer)):
+        if isinstance(getattr(stack, "layers", None), nn.ModuleList):
+            return stack
     return None
 
 
@@ -114,16 +132,24 @@ def prefix_cache_lengths(peft_configs: list[dict]) -> frozenset[int]:
                      if str(getattr(cfg.peft_type, "value", cfg.peft_type)) in _PREFIX_CACHE_PEFT_TYPES)
 
 
-def _supported_host(model: nn.Module) -> tuple[nn.Module, str]:
-    """The transformers model inside ``model``'s wrappers and its family; ``TypeError`` naming the class for an
-    unsupported one."""
+def _supported_stack(model: nn.Module) -> tuple[nn.Module, str]:
+    """The decoder stack of the transformers model inside ``model``'s wrappers and its family; ``TypeError`` naming
+    the class for an unsupported one."""
     host = unwrap_host(model)
-    family = _host_family(host)
+    family = _transformers_class(host, _CLASS_FAMILIES)
+    wrapper = family is None and _transformers_class(host, _VL_WRAPPERS) is not None
+    stack = _find_stack(host) if family is not None or wrapper else None
+    if wrapper and stack is not None:
+        family = _transformers_class(stack, _CLASS_FAMILIES)
     if family is None:
+        inside = f" over a {type(stack).__name__}" if wrapper and stack is not None else ""
         raise TypeError(f"talan supports the {family_names()} models ({', '.join('*' + h for h in HEADS)}; "
-                        f"plain, or wrapped by peft, torch.compile or DDP); got {type(model).__name__}"
-                        + (f" wrapping {type(host).__name__}" if host is not model else ""))
-    return host, family
+                        "LLaVA and Mistral 3 over one of them; plain, or wrapped by peft, torch.compile or DDP); got "
+                        f"{type(model).__name__}" + (f" wrapping {type(host).__name__}" if host is not model else "")
+                        + inside)
+    if stack is None:
+        raise TypeError(f"{type(host).__name__} has no decoder layer list to patch")
+    return stack, family
 
 
 def decoder_stack(model: nn.Module) -> nn.Module:
@@ -131,20 +157,12 @@ def decoder_stack(model: nn.Module) -> nn.Module:
 
     Raises ``TypeError`` for an unsupported model, naming its class.
     """
-    host, _ = _supported_host(model)
-    # the decoder stack under any head (the stack itself for a bare *Model); transformers 4.x's Gemma3ForCausalLM
-    # keeps its stack in `model` but names its base model "language_model", so base_model is the head itself; a
-    # vision-language model keeps its text decoder in `language_model`, beside the vision tower
-    outer = (host.base_model, getattr(host, "model", None))
-    for stack in (*outer, *(getattr(m, "language_model", None) for m in outer)):
-        if isinstance(getattr(stack, "layers", None), nn.ModuleList):
-            return stack
-    raise TypeError(f"{type(host).__name__} has no decoder layer list to patch")
+    return _supported_stack(model)[0]
 
 
 def layer_layout(model: nn.Module) -> LayerLayout:
     """The `LayerLayout` of a supported host's decoder layers (``TypeError`` for an unsupported model)."""
-    return FAMILIES[_supported_host(model)[1]]
+    return FAMILIES[_supported_stack(model)[1]]
 
 
 def load_local_checkpoint(path, flag: str = "--model", dtype=None, quantization_config=None):

@@ -1,7 +1,7 @@
-"""Vision-language hosts: Qwen2.5-VL, Qwen3-VL and Gemma 3 (4B on). Their text decoder is a Qwen2/Qwen3/Gemma 3
-stack under the vision tower's wrapper (``model.language_model``); its attention spans text and image tokens alike
-(Gemma 3's image tokens attend to each other both ways), so TALAN's memory takes in the image tokens as it takes in
-any other. With an image in a left-padded prompt: every site is
+"""Vision-language hosts: Qwen2.5-VL, Qwen3-VL, Gemma 3 (4B on), and LLaVA and Mistral 3 over any supported text
+decoder. Their text decoder sits beside the vision tower (``model.language_model``); its attention spans text and
+image tokens alike (Gemma 3's image tokens attend to each other both ways), so TALAN's memory takes in the image
+tokens as it takes in any other. With an image in a left-padded prompt: every site is
 exact at init and after unpatch, generates (dynamic and static cache) as it recomputes, writes exactly the block's
 output into the stream, trains with peft LoRA on the language model, and saves and reloads."""
 
@@ -25,28 +25,48 @@ from talan.analyze import _forward, _site_module
 from talan.hosts import decoder_stack, layer_layout
 from talan.patching import is_patched, talan_blocks
 
-FAMILIES = ["Qwen2_5_VL", "Qwen3VL", "Gemma3"]
+# The vision-language models with their own text decoder, then LLaVA (over Llama, and over Gemma 2: the decoder's
+# family sets the layout) and Mistral 3 (over Mistral), which build any text decoder from their text config.
+NATIVE = ["Qwen2_5_VL", "Qwen3VL", "Gemma3"]
+FAMILIES = [*NATIVE, "Llava", "Llava-gemma2", "Mistral3"]
 IMAGE, VISION_START, VISION_END = 5, 3, 4  # token ids inside the tiny vocabulary
 TEXT = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
             num_key_value_heads=2, head_dim=16, pad_token_id=0, bos_token_id=1, eos_token_id=2)
-VISION = {  # one vision block, 4x4-pixel patches merged 2x2 into the text width
-    "Qwen2_5_VL": dict(window_size=8, fullatt_block_indexes=[0]),
+# One vision block on 16x16 pixels in 4x4 patches; the number of image tokens per image the model makes of them.
+SMALL_VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=16,
+                    patch_size=4)
+VISION = {
+    "Qwen2_5_VL": dict(window_size=8, fullatt_block_indexes=[0]),  # patches merged 2x2: 4 tokens
     "Qwen3VL": dict(num_position_embeddings=16, deepstack_visual_indexes=[0]),  # deepstack adds to layer 0's output
+    "Gemma3": dict(SMALL_VISION),  # SigLIP, pooled to 4 tokens
+    "Llava": dict(SMALL_VISION, model_type="clip_vision_model"),  # every patch a token (CLS dropped): 16 tokens
+    "Mistral3": dict(SMALL_VISION, model_type="pixtral", head_dim=16),  # patches merged 2x2: 4 tokens
 }
+IMAGE_TOKENS = {"Llava": 16}
+
+
+def _class_prefix(family: str) -> str:
+    return family.split("-")[0]
 
 
 def _config(family: str):
-    if family == "Gemma3":  # a 1-layer SigLIP on 16x16 pixels in 4x4 patches, pooled to 4 image tokens
-        vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=16,
-                      patch_size=4)
+    prefix = _class_prefix(family)
+    vision = VISION[prefix]
+    if prefix == "Gemma3":
         return transformers.Gemma3Config(text_config=TEXT, vision_config=vision, mm_tokens_per_image=4,
                                          image_token_index=IMAGE, boi_token_index=VISION_START,
                                          eoi_token_index=VISION_END)
+    if prefix in ("Llava", "Mistral3"):  # the text decoder: Llama, Mistral, or the model type after the dash
+        decoder = family.split("-")[1] if "-" in family else "llama" if prefix == "Llava" else "mistral"
+        text = dict(TEXT, model_type=decoder)
+        extra = {"spatial_merge_size": 2} if prefix == "Mistral3" else {}
+        return getattr(transformers, f"{prefix}Config")(text_config=text, vision_config=vision, image_token_index=IMAGE,
+                                                        vision_feature_layer=-1, **extra)
     text = dict(TEXT, rope_theta=10000.0,  # multimodal RoPE; rope_scaling is 4.57's key, 5.x converts it
                 rope_scaling={"rope_type": "default", "mrope_section": [2, 3, 3]})
     vision = dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, patch_size=4,
-                  spatial_merge_size=2, temporal_patch_size=2, **VISION[family])
-    return getattr(transformers, f"{family}Config")(text_config=text, vision_config=vision, image_token_id=IMAGE,
+                  spatial_merge_size=2, temporal_patch_size=2, **vision)
+    return getattr(transformers, f"{prefix}Config")(text_config=text, vision_config=vision, image_token_id=IMAGE,
                                                     video_token_id=6, vision_start_token_id=VISION_START,
                                                     vision_end_token_id=VISION_END)
 
@@ -57,23 +77,29 @@ def tiny_vl(family: str, head: str = "ForConditionalGeneration", train: bool = F
     config = _config(family)
     config._attn_implementation = config.text_config._attn_implementation = "eager"
     torch.manual_seed(0)
-    model = getattr(transformers, family + head)(config.text_config if head == "TextModel" else config)
+    model = getattr(transformers, _class_prefix(family) + head)(config.text_config if head == "TextModel" else config)
     return model.train() if train else model.eval()
 
 
 def image_prompt(family: str, seed: int = 3) -> dict:
-    """Two rows, each with one image (4 image tokens) between text tokens; the first row left-padded by 2 tokens."""
-    image = [VISION_START, *[IMAGE] * 4, VISION_END]
+    """Two rows, each with one image between text tokens; the first row left-padded by 2 tokens."""
+    prefix = _class_prefix(family)
+    image = [VISION_START, *[IMAGE] * IMAGE_TOKENS.get(prefix, 4), VISION_END]
     ids = torch.tensor([[0, 0, 7, *image, 9, 10], [8, 9, 7, *image, 11, 12]])
     mask = torch.ones_like(ids)
     mask[0, :2] = 0
     generator = torch.Generator().manual_seed(seed)
-    if family == "Gemma3":  # token_type_ids mark the image tokens, which attend to each other both ways
-        return dict(input_ids=ids, attention_mask=mask, pixel_values=torch.randn(2, 3, 16, 16, generator=generator),
-                    token_type_ids=(ids == IMAGE).long())
-    pixels = torch.randn(2 * 16, 3 * 2 * 4 * 4, generator=generator)  # 4x4 patches, merged 2x2
-    inputs = dict(input_ids=ids, attention_mask=mask, pixel_values=pixels, image_grid_thw=torch.tensor([[1, 4, 4]] * 2))
-    if "mm_token_type_ids" in inspect.signature(getattr(transformers, f"{family}Model").forward).parameters:
+    inputs = dict(input_ids=ids, attention_mask=mask)
+    if prefix in ("Gemma3", "Llava", "Mistral3"):
+        inputs["pixel_values"] = torch.randn(2, 3, 16, 16, generator=generator)
+    if prefix == "Gemma3":  # token_type_ids mark the image tokens, which attend to each other both ways
+        inputs["token_type_ids"] = (ids == IMAGE).long()
+    if prefix == "Mistral3":
+        inputs["image_sizes"] = torch.tensor([[16, 16]] * 2)
+    if prefix in ("Qwen2_5_VL", "Qwen3VL"):  # 4x4 patches (2 frames each), merged 2x2
+        inputs["pixel_values"] = torch.randn(2 * 16, 3 * 2 * 4 * 4, generator=generator)
+        inputs["image_grid_thw"] = torch.tensor([[1, 4, 4]] * 2)
+    if "mm_token_type_ids" in inspect.signature(getattr(transformers, f"{prefix}Model").forward).parameters:
         inputs["mm_token_type_ids"] = (ids == IMAGE).int()  # transformers 5.x's Qwen3-VL computes M-RoPE from it
     return inputs
 
@@ -138,11 +164,22 @@ def test_vl_host_trains_with_lora_on_the_language_model_and_reloads(family, tmp_
     assert not torch.allclose(without_adapter, expected, atol=1e-5)  # the adapter mattered too
 
 
-@pytest.mark.parametrize("head", ["Model", "TextModel"])
-@pytest.mark.parametrize("family", FAMILIES)
+BARE = [(f, head) for f in NATIVE for head in ("Model", "TextModel")] + [(f, "Model") for f in ("Llava", "Mistral3")]
+
+
+@pytest.mark.parametrize("family,head", BARE, ids=[f + h for f, h in BARE])
 def test_bare_vl_models_and_their_text_decoders_are_hosts(family, head):
     model = tiny_vl(family, head)
     stack = decoder_stack(model)
     assert stack is (model if head == "TextModel" else model.language_model)
     talan.patch(model, tiny_config(layer=1))
     assert hasattr(stack.layers[1], "talan") and is_patched(model)
+
+
+def test_a_llava_over_an_unsupported_text_decoder_is_refused_by_name():
+    config = transformers.LlavaConfig(text_config=dict(TEXT, model_type="phi"), vision_config=VISION["Llava"],
+                                      image_token_index=IMAGE)
+    model = transformers.LlavaForConditionalGeneration(config)
+    with pytest.raises(TypeError, match="LlavaForConditionalGeneration over a PhiModel"):
+        talan.patch(model, tiny_config())
+    assert not any("talan" in name for name, _ in model.named_modules())  # left unchanged
