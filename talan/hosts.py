@@ -38,6 +38,7 @@ FAMILIES = {
     "Gemma2": _SANDWICH, "Gemma3Text": _SANDWICH, "Glm4": LayerLayout(attention_output="post_self_attn_layernorm"),
     "Phi3": LayerLayout(attention_output="resid_attn_dropout"), "Olmo2": _POST_NORM, "Olmo3": _POST_NORM,
     "Granite": _GRANITE, "GraniteMoe": _GRANITE, "GraniteMoeShared": _GRANITE,
+    "GptOss": _PRE_NORM, "DeepseekV3": _PRE_NORM, "Glm4Moe": _PRE_NORM,  # mixtures of experts; MLA in DeepSeek-V3
     # vision-language: the text decoder is a Qwen2/Qwen3 stack, whose causal attention spans text and image tokens
     "Qwen2_5_VL": _PRE_NORM, "Qwen3VL": _PRE_NORM,
 }

@@ -1,8 +1,9 @@
 """The text hosts beyond the paper's Qwen3 and Llama (talan.hosts.FAMILIES): Qwen3-MoE, Qwen2 (Qwen2.5), Mistral,
-Ministral, Mixtral, Gemma, SmolLM3, StarCoder2 share their decoder layer; Gemma 2/3 and GLM-4 norm the attention
-output before it joins the residual, OLMo 2/3 too with no norm before attention, Phi-3 drops it out and Granite
-scales it. Every site patches exactly, generates (dynamic and static cache) as it recomputes, unpatches exactly,
-writes exactly the block's output into the stream, and trains with peft."""
+Ministral, Mixtral, Gemma, SmolLM3, StarCoder2, and the mixtures of experts gpt-oss, DeepSeek-V3 and GLM-4.5
+(Glm4Moe) share their decoder layer; Gemma 2/3 and GLM-4 norm the attention output before it joins the residual,
+OLMo 2/3 too with no norm before attention, Phi-3 drops it out and Granite scales it. Every site patches exactly,
+generates (dynamic and static cache) as it recomputes, unpatches exactly, writes exactly the block's output into
+the stream, and trains with peft."""
 
 import pytest
 import torch
@@ -37,10 +38,19 @@ FAMILY_CONFIG = {
     "GraniteMoe": dict(residual_multiplier=0.22, num_local_experts=4, num_experts_per_tok=2),
     "GraniteMoeShared": dict(residual_multiplier=0.22, num_local_experts=4, num_experts_per_tok=2,
                              shared_intermediate_size=32),
+    "GptOss": dict(num_local_experts=4, num_experts_per_tok=2, sliding_window=4),  # sliding and full layers
+    # multi-head latent attention: keys of 16 + 16 (no rope + rope) dims, values as wide (a static cache in 4.57
+    # holds keys and values of one width); the first layer dense, then 4 routed experts
+    "DeepseekV3": dict(num_key_value_heads=4, kv_lora_rank=16, q_lora_rank=32, qk_rope_head_dim=16,
+                       qk_nope_head_dim=16, v_head_dim=32, n_routed_experts=4, num_experts_per_tok=2, n_group=1,
+                       topk_group=1, first_k_dense_replace=1, moe_intermediate_size=32),
+    "Glm4Moe": dict(n_routed_experts=4, num_experts_per_tok=2, n_group=1, topk_group=1, first_k_dense_replace=1,
+                    moe_intermediate_size=32),
 }
-MOE_FAMILIES = ("Qwen3Moe", "Mixtral", "GraniteMoe", "GraniteMoeShared")
+MOE_FAMILIES = ("Qwen3Moe", "Mixtral", "GraniteMoe", "GraniteMoeShared", "GptOss")  # with a router loss
 FAMILIES = ["Qwen3Moe", "Qwen2", "Mistral", "Ministral", "Mixtral", "Gemma", "Gemma2", "Gemma3Text", "Phi3", "SmolLM3",
-            "Glm4", "Starcoder2", "Olmo2", "Olmo3", "Granite", "GraniteMoe", "GraniteMoeShared"]
+            "Glm4", "Starcoder2", "Olmo2", "Olmo3", "Granite", "GraniteMoe", "GraniteMoeShared", "GptOss", "DeepseekV3",
+            "Glm4Moe"]
 
 
 def tiny_host(family: str, head: str = "ForCausalLM", seed: int = 0, train: bool = False, **overrides):
