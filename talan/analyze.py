@@ -118,7 +118,7 @@ def _forward(model, batch, layers: dict) -> tuple[list[torch.Tensor], dict[int, 
     captured, handles = {}, []
 
     def keep(i, t):  # a copy: the stack may write into the tensor later (Qwen3-VL adds image features in place)
-        captured[i] = t.float().clone()
+        captured[i] = t.to(torch.float32, copy=True)
 
     for i, (module, kind) in layers.items():  # i: a TALAN layer index, or "last"
         if kind == "input":
