@@ -40,7 +40,7 @@ FAMILIES = {
     "Granite": _GRANITE, "GraniteMoe": _GRANITE, "GraniteMoeShared": _GRANITE,
     "GptOss": _PRE_NORM, "DeepseekV3": _PRE_NORM, "Glm4Moe": _PRE_NORM,  # mixtures of experts; MLA in DeepSeek-V3
     # vision-language: the text decoder is a Qwen2/Qwen3 stack, whose causal attention spans text and image tokens
-    "Qwen2_5_VL": _PRE_NORM, "Qwen3VL": _PRE_NORM,
+    "Qwen2VL": _PRE_NORM, "Qwen2_5_VL": _PRE_NORM, "Qwen3VL": _PRE_NORM, "Qwen3VLMoe": _PRE_NORM,
 }
 # The bare decoder stack and the models around it: the language-model head, and the task heads that peft
 # fine-tunes too (task_type SEQ_CLS, TOKEN_CLS, QUESTION_ANS) over the same stack, where transformers has them.

@@ -1,7 +1,7 @@
-"""Vision-language hosts: Qwen2.5-VL, Qwen3-VL, Gemma 3 (4B on), and LLaVA and Mistral 3 over any supported text
-decoder. Their text decoder sits beside the vision tower (``model.language_model``); its attention spans text and
-image tokens alike (Gemma 3's image tokens attend to each other both ways), so TALAN's memory takes in the image
-tokens as it takes in any other. With an image in a left-padded prompt: every site is
+"""Vision-language hosts: Qwen2-VL, Qwen2.5-VL, Qwen3-VL (and its MoE), Gemma 3 (4B on), and LLaVA and Mistral 3
+over any supported text decoder. Their text decoder sits beside the vision tower (``model.language_model``); its
+attention spans text and image tokens alike (Gemma 3's image tokens attend to each other both ways), so TALAN's
+memory takes in the image tokens as it takes in any other. With an image in a left-padded prompt: every site is
 exact at init and after unpatch, generates (dynamic and static cache) as it recomputes, writes exactly the block's
 output into the stream, trains with peft LoRA on the language model, and saves and reloads."""
 
@@ -27,7 +27,8 @@ from talan.patching import is_patched, talan_blocks
 
 # The vision-language models with their own text decoder, then LLaVA (over Llama, and over Gemma 2: the decoder's
 # family sets the layout) and Mistral 3 (over Mistral), which build any text decoder from their text config.
-NATIVE = ["Qwen2_5_VL", "Qwen3VL", "Gemma3"]
+NATIVE = ["Qwen2VL", "Qwen2_5_VL", "Qwen3VL", "Qwen3VLMoe", "Gemma3"]
+QWEN_VL = ("Qwen2VL", "Qwen2_5_VL", "Qwen3VL", "Qwen3VLMoe")
 FAMILIES = [*NATIVE, "Llava", "Llava-gemma2", "Mistral3"]
 IMAGE, VISION_START, VISION_END = 5, 3, 4  # token ids inside the tiny vocabulary
 TEXT = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
@@ -35,9 +36,15 @@ TEXT = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_
 # One vision block on 16x16 pixels in 4x4 patches; the number of image tokens per image the model makes of them.
 SMALL_VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=16,
                     patch_size=4)
+# Qwen-VL: patches of 2 frames merged 2x2 into the text width, 4 tokens.
+QWEN_VISION = dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, patch_size=4,
+                   spatial_merge_size=2, temporal_patch_size=2)
+QWEN3_VISION = dict(QWEN_VISION, num_position_embeddings=16, deepstack_visual_indexes=[0])  # adds to layer 0's output
 VISION = {
-    "Qwen2_5_VL": dict(window_size=8, fullatt_block_indexes=[0]),  # patches merged 2x2: 4 tokens
-    "Qwen3VL": dict(num_position_embeddings=16, deepstack_visual_indexes=[0]),  # deepstack adds to layer 0's output
+    "Qwen2VL": dict(depth=1, embed_dim=32, hidden_size=64, mlp_ratio=2, num_heads=2, patch_size=4, spatial_merge_size=2,
+                    temporal_patch_size=2),
+    "Qwen2_5_VL": dict(QWEN_VISION, window_size=8, fullatt_block_indexes=[0]),
+    "Qwen3VL": QWEN3_VISION, "Qwen3VLMoe": QWEN3_VISION,
     "Gemma3": dict(SMALL_VISION),  # SigLIP, pooled to 4 tokens
     "Llava": dict(SMALL_VISION, model_type="clip_vision_model"),  # every patch a token (CLS dropped): 16 tokens
     "Mistral3": dict(SMALL_VISION, model_type="pixtral", head_dim=16),  # patches merged 2x2: 4 tokens
@@ -64,8 +71,8 @@ def _config(family: str):
                                                         vision_feature_layer=-1, **extra)
     text = dict(TEXT, rope_theta=10000.0,  # multimodal RoPE; rope_scaling is 4.57's key, 5.x converts it
                 rope_scaling={"rope_type": "default", "mrope_section": [2, 3, 3]})
-    vision = dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, patch_size=4,
-                  spatial_merge_size=2, temporal_patch_size=2, **vision)
+    if prefix == "Qwen3VLMoe":  # every layer a mixture of 4 experts
+        text.update(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, decoder_sparse_step=1)
     return getattr(transformers, f"{prefix}Config")(text_config=text, vision_config=vision, image_token_id=IMAGE,
                                                     video_token_id=6, vision_start_token_id=VISION_START,
                                                     vision_end_token_id=VISION_END)
@@ -96,7 +103,7 @@ def image_prompt(family: str, seed: int = 3) -> dict:
         inputs["token_type_ids"] = (ids == IMAGE).long()
     if prefix == "Mistral3":
         inputs["image_sizes"] = torch.tensor([[16, 16]] * 2)
-    if prefix in ("Qwen2_5_VL", "Qwen3VL"):  # 4x4 patches (2 frames each), merged 2x2
+    if prefix in QWEN_VL:  # 4x4 patches (2 frames each), merged 2x2
         inputs["pixel_values"] = torch.randn(2 * 16, 3 * 2 * 4 * 4, generator=generator)
         inputs["image_grid_thw"] = torch.tensor([[1, 4, 4]] * 2)
     if "mm_token_type_ids" in inspect.signature(getattr(transformers, f"{prefix}Model").forward).parameters:
