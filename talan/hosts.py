@@ -62,16 +62,16 @@ def family_names() -> str:
 # Vision-language wrappers around a text decoder that transformers builds from their text config (AutoModel), with
 # causal attention over image tokens: that decoder's own family says how to patch it (LLaVA over Llama or Gemma 2,
 # Mistral 3 over Mistral).
-_VL_WRAPPERS = {name: None for name in ("LlavaForConditionalGeneration", "LlavaModel",
-                                        "Mistral3ForConditionalGeneration", "Mistral3Model")}
+_VL_WRAPPERS = frozenset({"LlavaForConditionalGeneration", "LlavaModel", "Mistral3ForConditionalGeneration",
+                          "Mistral3Model"})
 
 
-def _transformers_class(module: nn.Module, names: dict) -> str | None:
-    """The value in ``names`` for the transformers class of ``module`` (or of a class it derives from), matched by
-    name without importing every family's modeling module; None for anything else (remote code included)."""
+def _transformers_class(module: nn.Module, names) -> str | None:
+    """The name, among ``names``, of the transformers class of ``module`` (or of a class it derives from), matched
+    by name without importing every family's modeling module; None for anything else (remote code included)."""
     for cls in type(module).__mro__:
         if cls.__module__.startswith("transformers.") and cls.__name__ in names:
-            return names[cls.__name__] or cls.__name__
+            return cls.__name__
     return None
 
 
@@ -133,15 +133,15 @@ def prefix_cache_lengths(peft_configs: list[dict]) -> frozenset[int]:
                      if str(getattr(cfg.peft_type, "value", cfg.peft_type)) in _PREFIX_CACHE_PEFT_TYPES)
 
 
-def _supported_stack(model: nn.Module) -> tuple[nn.Module, str]:
-    """The decoder stack of the transformers model inside ``model``'s wrappers and its family; ``TypeError`` naming
-    the class for an unsupported one."""
+def stack_and_layout(model: nn.Module) -> tuple[nn.Module, LayerLayout]:
+    """The decoder stack of the transformers model inside ``model``'s wrappers (the module that owns ``layers``)
+    and the `LayerLayout` of its family; ``TypeError`` naming the class for an unsupported model."""
     host = unwrap_host(model)
-    family = _transformers_class(host, _CLASS_FAMILIES)
+    family = _CLASS_FAMILIES.get(_transformers_class(host, _CLASS_FAMILIES))
     wrapper = family is None and _transformers_class(host, _VL_WRAPPERS) is not None
     stack = _find_stack(host) if family is not None or wrapper else None
     if wrapper and stack is not None:
-        family = _transformers_class(stack, _CLASS_FAMILIES)
+        family = _CLASS_FAMILIES.get(_transformers_class(stack, _CLASS_FAMILIES))
     if family is None:
         inside = f" over a {type(stack).__name__}" if wrapper and stack is not None else ""
         raise TypeError(f"talan supports the {family_names()} models ({', '.join('*' + h for h in HEADS)}; "
@@ -150,7 +150,7 @@ def _supported_stack(model: nn.Module) -> tuple[nn.Module, str]:
                         + inside)
     if stack is None:
         raise TypeError(f"{type(host).__name__} has no decoder layer list to patch")
-    return stack, family
+    return stack, FAMILIES[family]
 
 
 def decoder_stack(model: nn.Module) -> nn.Module:
@@ -158,12 +158,12 @@ def decoder_stack(model: nn.Module) -> nn.Module:
 
     Raises ``TypeError`` for an unsupported model, naming its class.
     """
-    return _supported_stack(model)[0]
+    return stack_and_layout(model)[0]
 
 
 def layer_layout(model: nn.Module) -> LayerLayout:
     """The `LayerLayout` of a supported host's decoder layers (``TypeError`` for an unsupported model)."""
-    return FAMILIES[_supported_stack(model)[1]]
+    return stack_and_layout(model)[1]
 
 
 def load_local_checkpoint(path, flag: str = "--model", dtype=None, quantization_config=None):

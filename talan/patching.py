@@ -23,7 +23,7 @@ from torch import nn
 from .block import TalanBlock
 from .config import TalanConfig
 from .decode_state import DecodeStates, Replay
-from .hosts import LayerLayout, decoder_stack, layer_layout, peft_adapter_configs, prefix_cache_lengths
+from .hosts import LayerLayout, decoder_stack, peft_adapter_configs, prefix_cache_lengths, stack_and_layout
 
 BLOCK_NAME = "talan"
 _PATCH_ATTR = "_talan_patch"
@@ -326,7 +326,7 @@ def patch(model: nn.Module, config: TalanConfig | None = None) -> nn.Module:
     config = TalanConfig() if config is None else config
     if not isinstance(config, TalanConfig):
         raise TypeError(f"config must be a talan.TalanConfig; got {type(config).__name__}")
-    stack = decoder_stack(model)
+    stack, layout = stack_and_layout(model)
     if getattr(stack, _PATCH_ATTR, None) is not None:
         raise ValueError("model is already patched with TALAN: call talan.unpatch(model) before patching again")
     layer_indices = config.resolve_layers(len(stack.layers))
@@ -344,7 +344,7 @@ def patch(model: nn.Module, config: TalanConfig | None = None) -> nn.Module:
     for i, block in blocks.items():
         block.apply_trainable_scope()
         stack.layers[i].add_module(BLOCK_NAME, block)
-    state = _Patch(stack, config, layer_indices, layer_layout(model), peft_adapter_configs(model))
+    state = _Patch(stack, config, layer_indices, layout, peft_adapter_configs(model))
     state.install()
     setattr(stack, _PATCH_ATTR, state)
     return model
