@@ -12,12 +12,25 @@ class LayerLayout:
     """Where a family's decoder layer keeps the state between attention and MLP (``residual + attention``, the mid
     site): ``residual_input``'s input is the layer input (the residual), the layer adds the output of
     ``attention_output`` to it (times the layer's float attribute ``attention_scale``, when named), and
-    ``mlp_norm`` reads that sum. ``self_attn`` always gets the layer's kwargs (position ids, cache)."""
+    ``mlp_norm`` reads that sum. ``self_attn`` always gets the layer's kwargs (position ids, cache). In a hybrid
+    family's linear-attention layers, which have no ``self_attn``, the module named ``linear_attention`` takes its
+    place: it gets the layer's kwargs but its position ids (transformers 4.x hands it none of them)."""
 
     residual_input: str = "input_layernorm"
     attention_output: str = "self_attn"
     mlp_norm: str = "post_attention_layernorm"
     attention_scale: str | None = None
+    linear_attention: str | None = None
+
+    def module(self, layer: nn.Module, name: str) -> nn.Module:
+        """``layer``'s submodule ``name`` (one of this layout's names, or "self_attn"), where ``linear_attention``
+        stands in for a missing ``self_attn``."""
+        if name == "self_attn" and self.linear_attention is not None and not hasattr(layer, "self_attn"):
+            name = self.linear_attention
+        return getattr(layer, name)
+
+    def is_linear_attention_layer(self, layer: nn.Module) -> bool:
+        return self.module(layer, "self_attn") is not getattr(layer, "self_attn", None)
 
 
 # The model families TALAN patches, by class-name prefix. Qwen3 and Llama are the paper's hosts; the others have
@@ -32,6 +45,9 @@ _SANDWICH = LayerLayout(attention_output="post_attention_layernorm", mlp_norm="p
 _POST_NORM = LayerLayout(residual_input="self_attn", attention_output="post_attention_layernorm", mlp_norm="mlp")
 # Granite adds residual + attention * residual_multiplier (a config float)
 _GRANITE = LayerLayout(attention_scale="residual_multiplier")
+# Qwen3-Next and Qwen3.5: pre-norm layers whose token mixer is self_attn (gated attention) in every fourth layer and a
+# gated DeltaNet (linear attention, a recurrent state in the cache) in the others
+_HYBRID = LayerLayout(linear_attention="linear_attn")
 FAMILIES = {
     "Qwen3": _PRE_NORM, "Llama": _PRE_NORM, "Qwen3Moe": _PRE_NORM, "Qwen2": _PRE_NORM, "Mistral": _PRE_NORM,
     "Ministral": _PRE_NORM, "Mixtral": _PRE_NORM, "Gemma": _PRE_NORM, "SmolLM3": _PRE_NORM, "Starcoder2": _PRE_NORM,
@@ -39,6 +55,7 @@ FAMILIES = {
     "Phi3": LayerLayout(attention_output="resid_attn_dropout"), "Olmo2": _POST_NORM, "Olmo3": _POST_NORM,
     "Granite": _GRANITE, "GraniteMoe": _GRANITE, "GraniteMoeShared": _GRANITE,
     "GptOss": _PRE_NORM, "DeepseekV3": _PRE_NORM, "Glm4Moe": _PRE_NORM,  # mixtures of experts; MLA in DeepSeek-V3
+    "Qwen3Next": _HYBRID, "Qwen3_5": _HYBRID, "Qwen3_5Moe": _HYBRID,  # Qwen3.5 is vision-language too
     # vision-language: the text decoder is a Qwen2/Qwen3 stack, whose causal attention spans text and image tokens
     "Qwen2VL": _PRE_NORM, "Qwen2_5_VL": _PRE_NORM, "Qwen3VL": _PRE_NORM, "Qwen3VLMoe": _PRE_NORM,
 }
@@ -48,10 +65,12 @@ HEADS = ("ForCausalLM", "Model", "ForSequenceClassification", "ForTokenClassific
          "ForConditionalGeneration", "TextModel")  # a vision-language model and its bare text decoder
 # transformers class name -> family, for every family and head (a head transformers lacks never matches), and Gemma
 # 3's classes named otherwise: its text-only language model, and the vision-language model (Gemma 3 from 4B on),
-# whose text decoder is the same stack, its image tokens attending to each other both ways
+# whose text decoder is the same stack, its image tokens attending to each other both ways; Qwen3.5's classifier
+# over its text decoder alone
 _CLASS_FAMILIES = {family + head: family for family in FAMILIES for head in HEADS} | {
     name: "Gemma3Text" for name in ("Gemma3ForCausalLM", "Gemma3ForConditionalGeneration", "Gemma3Model",
-                                    "Gemma3ForSequenceClassification")}
+                                    "Gemma3ForSequenceClassification")} | {
+    "Qwen3_5TextForSequenceClassification": "Qwen3_5"}
 
 
 def family_names() -> str:

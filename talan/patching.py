@@ -50,6 +50,8 @@ class _ForwardInputs:
     attention_mask: torch.Tensor | None
     past_len: int
     resets_cache: dict
+    # the [B, T] text positions the stack was given, for a hybrid layer's linear attention, which gets none
+    position_ids: torch.Tensor | None = None
 
 
 # transformers opens a padding query's fully masked sdpa row to every key on torch < 2.5 (sdpa returned NaN for such
@@ -113,6 +115,9 @@ class _Patch:
         # mid site, where the attention output is normed or dropped out before it joins the residual: the kwargs
         # that the running layer call handed its self_attn (the norm or dropout gets none)
         self.attention_kwargs: dict[int, dict] = {}
+        # mid site, a hybrid family's linear-attention layers: the layer call's own kwargs, which transformers 4.x
+        # does not hand on to linear attention
+        self.layer_kwargs: dict[int, dict] = {}
         params = inspect.signature(stack.forward).parameters
         self._forward_params = tuple(params)  # names only: a signature's mappingproxy cannot be deep-copied
         # Qwen3/Llama stacks pass their **kwargs on to every layer, and the layer to its self_attn (with its
@@ -165,7 +170,10 @@ class _Patch:
             kind = f"a {mask.dim()}-D tensor" if isinstance(mask, torch.Tensor) else f"a {type(mask).__name__}"
             raise ValueError(f"TALAN needs the 2-D [batch, length] attention_mask to know which tokens are padding; "
                              f"got {kind}. Pass the tokenizer's attention_mask")
-        self.inputs = _ForwardInputs(mask, past_len, {})
+        position_ids = bound.get("position_ids")
+        if isinstance(position_ids, torch.Tensor) and position_ids.dim() == 3:  # Qwen3.5: [text, M-RoPE's 3 rows]
+            position_ids = position_ids[0] if position_ids.shape[0] == 4 else None
+        self.inputs = _ForwardInputs(mask, past_len, {}, position_ids)
         if not self._passes_kwargs:
             return None
         # The forward's inputs travel in the layers' kwargs, so a layer that gradient checkpointing recomputes
@@ -184,7 +192,7 @@ class _Patch:
                 raise ValueError(f"attention_mask of shape {tuple(mask.shape)} does not cover {b} x {t} tokens")
             active = mask[:, -t:].to(device=hidden.device, dtype=torch.bool)
         cache = layer_kwargs.get("cache", layer_kwargs.get("past_key_values"))
-        position_ids = layer_kwargs.get("position_ids")
+        position_ids = layer_kwargs.get("position_ids", inputs.position_ids)
         resets = None
         # transformers' packed-sequence rule (masking_utils): position ids split sequences only with
         # no attention mask and no cache; a new sequence starts where they do not step by exactly 1.
@@ -239,12 +247,21 @@ class _Patch:
         if self.enabled:
             self.attention_kwargs[layer_idx] = kwargs
 
+    def _layer_kwargs_pre(self, layer_idx, module, args, kwargs):
+        # transformers 4.x re-runs the layer's hooks when gradient checkpointing recomputes it, so these are
+        # the recomputed forward's own kwargs there
+        if self.enabled:
+            self.layer_kwargs[layer_idx] = kwargs
+
     def _attention_post(self, layer_idx, module, args, kwargs, output):
         # self_attn gets the layer's kwargs (the forward's inputs, position ids, cache), so its own
         # recompute under gradient checkpointing reads the mask of its own forward, like the other sites;
         # a norm or dropout after it reads the kwargs its self_attn got in the same layer call
         residual = self.layer_inputs.pop(layer_idx, None)
         kwargs = self.attention_kwargs.pop(layer_idx, kwargs)
+        layer_kwargs = self.layer_kwargs.pop(layer_idx, None)
+        if layer_kwargs is not None and INPUTS_KWARG not in kwargs:  # a linear attention that got none of them
+            kwargs = layer_kwargs
         if not self.enabled or residual is None:
             return None
         attn_out = output[0] if isinstance(output, tuple) else output
@@ -270,12 +287,16 @@ class _Patch:
                 self.handles.append(layer.register_forward_hook(hook, with_kwargs=True, prepend=True))
             if self.config.site == "mid":
                 residual_hook = functools.partial(self._residual_pre, i)
-                residual_module = getattr(layer, self.layout.residual_input)
+                residual_module = self.layout.module(layer, self.layout.residual_input)
                 self.handles.append(residual_module.register_forward_pre_hook(residual_hook, with_kwargs=True))
-                output_module = getattr(layer, self.layout.attention_output)
-                if output_module is not layer.self_attn:
+                output_module = self.layout.module(layer, self.layout.attention_output)
+                attention = self.layout.module(layer, "self_attn")  # or a hybrid layer's linear attention
+                if output_module is not attention:
                     kwargs_hook = functools.partial(self._attention_kwargs_pre, i)
-                    self.handles.append(layer.self_attn.register_forward_pre_hook(kwargs_hook, with_kwargs=True))
+                    self.handles.append(attention.register_forward_pre_hook(kwargs_hook, with_kwargs=True))
+                if self.layout.is_linear_attention_layer(layer):
+                    kwargs_hook = functools.partial(self._layer_kwargs_pre, i)
+                    self.handles.append(layer.register_forward_pre_hook(kwargs_hook, with_kwargs=True))
                 hook = functools.partial(self._attention_post, i)
                 self.handles.append(output_module.register_forward_hook(hook, with_kwargs=True))
 
@@ -285,6 +306,7 @@ class _Patch:
         self.handles.clear()
         self.layer_inputs.clear()
         self.attention_kwargs.clear()
+        self.layer_kwargs.clear()
         for i in self.layer_indices:
             delattr(self.stack.layers[i], BLOCK_NAME)
 

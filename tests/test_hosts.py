@@ -1,7 +1,8 @@
 """The text hosts beyond the paper's Qwen3 and Llama (talan.hosts.FAMILIES): Qwen3-MoE, Qwen2 (Qwen2.5), Mistral,
 Ministral, Mixtral, Gemma, SmolLM3, StarCoder2, and the mixtures of experts gpt-oss, DeepSeek-V3 and GLM-4.5
 (Glm4Moe) share their decoder layer; Gemma 2/3 and GLM-4 norm the attention output before it joins the residual,
-OLMo 2/3 too with no norm before attention, Phi-3 drops it out and Granite scales it. Every site patches exactly,
+OLMo 2/3 too with no norm before attention, Phi-3 drops it out and Granite scales it; in the hybrid Qwen3-Next and
+Qwen3.5 (dense and MoE) most layers mix tokens by linear attention instead. Every site patches exactly,
 generates (dynamic and static cache) as it recomputes, unpatches exactly, writes exactly the block's output into
 the stream, and trains with peft."""
 
@@ -16,6 +17,7 @@ from conftest import (
     greedy_kwargs,
     left_padded_prompt,
     open_gates,
+    record_calls,
     tiny_batch,
     tiny_config,
 )
@@ -47,18 +49,35 @@ FAMILY_CONFIG = {
     "Glm4Moe": dict(n_routed_experts=4, num_experts_per_tok=2, n_group=1, topk_group=1, first_k_dense_replace=1,
                     moe_intermediate_size=32),
 }
+# The hybrids: layers 0 and 2 a gated DeltaNet (linear attention, its state in the cache), layer 1 full attention.
+HYBRID = dict(IN_VOCAB, layer_types=["linear_attention", "full_attention", "linear_attention"], linear_key_head_dim=16,
+              linear_value_head_dim=16, linear_num_key_heads=2, linear_num_value_heads=4)
+HYBRID_MOE = dict(HYBRID, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+                  shared_expert_intermediate_size=32)
+FAMILY_CONFIG.update(Qwen3Next=dict(HYBRID_MOE, decoder_sparse_step=1), Qwen3_5=HYBRID, Qwen3_5Moe=HYBRID_MOE)
 MOE_FAMILIES = ("Qwen3Moe", "Mixtral", "GraniteMoe", "GraniteMoeShared", "GptOss")  # with a router loss
-FAMILIES = ["Qwen3Moe", "Qwen2", "Mistral", "Ministral", "Mixtral", "Gemma", "Gemma2", "Gemma3Text", "Phi3", "SmolLM3",
-            "Glm4", "Starcoder2", "Olmo2", "Olmo3", "Granite", "GraniteMoe", "GraniteMoeShared", "GptOss", "DeepseekV3",
-            "Glm4Moe"]
+HYBRID_FAMILIES = ["Qwen3Next", "Qwen3_5", "Qwen3_5Moe"]
+FAMILY_NAMES = ["Qwen3Moe", "Qwen2", "Mistral", "Ministral", "Mixtral", "Gemma", "Gemma2", "Gemma3Text", "Phi3",
+                "SmolLM3", "Glm4", "Starcoder2", "Olmo2", "Olmo3", "Granite", "GraniteMoe", "GraniteMoeShared",
+                "GptOss", "DeepseekV3", "Glm4Moe", *HYBRID_FAMILIES]
+
+
+def installed(family: str):
+    """``family`` as a test parameter, skipped where this transformers lacks it (Qwen3.5 came with 5.x)."""
+    missing = not hasattr(transformers, f"{family}ForCausalLM") and family != "Gemma3Text"
+    return pytest.param(family, marks=pytest.mark.skipif(missing, reason=f"transformers {transformers.__version__} "
+                                                         f"has no {family}ForCausalLM"))
+
+
+FAMILIES = [installed(family) for family in FAMILY_NAMES]
 
 
 def tiny_host(family: str, head: str = "ForCausalLM", seed: int = 0, train: bool = False, **overrides):
     """A seeded 3-layer model of ``family`` (d=64, eager attention) with random weights."""
     name = family + head
     model_cls = getattr(transformers, "Gemma3ForCausalLM" if name == "Gemma3TextForCausalLM" else name)
-    return _build(getattr(transformers, f"{family}Config"), model_cls, seed, train,
-                  {**FAMILY_CONFIG.get(family, {}), **overrides})
+    config_cls = getattr(transformers, f"{family}TextConfig", None) or getattr(transformers, f"{family}Config")
+    return _build(config_cls, model_cls, seed, train, {**FAMILY_CONFIG.get(family, {}), **overrides})
 
 
 @pytest.mark.parametrize("site", ["pre", "mid", "post"])
@@ -158,12 +177,33 @@ def _two_batches_loss_and_grads(family: str, checkpointing: bool):
 
 
 @pytest.mark.filterwarnings("ignore:.*gradient_checkpointing.*:FutureWarning")
-@pytest.mark.parametrize("family", ["Gemma2", "Gemma3Text", "Phi3", "Glm4", "Olmo2", "Granite"])
-def test_gradient_checkpointing_recomputes_a_mid_site_after_the_attention_norm(family):
+@pytest.mark.parametrize("family", ["Gemma2", "Gemma3Text", "Phi3", "Glm4", "Olmo2", "Granite",
+                                    *map(installed, HYBRID_FAMILIES)])
+def test_gradient_checkpointing_recomputes_a_mid_site_with_its_own_forwards_kwargs(family):
     """Where the mid site hooks a norm (or dropout) after self_attn, the recompute in the backward reads the
-    kwargs its own self_attn got, so each forward's padding: the same loss and gradients as without
+    kwargs its own self_attn got, and in a hybrid's linear-attention layer (layer 0) those its linear attention
+    got (transformers 5.x) or else its layer call (4.x hands the linear attention none, and re-runs the layer's
+    hooks in the recompute): so each forward's padding, and the same loss and gradients as without
     checkpointing."""
     assert_same_loss_and_grads(_two_batches_loss_and_grads(family, False), _two_batches_loss_and_grads(family, True))
+
+
+@pytest.mark.parametrize("site", ["pre", "mid", "post"])
+@pytest.mark.parametrize("family", map(installed, HYBRID_FAMILIES))
+def test_a_linear_attention_layer_restarts_the_memory_where_packed_sequences_do(family, site, monkeypatch):
+    """A hybrid's linear attention gets no position ids (layer 0), its full attention does (layer 1): at the mid
+    site the block of each reads the same packed-sequence starts, those of the position ids the model was given."""
+    from talan.block import TalanBlock
+
+    resets = record_calls(monkeypatch, TalanBlock, "forward", lambda block, hidden, active, starts, state: starts)
+    model = open_gates(talan.patch(tiny_host(family), tiny_config(site=site, layer=(0, 1))))
+    assert [layer_layout(model).is_linear_attention_layer(layer) for layer in decoder_stack(model).layers[:2]] == [
+        True, False]
+    position_ids = torch.cat([torch.arange(n) for n in (5, 7, 4)])[None]
+    model(input_ids=tiny_batch(batch=1, length=16)["input_ids"], position_ids=position_ids, use_cache=False)
+    expected = torch.zeros(1, 16, dtype=torch.bool)
+    expected[0, [5, 12]] = True
+    assert len(resets) == 2 and all(torch.equal(starts, expected) for starts in resets)
 
 
 # The task heads peft fine-tunes over the same decoder stack: (class suffix, peft task_type, labels).
@@ -173,9 +213,11 @@ TASK_HEADS = {
     "ForQuestionAnswering": ("QUESTION_ANS", lambda ids: {"start_positions": torch.tensor([1, 4]),
                                                           "end_positions": torch.tensor([3, 6])}),
 }
-HEAD_CASES = ([(family, head) for family in ("Qwen3", "Llama") for head in TASK_HEADS]
-              + [(family, "ForSequenceClassification") for family in FAMILIES  # where this transformers has it
-                 if hasattr(transformers, f"{family}ForSequenceClassification")])
+TASK_HEADS["TextForSequenceClassification"] = TASK_HEADS["ForSequenceClassification"]  # Qwen3.5's, over text alone
+HEAD_CASES = ([(family, head) for family in ("Qwen3", "Llama") for head in TASK_HEADS if head.startswith("For")]
+              + [(family, head) for family in FAMILY_NAMES  # where this transformers has them
+                 for head in ("ForSequenceClassification", "TextForSequenceClassification")
+                 if hasattr(transformers, f"{family}{head}")])
 
 
 def _task_model(family: str, head: str, seed: int = 0, train: bool = False):
@@ -186,7 +228,7 @@ def _head_outputs(out) -> torch.Tensor:
     return torch.cat([out.start_logits, out.end_logits], -1) if hasattr(out, "start_logits") else out.logits
 
 
-@pytest.mark.parametrize("family,head", HEAD_CASES, ids=[f + h[3:] for f, h in HEAD_CASES])
+@pytest.mark.parametrize("family,head", HEAD_CASES, ids=[f + h.replace("For", "") for f, h in HEAD_CASES])
 def test_task_heads_patch_train_with_peft_save_and_load(family, head, tmp_path):
     """Sequence/token classification and extractive QA: the same hooks on the stack under the head. Exact at
     initialisation and after unpatch; with the gates open TALAN changes the head's outputs; trains beside a

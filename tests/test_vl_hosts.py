@@ -1,5 +1,6 @@
-"""Vision-language hosts: Qwen2-VL, Qwen2.5-VL, Qwen3-VL (and its MoE), Gemma 3 (4B on), and LLaVA and Mistral 3
-over any supported text decoder. Their text decoder sits beside the vision tower (``model.language_model``); its
+"""Vision-language hosts: Qwen2-VL, Qwen2.5-VL, Qwen3-VL (and its MoE), Qwen3.5 (and its MoE; a hybrid text
+decoder whose linear-attention layers hold a recurrent state), Gemma 3 (4B on), and LLaVA and Mistral 3 over any
+supported text decoder. Their text decoder sits beside the vision tower (``model.language_model``); its
 attention spans text and image tokens alike (Gemma 3's image tokens attend to each other both ways), so TALAN's
 memory takes in the image tokens as it takes in any other. With an image in a left-padded prompt: every site is
 exact at init and after unpatch, generates (dynamic and static cache) as it recomputes, writes exactly the block's
@@ -28,12 +29,20 @@ from talan.patching import is_patched, talan_blocks
 
 # The vision-language models with their own text decoder, then LLaVA (over Llama, and over Gemma 2: the decoder's
 # family sets the layout) and Mistral 3 (over Mistral), which build any text decoder from their text config.
-NATIVE = ["Qwen2VL", "Qwen2_5_VL", "Qwen3VL", "Qwen3VLMoe", "Gemma3"]
-QWEN_VL = ("Qwen2VL", "Qwen2_5_VL", "Qwen3VL", "Qwen3VLMoe")
+NATIVE = ["Qwen2VL", "Qwen2_5_VL", "Qwen3VL", "Qwen3VLMoe", "Qwen3_5", "Qwen3_5Moe", "Gemma3"]
+QWEN_VL = ("Qwen2VL", "Qwen2_5_VL", "Qwen3VL", "Qwen3VLMoe", "Qwen3_5", "Qwen3_5Moe")
 # transformers 4.57 on torch < 2.6 cannot run Gemma 3 with images (the make test-old-torch venv)
 GEMMA3_IMAGES = pytest.mark.skipif(TORCH_BEFORE_2_6, reason="transformers builds Gemma 3's two-way image masks with "
                                    "or_mask_function, which needs torch >= 2.6")
-FAMILIES = [pytest.param(f, marks=GEMMA3_IMAGES) if f == "Gemma3" else f
+
+
+def _installed(family: str):
+    """Skips ``family`` where this transformers lacks it (Qwen3.5 came with 5.x)."""
+    missing = not hasattr(transformers, f"{family.split('-')[0]}ForConditionalGeneration")
+    return pytest.mark.skipif(missing, reason=f"transformers {transformers.__version__} has no {family}")
+
+
+FAMILIES = [pytest.param(f, marks=[_installed(f), *([GEMMA3_IMAGES] if f == "Gemma3" else [])])
             for f in (*NATIVE, "Llava", "Llava-gemma2", "Mistral3")]
 IMAGE, VISION_START, VISION_END = 5, 3, 4  # token ids inside the tiny vocabulary
 TEXT = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
@@ -50,6 +59,8 @@ VISION = {
                     temporal_patch_size=2),
     "Qwen2_5_VL": dict(QWEN_VISION, window_size=8, fullatt_block_indexes=[0]),
     "Qwen3VL": QWEN3_VISION, "Qwen3VLMoe": QWEN3_VISION,
+    "Qwen3_5": dict(QWEN_VISION, num_position_embeddings=16),
+    "Qwen3_5Moe": dict(QWEN_VISION, num_position_embeddings=16),
     "Gemma3": dict(SMALL_VISION),  # SigLIP, pooled to 4 tokens
     "Llava": dict(SMALL_VISION, model_type="clip_vision_model"),  # every patch a token (CLS dropped): 16 tokens
     "Mistral3": dict(SMALL_VISION, model_type="pixtral", head_dim=16),  # patches merged 2x2: 4 tokens
@@ -76,8 +87,11 @@ def _config(family: str):
                                                         vision_feature_layer=-1, **extra)
     text = dict(TEXT, rope_theta=10000.0,  # multimodal RoPE; rope_scaling is 4.57's key, 5.x converts it
                 rope_scaling={"rope_type": "default", "mrope_section": [2, 3, 3]})
-    if prefix == "Qwen3VLMoe":  # every layer a mixture of 4 experts
+    if prefix in ("Qwen3VLMoe", "Qwen3_5Moe"):  # every layer a mixture of 4 experts
         text.update(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, decoder_sparse_step=1)
+    if prefix in ("Qwen3_5", "Qwen3_5Moe"):  # layers 0 and 2 linear attention (a gated DeltaNet), layer 1 full
+        text.update(layer_types=["linear_attention", "full_attention", "linear_attention"], linear_key_head_dim=16,
+                    linear_value_head_dim=16, linear_num_key_heads=2, linear_num_value_heads=4)
     return getattr(transformers, f"{prefix}Config")(text_config=text, vision_config=vision, image_token_id=IMAGE,
                                                     video_token_id=6, vision_start_token_id=VISION_START,
                                                     vision_end_token_id=VISION_END)
@@ -176,10 +190,11 @@ def test_vl_host_trains_with_lora_on_the_language_model_and_reloads(family, tmp_
     assert not torch.allclose(without_adapter, expected, atol=1e-5)  # the adapter mattered too
 
 
-BARE = [(f, head) for f in NATIVE for head in ("Model", "TextModel")] + [(f, "Model") for f in ("Llava", "Mistral3")]
+BARE = [pytest.param(f, head, marks=_installed(f), id=f + head) for f in NATIVE for head in ("Model", "TextModel")] + [
+    pytest.param(f, "Model", id=f + "Model") for f in ("Llava", "Mistral3")]
 
 
-@pytest.mark.parametrize("family,head", BARE, ids=[f + h for f, h in BARE])
+@pytest.mark.parametrize("family,head", BARE)
 def test_bare_vl_models_and_their_text_decoders_are_hosts(family, head):
     model = tiny_vl(family, head)
     stack = decoder_stack(model)

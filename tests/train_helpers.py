@@ -46,9 +46,9 @@ def saved_weights(run: Path) -> dict[str, torch.Tensor]:
 
 
 def make_local_checkpoint(model_dir: Path, chat_template: bool = True, family: str = "Qwen3") -> Path:
-    """A tiny random causal LM of ``family`` (a transformers config prefix: Qwen3, Gemma3Text, Phi3, ...; Gemma3:
-    the vision-language model, with a 1-layer vision tower) and a character-level HF tokenizer (built offline, with
-    a chat template) saved as a local Hugging Face checkpoint folder."""
+    """A tiny random causal LM of ``family`` (a transformers config prefix: Qwen3, Gemma3Text, Phi3, ...; Gemma3 and
+    Qwen3_5: the vision-language model, with a 1-layer vision tower) and a character-level HF tokenizer (built
+    offline, with a chat template) saved as a local Hugging Face checkpoint folder."""
     import transformers
     from tokenizers import Regex, Tokenizer, models, pre_tokenizers
     from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
@@ -67,12 +67,20 @@ def make_local_checkpoint(model_dir: Path, chat_template: bool = True, family: s
     tokenizer.save_pretrained(model_dir)
     text = dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                 num_key_value_heads=1, head_dim=16, pad_token_id=0, eos_token_id=vocab["<|im_end|>"])
+    torch.manual_seed(0)
     if family == "Gemma3":  # its image token lies outside the vocabulary, which Gemma 3 allows (text-only data)
         config = transformers.Gemma3Config(text_config=text, mm_tokens_per_image=4, vision_config=dict(
             hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=16,
             patch_size=4))
+    elif family == "Qwen3_5":  # as it ships: the vision-language model (AutoModelForCausalLM keeps its text decoder)
+        text.update(layer_types=["linear_attention", "full_attention"], linear_key_head_dim=16,
+                    linear_value_head_dim=16, linear_num_key_heads=2, linear_num_value_heads=4)
+        config = transformers.Qwen3_5Config(text_config=text, vision_config=dict(
+            depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=32, patch_size=4,
+            num_position_embeddings=16))
+        transformers.Qwen3_5ForConditionalGeneration(config).save_pretrained(model_dir)
+        return model_dir
     else:
         config = getattr(transformers, f"{family}Config")(**text)
-    torch.manual_seed(0)
     AutoModelForCausalLM.from_config(config).save_pretrained(model_dir)
     return model_dir
