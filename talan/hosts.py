@@ -51,7 +51,8 @@ _HYBRID = LayerLayout(linear_attention="linear_attn")
 FAMILIES = {
     "Qwen3": _PRE_NORM, "Llama": _PRE_NORM, "Qwen3Moe": _PRE_NORM, "Qwen2": _PRE_NORM, "Mistral": _PRE_NORM,
     "Ministral": _PRE_NORM, "Mixtral": _PRE_NORM, "Gemma": _PRE_NORM, "SmolLM3": _PRE_NORM, "Starcoder2": _PRE_NORM,
-    "Gemma2": _SANDWICH, "Gemma3Text": _SANDWICH, "Glm4": LayerLayout(attention_output="post_self_attn_layernorm"),
+    "Gemma2": _SANDWICH, "Gemma3Text": _SANDWICH, "Gemma4Text": _SANDWICH,
+    "Glm4": LayerLayout(attention_output="post_self_attn_layernorm"),
     "Phi3": LayerLayout(attention_output="resid_attn_dropout"), "Olmo2": _POST_NORM, "Olmo3": _POST_NORM,
     "Granite": _GRANITE, "GraniteMoe": _GRANITE, "GraniteMoeShared": _GRANITE,
     "GptOss": _PRE_NORM, "DeepseekV3": _PRE_NORM, "Glm4Moe": _PRE_NORM,  # mixtures of experts; MLA in DeepSeek-V3
@@ -63,13 +64,13 @@ FAMILIES = {
 # fine-tunes too (task_type SEQ_CLS, TOKEN_CLS, QUESTION_ANS) over the same stack, where transformers has them.
 HEADS = ("ForCausalLM", "Model", "ForSequenceClassification", "ForTokenClassification", "ForQuestionAnswering",
          "ForConditionalGeneration", "TextModel")  # a vision-language model and its bare text decoder
-# transformers class name -> family, for every family and head (a head transformers lacks never matches), and Gemma
-# 3's classes named otherwise: its text-only language model, and the vision-language model (Gemma 3 from 4B on),
-# whose text decoder is the same stack, its image tokens attending to each other both ways; Qwen3.5's classifier
-# over its text decoder alone
+# transformers class name -> family, for every family and head (a head transformers lacks never matches), and the
+# Gemma 3 and 4 classes named otherwise: the text-only language model, and the vision-language model (Gemma 3 from
+# 4B on; Gemma 4, with audio too), whose text decoder is the same stack, its image tokens attending to each other
+# both ways; Qwen3.5's classifier over its text decoder alone
 _CLASS_FAMILIES = {family + head: family for family in FAMILIES for head in HEADS} | {
-    name: "Gemma3Text" for name in ("Gemma3ForCausalLM", "Gemma3ForConditionalGeneration", "Gemma3Model",
-                                    "Gemma3ForSequenceClassification")} | {
+    f"Gemma{v}{head}": f"Gemma{v}Text" for v in (3, 4)
+    for head in ("ForCausalLM", "ForConditionalGeneration", "Model", "ForSequenceClassification")} | {
     "Qwen3_5TextForSequenceClassification": "Qwen3_5"}
 
 

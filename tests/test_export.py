@@ -22,16 +22,22 @@ def local_model(tmp_path_factory):
 # Qwen3 with either adapter; then a local checkpoint of each other decoder-layer layout (hosts.FAMILIES): Gemma 3
 # (attention output normed first; the text-only model and the vision-language one, which AutoModelForCausalLM
 # loads for Gemma 3 from 4B on), OLMo 2 (no pre-norm), Phi-3 (dropped out first, fused qkv_proj that "all-linear"
-# adapts), Granite (scaled), Qwen3.5 (hybrid linear attention; saved as it ships, the vision-language model, which
+# adapts), Granite (scaled), Gemma 4 (normed first; as it ships, the vision-language model, which
+# AutoModelForCausalLM loads), Qwen3.5 (hybrid linear attention; saved as it ships, the vision-language model, which
 # AutoModelForCausalLM loads as its text decoder), each trained by `talan train` on text, exported and reloaded.
 EXPORT_CASES = [("Qwen3", "lora"), ("Qwen3", "dora"), ("Gemma3Text", "lora"), ("Gemma3", "lora"), ("Olmo2", "lora"),
-                ("Phi3", "lora"), ("Granite", "lora"), ("Qwen3_5", "lora")]
-NO_QWEN3_5 = pytest.mark.skipif(not hasattr(transformers, "Qwen3_5ForCausalLM"),
-                                reason=f"transformers {transformers.__version__} has no Qwen3.5")
+                ("Phi3", "lora"), ("Granite", "lora"), ("Gemma4", "lora"), ("Qwen3_5", "lora")]
+
+
+def _installed(family: str) -> list:
+    """Skips a family that came with transformers 5 where it is missing."""
+    missing = not hasattr(transformers, f"{family}ForConditionalGeneration")
+    return [pytest.mark.skipif(missing, reason=f"transformers {transformers.__version__} has no {family}")]
 
 
 @pytest.mark.parametrize("family,adapter", [
-    pytest.param(f, a, id=f"{f}-{a}", marks=[NO_QWEN3_5] if f == "Qwen3_5" else []) for f, a in EXPORT_CASES])
+    pytest.param(f, a, id=f"{f}-{a}", marks=_installed(f) if f in ("Gemma4", "Qwen3_5") else [])
+    for f, a in EXPORT_CASES])
 def test_export_merges_the_adapter_and_keeps_talan(tmp_path, local_model, family, adapter):
     from transformers import AutoModelForCausalLM
 

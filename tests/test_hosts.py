@@ -1,6 +1,6 @@
 """The text hosts beyond the paper's Qwen3 and Llama (talan.hosts.FAMILIES): Qwen3-MoE, Qwen2 (Qwen2.5), Mistral,
 Ministral, Mixtral, Gemma, SmolLM3, StarCoder2, and the mixtures of experts gpt-oss, DeepSeek-V3 and GLM-4.5
-(Glm4Moe) share their decoder layer; Gemma 2/3 and GLM-4 norm the attention output before it joins the residual,
+(Glm4Moe) share their decoder layer; Gemma 2/3/4 and GLM-4 norm the attention output before it joins the residual,
 OLMo 2/3 too with no norm before attention, Phi-3 drops it out and Granite scales it; in the hybrid Qwen3-Next and
 Qwen3.5 (dense and MoE) most layers mix tokens by linear attention instead. Every site patches exactly,
 generates (dynamic and static cache) as it recomputes, unpatches exactly, writes exactly the block's output into
@@ -10,6 +10,7 @@ import pytest
 import torch
 import transformers
 from conftest import (
+    VOCAB,
     _build,
     assert_same_generation,
     assert_same_loss_and_grads,
@@ -54,17 +55,27 @@ HYBRID = dict(IN_VOCAB, layer_types=["linear_attention", "full_attention", "line
               linear_value_head_dim=16, linear_num_key_heads=2, linear_num_value_heads=4)
 HYBRID_MOE = dict(HYBRID, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
                   shared_expert_intermediate_size=32)
+# Gemma 4 as in its small models (per-layer input embeddings, the last layer reusing an earlier one's keys and
+# values: layer 2 layer 1's) with the mixture-of-experts block of its 26B-A4B beside the MLP; layer 0 slides
+FAMILY_CONFIG["Gemma4Text"] = dict(vocab_size_per_layer_input=VOCAB, hidden_size_per_layer_input=8,
+                                   num_kv_shared_layers=1, enable_moe_block=True, num_experts=4, top_k_experts=2,
+                                   moe_intermediate_size=32,
+                                   layer_types=["sliding_attention", "full_attention", "full_attention"])
 FAMILY_CONFIG.update(Qwen3Next=dict(HYBRID_MOE, decoder_sparse_step=1), Qwen3_5=HYBRID, Qwen3_5Moe=HYBRID_MOE)
 MOE_FAMILIES = ("Qwen3Moe", "Mixtral", "GraniteMoe", "GraniteMoeShared", "GptOss")  # with a router loss
 HYBRID_FAMILIES = ["Qwen3Next", "Qwen3_5", "Qwen3_5Moe"]
-FAMILY_NAMES = ["Qwen3Moe", "Qwen2", "Mistral", "Ministral", "Mixtral", "Gemma", "Gemma2", "Gemma3Text", "Phi3",
-                "SmolLM3", "Glm4", "Starcoder2", "Olmo2", "Olmo3", "Granite", "GraniteMoe", "GraniteMoeShared",
+FAMILY_NAMES = ["Qwen3Moe", "Qwen2", "Mistral", "Ministral", "Mixtral", "Gemma", "Gemma2", "Gemma3Text", "Gemma4Text",
+                "Phi3", "SmolLM3", "Glm4", "Starcoder2", "Olmo2", "Olmo3", "Granite", "GraniteMoe", "GraniteMoeShared",
                 "GptOss", "DeepseekV3", "Glm4Moe", *HYBRID_FAMILIES]
 
 
+# the causal LM of the families named after their text config
+CAUSAL_LM = {"Gemma3Text": "Gemma3ForCausalLM", "Gemma4Text": "Gemma4ForCausalLM"}
+
+
 def installed(family: str):
-    """``family`` as a test parameter, skipped where this transformers lacks it (Qwen3.5 came with 5.x)."""
-    missing = not hasattr(transformers, f"{family}ForCausalLM") and family != "Gemma3Text"
+    """``family`` as a test parameter, skipped where this transformers lacks it (Qwen3.5 and Gemma 4 came with 5.x)."""
+    missing = not hasattr(transformers, CAUSAL_LM.get(family, f"{family}ForCausalLM"))
     return pytest.param(family, marks=pytest.mark.skipif(missing, reason=f"transformers {transformers.__version__} "
                                                          f"has no {family}ForCausalLM"))
 
@@ -75,7 +86,7 @@ FAMILIES = [installed(family) for family in FAMILY_NAMES]
 def tiny_host(family: str, head: str = "ForCausalLM", seed: int = 0, train: bool = False, **overrides):
     """A seeded 3-layer model of ``family`` (d=64, eager attention) with random weights."""
     name = family + head
-    model_cls = getattr(transformers, "Gemma3ForCausalLM" if name == "Gemma3TextForCausalLM" else name)
+    model_cls = getattr(transformers, CAUSAL_LM.get(family, name) if head == "ForCausalLM" else name)
     config_cls = getattr(transformers, f"{family}TextConfig", None) or getattr(transformers, f"{family}Config")
     return _build(config_cls, model_cls, seed, train, {**FAMILY_CONFIG.get(family, {}), **overrides})
 
@@ -131,10 +142,11 @@ SLIDING = {
     "Qwen2": {"use_sliding_window": True, "sliding_window": 4, "max_window_layers": 1},
     "Gemma2": {"sliding_window": 4},  # sliding and full layers alternate, starting with a sliding one
     "Gemma3Text": {"sliding_window": 4},  # five sliding layers to a full one: all three layers slide
+    "Gemma4Text": {"sliding_window": 4},  # layer 0 slides, layers 1 and 2 (sharing 1's keys) attend fully
 }
 
 
-@pytest.mark.parametrize("family", SLIDING)
+@pytest.mark.parametrize("family", map(installed, SLIDING))
 def test_sliding_window_caches_generate_as_recomputed_past_the_window(family):
     """Past the window a static sliding layer's mask covers only the window (Mistral: every layer, so generate
     hands the model that tensor): TALAN reads the padding at the query's own column of it."""
@@ -178,7 +190,7 @@ def _two_batches_loss_and_grads(family: str, checkpointing: bool):
 
 @pytest.mark.filterwarnings("ignore:.*gradient_checkpointing.*:FutureWarning")
 @pytest.mark.parametrize("family", ["Gemma2", "Gemma3Text", "Phi3", "Glm4", "Olmo2", "Granite",
-                                    *map(installed, HYBRID_FAMILIES)])
+                                    *map(installed, ["Gemma4Text", *HYBRID_FAMILIES])])
 def test_gradient_checkpointing_recomputes_a_mid_site_with_its_own_forwards_kwargs(family):
     """Where the mid site hooks a norm (or dropout) after self_attn, the recompute in the backward reads the
     kwargs its own self_attn got, and in a hybrid's linear-attention layer (layer 0) those its linear attention

@@ -1,7 +1,7 @@
 """Vision-language hosts: Qwen2-VL, Qwen2.5-VL, Qwen3-VL (and its MoE), Qwen3.5 (and its MoE; a hybrid text
-decoder whose linear-attention layers hold a recurrent state), Gemma 3 (4B on), and LLaVA and Mistral 3 over any
-supported text decoder. Their text decoder sits beside the vision tower (``model.language_model``); its
-attention spans text and image tokens alike (Gemma 3's image tokens attend to each other both ways), so TALAN's
+decoder whose linear-attention layers hold a recurrent state), Gemma 3 (4B on), Gemma 4, and LLaVA and Mistral 3
+over any supported text decoder. Their text decoder sits beside the vision tower (``model.language_model``); its
+attention spans text and image tokens alike (Gemma 3's and 4's image tokens attend to each other both ways), so TALAN's
 memory takes in the image tokens as it takes in any other. With an image in a left-padded prompt: every site is
 exact at init and after unpatch, generates (dynamic and static cache) as it recomputes, writes exactly the block's
 output into the stream, trains with peft LoRA on the language model, and saves and reloads."""
@@ -29,7 +29,7 @@ from talan.patching import is_patched, talan_blocks
 
 # The vision-language models with their own text decoder, then LLaVA (over Llama, and over Gemma 2: the decoder's
 # family sets the layout) and Mistral 3 (over Mistral), which build any text decoder from their text config.
-NATIVE = ["Qwen2VL", "Qwen2_5_VL", "Qwen3VL", "Qwen3VLMoe", "Qwen3_5", "Qwen3_5Moe", "Gemma3"]
+NATIVE = ["Qwen2VL", "Qwen2_5_VL", "Qwen3VL", "Qwen3VLMoe", "Qwen3_5", "Qwen3_5Moe", "Gemma3", "Gemma4"]
 QWEN_VL = ("Qwen2VL", "Qwen2_5_VL", "Qwen3VL", "Qwen3VLMoe", "Qwen3_5", "Qwen3_5Moe")
 # transformers 4.57 on torch < 2.6 cannot run Gemma 3 with images (the make test-old-torch venv)
 GEMMA3_IMAGES = pytest.mark.skipif(TORCH_BEFORE_2_6, reason="transformers builds Gemma 3's two-way image masks with "
@@ -62,6 +62,9 @@ VISION = {
     "Qwen3_5": dict(QWEN_VISION, num_position_embeddings=16),
     "Qwen3_5Moe": dict(QWEN_VISION, num_position_embeddings=16),
     "Gemma3": dict(SMALL_VISION),  # SigLIP, pooled to 4 tokens
+    # 6x6 patches of 4x4 pixels (its image processor's flattened patches), pooled 3x3: 4 tokens
+    "Gemma4": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                   num_key_value_heads=2, head_dim=16, patch_size=4, pooling_kernel_size=3, position_embedding_size=64),
     "Llava": dict(SMALL_VISION, model_type="clip_vision_model"),  # every patch a token (CLS dropped): 16 tokens
     "Mistral3": dict(SMALL_VISION, model_type="pixtral", head_dim=16),  # patches merged 2x2: 4 tokens
 }
@@ -75,6 +78,13 @@ def _class_prefix(family: str) -> str:
 def _config(family: str):
     prefix = _class_prefix(family)
     vision = VISION[prefix]
+    if prefix == "Gemma4":  # with per-layer inputs; the image tokens attend to each other both ways
+        text = dict(TEXT, vocab_size_per_layer_input=VOCAB, hidden_size_per_layer_input=8, sliding_window=4,
+                    layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+                    use_bidirectional_attention="vision")
+        return transformers.Gemma4Config(text_config=text, vision_config=vision, image_token_id=IMAGE,
+                                         boi_token_id=VISION_START, eoi_token_id=VISION_END, video_token_id=6,
+                                         audio_token_id=13, boa_token_id=14, eoa_token_index=15)
     if prefix == "Gemma3":
         return transformers.Gemma3Config(text_config=TEXT, vision_config=vision, mm_tokens_per_image=4,
                                          image_token_index=IMAGE, boi_token_index=VISION_START,
@@ -118,6 +128,10 @@ def image_prompt(family: str, seed: int = 3) -> dict:
     inputs = dict(input_ids=ids, attention_mask=mask)
     if prefix in ("Gemma3", "Llava", "Mistral3"):
         inputs["pixel_values"] = torch.randn(2, 3, 16, 16, generator=generator)
+    if prefix == "Gemma4":  # each image's flattened patches and their (x, y) positions
+        inputs["pixel_values"] = torch.randn(2, 36, 3 * 4 * 4, generator=generator)
+        xy = torch.stack(torch.meshgrid(torch.arange(6), torch.arange(6), indexing="xy"), -1).reshape(36, 2)
+        inputs["image_position_ids"] = xy.expand(2, -1, -1).clone()
     if prefix == "Gemma3":  # token_type_ids mark the image tokens, which attend to each other both ways
         inputs["token_type_ids"] = (ids == IMAGE).long()
     if prefix == "Mistral3":

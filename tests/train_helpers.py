@@ -46,9 +46,9 @@ def saved_weights(run: Path) -> dict[str, torch.Tensor]:
 
 
 def make_local_checkpoint(model_dir: Path, chat_template: bool = True, family: str = "Qwen3") -> Path:
-    """A tiny random causal LM of ``family`` (a transformers config prefix: Qwen3, Gemma3Text, Phi3, ...; Gemma3 and
-    Qwen3_5: the vision-language model, with a 1-layer vision tower) and a character-level HF tokenizer (built
-    offline, with a chat template) saved as a local Hugging Face checkpoint folder."""
+    """A tiny random causal LM of ``family`` (a transformers config prefix: Qwen3, Gemma3Text, Phi3, ...; Gemma3,
+    Gemma4 and Qwen3_5: the vision-language model, with a 1-layer vision tower) and a character-level HF tokenizer
+    (built offline, with a chat template) saved as a local Hugging Face checkpoint folder."""
     import transformers
     from tokenizers import Regex, Tokenizer, models, pre_tokenizers
     from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
@@ -72,6 +72,12 @@ def make_local_checkpoint(model_dir: Path, chat_template: bool = True, family: s
         config = transformers.Gemma3Config(text_config=text, mm_tokens_per_image=4, vision_config=dict(
             hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=16,
             patch_size=4))
+    elif family == "Gemma4":  # as it ships: the vision-language model, which AutoModelForCausalLM loads
+        text.update(vocab_size_per_layer_input=len(vocab), hidden_size_per_layer_input=8,
+                    layer_types=["sliding_attention", "full_attention"])
+        config = transformers.Gemma4Config(text_config=text, vision_config=dict(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
+            head_dim=16, patch_size=4, pooling_kernel_size=3, position_embedding_size=64))
     elif family == "Qwen3_5":  # as it ships: the vision-language model (AutoModelForCausalLM keeps its text decoder)
         text.update(layer_types=["linear_attention", "full_attention"], linear_key_head_dim=16,
                     linear_value_head_dim=16, linear_num_key_heads=2, linear_num_value_heads=4)
