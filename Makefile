@@ -25,6 +25,15 @@ HF_FLOOR_DEPS   := accelerate==1.10.1 huggingface_hub==0.36.2 tokenizers==0.22.2
                    charset-normalizer
 HF_COMPAT       := $(VENV)/hf-floor
 
+# The host tests (tests/test_hosts.py, tests/test_vl_hosts.py) run a third time on the transformers of the GPU check
+# machine, between the floor and the venv's: the kwargs each layer hands its attention, and their names, changed
+# across 5.x (a hybrid's linear attention got the cache as "cache_params" there). Kept beside the venv the same way
+# with the hub client it needs.
+HF_MID      := transformers==5.17.0
+HF_MID_DEPS := huggingface_hub==1.33.0 httpx==0.28.1 httpcore==1.0.9 h11==0.16.0 anyio==4.16.0 \
+               certifi==2026.10.19.post1 idna==3.20
+HF_MID_DIR  := $(VENV)/hf-mid
+
 # TRL (the SFTTrainer tests) and datasets, kept beside the venv the same way and put on PYTHONPATH for the
 # CPU pass on the venv's transformers 5 only: transformers 4.x's Trainer imports datasets whenever it is
 # installed, and datasets 5 needs a newer huggingface_hub than the HF floor's. Pinned: no deps are resolved
@@ -55,6 +64,11 @@ $(TRL_COMPAT)/.installed: $(STAMP) Makefile
 	$(BIN)/python -m pip install --quiet --no-deps --target $(TRL_COMPAT) $(TRL_PKGS)
 	touch $@
 
+$(HF_MID_DIR)/.installed: $(STAMP) Makefile
+	rm -rf $(HF_MID_DIR)
+	$(BIN)/python -m pip install --quiet --no-deps --target $(HF_MID_DIR) $(HF_MID) $(HF_MID_DEPS)
+	touch $@
+
 $(HF_COMPAT)/.installed: $(STAMP) Makefile
 	rm -rf $(HF_COMPAT)
 	$(BIN)/python -m pip install --quiet --no-deps --target $(HF_COMPAT) $(HF_FLOOR) $(HF_FLOOR_DEPS)
@@ -71,7 +85,7 @@ $(STAMP): pyproject.toml Makefile
 lint: venv
 	$(BIN)/ruff check talan talan_kernels tests benchmarks
 
-test: venv lint $(COMPAT)/.installed $(HF_COMPAT)/.installed $(TRL_COMPAT)/.installed
+test: venv lint $(COMPAT)/.installed $(HF_COMPAT)/.installed $(HF_MID_DIR)/.installed $(TRL_COMPAT)/.installed
 	PYTHONPATH=$(TRL_COMPAT) $(BIN)/python -m pytest -q -m "not gpu and not compile and not interpreter" tests
 	TRITON_INTERPRET=1 $(BIN)/python -m pytest -q -m "interpreter" tests
 	$(BIN)/python -m pytest -q -m "compile" tests
@@ -79,6 +93,8 @@ test: venv lint $(COMPAT)/.installed $(HF_COMPAT)/.installed $(TRL_COMPAT)/.inst
 	PYTHONPATH=$(HF_COMPAT) TALAN_EXPECT_HF="$(HF_FLOOR)" \
 		$(BIN)/python -m pytest -q -m "not gpu and not compile and not interpreter" tests
 	PYTHONPATH=$(HF_COMPAT) TALAN_EXPECT_HF="$(HF_FLOOR)" TRITON_INTERPRET=1 $(BIN)/python -m pytest -q -m "interpreter" tests
+	PYTHONPATH=$(HF_MID_DIR) TALAN_EXPECT_HF="$(HF_MID)" \
+		$(BIN)/python -m pytest -q tests/test_stack_versions.py tests/test_hosts.py tests/test_vl_hosts.py
 
 test-old-torch:
 	test -x $(OLD_VENV)/bin/python || $(PY) -m venv $(OLD_VENV)

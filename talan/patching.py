@@ -30,6 +30,13 @@ _PATCH_ATTR = "_talan_patch"
 
 
 INPUTS_KWARG = "talan_inputs"  # the forward's _ForwardInputs, handed from the decoder stack to its layers
+# The names a stack, a layer or its attention give the cache: transformers 5.2x "cache", before that
+# "past_key_values"; a hybrid's linear attention gets "cache_params" (with the layer's other kwargs in 5.1x)
+_CACHE_KWARGS = ("cache", "past_key_values", "cache_params")
+
+
+def _cache_in(kwargs: dict):
+    return next((kwargs[name] for name in _CACHE_KWARGS if kwargs.get(name) is not None), None)
 
 
 @dataclass
@@ -138,7 +145,7 @@ class _Patch:
         bound = dict(zip(self._forward_params, args))
         bound.update(kwargs)
         mask = bound.get("attention_mask")
-        cache = bound.get("cache", bound.get("past_key_values"))
+        cache = _cache_in(bound)
         if isinstance(cache, (tuple, list)):  # transformers itself no longer reads these (it needs get_seq_length)
             raise ValueError(f"past_key_values is a legacy {type(cache).__name__} of per-layer key/value tensors; pass "
                              "the transformers Cache object (a DynamicCache, ...) that the model returned")
@@ -191,7 +198,7 @@ class _Patch:
             if mask.shape[0] != b or mask.shape[1] < t:
                 raise ValueError(f"attention_mask of shape {tuple(mask.shape)} does not cover {b} x {t} tokens")
             active = mask[:, -t:].to(device=hidden.device, dtype=torch.bool)
-        cache = layer_kwargs.get("cache", layer_kwargs.get("past_key_values"))
+        cache = _cache_in(layer_kwargs)
         position_ids = layer_kwargs.get("position_ids", inputs.position_ids)
         resets = None
         # transformers' packed-sequence rule (masking_utils): position ids split sequences only with

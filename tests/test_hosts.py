@@ -10,6 +10,7 @@ import pytest
 import torch
 import transformers
 from conftest import (
+    TRANSFORMERS_5_17,
     VOCAB,
     _build,
     assert_same_generation,
@@ -158,7 +159,13 @@ def test_sliding_window_caches_generate_as_recomputed_past_the_window(family):
         assert_same_generation(model.generate(ids, cache_implementation=cache, **kwargs), recomputed)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+# transformers 5.17's GraniteMoe (and -Shared) collects no router logits, and then fails in its own aux-loss line
+GRANITE_MOE_5_17 = pytest.mark.xfail(TRANSFORMERS_5_17, raises=AttributeError, strict=True, reason="transformers "
+                                     "5.17's GraniteMoe returns no router logits: 'int' object has no attribute 'to'")
+
+
+@pytest.mark.parametrize("family", [pytest.param(f, marks=[GRANITE_MOE_5_17]) if f.startswith("GraniteMoe") else
+                                    installed(f) for f in FAMILY_NAMES])
 def test_host_trains_talan_and_lora_together(family):
     model = get_peft_model(tiny_host(family, train=True), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
     talan.patch(model, tiny_config(layer=1))

@@ -13,6 +13,7 @@ import torch
 import transformers
 from conftest import (
     TORCH_BEFORE_2_6,
+    TRANSFORMERS_5_17,
     VOCAB,
     assert_same_generation,
     assert_talan_and_lora_gradients,
@@ -44,6 +45,9 @@ def _installed(family: str):
 
 FAMILIES = [pytest.param(f, marks=[_installed(f), *([GEMMA3_IMAGES] if f == "Gemma3" else [])])
             for f in (*NATIVE, "Llava", "Llava-gemma2", "Mistral3")]
+# transformers 5.17's Gemma 4 with an image generates otherwise with a static cache than recomputed, TALAN off too
+GEMMA4_STATIC_5_17 = pytest.mark.xfail(TRANSFORMERS_5_17, raises=AssertionError, strict=True, reason="transformers "
+                                       "5.17: Gemma 4's static-cache generation differs from recomputing, TALAN off")
 IMAGE, VISION_START, VISION_END = 5, 3, 4  # token ids inside the tiny vocabulary
 TEXT = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
             num_key_value_heads=2, head_dim=16, pad_token_id=0, bos_token_id=1, eos_token_id=2)
@@ -150,7 +154,8 @@ def _logits(model, inputs):
 
 
 @pytest.mark.parametrize("site", ["pre", "mid", "post"])
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", [pytest.param(*p.values, marks=[*p.marks, GEMMA4_STATIC_5_17]) if p.values[0] ==
+                                    "Gemma4" else p for p in FAMILIES])
 def test_vl_host_patches_exactly_and_generates_as_it_recomputes(family, site):
     model, inputs = tiny_vl(family), image_prompt(family)
     unpatched = _logits(model, inputs)
