@@ -22,15 +22,15 @@ class LayerLayout:
     attention_scale: str | None = None
     linear_attention: str | None = None
 
+    def is_linear_attention_layer(self, layer: nn.Module) -> bool:
+        return self.linear_attention is not None and not hasattr(layer, "self_attn")
+
     def module(self, layer: nn.Module, name: str) -> nn.Module:
         """``layer``'s submodule ``name`` (one of this layout's names, or "self_attn"), where ``linear_attention``
         stands in for a missing ``self_attn``."""
-        if name == "self_attn" and self.linear_attention is not None and not hasattr(layer, "self_attn"):
+        if name == "self_attn" and self.is_linear_attention_layer(layer):
             name = self.linear_attention
         return getattr(layer, name)
-
-    def is_linear_attention_layer(self, layer: nn.Module) -> bool:
-        return self.module(layer, "self_attn") is not getattr(layer, "self_attn", None)
 
 
 # The model families TALAN patches, by class-name prefix. Qwen3 and Llama are the paper's hosts; the others have

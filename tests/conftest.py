@@ -107,6 +107,12 @@ def assert_same_loss_and_grads(reference, checkpointed):
     assert any(g.abs().max() > 0 for name, g in grads0.items() if name.endswith("talan.w_in"))
 
 
+def needs_transformers(name: str):
+    """Skips where the installed transformers lacks the class ``name`` (Qwen3.5 and Gemma 4 came with 5.x)."""
+    return pytest.mark.skipif(not hasattr(transformers, name),
+                              reason=f"transformers {transformers.__version__} has no {name}")
+
+
 def tiny_config(**overrides) -> talan.TalanConfig:
     """A small TALAN config (r=16, M=4) on the reference backend."""
     return talan.TalanConfig(**{"latent_dim": 16, "num_slots": 4, "backend": "torch", **overrides})

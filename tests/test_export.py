@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-import transformers
+from conftest import needs_transformers
 from safetensors.torch import load_file
 from train_helpers import TALAN_FILES, make_local_checkpoint, train, write_jsonl
 
@@ -29,15 +29,8 @@ EXPORT_CASES = [("Qwen3", "lora"), ("Qwen3", "dora"), ("Gemma3Text", "lora"), ("
                 ("Phi3", "lora"), ("Granite", "lora"), ("Gemma4", "lora"), ("Qwen3_5", "lora")]
 
 
-def _installed(family: str) -> list:
-    """Skips a family that came with transformers 5 where it is missing."""
-    missing = not hasattr(transformers, f"{family}ForConditionalGeneration")
-    return [pytest.mark.skipif(missing, reason=f"transformers {transformers.__version__} has no {family}")]
-
-
 @pytest.mark.parametrize("family,adapter", [
-    pytest.param(f, a, id=f"{f}-{a}", marks=_installed(f) if f in ("Gemma4", "Qwen3_5") else [])
-    for f, a in EXPORT_CASES])
+    pytest.param(f, a, id=f"{f}-{a}", marks=needs_transformers(f"{f}Config")) for f, a in EXPORT_CASES])
 def test_export_merges_the_adapter_and_keeps_talan(tmp_path, local_model, family, adapter):
     from transformers import AutoModelForCausalLM
 

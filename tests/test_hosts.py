@@ -18,6 +18,7 @@ from conftest import (
     assert_talan_and_lora_gradients,
     greedy_kwargs,
     left_padded_prompt,
+    needs_transformers,
     open_gates,
     record_calls,
     tiny_batch,
@@ -74,11 +75,9 @@ FAMILY_NAMES = ["Qwen3Moe", "Qwen2", "Mistral", "Ministral", "Mixtral", "Gemma",
 CAUSAL_LM = {"Gemma3Text": "Gemma3ForCausalLM", "Gemma4Text": "Gemma4ForCausalLM"}
 
 
-def installed(family: str):
-    """``family`` as a test parameter, skipped where this transformers lacks it (Qwen3.5 and Gemma 4 came with 5.x)."""
-    missing = not hasattr(transformers, CAUSAL_LM.get(family, f"{family}ForCausalLM"))
-    return pytest.param(family, marks=pytest.mark.skipif(missing, reason=f"transformers {transformers.__version__} "
-                                                         f"has no {family}ForCausalLM"))
+def installed(family: str, *marks):
+    """``family`` as a test parameter (with ``marks``), skipped where this transformers lacks it."""
+    return pytest.param(family, marks=[needs_transformers(CAUSAL_LM.get(family, f"{family}ForCausalLM")), *marks])
 
 
 FAMILIES = [installed(family) for family in FAMILY_NAMES]
@@ -164,8 +163,8 @@ GRANITE_MOE_5_17 = pytest.mark.xfail(TRANSFORMERS_5_17, raises=AttributeError, s
                                      "5.17's GraniteMoe returns no router logits: 'int' object has no attribute 'to'")
 
 
-@pytest.mark.parametrize("family", [pytest.param(f, marks=[GRANITE_MOE_5_17]) if f.startswith("GraniteMoe") else
-                                    installed(f) for f in FAMILY_NAMES])
+@pytest.mark.parametrize("family", [installed(f, GRANITE_MOE_5_17) if f.startswith("GraniteMoe") else installed(f)
+                                    for f in FAMILY_NAMES])
 def test_host_trains_talan_and_lora_together(family):
     model = get_peft_model(tiny_host(family, train=True), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
     talan.patch(model, tiny_config(layer=1))

@@ -18,6 +18,7 @@ from conftest import (
     assert_same_generation,
     assert_talan_and_lora_gradients,
     greedy_kwargs,
+    needs_transformers,
     open_gates,
     tiny_config,
 )
@@ -37,17 +38,27 @@ GEMMA3_IMAGES = pytest.mark.skipif(TORCH_BEFORE_2_6, reason="transformers builds
                                    "or_mask_function, which needs torch >= 2.6")
 
 
+def _class_prefix(family: str) -> str:
+    return family.split("-")[0]
+
+
 def _installed(family: str):
-    """Skips ``family`` where this transformers lacks it (Qwen3.5 came with 5.x)."""
-    missing = not hasattr(transformers, f"{family.split('-')[0]}ForConditionalGeneration")
-    return pytest.mark.skipif(missing, reason=f"transformers {transformers.__version__} has no {family}")
+    """Skips ``family`` where this transformers lacks it."""
+    return needs_transformers(f"{_class_prefix(family)}ForConditionalGeneration")
 
 
-FAMILIES = [pytest.param(f, marks=[_installed(f), *([GEMMA3_IMAGES] if f == "Gemma3" else [])])
-            for f in (*NATIVE, "Llava", "Llava-gemma2", "Mistral3")]
 # transformers 5.17's Gemma 4 with an image generates otherwise with a static cache than recomputed, TALAN off too
 GEMMA4_STATIC_5_17 = pytest.mark.xfail(TRANSFORMERS_5_17, raises=AssertionError, strict=True, reason="transformers "
                                        "5.17: Gemma 4's static-cache generation differs from recomputing, TALAN off")
+
+
+def _with_images(family: str, *marks):
+    """``family`` as a test parameter (with ``marks``) of the tests with an image in the prompt."""
+    image_marks = [GEMMA3_IMAGES] if family == "Gemma3" else []
+    return pytest.param(family, marks=[_installed(family), *image_marks, *marks])
+
+
+FAMILIES = [_with_images(f) for f in (*NATIVE, "Llava", "Llava-gemma2", "Mistral3")]
 IMAGE, VISION_START, VISION_END = 5, 3, 4  # token ids inside the tiny vocabulary
 TEXT = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
             num_key_value_heads=2, head_dim=16, pad_token_id=0, bos_token_id=1, eos_token_id=2)
@@ -73,10 +84,6 @@ VISION = {
     "Mistral3": dict(SMALL_VISION, model_type="pixtral", head_dim=16),  # patches merged 2x2: 4 tokens
 }
 IMAGE_TOKENS = {"Llava": 16}
-
-
-def _class_prefix(family: str) -> str:
-    return family.split("-")[0]
 
 
 def _config(family: str):
@@ -154,8 +161,8 @@ def _logits(model, inputs):
 
 
 @pytest.mark.parametrize("site", ["pre", "mid", "post"])
-@pytest.mark.parametrize("family", [pytest.param(*p.values, marks=[*p.marks, GEMMA4_STATIC_5_17]) if p.values[0] ==
-                                    "Gemma4" else p for p in FAMILIES])
+@pytest.mark.parametrize("family", [_with_images(f, GEMMA4_STATIC_5_17) if f == "Gemma4" else _with_images(f)
+                                    for f in (*NATIVE, "Llava", "Llava-gemma2", "Mistral3")])
 def test_vl_host_patches_exactly_and_generates_as_it_recomputes(family, site):
     model, inputs = tiny_vl(family), image_prompt(family)
     unpatched = _logits(model, inputs)
