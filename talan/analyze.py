@@ -107,9 +107,9 @@ def _examples(args, folder: Path) -> list[dict]:
 def _site_module(layer, site: str, layout):
     """(module, kind) whose hook sees the residual stream right after TALAN's write at ``site``."""
     if site == "pre":
-        return layout.module(layer, layout.residual_input), "input"  # its input is the layer input TALAN rewrote
+        return layout.module(layer, "residual_input"), "input"  # its input is the layer input TALAN rewrote
     if site == "mid":
-        return layout.module(layer, layout.mlp_norm), "input"  # its input is residual + attention (+ TALAN)
+        return layout.module(layer, "mlp_norm"), "input"  # its input is residual + attention (+ TALAN)
     return layer, "output"  # a hook registered after TALAN's prepended one sees the perturbed output
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from torch import nn
 
@@ -12,25 +12,27 @@ class LayerLayout:
     """Where a family's decoder layer keeps the state between attention and MLP (``residual + attention``, the mid
     site): ``residual_input``'s input is the layer input (the residual), the layer adds the output of
     ``attention_output`` to it (times the layer's float attribute ``attention_scale``, when named), and
-    ``mlp_norm`` reads that sum. ``self_attn`` always gets the layer's kwargs (position ids, cache). In a hybrid
-    family's linear-attention layers, which have no ``self_attn``, the module named ``linear_attention`` takes its
-    place: it gets the layer's kwargs but its position ids (transformers 4.x hands it none of them)."""
+    ``mlp_norm`` reads that sum. ``token_mixer`` gets the layer's kwargs: self_attn all of them (position ids,
+    cache); a hybrid layer's linear attention, Mamba or convolution no position ids, and in transformers 4.x
+    maybe nothing but the cache. A hybrid family's layers without a self_attn (none, or None) follow
+    ``other_layers``."""
 
     residual_input: str = "input_layernorm"
     attention_output: str = "self_attn"
     mlp_norm: str = "post_attention_layernorm"
     attention_scale: str | None = None
-    linear_attention: str | None = None
+    token_mixer: str = "self_attn"
+    other_layers: LayerLayout | None = None
 
-    def is_linear_attention_layer(self, layer: nn.Module) -> bool:
-        return self.linear_attention is not None and not hasattr(layer, "self_attn")
+    def of(self, layer: nn.Module) -> LayerLayout:
+        """The layout of ``layer``: ``other_layers`` in a hybrid's layers with no self_attn, else this one."""
+        if self.other_layers is not None and getattr(layer, "self_attn", None) is None:
+            return self.other_layers
+        return self
 
     def module(self, layer: nn.Module, name: str) -> nn.Module:
-        """``layer``'s submodule ``name`` (one of this layout's names, or "self_attn"), where ``linear_attention``
-        stands in for a missing ``self_attn``."""
-        if name == "self_attn" and self.is_linear_attention_layer(layer):
-            name = self.linear_attention
-        return getattr(layer, name)
+        """``layer``'s submodule that ``layer``'s own layout (`of`) names ``name`` (a field of this class)."""
+        return getattr(layer, getattr(self.of(layer), name))
 
 
 # The model families TALAN patches, by class-name prefix. Qwen3 and Llama are the paper's hosts; the others have
@@ -45,9 +47,17 @@ _SANDWICH = LayerLayout(attention_output="post_attention_layernorm", mlp_norm="p
 _POST_NORM = LayerLayout(residual_input="self_attn", attention_output="post_attention_layernorm", mlp_norm="mlp")
 # Granite adds residual + attention * residual_multiplier (a config float)
 _GRANITE = LayerLayout(attention_scale="residual_multiplier")
-# Qwen3-Next and Qwen3.5: pre-norm layers whose token mixer is self_attn (gated attention) in every fourth layer and a
-# gated DeltaNet (linear attention, a recurrent state in the cache) in the others
-_HYBRID = LayerLayout(linear_attention="linear_attn")
+# The hybrids mix tokens by self_attn in some layers and otherwise by a recurrent or convolutional token mixer (its
+# state in the cache), which the layer treats as its self_attn: Qwen3-Next and Qwen3.5 (a gated DeltaNet in three
+# layers of four), Granite 4 (Mamba 2 in most layers, all scaled), LFM2 (short convolutions, its norms named
+# otherwise) and OLMo-hybrid (pre-norm gated DeltaNet layers beside post-norm attention layers, as OLMo 2's)
+_LINEAR_ATTENTION_LAYERS = LayerLayout(attention_output="linear_attn", token_mixer="linear_attn")  # pre-norm
+_HYBRID = LayerLayout(other_layers=_LINEAR_ATTENTION_LAYERS)
+_OLMO_HYBRID = replace(_POST_NORM, other_layers=_LINEAR_ATTENTION_LAYERS)
+_GRANITE_HYBRID = replace(_GRANITE, other_layers=replace(_GRANITE, attention_output="mamba", token_mixer="mamba"))
+_LFM2_ATTENTION_LAYERS = LayerLayout(residual_input="operator_norm", mlp_norm="ffn_norm")
+_LFM2 = replace(_LFM2_ATTENTION_LAYERS, other_layers=replace(_LFM2_ATTENTION_LAYERS, attention_output="conv",
+                                                             token_mixer="conv"))
 FAMILIES = {
     "Qwen3": _PRE_NORM, "Llama": _PRE_NORM, "Qwen3Moe": _PRE_NORM, "Qwen2": _PRE_NORM, "Mistral": _PRE_NORM,
     "Ministral": _PRE_NORM, "Mixtral": _PRE_NORM, "Gemma": _PRE_NORM, "SmolLM3": _PRE_NORM, "Starcoder2": _PRE_NORM,
@@ -57,6 +67,7 @@ FAMILIES = {
     "Granite": _GRANITE, "GraniteMoe": _GRANITE, "GraniteMoeShared": _GRANITE,
     "GptOss": _PRE_NORM, "DeepseekV3": _PRE_NORM, "Glm4Moe": _PRE_NORM,  # mixtures of experts; MLA in DeepSeek-V3
     "Qwen3Next": _HYBRID, "Qwen3_5": _HYBRID, "Qwen3_5Moe": _HYBRID,  # Qwen3.5 is vision-language too
+    "GraniteMoeHybrid": _GRANITE_HYBRID, "Lfm2": _LFM2, "Lfm2Moe": _LFM2, "OlmoHybrid": _OLMO_HYBRID,
     # vision-language: the text decoder is a Qwen2/Qwen3 stack, whose causal attention spans text and image tokens
     "Qwen2VL": _PRE_NORM, "Qwen2_5_VL": _PRE_NORM, "Qwen3VL": _PRE_NORM, "Qwen3VLMoe": _PRE_NORM,
 }

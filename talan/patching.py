@@ -31,7 +31,8 @@ _PATCH_ATTR = "_talan_patch"
 
 INPUTS_KWARG = "talan_inputs"  # the forward's _ForwardInputs, handed from the decoder stack to its layers
 # The names a stack, a layer or its attention give the cache: transformers 5.2x "cache", before that
-# "past_key_values"; a hybrid's linear attention gets "cache_params" (with the layer's other kwargs in 5.1x)
+# "past_key_values"; a hybrid's linear attention (and 4.x's Mamba) gets "cache_params" (with the layer's other kwargs
+# in 5.1x)
 _CACHE_KWARGS = ("cache", "past_key_values", "cache_params")
 
 
@@ -102,6 +103,16 @@ def _active_from_4d_mask(mask: torch.Tensor, past_len: int, opened_rows: bool = 
     return real
 
 
+def _miscounting_cache(cache, counted) -> bool:
+    """Whether transformers 4.x's ``cache`` may have miscounted its length as ``counted``, so that the forward's
+    ``cache_position`` (by which generate steps) must say it: a StaticCache counts the non-zero key rows of batch
+    row 0 (a tensor), too few when that row starts with zero keys (padding); the hybrid caches outside the Cache
+    hierarchy count an empty attention layer's batch rows as tokens (GraniteMoeHybrid's)."""
+    from transformers.cache_utils import Cache
+
+    return isinstance(counted, torch.Tensor) or not isinstance(cache, Cache)
+
+
 class _Patch:
     """Everything `patch` added to one decoder stack, so `unpatch` can remove it exactly."""
 
@@ -122,8 +133,8 @@ class _Patch:
         # mid site, where the attention output is normed or dropped out before it joins the residual: the kwargs
         # that the running layer call handed its self_attn (the norm or dropout gets none)
         self.attention_kwargs: dict[int, dict] = {}
-        # mid site, a hybrid family's linear-attention layers: the layer call's own kwargs, which transformers 4.x
-        # does not hand on to linear attention
+        # mid site, a hybrid family's layers whose token mixer is not self_attn: the layer call's own kwargs,
+        # which transformers 4.x does not hand on to linear attention or a convolution
         self.layer_kwargs: dict[int, dict] = {}
         params = inspect.signature(stack.forward).parameters
         self._forward_params = tuple(params)  # names only: a signature's mappingproxy cannot be deep-copied
@@ -161,10 +172,8 @@ class _Patch:
         if cache is not None:
             past_len = cache.get_seq_length()
             position = bound.get("cache_position")
-            if isinstance(past_len, torch.Tensor) and isinstance(position, torch.Tensor) and position.numel():
-                # transformers 4.x's StaticCache counts the non-zero key rows of batch row 0, which undercounts
-                # when that row starts with zero keys (padding); generate itself steps by cache_position
-                past_len = position[0]
+            if _miscounting_cache(cache, past_len) and isinstance(position, torch.Tensor) and position.numel():
+                past_len = position[0]  # where generate itself steps
             past_len = int(past_len)
         if isinstance(mask, dict):
             mask = _active_from_mask_dict(mask, past_len)
@@ -267,14 +276,16 @@ class _Patch:
         residual = self.layer_inputs.pop(layer_idx, None)
         kwargs = self.attention_kwargs.pop(layer_idx, kwargs)
         layer_kwargs = self.layer_kwargs.pop(layer_idx, None)
-        if layer_kwargs is not None and INPUTS_KWARG not in kwargs:  # a linear attention that got none of them
+        if layer_kwargs is not None and INPUTS_KWARG not in kwargs:  # a token mixer that got none of them
             kwargs = layer_kwargs
         if not self.enabled or residual is None:
             return None
         attn_out = output[0] if isinstance(output, tuple) else output
         scale = 1.0  # Granite's layer adds `residual + attention * residual_multiplier`
-        if self.layout.attention_scale is not None:
-            scale = float(getattr(self.stack.layers[layer_idx], self.layout.attention_scale))
+        layer = self.stack.layers[layer_idx]
+        scale_name = self.layout.of(layer).attention_scale
+        if scale_name is not None:
+            scale = float(getattr(layer, scale_name))
         h_mid = residual + (attn_out if scale == 1.0 else attn_out * scale)  # exactly the layer's sum
         h_new = self._apply(layer_idx, h_mid, self._context(h_mid, kwargs))
         delta = h_new - h_mid  # the layer then adds the residual back: h_mid + delta
@@ -294,14 +305,15 @@ class _Patch:
                 self.handles.append(layer.register_forward_hook(hook, with_kwargs=True, prepend=True))
             if self.config.site == "mid":
                 residual_hook = functools.partial(self._residual_pre, i)
-                residual_module = self.layout.module(layer, self.layout.residual_input)
+                layout = self.layout.of(layer)  # a hybrid's layers differ
+                residual_module = getattr(layer, layout.residual_input)
                 self.handles.append(residual_module.register_forward_pre_hook(residual_hook, with_kwargs=True))
-                output_module = self.layout.module(layer, self.layout.attention_output)
-                attention = self.layout.module(layer, "self_attn")  # or a hybrid layer's linear attention
-                if output_module is not attention:
+                output_module = getattr(layer, layout.attention_output)
+                token_mixer = getattr(layer, layout.token_mixer)
+                if output_module is not token_mixer:
                     kwargs_hook = functools.partial(self._attention_kwargs_pre, i)
-                    self.handles.append(attention.register_forward_pre_hook(kwargs_hook, with_kwargs=True))
-                if self.layout.is_linear_attention_layer(layer):
+                    self.handles.append(token_mixer.register_forward_pre_hook(kwargs_hook, with_kwargs=True))
+                if layout.token_mixer != "self_attn":
                     kwargs_hook = functools.partial(self._layer_kwargs_pre, i)
                     self.handles.append(layer.register_forward_pre_hook(kwargs_hook, with_kwargs=True))
                 hook = functools.partial(self._attention_post, i)

@@ -24,9 +24,11 @@ def local_model(tmp_path_factory):
 # loads for Gemma 3 from 4B on), OLMo 2 (no pre-norm), Phi-3 (dropped out first, fused qkv_proj that "all-linear"
 # adapts), Granite (scaled), Gemma 4 (normed first; as it ships, the vision-language model, which
 # AutoModelForCausalLM loads), Qwen3.5 (hybrid linear attention; saved as it ships, the vision-language model, which
-# AutoModelForCausalLM loads as its text decoder), each trained by `talan train` on text, exported and reloaded.
+# AutoModelForCausalLM loads as its text decoder), Granite 4 (dense, a Mamba 2 layer whose projections LoRA adapts
+# too) and LFM2 (a short-convolution layer), each trained by `talan train` on text, exported and reloaded.
 EXPORT_CASES = [("Qwen3", "lora"), ("Qwen3", "dora"), ("Gemma3Text", "lora"), ("Gemma3", "lora"), ("Olmo2", "lora"),
-                ("Phi3", "lora"), ("Granite", "lora"), ("Gemma4", "lora"), ("Qwen3_5", "lora")]
+                ("Phi3", "lora"), ("Granite", "lora"), ("Gemma4", "lora"), ("Qwen3_5", "lora"),
+                ("GraniteMoeHybrid", "lora"), ("Lfm2", "lora")]
 
 
 @pytest.mark.parametrize("family,adapter", [

@@ -1,8 +1,10 @@
 """The text hosts beyond the paper's Qwen3 and Llama (talan.hosts.FAMILIES): Qwen3-MoE, Qwen2 (Qwen2.5), Mistral,
 Ministral, Mixtral, Gemma, SmolLM3, StarCoder2, and the mixtures of experts gpt-oss, DeepSeek-V3 and GLM-4.5
 (Glm4Moe) share their decoder layer; Gemma 2/3/4 and GLM-4 norm the attention output before it joins the residual,
-OLMo 2/3 too with no norm before attention, Phi-3 drops it out and Granite scales it; in the hybrid Qwen3-Next and
-Qwen3.5 (dense and MoE) most layers mix tokens by linear attention instead. Every site patches exactly,
+OLMo 2/3 too with no norm before attention, Phi-3 drops it out and Granite scales it; in the hybrids most layers mix
+tokens otherwise than by self_attn: by linear attention in Qwen3-Next, Qwen3.5 (dense and MoE) and OLMo-hybrid (whose
+attention layers are OLMo 2's), by Mamba in Granite 4 (all scaled), by short convolutions in LFM2 (and its MoE,
+whose norms are named otherwise). Every site patches exactly,
 generates (dynamic and static cache) as it recomputes, unpatches exactly, writes exactly the block's output into
 the stream, and trains with peft."""
 
@@ -25,6 +27,7 @@ from conftest import (
     tiny_config,
 )
 from peft import LoraConfig, get_peft_model
+from train_helpers import HYBRID_LAYERS
 
 import talan
 from talan.hosts import decoder_stack, layer_layout
@@ -63,9 +66,19 @@ FAMILY_CONFIG["Gemma4Text"] = dict(vocab_size_per_layer_input=VOCAB, hidden_size
                                    num_kv_shared_layers=1, enable_moe_block=True, num_experts=4, top_k_experts=2,
                                    moe_intermediate_size=32,
                                    layer_types=["sliding_attention", "full_attention", "full_attention"])
-FAMILY_CONFIG.update(Qwen3Next=dict(HYBRID_MOE, decoder_sparse_step=1), Qwen3_5=HYBRID, Qwen3_5Moe=HYBRID_MOE)
-MOE_FAMILIES = ("Qwen3Moe", "Mixtral", "GraniteMoe", "GraniteMoeShared", "GptOss")  # with a router loss
-HYBRID_FAMILIES = ["Qwen3Next", "Qwen3_5", "Qwen3_5Moe"]
+FAMILY_CONFIG.update(Qwen3Next=dict(HYBRID_MOE, decoder_sparse_step=1), Qwen3_5=HYBRID, Qwen3_5Moe=HYBRID_MOE,
+                     OlmoHybrid=HYBRID)
+# The other hybrids, with the same layer types: Granite 4 (Mamba 2, every sum scaled; here with a mixture of experts
+# beside its shared MLP) and LFM2 (short convolutions; the MoE variant sparse from layer 1 on)
+FAMILY_CONFIG["GraniteMoeHybrid"] = {**IN_VOCAB, **HYBRID_LAYERS["GraniteMoeHybrid"], "mamba_n_heads": 4,
+                                     "layer_types": ["mamba", "attention", "mamba"], "num_local_experts": 4,
+                                     "num_experts_per_tok": 2, "shared_intermediate_size": 32}
+FAMILY_CONFIG["Lfm2"] = {**IN_VOCAB, **HYBRID_LAYERS["Lfm2"], "layer_types": ["conv", "full_attention", "conv"],
+                         "block_ff_dim": 128}
+FAMILY_CONFIG["Lfm2Moe"] = dict(FAMILY_CONFIG["Lfm2"], num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+                                num_dense_layers=1)
+MOE_FAMILIES = ("Qwen3Moe", "Mixtral", "GraniteMoe", "GraniteMoeShared", "GptOss", "GraniteMoeHybrid")  # router loss
+HYBRID_FAMILIES = ["Qwen3Next", "Qwen3_5", "Qwen3_5Moe", "GraniteMoeHybrid", "Lfm2", "Lfm2Moe", "OlmoHybrid"]
 FAMILY_NAMES = ["Qwen3Moe", "Qwen2", "Mistral", "Ministral", "Mixtral", "Gemma", "Gemma2", "Gemma3Text", "Gemma4Text",
                 "Phi3", "SmolLM3", "Glm4", "Starcoder2", "Olmo2", "Olmo3", "Granite", "GraniteMoe", "GraniteMoeShared",
                 "GptOss", "DeepseekV3", "Glm4Moe", *HYBRID_FAMILIES]
@@ -117,21 +130,26 @@ def test_each_site_writes_the_block_output_where_analyze_reads_the_stream(family
     what the block makes of the stream it probes with TALAN disabled. For the mid site that is the layer's
     ``residual + attention`` as it joins the residual: after the attention output's own norm, or Phi-3's dropout
     (here at p = 0.5, in train mode); hooking the attention itself would pass the block's write through that norm
-    or dropout."""
+    or dropout. In a hybrid, layer 0 mixes tokens otherwise than by self_attn, as layer 1 does."""
+    for layer in (0, 1) if family in HYBRID_FAMILIES else (0,):
+        _assert_block_output_where_analyze_reads(family, site, layer)
+
+
+def _assert_block_output_where_analyze_reads(family: str, site: str, layer: int):
     from talan.analyze import _forward, _site_module
 
     model = tiny_host(family, train=True, **({"resid_pdrop": 0.5} if family == "Phi3" else {}))
-    open_gates(talan.patch(model, tiny_config(site=site, layer=0)))
-    probe = {0: _site_module(decoder_stack(model).layers[0], site, layer_layout(model))}
+    open_gates(talan.patch(model, tiny_config(site=site, layer=layer)))
+    probe = {layer: _site_module(decoder_stack(model).layers[layer], site, layer_layout(model))}
     ids, mask = left_padded_prompt()
     batch = {"input_ids": ids, "attention_mask": mask}
     torch.manual_seed(1)  # the same dropout masks in both forwards
     with talan.disabled(model):
-        stream = _forward(model, batch, probe)[1][0]
+        stream = _forward(model, batch, probe)[1][layer]
     torch.manual_seed(1)
-    written = _forward(model, batch, probe)[1][0]
+    written = _forward(model, batch, probe)[1][layer]
     with torch.no_grad():
-        expected, _ = talan_blocks(model)[0](stream, mask.bool(), None, None)
+        expected, _ = talan_blocks(model)[layer](stream, mask.bool(), None, None)
     assert not torch.allclose(expected, stream, atol=1e-2)  # the block changes the stream
     torch.testing.assert_close(written, expected, rtol=1e-5, atol=1e-5)  # fp32: (h + a) + (w - h) against w
 
@@ -158,7 +176,8 @@ def test_sliding_window_caches_generate_as_recomputed_past_the_window(family):
         assert_same_generation(model.generate(ids, cache_implementation=cache, **kwargs), recomputed)
 
 
-# transformers 5.17's GraniteMoe (and -Shared) collects no router logits, and then fails in its own aux-loss line
+# transformers 5.17's GraniteMoe (and -Shared, -Hybrid) collects no router logits, and then fails in its own aux-loss
+# line, with TALAN off too
 GRANITE_MOE_5_17 = pytest.mark.xfail(TRANSFORMERS_5_17, raises=AttributeError, strict=True, reason="transformers "
                                      "5.17's GraniteMoe returns no router logits: 'int' object has no attribute 'to'")
 
@@ -208,15 +227,16 @@ def test_gradient_checkpointing_recomputes_a_mid_site_with_its_own_forwards_kwar
 
 @pytest.mark.parametrize("site", ["pre", "mid", "post"])
 @pytest.mark.parametrize("family", map(installed, HYBRID_FAMILIES))
-def test_a_linear_attention_layer_restarts_the_memory_where_packed_sequences_do(family, site, monkeypatch):
-    """A hybrid's linear attention gets no position ids (layer 0), its full attention does (layer 1): at the mid
-    site the block of each reads the same packed-sequence starts, those of the position ids the model was given."""
+def test_a_layer_without_self_attn_restarts_the_memory_where_packed_sequences_do(family, site, monkeypatch):
+    """A hybrid's other token mixer (linear attention, Mamba, convolution) gets no position ids (layer 0), its
+    self_attn does (layer 1): at the mid site the block of each reads the same packed-sequence starts, those of the
+    position ids the model was given."""
     from talan.block import TalanBlock
 
     resets = record_calls(monkeypatch, TalanBlock, "forward", lambda block, hidden, active, starts, state: starts)
     model = open_gates(talan.patch(tiny_host(family), tiny_config(site=site, layer=(0, 1))))
-    assert [layer_layout(model).is_linear_attention_layer(layer) for layer in decoder_stack(model).layers[:2]] == [
-        True, False]
+    layout = layer_layout(model)
+    assert [layout.of(layer).token_mixer == "self_attn" for layer in decoder_stack(model).layers[:2]] == [False, True]
     position_ids = torch.cat([torch.arange(n) for n in (5, 7, 4)])[None]
     model(input_ids=tiny_batch(batch=1, length=16)["input_ids"], position_ids=position_ids, use_cache=False)
     expected = torch.zeros(1, 16, dtype=torch.bool)

@@ -45,6 +45,14 @@ def saved_weights(run: Path) -> dict[str, torch.Tensor]:
     return {**load_file(run / "talan_model.safetensors"), **load_file(run / "adapter_model.safetensors")}
 
 
+# the layers of the text-only hybrids' 2-layer checkpoints: Granite 4 (a Mamba 2 layer, then attention; every sum
+# scaled) and LFM2 (a short convolution, then attention)
+HYBRID_LAYERS = {"GraniteMoeHybrid": dict(layer_types=["mamba", "attention"], residual_multiplier=0.22, mamba_n_heads=2,
+                                          mamba_d_head=16, mamba_d_state=16, mamba_n_groups=1, mamba_expand=1,
+                                          mamba_chunk_size=4, num_local_experts=0, shared_intermediate_size=64),
+                 "Lfm2": dict(layer_types=["conv", "full_attention"], block_ff_dim=64)}
+
+
 def make_local_checkpoint(model_dir: Path, chat_template: bool = True, family: str = "Qwen3") -> Path:
     """A tiny random causal LM of ``family`` (a transformers config prefix: Qwen3, Gemma3Text, Phi3, ...; Gemma3,
     Gemma4 and Qwen3_5: the vision-language model, with a 1-layer vision tower) and a character-level HF tokenizer
@@ -87,6 +95,8 @@ def make_local_checkpoint(model_dir: Path, chat_template: bool = True, family: s
         transformers.Qwen3_5ForConditionalGeneration(config).save_pretrained(model_dir)
         return model_dir
     else:
+        if family in HYBRID_LAYERS:  # layer 0 mixes tokens otherwise than by self_attn, layer 1 by self_attn
+            text.update(HYBRID_LAYERS[family])
         config = getattr(transformers, f"{family}Config")(**text)
     AutoModelForCausalLM.from_config(config).save_pretrained(model_dir)
     return model_dir
