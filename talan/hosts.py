@@ -92,9 +92,10 @@ def family_names() -> str:
 
 # Vision-language wrappers around a text decoder that transformers builds from their text config (AutoModel), with
 # causal attention over image tokens: that decoder's own family says how to patch it (LLaVA over Llama or Gemma 2,
-# Mistral 3 over Mistral).
-_VL_WRAPPERS = frozenset({"LlavaForConditionalGeneration", "LlavaModel", "Mistral3ForConditionalGeneration",
-                          "Mistral3Model"})
+# LLaVA-NeXT over Llama or Mistral, LLaVA-OneVision over Qwen2, LFM2-VL over LFM2, Mistral 3 over Mistral).
+_VL_WRAPPER_NAMES = ("LLaVA", "LLaVA-NeXT", "LLaVA-OneVision", "LFM2-VL", "Mistral 3")
+_VL_WRAPPERS = frozenset(f"{wrapper}{head}" for head in ("ForConditionalGeneration", "Model")
+                         for wrapper in ("Llava", "LlavaNext", "LlavaOnevision", "Lfm2Vl", "Mistral3"))
 
 
 def _transformers_class(module: nn.Module, names) -> str | None:
@@ -175,10 +176,10 @@ def stack_and_layout(model: nn.Module) -> tuple[nn.Module, LayerLayout]:
         family = _CLASS_FAMILIES.get(_transformers_class(stack, _CLASS_FAMILIES))
     if family is None:
         inside = f" over a {type(stack).__name__}" if wrapper and stack is not None else ""
+        wrapped = f" wrapping {type(host).__name__}" if host is not model else ""
         raise TypeError(f"talan supports the {family_names()} models ({', '.join('*' + h for h in HEADS)}; "
-                        "LLaVA and Mistral 3 over one of them; plain, or wrapped by peft, torch.compile or DDP); got "
-                        f"{type(model).__name__}" + (f" wrapping {type(host).__name__}" if host is not model else "")
-                        + inside)
+                        f"{', '.join(_VL_WRAPPER_NAMES)} over one of them; plain, or wrapped by peft, torch.compile "
+                        f"or DDP); got {type(model).__name__}{wrapped}{inside}")
     if stack is None:
         raise TypeError(f"{type(host).__name__} has no decoder layer list to patch")
     return stack, FAMILIES[family]

@@ -1,10 +1,11 @@
 """Vision-language hosts: Qwen2-VL, Qwen2.5-VL, Qwen3-VL (and its MoE), Qwen3.5 (and its MoE; a hybrid text
-decoder whose linear-attention layers hold a recurrent state), Gemma 3 (4B on), Gemma 4, and LLaVA and Mistral 3
-over any supported text decoder. Their text decoder sits beside the vision tower (``model.language_model``); its
-attention spans text and image tokens alike (Gemma 3's and 4's image tokens attend to each other both ways), so TALAN's
-memory takes in the image tokens as it takes in any other. With an image in a left-padded prompt: every site is
-exact at init and after unpatch, generates (dynamic and static cache) as it recomputes, writes exactly the block's
-output into the stream, trains with peft LoRA on the language model, and saves and reloads."""
+decoder whose linear-attention layers hold a recurrent state), Gemma 3 (4B on), Gemma 4, and LLaVA, LLaVA-NeXT,
+LLaVA-OneVision, LFM2-VL and Mistral 3 over any supported text decoder. Their text decoder sits beside the vision
+tower (``model.language_model``); its attention spans text and image tokens alike (Gemma 3's and 4's image tokens
+attend to each other both ways), so TALAN's memory takes in the image tokens as it takes in any other. With an image
+in a left-padded prompt: every site is exact at init and after unpatch, generates (dynamic and static cache) as it
+recomputes, writes exactly the block's output into the stream, trains with peft LoRA on the language model, and
+saves and reloads."""
 
 import inspect
 
@@ -58,7 +59,10 @@ def _with_images(family: str, *marks):
     return pytest.param(family, marks=[_installed(family), *image_marks, *marks])
 
 
-FAMILIES = [_with_images(f) for f in (*NATIVE, "Llava", "Llava-gemma2", "Mistral3")]
+# the wrappers that build their text decoder from its config: LLaVA over Llama and over Gemma 2, LLaVA-NeXT (over
+# Llama), LLaVA-OneVision (over Qwen2), LFM2-VL (over LFM2, a hybrid), Mistral 3 (over Mistral)
+WRAPPERS = ("Llava", "Llava-gemma2", "LlavaNext", "LlavaOnevision", "Lfm2Vl", "Mistral3")
+FAMILIES = [_with_images(f) for f in (*NATIVE, *WRAPPERS)]
 IMAGE, VISION_START, VISION_END = 5, 3, 4  # token ids inside the tiny vocabulary
 TEXT = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
             num_key_value_heads=2, head_dim=16, pad_token_id=0, bos_token_id=1, eos_token_id=2)
@@ -82,8 +86,16 @@ VISION = {
                    num_key_value_heads=2, head_dim=16, patch_size=4, pooling_kernel_size=3, position_embedding_size=64),
     "Llava": dict(SMALL_VISION, model_type="clip_vision_model"),  # every patch a token (CLS dropped): 16 tokens
     "Mistral3": dict(SMALL_VISION, model_type="pixtral", head_dim=16),  # patches merged 2x2: 4 tokens
+    # any resolution, on a 1x1 grid of 16x16 tiles: the whole image's 16 patches, the tile's 16 and a newline token
+    # after each of its 4 rows, 36 tokens
+    "LlavaNext": dict(SMALL_VISION, model_type="clip_vision_model"),
+    "LlavaOnevision": dict(SMALL_VISION, model_type="siglip_vision_model"),
+    # SigLIP 2 (NaFlex) on 4x4 patches of 4x4 pixels, pixel-unshuffled 2x2: 4 tokens
+    "Lfm2Vl": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, patch_size=4,
+                   num_patches=16),
 }
-IMAGE_TOKENS = {"Llava": 16}
+IMAGE_TOKENS = {"Llava": 16, "LlavaNext": 36, "LlavaOnevision": 36}
+ANY_RESOLUTION = ("LlavaNext", "LlavaOnevision")
 
 
 def _config(family: str):
@@ -100,10 +112,17 @@ def _config(family: str):
         return transformers.Gemma3Config(text_config=TEXT, vision_config=vision, mm_tokens_per_image=4,
                                          image_token_index=IMAGE, boi_token_index=VISION_START,
                                          eoi_token_index=VISION_END)
-    if prefix in ("Llava", "Mistral3"):  # the text decoder: Llama, Mistral, or the model type after the dash
-        decoder = family.split("-")[1] if "-" in family else "llama" if prefix == "Llava" else "mistral"
+    if prefix == "Lfm2Vl":  # layers 0 and 2 short convolutions, layer 1 attention
+        text = dict(TEXT, layer_types=["conv", "full_attention", "conv"], block_ff_dim=128)
+        return transformers.Lfm2VlConfig(text_config=text, vision_config=vision, image_token_id=IMAGE,
+                                         downsample_factor=2, projector_hidden_size=32)
+    if prefix in ("Llava", "Mistral3", *ANY_RESOLUTION):  # the text decoder: its default, or the type after the dash
+        decoder = family.split("-")[1] if "-" in family else {"Mistral3": "mistral", "LlavaOnevision": "qwen2"}.get(
+            prefix, "llama")
         text = dict(TEXT, model_type=decoder)
         extra = {"spatial_merge_size": 2} if prefix == "Mistral3" else {}
+        if prefix in ANY_RESOLUTION:
+            extra["image_grid_pinpoints"] = [[16, 16]]
         return getattr(transformers, f"{prefix}Config")(text_config=text, vision_config=vision, image_token_index=IMAGE,
                                                         vision_feature_layer=-1, **extra)
     text = dict(TEXT, rope_theta=10000.0,  # multimodal RoPE; rope_scaling is 4.57's key, 5.x converts it
@@ -145,7 +164,13 @@ def image_prompt(family: str, seed: int = 3) -> dict:
         inputs["image_position_ids"] = xy.expand(2, -1, -1).clone()
     if prefix == "Gemma3":  # token_type_ids mark the image tokens, which attend to each other both ways
         inputs["token_type_ids"] = (ids == IMAGE).long()
-    if prefix == "Mistral3":
+    if prefix in ANY_RESOLUTION:  # the whole image, then its one tile
+        inputs["pixel_values"] = torch.randn(2, 2, 3, 16, 16, generator=generator)
+    if prefix == "Lfm2Vl":  # each image's flattened patches on a 4x4 grid
+        inputs["pixel_values"] = torch.randn(2, 16, 3 * 4 * 4, generator=generator)
+        inputs.update(spatial_shapes=torch.tensor([[4, 4]] * 2),
+                      pixel_attention_mask=torch.ones(2, 16, dtype=torch.bool))
+    if prefix in ("Mistral3", *ANY_RESOLUTION):
         inputs["image_sizes"] = torch.tensor([[16, 16]] * 2)
     if prefix in QWEN_VL:  # 4x4 patches (2 frames each), merged 2x2
         inputs["pixel_values"] = torch.randn(2 * 16, 3 * 2 * 4 * 4, generator=generator)
@@ -162,7 +187,7 @@ def _logits(model, inputs):
 
 @pytest.mark.parametrize("site", ["pre", "mid", "post"])
 @pytest.mark.parametrize("family", [_with_images(f, GEMMA4_STATIC_5_17) if f == "Gemma4" else _with_images(f)
-                                    for f in (*NATIVE, "Llava", "Llava-gemma2", "Mistral3")])
+                                    for f in (*NATIVE, *WRAPPERS)])
 def test_vl_host_patches_exactly_and_generates_as_it_recomputes(family, site):
     model, inputs = tiny_vl(family), image_prompt(family)
     unpatched = _logits(model, inputs)
@@ -170,7 +195,8 @@ def test_vl_host_patches_exactly_and_generates_as_it_recomputes(family, site):
     assert torch.equal(_logits(model, inputs), unpatched)  # identity at initialisation
     open_gates(model)
     assert not torch.allclose(_logits(model, inputs), unpatched, atol=1e-4)
-    kwargs = greedy_kwargs(inputs["attention_mask"])
+    # never an image token: a recomputing forward would find more of them than the images it has features for
+    kwargs = dict(greedy_kwargs(inputs["attention_mask"]), suppress_tokens=[IMAGE])
     prompt = {k: v for k, v in inputs.items() if k != "attention_mask"}
     recomputed = model.generate(**prompt, use_cache=False, **kwargs)
     for cache in ("dynamic", "static"):
@@ -217,7 +243,7 @@ def test_vl_host_trains_with_lora_on_the_language_model_and_reloads(family, tmp_
 
 
 BARE = [pytest.param(f, head, marks=_installed(f), id=f + head) for f in NATIVE for head in ("Model", "TextModel")] + [
-    pytest.param(f, "Model", id=f + "Model") for f in ("Llava", "Mistral3")]
+    pytest.param(f, "Model", id=f + "Model") for f in WRAPPERS if "-" not in f]
 
 
 @pytest.mark.parametrize("family,head", BARE)
