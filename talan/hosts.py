@@ -58,6 +58,12 @@ _GRANITE_HYBRID = replace(_GRANITE, other_layers=replace(_GRANITE, attention_out
 _LFM2_ATTENTION_LAYERS = LayerLayout(residual_input="operator_norm", mlp_norm="ffn_norm")
 _LFM2 = replace(_LFM2_ATTENTION_LAYERS, other_layers=replace(_LFM2_ATTENTION_LAYERS, attention_output="conv",
                                                              token_mixer="conv"))
+# LFM3 norms the token mixer's output first (post_operator_norm: an identity without its sandwich norm)
+_LFM3_ATTENTION_LAYERS = replace(_LFM2_ATTENTION_LAYERS, attention_output="post_operator_norm")
+_LFM3 = replace(_LFM3_ATTENTION_LAYERS, other_layers=replace(_LFM3_ATTENTION_LAYERS, token_mixer="conv"))
+# Bamba: Mamba 2 layers beside attention ones, the MLP normed by pre_ff_layernorm
+_BAMBA = LayerLayout(mlp_norm="pre_ff_layernorm", other_layers=LayerLayout(
+    attention_output="mamba", token_mixer="mamba", mlp_norm="pre_ff_layernorm"))
 FAMILIES = {
     "Qwen3": _PRE_NORM, "Llama": _PRE_NORM, "Qwen3Moe": _PRE_NORM, "Qwen2": _PRE_NORM, "Mistral": _PRE_NORM,
     "Ministral": _PRE_NORM, "Mixtral": _PRE_NORM, "Gemma": _PRE_NORM, "SmolLM3": _PRE_NORM, "Starcoder2": _PRE_NORM,
@@ -68,6 +74,12 @@ FAMILIES = {
     "GptOss": _PRE_NORM, "DeepseekV3": _PRE_NORM, "Glm4Moe": _PRE_NORM,  # mixtures of experts; MLA in DeepSeek-V3
     "Qwen3Next": _HYBRID, "Qwen3_5": _HYBRID, "Qwen3_5Moe": _HYBRID,  # Qwen3.5 is vision-language too
     "GraniteMoeHybrid": _GRANITE_HYBRID, "Lfm2": _LFM2, "Lfm2Moe": _LFM2, "OlmoHybrid": _OLMO_HYBRID,
+    "Lfm3": _LFM3, "Bamba": _BAMBA,
+    # more pre-norm decoders, dense and mixtures of experts (OLMoE, ERNIE 4.5 MoE, Hunyuan MoE, MiniMax-M2, EXAONE MoE)
+    "Ernie4_5": _PRE_NORM, "Ernie4_5_Moe": _PRE_NORM, "SeedOss": _PRE_NORM, "HunYuanDenseV1": _PRE_NORM,
+    "HunYuanMoEV1": _PRE_NORM, "Arcee": _PRE_NORM, "Olmoe": _PRE_NORM, "MiniMaxM2": _PRE_NORM, "ExaoneMoe": _PRE_NORM,
+    "Apertus": LayerLayout(residual_input="attention_layernorm", mlp_norm="feedforward_layernorm"),
+    "Exaone4": _POST_NORM, "FlexOlmo": _POST_NORM, "GraniteSWA": _GRANITE, "GraniteMoeSWA": _GRANITE,
     # vision-language: the text decoder is a Qwen2/Qwen3 stack, whose causal attention spans text and image tokens
     "Qwen2VL": _PRE_NORM, "Qwen2_5_VL": _PRE_NORM, "Qwen3VL": _PRE_NORM, "Qwen3VLMoe": _PRE_NORM,
 }

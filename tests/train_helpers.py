@@ -45,11 +45,12 @@ def saved_weights(run: Path) -> dict[str, torch.Tensor]:
     return {**load_file(run / "talan_model.safetensors"), **load_file(run / "adapter_model.safetensors")}
 
 
+# Mamba 2 heads of 16 channels and 16 states, one group, chunks of 4 tokens (mamba_n_heads x 16 = the width)
+MAMBA_2 = dict(mamba_d_head=16, mamba_d_state=16, mamba_n_groups=1, mamba_expand=1, mamba_chunk_size=4)
 # the layers of the text-only hybrids' 2-layer checkpoints: Granite 4 (a Mamba 2 layer, then attention; every sum
 # scaled) and LFM2 (a short convolution, then attention)
-HYBRID_LAYERS = {"GraniteMoeHybrid": dict(layer_types=["mamba", "attention"], residual_multiplier=0.22, mamba_n_heads=2,
-                                          mamba_d_head=16, mamba_d_state=16, mamba_n_groups=1, mamba_expand=1,
-                                          mamba_chunk_size=4, num_local_experts=0, shared_intermediate_size=64),
+HYBRID_LAYERS = {"GraniteMoeHybrid": dict(MAMBA_2, layer_types=["mamba", "attention"], residual_multiplier=0.22,
+                                          mamba_n_heads=2, num_local_experts=0, shared_intermediate_size=64),
                  "Lfm2": dict(layer_types=["conv", "full_attention"], block_ff_dim=64)}
 
 
