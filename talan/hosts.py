@@ -104,10 +104,12 @@ def family_names() -> str:
 
 # Vision-language wrappers around a text decoder that transformers builds from their text config (AutoModel), with
 # causal attention over image tokens: that decoder's own family says how to patch it (LLaVA over Llama or Gemma 2,
-# LLaVA-NeXT over Llama or Mistral, LLaVA-OneVision over Qwen2, LFM2-VL over LFM2, Mistral 3 over Mistral).
-_VL_WRAPPER_NAMES = ("LLaVA", "LLaVA-NeXT", "LLaVA-OneVision", "LFM2-VL", "Mistral 3")
-_VL_WRAPPERS = frozenset(f"{wrapper}{head}" for head in ("ForConditionalGeneration", "Model")
-                         for wrapper in ("Llava", "LlavaNext", "LlavaOnevision", "Lfm2Vl", "Mistral3"))
+# LLaVA-NeXT over Llama or Mistral, LLaVA-OneVision over Qwen2, LFM2-VL over LFM2, Mistral 3 over Mistral, InternVL
+# over Qwen2/Qwen3 or Llama, SmolVLM and Idefics 3 over Llama).
+_VL_WRAPPER_NAMES = ("LLaVA", "LLaVA-NeXT", "LLaVA-OneVision", "LFM2-VL", "Mistral 3", "InternVL", "SmolVLM",
+                     "Idefics 3")
+_VL_WRAPPERS = frozenset(f"{wrapper}{head}" for head in ("ForConditionalGeneration", "Model") for wrapper in (
+    "Llava", "LlavaNext", "LlavaOnevision", "Lfm2Vl", "Mistral3", "InternVL", "SmolVLM", "Idefics3"))
 
 
 def _transformers_class(module: nn.Module, names) -> str | None:
@@ -122,9 +124,10 @@ def _transformers_class(module: nn.Module, names) -> str | None:
 def _find_stack(host: nn.Module) -> nn.Module | None:
     """The module that owns the decoder ``layers`` under any head (the host itself for a bare *Model).
     transformers 4.x's Gemma3ForCausalLM keeps its stack in ``model`` but names its base model "language_model", so
-    base_model is the head itself; a vision-language model keeps its text decoder in ``language_model``."""
+    base_model is the head itself; a vision-language model keeps its text decoder in ``language_model`` (SmolVLM and
+    Idefics 3 in ``text_model``)."""
     outer = (host.base_model, getattr(host, "model", None))
-    for stack in (*outer, *(getattr(m, "language_model", None) for m in outer)):
+    for stack in (*outer, *(getattr(m, name, None) for m in outer for name in ("language_model", "text_model"))):
         if isinstance(getattr(stack, "layers", None), nn.ModuleList):
             return stack
     return None

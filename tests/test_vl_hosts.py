@@ -1,11 +1,11 @@
 """Vision-language hosts: Qwen2-VL, Qwen2.5-VL, Qwen3-VL (and its MoE), Qwen3.5 (and its MoE; a hybrid text
 decoder whose linear-attention layers hold a recurrent state), Gemma 3 (4B on), Gemma 4, and LLaVA, LLaVA-NeXT,
-LLaVA-OneVision, LFM2-VL and Mistral 3 over any supported text decoder. Their text decoder sits beside the vision
-tower (``model.language_model``); its attention spans text and image tokens alike (Gemma 3's and 4's image tokens
-attend to each other both ways), so TALAN's memory takes in the image tokens as it takes in any other. With an image
-in a left-padded prompt: every site is exact at init and after unpatch, generates (dynamic and static cache) as it
-recomputes, writes exactly the block's output into the stream, trains with peft LoRA on the language model, and
-saves and reloads."""
+LLaVA-OneVision, LFM2-VL, Mistral 3, InternVL, SmolVLM and Idefics 3 over any supported text decoder. Their text
+decoder sits beside the vision tower (``model.language_model``, or ``text_model``); its attention spans text and
+image tokens alike (Gemma 3's and 4's image tokens attend to each other both ways), so TALAN's memory takes in the
+image tokens as it takes in any other. With an image in a left-padded prompt: every site is exact at init and after
+unpatch, generates (dynamic and static cache) as it recomputes, writes exactly the block's output into the stream,
+trains with peft LoRA on the language model, and saves and reloads."""
 
 import inspect
 
@@ -60,8 +60,10 @@ def _with_images(family: str, *marks):
 
 
 # the wrappers that build their text decoder from its config: LLaVA over Llama and over Gemma 2, LLaVA-NeXT (over
-# Llama), LLaVA-OneVision (over Qwen2), LFM2-VL (over LFM2, a hybrid), Mistral 3 (over Mistral)
-WRAPPERS = ("Llava", "Llava-gemma2", "LlavaNext", "LlavaOnevision", "Lfm2Vl", "Mistral3")
+# Llama), LLaVA-OneVision (over Qwen2), LFM2-VL (over LFM2, a hybrid), Mistral 3 (over Mistral), InternVL (over
+# Qwen2), SmolVLM and Idefics 3 (over Llama, kept as text_model)
+WRAPPERS = ("Llava", "Llava-gemma2", "LlavaNext", "LlavaOnevision", "Lfm2Vl", "Mistral3", "InternVL", "SmolVLM",
+            "Idefics3")
 FAMILIES = [_with_images(f) for f in (*NATIVE, *WRAPPERS)]
 IMAGE, VISION_START, VISION_END = 5, 3, 4  # token ids inside the tiny vocabulary
 TEXT = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
@@ -93,6 +95,9 @@ VISION = {
     # SigLIP 2 (NaFlex) on 4x4 patches of 4x4 pixels, pixel-unshuffled 2x2: 4 tokens
     "Lfm2Vl": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, patch_size=4,
                    num_patches=16),
+    # InternViT, SmolVLM's and Idefics 3's SigLIP: 16 patches, pixel-shuffled 2x2 into 4 tokens
+    "InternVL": dict(SMALL_VISION, image_size=[16, 16], patch_size=[4, 4]),
+    "SmolVLM": SMALL_VISION, "Idefics3": SMALL_VISION,
 }
 IMAGE_TOKENS = {"Llava": 16, "LlavaNext": 36, "LlavaOnevision": 36}
 ANY_RESOLUTION = ("LlavaNext", "LlavaOnevision")
@@ -116,6 +121,12 @@ def _config(family: str):
         text = dict(TEXT, layer_types=["conv", "full_attention", "conv"], block_ff_dim=128)
         return transformers.Lfm2VlConfig(text_config=text, vision_config=vision, image_token_id=IMAGE,
                                          downsample_factor=2, projector_hidden_size=32)
+    if prefix == "InternVL":
+        return transformers.InternVLConfig(text_config=dict(TEXT, model_type="qwen2"), vision_config=vision,
+                                           image_token_id=IMAGE, downsample_ratio=0.5)
+    if prefix in ("SmolVLM", "Idefics3"):
+        return getattr(transformers, f"{prefix}Config")(text_config=dict(TEXT, model_type="llama"),
+                                                        vision_config=vision, image_token_id=IMAGE, scale_factor=2)
     if prefix in ("Llava", "Mistral3", *ANY_RESOLUTION):  # the text decoder: its default, or the type after the dash
         decoder = family.split("-")[1] if "-" in family else {"Mistral3": "mistral", "LlavaOnevision": "qwen2"}.get(
             prefix, "llama")
@@ -156,8 +167,10 @@ def image_prompt(family: str, seed: int = 3) -> dict:
     mask[0, :2] = 0
     generator = torch.Generator().manual_seed(seed)
     inputs = dict(input_ids=ids, attention_mask=mask)
-    if prefix in ("Gemma3", "Llava", "Mistral3"):
+    if prefix in ("Gemma3", "Llava", "Mistral3", "InternVL"):
         inputs["pixel_values"] = torch.randn(2, 3, 16, 16, generator=generator)
+    if prefix in ("SmolVLM", "Idefics3"):  # one image per row
+        inputs["pixel_values"] = torch.randn(2, 1, 3, 16, 16, generator=generator)
     if prefix == "Gemma4":  # each image's flattened patches and their (x, y) positions
         inputs["pixel_values"] = torch.randn(2, 36, 3 * 4 * 4, generator=generator)
         xy = torch.stack(torch.meshgrid(torch.arange(6), torch.arange(6), indexing="xy"), -1).reshape(36, 2)
@@ -223,7 +236,7 @@ def test_vl_sites_write_the_block_output_where_analyze_reads_the_stream(family, 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_vl_host_trains_with_lora_on_the_language_model_and_reloads(family, tmp_path):
     model = get_peft_model(tiny_vl(family, train=True),  # the text decoder's attention; the vision tower stays frozen
-                           LoraConfig(r=4, lora_alpha=8, target_modules=r".*language_model.*\.(q|k|v|o)_proj",
+                           LoraConfig(r=4, lora_alpha=8, target_modules=r".*(language|text)_model.*\.(q|k|v|o)_proj",
                                       init_lora_weights=False))
     open_gates(talan.patch(model, tiny_config(layer=(0, 1))), 0.5)
     inputs = image_prompt(family)
@@ -250,7 +263,7 @@ BARE = [pytest.param(f, head, marks=_installed(f), id=f + head) for f in NATIVE 
 def test_bare_vl_models_and_their_text_decoders_are_hosts(family, head):
     model = tiny_vl(family, head)
     stack = decoder_stack(model)
-    assert stack is (model if head == "TextModel" else model.language_model)
+    assert stack is (model if head == "TextModel" else getattr(model, "text_model", None) or model.language_model)
     talan.patch(model, tiny_config(layer=1))
     assert hasattr(stack.layers[1], "talan") and is_patched(model)
 
