@@ -75,7 +75,8 @@ FAMILIES = {
     "Qwen3Next": _HYBRID, "Qwen3_5": _HYBRID, "Qwen3_5Moe": _HYBRID,  # Qwen3.5 is vision-language too
     "GraniteMoeHybrid": _GRANITE_HYBRID, "Lfm2": _LFM2, "Lfm2Moe": _LFM2, "OlmoHybrid": _OLMO_HYBRID,
     "Lfm3": _LFM3, "Bamba": _BAMBA,
-    # more pre-norm decoders, dense and mixtures of experts (OLMoE, ERNIE 4.5 MoE, Hunyuan MoE, MiniMax-M2, EXAONE MoE)
+    # more decoders, dense and mixtures of experts: pre-norm (Apertus's norms named otherwise), post-norm (EXAONE 4,
+    # FlexOlmo), scaled (Granite SWA)
     "Ernie4_5": _PRE_NORM, "Ernie4_5_Moe": _PRE_NORM, "SeedOss": _PRE_NORM, "HunYuanDenseV1": _PRE_NORM,
     "HunYuanMoEV1": _PRE_NORM, "Arcee": _PRE_NORM, "Olmoe": _PRE_NORM, "MiniMaxM2": _PRE_NORM, "ExaoneMoe": _PRE_NORM,
     "Apertus": LayerLayout(residual_input="attention_layernorm", mlp_norm="feedforward_layernorm"),
