@@ -81,6 +81,8 @@ FAMILIES = {
     "HunYuanMoEV1": _PRE_NORM, "Arcee": _PRE_NORM, "Olmoe": _PRE_NORM, "MiniMaxM2": _PRE_NORM, "ExaoneMoe": _PRE_NORM,
     "Apertus": LayerLayout(residual_input="attention_layernorm", mlp_norm="feedforward_layernorm"),
     "Exaone4": _POST_NORM, "FlexOlmo": _POST_NORM, "GraniteSWA": _GRANITE, "GraniteMoeSWA": _GRANITE,
+    "Qwen2Moe": _PRE_NORM, "Phimoe": _PRE_NORM, "Olmo": _PRE_NORM, "Glm": _PRE_NORM, "Helium": _PRE_NORM,
+    "Nemotron": _PRE_NORM,
     # vision-language: the text decoder is a Qwen2/Qwen3 stack, whose causal attention spans text and image tokens
     "Qwen2VL": _PRE_NORM, "Qwen2_5_VL": _PRE_NORM, "Qwen3VL": _PRE_NORM, "Qwen3VLMoe": _PRE_NORM,
 }
