@@ -494,8 +494,10 @@ def test_continuous_batching_is_refused_by_name_and_runs_with_talan_disabled(cap
     from transformers.generation import configuration_utils
 
     sizes_config = getattr(configuration_utils, "ContinuousBatchingConfig", None)
-    sizes = {} if sizes_config is None else {"continuous_batching_config": sizes_config(
-        page_size=16, num_blocks=8, max_batch_tokens=32)}
+    sizes = {}
+    if sizes_config is not None:  # its page size is block_size up to 5.17, page_size later
+        page = "page_size" if "page_size" in inspect.signature(sizes_config).parameters else "block_size"
+        sizes = {"continuous_batching_config": sizes_config(**{page: 16}, num_blocks=8, max_batch_tokens=32)}
 
     def tokens(results):
         return {rid: list(out.generated_tokens) for rid, out in results.items()}
