@@ -106,13 +106,14 @@ def family_names() -> str:
 
 
 # Vision-language wrappers around a text decoder that transformers builds from their text config (AutoModel), with
-# causal attention over image tokens: that decoder's own family says how to patch it (LLaVA over Llama or Gemma 2,
-# LLaVA-NeXT over Llama or Mistral, LLaVA-OneVision over Qwen2, LFM2-VL over LFM2, Mistral 3 over Mistral, InternVL
-# over Qwen2/Qwen3 or Llama, SmolVLM and Idefics 3 over Llama).
+# causal attention over image tokens (PaliGemma's prefix attends both ways): that decoder's own family says how to
+# patch it (LLaVA over Llama or Gemma 2, LLaVA-NeXT over Llama or Mistral, LLaVA-OneVision over Qwen2, LFM2-VL over
+# LFM2, Mistral 3 over Mistral, InternVL over Qwen2/Qwen3 or Llama, SmolVLM and Idefics 3 over Llama, PaliGemma over
+# Gemma or Gemma 2).
 _VL_WRAPPER_NAMES = ("LLaVA", "LLaVA-NeXT", "LLaVA-OneVision", "LFM2-VL", "Mistral 3", "InternVL", "SmolVLM",
-                     "Idefics 3")
+                     "Idefics 3", "PaliGemma")
 _VL_WRAPPERS = frozenset(f"{wrapper}{head}" for head in ("ForConditionalGeneration", "Model") for wrapper in (
-    "Llava", "LlavaNext", "LlavaOnevision", "Lfm2Vl", "Mistral3", "InternVL", "SmolVLM", "Idefics3"))
+    "Llava", "LlavaNext", "LlavaOnevision", "Lfm2Vl", "Mistral3", "InternVL", "SmolVLM", "Idefics3", "PaliGemma"))
 
 
 def _transformers_class(module: nn.Module, names) -> str | None:

@@ -60,6 +60,8 @@ class _ForwardInputs:
     resets_cache: dict
     # the [B, T] text positions the stack was given, for a hybrid layer's linear attention, which gets none
     position_ids: torch.Tensor | None = None
+    # [B, T] where packed sequences start, read off a 4-D attention mask (position ids split them only without one)
+    mask_starts: torch.Tensor | None = None
 
 
 # transformers opens a padding query's fully masked sdpa row to every key on torch < 2.5 (sdpa returned NaN for such
@@ -67,40 +69,60 @@ class _ForwardInputs:
 _OPENED_PADDING_ROWS = tuple(int(part) for part in torch.__version__.split(".")[:2]) < (2, 5)
 
 
-def _active_from_mask_dict(masks: dict, past_len: int) -> torch.Tensor | None:
-    """``[B, Q]`` True for the real (not padding) tokens of this forward, read off the per-layer-type
-    ``[B, 1, Q, KV]`` masks that ``generate`` builds from the 2-D mask before the model runs (with a
-    static cache), or that a vision-language model builds for its text decoder (Gemma 3: image tokens attend to
-    each other both ways). Query ``i`` sits at key position ``past_len + i``; it is a real token iff it may
-    attend to itself (padding keys are masked for every query). ``None``: no masking, all real."""
+def _mask_from_dict(masks: dict) -> torch.Tensor | None:
+    """The ``[B, 1, Q, KV]`` mask to read padding (and packing) off, from the per-layer-type masks that ``generate``
+    builds from the 2-D mask before the model runs (with a static cache), or that a vision-language model builds
+    for its text decoder (Gemma 3: image tokens attend to each other both ways): the full-attention layers' one.
+    ``None``: no masking."""
     tensors = [m for m in masks.values() if m is not None]
     mask = masks.get("full_attention", tensors[0] if tensors else None)
-    if mask is None:
-        return None
-    if not (isinstance(mask, torch.Tensor) and mask.dim() == 4):
+    if mask is not None and not (isinstance(mask, torch.Tensor) and mask.dim() == 4):
         kind = f"a {mask.dim()}-D tensor" if isinstance(mask, torch.Tensor) else f"a {type(mask).__name__}"
         raise ValueError(f"TALAN reads padding off a dict of [batch, 1, query, key] attention masks; got {kind} in "
                          "it (flex attention's BlockMask is not supported). Pass the tokenizer's 2-D attention_mask")
-    return _active_from_4d_mask(mask, past_len)
+    return mask
+
+
+def _allowed(mask: torch.Tensor) -> torch.Tensor:
+    """``[B, Q, KV]`` True where a ``[B, 1, Q, KV]`` mask (boolean, or additive with 0 = attend) lets a query attend."""
+    return mask[:, 0] if mask.dtype == torch.bool else mask[:, 0] == 0
 
 
 def _active_from_4d_mask(mask: torch.Tensor, past_len: int, opened_rows: bool = _OPENED_PADDING_ROWS) -> torch.Tensor:
-    """``_active_from_mask_dict`` for one ``[B, 1, Q, KV]`` mask (boolean, or additive with 0 = attend).
-    Its key columns start at absolute position 0 (a full static layer, which may have empty slots after the
-    queries) or, when fewer than ``past_len + Q``, end at the last query: a sliding-window static layer's mask
-    covers only its window (``get_mask_sizes``: offset ``past_len - window + 1``, length ``window - 1 + Q``).
-    With ``opened_rows`` (torch < 2.5) a query that attends to every key and has a later one is padding: a real
-    token attends to no later key, except inside a two-way image block, which then must not reach the last key."""
+    """``[B, Q]`` True for the real (not padding) tokens of this forward, read off a ``[B, 1, Q, KV]`` mask (boolean, or
+    additive with 0 = attend). Query ``i`` sits at key position ``past_len + i``; it is a real token iff it may
+    attend to itself (padding keys are masked for every query). Its key columns start at absolute position 0 (a full
+    static layer, which may have empty slots after the queries) or, when fewer than ``past_len + Q``, end at the
+    last query: a sliding-window static layer's mask covers only its window (``get_mask_sizes``: offset ``past_len -
+    window + 1``, length ``window - 1 + Q``). With ``opened_rows`` (torch < 2.5) a query that attends to every key
+    and has a later one is padding: a real token attends to no later key, except inside a two-way image block, which
+    then must not reach the last key; but in a row where every query attends to every key (PaliGemma's two-way
+    prefix, unpadded) all are real."""
     q, kv = mask.shape[2], mask.shape[3]
     if q > kv:
         raise ValueError(f"attention mask of shape {tuple(mask.shape)} has {kv} key positions for {q} new tokens")
     offset = max(past_len + q - kv, 0)  # the absolute position of key column 0
-    allowed = mask[:, 0] if mask.dtype == torch.bool else mask[:, 0] == 0  # [B, Q, KV]; additive: 0 = attend
+    allowed = _allowed(mask)
     own = past_len - offset + torch.arange(q, device=mask.device)  # each query's own key column
     real = allowed[:, torch.arange(q, device=mask.device), own]
     if opened_rows:
-        real &= ~(allowed.all(-1) & (own < kv - 1))
+        opened = allowed.all(-1)
+        real &= ~(opened & (own < kv - 1)) | opened.all(-1, keepdim=True)
     return real
+
+
+def _starts_from_4d_mask(mask: torch.Tensor, real: torch.Tensor) -> torch.Tensor | None:
+    """``[B, Q]`` True where a real token may not attend to the last real token before it, so starts a new
+    sequence: the block-diagonal mask of packed sequences. For a forward without a cache, whose query ``i`` sits
+    at key column ``i``. ``None`` where no token does (a causal, sliding or two-way image mask: each real token
+    sees the one before it)."""
+    q = mask.shape[2]
+    index = torch.arange(q, device=mask.device).expand_as(real)
+    last_real = torch.where(real, index, -1).cummax(-1).values  # at or before each query
+    before = torch.cat([torch.full_like(last_real[:, :1], -1), last_real[:, :-1]], -1)
+    sees_before = _allowed(mask)[:, :, :q].gather(-1, before.clamp(min=0)[..., None])[..., 0]
+    starts = real & (before >= 0) & ~sees_before
+    return starts if bool(starts.any()) else None
 
 
 def _miscounting_cache(cache, counted) -> bool:
@@ -176,20 +198,24 @@ class _Patch:
                 past_len = position[0]  # where generate itself steps
             past_len = int(past_len)
         if isinstance(mask, dict):
-            mask = _active_from_mask_dict(mask, past_len)
-        elif isinstance(mask, torch.Tensor) and mask.dim() == 4 and cache is not None:
+            mask = _mask_from_dict(mask)
+        starts = None
+        if isinstance(mask, torch.Tensor) and mask.dim() == 4:
             # generate with a static cache hands over the 4-D mask it built from the 2-D one: a dict per layer
-            # type (Qwen3, Qwen2) or, for a model with one layer type (Llama, Mistral), the tensor itself. Only
-            # padding is read off it: with a cache sequences are never packed (position ids do not split them).
-            mask = _active_from_4d_mask(mask, past_len)
+            # type (Qwen3, Qwen2) or, for a model with one layer type (Llama, Mistral), the tensor itself; a
+            # vision-language model builds its text decoder's (two-way image blocks; PaliGemma's prefix); a user may
+            # pack sequences with a block-diagonal one. With a cache sequences are never packed.
+            active = _active_from_4d_mask(mask, past_len)
+            starts = _starts_from_4d_mask(mask, active) if cache is None else None
+            mask = active
         elif mask is not None and not (isinstance(mask, torch.Tensor) and mask.dim() == 2):
             kind = f"a {mask.dim()}-D tensor" if isinstance(mask, torch.Tensor) else f"a {type(mask).__name__}"
-            raise ValueError(f"TALAN needs the 2-D [batch, length] attention_mask to know which tokens are padding; "
-                             f"got {kind}. Pass the tokenizer's attention_mask")
+            raise ValueError(f"TALAN needs the [batch, length] attention_mask (or a [batch, 1, query, key] one) to "
+                             f"know which tokens are padding; got {kind}. Pass the tokenizer's attention_mask")
         position_ids = bound.get("position_ids")
         if isinstance(position_ids, torch.Tensor) and position_ids.dim() == 3:  # Qwen3.5: [text, M-RoPE's 3 rows]
             position_ids = position_ids[0] if position_ids.shape[0] == 4 else None
-        self.inputs = _ForwardInputs(mask, past_len, {}, position_ids)
+        self.inputs = _ForwardInputs(mask, past_len, {}, position_ids, starts)
         if not self._passes_kwargs:
             return None
         # The forward's inputs travel in the layers' kwargs, so a layer that gradient checkpointing recomputes
@@ -209,7 +235,7 @@ class _Patch:
             active = mask[:, -t:].to(device=hidden.device, dtype=torch.bool)
         cache = _cache_in(layer_kwargs)
         position_ids = layer_kwargs.get("position_ids", inputs.position_ids)
-        resets = None
+        resets = None if inputs.mask_starts is None else inputs.mask_starts[:, -t:]
         # transformers' packed-sequence rule (masking_utils): position ids split sequences only with
         # no attention mask and no cache; a new sequence starts where they do not step by exactly 1.
         if mask is None and cache is None and position_ids is not None and t > 1:

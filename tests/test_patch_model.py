@@ -124,6 +124,35 @@ def test_packed_sequences_restart_the_memory_at_each_boundary(site):
         start += len(s)
 
 
+@pytest.mark.parametrize("site", SITES)
+def test_a_block_diagonal_4d_mask_restarts_the_memory_like_packed_sequences(site):
+    """A [batch, 1, query, key] additive mask that packs sequences (block-diagonal, causal, padding masked): TALAN
+    reads the padding and where each sequence starts off it, so every sequence comes out as it does alone. Row 0
+    packs 5, 7 and 4 tokens; row 1 is left-padded by 3, then packs 6 and 7."""
+    model = open_gates(talan.patch(tiny_qwen3(), tiny_config(site=site, layer=0)))
+    gen = torch.Generator().manual_seed(6)
+    rows = [[torch.randint(0, VOCAB, (n,), generator=gen) for n in lengths] for lengths in ((5, 7, 4), (6, 7))]
+    ids = torch.zeros(2, 16, dtype=torch.long)
+    segment = torch.full((2, 16), -1)  # -1: padding
+    position_ids = torch.zeros(2, 16, dtype=torch.long)
+    for r, seqs in enumerate(rows):
+        start = 16 - sum(len(s) for s in seqs)
+        for k, s in enumerate(seqs):
+            ids[r, start:start + len(s)], segment[r, start:start + len(s)] = s, k
+            position_ids[r, start:start + len(s)] = torch.arange(len(s))
+            start += len(s)
+    causal = torch.ones(16, 16, dtype=torch.bool).tril()
+    allowed = causal & (segment[:, :, None] == segment[:, None, :]) & (segment[:, None, :] >= 0)
+    mask = torch.zeros(2, 1, 16, 16).masked_fill(~allowed[:, None], torch.finfo(torch.float32).min)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=False).logits
+    for r, seqs in enumerate(rows):
+        start = 16 - sum(len(s) for s in seqs)
+        for s in seqs:
+            alone = model(input_ids=s[None], use_cache=False).logits[0]
+            torch.testing.assert_close(out[r, start:start + len(s)], alone, rtol=1e-5, atol=1e-5)
+            start += len(s)
+
+
 @pytest.mark.parametrize("factory", [tiny_qwen3, tiny_llama])
 @pytest.mark.parametrize("site", SITES)
 def test_cached_generation_equals_recomputation(factory, site):
@@ -351,11 +380,11 @@ def test_bad_inputs_raise_clear_errors_and_leave_the_model_unchanged():
     assert _hook_counts(model) == hooks_patched
 
 
-def test_four_dimensional_masks_and_unknown_mask_dicts_are_rejected():
+def test_masks_of_other_ranks_and_unknown_mask_dicts_are_rejected():
     model = talan.patch(tiny_qwen3(), tiny_config())
     ids = tiny_batch()["input_ids"]
-    with pytest.raises(ValueError, match="2-D"):
-        model(ids, attention_mask=torch.ones(2, 1, 10, 10, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"\[batch, length\] attention_mask .* got a 3-D tensor"):
+        model(ids, attention_mask=torch.ones(2, 10, 10, dtype=torch.bool))
     with pytest.raises(ValueError, match="BlockMask is not supported"):
         model(ids, attention_mask={"full_attention": object()})
     with pytest.raises(ValueError, match="has 8 key positions"):
@@ -375,17 +404,22 @@ def test_a_legacy_tuple_cache_is_refused_by_name():
         model(ids[:, :1], attention_mask=step_mask, past_key_values=legacy)
 
 
+# (past_len, q, kv, window) x the two-way span: none, an image block, a prompt that is all prefix (a prefill)
+MASK_SHAPES = [(0, 6, 9, None), (6, 1, 9, None), (0, 6, 6, None), (7, 1, 4, 4), (3, 4, 6, 3)]
+MASK_CASES = [pytest.param(*shape, image, id=f"{name}-{'-'.join(map(str, shape))}") for shape in MASK_SHAPES
+              for image, name in ((None, "causal"), ((4, 7), "two-way-block"), ((0, 16), "two-way-prefix"))
+              if name != "two-way-prefix" or shape[0] == 0]
+
+
 @pytest.mark.parametrize("opened_rows", [True, False], ids=["torch<2.5", "torch>=2.5"])
-@pytest.mark.parametrize("past_len,q,kv,window", [(0, 6, 9, None), (6, 1, 9, None), (0, 6, 6, None), (7, 1, 4, 4),
-                                                  (3, 4, 6, 3)])
-@pytest.mark.parametrize("image", [None, (4, 7)], ids=["causal", "two-way-block"])
+@pytest.mark.parametrize("past_len,q,kv,window,image", MASK_CASES)
 def test_padding_read_off_4d_masks_also_when_padding_rows_were_opened(past_len, q, kv, window, image, opened_rows):
     """On torch < 2.5 transformers opens a padding query's fully masked sdpa row to every key; such a
     row attends to itself too, yet is padding (it attends to every key, later ones among them). A sliding-window
     static layer's mask has only ``window - 1 + q`` key columns once the window is full, the last one the last
     query's. Gemma 3's image tokens (absolute positions [4, 7) here, after the padding) attend to each other both
-    ways: real."""
-    if opened_rows and image is not None and past_len + q == kv:
+    ways: real; so do all of PaliGemma's prefix tokens (every position here), in the unpadded row too."""
+    if opened_rows and image == (4, 7) and past_len + q == kv:
         pytest.skip("torch < 2.5 only: in a row without padding whose two-way image block ends at the last key, an "
                     "image token attends to every key, as an opened padding row does (a limitation the README names)")
     pad = torch.tensor([0, 2, 4])[:, None]  # left padding per row
@@ -399,14 +433,16 @@ def test_padding_read_off_4d_masks_also_when_padding_rows_were_opened(past_len, 
         allowed &= key > query - window
     want = query[..., 0] >= pad
     opened = allowed | ~allowed.any(-1, keepdim=True)
-    if past_len == 0 or window == 3:
+    if (past_len == 0 or window == 3) and image != (0, 16):  # a two-way prefix's padding queries see its keys
         assert not torch.equal(opened, allowed)  # padding queries are present and opened
     additive = torch.zeros(allowed.shape).masked_fill(~allowed, torch.finfo(torch.float32).min)
     for mask in (allowed, opened, additive) if opened_rows else (allowed, additive):
         got = talan.patching._active_from_4d_mask(mask[:, None], past_len, opened_rows)
         assert torch.equal(got, want)
-    if opened_rows == talan.patching._OPENED_PADDING_ROWS:  # the dict reader applies the installed torch's rule
-        assert torch.equal(talan.patching._active_from_mask_dict({"full_attention": allowed[:, None]}, past_len), want)
+        if past_len == 0:  # no packed sequences in these masks: every real token sees the real one before it
+            assert talan.patching._starts_from_4d_mask(mask[:, None], want) is None
+    from_dict = talan.patching._mask_from_dict({"full_attention": allowed[:, None], "sliding_attention": None})
+    assert from_dict is not None and torch.equal(from_dict[:, 0], allowed)
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])  # boolean and additive 4-D masks

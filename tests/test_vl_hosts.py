@@ -14,6 +14,7 @@ import torch
 import transformers
 from conftest import (
     TORCH_BEFORE_2_6,
+    TRANSFORMERS_4,
     TRANSFORMERS_5_17,
     VOCAB,
     assert_same_generation,
@@ -53,6 +54,12 @@ GEMMA4_STATIC_5_17 = pytest.mark.xfail(TRANSFORMERS_5_17, raises=AssertionError,
                                        "5.17: Gemma 4's static-cache generation differs from recomputing, TALAN off")
 
 
+# transformers before 5.2x: PaliGemma's cached generation differs from recomputing, TALAN off too (4.57, 5.17)
+PALIGEMMA_GENERATE = pytest.mark.xfail(TRANSFORMERS_4 or TRANSFORMERS_5_17, raises=AssertionError, strict=True,
+                                       reason="PaliGemma's cached generation differs from recomputing, TALAN off too")
+GENERATE_MARKS = {"Gemma4": GEMMA4_STATIC_5_17, "PaliGemma": PALIGEMMA_GENERATE}
+
+
 def _with_images(family: str, *marks):
     """``family`` as a test parameter (with ``marks``) of the tests with an image in the prompt."""
     image_marks = [GEMMA3_IMAGES] if family == "Gemma3" else []
@@ -61,9 +68,10 @@ def _with_images(family: str, *marks):
 
 # the wrappers that build their text decoder from its config: LLaVA over Llama and over Gemma 2, LLaVA-NeXT (over
 # Llama), LLaVA-OneVision (over Qwen2), LFM2-VL (over LFM2, a hybrid), Mistral 3 (over Mistral), InternVL (over
-# Qwen2), SmolVLM and Idefics 3 (over Llama, kept as text_model)
+# Qwen2), SmolVLM and Idefics 3 (over Llama, kept as text_model), PaliGemma (over Gemma; its prefix attends both ways,
+# a 4-D mask that it hands the decoder without a cache too)
 WRAPPERS = ("Llava", "Llava-gemma2", "LlavaNext", "LlavaOnevision", "Lfm2Vl", "Mistral3", "InternVL", "SmolVLM",
-            "Idefics3")
+            "Idefics3", "PaliGemma")
 FAMILIES = [_with_images(f) for f in (*NATIVE, *WRAPPERS)]
 IMAGE, VISION_START, VISION_END = 5, 3, 4  # token ids inside the tiny vocabulary
 TEXT = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
@@ -98,8 +106,9 @@ VISION = {
     # InternViT, SmolVLM's and Idefics 3's SigLIP: 16 patches, pixel-shuffled 2x2 into 4 tokens
     "InternVL": dict(SMALL_VISION, image_size=[16, 16], patch_size=[4, 4]),
     "SmolVLM": SMALL_VISION, "Idefics3": SMALL_VISION,
+    "PaliGemma": dict(SMALL_VISION, model_type="siglip_vision_model", projection_dim=64),  # every patch a token: 16
 }
-IMAGE_TOKENS = {"Llava": 16, "LlavaNext": 36, "LlavaOnevision": 36}
+IMAGE_TOKENS = {"Llava": 16, "LlavaNext": 36, "LlavaOnevision": 36, "PaliGemma": 16}
 ANY_RESOLUTION = ("LlavaNext", "LlavaOnevision")
 
 
@@ -121,6 +130,9 @@ def _config(family: str):
         text = dict(TEXT, layer_types=["conv", "full_attention", "conv"], block_ff_dim=128)
         return transformers.Lfm2VlConfig(text_config=text, vision_config=vision, image_token_id=IMAGE,
                                          downsample_factor=2, projector_hidden_size=32)
+    if prefix == "PaliGemma":
+        return transformers.PaliGemmaConfig(text_config=dict(TEXT, model_type="gemma"), vision_config=vision,
+                                            image_token_index=IMAGE, projection_dim=64)
     if prefix == "InternVL":
         return transformers.InternVLConfig(text_config=dict(TEXT, model_type="qwen2"), vision_config=vision,
                                            image_token_id=IMAGE, downsample_ratio=0.5)
@@ -167,7 +179,7 @@ def image_prompt(family: str, seed: int = 3) -> dict:
     mask[0, :2] = 0
     generator = torch.Generator().manual_seed(seed)
     inputs = dict(input_ids=ids, attention_mask=mask)
-    if prefix in ("Gemma3", "Llava", "Mistral3", "InternVL"):
+    if prefix in ("Gemma3", "Llava", "Mistral3", "InternVL", "PaliGemma"):
         inputs["pixel_values"] = torch.randn(2, 3, 16, 16, generator=generator)
     if prefix in ("SmolVLM", "Idefics3"):  # one image per row
         inputs["pixel_values"] = torch.randn(2, 1, 3, 16, 16, generator=generator)
@@ -177,6 +189,8 @@ def image_prompt(family: str, seed: int = 3) -> dict:
         inputs["image_position_ids"] = xy.expand(2, -1, -1).clone()
     if prefix == "Gemma3":  # token_type_ids mark the image tokens, which attend to each other both ways
         inputs["token_type_ids"] = (ids == IMAGE).long()
+    if prefix == "PaliGemma":  # 0: the prefix (image and prompt), which attends both ways
+        inputs["token_type_ids"] = torch.zeros_like(ids)
     if prefix in ANY_RESOLUTION:  # the whole image, then its one tile
         inputs["pixel_values"] = torch.randn(2, 2, 3, 16, 16, generator=generator)
     if prefix == "Lfm2Vl":  # each image's flattened patches on a 4x4 grid
@@ -199,7 +213,7 @@ def _logits(model, inputs):
 
 
 @pytest.mark.parametrize("site", ["pre", "mid", "post"])
-@pytest.mark.parametrize("family", [_with_images(f, GEMMA4_STATIC_5_17) if f == "Gemma4" else _with_images(f)
+@pytest.mark.parametrize("family", [_with_images(f, GENERATE_MARKS[f]) if f in GENERATE_MARKS else _with_images(f)
                                     for f in (*NATIVE, *WRAPPERS)])
 def test_vl_host_patches_exactly_and_generates_as_it_recomputes(family, site):
     model, inputs = tiny_vl(family), image_prompt(family)
