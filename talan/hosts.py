@@ -82,7 +82,7 @@ FAMILIES = {
     "Apertus": LayerLayout(residual_input="attention_layernorm", mlp_norm="feedforward_layernorm"),
     "Exaone4": _POST_NORM, "FlexOlmo": _POST_NORM, "GraniteSWA": _GRANITE, "GraniteMoeSWA": _GRANITE,
     "Qwen2Moe": _PRE_NORM, "Phimoe": _PRE_NORM, "Olmo": _PRE_NORM, "Glm": _PRE_NORM, "Helium": _PRE_NORM,
-    "Nemotron": _PRE_NORM,
+    "Nemotron": _PRE_NORM, "Llama4Text": _PRE_NORM,  # Llama 4's text decoder: chunked attention, NoPE layers, MoE
     # vision-language: the text decoder is a Qwen2/Qwen3 stack, whose causal attention spans text and image tokens
     "Qwen2VL": _PRE_NORM, "Qwen2_5_VL": _PRE_NORM, "Qwen3VL": _PRE_NORM, "Qwen3VLMoe": _PRE_NORM,
 }
@@ -93,11 +93,11 @@ HEADS = ("ForCausalLM", "Model", "ForSequenceClassification", "ForTokenClassific
 # transformers class name -> family, for every family and head (a head transformers lacks never matches), and the
 # Gemma 3 and 4 classes named otherwise: the text-only language model, and the vision-language model (Gemma 3 from
 # 4B on; Gemma 4, with audio too), whose text decoder is the same stack, its image tokens attending to each other
-# both ways; Qwen3.5's classifier over its text decoder alone
+# both ways; Qwen3.5's classifier over its text decoder alone; Llama 4's text-only language model
 _CLASS_FAMILIES = {family + head: family for family in FAMILIES for head in HEADS} | {
     f"Gemma{v}{head}": f"Gemma{v}Text" for v in (3, 4)
     for head in ("ForCausalLM", "ForConditionalGeneration", "Model", "ForSequenceClassification")} | {
-    "Qwen3_5TextForSequenceClassification": "Qwen3_5"}
+    "Qwen3_5TextForSequenceClassification": "Qwen3_5", "Llama4ForCausalLM": "Llama4Text"}
 
 
 def family_names() -> str:

@@ -1,13 +1,13 @@
 """The text hosts beyond the paper's Qwen3 and Llama (talan.hosts.FAMILIES): Qwen3-MoE, Qwen2 (Qwen2.5), Mistral,
 Ministral, Mixtral, Gemma, SmolLM3, StarCoder2, ERNIE 4.5, Seed-OSS, Hunyuan, Arcee, OLMo, GLM, Helium, Nemotron,
 Apertus (its norms named otherwise) and the mixtures of experts gpt-oss, DeepSeek-V3, GLM-4.5 (Glm4Moe), OLMoE,
-MiniMax-M2, EXAONE MoE, Qwen2-MoE and PhiMoE share their decoder layer; Gemma 2/3/4 and GLM-4 norm the attention
-output before it joins the residual, OLMo 2/3, FlexOlmo and EXAONE 4 too with no norm before attention, Phi-3 drops
-it out and Granite (3, SWA) scales it; in the hybrids most layers mix tokens otherwise than by self_attn: by linear
-attention in Qwen3-Next, Qwen3.5 (dense and MoE) and OLMo-hybrid (whose attention layers are OLMo 2's), by Mamba in
-Granite 4 (all scaled) and Bamba, by short convolutions in LFM2 (and its MoE, whose norms are named otherwise) and
-LFM3 (which norms the mixer's output). Every site patches exactly, generates (dynamic and static cache) as it
-recomputes, unpatches exactly, writes exactly the block's output into the stream, and trains with peft."""
+MiniMax-M2, EXAONE MoE, Qwen2-MoE, PhiMoE and Llama 4 share their decoder layer; Gemma 2/3/4 and GLM-4 norm the
+attention output before it joins the residual, OLMo 2/3, FlexOlmo and EXAONE 4 too with no norm before attention,
+Phi-3 drops it out and Granite (3, SWA) scales it; in the hybrids most layers mix tokens otherwise than by self_attn:
+by linear attention in Qwen3-Next, Qwen3.5 (dense and MoE) and OLMo-hybrid (whose attention layers are OLMo 2's), by
+Mamba in Granite 4 (all scaled) and Bamba, by short convolutions in LFM2 (and its MoE, whose norms are named
+otherwise) and LFM3 (which norms the mixer's output). Every site patches exactly, generates (dynamic and static
+cache) as it recomputes, unpatches exactly, writes exactly the block's output into the stream, and trains with peft."""
 
 import pytest
 import torch
@@ -97,6 +97,10 @@ FAMILY_CONFIG.update(
     Qwen2Moe=dict(IN_VOCAB, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
                   shared_expert_intermediate_size=32),
     Phimoe=dict(IN_VOCAB, num_local_experts=4, num_experts_per_tok=2),
+    # Llama 4: chunked attention (chunks of 4 tokens) in layers 0 and 1, which use RoPE, and a mixture of experts
+    # in layer 1
+    Llama4Text=dict(IN_VOCAB, num_local_experts=4, num_experts_per_tok=1, intermediate_size_mlp=128,
+                    interleave_moe_layer_step=2, attention_chunk_size=4, no_rope_layers=[1, 1, 0]),
     GraniteSWA=dict(IN_VOCAB, residual_multiplier=0.22, sliding_window=4),
     GraniteMoeSWA=dict(IN_VOCAB, residual_multiplier=0.22, sliding_window=4, num_local_experts=4,
                        num_experts_per_tok=2),
@@ -111,11 +115,11 @@ FAMILY_NAMES = ["Qwen3Moe", "Qwen2", "Mistral", "Ministral", "Mixtral", "Gemma",
                 "GptOss", "DeepseekV3", "Glm4Moe", "Ernie4_5", "Ernie4_5_Moe", "SeedOss", "HunYuanDenseV1",
                 "HunYuanMoEV1", "Arcee", "Olmoe", "MiniMaxM2", "ExaoneMoe", "Apertus", "Exaone4", "FlexOlmo",
                 "GraniteSWA", "GraniteMoeSWA", "Qwen2Moe", "Phimoe", "Olmo", "Glm", "Helium", "Nemotron",
-                *HYBRID_FAMILIES]
+                "Llama4Text", *HYBRID_FAMILIES]
 
 
 # the causal LM of the families named after their text config
-CAUSAL_LM = {"Gemma3Text": "Gemma3ForCausalLM", "Gemma4Text": "Gemma4ForCausalLM"}
+CAUSAL_LM = {"Gemma3Text": "Gemma3ForCausalLM", "Gemma4Text": "Gemma4ForCausalLM", "Llama4Text": "Llama4ForCausalLM"}
 
 
 def installed(family: str, *marks):
@@ -139,9 +143,14 @@ OLMOE_STATIC_4 = pytest.mark.xfail(TRANSFORMERS_4, raises=TypeError, strict=True
                                    "_prepare_4d_causal_attention_mask_with_cache_position lacks 'device'")
 
 
+# transformers 5.17's Llama 4 cannot build its chunked mask for a static cache, TALAN off too
+LLAMA4_STATIC_5_17 = pytest.mark.xfail(TRANSFORMERS_5_17, raises=TypeError, strict=True, reason="transformers 5.17: "
+                                       "create_chunked_causal_mask() got an unexpected keyword 'block_sequence_ids'")
+GENERATE_MARKS = {"Olmoe": (OLMOE_STATIC_4,), "Llama4Text": (LLAMA4_STATIC_5_17,)}
+
+
 @pytest.mark.parametrize("site", ["pre", "mid", "post"])
-@pytest.mark.parametrize("family", [installed(f, OLMOE_STATIC_4) if f == "Olmoe" else installed(f)
-                                    for f in FAMILY_NAMES])
+@pytest.mark.parametrize("family", [installed(f, *GENERATE_MARKS.get(f, ())) for f in FAMILY_NAMES])
 def test_host_patches_exactly_and_generates_as_it_recomputes(family, site):
     model = tiny_host(family)
     ids, mask = left_padded_prompt()
@@ -218,16 +227,17 @@ GRANITE_MOE_5_17 = pytest.mark.xfail(TRANSFORMERS_5_17, raises=AttributeError, s
                                      "5.17's GraniteMoe returns no router logits: 'int' object has no attribute 'to'")
 
 
-# on transformers 5, peft's "all-linear" LoRA wraps PhiMoE's router, which returns a tuple there: its LoRA layer
-# fails on it, TALAN off too
-PHIMOE_ALL_LINEAR_5 = pytest.mark.xfail(not TRANSFORMERS_4, raises=AttributeError, strict=True, reason="transformers 5 "
-                                        "+ peft all-linear: PhiMoE's router returns a tuple to its LoRA layer")
-TRAINING_MARKS = {**dict.fromkeys(GRANITE_MOE, (GRANITE_MOE_5_17,)), "Phimoe": (PHIMOE_ALL_LINEAR_5,)}
+# peft's "all-linear" LoRA wraps these families' router, which returns a tuple (Llama 4's; PhiMoE's on transformers 5),
+# and its LoRA layer fails on it, TALAN off too: their LoRA leaves the router alone, as users' LoRA does
+ROUTER_RETURNS_A_TUPLE = ("Phimoe", "Llama4Text")
 
 
-@pytest.mark.parametrize("family", [installed(f, *TRAINING_MARKS.get(f, ())) for f in FAMILY_NAMES])
+@pytest.mark.parametrize("family", [installed(f, GRANITE_MOE_5_17) if f in GRANITE_MOE else installed(f)
+                                    for f in FAMILY_NAMES])
 def test_host_trains_talan_and_lora_together(family):
-    model = get_peft_model(tiny_host(family, train=True), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    exclude = {"exclude_modules": r".*\.router"} if family in ROUTER_RETURNS_A_TUPLE else {}
+    model = get_peft_model(tiny_host(family, train=True),
+                           LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", **exclude))
     talan.patch(model, tiny_config(layer=1))
     batch = tiny_batch(batch=2, length=9)
     extra = {"output_router_logits": True} if family in MOE_FAMILIES else {}  # adds the MoE balancing loss
