@@ -106,10 +106,11 @@ def _examples(args, folder: Path) -> list[dict]:
 # ---- measuring -------------------------------------------------------------------------------
 def _site_module(layer, site: str, layout):
     """(module, kind) whose hook sees the residual stream right after TALAN's write at ``site``."""
+    layout = layout.of(layer)  # a hybrid's layers differ
     if site == "pre":
-        return layout.module(layer, "residual_input"), "input"  # its input is the layer input TALAN rewrote
+        return getattr(layer, layout.residual_input), "input"  # its input is the layer input TALAN rewrote
     if site == "mid":
-        return layout.module(layer, "mlp_norm"), "input"  # its input is residual + attention (+ TALAN)
+        return getattr(layer, layout.mlp_norm), "input"  # its input is residual + attention (+ TALAN)
     return layer, "output"  # a hook registered after TALAN's prepended one sees the perturbed output
 
 

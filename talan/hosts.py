@@ -30,10 +30,6 @@ class LayerLayout:
             return self.other_layers
         return self
 
-    def module(self, layer: nn.Module, name: str) -> nn.Module:
-        """``layer``'s submodule that ``layer``'s own layout (`of`) names ``name`` (a field of this class)."""
-        return getattr(layer, getattr(self.of(layer), name))
-
 
 # The model families TALAN patches, by class-name prefix. Qwen3 and Llama are the paper's hosts; the others have
 # the same decoder layer up to where the attention output joins the residual, which is all the hooks rely on:
@@ -110,10 +106,12 @@ def family_names() -> str:
 # patch it (LLaVA over Llama or Gemma 2, LLaVA-NeXT over Llama or Mistral, LLaVA-OneVision over Qwen2, LFM2-VL over
 # LFM2, Mistral 3 over Mistral, InternVL over Qwen2/Qwen3 or Llama, SmolVLM and Idefics 3 over Llama, PaliGemma over
 # Gemma or Gemma 2).
-_VL_WRAPPER_NAMES = ("LLaVA", "LLaVA-NeXT", "LLaVA-OneVision", "LFM2-VL", "Mistral 3", "InternVL", "SmolVLM",
-                     "Idefics 3", "PaliGemma")
-_VL_WRAPPERS = frozenset(f"{wrapper}{head}" for head in ("ForConditionalGeneration", "Model") for wrapper in (
-    "Llava", "LlavaNext", "LlavaOnevision", "Lfm2Vl", "Mistral3", "InternVL", "SmolVLM", "Idefics3", "PaliGemma"))
+# transformers class prefix -> the name the error message gives
+_VL_WRAPPER_NAMES = {"Llava": "LLaVA", "LlavaNext": "LLaVA-NeXT", "LlavaOnevision": "LLaVA-OneVision",
+                     "Lfm2Vl": "LFM2-VL", "Mistral3": "Mistral 3", "InternVL": "InternVL", "SmolVLM": "SmolVLM",
+                     "Idefics3": "Idefics 3", "PaliGemma": "PaliGemma"}
+_VL_WRAPPERS = frozenset(f"{prefix}{head}" for prefix in _VL_WRAPPER_NAMES for head in ("ForConditionalGeneration",
+                                                                                       "Model"))
 
 
 def _transformers_class(module: nn.Module, names) -> str | None:
@@ -197,8 +195,8 @@ def stack_and_layout(model: nn.Module) -> tuple[nn.Module, LayerLayout]:
         inside = f" over a {type(stack).__name__}" if wrapper and stack is not None else ""
         wrapped = f" wrapping {type(host).__name__}" if host is not model else ""
         raise TypeError(f"talan supports the {family_names()} models ({', '.join('*' + h for h in HEADS)}; "
-                        f"{', '.join(_VL_WRAPPER_NAMES)} over one of them; plain, or wrapped by peft, torch.compile "
-                        f"or DDP); got {type(model).__name__}{wrapped}{inside}")
+                        f"{', '.join(_VL_WRAPPER_NAMES.values())} over one of them; plain, or wrapped by peft, "
+                        f"torch.compile or DDP); got {type(model).__name__}{wrapped}{inside}")
     if stack is None:
         raise TypeError(f"{type(host).__name__} has no decoder layer list to patch")
     return stack, FAMILIES[family]

@@ -57,7 +57,7 @@ GEMMA4_STATIC_5_17 = pytest.mark.xfail(TRANSFORMERS_5_17, raises=AssertionError,
 # transformers before 5.2x: PaliGemma's cached generation differs from recomputing, TALAN off too (4.57, 5.17)
 PALIGEMMA_GENERATE = pytest.mark.xfail(TRANSFORMERS_4 or TRANSFORMERS_5_17, raises=AssertionError, strict=True,
                                        reason="PaliGemma's cached generation differs from recomputing, TALAN off too")
-GENERATE_MARKS = {"Gemma4": GEMMA4_STATIC_5_17, "PaliGemma": PALIGEMMA_GENERATE}
+GENERATE_MARKS = {"Gemma4": (GEMMA4_STATIC_5_17,), "PaliGemma": (PALIGEMMA_GENERATE,)}
 
 
 def _with_images(family: str, *marks):
@@ -213,8 +213,7 @@ def _logits(model, inputs):
 
 
 @pytest.mark.parametrize("site", ["pre", "mid", "post"])
-@pytest.mark.parametrize("family", [_with_images(f, GENERATE_MARKS[f]) if f in GENERATE_MARKS else _with_images(f)
-                                    for f in (*NATIVE, *WRAPPERS)])
+@pytest.mark.parametrize("family", [_with_images(f, *GENERATE_MARKS.get(f, ())) for f in (*NATIVE, *WRAPPERS)])
 def test_vl_host_patches_exactly_and_generates_as_it_recomputes(family, site):
     model, inputs = tiny_vl(family), image_prompt(family)
     unpatched = _logits(model, inputs)
