@@ -29,7 +29,7 @@ from conftest import (
     tiny_config,
 )
 from peft import LoraConfig, get_peft_model
-from train_helpers import HYBRID_LAYERS, MAMBA_2
+from train_helpers import GATED_DELTANET, HYBRID_LAYERS, MAMBA_2
 
 import talan
 from talan.hosts import decoder_stack, layer_layout
@@ -58,8 +58,7 @@ FAMILY_CONFIG = {
                     moe_intermediate_size=32),
 }
 # The hybrids: layers 0 and 2 a gated DeltaNet (linear attention, its state in the cache), layer 1 full attention.
-HYBRID = dict(IN_VOCAB, layer_types=["linear_attention", "full_attention", "linear_attention"], linear_key_head_dim=16,
-              linear_value_head_dim=16, linear_num_key_heads=2, linear_num_value_heads=4)
+HYBRID = dict(IN_VOCAB, **GATED_DELTANET, layer_types=["linear_attention", "full_attention", "linear_attention"])
 HYBRID_MOE = dict(HYBRID, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
                   shared_expert_intermediate_size=32)
 # Gemma 4 as in its small models (per-layer input embeddings, the last layer reusing an earlier one's keys and

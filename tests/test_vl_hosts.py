@@ -25,6 +25,7 @@ from conftest import (
     tiny_config,
 )
 from peft import LoraConfig, get_peft_model
+from train_helpers import GATED_DELTANET
 
 import talan
 from talan.analyze import _forward, _site_module
@@ -153,8 +154,7 @@ def _config(family: str):
     if prefix in ("Qwen3VLMoe", "Qwen3_5Moe"):  # every layer a mixture of 4 experts
         text.update(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, decoder_sparse_step=1)
     if prefix in ("Qwen3_5", "Qwen3_5Moe"):  # layers 0 and 2 linear attention (a gated DeltaNet), layer 1 full
-        text.update(layer_types=["linear_attention", "full_attention", "linear_attention"], linear_key_head_dim=16,
-                    linear_value_head_dim=16, linear_num_key_heads=2, linear_num_value_heads=4)
+        text.update(GATED_DELTANET, layer_types=["linear_attention", "full_attention", "linear_attention"])
     return getattr(transformers, f"{prefix}Config")(text_config=text, vision_config=vision, image_token_id=IMAGE,
                                                     video_token_id=6, vision_start_token_id=VISION_START,
                                                     vision_end_token_id=VISION_END)

@@ -47,6 +47,9 @@ def saved_weights(run: Path) -> dict[str, torch.Tensor]:
 
 # Mamba 2 heads of 16 channels and 16 states, one group, chunks of 4 tokens (mamba_n_heads x 16 = the width)
 MAMBA_2 = dict(mamba_d_head=16, mamba_d_state=16, mamba_n_groups=1, mamba_expand=1, mamba_chunk_size=4)
+# gated DeltaNet (linear attention) heads: 2 key heads, 4 value heads, 16 channels each
+GATED_DELTANET = dict(linear_key_head_dim=16, linear_value_head_dim=16, linear_num_key_heads=2,
+                      linear_num_value_heads=4)
 # the layers of the text-only hybrids' 2-layer checkpoints: Granite 4 (a Mamba 2 layer, then attention; every sum
 # scaled) and LFM2 (a short convolution, then attention)
 HYBRID_LAYERS = {"GraniteMoeHybrid": dict(MAMBA_2, layer_types=["mamba", "attention"], residual_multiplier=0.22,
@@ -88,8 +91,7 @@ def make_local_checkpoint(model_dir: Path, chat_template: bool = True, family: s
             hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
             head_dim=16, patch_size=4, pooling_kernel_size=3, position_embedding_size=64))
     elif family == "Qwen3_5":  # as it ships: the vision-language model (AutoModelForCausalLM keeps its text decoder)
-        text.update(layer_types=["linear_attention", "full_attention"], linear_key_head_dim=16,
-                    linear_value_head_dim=16, linear_num_key_heads=2, linear_num_value_heads=4)
+        text.update(GATED_DELTANET, layer_types=["linear_attention", "full_attention"])
         config = transformers.Qwen3_5Config(text_config=text, vision_config=dict(
             depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=32, patch_size=4,
             num_position_embeddings=16))
