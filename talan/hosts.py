@@ -57,8 +57,9 @@ _LFM2 = replace(_LFM2_ATTENTION_LAYERS, other_layers=replace(_LFM2_ATTENTION_LAY
 # LFM3 norms the token mixer's output first (post_operator_norm: an identity without its sandwich norm)
 _LFM3_ATTENTION_LAYERS = replace(_LFM2_ATTENTION_LAYERS, attention_output="post_operator_norm")
 _LFM3 = replace(_LFM3_ATTENTION_LAYERS, other_layers=replace(_LFM3_ATTENTION_LAYERS, token_mixer="conv"))
-# Bamba: Mamba 2 layers beside attention ones, the MLP normed by pre_ff_layernorm
-_BAMBA = LayerLayout(mlp_norm="pre_ff_layernorm", other_layers=LayerLayout(
+# Bamba (Mamba 2) and Jamba (Mamba 1; a mixture of experts in some layers): Mamba layers beside attention ones, the
+# MLP normed by pre_ff_layernorm
+_MAMBA_HYBRID = LayerLayout(mlp_norm="pre_ff_layernorm", other_layers=LayerLayout(
     attention_output="mamba", token_mixer="mamba", mlp_norm="pre_ff_layernorm"))
 FAMILIES = {
     "Qwen3": _PRE_NORM, "Llama": _PRE_NORM, "Qwen3Moe": _PRE_NORM, "Qwen2": _PRE_NORM, "Mistral": _PRE_NORM,
@@ -70,7 +71,7 @@ FAMILIES = {
     "GptOss": _PRE_NORM, "DeepseekV3": _PRE_NORM, "Glm4Moe": _PRE_NORM,  # mixtures of experts; MLA in DeepSeek-V3
     "Qwen3Next": _HYBRID, "Qwen3_5": _HYBRID, "Qwen3_5Moe": _HYBRID,  # Qwen3.5 is vision-language too
     "GraniteMoeHybrid": _GRANITE_HYBRID, "Lfm2": _LFM2, "Lfm2Moe": _LFM2, "OlmoHybrid": _OLMO_HYBRID,
-    "Lfm3": _LFM3, "Bamba": _BAMBA,
+    "Lfm3": _LFM3, "Bamba": _MAMBA_HYBRID, "Jamba": _MAMBA_HYBRID,
     # more decoders, dense and mixtures of experts: pre-norm (Apertus's norms named otherwise), post-norm (EXAONE 4,
     # FlexOlmo), scaled (Granite SWA)
     "Ernie4_5": _PRE_NORM, "Ernie4_5_Moe": _PRE_NORM, "SeedOss": _PRE_NORM, "HunYuanDenseV1": _PRE_NORM,

@@ -6,7 +6,8 @@ that instance: ``pre`` rewrites the layer input, ``post`` the layer output (regi
 it inside the layer's forward, before the hook) and ``mid`` adds the
 block's perturbation of ``residual + attention`` to the attention output. No transformers class is
 reassigned and no HF ``forward`` is copied. The hooks have no side effects besides the decode state
-that is tied to a cache object, so gradient checkpointing (which re-runs them) is safe.
+that is tied to a cache object (and the forward's inputs tagged on its ``cache_position`` where a 4.x stack hands
+its layers no kwargs), so gradient checkpointing (which re-runs them) is safe.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -30,6 +32,7 @@ _PATCH_ATTR = "_talan_patch"
 
 
 INPUTS_KWARG = "talan_inputs"  # the forward's _ForwardInputs, handed from the decoder stack to its layers
+_INPUTS_TAG = "_talan_inputs"  # the same, on the cache_position tensor of a stack that hands its layers no kwargs
 # The names a stack, a layer or its attention give the cache: transformers 5.2x "cache", before that
 # "past_key_values"; a hybrid's linear attention (and 4.x's Mamba) gets "cache_params" (with the layer's other kwargs
 # in 5.1x)
@@ -123,6 +126,20 @@ def _starts_from_4d_mask(mask: torch.Tensor, real: torch.Tensor) -> torch.Tensor
     sees_before = _allowed(mask)[:, :, :q].gather(-1, before.clamp(min=0)[..., None])[..., 0]
     starts = real & (before >= 0) & ~sees_before
     return starts if bool(starts.any()) else None
+
+
+def _running_layer_kwargs(layer: nn.Module) -> dict | None:
+    """The kwargs holding the forward's inputs of ``layer``'s ``forward`` call that is running, read off its frame
+    further up the Python stack (None where they do not hold them). transformers 5 checkpoints a layer's ``forward``,
+    not its ``__call__``, so the layer's hooks do not run again when gradient checkpointing recomputes it; a token
+    mixer that the layer hands none of its kwargs (Jamba's Mamba, Nemotron's self_attn) finds its own forward's
+    inputs only there, in the kwargs the checkpoint kept for the recompute."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_locals.get("self") is layer:  # the innermost one: the layer's own forward, not a wrapper's
+            return next((v for v in frame.f_locals.values() if isinstance(v, dict) and INPUTS_KWARG in v), None)
+        frame = frame.f_back
+    return None
 
 
 def _miscounting_cache(cache, counted) -> bool:
@@ -223,10 +240,27 @@ class _Patch:
         # checkpoints the layer's __call__, so the layer hooks run again then (5.x checkpoints forward only).
         return args, {**kwargs, INPUTS_KWARG: self.inputs}
 
+    def _inputs_of(self, layer_kwargs: dict) -> _ForwardInputs:
+        """The inputs of the forward that a layer call belongs to. They travel in its kwargs where the stack passes
+        its kwargs on; a transformers 4.x stack that does not (Jamba's, OLMoE's, ...) hands every layer the
+        ``cache_position`` it made for the forward, so the forward tags that tensor with its inputs, and a layer
+        that gradient checkpointing recomputes in the backward (4.x re-runs the layer's hooks then, with the same
+        kwargs) reads them off it rather than those of a later forward."""
+        inputs = layer_kwargs.get(INPUTS_KWARG)
+        if inputs is not None:
+            return inputs
+        position = layer_kwargs.get("cache_position")
+        if not isinstance(position, torch.Tensor):
+            return self.inputs
+        if torch._C._current_graph_task_id() != -1:  # in a backward: a recompute (as torch.utils.checkpoint tells)
+            return getattr(position, _INPUTS_TAG, self.inputs)
+        setattr(position, _INPUTS_TAG, self.inputs)
+        return self.inputs
+
     def _context(self, hidden: torch.Tensor, layer_kwargs: dict) -> _TokenContext:
         """Active mask, packed-sequence starts and cache for the tokens of one layer call."""
         b, t = hidden.shape[:2]
-        inputs = layer_kwargs.get(INPUTS_KWARG, self.inputs)
+        inputs = self._inputs_of(layer_kwargs)
         mask = inputs.attention_mask
         active = None
         if mask is not None:
@@ -302,13 +336,15 @@ class _Patch:
         residual = self.layer_inputs.pop(layer_idx, None)
         kwargs = self.attention_kwargs.pop(layer_idx, kwargs)
         layer_kwargs = self.layer_kwargs.pop(layer_idx, None)
-        if layer_kwargs is not None and INPUTS_KWARG not in kwargs:  # a token mixer that got none of them
-            kwargs = layer_kwargs
         if not self.enabled or residual is None:
             return None
+        layer = self.stack.layers[layer_idx]
+        if INPUTS_KWARG not in kwargs:  # a token mixer that got none of the layer's kwargs
+            if layer_kwargs is None:  # no layer hook kept them, or transformers 5 recomputes the layer without it
+                layer_kwargs = _running_layer_kwargs(layer)
+            kwargs = kwargs if layer_kwargs is None else {**layer_kwargs, **kwargs}  # its own cache, if it got one
         attn_out = output[0] if isinstance(output, tuple) else output
         scale = 1.0  # Granite's layer adds `residual + attention * residual_multiplier`
-        layer = self.stack.layers[layer_idx]
         scale_name = self.layout.of(layer).attention_scale
         if scale_name is not None:
             scale = float(getattr(layer, scale_name))

@@ -81,6 +81,10 @@ FAMILY_CONFIG["Lfm2Moe"] = dict(FAMILY_CONFIG["Lfm2"], num_experts=4, num_expert
 FAMILY_CONFIG["Lfm3"] = dict(IN_VOCAB, layer_types=["conv", "sliding_attention", "full_attention"], sliding_window=4)
 # Bamba: Mamba 2 in layers 0 and 2, attention in layer 1
 FAMILY_CONFIG["Bamba"] = dict(IN_VOCAB, **MAMBA_2, mamba_n_heads=4, attn_layer_indices=[1])
+# Jamba: Mamba (1) in layers 0 and 2, each with a mixture of 4 experts; attention and a dense MLP in layer 1
+FAMILY_CONFIG["Jamba"] = dict(IN_VOCAB, use_mamba_kernels=False, attn_layer_period=3, attn_layer_offset=1,
+                              num_experts=4, num_experts_per_tok=2, expert_layer_period=2, expert_layer_offset=0,
+                              mamba_expand=1)
 # more pre-norm (and post-norm, scaled) decoders; mixtures of 4 experts, 2 per token
 FAMILY_CONFIG.update(
     Ernie4_5=IN_VOCAB, SeedOss=IN_VOCAB, HunYuanDenseV1=IN_VOCAB, Arcee=IN_VOCAB, Apertus=IN_VOCAB,
@@ -104,11 +108,14 @@ FAMILY_CONFIG.update(
     GraniteMoeSWA=dict(IN_VOCAB, residual_multiplier=0.22, sliding_window=4, num_local_experts=4,
                        num_experts_per_tok=2),
 )
+# the families whose decoder stack hands its layers none of its kwargs on transformers 4.57 (so nor the forward's
+# inputs): a layer that gradient checkpointing recomputes learns which forward it belongs to otherwise there
+NO_KWARGS_ON_4 = ("GraniteMoe", "GraniteMoeShared", "Olmoe", "Qwen2Moe", "Phimoe", "Nemotron")
 GRANITE_MOE = ("GraniteMoe", "GraniteMoeShared", "GraniteMoeHybrid", "GraniteMoeSWA")
 MOE_FAMILIES = ("Qwen3Moe", "Mixtral", "GptOss", *GRANITE_MOE, "Ernie4_5_Moe", "Olmoe", "MiniMaxM2",
-                "FlexOlmo", "Qwen2Moe", "Phimoe")  # with a router loss
+                "FlexOlmo", "Qwen2Moe", "Phimoe", "Jamba")  # with a router loss
 HYBRID_FAMILIES = ["Qwen3Next", "Qwen3_5", "Qwen3_5Moe", "GraniteMoeHybrid", "Lfm2", "Lfm2Moe", "OlmoHybrid", "Lfm3",
-                   "Bamba"]
+                   "Bamba", "Jamba"]
 FAMILY_NAMES = ["Qwen3Moe", "Qwen2", "Mistral", "Ministral", "Mixtral", "Gemma", "Gemma2", "Gemma3Text", "Gemma4Text",
                 "Phi3", "SmolLM3", "Glm4", "Starcoder2", "Olmo2", "Olmo3", "Granite", "GraniteMoe", "GraniteMoeShared",
                 "GptOss", "DeepseekV3", "Glm4Moe", "Ernie4_5", "Ernie4_5_Moe", "SeedOss", "HunYuanDenseV1",
@@ -227,16 +234,20 @@ GRANITE_MOE_5_17 = pytest.mark.xfail(TRANSFORMERS_5_17, raises=AttributeError, s
 
 
 # peft's "all-linear" LoRA wraps these families' router, which returns a tuple (Llama 4's; PhiMoE's on transformers 5),
-# and its LoRA layer fails on it, TALAN off too: their LoRA leaves the router alone, as users' LoRA does
-ROUTER_RETURNS_A_TUPLE = ("Phimoe", "Llama4Text")
+# and its LoRA layer fails on it, TALAN off too; Jamba's Mamba reads dt_proj's weight, never calling it, so a LoRA
+# there gets no gradient: their LoRA leaves those alone, as users' LoRA does
+LORA_EXCLUDES = {"Phimoe": r".*\.router", "Llama4Text": r".*\.router", "Jamba": r".*\.dt_proj"}
+
+
+def _lora_excludes(family: str) -> dict:
+    return {"exclude_modules": LORA_EXCLUDES[family]} if family in LORA_EXCLUDES else {}
 TRAINING_MARKS = dict.fromkeys(GRANITE_MOE, (GRANITE_MOE_5_17,))
 
 
 @pytest.mark.parametrize("family", [installed(f, *TRAINING_MARKS.get(f, ())) for f in FAMILY_NAMES])
 def test_host_trains_talan_and_lora_together(family):
-    exclude = {"exclude_modules": r".*\.router"} if family in ROUTER_RETURNS_A_TUPLE else {}
     model = get_peft_model(tiny_host(family, train=True),
-                           LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", **exclude))
+                           LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", **_lora_excludes(family)))
     talan.patch(model, tiny_config(layer=1))
     batch = tiny_batch(batch=2, length=9)
     extra = {"output_router_logits": True} if family in MOE_FAMILIES else {}  # adds the MoE balancing loss
@@ -246,12 +257,12 @@ def test_host_trains_talan_and_lora_together(family):
     assert_talan_and_lora_gradients(model)
 
 
-def _two_batches_loss_and_grads(family: str, checkpointing: bool):
-    """Loss and gradients of two forwards (each with its own padding) then one backward, peft LoRA + TALAN at the
-    mid site, in train mode."""
-    model = get_peft_model(tiny_host(family, train=True),
-                           LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False))
-    open_gates(talan.patch(model, tiny_config(site="mid", layer=(0, 1))), 0.5)
+def _two_batches_loss_and_grads(family: str, checkpointing: bool, site: str = "mid"):
+    """Loss and gradients of two forwards (each with its own padding) then one backward, peft LoRA + TALAN at
+    ``site``, in train mode."""
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False, **_lora_excludes(family))
+    model = get_peft_model(tiny_host(family, train=True), lora)
+    open_gates(talan.patch(model, tiny_config(site=site, layer=(0, 1))), 0.5)
     if checkpointing:
         model.get_base_model().gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.get_base_model().enable_input_require_grads()
@@ -266,7 +277,7 @@ def _two_batches_loss_and_grads(family: str, checkpointing: bool):
 
 @pytest.mark.filterwarnings("ignore:.*gradient_checkpointing.*:FutureWarning")
 @pytest.mark.parametrize("family", ["Gemma2", "Gemma3Text", "Phi3", "Glm4", "Olmo2", "Granite",
-                                    *map(installed, ["Gemma4Text", *HYBRID_FAMILIES])])
+                                    *map(installed, ["Gemma4Text", *HYBRID_FAMILIES, *NO_KWARGS_ON_4])])
 def test_gradient_checkpointing_recomputes_a_mid_site_with_its_own_forwards_kwargs(family):
     """Where the mid site hooks a norm (or dropout) after self_attn, the recompute in the backward reads the
     kwargs its own self_attn got, and in a hybrid's linear-attention layer (layer 0) those its linear attention
@@ -274,6 +285,16 @@ def test_gradient_checkpointing_recomputes_a_mid_site_with_its_own_forwards_kwar
     hooks in the recompute): so each forward's padding, and the same loss and gradients as without
     checkpointing."""
     assert_same_loss_and_grads(_two_batches_loss_and_grads(family, False), _two_batches_loss_and_grads(family, True))
+
+
+@pytest.mark.filterwarnings("ignore:.*gradient_checkpointing.*:FutureWarning")
+@pytest.mark.parametrize("site", ["pre", "post"])
+@pytest.mark.parametrize("family", map(installed, [*NO_KWARGS_ON_4, "Jamba"]))
+def test_gradient_checkpointing_recomputes_each_site_with_its_own_forwards_inputs(family, site):
+    """Where the decoder stack hands its layers none of its kwargs (these families on transformers 4.57), a layer
+    recomputed in the backward still reads its own forward's padding at the other sites too."""
+    assert_same_loss_and_grads(_two_batches_loss_and_grads(family, False, site),
+                               _two_batches_loss_and_grads(family, True, site))
 
 
 @pytest.mark.parametrize("site", ["pre", "mid", "post"])
