@@ -106,11 +106,11 @@ def family_names() -> str:
 # causal attention over image tokens (PaliGemma's prefix attends both ways): that decoder's own family says how to
 # patch it (LLaVA over Llama or Gemma 2, LLaVA-NeXT over Llama or Mistral, LLaVA-OneVision over Qwen2, LFM2-VL over
 # LFM2, Mistral 3 over Mistral, InternVL over Qwen2/Qwen3 or Llama, SmolVLM and Idefics 3 over Llama, PaliGemma over
-# Gemma or Gemma 2).
+# Gemma or Gemma 2, Llama 4 over its text decoder).
 # transformers class prefix -> the name the error message gives
 _VL_WRAPPER_NAMES = {"Llava": "LLaVA", "LlavaNext": "LLaVA-NeXT", "LlavaOnevision": "LLaVA-OneVision",
                      "Lfm2Vl": "LFM2-VL", "Mistral3": "Mistral 3", "InternVL": "InternVL", "SmolVLM": "SmolVLM",
-                     "Idefics3": "Idefics 3", "PaliGemma": "PaliGemma"}
+                     "Idefics3": "Idefics 3", "PaliGemma": "PaliGemma", "Llama4": "Llama 4"}
 _VL_WRAPPERS = frozenset(f"{prefix}{head}" for prefix in _VL_WRAPPER_NAMES for head in ("ForConditionalGeneration",
                                                                                        "Model"))
 
@@ -128,9 +128,10 @@ def _find_stack(host: nn.Module) -> nn.Module | None:
     """The module that owns the decoder ``layers`` under any head (the host itself for a bare *Model).
     transformers 4.x's Gemma3ForCausalLM keeps its stack in ``model`` but names its base model "language_model", so
     base_model is the head itself; a vision-language model keeps its text decoder in ``language_model`` (SmolVLM and
-    Idefics 3 in ``text_model``)."""
+    Idefics 3 in ``text_model``; Llama 4 a whole ``Llama4ForCausalLM`` there)."""
     outer = (host.base_model, getattr(host, "model", None))
-    for stack in (*outer, *(getattr(m, name, None) for m in outer for name in ("language_model", "text_model"))):
+    inner = [getattr(m, name, None) for m in outer for name in ("language_model", "text_model")]
+    for stack in (*outer, *inner, *(getattr(m, "model", None) for m in inner)):  # Llama 4's: a *ForCausalLM
         if isinstance(getattr(stack, "layers", None), nn.ModuleList):
             return stack
     return None
@@ -186,6 +187,28 @@ def prefix_cache_lengths(peft_configs: list[dict]) -> frozenset[int]:
 def stack_and_layout(model: nn.Module) -> tuple[nn.Module, LayerLayout]:
     """The decoder stack of the transformers model inside ``model``'s wrappers (the module that owns ``layers``)
     and the `LayerLayout` of its family; ``TypeError`` naming the class for an unsupported model."""
+    family, stack = _family_and_stack(model)
+    return stack, FAMILIES[family]
+
+
+# Modules that peft's "all-linear" LoRA wraps but cannot train there, by family: a router that returns a tuple
+# (Llama 4's; PhiMoE's on transformers 5), on which peft's LoRA layer fails, TALAN off too; Jamba's dt_proj, whose
+# weight its Mamba reads without calling the layer, so a LoRA there never gets a gradient.
+_ALL_LINEAR_EXCLUDES = {"Llama4Text": r".*\.router", "Phimoe": r".*\.router", "Jamba": r".*\.dt_proj"}
+
+
+def all_linear_excludes(model: nn.Module) -> dict:
+    """The ``exclude_modules`` that an "all-linear" peft ``LoraConfig`` needs on ``model``'s family, as keyword
+    arguments ({} for most families, and for a model TALAN does not patch: `patch` names the problem then)."""
+    try:
+        family = _family_and_stack(model)[0]
+    except TypeError:
+        return {}
+    pattern = _ALL_LINEAR_EXCLUDES.get(family)
+    return {} if pattern is None else {"exclude_modules": pattern}
+
+
+def _family_and_stack(model: nn.Module) -> tuple[str, nn.Module]:
     host = unwrap_host(model)
     family = _CLASS_FAMILIES.get(_transformers_class(host, _CLASS_FAMILIES))
     wrapper = family is None and _transformers_class(host, _VL_WRAPPERS) is not None
@@ -200,7 +223,7 @@ def stack_and_layout(model: nn.Module) -> tuple[nn.Module, LayerLayout]:
                         f"torch.compile or DDP); got {type(model).__name__}{wrapped}{inside}")
     if stack is None:
         raise TypeError(f"{type(host).__name__} has no decoder layer list to patch")
-    return stack, FAMILIES[family]
+    return family, stack
 
 
 def decoder_stack(model: nn.Module) -> nn.Module:

@@ -213,10 +213,12 @@ def build_model(backbone, kind: str, rank: int, talan_config: TalanConfig | None
 
     import talan
 
+    from .hosts import all_linear_excludes
+
     if kind not in ADAPTERS:
         raise ValueError(f"unknown adapter kind {kind!r}; known: {', '.join(ADAPTERS)}")
     lora = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules="all-linear",
-                      use_dora=kind == "dora", use_rslora=kind == "rslora")
+                      use_dora=kind == "dora", use_rslora=kind == "rslora", **all_linear_excludes(backbone))
     model = get_peft_model(backbone, lora)
     if talan_config is not None:
         talan.patch(model, talan_config)

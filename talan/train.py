@@ -166,11 +166,13 @@ def build_model(backbone, settings: argparse.Namespace, talan_config):
     """peft adapter first, then `talan.patch` (the order SPEC §3 prescribes)."""
     from peft import LoraConfig, get_peft_model
 
+    from .hosts import all_linear_excludes
     from .patching import patch
 
+    excludes = all_linear_excludes(backbone) if settings.target_modules == "all-linear" else {}
     lora = LoraConfig(r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
                       target_modules=settings.target_modules, use_dora=settings.adapter == "dora",
-                      use_rslora=settings.adapter == "rslora", task_type="CAUSAL_LM")
+                      use_rslora=settings.adapter == "rslora", task_type="CAUSAL_LM", **excludes)
     backbone.config.use_cache = False  # no KV cache (and no TALAN decode state) in teacher-forced training
     return patch(get_peft_model(backbone, lora), talan_config)
 

@@ -13,6 +13,7 @@ import pytest
 import torch
 import transformers
 from conftest import (
+    LLAMA4_STATIC_5_17,
     TRANSFORMERS_4,
     TRANSFORMERS_5_17,
     VOCAB,
@@ -32,7 +33,7 @@ from peft import LoraConfig, get_peft_model
 from train_helpers import GATED_DELTANET, HYBRID_LAYERS, MAMBA_2
 
 import talan
-from talan.hosts import decoder_stack, layer_layout
+from talan.hosts import all_linear_excludes, decoder_stack, layer_layout
 from talan.patching import talan_blocks
 
 # Special tokens inside the tiny vocabulary, for the families whose defaults lie outside it.
@@ -149,9 +150,6 @@ OLMOE_STATIC_4 = pytest.mark.xfail(TRANSFORMERS_4, raises=TypeError, strict=True
                                    "_prepare_4d_causal_attention_mask_with_cache_position lacks 'device'")
 
 
-# transformers 5.17's Llama 4 cannot build its chunked mask for a static cache, TALAN off too
-LLAMA4_STATIC_5_17 = pytest.mark.xfail(TRANSFORMERS_5_17, raises=TypeError, strict=True, reason="transformers 5.17: "
-                                       "create_chunked_causal_mask() got an unexpected keyword 'block_sequence_ids'")
 GENERATE_MARKS = {"Olmoe": (OLMOE_STATIC_4,), "Llama4Text": (LLAMA4_STATIC_5_17,)}
 
 
@@ -233,21 +231,14 @@ GRANITE_MOE_5_17 = pytest.mark.xfail(TRANSFORMERS_5_17, raises=AttributeError, s
                                      "5.17's GraniteMoe returns no router logits: 'int' object has no attribute 'to'")
 
 
-# peft's "all-linear" LoRA wraps these families' router, which returns a tuple (Llama 4's; PhiMoE's on transformers 5),
-# and its LoRA layer fails on it, TALAN off too; Jamba's Mamba reads dt_proj's weight, never calling it, so a LoRA
-# there gets no gradient: their LoRA leaves those alone, as users' LoRA does
-LORA_EXCLUDES = {"Phimoe": r".*\.router", "Llama4Text": r".*\.router", "Jamba": r".*\.dt_proj"}
-
-
-def _lora_excludes(family: str) -> dict:
-    return {"exclude_modules": LORA_EXCLUDES[family]} if family in LORA_EXCLUDES else {}
 TRAINING_MARKS = dict.fromkeys(GRANITE_MOE, (GRANITE_MOE_5_17,))
 
 
 @pytest.mark.parametrize("family", [installed(f, *TRAINING_MARKS.get(f, ())) for f in FAMILY_NAMES])
 def test_host_trains_talan_and_lora_together(family):
-    model = get_peft_model(tiny_host(family, train=True),
-                           LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", **_lora_excludes(family)))
+    base = tiny_host(family, train=True)  # LoRA off the modules it cannot train there (Llama 4's router, ...)
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", **all_linear_excludes(base))
+    model = get_peft_model(base, lora)
     talan.patch(model, tiny_config(layer=1))
     batch = tiny_batch(batch=2, length=9)
     extra = {"output_router_logits": True} if family in MOE_FAMILIES else {}  # adds the MoE balancing loss
@@ -260,8 +251,10 @@ def test_host_trains_talan_and_lora_together(family):
 def _two_batches_loss_and_grads(family: str, checkpointing: bool, site: str = "mid"):
     """Loss and gradients of two forwards (each with its own padding) then one backward, peft LoRA + TALAN at
     ``site``, in train mode."""
-    lora = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False, **_lora_excludes(family))
-    model = get_peft_model(tiny_host(family, train=True), lora)
+    base = tiny_host(family, train=True)
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False,
+                      **all_linear_excludes(base))
+    model = get_peft_model(base, lora)
     open_gates(talan.patch(model, tiny_config(site=site, layer=(0, 1))), 0.5)
     if checkpointing:
         model.get_base_model().gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

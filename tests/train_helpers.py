@@ -51,10 +51,13 @@ MAMBA_2 = dict(mamba_d_head=16, mamba_d_state=16, mamba_n_groups=1, mamba_expand
 GATED_DELTANET = dict(linear_key_head_dim=16, linear_value_head_dim=16, linear_num_key_heads=2,
                       linear_num_value_heads=4)
 # the layers of the text-only hybrids' 2-layer checkpoints: Granite 4 (a Mamba 2 layer, then attention; every sum
-# scaled) and LFM2 (a short convolution, then attention)
+# scaled), LFM2 (a short convolution, then attention) and Jamba
 HYBRID_LAYERS = {"GraniteMoeHybrid": dict(MAMBA_2, layer_types=["mamba", "attention"], residual_multiplier=0.22,
                                           mamba_n_heads=2, num_local_experts=0, shared_intermediate_size=64),
-                 "Lfm2": dict(layer_types=["conv", "full_attention"], block_ff_dim=64)}
+                 "Lfm2": dict(layer_types=["conv", "full_attention"], block_ff_dim=64),
+                 # Jamba: a Mamba layer with 4 experts, then attention and a dense MLP
+                 "Jamba": dict(use_mamba_kernels=False, attn_layer_period=2, attn_layer_offset=1, num_experts=4,
+                               num_experts_per_tok=2, expert_layer_period=2, expert_layer_offset=0)}
 
 
 def make_local_checkpoint(model_dir: Path, chat_template: bool = True, family: str = "Qwen3") -> Path:
