@@ -128,6 +128,12 @@ def _starts_from_4d_mask(mask: torch.Tensor, real: torch.Tensor) -> torch.Tensor
     return starts if bool(starts.any()) else None
 
 
+def _in_backward() -> bool:
+    """Whether a backward pass is running: a hook called then runs in a gradient-checkpointing recompute (the test
+    torch.utils.checkpoint itself makes)."""
+    return torch._C._current_graph_task_id() != -1
+
+
 def _running_layer_kwargs(layer: nn.Module) -> dict | None:
     """The kwargs holding the forward's inputs of ``layer``'s ``forward`` call that is running, read off its frame
     further up the Python stack (None where they do not hold them). transformers 5 checkpoints a layer's ``forward``,
@@ -252,7 +258,7 @@ class _Patch:
         position = layer_kwargs.get("cache_position")
         if not isinstance(position, torch.Tensor):
             return self.inputs
-        if torch._C._current_graph_task_id() != -1:  # in a backward: a recompute (as torch.utils.checkpoint tells)
+        if _in_backward():
             return getattr(position, _INPUTS_TAG, self.inputs)
         setattr(position, _INPUTS_TAG, self.inputs)
         return self.inputs
@@ -340,7 +346,9 @@ class _Patch:
             return None
         layer = self.stack.layers[layer_idx]
         if INPUTS_KWARG not in kwargs:  # a token mixer that got none of the layer's kwargs
-            if layer_kwargs is None:  # no layer hook kept them, or transformers 5 recomputes the layer without it
+            # no layer hook kept them (none on this layer, or transformers 5 recomputing it without its hooks): in
+            # a forward the latest inputs are this forward's; in a backward's recompute they are found up the stack
+            if layer_kwargs is None and _in_backward():
                 layer_kwargs = _running_layer_kwargs(layer)
             kwargs = kwargs if layer_kwargs is None else {**layer_kwargs, **kwargs}  # its own cache, if it got one
         attn_out = output[0] if isinstance(output, tuple) else output
