@@ -80,6 +80,13 @@ FAMILIES = {
     "Exaone4": _POST_NORM, "FlexOlmo": _POST_NORM, "GraniteSWA": _GRANITE, "GraniteMoeSWA": _GRANITE,
     "Qwen2Moe": _PRE_NORM, "Phimoe": _PRE_NORM, "Olmo": _PRE_NORM, "Glm": _PRE_NORM, "Helium": _PRE_NORM,
     "Nemotron": _PRE_NORM, "Llama4Text": _PRE_NORM,  # Llama 4's text decoder: chunked attention, NoPE layers, MoE
+    # multi-head latent attention (DeepSeek-V2's, V3.2's with its sparse indexer, GLM-4.7-Flash's, Mistral 4's,
+    # Youtu's, MiniCPM3's: scaled), mixtures of experts (MiMo-V2-Flash, Solar Open, dots.llm1), dense (BitNet,
+    # Jais 2, Ministral 3), and HyperCLOVA X (each sum normed first, then scaled)
+    "DeepseekV2": _PRE_NORM, "DeepseekV32": _PRE_NORM, "Glm4MoeLite": _PRE_NORM, "Mistral4": _PRE_NORM,
+    "Youtu": _PRE_NORM, "MiniCPM3": LayerLayout(attention_scale="residual_scale"), "MiMoV2Flash": _PRE_NORM,
+    "SolarOpen": _PRE_NORM, "Dots1": _PRE_NORM, "BitNet": _PRE_NORM, "Jais2": _PRE_NORM, "Ministral3": _PRE_NORM,
+    "HyperCLOVAX": LayerLayout(attention_output="post_norm1", attention_scale="residual_multiplier"),
     # vision-language: the text decoder is a Qwen2/Qwen3 stack, whose causal attention spans text and image tokens
     "Qwen2VL": _PRE_NORM, "Qwen2_5_VL": _PRE_NORM, "Qwen3VL": _PRE_NORM, "Qwen3VLMoe": _PRE_NORM,
 }
@@ -193,8 +200,10 @@ def stack_and_layout(model: nn.Module) -> tuple[nn.Module, LayerLayout]:
 
 # Modules that peft's "all-linear" LoRA wraps but cannot train there, by family: a router that returns a tuple
 # (Llama 4's; PhiMoE's on transformers 5), on which peft's LoRA layer fails, TALAN off too; Jamba's dt_proj, whose
-# weight its Mamba reads without calling the layer, so a LoRA there never gets a gradient.
-_ALL_LINEAR_EXCLUDES = {"Llama4Text": r".*\.router", "Phimoe": r".*\.router", "Jamba": r".*\.dt_proj"}
+# weight its Mamba reads without calling the layer, and DeepSeek-V3.2's sparse-attention indexer, which only picks
+# the keys (top-k, no gradient through it): a LoRA there never gets a gradient.
+_ALL_LINEAR_EXCLUDES = {"Llama4Text": r".*\.router", "Phimoe": r".*\.router", "Jamba": r".*\.dt_proj",
+                        "DeepseekV32": r".*\.indexer\..*"}
 
 
 def all_linear_excludes(model: nn.Module) -> dict:

@@ -38,6 +38,11 @@ from talan.patching import talan_blocks
 
 # Special tokens inside the tiny vocabulary, for the families whose defaults lie outside it.
 IN_VOCAB = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2)
+# Multi-head latent attention: keys of 16 + 16 (no rope + rope) dims, values as wide (a static cache in 4.57 holds
+# keys and values of one width); 4 routed experts, 2 per token
+MLA = dict(num_key_value_heads=4, kv_lora_rank=16, q_lora_rank=32, qk_rope_head_dim=16, qk_nope_head_dim=16,
+           v_head_dim=32)
+ROUTED_EXPERTS = dict(n_routed_experts=4, num_experts_per_tok=2, n_group=1, topk_group=1, moe_intermediate_size=32)
 # Each family's config beyond conftest.HOST. The mixture-of-experts families: every layer sparse, 4 experts, 2 per
 # token, so the hooks sit around a mixture-of-experts MLP.
 FAMILY_CONFIG = {
@@ -50,11 +55,7 @@ FAMILY_CONFIG = {
     "GraniteMoeShared": dict(residual_multiplier=0.22, num_local_experts=4, num_experts_per_tok=2,
                              shared_intermediate_size=32),
     "GptOss": dict(num_local_experts=4, num_experts_per_tok=2, sliding_window=4),  # sliding and full layers
-    # multi-head latent attention: keys of 16 + 16 (no rope + rope) dims, values as wide (a static cache in 4.57
-    # holds keys and values of one width); the first layer dense, then 4 routed experts
-    "DeepseekV3": dict(num_key_value_heads=4, kv_lora_rank=16, q_lora_rank=32, qk_rope_head_dim=16,
-                       qk_nope_head_dim=16, v_head_dim=32, n_routed_experts=4, num_experts_per_tok=2, n_group=1,
-                       topk_group=1, first_k_dense_replace=1, moe_intermediate_size=32),
+    "DeepseekV3": dict(MLA, **ROUTED_EXPERTS, first_k_dense_replace=1),  # the first layer dense
     "Glm4Moe": dict(n_routed_experts=4, num_experts_per_tok=2, n_group=1, topk_group=1, first_k_dense_replace=1,
                     moe_intermediate_size=32),
 }
@@ -106,6 +107,19 @@ FAMILY_CONFIG.update(
     Llama4Text=dict(IN_VOCAB, num_local_experts=4, num_experts_per_tok=1, intermediate_size_mlp=128,
                     interleave_moe_layer_step=2, attention_chunk_size=4, no_rope_layers=[1, 1, 0]),
     GraniteSWA=dict(IN_VOCAB, residual_multiplier=0.22, sliding_window=4),
+    # multi-head latent attention, dense or with the first layer dense and then 4 routed experts
+    DeepseekV2=dict(IN_VOCAB, **MLA, **ROUTED_EXPERTS, first_k_dense_replace=1),
+    DeepseekV32=dict(IN_VOCAB, **MLA, **ROUTED_EXPERTS, first_k_dense_replace=1, index_topk=4, index_head_dim=16,
+                     index_n_heads=2),
+    Glm4MoeLite=dict(IN_VOCAB, **MLA, **ROUTED_EXPERTS, mlp_layer_types=["dense", "sparse", "sparse"]),
+    Mistral4=dict(IN_VOCAB, **MLA, **ROUTED_EXPERTS, first_k_dense_replace=1, head_dim=32),  # its rope's width
+    Youtu=dict(IN_VOCAB, **MLA), MiniCPM3=dict(IN_VOCAB, **MLA, scale_depth=1.4),  # 1.4 / sqrt(3 layers)
+    MiMoV2Flash=dict(IN_VOCAB, **ROUTED_EXPERTS, sliding_window=4, v_head_dim=16,
+                     layer_types=["sliding_attention", "full_attention", "sliding_attention"]),
+    SolarOpen=dict(IN_VOCAB, **ROUTED_EXPERTS),
+    Dots1=dict(IN_VOCAB, **ROUTED_EXPERTS, first_k_dense_replace=1, n_shared_experts=1),
+    BitNet=IN_VOCAB, Jais2=IN_VOCAB, Ministral3=IN_VOCAB,
+    HyperCLOVAX=dict(IN_VOCAB, use_post_norm=True, residual_multiplier=0.22),
     GraniteMoeSWA=dict(IN_VOCAB, residual_multiplier=0.22, sliding_window=4, num_local_experts=4,
                        num_experts_per_tok=2),
 )
@@ -122,7 +136,8 @@ FAMILY_NAMES = ["Qwen3Moe", "Qwen2", "Mistral", "Ministral", "Mixtral", "Gemma",
                 "GptOss", "DeepseekV3", "Glm4Moe", "Ernie4_5", "Ernie4_5_Moe", "SeedOss", "HunYuanDenseV1",
                 "HunYuanMoEV1", "Arcee", "Olmoe", "MiniMaxM2", "ExaoneMoe", "Apertus", "Exaone4", "FlexOlmo",
                 "GraniteSWA", "GraniteMoeSWA", "Qwen2Moe", "Phimoe", "Olmo", "Glm", "Helium", "Nemotron",
-                "Llama4Text", *HYBRID_FAMILIES]
+                "Llama4Text", "DeepseekV2", "DeepseekV32", "Glm4MoeLite", "Mistral4", "Youtu", "MiniCPM3",
+                "MiMoV2Flash", "SolarOpen", "Dots1", "BitNet", "Jais2", "Ministral3", "HyperCLOVAX", *HYBRID_FAMILIES]
 
 
 # the causal LM of the families named after their text config
@@ -150,7 +165,11 @@ OLMOE_STATIC_4 = pytest.mark.xfail(TRANSFORMERS_4, raises=TypeError, strict=True
                                    "_prepare_4d_causal_attention_mask_with_cache_position lacks 'device'")
 
 
-GENERATE_MARKS = {"Olmoe": (OLMOE_STATIC_4,), "Llama4Text": (LLAMA4_STATIC_5_17,)}
+# DeepSeek-V3.2's static-cache generation differs from recomputing, TALAN off too (its sparse-attention indexer)
+DEEPSEEK_V32_STATIC = pytest.mark.xfail(raises=AssertionError, strict=True, reason="DeepSeek-V3.2's static-cache "
+                                        "generation differs from recomputing, TALAN off too")
+GENERATE_MARKS = {"Olmoe": (OLMOE_STATIC_4,), "Llama4Text": (LLAMA4_STATIC_5_17,),
+                  "DeepseekV32": (DEEPSEEK_V32_STATIC,)}
 
 
 @pytest.mark.parametrize("site", ["pre", "mid", "post"])
