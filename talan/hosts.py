@@ -87,6 +87,14 @@ FAMILIES = {
     "Youtu": _PRE_NORM, "MiniCPM3": LayerLayout(attention_scale="residual_scale"), "MiMoV2Flash": _PRE_NORM,
     "SolarOpen": _PRE_NORM, "Dots1": _PRE_NORM, "BitNet": _PRE_NORM, "Jais2": _PRE_NORM, "Ministral3": _PRE_NORM,
     "HyperCLOVAX": LayerLayout(attention_output="post_norm1", attention_scale="residual_multiplier"),
+    # more pre-norm decoders (Apertus 1.5's norms named as Apertus's; VaultGemma's MLP norm named otherwise), and
+    # Arcee's AFM MoE and Kolibri (attention output normed first)
+    "NanoChat": _PRE_NORM, "Cwm": _PRE_NORM, "DiffLlama": _PRE_NORM, "Mellum": _PRE_NORM, "Laguna": _PRE_NORM,
+    "HYV3": _PRE_NORM, "AriaText": _PRE_NORM,
+    "Apertus1p5Text": LayerLayout(residual_input="attention_layernorm", mlp_norm="feedforward_layernorm"),
+    "VaultGemma": LayerLayout(mlp_norm="pre_feedforward_layernorm"),
+    "Afmoe": LayerLayout(attention_output="post_attention_layernorm", mlp_norm="pre_mlp_layernorm"),
+    "Kolibri1": LayerLayout(attention_output="post_self_attn_layernorm"),
     # vision-language: the text decoder is a Qwen2/Qwen3 stack, whose causal attention spans text and image tokens
     "Qwen2VL": _PRE_NORM, "Qwen2_5_VL": _PRE_NORM, "Qwen3VL": _PRE_NORM, "Qwen3VLMoe": _PRE_NORM,
 }

@@ -120,6 +120,16 @@ FAMILY_CONFIG.update(
     Dots1=dict(IN_VOCAB, **ROUTED_EXPERTS, first_k_dense_replace=1, n_shared_experts=1),
     BitNet=IN_VOCAB, Jais2=IN_VOCAB, Ministral3=IN_VOCAB,
     HyperCLOVAX=dict(IN_VOCAB, use_post_norm=True, residual_multiplier=0.22),
+    NanoChat=IN_VOCAB, Cwm=IN_VOCAB, DiffLlama=IN_VOCAB, Apertus1p5Text=IN_VOCAB,
+    VaultGemma=IN_VOCAB, AriaText=dict(IN_VOCAB, moe_num_experts=4, moe_topk=2, moe_num_shared_experts=1),
+    Mellum=dict(IN_VOCAB, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32),
+    Laguna=dict(IN_VOCAB, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+                shared_expert_intermediate_size=32),
+    HYV3=dict(IN_VOCAB, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, num_shared_experts=1),
+    Afmoe=dict(IN_VOCAB, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, num_dense_layers=1,
+               num_shared_experts=1),
+    Kolibri1=dict(IN_VOCAB, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+                  shared_expert_intermediate_size=32),
     GraniteMoeSWA=dict(IN_VOCAB, residual_multiplier=0.22, sliding_window=4, num_local_experts=4,
                        num_experts_per_tok=2),
 )
@@ -137,7 +147,9 @@ FAMILY_NAMES = ["Qwen3Moe", "Qwen2", "Mistral", "Ministral", "Mixtral", "Gemma",
                 "HunYuanMoEV1", "Arcee", "Olmoe", "MiniMaxM2", "ExaoneMoe", "Apertus", "Exaone4", "FlexOlmo",
                 "GraniteSWA", "GraniteMoeSWA", "Qwen2Moe", "Phimoe", "Olmo", "Glm", "Helium", "Nemotron",
                 "Llama4Text", "DeepseekV2", "DeepseekV32", "Glm4MoeLite", "Mistral4", "Youtu", "MiniCPM3",
-                "MiMoV2Flash", "SolarOpen", "Dots1", "BitNet", "Jais2", "Ministral3", "HyperCLOVAX", *HYBRID_FAMILIES]
+                "MiMoV2Flash", "SolarOpen", "Dots1", "BitNet", "Jais2", "Ministral3", "HyperCLOVAX", "NanoChat", "Cwm",
+                "DiffLlama", "Mellum", "Laguna", "HYV3", "AriaText", "Apertus1p5Text", "VaultGemma",
+                "Afmoe", "Kolibri1", *HYBRID_FAMILIES]
 
 
 # the causal LM of the families named after their text config
