@@ -77,9 +77,9 @@ def _with_images(family: str, *marks):
 # Llama), LLaVA-OneVision (over Qwen2), LFM2-VL (over LFM2, a hybrid), Mistral 3 (over Mistral), InternVL (over
 # Qwen2), SmolVLM and Idefics 3 (over Llama, kept as text_model), PaliGemma (over Gemma; its prefix attends both ways,
 # a 4-D mask that it hands the decoder without a cache too), Llama 4 (over its own text decoder: chunked attention,
-# NoPE layers, experts)
+# NoPE layers, experts), VipLLaVA (over Llama), LLaVA-NeXT-Video (over Llama; an image), Idefics 2 (over Mistral)
 WRAPPERS = ("Llava", "Llava-gemma2", "LlavaNext", "LlavaOnevision", "Lfm2Vl", "Mistral3", "InternVL", "SmolVLM",
-            "Idefics3", "PaliGemma", "Llama4")
+            "Idefics3", "PaliGemma", "Llama4", "VipLlava", "LlavaNextVideo", "Idefics2")
 FAMILIES = [_with_images(f) for f in (*NATIVE, *WRAPPERS)]
 IMAGE, VISION_START, VISION_END = 5, 3, 4  # token ids inside the tiny vocabulary
 TEXT = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
@@ -114,13 +114,17 @@ VISION = {
     # InternViT, SmolVLM's and Idefics 3's SigLIP: 16 patches, pixel-shuffled 2x2 into 4 tokens
     "InternVL": dict(SMALL_VISION, image_size=[16, 16], patch_size=[4, 4]),
     "SmolVLM": SMALL_VISION, "Idefics3": SMALL_VISION,
+    "VipLlava": dict(SMALL_VISION, model_type="clip_vision_model"),  # every patch a token: 16
+    "LlavaNextVideo": dict(SMALL_VISION, model_type="clip_vision_model"),
+    "Idefics2": SMALL_VISION,  # resampled into 4 latents
     "PaliGemma": dict(SMALL_VISION, model_type="siglip_vision_model", projection_dim=64),  # every patch a token: 16
     # 16 patches pixel-shuffled 2x2 into 4 tokens (its MLP widths follow: 32 channels x 4 = 128)
     "Llama4": dict(SMALL_VISION, intermediate_size=128, vision_output_dim=64, projector_input_dim=64,
                    projector_output_dim=64),
 }
-IMAGE_TOKENS = {"Llava": 16, "LlavaNext": 36, "LlavaOnevision": 36, "PaliGemma": 16}
-ANY_RESOLUTION = ("LlavaNext", "LlavaOnevision")
+IMAGE_TOKENS = {"Llava": 16, "LlavaNext": 36, "LlavaOnevision": 36, "LlavaNextVideo": 36, "PaliGemma": 16,
+                "VipLlava": 16}
+ANY_RESOLUTION = ("LlavaNext", "LlavaOnevision", "LlavaNextVideo")
 
 
 def _config(family: str):
@@ -152,6 +156,14 @@ def _config(family: str):
     if prefix == "InternVL":
         return transformers.InternVLConfig(text_config=dict(TEXT, model_type="qwen2"), vision_config=vision,
                                            image_token_id=IMAGE, downsample_ratio=0.5)
+    if prefix == "Idefics2":  # over Mistral; a perceiver resamples each image into 4 latents
+        return transformers.Idefics2Config(text_config=dict(TEXT, model_type="mistral"), vision_config=vision,
+                                           image_token_id=IMAGE, perceiver_config=dict(
+                                               resampler_n_latents=4, resampler_depth=1, resampler_n_heads=2,
+                                               resampler_head_dim=16, num_key_value_heads=1))
+    if prefix == "VipLlava":  # its projector reads both hidden states of the 1-block tower
+        return transformers.VipLlavaConfig(text_config=dict(TEXT, model_type="llama"), vision_config=vision,
+                                           image_token_index=IMAGE, vision_feature_layers=[-2, -1])
     if prefix in ("SmolVLM", "Idefics3"):
         return getattr(transformers, f"{prefix}Config")(text_config=dict(TEXT, model_type="llama"),
                                                         vision_config=vision, image_token_id=IMAGE, scale_factor=2)
@@ -194,9 +206,9 @@ def image_prompt(family: str, seed: int = 3) -> dict:
     mask[0, :2] = 0
     generator = torch.Generator().manual_seed(seed)
     inputs = dict(input_ids=ids, attention_mask=mask)
-    if prefix in ("Gemma3", "Llava", "Mistral3", "InternVL", "PaliGemma", "Llama4"):
+    if prefix in ("Gemma3", "Llava", "Mistral3", "InternVL", "PaliGemma", "Llama4", "VipLlava"):
         inputs["pixel_values"] = torch.randn(2, 3, 16, 16, generator=generator)
-    if prefix in ("SmolVLM", "Idefics3"):  # one image per row
+    if prefix in ("SmolVLM", "Idefics3", "Idefics2"):  # one image per row
         inputs["pixel_values"] = torch.randn(2, 1, 3, 16, 16, generator=generator)
     if prefix == "Gemma4":  # each image's flattened patches and their (x, y) positions
         inputs["pixel_values"] = torch.randn(2, 36, 3 * 4 * 4, generator=generator)
