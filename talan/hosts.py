@@ -121,12 +121,15 @@ def family_names() -> str:
 # causal attention over image tokens (PaliGemma's prefix attends both ways): that decoder's own family says how to
 # patch it (LLaVA over Llama or Gemma 2, LLaVA-NeXT over Llama or Mistral, LLaVA-OneVision over Qwen2, LFM2-VL over
 # LFM2, Mistral 3 over Mistral, InternVL over Qwen2/Qwen3 or Llama, SmolVLM and Idefics 3 over Llama, PaliGemma over
-# Gemma or Gemma 2, Llama 4 over its text decoder, VipLLaVA and LLaVA-NeXT-Video over Llama, Idefics 2 over Mistral).
+# Gemma or Gemma 2, Llama 4 over its text decoder, VipLLaVA and LLaVA-NeXT-Video over Llama, Idefics 2 over Mistral),
+# and the audio-language models whose audio tokens enter the text decoder alike (Qwen2-Audio over Qwen2, Voxtral
+# over Llama or Mistral).
 # transformers class prefix -> the name the error message gives
 _VL_WRAPPER_NAMES = {"Llava": "LLaVA", "LlavaNext": "LLaVA-NeXT", "LlavaOnevision": "LLaVA-OneVision",
                      "Lfm2Vl": "LFM2-VL", "Mistral3": "Mistral 3", "InternVL": "InternVL", "SmolVLM": "SmolVLM",
                      "Idefics3": "Idefics 3", "PaliGemma": "PaliGemma", "Llama4": "Llama 4", "VipLlava": "VipLLaVA",
-                     "LlavaNextVideo": "LLaVA-NeXT-Video", "Idefics2": "Idefics 2"}
+                     "LlavaNextVideo": "LLaVA-NeXT-Video", "Idefics2": "Idefics 2", "Qwen2Audio": "Qwen2-Audio",
+                     "Voxtral": "Voxtral"}
 _VL_WRAPPERS = frozenset(f"{prefix}{head}" for prefix in _VL_WRAPPER_NAMES for head in ("ForConditionalGeneration",
                                                                                        "Model"))
 
