@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 
 from torch import nn
@@ -18,8 +19,8 @@ class LayerLayout:
     ``other_layers``."""
 
     residual_input: str = "input_layernorm"
-    attention_output: str = "self_attn"
-    mlp_norm: str = "post_attention_layernorm"
+    attention_output: str | None = "self_attn"  # None: a parallel residual, with no point between attention and MLP
+    mlp_norm: str | None = "post_attention_layernorm"
     attention_scale: str | None = None
     token_mixer: str = "self_attn"
     other_layers: LayerLayout | None = None
@@ -57,6 +58,10 @@ _LFM2 = replace(_LFM2_ATTENTION_LAYERS, other_layers=replace(_LFM2_ATTENTION_LAY
 # LFM3 norms the token mixer's output first (post_operator_norm: an identity without its sandwich norm)
 _LFM3_ATTENTION_LAYERS = replace(_LFM2_ATTENTION_LAYERS, attention_output="post_operator_norm")
 _LFM3 = replace(_LFM3_ATTENTION_LAYERS, other_layers=replace(_LFM3_ATTENTION_LAYERS, token_mixer="conv"))
+# A parallel residual: attention and MLP read the same normed layer input and join the residual stream together
+# (Cohere's Command R and Command A, Phi-1/2, GPT-NeoX's Pythia), so there is no point between them: TALAN acts at
+# the layer's input or output only
+_PARALLEL = LayerLayout(attention_output=None, mlp_norm=None)
 # Bamba (Mamba 2) and Jamba (Mamba 1; a mixture of experts in some layers): Mamba layers beside attention ones, the
 # MLP normed by pre_ff_layernorm
 _MAMBA_HYBRID = LayerLayout(mlp_norm="pre_ff_layernorm", other_layers=LayerLayout(
@@ -95,6 +100,7 @@ FAMILIES = {
     "VaultGemma": LayerLayout(mlp_norm="pre_feedforward_layernorm"),
     "Afmoe": LayerLayout(attention_output="post_attention_layernorm", mlp_norm="pre_mlp_layernorm"),
     "Kolibri1": LayerLayout(attention_output="post_self_attn_layernorm"),
+    "Cohere": _PARALLEL, "Cohere2": _PARALLEL, "Cohere2Moe": _PARALLEL, "Phi": _PARALLEL, "GPTNeoX": _PARALLEL,
     # vision-language: the text decoder is a Qwen2/Qwen3 stack, whose causal attention spans text and image tokens
     "Qwen2VL": _PRE_NORM, "Qwen2_5_VL": _PRE_NORM, "Qwen3VL": _PRE_NORM, "Qwen3VLMoe": _PRE_NORM,
 }
@@ -226,7 +232,10 @@ def all_linear_excludes(model: nn.Module) -> dict:
     except TypeError:
         return {}
     pattern = _ALL_LINEAR_EXCLUDES.get(family)
-    return {} if pattern is None else {"exclude_modules": pattern}
+    # only where such a module is there (PhiMoE's router is named so on transformers 5 only): peft warns otherwise
+    if pattern is None or not any(re.fullmatch(pattern, name) for name, _ in model.named_modules()):
+        return {}
+    return {"exclude_modules": pattern}
 
 
 def _family_and_stack(model: nn.Module) -> tuple[str, nn.Module]:

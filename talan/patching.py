@@ -35,8 +35,8 @@ INPUTS_KWARG = "talan_inputs"  # the forward's _ForwardInputs, handed from the d
 _INPUTS_TAG = "_talan_inputs"  # the same, on the cache_position tensor of a stack that hands its layers no kwargs
 # The names a stack, a layer or its attention give the cache: transformers 5.2x "cache", before that
 # "past_key_values"; a hybrid's linear attention (and 4.x's Mamba) gets "cache_params" (with the layer's other kwargs
-# in 5.1x)
-_CACHE_KWARGS = ("cache", "past_key_values", "cache_params")
+# in 5.1x); GPT-NeoX's layer "layer_past"
+_CACHE_KWARGS = ("cache", "past_key_values", "cache_params", "layer_past")
 
 
 def _cache_in(kwargs: dict):
@@ -441,6 +441,10 @@ def patch(model: nn.Module, config: TalanConfig | None = None) -> nn.Module:
     if getattr(stack, _PATCH_ATTR, None) is not None:
         raise ValueError("model is already patched with TALAN: call talan.unpatch(model) before patching again")
     layer_indices = config.resolve_layers(len(stack.layers))
+    if config.site == "mid" and any(layout.of(stack.layers[i]).attention_output is None for i in layer_indices):
+        raise ValueError(f"site: {type(stack).__name__}'s decoder layers add attention and MLP to the residual stream "
+                         "together (a parallel residual), so there is no point between them for site='mid'; "
+                         "use site='pre' or site='post'")
     # accelerate offloads a layer leaf by leaf, so the block (a leaf of its own) keeps its weights; only a hook on
     # the layer itself that offloads (preload_module_classes) would load and drop every tensor under it.
     offloaded = [i for i in layer_indices if any(getattr(h, "offload", False)

@@ -34,7 +34,7 @@ from train_helpers import GATED_DELTANET, HYBRID_LAYERS, MAMBA_2
 
 import talan
 from talan.hosts import all_linear_excludes, decoder_stack, layer_layout
-from talan.patching import talan_blocks
+from talan.patching import is_patched, talan_blocks
 
 # Special tokens inside the tiny vocabulary, for the families whose defaults lie outside it.
 IN_VOCAB = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2)
@@ -130,6 +130,9 @@ FAMILY_CONFIG.update(
                num_shared_experts=1),
     Kolibri1=dict(IN_VOCAB, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
                   shared_expert_intermediate_size=32),
+    # parallel residuals (Cohere 2: sliding layers beside a full one; its MoE: 4 experts, 2 per token)
+    Cohere=IN_VOCAB, Phi=IN_VOCAB, GPTNeoX=IN_VOCAB, Cohere2=dict(IN_VOCAB, sliding_window=4),
+    Cohere2Moe=dict(IN_VOCAB, sliding_window=4, num_experts=4, num_experts_per_tok=2),
     GraniteMoeSWA=dict(IN_VOCAB, residual_multiplier=0.22, sliding_window=4, num_local_experts=4,
                        num_experts_per_tok=2),
 )
@@ -141,6 +144,8 @@ MOE_FAMILIES = ("Qwen3Moe", "Mixtral", "GptOss", *GRANITE_MOE, "Ernie4_5_Moe", "
                 "FlexOlmo", "Qwen2Moe", "Phimoe", "Jamba")  # with a router loss
 HYBRID_FAMILIES = ["Qwen3Next", "Qwen3_5", "Qwen3_5Moe", "GraniteMoeHybrid", "Lfm2", "Lfm2Moe", "OlmoHybrid", "Lfm3",
                    "Bamba", "Jamba"]
+# attention and MLP join the residual together: TALAN acts at a layer's input or output (no mid site)
+PARALLEL = ("Cohere", "Cohere2", "Cohere2Moe", "Phi", "GPTNeoX")
 FAMILY_NAMES = ["Qwen3Moe", "Qwen2", "Mistral", "Ministral", "Mixtral", "Gemma", "Gemma2", "Gemma3Text", "Gemma4Text",
                 "Phi3", "SmolLM3", "Glm4", "Starcoder2", "Olmo2", "Olmo3", "Granite", "GraniteMoe", "GraniteMoeShared",
                 "GptOss", "DeepseekV3", "Glm4Moe", "Ernie4_5", "Ernie4_5_Moe", "SeedOss", "HunYuanDenseV1",
@@ -149,7 +154,7 @@ FAMILY_NAMES = ["Qwen3Moe", "Qwen2", "Mistral", "Ministral", "Mixtral", "Gemma",
                 "Llama4Text", "DeepseekV2", "DeepseekV32", "Glm4MoeLite", "Mistral4", "Youtu", "MiniCPM3",
                 "MiMoV2Flash", "SolarOpen", "Dots1", "BitNet", "Jais2", "Ministral3", "HyperCLOVAX", "NanoChat", "Cwm",
                 "DiffLlama", "Mellum", "Laguna", "HYV3", "AriaText", "Apertus1p5Text", "VaultGemma",
-                "Afmoe", "Kolibri1", *HYBRID_FAMILIES]
+                "Afmoe", "Kolibri1", *HYBRID_FAMILIES, *PARALLEL]
 
 
 # the causal LM of the families named after their text config
@@ -162,6 +167,22 @@ def installed(family: str, *marks):
 
 
 FAMILIES = [installed(family) for family in FAMILY_NAMES]
+
+
+def sites(family: str) -> tuple[str, ...]:
+    return ("pre", "post") if family in PARALLEL else ("pre", "mid", "post")
+
+
+def default_site(family: str) -> str:
+    """TalanConfig's default site (mid), or post where a parallel residual has no mid site."""
+    return "post" if family in PARALLEL else "mid"
+
+
+def site_cases(families, marks=None) -> list:
+    """(family, site) test parameters: every site of each of ``families`` (with its ``marks``, by family)."""
+    marks = marks or {}
+    return [pytest.param(f, site, id=f"{f}-{site}", marks=installed(f, *marks.get(f, ())).marks)
+            for f in families for site in sites(f)]
 
 
 def tiny_host(family: str, head: str = "ForCausalLM", seed: int = 0, train: bool = False, **overrides):
@@ -184,8 +205,7 @@ GENERATE_MARKS = {"Olmoe": (OLMOE_STATIC_4,), "Llama4Text": (LLAMA4_STATIC_5_17,
                   "DeepseekV32": (DEEPSEEK_V32_STATIC,)}
 
 
-@pytest.mark.parametrize("site", ["pre", "mid", "post"])
-@pytest.mark.parametrize("family", [installed(f, *GENERATE_MARKS.get(f, ())) for f in FAMILY_NAMES])
+@pytest.mark.parametrize("family,site", site_cases(FAMILY_NAMES, GENERATE_MARKS))
 def test_host_patches_exactly_and_generates_as_it_recomputes(family, site):
     model = tiny_host(family)
     ids, mask = left_padded_prompt()
@@ -203,8 +223,7 @@ def test_host_patches_exactly_and_generates_as_it_recomputes(family, site):
     assert torch.equal(model(ids, attention_mask=mask).logits, unpatched)
 
 
-@pytest.mark.parametrize("site", ["pre", "mid", "post"])
-@pytest.mark.parametrize("family", ["Qwen3", "Llama", *FAMILIES])
+@pytest.mark.parametrize("family,site", site_cases(["Qwen3", "Llama", *FAMILY_NAMES]))
 def test_each_site_writes_the_block_output_where_analyze_reads_the_stream(family, site):
     """At every site the residual stream right after TALAN's write (where `talan analyze` probes it) is exactly
     what the block makes of the stream it probes with TALAN disabled. For the mid site that is the layer's
@@ -270,7 +289,7 @@ def test_host_trains_talan_and_lora_together(family):
     base = tiny_host(family, train=True)  # LoRA off the modules it cannot train there (Llama 4's router, ...)
     lora = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", **all_linear_excludes(base))
     model = get_peft_model(base, lora)
-    talan.patch(model, tiny_config(layer=1))
+    talan.patch(model, tiny_config(layer=1, site=default_site(family)))
     batch = tiny_batch(batch=2, length=9)
     extra = {"output_router_logits": True} if family in MOE_FAMILIES else {}  # adds the MoE balancing loss
     loss = model(**batch, labels=batch["input_ids"], **extra).loss
@@ -340,6 +359,17 @@ def test_a_layer_without_self_attn_restarts_the_memory_where_packed_sequences_do
     assert len(resets) == 2 and all(torch.equal(starts, expected) for starts in resets)
 
 
+@pytest.mark.parametrize("family", map(installed, PARALLEL))
+def test_a_parallel_residual_refuses_the_mid_site_by_name_and_stays_unpatched(family):
+    model = tiny_host(family)
+    ids, mask = left_padded_prompt()
+    unpatched = model(ids, attention_mask=mask).logits
+    with pytest.raises(ValueError, match=r"^site: .*parallel residual.*site='pre' or site='post'"):
+        talan.patch(model, tiny_config(site="mid", layer=(0, 1)))
+    assert not is_patched(model) and not any(hasattr(layer, "talan") for layer in decoder_stack(model).layers)
+    assert torch.equal(model(ids, attention_mask=mask).logits, unpatched)
+
+
 # transformers 4.57's LFM2 cannot beam-search (an IndexError in its own cache), TALAN off too
 LFM2_BEAMS_4 = pytest.mark.xfail(TRANSFORMERS_4, raises=IndexError, strict=True, reason="transformers 4.57: LFM2's "
                                  "beam search fails with TALAN off too")
@@ -391,7 +421,7 @@ def test_task_heads_patch_train_with_peft_save_and_load(family, head, tmp_path):
     model = _task_model(family, head)
     with torch.no_grad():
         unpatched = _head_outputs(model(**batch))
-        talan.patch(model, tiny_config(layer=(0, 1)))
+        talan.patch(model, tiny_config(layer=(0, 1), site=default_site(family)))
         assert torch.equal(_head_outputs(model(**batch)), unpatched)
         open_gates(model)
         patched = _head_outputs(model(**batch))
@@ -406,8 +436,9 @@ def test_task_heads_patch_train_with_peft_save_and_load(family, head, tmp_path):
     task_type, labels = TASK_HEADS[head]
     trained = get_peft_model(_task_model(family, head, train=True),
                              LoraConfig(task_type=task_type, r=4, lora_alpha=8,  # "all-linear" takes the heads too
-                                        target_modules=r".*\.self_attn\.\w+_proj"))  # Phi-3: qkv_proj, o_proj
-    open_gates(talan.patch(trained, tiny_config(layer=1)))
+                                        # Phi-3: qkv_proj, o_proj; GPT-NeoX: query_key_value
+                                        target_modules=r".*\.(self_attn\.\w+_proj|attention\.query_key_value)"))
+    open_gates(talan.patch(trained, tiny_config(layer=1, site=default_site(family))))
     loss = trained(**batch, **labels(batch["input_ids"])).loss
     loss.backward()
     assert torch.isfinite(loss)
