@@ -101,6 +101,7 @@ FAMILIES = {
     "Afmoe": LayerLayout(attention_output="post_attention_layernorm", mlp_norm="pre_mlp_layernorm"),
     "Kolibri1": LayerLayout(attention_output="post_self_attn_layernorm"),
     "Cohere": _PARALLEL, "Cohere2": _PARALLEL, "Cohere2Moe": _PARALLEL, "Phi": _PARALLEL, "GPTNeoX": _PARALLEL,
+    "FalconH1": _PARALLEL,  # attention beside Mamba 2 (then a normed MLP)
     # vision-language: the text decoder is a Qwen2/Qwen3 stack, whose causal attention spans text and image tokens
     "Qwen2VL": _PRE_NORM, "Qwen2_5_VL": _PRE_NORM, "Qwen3VL": _PRE_NORM, "Qwen3VLMoe": _PRE_NORM,
 }
@@ -219,9 +220,10 @@ def stack_and_layout(model: nn.Module) -> tuple[nn.Module, LayerLayout]:
 # Modules that peft's "all-linear" LoRA wraps but cannot train there, by family: a router that returns a tuple
 # (Llama 4's; PhiMoE's on transformers 5), on which peft's LoRA layer fails, TALAN off too; Jamba's dt_proj, whose
 # weight its Mamba reads without calling the layer, and DeepSeek-V3.2's sparse-attention indexer, which only picks
-# the keys (top-k, no gradient through it): a LoRA there never gets a gradient.
+# the keys (top-k, no gradient through it): a LoRA there never gets a gradient; Falcon-H1's Mamba out_proj, which
+# peft refuses to adapt.
 _ALL_LINEAR_EXCLUDES = {"Llama4Text": r".*\.router", "Phimoe": r".*\.router", "Jamba": r".*\.dt_proj",
-                        "DeepseekV32": r".*\.indexer\..*"}
+                        "DeepseekV32": r".*\.indexer\..*", "FalconH1": r".*\.mamba\.out_proj"}
 
 
 def all_linear_excludes(model: nn.Module) -> dict:

@@ -133,6 +133,9 @@ FAMILY_CONFIG.update(
     # parallel residuals (Cohere 2: sliding layers beside a full one; its MoE: 4 experts, 2 per token)
     Cohere=IN_VOCAB, Phi=IN_VOCAB, GPTNeoX=IN_VOCAB, Cohere2=dict(IN_VOCAB, sliding_window=4),
     Cohere2Moe=dict(IN_VOCAB, sliding_window=4, num_experts=4, num_experts_per_tok=2),
+    # Falcon-H1: attention beside Mamba 2 heads of 16 channels in every layer
+    FalconH1=dict(IN_VOCAB, mamba_d_ssm=64, mamba_n_heads=4, mamba_d_head=16, mamba_n_groups=1, mamba_d_state=16,
+                  mamba_expand=1, mamba_chunk_size=4),
     GraniteMoeSWA=dict(IN_VOCAB, residual_multiplier=0.22, sliding_window=4, num_local_experts=4,
                        num_experts_per_tok=2),
 )
@@ -145,7 +148,7 @@ MOE_FAMILIES = ("Qwen3Moe", "Mixtral", "GptOss", *GRANITE_MOE, "Ernie4_5_Moe", "
 HYBRID_FAMILIES = ["Qwen3Next", "Qwen3_5", "Qwen3_5Moe", "GraniteMoeHybrid", "Lfm2", "Lfm2Moe", "OlmoHybrid", "Lfm3",
                    "Bamba", "Jamba"]
 # attention and MLP join the residual together: TALAN acts at a layer's input or output (no mid site)
-PARALLEL = ("Cohere", "Cohere2", "Cohere2Moe", "Phi", "GPTNeoX")
+PARALLEL = ("Cohere", "Cohere2", "Cohere2Moe", "Phi", "GPTNeoX", "FalconH1")
 FAMILY_NAMES = ["Qwen3Moe", "Qwen2", "Mistral", "Ministral", "Mixtral", "Gemma", "Gemma2", "Gemma3Text", "Gemma4Text",
                 "Phi3", "SmolLM3", "Glm4", "Starcoder2", "Olmo2", "Olmo3", "Granite", "GraniteMoe", "GraniteMoeShared",
                 "GptOss", "DeepseekV3", "Glm4Moe", "Ernie4_5", "Ernie4_5_Moe", "SeedOss", "HunYuanDenseV1",
