@@ -24,11 +24,15 @@ class LayerLayout:
     attention_scale: str | None = None
     token_mixer: str = "self_attn"
     other_layers: LayerLayout | None = None
+    parallel_if: str | None = None  # a layer attribute that, when true, makes its residual parallel (StableLM's)
 
     def of(self, layer: nn.Module) -> LayerLayout:
-        """The layout of ``layer``: ``other_layers`` in a hybrid's layers with no self_attn, else this one."""
+        """The layout of ``layer``: ``other_layers`` in a hybrid's layers with no self_attn, the parallel residual's
+        where ``parallel_if`` says so, else this one."""
         if self.other_layers is not None and getattr(layer, "self_attn", None) is None:
             return self.other_layers
+        if self.parallel_if is not None and getattr(layer, self.parallel_if, False):
+            return _PARALLEL
         return self
 
 
@@ -102,6 +106,7 @@ FAMILIES = {
     "Kolibri1": LayerLayout(attention_output="post_self_attn_layernorm"),
     "Cohere": _PARALLEL, "Cohere2": _PARALLEL, "Cohere2Moe": _PARALLEL, "Phi": _PARALLEL, "GPTNeoX": _PARALLEL,
     "FalconH1": _PARALLEL,  # attention beside Mamba 2 (then a normed MLP)
+    "StableLm": LayerLayout(parallel_if="use_parallel_residual"),  # StableLM 2: sequential; its config may say not
     # vision-language: the text decoder is a Qwen2/Qwen3 stack, whose causal attention spans text and image tokens
     "Qwen2VL": _PRE_NORM, "Qwen2_5_VL": _PRE_NORM, "Qwen3VL": _PRE_NORM, "Qwen3VLMoe": _PRE_NORM,
 }

@@ -132,6 +132,7 @@ FAMILY_CONFIG.update(
                   shared_expert_intermediate_size=32),
     # parallel residuals (Cohere 2: sliding layers beside a full one; its MoE: 4 experts, 2 per token)
     Cohere=IN_VOCAB, Phi=IN_VOCAB, GPTNeoX=IN_VOCAB, Cohere2=dict(IN_VOCAB, sliding_window=4),
+    StableLm=IN_VOCAB,  # sequential, as StableLM 2's config has it; parallel with use_parallel_residual
     Cohere2Moe=dict(IN_VOCAB, sliding_window=4, num_experts=4, num_experts_per_tok=2),
     # Falcon-H1: attention beside Mamba 2 heads of 16 channels in every layer
     FalconH1=dict(IN_VOCAB, mamba_d_ssm=64, mamba_n_heads=4, mamba_d_head=16, mamba_n_groups=1, mamba_d_state=16,
@@ -157,7 +158,7 @@ FAMILY_NAMES = ["Qwen3Moe", "Qwen2", "Mistral", "Ministral", "Mixtral", "Gemma",
                 "Llama4Text", "DeepseekV2", "DeepseekV32", "Glm4MoeLite", "Mistral4", "Youtu", "MiniCPM3",
                 "MiMoV2Flash", "SolarOpen", "Dots1", "BitNet", "Jais2", "Ministral3", "HyperCLOVAX", "NanoChat", "Cwm",
                 "DiffLlama", "Mellum", "Laguna", "HYV3", "AriaText", "Apertus1p5Text", "VaultGemma",
-                "Afmoe", "Kolibri1", *HYBRID_FAMILIES, *PARALLEL]
+                "Afmoe", "Kolibri1", "StableLm", *HYBRID_FAMILIES, *PARALLEL]
 
 
 # the causal LM of the families named after their text config
@@ -362,9 +363,13 @@ def test_a_layer_without_self_attn_restarts_the_memory_where_packed_sequences_do
     assert len(resets) == 2 and all(torch.equal(starts, expected) for starts in resets)
 
 
-@pytest.mark.parametrize("family", map(installed, PARALLEL))
-def test_a_parallel_residual_refuses_the_mid_site_by_name_and_stays_unpatched(family):
-    model = tiny_host(family)
+PARALLEL_CASES = [pytest.param(f, {}, id=f, marks=installed(f).marks) for f in PARALLEL] + [
+    pytest.param("StableLm", {"use_parallel_residual": True}, id="StableLm-parallel")]
+
+
+@pytest.mark.parametrize("family,overrides", PARALLEL_CASES)
+def test_a_parallel_residual_refuses_the_mid_site_by_name_and_stays_unpatched(family, overrides):
+    model = tiny_host(family, **overrides)
     ids, mask = left_padded_prompt()
     unpatched = model(ids, attention_mask=mask).logits
     with pytest.raises(ValueError, match=r"^site: .*parallel residual.*site='pre' or site='post'"):
