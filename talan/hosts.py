@@ -25,6 +25,7 @@ class LayerLayout:
     token_mixer: str = "self_attn"
     other_layers: LayerLayout | None = None
     parallel_if: str | None = None  # a layer attribute that, when true, makes its residual parallel (StableLM's)
+    no_mid: str | None = None  # why a layer without attention_output has no mid site, for the error
 
     def of(self, layer: nn.Module) -> LayerLayout:
         """The layout of ``layer``: ``other_layers`` in a hybrid's layers with no self_attn, the parallel residual's
@@ -65,7 +66,12 @@ _LFM3 = replace(_LFM3_ATTENTION_LAYERS, other_layers=replace(_LFM3_ATTENTION_LAY
 # A parallel residual: attention and MLP read the same normed layer input and join the residual stream together
 # (Cohere's Command R and Command A, Phi-1/2, GPT-NeoX's Pythia), so there is no point between them: TALAN acts at
 # the layer's input or output only
-_PARALLEL = LayerLayout(attention_output=None, mlp_norm=None)
+_PARALLEL = LayerLayout(attention_output=None, mlp_norm=None, no_mid="add attention and MLP to the residual stream "
+                        "together (a parallel residual)")
+# NemotronH: each layer adds one normed token mixer (Mamba 2 or attention) or one MLP (or MoE) to the residual stream,
+# so a layer has no point between attention and MLP either
+_ONE_MIXER = LayerLayout(residual_input="norm", attention_output=None, mlp_norm=None,
+                         no_mid="each add one token mixer or one MLP to the residual stream")
 # Bamba (Mamba 2) and Jamba (Mamba 1; a mixture of experts in some layers): Mamba layers beside attention ones, the
 # MLP normed by pre_ff_layernorm
 _MAMBA_HYBRID = LayerLayout(mlp_norm="pre_ff_layernorm", other_layers=LayerLayout(
@@ -106,7 +112,8 @@ FAMILIES = {
     "Kolibri1": LayerLayout(attention_output="post_self_attn_layernorm"),
     "Cohere": _PARALLEL, "Cohere2": _PARALLEL, "Cohere2Moe": _PARALLEL, "Phi": _PARALLEL, "GPTNeoX": _PARALLEL,
     "FalconH1": _PARALLEL,  # attention beside Mamba 2 (then a normed MLP)
-    "StableLm": LayerLayout(parallel_if="use_parallel_residual"),  # StableLM 2: sequential; its config may say not
+    "StableLm": LayerLayout(parallel_if="use_parallel_residual"),
+    "NemotronH": _ONE_MIXER,  # StableLM 2: sequential; its config may say not
     # vision-language: the text decoder is a Qwen2/Qwen3 stack, whose causal attention spans text and image tokens
     "Qwen2VL": _PRE_NORM, "Qwen2_5_VL": _PRE_NORM, "Qwen3VL": _PRE_NORM, "Qwen3VLMoe": _PRE_NORM,
 }
@@ -225,10 +232,11 @@ def stack_and_layout(model: nn.Module) -> tuple[nn.Module, LayerLayout]:
 # Modules that peft's "all-linear" LoRA wraps but cannot train there, by family: a router that returns a tuple
 # (Llama 4's; PhiMoE's on transformers 5), on which peft's LoRA layer fails, TALAN off too; Jamba's dt_proj, whose
 # weight its Mamba reads without calling the layer, and DeepSeek-V3.2's sparse-attention indexer, which only picks
-# the keys (top-k, no gradient through it): a LoRA there never gets a gradient; Falcon-H1's Mamba out_proj, which
-# peft refuses to adapt.
+# the keys (top-k, no gradient through it): a LoRA there never gets a gradient; Falcon-H1's and NemotronH's Mamba
+# out_proj, which peft refuses to adapt.
 _ALL_LINEAR_EXCLUDES = {"Llama4Text": r".*\.router", "Phimoe": r".*\.router", "Jamba": r".*\.dt_proj",
-                        "DeepseekV32": r".*\.indexer\..*", "FalconH1": r".*\.mamba\.out_proj"}
+                        "DeepseekV32": r".*\.indexer\..*", "FalconH1": r".*\.mamba\.out_proj",
+                        "NemotronH": r".*\.mixer\.out_proj"}
 
 
 def all_linear_excludes(model: nn.Module) -> dict:

@@ -441,10 +441,10 @@ def patch(model: nn.Module, config: TalanConfig | None = None) -> nn.Module:
     if getattr(stack, _PATCH_ATTR, None) is not None:
         raise ValueError("model is already patched with TALAN: call talan.unpatch(model) before patching again")
     layer_indices = config.resolve_layers(len(stack.layers))
-    if config.site == "mid" and any(layout.of(stack.layers[i]).attention_output is None for i in layer_indices):
-        raise ValueError(f"site: {type(stack).__name__}'s decoder layers add attention and MLP to the residual stream "
-                         "together (a parallel residual), so there is no point between them for site='mid'; "
-                         "use site='pre' or site='post'")
+    no_mid = [layout.of(stack.layers[i]).no_mid for i in layer_indices if layout.of(stack.layers[i]).no_mid]
+    if config.site == "mid" and no_mid:
+        raise ValueError(f"site: {type(stack).__name__}'s decoder layers {no_mid[0]}, so there is no point between "
+                         "attention and MLP for site='mid'; use site='pre' or site='post'")
     # accelerate offloads a layer leaf by leaf, so the block (a leaf of its own) keeps its weights; only a hook on
     # the layer itself that offloads (preload_module_classes) would load and drop every tensor under it.
     offloaded = [i for i in layer_indices if any(getattr(h, "offload", False)

@@ -134,6 +134,11 @@ FAMILY_CONFIG.update(
     Cohere=IN_VOCAB, Phi=IN_VOCAB, GPTNeoX=IN_VOCAB, Cohere2=dict(IN_VOCAB, sliding_window=4),
     StableLm=IN_VOCAB,  # sequential, as StableLM 2's config has it; parallel with use_parallel_residual
     Cohere2Moe=dict(IN_VOCAB, sliding_window=4, num_experts=4, num_experts_per_tok=2),
+    # NemotronH: a Mamba 2 layer, an attention layer, a mixture-of-experts layer
+    NemotronH=dict(IN_VOCAB, layers_block_type=["linear_attention", "full_attention", "moe"], mamba_num_heads=4,
+                   mamba_head_dim=16, ssm_state_size=16, n_groups=1, expand=1, chunk_size=4, n_routed_experts=4,
+                   num_experts_per_tok=2, moe_intermediate_size=32, moe_shared_expert_intermediate_size=32, n_group=1,
+                   topk_group=1),
     # Falcon-H1: attention beside Mamba 2 heads of 16 channels in every layer
     FalconH1=dict(IN_VOCAB, mamba_d_ssm=64, mamba_n_heads=4, mamba_d_head=16, mamba_n_groups=1, mamba_d_state=16,
                   mamba_expand=1, mamba_chunk_size=4),
@@ -148,8 +153,10 @@ MOE_FAMILIES = ("Qwen3Moe", "Mixtral", "GptOss", *GRANITE_MOE, "Ernie4_5_Moe", "
                 "FlexOlmo", "Qwen2Moe", "Phimoe", "Jamba")  # with a router loss
 HYBRID_FAMILIES = ["Qwen3Next", "Qwen3_5", "Qwen3_5Moe", "GraniteMoeHybrid", "Lfm2", "Lfm2Moe", "OlmoHybrid", "Lfm3",
                    "Bamba", "Jamba"]
-# attention and MLP join the residual together: TALAN acts at a layer's input or output (no mid site)
+# attention and MLP join the residual together: TALAN acts at a layer's input or output (no mid site); NemotronH's
+# layers add one token mixer or one MLP each (no mid site either)
 PARALLEL = ("Cohere", "Cohere2", "Cohere2Moe", "Phi", "GPTNeoX", "FalconH1")
+NO_MID_SITE = (*PARALLEL, "NemotronH")
 FAMILY_NAMES = ["Qwen3Moe", "Qwen2", "Mistral", "Ministral", "Mixtral", "Gemma", "Gemma2", "Gemma3Text", "Gemma4Text",
                 "Phi3", "SmolLM3", "Glm4", "Starcoder2", "Olmo2", "Olmo3", "Granite", "GraniteMoe", "GraniteMoeShared",
                 "GptOss", "DeepseekV3", "Glm4Moe", "Ernie4_5", "Ernie4_5_Moe", "SeedOss", "HunYuanDenseV1",
@@ -158,7 +165,7 @@ FAMILY_NAMES = ["Qwen3Moe", "Qwen2", "Mistral", "Ministral", "Mixtral", "Gemma",
                 "Llama4Text", "DeepseekV2", "DeepseekV32", "Glm4MoeLite", "Mistral4", "Youtu", "MiniCPM3",
                 "MiMoV2Flash", "SolarOpen", "Dots1", "BitNet", "Jais2", "Ministral3", "HyperCLOVAX", "NanoChat", "Cwm",
                 "DiffLlama", "Mellum", "Laguna", "HYV3", "AriaText", "Apertus1p5Text", "VaultGemma",
-                "Afmoe", "Kolibri1", "StableLm", *HYBRID_FAMILIES, *PARALLEL]
+                "Afmoe", "Kolibri1", "StableLm", *HYBRID_FAMILIES, *NO_MID_SITE]
 
 
 # the causal LM of the families named after their text config
@@ -174,12 +181,12 @@ FAMILIES = [installed(family) for family in FAMILY_NAMES]
 
 
 def sites(family: str) -> tuple[str, ...]:
-    return ("pre", "post") if family in PARALLEL else ("pre", "mid", "post")
+    return ("pre", "post") if family in NO_MID_SITE else ("pre", "mid", "post")
 
 
 def default_site(family: str) -> str:
-    """TalanConfig's default site (mid), or post where a parallel residual has no mid site."""
-    return "post" if family in PARALLEL else "mid"
+    """TalanConfig's default site (mid), or post where a layer has no mid site."""
+    return "post" if family in NO_MID_SITE else "mid"
 
 
 def site_cases(families, marks=None) -> list:
@@ -363,16 +370,17 @@ def test_a_layer_without_self_attn_restarts_the_memory_where_packed_sequences_do
     assert len(resets) == 2 and all(torch.equal(starts, expected) for starts in resets)
 
 
-PARALLEL_CASES = [pytest.param(f, {}, id=f, marks=installed(f).marks) for f in PARALLEL] + [
+PARALLEL_CASES = [pytest.param(f, {}, id=f, marks=installed(f).marks) for f in NO_MID_SITE] + [
     pytest.param("StableLm", {"use_parallel_residual": True}, id="StableLm-parallel")]
 
 
 @pytest.mark.parametrize("family,overrides", PARALLEL_CASES)
-def test_a_parallel_residual_refuses_the_mid_site_by_name_and_stays_unpatched(family, overrides):
+def test_a_layer_without_a_mid_point_refuses_the_mid_site_by_name_and_stays_unpatched(family, overrides):
     model = tiny_host(family, **overrides)
     ids, mask = left_padded_prompt()
     unpatched = model(ids, attention_mask=mask).logits
-    with pytest.raises(ValueError, match=r"^site: .*parallel residual.*site='pre' or site='post'"):
+    why = "one token mixer or one MLP" if family == "NemotronH" else "parallel residual"
+    with pytest.raises(ValueError, match=rf"^site: .*{why}.*site='pre' or site='post'"):
         talan.patch(model, tiny_config(site="mid", layer=(0, 1)))
     assert not is_patched(model) and not any(hasattr(layer, "talan") for layer in decoder_stack(model).layers)
     assert torch.equal(model(ids, attention_mask=mask).logits, unpatched)
