@@ -16,10 +16,11 @@ class LayerLayout:
     ``mlp_norm`` reads that sum. ``token_mixer`` gets the layer's kwargs: self_attn all of them (position ids,
     cache); a hybrid layer's linear attention, Mamba or convolution no position ids, and in transformers 4.x
     maybe nothing but the cache. A hybrid family's layers without a self_attn (none, or None) follow
-    ``other_layers``."""
+    ``other_layers``. A layer with no point between attention and MLP (a parallel residual; one mixer per layer)
+    has no ``attention_output`` or ``mlp_norm``, and ``no_mid`` says why: TALAN acts at its input or output only."""
 
     residual_input: str = "input_layernorm"
-    attention_output: str | None = "self_attn"  # None: a parallel residual, with no point between attention and MLP
+    attention_output: str | None = "self_attn"
     mlp_norm: str | None = "post_attention_layernorm"
     attention_scale: str | None = None
     token_mixer: str = "self_attn"
