@@ -392,12 +392,12 @@ LFM2_BEAMS_4 = pytest.mark.xfail(TRANSFORMERS_4, raises=IndexError, strict=True,
 
 
 @pytest.mark.parametrize("family", [installed(f, LFM2_BEAMS_4) if f == "Lfm2" else installed(f)
-                                    for f in HYBRID_FAMILIES])
+                                    for f in (*HYBRID_FAMILIES, "FalconH1", "NemotronH")])
 def test_beam_search_on_a_hybrid_carries_the_state_with_the_beams(family):
     """A hybrid's cache holds recurrent or convolution states beside keys and values (in a cache class of its own
     on transformers 4.x): beam search reorders it, and TALAN's state moves with it, so the cached beams are the
-    recomputed ones."""
-    model = open_gates(talan.patch(tiny_host(family), tiny_config(site="mid", layer=(0, 1))))
+    recomputed ones (at the post site in Falcon-H1 and NemotronH, which have no mid site)."""
+    model = open_gates(talan.patch(tiny_host(family), tiny_config(site=default_site(family), layer=(0, 1))))
     ids, mask = left_padded_prompt()
     kwargs = dict(attention_mask=mask, max_new_tokens=6, num_beams=3, do_sample=False, pad_token_id=0)
     assert torch.equal(model.generate(ids, **kwargs), model.generate(ids, use_cache=False, **kwargs))
