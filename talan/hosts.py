@@ -73,6 +73,8 @@ _PARALLEL = LayerLayout(attention_output=None, mlp_norm=None, no_mid="add attent
 # so a layer has no point between attention and MLP either
 _ONE_MIXER = LayerLayout(residual_input="norm", attention_output=None, mlp_norm=None,
                          no_mid="each add one token mixer or one MLP to the residual stream")
+# Apertus (1 and 1.5): pre-norm, its norms named otherwise
+_APERTUS = LayerLayout(residual_input="attention_layernorm", mlp_norm="feedforward_layernorm")
 # Bamba (Mamba 2) and Jamba (Mamba 1; a mixture of experts in some layers): Mamba layers beside attention ones, the
 # MLP normed by pre_ff_layernorm
 _MAMBA_HYBRID = LayerLayout(mlp_norm="pre_ff_layernorm", other_layers=LayerLayout(
@@ -92,7 +94,7 @@ FAMILIES = {
     # FlexOlmo), scaled (Granite SWA)
     "Ernie4_5": _PRE_NORM, "Ernie4_5_Moe": _PRE_NORM, "SeedOss": _PRE_NORM, "HunYuanDenseV1": _PRE_NORM,
     "HunYuanMoEV1": _PRE_NORM, "Arcee": _PRE_NORM, "Olmoe": _PRE_NORM, "MiniMaxM2": _PRE_NORM, "ExaoneMoe": _PRE_NORM,
-    "Apertus": LayerLayout(residual_input="attention_layernorm", mlp_norm="feedforward_layernorm"),
+    "Apertus": _APERTUS,
     "Exaone4": _POST_NORM, "FlexOlmo": _POST_NORM, "GraniteSWA": _GRANITE, "GraniteMoeSWA": _GRANITE,
     "Qwen2Moe": _PRE_NORM, "Phimoe": _PRE_NORM, "Olmo": _PRE_NORM, "Glm": _PRE_NORM, "Helium": _PRE_NORM,
     "Nemotron": _PRE_NORM, "Llama4Text": _PRE_NORM,  # Llama 4's text decoder: chunked attention, NoPE layers, MoE
@@ -107,14 +109,14 @@ FAMILIES = {
     # Arcee's AFM MoE and Kolibri (attention output normed first)
     "NanoChat": _PRE_NORM, "Cwm": _PRE_NORM, "DiffLlama": _PRE_NORM, "Mellum": _PRE_NORM, "Laguna": _PRE_NORM,
     "HYV3": _PRE_NORM, "AriaText": _PRE_NORM,
-    "Apertus1p5Text": LayerLayout(residual_input="attention_layernorm", mlp_norm="feedforward_layernorm"),
+    "Apertus1p5Text": _APERTUS,
     "VaultGemma": LayerLayout(mlp_norm="pre_feedforward_layernorm"),
     "Afmoe": LayerLayout(attention_output="post_attention_layernorm", mlp_norm="pre_mlp_layernorm"),
     "Kolibri1": LayerLayout(attention_output="post_self_attn_layernorm"),
     "Cohere": _PARALLEL, "Cohere2": _PARALLEL, "Cohere2Moe": _PARALLEL, "Phi": _PARALLEL, "GPTNeoX": _PARALLEL,
     "FalconH1": _PARALLEL,  # attention beside Mamba 2 (then a normed MLP)
-    "StableLm": LayerLayout(parallel_if="use_parallel_residual"),
-    "NemotronH": _ONE_MIXER,  # StableLM 2: sequential; its config may say not
+    "StableLm": LayerLayout(parallel_if="use_parallel_residual"),  # StableLM 2: sequential; its config may say not
+    "NemotronH": _ONE_MIXER,
     # vision-language: the text decoder is a Qwen2/Qwen3 stack, whose causal attention spans text and image tokens
     "Qwen2VL": _PRE_NORM, "Qwen2_5_VL": _PRE_NORM, "Qwen3VL": _PRE_NORM, "Qwen3VLMoe": _PRE_NORM,
 }
@@ -170,7 +172,8 @@ def _find_stack(host: nn.Module) -> nn.Module | None:
     Idefics 3 in ``text_model``; Llama 4 a whole ``Llama4ForCausalLM`` there)."""
     outer = (host.base_model, getattr(host, "model", None))
     inner = [getattr(m, name, None) for m in outer for name in ("language_model", "text_model")]
-    for stack in (*outer, *inner, *(getattr(m, "model", None) for m in inner)):  # Llama 4's: a *ForCausalLM
+    # Llama 4's (and 4.x Qwen2-Audio's, Voxtral's) language_model is a whole *ForCausalLM, its stack one level down
+    for stack in (*outer, *inner, *(getattr(m, "model", None) for m in inner)):
         if isinstance(getattr(stack, "layers", None), nn.ModuleList):
             return stack
     return None

@@ -441,9 +441,9 @@ def patch(model: nn.Module, config: TalanConfig | None = None) -> nn.Module:
     if getattr(stack, _PATCH_ATTR, None) is not None:
         raise ValueError("model is already patched with TALAN: call talan.unpatch(model) before patching again")
     layer_indices = config.resolve_layers(len(stack.layers))
-    no_mid = [layout.of(stack.layers[i]).no_mid for i in layer_indices if layout.of(stack.layers[i]).no_mid]
+    no_mid = next(filter(None, (layout.of(stack.layers[i]).no_mid for i in layer_indices)), None)
     if config.site == "mid" and no_mid:
-        raise ValueError(f"site: {type(stack).__name__}'s decoder layers {no_mid[0]}, so there is no point between "
+        raise ValueError(f"site: {type(stack).__name__}'s decoder layers {no_mid}, so there is no point between "
                          "attention and MLP for site='mid'; use site='pre' or site='post'")
     # accelerate offloads a layer leaf by leaf, so the block (a leaf of its own) keeps its weights; only a hook on
     # the layer itself that offloads (preload_module_classes) would load and drop every tensor under it.

@@ -6,8 +6,11 @@ attention output before it joins the residual, OLMo 2/3, FlexOlmo and EXAONE 4 t
 Phi-3 drops it out and Granite (3, SWA) scales it; in the hybrids most layers mix tokens otherwise than by self_attn:
 by linear attention in Qwen3-Next, Qwen3.5 (dense and MoE) and OLMo-hybrid (whose attention layers are OLMo 2's), by
 Mamba in Granite 4 (all scaled) and Bamba, by short convolutions in LFM2 (and its MoE, whose norms are named
-otherwise) and LFM3 (which norms the mixer's output). Every site patches exactly, generates (dynamic and static
-cache) as it recomputes, unpatches exactly, writes exactly the block's output into the stream, and trains with peft."""
+otherwise) and LFM3 (which norms the mixer's output), by Mamba beside experts in Jamba; and more of each kind
+(FAMILY_NAMES). Every site patches exactly, generates (dynamic and static cache) as it recomputes, unpatches exactly,
+writes exactly the block's output into the stream, and trains with peft. Where a layer has no point between attention
+and MLP (a parallel residual: Cohere, Phi, GPT-NeoX, Falcon-H1; one mixer per layer: NemotronH) that holds for the
+pre and post sites, and the mid site is refused by name."""
 
 import pytest
 import torch
@@ -30,7 +33,7 @@ from conftest import (
     tiny_config,
 )
 from peft import LoraConfig, get_peft_model
-from train_helpers import GATED_DELTANET, HYBRID_LAYERS, MAMBA_2
+from train_helpers import GATED_DELTANET, HYBRID_LAYERS, LLAMA4_TEXT, MAMBA_2
 
 import talan
 from talan.hosts import all_linear_excludes, decoder_stack, layer_layout
@@ -84,9 +87,7 @@ FAMILY_CONFIG["Lfm3"] = dict(IN_VOCAB, layer_types=["conv", "sliding_attention",
 # Bamba: Mamba 2 in layers 0 and 2, attention in layer 1
 FAMILY_CONFIG["Bamba"] = dict(IN_VOCAB, **MAMBA_2, mamba_n_heads=4, attn_layer_indices=[1])
 # Jamba: Mamba (1) in layers 0 and 2, each with a mixture of 4 experts; attention and a dense MLP in layer 1
-FAMILY_CONFIG["Jamba"] = dict(IN_VOCAB, use_mamba_kernels=False, attn_layer_period=3, attn_layer_offset=1,
-                              num_experts=4, num_experts_per_tok=2, expert_layer_period=2, expert_layer_offset=0,
-                              mamba_expand=1)
+FAMILY_CONFIG["Jamba"] = {**IN_VOCAB, **HYBRID_LAYERS["Jamba"], "attn_layer_period": 3, "mamba_expand": 1}
 # more pre-norm (and post-norm, scaled) decoders; mixtures of 4 experts, 2 per token
 FAMILY_CONFIG.update(
     Ernie4_5=IN_VOCAB, SeedOss=IN_VOCAB, HunYuanDenseV1=IN_VOCAB, Arcee=IN_VOCAB, Apertus=IN_VOCAB,
@@ -102,10 +103,7 @@ FAMILY_CONFIG.update(
     Qwen2Moe=dict(IN_VOCAB, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
                   shared_expert_intermediate_size=32),
     Phimoe=dict(IN_VOCAB, num_local_experts=4, num_experts_per_tok=2),
-    # Llama 4: chunked attention (chunks of 4 tokens) in layers 0 and 1, which use RoPE, and a mixture of experts
-    # in layer 1
-    Llama4Text=dict(IN_VOCAB, num_local_experts=4, num_experts_per_tok=1, intermediate_size_mlp=128,
-                    interleave_moe_layer_step=2, attention_chunk_size=4, no_rope_layers=[1, 1, 0]),
+    Llama4Text=dict(IN_VOCAB, **LLAMA4_TEXT),
     GraniteSWA=dict(IN_VOCAB, residual_multiplier=0.22, sliding_window=4),
     # multi-head latent attention, dense or with the first layer dense and then 4 routed experts
     DeepseekV2=dict(IN_VOCAB, **MLA, **ROUTED_EXPERTS, first_k_dense_replace=1),

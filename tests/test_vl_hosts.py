@@ -28,7 +28,7 @@ from conftest import (
     tiny_config,
 )
 from peft import LoraConfig, get_peft_model
-from train_helpers import GATED_DELTANET
+from train_helpers import GATED_DELTANET, LLAMA4_TEXT
 
 import talan
 from talan.analyze import _forward, _site_module
@@ -151,10 +151,9 @@ def _config(family: str):
         return transformers.Lfm2VlConfig(text_config=text, vision_config=vision, image_token_id=IMAGE,
                                          downsample_factor=2, projector_hidden_size=32)
     if prefix == "Llama4":  # chunked attention (chunks of 4) in layers 0 and 1, experts in layer 1
-        text = dict(TEXT, num_local_experts=4, num_experts_per_tok=1, intermediate_size_mlp=128,
-                    interleave_moe_layer_step=2, attention_chunk_size=4, no_rope_layers=[1, 1, 0])
-        return transformers.Llama4Config(text_config=text, vision_config=vision, image_token_index=IMAGE,
-                                         boi_token_index=VISION_START, eoi_token_index=VISION_END)
+        return transformers.Llama4Config(text_config=dict(TEXT, **LLAMA4_TEXT), vision_config=vision,
+                                         image_token_index=IMAGE, boi_token_index=VISION_START,
+                                         eoi_token_index=VISION_END)
     if prefix == "PaliGemma":
         return transformers.PaliGemmaConfig(text_config=dict(TEXT, model_type="gemma"), vision_config=vision,
                                             image_token_index=IMAGE, projection_dim=64)

@@ -50,6 +50,10 @@ MAMBA_2 = dict(mamba_d_head=16, mamba_d_state=16, mamba_n_groups=1, mamba_expand
 # gated DeltaNet (linear attention) heads: 2 key heads, 4 value heads, 16 channels each
 GATED_DELTANET = dict(linear_key_head_dim=16, linear_value_head_dim=16, linear_num_key_heads=2,
                       linear_num_value_heads=4)
+# Llama 4's text decoder: chunked attention (chunks of 4 tokens) in layers 0 and 1, which use RoPE, and a mixture of
+# 4 experts (1 per token) in layer 1
+LLAMA4_TEXT = dict(num_local_experts=4, num_experts_per_tok=1, intermediate_size_mlp=128, interleave_moe_layer_step=2,
+                   attention_chunk_size=4, no_rope_layers=[1, 1, 0])
 # the layers of the text-only hybrids' 2-layer checkpoints: Granite 4 (a Mamba 2 layer, then attention; every sum
 # scaled), LFM2 (a short convolution, then attention) and Jamba
 HYBRID_LAYERS = {"GraniteMoeHybrid": dict(MAMBA_2, layer_types=["mamba", "attention"], residual_multiplier=0.22,
