@@ -117,8 +117,12 @@ FAMILIES = {
     "FalconH1": _PARALLEL,  # attention beside Mamba 2 (then a normed MLP)
     "StableLm": LayerLayout(parallel_if="use_parallel_residual"),  # StableLM 2: sequential; its config may say not
     "NemotronH": _ONE_MIXER,
+    "GlmMoeDsa": _PRE_NORM,  # GLM-5: DeepSeek-V3.2's sparse attention (some layers reuse the last indexer's top-k)
     # vision-language: the text decoder is a Qwen2/Qwen3 stack, whose causal attention spans text and image tokens
     "Qwen2VL": _PRE_NORM, "Qwen2_5_VL": _PRE_NORM, "Qwen3VL": _PRE_NORM, "Qwen3VLMoe": _PRE_NORM,
+    # and GLM-4.1V's (GLM-4's sandwich of norms), GLM-4.5V's (pre-norm, experts), GLM-OCR's (as GLM-4.1V's)
+    "Glm4v": LayerLayout(attention_output="post_self_attn_layernorm"), "Glm4vMoe": _PRE_NORM,
+    "GlmOcr": LayerLayout(attention_output="post_self_attn_layernorm"),
 }
 # The bare decoder stack and the models around it: the language-model head, and the task heads that peft
 # fine-tunes too (task_type SEQ_CLS, TOKEN_CLS, QUESTION_ANS) over the same stack, where transformers has them.
@@ -143,7 +147,8 @@ def family_names() -> str:
 # causal attention over image tokens (PaliGemma's prefix attends both ways): that decoder's own family says how to
 # patch it (LLaVA over Llama or Gemma 2, LLaVA-NeXT over Llama or Mistral, LLaVA-OneVision over Qwen2, LFM2-VL over
 # LFM2, Mistral 3 over Mistral, InternVL over Qwen2/Qwen3 or Llama, SmolVLM and Idefics 3 over Llama, PaliGemma over
-# Gemma or Gemma 2, Llama 4 over its text decoder, VipLLaVA and LLaVA-NeXT-Video over Llama, Idefics 2 over Mistral),
+# Gemma or Gemma 2, Llama 4 over its text decoder, VipLLaVA and LLaVA-NeXT-Video over Llama, Idefics 2 over Mistral,
+# GLM-4.6V over GLM-4.1V's),
 # and the audio-language models whose audio tokens enter the text decoder alike (Qwen2-Audio over Qwen2, Voxtral
 # over Llama or Mistral).
 # transformers class prefix -> the name the error message gives
@@ -151,7 +156,7 @@ _VL_WRAPPER_NAMES = {"Llava": "LLaVA", "LlavaNext": "LLaVA-NeXT", "LlavaOnevisio
                      "Lfm2Vl": "LFM2-VL", "Mistral3": "Mistral 3", "InternVL": "InternVL", "SmolVLM": "SmolVLM",
                      "Idefics3": "Idefics 3", "PaliGemma": "PaliGemma", "Llama4": "Llama 4", "VipLlava": "VipLLaVA",
                      "LlavaNextVideo": "LLaVA-NeXT-Video", "Idefics2": "Idefics 2", "Qwen2Audio": "Qwen2-Audio",
-                     "Voxtral": "Voxtral"}
+                     "Voxtral": "Voxtral", "Glm46V": "GLM-4.6V"}
 _VL_WRAPPERS = frozenset(f"{prefix}{head}" for prefix in _VL_WRAPPER_NAMES for head in ("ForConditionalGeneration",
                                                                                        "Model"))
 
@@ -235,12 +240,12 @@ def stack_and_layout(model: nn.Module) -> tuple[nn.Module, LayerLayout]:
 
 # Modules that peft's "all-linear" LoRA wraps but cannot train there, by family: a router that returns a tuple
 # (Llama 4's; PhiMoE's on transformers 5), on which peft's LoRA layer fails, TALAN off too; Jamba's dt_proj, whose
-# weight its Mamba reads without calling the layer, and DeepSeek-V3.2's sparse-attention indexer, which only picks
-# the keys (top-k, no gradient through it): a LoRA there never gets a gradient; Falcon-H1's and NemotronH's Mamba
-# out_proj, which peft refuses to adapt.
+# weight its Mamba reads without calling the layer, and DeepSeek-V3.2's (and GLM-5's) sparse-attention indexer,
+# which only picks the keys (top-k, no gradient through it): a LoRA there never gets a gradient; Falcon-H1's and
+# NemotronH's Mamba out_proj, which peft refuses to adapt.
 _ALL_LINEAR_EXCLUDES = {"Llama4Text": r".*\.router", "Phimoe": r".*\.router", "Jamba": r".*\.dt_proj",
-                        "DeepseekV32": r".*\.indexer\..*", "FalconH1": r".*\.mamba\.out_proj",
-                        "NemotronH": r".*\.mixer\.out_proj"}
+                        "DeepseekV32": r".*\.indexer\..*", "GlmMoeDsa": r".*\.indexer\..*",
+                        "FalconH1": r".*\.mamba\.out_proj", "NemotronH": r".*\.mixer\.out_proj"}
 
 
 def all_linear_excludes(model: nn.Module) -> dict:

@@ -109,6 +109,9 @@ FAMILY_CONFIG.update(
     DeepseekV2=dict(IN_VOCAB, **MLA, **ROUTED_EXPERTS, first_k_dense_replace=1),
     DeepseekV32=dict(IN_VOCAB, **MLA, **ROUTED_EXPERTS, first_k_dense_replace=1, index_topk=4, index_head_dim=16,
                      index_n_heads=2),
+    # GLM-5: as DeepSeek-V3.2, layer 1 reusing layer 0's top-k
+    GlmMoeDsa=dict(IN_VOCAB, **MLA, **ROUTED_EXPERTS, first_k_dense_replace=1, index_topk=4, index_head_dim=16,
+                   index_n_heads=2, indexer_types=["full", "shared", "full"]),
     Glm4MoeLite=dict(IN_VOCAB, **MLA, **ROUTED_EXPERTS, mlp_layer_types=["dense", "sparse", "sparse"]),
     Mistral4=dict(IN_VOCAB, **MLA, **ROUTED_EXPERTS, first_k_dense_replace=1, head_dim=32),  # its rope's width
     Youtu=dict(IN_VOCAB, **MLA), MiniCPM3=dict(IN_VOCAB, **MLA, scale_depth=1.4),  # 1.4 / sqrt(3 layers)
@@ -160,7 +163,7 @@ FAMILY_NAMES = ["Qwen3Moe", "Qwen2", "Mistral", "Ministral", "Mixtral", "Gemma",
                 "GptOss", "DeepseekV3", "Glm4Moe", "Ernie4_5", "Ernie4_5_Moe", "SeedOss", "HunYuanDenseV1",
                 "HunYuanMoEV1", "Arcee", "Olmoe", "MiniMaxM2", "ExaoneMoe", "Apertus", "Exaone4", "FlexOlmo",
                 "GraniteSWA", "GraniteMoeSWA", "Qwen2Moe", "Phimoe", "Olmo", "Glm", "Helium", "Nemotron",
-                "Llama4Text", "DeepseekV2", "DeepseekV32", "Glm4MoeLite", "Mistral4", "Youtu", "MiniCPM3",
+                "Llama4Text", "DeepseekV2", "DeepseekV32", "GlmMoeDsa", "Glm4MoeLite", "Mistral4", "Youtu", "MiniCPM3",
                 "MiMoV2Flash", "SolarOpen", "Dots1", "BitNet", "Jais2", "Ministral3", "HyperCLOVAX", "NanoChat", "Cwm",
                 "DiffLlama", "Mellum", "Laguna", "HYV3", "AriaText", "Apertus1p5Text", "VaultGemma",
                 "Afmoe", "Kolibri1", "StableLm", *HYBRID_FAMILIES, *NO_MID_SITE]

@@ -1,13 +1,14 @@
-"""Vision-language hosts: Qwen2-VL, Qwen2.5-VL, Qwen3-VL (and its MoE), Qwen3.5 (and its MoE; a hybrid text
-decoder whose linear-attention layers hold a recurrent state), Gemma 3 (4B on), Gemma 4, and LLaVA, LLaVA-NeXT,
-LLaVA-OneVision, LLaVA-NeXT-Video, VipLLaVA, LFM2-VL, Mistral 3, InternVL, SmolVLM, Idefics 2 and 3, PaliGemma and
-Llama 4 over a supported text decoder, and the audio-language Qwen2-Audio and Voxtral (their audio tokens stand
-where the image is). Their text decoder sits beside the vision tower (``model.language_model``, or ``text_model``;
-a whole causal LM there in Llama 4 and transformers 4.x's audio models); its attention spans text and image tokens
-alike (Gemma 3's and 4's image tokens attend to each other both ways), so TALAN's memory takes in the
-image tokens as it takes in any other. With an image in a left-padded prompt: every site is exact at init and after
-unpatch, generates (dynamic and static cache) as it recomputes, writes exactly the block's output into the stream,
-trains with peft LoRA on the language model, and saves and reloads."""
+"""Vision-language hosts: Qwen2-VL, Qwen2.5-VL, Qwen3-VL (and its MoE), Qwen3.5 (and its MoE; a hybrid text decoder
+whose linear-attention layers hold a recurrent state), Gemma 3 (4B on), Gemma 4, GLM-4.1V, GLM-4.5V, GLM-OCR and
+GLM-4.6V (over GLM-4.1V's text decoder), and LLaVA, LLaVA-NeXT, LLaVA-OneVision, LLaVA-NeXT-Video, VipLLaVA,
+LFM2-VL, Mistral 3, InternVL, SmolVLM, Idefics 2 and 3, PaliGemma and Llama 4 over a supported text decoder, and the
+audio-language Qwen2-Audio and Voxtral (their audio tokens stand where the image is). Their text decoder sits beside
+the vision tower (``model.language_model``, or ``text_model``; a whole causal LM there in Llama 4 and transformers
+4.x's audio models); its attention spans text and image tokens alike (Gemma 3's and 4's image tokens attend to each
+other both ways), so TALAN's memory takes in the image tokens as it takes in any other. With an image in a
+left-padded prompt: every site is exact at init and after unpatch, generates (dynamic and static cache) as it
+recomputes, writes exactly the block's output into the stream, trains with peft LoRA on the language model, and
+saves and reloads."""
 
 import inspect
 
@@ -37,8 +38,12 @@ from talan.patching import is_patched, talan_blocks
 
 # The vision-language models with their own text decoder, then LLaVA (over Llama, and over Gemma 2: the decoder's
 # family sets the layout) and Mistral 3 (over Mistral), which build any text decoder from their text config.
-NATIVE = ["Qwen2VL", "Qwen2_5_VL", "Qwen3VL", "Qwen3VLMoe", "Qwen3_5", "Qwen3_5Moe", "Gemma3", "Gemma4"]
+NATIVE = ["Qwen2VL", "Qwen2_5_VL", "Qwen3VL", "Qwen3VLMoe", "Qwen3_5", "Qwen3_5Moe", "Gemma3", "Gemma4", "Glm4v",
+          "Glm4vMoe", "GlmOcr"]
 QWEN_VL = ("Qwen2VL", "Qwen2_5_VL", "Qwen3VL", "Qwen3VLMoe", "Qwen3_5", "Qwen3_5Moe")
+# GLM-4.1V, GLM-4.5V (experts), GLM-OCR and GLM-4.6V (a wrapper over GLM-4.1V's text decoder): Qwen-VL's patches and
+# multimodal RoPE, on half of each head
+GLM_VL = ("Glm4v", "Glm4vMoe", "GlmOcr", "Glm46V")
 # transformers 4.57 on torch < 2.6 cannot run Gemma 3 with images (the make test-old-torch venv)
 GEMMA3_IMAGES = pytest.mark.skipif(TORCH_BEFORE_2_6, reason="transformers builds Gemma 3's two-way image masks with "
                                    "or_mask_function, which needs torch >= 2.6")
@@ -84,7 +89,7 @@ AUDIO = ("Qwen2Audio", "Voxtral")
 # a 4-D mask that it hands the decoder without a cache too), Llama 4 (over its own text decoder: chunked attention,
 # NoPE layers, experts), VipLLaVA (over Llama), LLaVA-NeXT-Video (over Llama; an image), Idefics 2 (over Mistral)
 WRAPPERS = ("Llava", "Llava-gemma2", "LlavaNext", "LlavaOnevision", "Lfm2Vl", "Mistral3", "InternVL", "SmolVLM",
-            "Idefics3", "PaliGemma", "Llama4", "VipLlava", "LlavaNextVideo", "Idefics2", *AUDIO)
+            "Idefics3", "PaliGemma", "Llama4", "VipLlava", "LlavaNextVideo", "Idefics2", "Glm46V", *AUDIO)
 FAMILIES = [_with_images(f) for f in (*NATIVE, *WRAPPERS)]
 IMAGE, VISION_START, VISION_END = 5, 3, 4  # token ids inside the tiny vocabulary
 TEXT = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
@@ -101,6 +106,7 @@ VISION = {
                     temporal_patch_size=2),
     "Qwen2_5_VL": dict(QWEN_VISION, window_size=8, fullatt_block_indexes=[0]),
     "Qwen3VL": QWEN3_VISION, "Qwen3VLMoe": QWEN3_VISION,
+    **dict.fromkeys(GLM_VL, dict(QWEN_VISION, image_size=16)),
     "Qwen3_5": dict(QWEN_VISION, num_position_embeddings=16),
     "Qwen3_5Moe": dict(QWEN_VISION, num_position_embeddings=16),
     "Gemma3": dict(SMALL_VISION),  # SigLIP, pooled to 4 tokens
@@ -190,6 +196,16 @@ def _config(family: str):
             extra["image_grid_pinpoints"] = [[16, 16]]
         return getattr(transformers, f"{prefix}Config")(text_config=text, vision_config=vision, image_token_index=IMAGE,
                                                         vision_feature_layer=-1, **extra)
+    if prefix in GLM_VL:  # layer 0 dense, then 4 routed experts in GLM-4.5V
+        text = dict(TEXT, rope_theta=10000.0, partial_rotary_factor=0.5,
+                    rope_scaling={"rope_type": "default", "mrope_section": [1, 1, 2]})
+        if prefix == "Glm4vMoe":
+            text.update(n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, n_group=1, topk_group=1,
+                        first_k_dense_replace=1)
+        return getattr(transformers, f"{prefix}Config")(text_config=text, vision_config=vision, image_token_id=IMAGE,
+                                                        video_token_id=6, image_start_token_id=VISION_START,
+                                                        image_end_token_id=VISION_END, video_start_token_id=14,
+                                                        video_end_token_id=15)
     text = dict(TEXT, rope_theta=10000.0,  # multimodal RoPE; rope_scaling is 4.57's key, 5.x converts it
                 rope_scaling={"rope_type": "default", "mrope_section": [2, 3, 3]})
     if prefix in ("Qwen3VLMoe", "Qwen3_5Moe"):  # every layer a mixture of 4 experts
@@ -244,7 +260,7 @@ def image_prompt(family: str, seed: int = 3) -> dict:
                       pixel_attention_mask=torch.ones(2, 16, dtype=torch.bool))
     if prefix in ("Mistral3", *ANY_RESOLUTION):
         inputs["image_sizes"] = torch.tensor([[16, 16]] * 2)
-    if prefix in QWEN_VL:  # 4x4 patches (2 frames each), merged 2x2
+    if prefix in (*QWEN_VL, *GLM_VL):  # 4x4 patches (2 frames each), merged 2x2
         inputs["pixel_values"] = torch.randn(2 * 16, 3 * 2 * 4 * 4, generator=generator)
         inputs["image_grid_thw"] = torch.tensor([[1, 4, 4]] * 2)
     bare = getattr(transformers, f"{prefix}Model", None)  # Llama 4 has none
