@@ -148,15 +148,21 @@ def family_names() -> str:
 # patch it (LLaVA over Llama or Gemma 2, LLaVA-NeXT over Llama or Mistral, LLaVA-OneVision over Qwen2, LFM2-VL over
 # LFM2, Mistral 3 over Mistral, InternVL over Qwen2/Qwen3 or Llama, SmolVLM and Idefics 3 over Llama, PaliGemma over
 # Gemma or Gemma 2, Llama 4 over its text decoder, VipLLaVA and LLaVA-NeXT-Video over Llama, Idefics 2 over Mistral,
-# GLM-4.6V over GLM-4.1V's),
-# and the audio-language models whose audio tokens enter the text decoder alike (Qwen2-Audio over Qwen2, Voxtral
-# over Llama or Mistral).
+# GLM-4.6V over GLM-4.1V's, Aya Vision and Command A Vision over Cohere 2, DeepSeek-VL over Llama, LightOnOCR over
+# Qwen3, Video-LLaVA over Llama, Ovis2 over Qwen2 or Qwen3, Qianfan-OCR over Qwen3, Aria over its text decoder, EXAONE
+# 4.5 over EXAONE 4, HyperCLOVA X Vision over HyperCLOVA X, LFM3-VL over LFM3, VideoLLaMA 3 over Qwen2, Kimi K2.5 over
+# DeepSeek-V3), and the audio-language models whose audio tokens enter the text decoder alike (Qwen2-Audio over Qwen2,
+# Voxtral over Llama or Mistral, Audio Flamingo 3 over Qwen2).
 # transformers class prefix -> the name the error message gives
 _VL_WRAPPER_NAMES = {"Llava": "LLaVA", "LlavaNext": "LLaVA-NeXT", "LlavaOnevision": "LLaVA-OneVision",
                      "Lfm2Vl": "LFM2-VL", "Mistral3": "Mistral 3", "InternVL": "InternVL", "SmolVLM": "SmolVLM",
                      "Idefics3": "Idefics 3", "PaliGemma": "PaliGemma", "Llama4": "Llama 4", "VipLlava": "VipLLaVA",
                      "LlavaNextVideo": "LLaVA-NeXT-Video", "Idefics2": "Idefics 2", "Qwen2Audio": "Qwen2-Audio",
-                     "Voxtral": "Voxtral", "Glm46V": "GLM-4.6V"}
+                     "Voxtral": "Voxtral", "Glm46V": "GLM-4.6V", "AyaVision": "Aya Vision",
+                     "Cohere2Vision": "Command A Vision", "DeepseekVL": "DeepSeek-VL", "LightOnOcr": "LightOnOCR",
+                     "VideoLlava": "Video-LLaVA", "Ovis2": "Ovis2", "QianfanOCR": "Qianfan-OCR", "Aria": "Aria",
+                     "Exaone4_5_": "EXAONE 4.5", "HyperCLOVAXVisionV2": "HyperCLOVA X Vision", "Lfm3Vl": "LFM3-VL",
+                     "VideoLlama3": "VideoLLaMA 3", "Kimi_K25": "Kimi K2.5", "AudioFlamingo3": "Audio Flamingo 3"}
 _VL_WRAPPERS = frozenset(f"{prefix}{head}" for prefix in _VL_WRAPPER_NAMES for head in ("ForConditionalGeneration",
                                                                                        "Model"))
 

@@ -33,7 +33,7 @@ from conftest import (
     tiny_config,
 )
 from peft import LoraConfig, get_peft_model
-from train_helpers import GATED_DELTANET, HYBRID_LAYERS, LLAMA4_TEXT, MAMBA_2
+from train_helpers import GATED_DELTANET, HYBRID_LAYERS, LLAMA4_TEXT, MAMBA_2, MLA, ROUTED_EXPERTS
 
 import talan
 from talan.hosts import all_linear_excludes, decoder_stack, layer_layout
@@ -41,11 +41,6 @@ from talan.patching import is_patched, talan_blocks
 
 # Special tokens inside the tiny vocabulary, for the families whose defaults lie outside it.
 IN_VOCAB = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2)
-# Multi-head latent attention: keys of 16 + 16 (no rope + rope) dims, values as wide (a static cache in 4.57 holds
-# keys and values of one width); 4 routed experts, 2 per token
-MLA = dict(num_key_value_heads=4, kv_lora_rank=16, q_lora_rank=32, qk_rope_head_dim=16, qk_nope_head_dim=16,
-           v_head_dim=32)
-ROUTED_EXPERTS = dict(n_routed_experts=4, num_experts_per_tok=2, n_group=1, topk_group=1, moe_intermediate_size=32)
 # Each family's config beyond conftest.HOST. The mixture-of-experts families: every layer sparse, 4 experts, 2 per
 # token, so the hooks sit around a mixture-of-experts MLP.
 FAMILY_CONFIG = {

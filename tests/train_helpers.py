@@ -54,6 +54,11 @@ GATED_DELTANET = dict(linear_key_head_dim=16, linear_value_head_dim=16, linear_n
 # 4 experts (1 per token) in layer 1
 LLAMA4_TEXT = dict(num_local_experts=4, num_experts_per_tok=1, intermediate_size_mlp=128, interleave_moe_layer_step=2,
                    attention_chunk_size=4, no_rope_layers=[1, 1, 0])
+# Multi-head latent attention: keys of 16 + 16 (no rope + rope) dims, values as wide (a static cache in 4.57 holds
+# keys and values of one width); 4 routed experts, 2 per token
+MLA = dict(num_key_value_heads=4, kv_lora_rank=16, q_lora_rank=32, qk_rope_head_dim=16, qk_nope_head_dim=16,
+           v_head_dim=32)
+ROUTED_EXPERTS = dict(n_routed_experts=4, num_experts_per_tok=2, n_group=1, topk_group=1, moe_intermediate_size=32)
 # the layers of the text-only hybrids' 2-layer checkpoints: Granite 4 (a Mamba 2 layer, then attention; every sum
 # scaled), LFM2 (a short convolution, then attention) and Jamba
 HYBRID_LAYERS = {"GraniteMoeHybrid": dict(MAMBA_2, layer_types=["mamba", "attention"], residual_multiplier=0.22,

@@ -1,0 +1,249 @@
+"""Tiny vision-language (and audio-language) models for test_vl_hosts.py: a 3-layer text decoder (d=64) beside a
+1-block vision tower (or audio encoder), random weights, and a left-padded two-row prompt with one image each."""
+
+import inspect
+
+import torch
+import transformers
+from conftest import VOCAB
+from train_helpers import GATED_DELTANET, LLAMA4_TEXT, MLA, ROUTED_EXPERTS
+
+IMAGE, VISION_START, VISION_END = 5, 3, 4  # token ids inside the tiny vocabulary
+TEXT = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+            num_key_value_heads=2, head_dim=16, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+# One vision block on 16x16 pixels in 4x4 patches; the number of image tokens per image the model makes of them.
+VISION_BLOCK = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
+SMALL_VISION = dict(VISION_BLOCK, image_size=16, patch_size=4)
+# Qwen-VL: patches of 2 frames merged 2x2 into the text width, 4 tokens.
+QWEN_VISION = dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, patch_size=4,
+                   spatial_merge_size=2, temporal_patch_size=2)
+QWEN3_VISION = dict(QWEN_VISION, num_position_embeddings=16, deepstack_visual_indexes=[0])  # adds to layer 0's output
+QWEN_VL = ("Qwen2VL", "Qwen2_5_VL", "Qwen3VL", "Qwen3VLMoe", "Qwen3_5", "Qwen3_5Moe")
+# GLM-4.1V, GLM-4.5V (experts), GLM-OCR and GLM-4.6V (a wrapper over GLM-4.1V's text decoder): Qwen-VL's patches and
+# multimodal RoPE, on half of each head
+GLM_VL = ("Glm4v", "Glm4vMoe", "GlmOcr", "Glm46V")
+VISION = {
+    "Qwen2VL": dict(depth=1, embed_dim=32, hidden_size=64, mlp_ratio=2, num_heads=2, patch_size=4, spatial_merge_size=2,
+                    temporal_patch_size=2),
+    "Qwen2_5_VL": dict(QWEN_VISION, window_size=8, fullatt_block_indexes=[0]),
+    "Qwen3VL": QWEN3_VISION, "Qwen3VLMoe": QWEN3_VISION,
+    **dict.fromkeys(GLM_VL, dict(QWEN_VISION, image_size=16)),
+    "Qwen3_5": dict(QWEN_VISION, num_position_embeddings=16),
+    "Qwen3_5Moe": dict(QWEN_VISION, num_position_embeddings=16),
+    "Gemma3": dict(SMALL_VISION),  # SigLIP, pooled to 4 tokens
+    # 6x6 patches of 4x4 pixels (its image processor's flattened patches), pooled 3x3: 4 tokens
+    "Gemma4": dict(VISION_BLOCK, num_key_value_heads=2, head_dim=16, patch_size=4, pooling_kernel_size=3,
+                   position_embedding_size=64),
+    "Llava": dict(SMALL_VISION, model_type="clip_vision_model"),  # every patch a token (CLS dropped): 16 tokens
+    "Mistral3": dict(SMALL_VISION, model_type="pixtral", head_dim=16),  # patches merged 2x2: 4 tokens
+    # any resolution, on a 1x1 grid of 16x16 tiles: the whole image's 16 patches, the tile's 16 and a newline token
+    # after each of its 4 rows, 36 tokens
+    "LlavaNext": dict(SMALL_VISION, model_type="clip_vision_model"),
+    "LlavaOnevision": dict(SMALL_VISION, model_type="siglip_vision_model"),
+    "LlavaNextVideo": dict(SMALL_VISION, model_type="clip_vision_model"),
+}
+IMAGE_TOKENS = {"Llava": 16, "LlavaNext": 36, "LlavaOnevision": 36, "LlavaNextVideo": 36, "PaliGemma": 16,
+                "VipLlava": 16, "DeepseekVL": 16, "VideoLlava": 16}
+ANY_RESOLUTION = ("LlavaNext", "LlavaOnevision", "LlavaNextVideo")
+# Qwen-VL's patch windows: a 4x4 grid of 2-frame 4x4-pixel patches, merged 2x2 into 4 tokens
+QWEN_PATCH_WRAPPERS = ("Exaone4_5_", "Lfm3Vl", "HyperCLOVAXVisionV2")
+SIGLIP = dict(SMALL_VISION, model_type="siglip_vision_model")
+_QWEN_2_5_VISION = dict(QWEN_VISION, window_size=8, fullatt_block_indexes=[0])
+_INTERN_VIT = dict(SMALL_VISION, image_size=[16, 16], patch_size=[4, 4])
+_AUDIO_ENCODER = dict(num_mel_bins=16, max_source_positions=8)
+# The wrappers whose config is their text decoder's (TEXT with these changes) and these arguments: a vision tower (or
+# audio encoder) and its image (audio) token, in the config's own names.
+WRAPPER_CONFIGS = {
+    # LFM2-VL over LFM2 (layers 0 and 2 short convolutions): SigLIP 2 (NaFlex) on 4x4 patches of 4x4 pixels,
+    # pixel-unshuffled 2x2: 4 tokens
+    "Lfm2Vl": (dict(layer_types=["conv", "full_attention", "conv"], block_ff_dim=128),
+               dict(vision_config=dict(VISION_BLOCK, patch_size=4, num_patches=16), image_token_id=IMAGE,
+                    downsample_factor=2, projector_hidden_size=32)),
+    # Llama 4: chunked attention (chunks of 4) in layers 0 and 1, experts in layer 1; 16 patches pixel-shuffled 2x2
+    # into 4 tokens (its MLP widths follow: 32 channels x 4 = 128)
+    "Llama4": (LLAMA4_TEXT,
+               dict(vision_config=dict(SMALL_VISION, intermediate_size=128, vision_output_dim=64,
+                                       projector_input_dim=64, projector_output_dim=64),
+                    image_token_index=IMAGE, boi_token_index=VISION_START, eoi_token_index=VISION_END)),
+    # PaliGemma over Gemma: every patch a token, 16
+    "PaliGemma": (dict(model_type="gemma"), dict(vision_config=dict(SIGLIP, projection_dim=64),
+                                                 image_token_index=IMAGE, projection_dim=64)),
+    # InternVL (InternViT), SmolVLM's and Idefics 3's SigLIP: 16 patches, pixel-shuffled 2x2 into 4 tokens
+    "InternVL": (dict(model_type="qwen2"), dict(vision_config=_INTERN_VIT, image_token_id=IMAGE, downsample_ratio=0.5)),
+    "SmolVLM": (dict(model_type="llama"), dict(vision_config=SMALL_VISION, image_token_id=IMAGE, scale_factor=2)),
+    "Idefics3": (dict(model_type="llama"), dict(vision_config=SMALL_VISION, image_token_id=IMAGE, scale_factor=2)),
+    # Idefics 2 over Mistral: a perceiver resamples each image into 4 latents
+    "Idefics2": (dict(model_type="mistral"), dict(
+        vision_config=SMALL_VISION, image_token_id=IMAGE, perceiver_config=dict(
+            resampler_n_latents=4, resampler_depth=1, resampler_n_heads=2, resampler_head_dim=16,
+            num_key_value_heads=1))),
+    # VipLLaVA: its projector reads both hidden states of the 1-block tower; every patch a token, 16
+    "VipLlava": (dict(model_type="llama"), dict(vision_config=dict(SMALL_VISION, model_type="clip_vision_model"),
+                                                image_token_index=IMAGE, vision_feature_layers=[-2, -1])),
+    # the audio-language ones: a 1-layer encoder turns 16 frames of 16 mel bins into 4 audio tokens
+    "Qwen2Audio": (dict(model_type="qwen2"), dict(audio_token_index=IMAGE, audio_config=dict(
+        _AUDIO_ENCODER, encoder_layers=1, d_model=32, encoder_attention_heads=2, encoder_ffn_dim=64))),
+    "Voxtral": (dict(model_type="llama"), dict(audio_token_id=IMAGE, audio_config=dict(
+        _AUDIO_ENCODER, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2))),
+    "AudioFlamingo3": (dict(model_type="qwen2"), dict(audio_token_id=IMAGE, audio_config=dict(
+        _AUDIO_ENCODER, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2))),
+    # Aya Vision and Command A Vision over Cohere 2 (a parallel residual): SigLIP, pixel-shuffled 2x2: 4 tokens
+    "AyaVision": (dict(model_type="cohere2"), dict(vision_config=SIGLIP, image_token_index=IMAGE, downsample_factor=2,
+                                                   vision_feature_layer=-1)),
+    "Cohere2Vision": (dict(model_type="cohere2"), dict(vision_config=SIGLIP, image_token_id=IMAGE,
+                                                       downsample_factor=2)),
+    # DeepSeek-VL over Llama (every patch a token, 16); LightOnOCR over Qwen3 (Pixtral, merged 2x2: 4 tokens)
+    "DeepseekVL": (dict(model_type="llama"), dict(vision_config=SIGLIP, image_token_id=IMAGE)),
+    "LightOnOcr": (dict(model_type="qwen3"), dict(vision_config=VISION["Mistral3"], image_token_id=IMAGE,
+                                                  spatial_merge_size=2)),
+    # Video-LLaVA over Llama, with an image: every patch a token, 16
+    "VideoLlava": (dict(model_type="llama"), dict(vision_config=VISION["Llava"], image_token_index=IMAGE,
+                                                  video_token_index=6, vision_feature_layer=-1)),
+    # Ovis2 over Qwen2: a visual vocabulary of 32 embeddings, 16 patches strided 2x2: 4 tokens
+    "Ovis2": (dict(model_type="qwen2"), dict(vision_config=dict(SMALL_VISION, vocab_size=32, hidden_stride=2),
+                                             image_token_id=IMAGE, visual_indicator_token_ids=[13, 14, 15, 16, 17],
+                                             vocab_size=VOCAB, hidden_size=64)),
+    # Qianfan-OCR over Qwen3: InternViT-like, pixel-shuffled 2x2: 4 tokens
+    "QianfanOCR": (dict(model_type="qwen3"), dict(vision_config=_INTERN_VIT, image_token_id=IMAGE, image_seq_length=4)),
+    # Aria over its text decoder (4 experts, 2 per token, one shared): 16 patches queried into 4 tokens
+    "Aria": (dict(model_type="aria_text", moe_num_experts=4, moe_topk=2, moe_num_shared_experts=1),
+             dict(vision_config=dict(SMALL_VISION, model_type="idefics3_vision"), image_token_index=IMAGE,
+                  projector_patch_to_query_dict={16: 4})),
+    # EXAONE 4.5 over EXAONE 4 (sliding and full layers alternate), HyperCLOVA X Vision V2 over HyperCLOVA X (normed,
+    # then scaled), LFM3-VL over LFM3 (a short convolution, a sliding and a full attention layer): Qwen-VL patches
+    "Exaone4_5_": (dict(model_type="exaone4", sliding_window=4, sliding_window_pattern=2),
+                   dict(vision_config=dict(_QWEN_2_5_VISION, num_key_value_heads=2), image_token_id=IMAGE,
+                        video_token_id=6)),
+    "HyperCLOVAXVisionV2": (dict(model_type="hyperclovax", use_post_norm=True, residual_multiplier=0.22),
+                            dict(vision_config=dict(_QWEN_2_5_VISION, model_type="qwen2_5_vl_vision"),
+                                 image_token_id=IMAGE, video_token_id=6)),
+    "Lfm3Vl": (dict(model_type="lfm3", layer_types=["conv", "sliding_attention", "full_attention"], sliding_window=4),
+               dict(vision_config=dict(VISION_BLOCK, patch_size=4, num_key_value_heads=2),
+                    image_token_id=IMAGE, video_token_id=6, vision_start_token_id=VISION_START,
+                    vision_end_token_id=VISION_END, projector_hidden_size=32)),
+    # VideoLLaMA 3 over Qwen2: 4x4 single-frame patches merged 2x2, 4 tokens
+    "VideoLlama3": (dict(model_type="qwen2"), dict(vision_config=dict(VISION_BLOCK, patch_size=4),
+                                                   image_token_id=IMAGE, video_token_id=6)),
+    # Kimi K2.5 over DeepSeek-V3 (multi-head latent attention, experts from layer 1): 4x4 patches merged 2x2
+    "Kimi_K25": (dict(MLA, **ROUTED_EXPERTS, model_type="deepseek_v3", first_k_dense_replace=1),
+                 dict(vision_config=dict(VISION_BLOCK, patch_size=4, pos_emb_height=8, pos_emb_width=8),
+                      projection_hidden_size=32, image_token_id=IMAGE, video_token_id=6,
+                      vision_start_token_id=VISION_START, vision_end_token_id=VISION_END)),
+}
+_ONE_IMAGE_EACH = ("Gemma3", "Llava", "Mistral3", "InternVL", "PaliGemma", "Llama4", "VipLlava",
+                   "AyaVision", "Cohere2Vision", "DeepseekVL", "LightOnOcr", "Ovis2", "QianfanOCR", "Aria")
+
+
+def class_prefix(family: str) -> str:
+    return family.split("-")[0]
+
+
+def _config(family: str):
+    prefix = class_prefix(family)
+    vision = VISION.get(prefix)
+    config_cls = getattr(transformers, f"{prefix}Config")
+    if prefix in WRAPPER_CONFIGS:
+        text, kwargs = WRAPPER_CONFIGS[prefix]
+        return config_cls(text_config=dict(TEXT, **text), **kwargs)
+    if prefix == "Gemma4":  # with per-layer inputs; the image tokens attend to each other both ways
+        text = dict(TEXT, vocab_size_per_layer_input=VOCAB, hidden_size_per_layer_input=8, sliding_window=4,
+                    layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+                    use_bidirectional_attention="vision")
+        return config_cls(text_config=text, vision_config=vision, image_token_id=IMAGE, boi_token_id=VISION_START,
+                          eoi_token_id=VISION_END, video_token_id=6, audio_token_id=13, boa_token_id=14,
+                          eoa_token_index=15)
+    if prefix == "Gemma3":
+        return config_cls(text_config=TEXT, vision_config=vision, mm_tokens_per_image=4, image_token_index=IMAGE,
+                          boi_token_index=VISION_START, eoi_token_index=VISION_END)
+    if prefix in ("Llava", "Mistral3", *ANY_RESOLUTION):  # the text decoder: its default, or the type after the dash
+        decoder = family.split("-")[1] if "-" in family else {"Mistral3": "mistral", "LlavaOnevision": "qwen2"}.get(
+            prefix, "llama")
+        extra = {"spatial_merge_size": 2} if prefix == "Mistral3" else {}
+        if prefix in ANY_RESOLUTION:
+            extra["image_grid_pinpoints"] = [[16, 16]]
+        return config_cls(text_config=dict(TEXT, model_type=decoder), vision_config=vision, image_token_index=IMAGE,
+                          vision_feature_layer=-1, **extra)
+    if prefix in GLM_VL:  # layer 0 dense, then 4 routed experts in GLM-4.5V
+        text = dict(TEXT, rope_theta=10000.0, partial_rotary_factor=0.5,
+                    rope_scaling={"rope_type": "default", "mrope_section": [1, 1, 2]})
+        if prefix == "Glm4vMoe":
+            text.update(n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, n_group=1, topk_group=1,
+                        first_k_dense_replace=1)
+        return config_cls(text_config=text, vision_config=vision, image_token_id=IMAGE, video_token_id=6,
+                          image_start_token_id=VISION_START, image_end_token_id=VISION_END, video_start_token_id=14,
+                          video_end_token_id=15)
+    text = dict(TEXT, rope_theta=10000.0,  # multimodal RoPE; rope_scaling is 4.57's key, 5.x converts it
+                rope_scaling={"rope_type": "default", "mrope_section": [2, 3, 3]})
+    if prefix in ("Qwen3VLMoe", "Qwen3_5Moe"):  # every layer a mixture of 4 experts
+        text.update(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, decoder_sparse_step=1)
+    if prefix in ("Qwen3_5", "Qwen3_5Moe"):  # layers 0 and 2 linear attention (a gated DeltaNet), layer 1 full
+        text.update(GATED_DELTANET, layer_types=["linear_attention", "full_attention", "linear_attention"])
+    return config_cls(text_config=text, vision_config=vision, image_token_id=IMAGE, video_token_id=6,
+                      vision_start_token_id=VISION_START, vision_end_token_id=VISION_END)
+
+
+def tiny_vl(family: str, head: str = "ForConditionalGeneration", train: bool = False):
+    """A seeded tiny vision-language model: a 3-layer text decoder (d=64) and a 1-block vision tower, eager
+    attention, random weights (``head="TextModel"``: the bare text decoder alone)."""
+    config = _config(family)
+    config._attn_implementation = config.text_config._attn_implementation = "eager"
+    torch.manual_seed(0)
+    model = getattr(transformers, class_prefix(family) + head)(config.text_config if head == "TextModel" else config)
+    return model.train() if train else model.eval()
+
+
+def _media(prefix: str, generator: torch.Generator) -> dict:
+    """The image (or audio) inputs of ``prefix``'s two rows, one image (recording) each."""
+    def noise(*shape):
+        return torch.randn(*shape, generator=generator)
+
+    if prefix in _ONE_IMAGE_EACH:
+        return {"pixel_values": noise(2, 3, 16, 16)}
+    if prefix == "VideoLlava":
+        return {"pixel_values_images": noise(2, 3, 16, 16)}
+    if prefix in ("Qwen2Audio", "Voxtral", "AudioFlamingo3"):  # 16 frames of 16 mel bins
+        return {"input_features": noise(2, 16, 16)}
+    if prefix in ("SmolVLM", "Idefics3", "Idefics2"):  # a list of images per row
+        return {"pixel_values": noise(2, 1, 3, 16, 16)}
+    if prefix == "Gemma4":  # each image's flattened patches and their (x, y) positions
+        xy = torch.stack(torch.meshgrid(torch.arange(6), torch.arange(6), indexing="xy"), -1).reshape(36, 2)
+        return {"pixel_values": noise(2, 36, 3 * 4 * 4), "image_position_ids": xy.expand(2, -1, -1).clone()}
+    if prefix in ANY_RESOLUTION:  # the whole image, then its one tile
+        return {"pixel_values": noise(2, 2, 3, 16, 16), "image_sizes": torch.tensor([[16, 16]] * 2)}
+    if prefix == "Lfm2Vl":  # each image's flattened patches on a 4x4 grid
+        return {"pixel_values": noise(2, 16, 3 * 4 * 4), "spatial_shapes": torch.tensor([[4, 4]] * 2),
+                "pixel_attention_mask": torch.ones(2, 16, dtype=torch.bool)}
+    grid = torch.tensor([[1, 4, 4]] * 2)  # each image a 4x4 grid of patches, merged 2x2
+    if prefix == "Kimi_K25":
+        return {"pixel_values": noise(2 * 16, 3, 4, 4), "image_grid_thw": grid}
+    if prefix == "VideoLlama3":  # single-frame patches
+        return {"pixel_values": noise(2 * 16, 3 * 4 * 4), "image_grid_thw": grid,
+                "image_merge_sizes": torch.tensor([2, 2])}
+    # Qwen-VL's: 4x4 patches of 2 frames each
+    return {"pixel_values": noise(2 * 16, 3 * 2 * 4 * 4), "image_grid_thw": grid}
+
+
+def image_prompt(family: str, seed: int = 3) -> dict:
+    """Two rows, each with one image between text tokens; the first row left-padded by 2 tokens."""
+    prefix = class_prefix(family)
+    image = [VISION_START, *[IMAGE] * IMAGE_TOKENS.get(prefix, 4), VISION_END]
+    ids = torch.tensor([[0, 0, 7, *image, 9, 10], [8, 9, 7, *image, 11, 12]])
+    mask = torch.ones_like(ids)
+    mask[0, :2] = 0
+    inputs = dict(input_ids=ids, attention_mask=mask, **_media(prefix, torch.Generator().manual_seed(seed)))
+    if prefix == "Qwen2Audio":
+        inputs["feature_attention_mask"] = torch.ones(2, 16, dtype=torch.long)
+    if prefix == "AudioFlamingo3":
+        inputs["input_features_mask"] = torch.ones(2, 16, dtype=torch.long)
+    if prefix == "Aria":
+        inputs["pixel_mask"] = torch.ones(2, 16, 16, dtype=torch.bool)
+    if prefix in ("Mistral3", "LightOnOcr"):
+        inputs["image_sizes"] = torch.tensor([[16, 16]] * 2)
+    if prefix == "Gemma3":  # token_type_ids mark the image tokens, which attend to each other both ways
+        inputs["token_type_ids"] = (ids == IMAGE).long()
+    if prefix == "PaliGemma":  # 0: the prefix (image and prompt), which attends both ways
+        inputs["token_type_ids"] = torch.zeros_like(ids)
+    bare = getattr(transformers, f"{prefix}Model", None)  # Llama 4 has none
+    if bare is not None and "mm_token_type_ids" in inspect.signature(bare.forward).parameters:
+        inputs["mm_token_type_ids"] = (ids == IMAGE).int()  # transformers 5.x's Qwen3-VL computes M-RoPE from it
+    return inputs
