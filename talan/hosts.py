@@ -118,6 +118,11 @@ FAMILIES = {
     "StableLm": LayerLayout(parallel_if="use_parallel_residual"),  # StableLM 2: sequential; its config may say not
     "NemotronH": _ONE_MIXER,
     "GlmMoeDsa": _PRE_NORM,  # GLM-5: DeepSeek-V3.2's sparse attention (some layers reuse the last indexer's top-k)
+    # Kimi Linear and Ling 2.5 (BailingHybrid): a self_attn that is multi-head latent attention in some layers and
+    # Kimi delta attention (linear, its state in the cache) in the others; LaraMini: a gated DeltaNet (linear_attn)
+    # beside sliding and full attention; Flint, A.X K1 and K2 (DeepSeek-V3.2-style sparse attention), dots.llm3
+    "KimiLinear": _PRE_NORM, "BailingHybrid": _PRE_NORM, "LaraMini": _HYBRID, "Flint": _PRE_NORM, "AXK1": _PRE_NORM,
+    "AXK2": _PRE_NORM, "Dots3Note": _PRE_NORM,
     # vision-language: the text decoder is a Qwen2/Qwen3 stack, whose causal attention spans text and image tokens
     "Qwen2VL": _PRE_NORM, "Qwen2_5_VL": _PRE_NORM, "Qwen3VL": _PRE_NORM, "Qwen3VLMoe": _PRE_NORM,
     # and GLM-4.1V's (GLM-4's sandwich of norms), GLM-4.5V's (pre-norm, experts), GLM-OCR's (as GLM-4.1V's)
@@ -246,12 +251,13 @@ def stack_and_layout(model: nn.Module) -> tuple[nn.Module, LayerLayout]:
 
 # Modules that peft's "all-linear" LoRA wraps but cannot train there, by family: a router that returns a tuple
 # (Llama 4's; PhiMoE's on transformers 5), on which peft's LoRA layer fails, TALAN off too; Jamba's dt_proj, whose
-# weight its Mamba reads without calling the layer, and DeepSeek-V3.2's (and GLM-5's) sparse-attention indexer,
-# which only picks the keys (top-k, no gradient through it): a LoRA there never gets a gradient; Falcon-H1's and
-# NemotronH's Mamba out_proj, which peft refuses to adapt.
+# weight its Mamba reads without calling the layer, and the sparse-attention indexer of DeepSeek-V3.2 (GLM-5's,
+# A.X K2's, dots.llm3's), which only picks the keys (top-k, no gradient through it): a LoRA there never gets a
+# gradient; Falcon-H1's and NemotronH's Mamba out_proj, which peft refuses to adapt.
+_INDEXER = r".*\.indexer\..*"
 _ALL_LINEAR_EXCLUDES = {"Llama4Text": r".*\.router", "Phimoe": r".*\.router", "Jamba": r".*\.dt_proj",
-                        "DeepseekV32": r".*\.indexer\..*", "GlmMoeDsa": r".*\.indexer\..*",
-                        "FalconH1": r".*\.mamba\.out_proj", "NemotronH": r".*\.mixer\.out_proj"}
+                        "FalconH1": r".*\.mamba\.out_proj", "NemotronH": r".*\.mixer\.out_proj",
+                        **dict.fromkeys(("DeepseekV32", "GlmMoeDsa", "AXK2", "Dots3Note"), _INDEXER)}
 
 
 def all_linear_excludes(model: nn.Module) -> dict:

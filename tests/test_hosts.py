@@ -107,6 +107,19 @@ FAMILY_CONFIG.update(
     # GLM-5: as DeepSeek-V3.2, layer 1 reusing layer 0's top-k
     GlmMoeDsa=dict(IN_VOCAB, **MLA, **ROUTED_EXPERTS, first_k_dense_replace=1, index_topk=4, index_head_dim=16,
                    index_n_heads=2, indexer_types=["full", "shared", "full"]),
+    KimiLinear=dict(IN_VOCAB, **MLA, **ROUTED_EXPERTS, num_local_experts=4, linear_head_dim=16, linear_num_heads=4,
+                    layer_types=["linear_attention", "full_attention", "linear_attention"]),
+    BailingHybrid=dict(IN_VOCAB, **MLA, **ROUTED_EXPERTS, num_local_experts=4, first_k_dense_replace=1,
+                       layer_types=["linear_attention", "full_attention", "linear_attention"]),
+    LaraMini=dict(IN_VOCAB, **GATED_DELTANET, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+                  shared_expert_intermediate_size=32, sliding_window=4,
+                  layer_types=["linear_attention", "sliding_attention", "full_attention"]),
+    Flint=dict(IN_VOCAB, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+               shared_expert_intermediate_size=32, sliding_window=4, mlp_only_layers=[0]),
+    AXK1=dict(IN_VOCAB, **MLA, **ROUTED_EXPERTS, mlp_layer_types=["dense", "sparse", "sparse"]),
+    AXK2=dict(IN_VOCAB, **MLA, **ROUTED_EXPERTS, index_topk=4, index_head_dim=16, index_n_heads=2,
+              mlp_layer_types=["dense", "sparse", "sparse"], gated_norm_rank=4),
+    Dots3Note=dict(IN_VOCAB, **MLA, **ROUTED_EXPERTS),
     Glm4MoeLite=dict(IN_VOCAB, **MLA, **ROUTED_EXPERTS, mlp_layer_types=["dense", "sparse", "sparse"]),
     Mistral4=dict(IN_VOCAB, **MLA, **ROUTED_EXPERTS, first_k_dense_replace=1, head_dim=32),  # its rope's width
     Youtu=dict(IN_VOCAB, **MLA), MiniCPM3=dict(IN_VOCAB, **MLA, scale_depth=1.4),  # 1.4 / sqrt(3 layers)
@@ -148,7 +161,9 @@ GRANITE_MOE = ("GraniteMoe", "GraniteMoeShared", "GraniteMoeHybrid", "GraniteMoe
 MOE_FAMILIES = ("Qwen3Moe", "Mixtral", "GptOss", *GRANITE_MOE, "Ernie4_5_Moe", "Olmoe", "MiniMaxM2",
                 "FlexOlmo", "Qwen2Moe", "Phimoe", "Jamba")  # with a router loss
 HYBRID_FAMILIES = ["Qwen3Next", "Qwen3_5", "Qwen3_5Moe", "GraniteMoeHybrid", "Lfm2", "Lfm2Moe", "OlmoHybrid", "Lfm3",
-                   "Bamba", "Jamba"]
+                   "Bamba", "Jamba", "LaraMini"]
+# hybrids whose linear attention (Kimi delta attention, its state in the cache) is the layer's self_attn: layer 0
+LINEAR_SELF_ATTN = ["KimiLinear", "BailingHybrid"]
 # attention and MLP join the residual together: TALAN acts at a layer's input or output (no mid site); NemotronH's
 # layers add one token mixer or one MLP each (no mid site either)
 PARALLEL = ("Cohere", "Cohere2", "Cohere2Moe", "Phi", "GPTNeoX", "FalconH1")
@@ -158,10 +173,11 @@ FAMILY_NAMES = ["Qwen3Moe", "Qwen2", "Mistral", "Ministral", "Mixtral", "Gemma",
                 "GptOss", "DeepseekV3", "Glm4Moe", "Ernie4_5", "Ernie4_5_Moe", "SeedOss", "HunYuanDenseV1",
                 "HunYuanMoEV1", "Arcee", "Olmoe", "MiniMaxM2", "ExaoneMoe", "Apertus", "Exaone4", "FlexOlmo",
                 "GraniteSWA", "GraniteMoeSWA", "Qwen2Moe", "Phimoe", "Olmo", "Glm", "Helium", "Nemotron",
-                "Llama4Text", "DeepseekV2", "DeepseekV32", "GlmMoeDsa", "Glm4MoeLite", "Mistral4", "Youtu", "MiniCPM3",
+                "Llama4Text", "DeepseekV2", "DeepseekV32", "GlmMoeDsa", "Flint", "AXK1", "AXK2", "Dots3Note",
+                "Glm4MoeLite", "Mistral4", "Youtu", "MiniCPM3",
                 "MiMoV2Flash", "SolarOpen", "Dots1", "BitNet", "Jais2", "Ministral3", "HyperCLOVAX", "NanoChat", "Cwm",
                 "DiffLlama", "Mellum", "Laguna", "HYV3", "AriaText", "Apertus1p5Text", "VaultGemma",
-                "Afmoe", "Kolibri1", "StableLm", *HYBRID_FAMILIES, *NO_MID_SITE]
+                "Afmoe", "Kolibri1", "StableLm", *HYBRID_FAMILIES, *LINEAR_SELF_ATTN, *NO_MID_SITE]
 
 
 # the causal LM of the families named after their text config
@@ -208,8 +224,11 @@ OLMOE_STATIC_4 = pytest.mark.xfail(TRANSFORMERS_4, raises=TypeError, strict=True
 # DeepSeek-V3.2's static-cache generation differs from recomputing, TALAN off too (its sparse-attention indexer)
 DEEPSEEK_V32_STATIC = pytest.mark.xfail(raises=AssertionError, strict=True, reason="DeepSeek-V3.2's static-cache "
                                         "generation differs from recomputing, TALAN off too")
+# A.X K2's cached generation (dynamic or static cache) differs from recomputing, TALAN off too
+AXK2_CACHED = pytest.mark.xfail(raises=AssertionError, strict=True, reason="A.X K2's cached generation differs from "
+                                "recomputing, TALAN off too")
 GENERATE_MARKS = {"Olmoe": (OLMOE_STATIC_4,), "Llama4Text": (LLAMA4_STATIC_5_17,),
-                  "DeepseekV32": (DEEPSEEK_V32_STATIC,)}
+                  "DeepseekV32": (DEEPSEEK_V32_STATIC,), "AXK2": (AXK2_CACHED,)}
 
 
 @pytest.mark.parametrize("family,site", site_cases(FAMILY_NAMES, GENERATE_MARKS))
@@ -237,7 +256,7 @@ def test_each_site_writes_the_block_output_where_analyze_reads_the_stream(family
     ``residual + attention`` as it joins the residual: after the attention output's own norm, or Phi-3's dropout
     (here at p = 0.5, in train mode); hooking the attention itself would pass the block's write through that norm
     or dropout. In a hybrid, layer 0 mixes tokens otherwise than by self_attn, as layer 1 does."""
-    for layer in (0, 1) if family in HYBRID_FAMILIES else (0,):
+    for layer in (0, 1) if family in (*HYBRID_FAMILIES, *LINEAR_SELF_ATTN) else (0,):
         _assert_block_output_where_analyze_reads(family, site, layer)
 
 
@@ -327,7 +346,8 @@ def _two_batches_loss_and_grads(family: str, checkpointing: bool, site: str = "m
 
 @pytest.mark.filterwarnings("ignore:.*gradient_checkpointing.*:FutureWarning")
 @pytest.mark.parametrize("family", ["Gemma2", "Gemma3Text", "Phi3", "Glm4", "Olmo2", "Granite",
-                                    *map(installed, ["Gemma4Text", *HYBRID_FAMILIES, *NO_KWARGS_ON_4])])
+                                    *map(installed, ["Gemma4Text", *HYBRID_FAMILIES, *LINEAR_SELF_ATTN,
+                                                     *NO_KWARGS_ON_4])])
 def test_gradient_checkpointing_recomputes_a_mid_site_with_its_own_forwards_kwargs(family):
     """Where the mid site hooks a norm (or dropout) after self_attn, the recompute in the backward reads the
     kwargs its own self_attn got, and in a hybrid's linear-attention layer (layer 0) those its linear attention
@@ -388,7 +408,7 @@ LFM2_BEAMS_4 = pytest.mark.xfail(TRANSFORMERS_4, raises=IndexError, strict=True,
 
 
 @pytest.mark.parametrize("family", [installed(f, LFM2_BEAMS_4) if f == "Lfm2" else installed(f)
-                                    for f in (*HYBRID_FAMILIES, "FalconH1", "NemotronH")])
+                                    for f in (*HYBRID_FAMILIES, *LINEAR_SELF_ATTN, "FalconH1", "NemotronH")])
 def test_beam_search_on_a_hybrid_carries_the_state_with_the_beams(family):
     """A hybrid's cache holds recurrent or convolution states beside keys and values (in a cache class of its own
     on transformers 4.x): beam search reorders it, and TALAN's state moves with it, so the cached beams are the
