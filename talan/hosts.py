@@ -120,7 +120,8 @@ FAMILIES = {
     "GlmMoeDsa": _PRE_NORM,  # GLM-5: DeepSeek-V3.2's sparse attention (some layers reuse the last indexer's top-k)
     # Kimi Linear and Ling 2.5 (BailingHybrid): a self_attn that is multi-head latent attention in some layers and
     # Kimi delta attention (linear, its state in the cache) in the others; LaraMini: a gated DeltaNet (linear_attn)
-    # beside sliding and full attention; Flint, A.X K1 and K2 (DeepSeek-V3.2-style sparse attention), dots.llm3
+    # beside sliding and full attention; Flint, A.X K1 and K2 (DeepSeek-V3.2-style sparse attention), dots.llm3 (and
+    # its vision-language model)
     "KimiLinear": _PRE_NORM, "BailingHybrid": _PRE_NORM, "LaraMini": _HYBRID, "Flint": _PRE_NORM, "AXK1": _PRE_NORM,
     "AXK2": _PRE_NORM, "Dots3Note": _PRE_NORM,
     # vision-language: the text decoder is a Qwen2/Qwen3 stack, whose causal attention spans text and image tokens

@@ -1,14 +1,14 @@
 """Vision-language hosts: Qwen2-VL, Qwen2.5-VL, Qwen3-VL (and its MoE), Qwen3.5 (and its MoE; a hybrid text decoder
-whose linear-attention layers hold a recurrent state), Gemma 3 (4B on), Gemma 4, GLM-4.1V, GLM-4.5V, GLM-OCR and
-GLM-4.6V (over GLM-4.1V's text decoder), and LLaVA, LLaVA-NeXT, LLaVA-OneVision, LLaVA-NeXT-Video, VipLLaVA,
-LFM2-VL, Mistral 3, InternVL, SmolVLM, Idefics 2 and 3, PaliGemma and Llama 4 over a supported text decoder, and the
-audio-language Qwen2-Audio and Voxtral (their audio tokens stand where the image is). Their text decoder sits beside
-the vision tower (``model.language_model``, or ``text_model``; a whole causal LM there in Llama 4 and transformers
-4.x's audio models); its attention spans text and image tokens alike (Gemma 3's and 4's image tokens attend to each
-other both ways), so TALAN's memory takes in the image tokens as it takes in any other. With an image in a
-left-padded prompt: every site is exact at init and after unpatch, generates (dynamic and static cache) as it
-recomputes, writes exactly the block's output into the stream, trains with peft LoRA on the language model, and
-saves and reloads."""
+whose linear-attention layers hold a recurrent state), Gemma 3 (4B on), Gemma 4, GLM-4.1V, GLM-4.5V, GLM-OCR,
+dots.llm3 and GLM-4.6V (over GLM-4.1V's text decoder), and LLaVA, LLaVA-NeXT, LLaVA-OneVision, LLaVA-NeXT-Video,
+VipLLaVA, LFM2-VL, Mistral 3, InternVL, SmolVLM, Idefics 2 and 3, PaliGemma, Llama 4 and the later wrappers of
+vl_models.CONFIGS (Aya Vision, Ovis2, Kimi K2.5, ...) over a supported text decoder, and the audio-language
+Qwen2-Audio and Voxtral (their audio tokens stand where the image is). Their text decoder sits beside the vision
+tower (``model.language_model``, or ``text_model``; a whole causal LM there in Llama 4 and transformers 4.x's audio
+models); its attention spans text and image tokens alike (Gemma 3's and 4's image tokens attend to each other both
+ways), so TALAN's memory takes in the image tokens as it takes in any other. With an image in a left-padded prompt:
+every site is exact at init and after unpatch, generates (dynamic and static cache) as it recomputes, writes exactly
+the block's output into the stream, trains with peft LoRA on the language model, and saves and reloads."""
 
 import pytest
 import torch
@@ -35,7 +35,7 @@ from talan.patching import is_patched, talan_blocks
 
 # The vision-language models with their own text decoder.
 NATIVE = ["Qwen2VL", "Qwen2_5_VL", "Qwen3VL", "Qwen3VLMoe", "Qwen3_5", "Qwen3_5Moe", "Gemma3", "Gemma4", "Glm4v",
-          "Glm4vMoe", "GlmOcr"]
+          "Glm4vMoe", "GlmOcr", "Dots3Note"]
 # transformers 4.57 on torch < 2.6 cannot run Gemma 3 with images (the make test-old-torch venv)
 GEMMA3_IMAGES = pytest.mark.skipif(TORCH_BEFORE_2_6, reason="transformers builds Gemma 3's two-way image masks with "
                                    "or_mask_function, which needs torch >= 2.6")
@@ -76,7 +76,7 @@ AUDIO = ("Qwen2Audio", "Voxtral", "AudioFlamingo3")
 # Qwen2), SmolVLM and Idefics 3 (over Llama, kept as text_model), PaliGemma (over Gemma; its prefix attends both ways,
 # a 4-D mask that it hands the decoder without a cache too), Llama 4 (over its own text decoder: chunked attention,
 # NoPE layers, experts), VipLLaVA (over Llama), LLaVA-NeXT-Video (over Llama; an image), Idefics 2 (over Mistral),
-# GLM-4.6V, and those of vl_models.WRAPPER_CONFIGS that came later (Aya Vision and Command A Vision over Cohere 2, a
+# GLM-4.6V, and those of vl_models.CONFIGS that came later (Aya Vision and Command A Vision over Cohere 2, a
 # parallel residual: no mid site)
 WRAPPERS = ("Llava", "Llava-gemma2", "LlavaNext", "LlavaOnevision", "Lfm2Vl", "Mistral3", "InternVL", "SmolVLM",
             "Idefics3", "PaliGemma", "Llama4", "VipLlava", "LlavaNextVideo", "Idefics2", "Glm46V", "AyaVision",

@@ -6,7 +6,7 @@ import inspect
 import torch
 import transformers
 from conftest import VOCAB
-from train_helpers import GATED_DELTANET, LLAMA4_TEXT, MLA, ROUTED_EXPERTS
+from train_helpers import DOTS3_TEXT, GATED_DELTANET, LLAMA4_TEXT, MLA, ROUTED_EXPERTS
 
 IMAGE, VISION_START, VISION_END = 5, 3, 4  # token ids inside the tiny vocabulary
 TEXT = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
@@ -51,9 +51,9 @@ SIGLIP = dict(SMALL_VISION, model_type="siglip_vision_model")
 _QWEN_2_5_VISION = dict(QWEN_VISION, window_size=8, fullatt_block_indexes=[0])
 _INTERN_VIT = dict(SMALL_VISION, image_size=[16, 16], patch_size=[4, 4])
 _AUDIO_ENCODER = dict(num_mel_bins=16, max_source_positions=8)
-# The wrappers whose config is their text decoder's (TEXT with these changes) and these arguments: a vision tower (or
+# The models whose config is their text decoder's (TEXT with these changes) and these arguments: a vision tower (or
 # audio encoder) and its image (audio) token, in the config's own names.
-WRAPPER_CONFIGS = {
+CONFIGS = {
     # LFM2-VL over LFM2 (layers 0 and 2 short convolutions): SigLIP 2 (NaFlex) on 4x4 patches of 4x4 pixels,
     # pixel-unshuffled 2x2: 4 tokens
     "Lfm2Vl": (dict(layer_types=["conv", "full_attention", "conv"], block_ff_dim=128),
@@ -124,6 +124,14 @@ WRAPPER_CONFIGS = {
     # VideoLLaMA 3 over Qwen2: 4x4 single-frame patches merged 2x2, 4 tokens
     "VideoLlama3": (dict(model_type="qwen2"), dict(vision_config=dict(VISION_BLOCK, patch_size=4),
                                                    image_token_id=IMAGE, video_token_id=6)),
+    # dots.llm3 (its own text decoder; its indexer keeps every key, see test_hosts.KEEP_EVERY_KEY): 4x4 single-frame
+    # patches merged 2x2, and an audio encoder beside
+    "Dots3Note": (dict(DOTS3_TEXT, index_topk=64), dict(
+        vision_config=dict(VISION_BLOCK, patch_size=4, spatial_merge_size=2, adapter_in_dim=32, adapter_out_dim=64,
+                           mlp_layer_types=["dense"]),
+        audio_config=dict(VISION_BLOCK, adapter_input_size=32, adapter_out_dim=64, downsample_hidden_size=32,
+                          feature_size=16),
+        image_token_id=IMAGE, video_token_id=6, audio_token_id=13)),
     # Kimi K2.5 over DeepSeek-V3 (multi-head latent attention, experts from layer 1): 4x4 patches merged 2x2
     "Kimi_K25": (dict(MLA, **ROUTED_EXPERTS, model_type="deepseek_v3", first_k_dense_replace=1),
                  dict(vision_config=dict(VISION_BLOCK, patch_size=4, pos_emb_height=8, pos_emb_width=8),
@@ -142,8 +150,8 @@ def _config(family: str):
     prefix = class_prefix(family)
     vision = VISION.get(prefix)
     config_cls = getattr(transformers, f"{prefix}Config")
-    if prefix in WRAPPER_CONFIGS:
-        text, kwargs = WRAPPER_CONFIGS[prefix]
+    if prefix in CONFIGS:
+        text, kwargs = CONFIGS[prefix]
         return config_cls(text_config=dict(TEXT, **text), **kwargs)
     if prefix == "Gemma4":  # with per-layer inputs; the image tokens attend to each other both ways
         text = dict(TEXT, vocab_size_per_layer_input=VOCAB, hidden_size_per_layer_input=8, sliding_window=4,
@@ -219,6 +227,8 @@ def _media(prefix: str, generator: torch.Generator) -> dict:
     if prefix == "VideoLlama3":  # single-frame patches
         return {"pixel_values": noise(2 * 16, 3 * 4 * 4), "image_grid_thw": grid,
                 "image_merge_sizes": torch.tensor([2, 2])}
+    if prefix == "Dots3Note":
+        return {"pixel_values": noise(2 * 16, 3 * 4 * 4), "image_grid_thw": grid}
     # Qwen-VL's: 4x4 patches of 2 frames each
     return {"pixel_values": noise(2 * 16, 3 * 2 * 4 * 4), "image_grid_thw": grid}
 
