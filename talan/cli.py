@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from .cli_types import positive_int
 from .config import TalanConfig
-from .hosts import family_names
+from .hosts import family_summary
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -84,8 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="co-train peft LoRA + TALAN briefly, generate, save and reload",
                           description="Runs offline. With no --model: a tiny random-init Qwen3, a character "
                           "tokenizer and a synthetic key-value recall task.")
-    demo.add_argument("--model", metavar="PATH", help="local Hugging Face checkpoint folder of a supported model "
-                      f"({family_names()}; never downloaded)")
+    demo.add_argument("--model", metavar="PATH", help="local Hugging Face checkpoint folder, never downloaded; of "
+                      f"{family_summary()}")
     demo.add_argument("--data", metavar="FILE.jsonl", help='training data: one {"prompt": ..., "completion": ...} '
                       "per line (default: the synthetic recall task)")
     demo.add_argument("--steps", type=positive_int, default=None, help="training steps (default: 300)")

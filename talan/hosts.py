@@ -129,6 +129,10 @@ FAMILIES = {
     # and GLM-4.1V's (GLM-4's sandwich of norms), GLM-4.5V's (pre-norm, experts), GLM-OCR's (as GLM-4.1V's)
     "Glm4v": LayerLayout(attention_output="post_self_attn_layernorm"), "Glm4vMoe": _PRE_NORM,
     "GlmOcr": LayerLayout(attention_output="post_self_attn_layernorm"),
+    # and ERNIE 4.5-VL's (experts for text and for image tokens), HunYuan-VL's, PaddleOCR-VL's (pre-norm), Granite 4
+    # Vision's (Granite's, scaled; image features added to some layers' outputs, as in Qwen3-VL)
+    "Ernie4_5_VLMoe": _PRE_NORM, "HunYuanVL": _PRE_NORM, "PaddleOCRVL": _PRE_NORM, "Granite4Vision": _GRANITE,
+    "Step3p7": _PRE_NORM,  # Step 3.7's (pre-norm; sliding and full attention, experts)
 }
 # The bare decoder stack and the models around it: the language-model head, and the task heads that peft
 # fine-tunes too (task_type SEQ_CLS, TOKEN_CLS, QUESTION_ANS) over the same stack, where transformers has them.
@@ -137,16 +141,24 @@ HEADS = ("ForCausalLM", "Model", "ForSequenceClassification", "ForTokenClassific
 # transformers class name -> family, for every family and head (a head transformers lacks never matches), and the
 # Gemma 3 and 4 classes named otherwise: the text-only language model, and the vision-language model (Gemma 3 from
 # 4B on; Gemma 4, with audio too), whose text decoder is the same stack, its image tokens attending to each other
-# both ways; Qwen3.5's classifier over its text decoder alone; Llama 4's text-only language model
+# both ways; Qwen3.5's classifier over its text decoder alone; Llama 4's text-only language model; PaddleOCR-VL's text
+# decoder
 _CLASS_FAMILIES = {family + head: family for family in FAMILIES for head in HEADS} | {
     f"Gemma{v}{head}": f"Gemma{v}Text" for v in (3, 4)
     for head in ("ForCausalLM", "ForConditionalGeneration", "Model", "ForSequenceClassification")} | {
-    "Qwen3_5TextForSequenceClassification": "Qwen3_5", "Llama4ForCausalLM": "Llama4Text"}
+    "Qwen3_5TextForSequenceClassification": "Qwen3_5", "Llama4ForCausalLM": "Llama4Text",
+    "PaddleOCRTextModel": "PaddleOCRVL"}
 
 
 def family_names() -> str:
-    """The supported families by their transformers class prefix, for messages and help texts."""
+    """The supported families by their transformers class prefix."""
     return ", ".join(family.removesuffix("Text") for family in FAMILIES)  # Gemma3Text: Gemma3ForCausalLM
+
+
+def family_summary() -> str:
+    """The supported families in a few words, for messages and help texts (they are too many to list there)."""
+    return (f"Qwen3, Llama, {len(FAMILIES) - 2} more transformers families and vision-language models over them "
+            "(README 'Supported hosts'; talan.hosts.family_names())")
 
 
 # Vision-language wrappers around a text decoder that transformers builds from their text config (AutoModel), with
@@ -159,17 +171,12 @@ def family_names() -> str:
 # 4.5 over EXAONE 4, HyperCLOVA X Vision over HyperCLOVA X, LFM3-VL over LFM3, VideoLLaMA 3 over Qwen2, Kimi K2.5 over
 # DeepSeek-V3), and the audio-language models whose audio tokens enter the text decoder alike (Qwen2-Audio over Qwen2,
 # Voxtral over Llama or Mistral, Audio Flamingo 3 over Qwen2).
-# transformers class prefix -> the name the error message gives
-_VL_WRAPPER_NAMES = {"Llava": "LLaVA", "LlavaNext": "LLaVA-NeXT", "LlavaOnevision": "LLaVA-OneVision",
-                     "Lfm2Vl": "LFM2-VL", "Mistral3": "Mistral 3", "InternVL": "InternVL", "SmolVLM": "SmolVLM",
-                     "Idefics3": "Idefics 3", "PaliGemma": "PaliGemma", "Llama4": "Llama 4", "VipLlava": "VipLLaVA",
-                     "LlavaNextVideo": "LLaVA-NeXT-Video", "Idefics2": "Idefics 2", "Qwen2Audio": "Qwen2-Audio",
-                     "Voxtral": "Voxtral", "Glm46V": "GLM-4.6V", "AyaVision": "Aya Vision",
-                     "Cohere2Vision": "Command A Vision", "DeepseekVL": "DeepSeek-VL", "LightOnOcr": "LightOnOCR",
-                     "VideoLlava": "Video-LLaVA", "Ovis2": "Ovis2", "QianfanOCR": "Qianfan-OCR", "Aria": "Aria",
-                     "Exaone4_5_": "EXAONE 4.5", "HyperCLOVAXVisionV2": "HyperCLOVA X Vision", "Lfm3Vl": "LFM3-VL",
-                     "VideoLlama3": "VideoLLaMA 3", "Kimi_K25": "Kimi K2.5", "AudioFlamingo3": "Audio Flamingo 3"}
-_VL_WRAPPERS = frozenset(f"{prefix}{head}" for prefix in _VL_WRAPPER_NAMES for head in ("ForConditionalGeneration",
+_VL_WRAPPER_PREFIXES = ("Llava", "LlavaNext", "LlavaOnevision", "Lfm2Vl", "Mistral3", "InternVL", "SmolVLM", "Idefics3",
+                        "PaliGemma", "Llama4", "VipLlava", "LlavaNextVideo", "Idefics2", "Qwen2Audio", "Voxtral",
+                        "Glm46V", "AyaVision", "Cohere2Vision", "DeepseekVL", "LightOnOcr", "VideoLlava", "Ovis2",
+                        "QianfanOCR", "Aria", "Exaone4_5_", "HyperCLOVAXVisionV2", "Lfm3Vl", "VideoLlama3", "Kimi_K25",
+                        "AudioFlamingo3")
+_VL_WRAPPERS = frozenset(f"{prefix}{head}" for prefix in _VL_WRAPPER_PREFIXES for head in ("ForConditionalGeneration",
                                                                                        "Model"))
 
 
@@ -285,9 +292,9 @@ def _family_and_stack(model: nn.Module) -> tuple[str, nn.Module]:
     if family is None:
         inside = f" over a {type(stack).__name__}" if wrapper and stack is not None else ""
         wrapped = f" wrapping {type(host).__name__}" if host is not model else ""
-        raise TypeError(f"talan supports the {family_names()} models ({', '.join('*' + h for h in HEADS)}; "
-                        f"{', '.join(_VL_WRAPPER_NAMES.values())} over one of them; plain, or wrapped by peft, "
-                        f"torch.compile or DDP); got {type(model).__name__}{wrapped}{inside}")
+        raise TypeError(f"got {type(model).__name__}{wrapped}{inside}: talan patches the "
+                        f"{', '.join('*' + h for h in HEADS)} of {family_summary()}, plain or wrapped by peft, "
+                        "torch.compile or DDP")
     if stack is None:
         raise TypeError(f"{type(host).__name__} has no decoder layer list to patch")
     return family, stack

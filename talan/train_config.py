@@ -19,7 +19,7 @@ from talan_kernels.side_path import MIXERS, WRITEBACKS
 
 from .cli_types import non_negative_float, non_negative_int, positive_int
 from .config import BACKENDS, SITES, TRAINABLE_SCOPES, TalanConfig
-from .hosts import family_names
+from .hosts import family_summary
 
 ADAPTERS = ("lora", "dora", "rslora")
 LR_SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
@@ -93,8 +93,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--config", metavar="FILE", help="YAML or JSON file of flag values (flags override it)")
 
     io = parser.add_argument_group("model and data")
-    io.add_argument("--model", metavar="PATH", help=f"local Hugging Face checkpoint folder ({family_names()}), never "
-                    "downloaded (default: an embedded tiny Qwen3 with a character tokenizer)")
+    io.add_argument("--model", metavar="PATH", help="local Hugging Face checkpoint folder, never downloaded (default: "
+                    f"an embedded tiny Qwen3 with a character tokenizer); of {family_summary()}")
     io.add_argument("--model-dtype", choices=MODEL_DTYPES, help="dtype of the backbone's (frozen) weights; the "
                     "adapter and TALAN train in fp32 whatever it is (default: float32)")
     io.add_argument("--load-in-4bit", action=argparse.BooleanOptionalAction, help="QLoRA: load --model's linear "

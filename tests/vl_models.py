@@ -43,12 +43,13 @@ VISION = {
     "LlavaNextVideo": dict(SMALL_VISION, model_type="clip_vision_model"),
 }
 IMAGE_TOKENS = {"Llava": 16, "LlavaNext": 36, "LlavaOnevision": 36, "LlavaNextVideo": 36, "PaliGemma": 16,
-                "VipLlava": 16, "DeepseekVL": 16, "VideoLlava": 16}
+                "VipLlava": 16, "DeepseekVL": 16, "VideoLlava": 16, "HunYuanVL": 8, "Granite4Vision": 10}
 ANY_RESOLUTION = ("LlavaNext", "LlavaOnevision", "LlavaNextVideo")
 # Qwen-VL's patch windows: a 4x4 grid of 2-frame 4x4-pixel patches, merged 2x2 into 4 tokens
 QWEN_PATCH_WRAPPERS = ("Exaone4_5_", "Lfm3Vl", "HyperCLOVAXVisionV2")
 SIGLIP = dict(SMALL_VISION, model_type="siglip_vision_model")
 _QWEN_2_5_VISION = dict(QWEN_VISION, window_size=8, fullatt_block_indexes=[0])
+_M_ROPE = dict(rope_theta=10000.0)  # with rope_scaling's mrope_section: 4.57's keys, which 5.x converts
 _INTERN_VIT = dict(SMALL_VISION, image_size=[16, 16], patch_size=[4, 4])
 _AUDIO_ENCODER = dict(num_mel_bins=16, max_source_positions=8)
 # The models whose config is their text decoder's (TEXT with these changes) and these arguments: a vision tower (or
@@ -132,6 +133,40 @@ CONFIGS = {
         audio_config=dict(VISION_BLOCK, adapter_input_size=32, adapter_out_dim=64, downsample_hidden_size=32,
                           feature_size=16),
         image_token_id=IMAGE, video_token_id=6, audio_token_id=13)),
+    # ERNIE 4.5-VL (4 experts from layer 1 on, each a text and a vision one, and a shared one), HunYuan-VL (a row
+    # separator after each row of 2 tokens and the image's begin and end: 8 tokens) and PaddleOCR-VL: their own text
+    # decoders, over 4x4 single-frame patches merged 2x2 and multimodal RoPE (4 axes in HunYuan-VL's)
+    "Ernie4_5_VLMoe": (dict(moe_num_experts=4, moe_k=2, moe_intermediate_size=[32, 32], moe_num_shared_experts=1,
+                            moe_layer_start_index=1, **_M_ROPE, rope_scaling={"rope_type": "default",
+                                                                               "mrope_section": [3, 3, 2]}),
+                       dict(vision_config=dict(depth=1, hidden_size=32, num_heads=2, intermediate_size=64,
+                                               patch_size=4),
+                            image_token_id=IMAGE, image_start_token_id=VISION_START, image_end_token_id=VISION_END,
+                            video_token_id=6, video_start_token_id=14, video_end_token_id=15)),
+    "HunYuanVL": (dict(rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 2, 2, 2]}),
+                  dict(vision_config=dict(VISION_BLOCK, patch_size=4, out_hidden_size=64, text_hidden_size=64,
+                                          max_image_size=64),  # position embeddings for 16x16 patches
+                       image_token_id=IMAGE)),
+    "PaddleOCRVL": (dict(**_M_ROPE, rope_scaling={"rope_type": "default", "mrope_section": [2, 3, 3]}),
+                    dict(vision_config=dict(VISION_BLOCK, patch_size=4, image_size=16), image_token_id=IMAGE,
+                         video_token_id=6, vision_start_token_id=VISION_START, vision_end_token_id=VISION_END)),
+    # Granite 4 Vision (Granite's decoder, scaled): SigLIP (2 blocks of 64 channels, as its Q-Former projector needs)
+    # over the whole image and its one tile, windows of 2x2 queried from 4x4 patches, a newline token after each; the
+    # features of vision block 0 added to layer 1's output, and spatial samples to layers 0 to 2: 10 tokens
+    "Granite4Vision": (dict(residual_multiplier=0.22), dict(
+        vision_config=dict(VISION_BLOCK, hidden_size=64, num_hidden_layers=2, image_size=16, patch_size=4,
+                           model_type="siglip_vision_model"),
+        qformer_config=dict(intermediate_size=64, hidden_size=64, num_attention_heads=1, encoder_hidden_size=64),
+        image_token_index=IMAGE, image_grid_pinpoints=[[16, 16]],
+        downsample_rate="1/2", deepstack_layer_map=[[0, 1]], spatial_target_layers=[0, 1, 2, 2],
+        vision_feature_layer=-1, vision_feature_select_strategy="full", projector_dropout=0.0)),
+    # Step 3.7 (layers 0 and 2 sliding, 4 experts from layer 1 on): 8x8 patches of a 32x32 image, convolved into 4
+    # tokens
+    "Step3p7": (dict(sliding_window=4, layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+                     mlp_layer_types=["dense", "sparse", "sparse"], num_local_experts=4, n_routed_experts=4,
+                     num_experts_per_tok=2, moe_intermediate_size=32, share_expert_dim=32),
+                dict(vision_config=dict(VISION_BLOCK, image_size=32, patch_size=4, max_position_embeddings=64),
+                     image_token_id=IMAGE)),
     # Kimi K2.5 over DeepSeek-V3 (multi-head latent attention, experts from layer 1): 4x4 patches merged 2x2
     "Kimi_K25": (dict(MLA, **ROUTED_EXPERTS, model_type="deepseek_v3", first_k_dense_replace=1),
                  dict(vision_config=dict(VISION_BLOCK, patch_size=4, pos_emb_height=8, pos_emb_width=8),
@@ -190,13 +225,17 @@ def _config(family: str):
                       vision_start_token_id=VISION_START, vision_end_token_id=VISION_END)
 
 
+_NAMED_OTHERWISE = {"PaddleOCRVLTextModel": "PaddleOCRTextModel"}
+
+
 def tiny_vl(family: str, head: str = "ForConditionalGeneration", train: bool = False):
     """A seeded tiny vision-language model: a 3-layer text decoder (d=64) and a 1-block vision tower, eager
     attention, random weights (``head="TextModel"``: the bare text decoder alone)."""
     config = _config(family)
     config._attn_implementation = config.text_config._attn_implementation = "eager"
     torch.manual_seed(0)
-    model = getattr(transformers, class_prefix(family) + head)(config.text_config if head == "TextModel" else config)
+    name = _NAMED_OTHERWISE.get(class_prefix(family) + head, class_prefix(family) + head)
+    model = getattr(transformers, name)(config.text_config if head == "TextModel" else config)
     return model.train() if train else model.eval()
 
 
@@ -207,6 +246,8 @@ def _media(prefix: str, generator: torch.Generator) -> dict:
 
     if prefix in _ONE_IMAGE_EACH:
         return {"pixel_values": noise(2, 3, 16, 16)}
+    if prefix == "Step3p7":
+        return {"pixel_values": noise(2, 3, 32, 32)}
     if prefix == "VideoLlava":
         return {"pixel_values_images": noise(2, 3, 16, 16)}
     if prefix in ("Qwen2Audio", "Voxtral", "AudioFlamingo3"):  # 16 frames of 16 mel bins
@@ -216,7 +257,7 @@ def _media(prefix: str, generator: torch.Generator) -> dict:
     if prefix == "Gemma4":  # each image's flattened patches and their (x, y) positions
         xy = torch.stack(torch.meshgrid(torch.arange(6), torch.arange(6), indexing="xy"), -1).reshape(36, 2)
         return {"pixel_values": noise(2, 36, 3 * 4 * 4), "image_position_ids": xy.expand(2, -1, -1).clone()}
-    if prefix in ANY_RESOLUTION:  # the whole image, then its one tile
+    if prefix in (*ANY_RESOLUTION, "Granite4Vision"):  # the whole image, then its one tile
         return {"pixel_values": noise(2, 2, 3, 16, 16), "image_sizes": torch.tensor([[16, 16]] * 2)}
     if prefix == "Lfm2Vl":  # each image's flattened patches on a 4x4 grid
         return {"pixel_values": noise(2, 16, 3 * 4 * 4), "spatial_shapes": torch.tensor([[4, 4]] * 2),
@@ -227,8 +268,10 @@ def _media(prefix: str, generator: torch.Generator) -> dict:
     if prefix == "VideoLlama3":  # single-frame patches
         return {"pixel_values": noise(2 * 16, 3 * 4 * 4), "image_grid_thw": grid,
                 "image_merge_sizes": torch.tensor([2, 2])}
-    if prefix == "Dots3Note":
+    if prefix in ("Dots3Note", "Ernie4_5_VLMoe", "HunYuanVL"):  # single-frame patches
         return {"pixel_values": noise(2 * 16, 3 * 4 * 4), "image_grid_thw": grid}
+    if prefix == "PaddleOCRVL":
+        return {"pixel_values": noise(2 * 16, 3, 4, 4), "image_grid_thw": grid}
     # Qwen-VL's: 4x4 patches of 2 frames each
     return {"pixel_values": noise(2 * 16, 3 * 2 * 4 * 4), "image_grid_thw": grid}
 
