@@ -113,9 +113,12 @@ FAMILIES = {
     "VaultGemma": LayerLayout(mlp_norm="pre_feedforward_layernorm"),
     "Afmoe": LayerLayout(attention_output="post_attention_layernorm", mlp_norm="pre_mlp_layernorm"),
     "Kolibri1": LayerLayout(attention_output="post_self_attn_layernorm"),
-    "Cohere": _PARALLEL, "Cohere2": _PARALLEL, "Cohere2Moe": _PARALLEL, "Phi": _PARALLEL, "GPTNeoX": _PARALLEL,
+    "Cohere": _PARALLEL, "Cohere2": _PARALLEL, "Cohere2Moe": _PARALLEL, "Phi": _PARALLEL,
     "FalconH1": _PARALLEL,  # attention beside Mamba 2 (then a normed MLP)
     "StableLm": LayerLayout(parallel_if="use_parallel_residual"),  # StableLM 2: sequential; its config may say not
+    # GPT-NeoX: parallel in Pythia, else sequential with the attention output dropped out first
+    "GPTNeoX": LayerLayout(attention_output="post_attention_dropout", token_mixer="attention",
+                           parallel_if="use_parallel_residual"),
     "NemotronH": _ONE_MIXER,
     "GlmMoeDsa": _PRE_NORM,  # GLM-5: DeepSeek-V3.2's sparse attention (some layers reuse the last indexer's top-k)
     # Kimi Linear and Ling 2.5 (BailingHybrid): a self_attn that is multi-head latent attention in some layers and

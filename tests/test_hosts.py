@@ -141,6 +141,7 @@ FAMILY_CONFIG.update(
                   shared_expert_intermediate_size=32),
     # parallel residuals (Cohere 2: sliding layers beside a full one; its MoE: 4 experts, 2 per token)
     Cohere=IN_VOCAB, Phi=IN_VOCAB, GPTNeoX=IN_VOCAB, Cohere2=dict(IN_VOCAB, sliding_window=4),
+    **{"GPTNeoX-sequential": dict(IN_VOCAB, use_parallel_residual=False)},  # GPT-NeoX as sequential as StableLM 2
     StableLm=IN_VOCAB,  # sequential, as StableLM 2's config has it; parallel with use_parallel_residual
     Cohere2Moe=dict(IN_VOCAB, sliding_window=4, num_experts=4, num_experts_per_tok=2),
     # NemotronH: a Mamba 2 layer, an attention layer, a mixture-of-experts layer
@@ -177,7 +178,8 @@ FAMILY_NAMES = ["Qwen3Moe", "Qwen2", "Mistral", "Ministral", "Mixtral", "Gemma",
                 "Glm4MoeLite", "Mistral4", "Youtu", "MiniCPM3",
                 "MiMoV2Flash", "SolarOpen", "Dots1", "BitNet", "Jais2", "Ministral3", "HyperCLOVAX", "NanoChat", "Cwm",
                 "DiffLlama", "Mellum", "Laguna", "HYV3", "AriaText", "Apertus1p5Text", "VaultGemma",
-                "Afmoe", "Kolibri1", "StableLm", *HYBRID_FAMILIES, *LINEAR_SELF_ATTN, *NO_MID_SITE]
+                "Afmoe", "Kolibri1", "StableLm", "GPTNeoX-sequential", *HYBRID_FAMILIES, *LINEAR_SELF_ATTN,
+                *NO_MID_SITE]
 
 
 # the causal LM of the families named after their text config
@@ -186,7 +188,13 @@ CAUSAL_LM = {"Gemma3Text": "Gemma3ForCausalLM", "Gemma4Text": "Gemma4ForCausalLM
 
 def installed(family: str, *marks):
     """``family`` as a test parameter (with ``marks``), skipped where this transformers lacks it."""
-    return pytest.param(family, marks=[needs_transformers(CAUSAL_LM.get(family, f"{family}ForCausalLM")), *marks])
+    name = CAUSAL_LM.get(family, f"{_class_prefix(family)}ForCausalLM")
+    return pytest.param(family, marks=[needs_transformers(name), *marks])
+
+
+def _class_prefix(family: str) -> str:
+    """The transformers class prefix of ``family`` (GPTNeoX-sequential: a GPTNeoX config of its own)."""
+    return family.split("-")[0]
 
 
 FAMILIES = [installed(family) for family in FAMILY_NAMES]
@@ -210,9 +218,9 @@ def site_cases(families, marks=None) -> list:
 
 def tiny_host(family: str, head: str = "ForCausalLM", seed: int = 0, train: bool = False, **overrides):
     """A seeded 3-layer model of ``family`` (d=64, eager attention) with random weights."""
-    name = family + head
-    model_cls = getattr(transformers, CAUSAL_LM.get(family, name) if head == "ForCausalLM" else name)
-    config_cls = getattr(transformers, f"{family}TextConfig", None) or getattr(transformers, f"{family}Config")
+    prefix = _class_prefix(family)
+    model_cls = getattr(transformers, CAUSAL_LM.get(family, prefix + head) if head == "ForCausalLM" else prefix + head)
+    config_cls = getattr(transformers, f"{prefix}TextConfig", None) or getattr(transformers, f"{prefix}Config")
     return _build(config_cls, model_cls, seed, train, {**FAMILY_CONFIG.get(family, {}), **overrides})
 
 
@@ -249,17 +257,21 @@ def test_host_patches_exactly_and_generates_as_it_recomputes(family, site):
 def test_each_site_writes_the_block_output_where_analyze_reads_the_stream(family, site):
     """At every site the residual stream right after TALAN's write (where `talan analyze` probes it) is exactly
     what the block makes of the stream it probes with TALAN disabled. For the mid site that is the layer's
-    ``residual + attention`` as it joins the residual: after the attention output's own norm, or Phi-3's dropout
-    (here at p = 0.5, in train mode); hooking the attention itself would pass the block's write through that norm
-    or dropout. In a hybrid, layer 0 mixes tokens otherwise than by self_attn, as layer 1 does."""
+    ``residual + attention`` as it joins the residual: after the attention output's own norm, or Phi-3's (and
+    GPT-NeoX's) dropout (here at p = 0.5, in train mode); hooking the attention itself would pass the block's write
+    through that norm or dropout. In a hybrid, layer 0 mixes tokens otherwise than by self_attn, as layer 1 does."""
     for layer in (0, 1) if family in (*HYBRID_FAMILIES, *LINEAR_SELF_ATTN) else (0,):
         _assert_block_output_where_analyze_reads(family, site, layer)
+
+
+# the families whose attention output is dropped out before it joins the residual (the mid site hooks the dropout)
+ATTENTION_DROPOUT = {"Phi3": {"resid_pdrop": 0.5}, "GPTNeoX-sequential": {"hidden_dropout": 0.5}}
 
 
 def _assert_block_output_where_analyze_reads(family: str, site: str, layer: int):
     from talan.analyze import _forward, _site_module
 
-    model = tiny_host(family, train=True, **({"resid_pdrop": 0.5} if family == "Phi3" else {}))
+    model = tiny_host(family, train=True, **ATTENTION_DROPOUT.get(family, {}))
     open_gates(talan.patch(model, tiny_config(site=site, layer=layer)))
     probe = {layer: _site_module(decoder_stack(model).layers[layer], site, layer_layout(model))}
     ids, mask = left_padded_prompt()
