@@ -108,7 +108,7 @@ FAMILIES = {
     # more pre-norm decoders (Apertus 1.5's norms named as Apertus's; VaultGemma's MLP norm named otherwise), and
     # Arcee's AFM MoE and Kolibri (attention output normed first)
     "NanoChat": _PRE_NORM, "Cwm": _PRE_NORM, "DiffLlama": _PRE_NORM, "Mellum": _PRE_NORM, "Laguna": _PRE_NORM,
-    "HYV3": _PRE_NORM, "AriaText": _PRE_NORM,
+    "HYV3": _PRE_NORM, "AriaText": _PRE_NORM, "Persimmon": _PRE_NORM,
     "Apertus1p5Text": _APERTUS,
     "VaultGemma": LayerLayout(mlp_norm="pre_feedforward_layernorm"),
     "Afmoe": LayerLayout(attention_output="post_attention_layernorm", mlp_norm="pre_mlp_layernorm"),

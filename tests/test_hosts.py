@@ -129,7 +129,7 @@ FAMILY_CONFIG.update(
     Dots1=dict(IN_VOCAB, **ROUTED_EXPERTS, first_k_dense_replace=1, n_shared_experts=1),
     BitNet=IN_VOCAB, Jais2=IN_VOCAB, Ministral3=IN_VOCAB,
     HyperCLOVAX=dict(IN_VOCAB, use_post_norm=True, residual_multiplier=0.22),
-    NanoChat=IN_VOCAB, Cwm=IN_VOCAB, DiffLlama=IN_VOCAB, Apertus1p5Text=IN_VOCAB,
+    NanoChat=IN_VOCAB, Cwm=IN_VOCAB, Persimmon=IN_VOCAB, DiffLlama=IN_VOCAB, Apertus1p5Text=IN_VOCAB,
     VaultGemma=IN_VOCAB, AriaText=dict(IN_VOCAB, moe_num_experts=4, moe_topk=2, moe_num_shared_experts=1),
     Mellum=dict(IN_VOCAB, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32),
     Laguna=dict(IN_VOCAB, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
@@ -178,7 +178,7 @@ FAMILY_NAMES = ["Qwen3Moe", "Qwen2", "Mistral", "Ministral", "Mixtral", "Gemma",
                 "Glm4MoeLite", "Mistral4", "Youtu", "MiniCPM3",
                 "MiMoV2Flash", "SolarOpen", "Dots1", "BitNet", "Jais2", "Ministral3", "HyperCLOVAX", "NanoChat", "Cwm",
                 "DiffLlama", "Mellum", "Laguna", "HYV3", "AriaText", "Apertus1p5Text", "VaultGemma",
-                "Afmoe", "Kolibri1", "StableLm", "GPTNeoX-sequential", *HYBRID_FAMILIES, *LINEAR_SELF_ATTN,
+                "Afmoe", "Kolibri1", "StableLm", "GPTNeoX-sequential", "Persimmon", *HYBRID_FAMILIES, *LINEAR_SELF_ATTN,
                 *NO_MID_SITE]
 
 
@@ -476,8 +476,8 @@ def test_task_heads_patch_train_with_peft_save_and_load(family, head, tmp_path):
     task_type, labels = TASK_HEADS[head]
     trained = get_peft_model(_task_model(family, head, train=True),
                              LoraConfig(task_type=task_type, r=4, lora_alpha=8,  # "all-linear" takes the heads too
-                                        # Phi-3: qkv_proj, o_proj; GPT-NeoX: query_key_value
-                                        target_modules=r".*\.(self_attn\.\w+_proj|attention\.query_key_value)"))
+                                        # Phi-3: qkv_proj, o_proj; GPT-NeoX, Persimmon: query_key_value
+                                        target_modules=r".*\.(self_attn\.\w+_proj|(self_attn|attention)\.query_key_value)"))
     open_gates(talan.patch(trained, tiny_config(layer=1, site=default_site(family))))
     loss = trained(**batch, **labels(batch["input_ids"])).loss
     loss.backward()
