@@ -109,6 +109,7 @@ FAMILIES = {
     # Arcee's AFM MoE and Kolibri (attention output normed first)
     "NanoChat": _PRE_NORM, "Cwm": _PRE_NORM, "DiffLlama": _PRE_NORM, "Mellum": _PRE_NORM, "Laguna": _PRE_NORM,
     "HYV3": _PRE_NORM, "AriaText": _PRE_NORM, "Persimmon": _PRE_NORM,
+    "JetMoe": LayerLayout(attention_output="self_attention", token_mixer="self_attention"),  # its attention named so
     "Apertus1p5Text": _APERTUS,
     "VaultGemma": LayerLayout(mlp_norm="pre_feedforward_layernorm"),
     "Afmoe": LayerLayout(attention_output="post_attention_layernorm", mlp_norm="pre_mlp_layernorm"),
