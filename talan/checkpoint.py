@@ -17,7 +17,7 @@ from torch import nn
 
 from .block import TalanBlock
 from .config import CONFIG_NAME, TalanConfig
-from .hosts import decoder_stack
+from .hosts import decoder_layers, decoder_stack
 from .patching import is_patched, patch, talan_blocks, talan_config
 
 WEIGHTS_NAME = "talan_model.safetensors"
@@ -32,7 +32,7 @@ def save_pretrained(model: nn.Module, path: str | os.PathLike) -> None:
 
 def _host(model: nn.Module) -> dict:
     stack = decoder_stack(model)
-    return {"hidden_size": stack.config.hidden_size, "num_layers": len(stack.layers)}
+    return {"hidden_size": stack.config.hidden_size, "num_layers": len(decoder_layers(stack))}
 
 
 def _write_checkpoint(path: str | os.PathLike, config: TalanConfig, tensors: dict[str, torch.Tensor],
@@ -92,7 +92,7 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike, backend: str | No
     if backend is not None:
         config = TalanConfig.from_dict({**config.to_dict(), "backend": backend})
     stack = decoder_stack(model)
-    hidden_size, num_layers = stack.config.hidden_size, len(stack.layers)
+    hidden_size, num_layers = stack.config.hidden_size, len(decoder_layers(stack))
     if host["hidden_size"] != hidden_size or host["num_layers"] != num_layers:
         raise ValueError(f"checkpoint was saved for hidden_size={host['hidden_size']}, "
                          f"num_layers={host['num_layers']}; "

@@ -79,6 +79,8 @@ _APERTUS = LayerLayout(residual_input="attention_layernorm", mlp_norm="feedforwa
 # MLP normed by pre_ff_layernorm
 _MAMBA_HYBRID = LayerLayout(mlp_norm="pre_ff_layernorm", other_layers=LayerLayout(
     attention_output="mamba", token_mixer="mamba", mlp_norm="pre_ff_layernorm"))
+_GPT2 = LayerLayout(residual_input="ln_1", attention_output="attn", mlp_norm="ln_2", token_mixer="attn")
+_GPT2_PARALLEL = replace(_PARALLEL, residual_input="ln_1", token_mixer="attn")
 FAMILIES = {
     "Qwen3": _PRE_NORM, "Llama": _PRE_NORM, "Qwen3Moe": _PRE_NORM, "Qwen2": _PRE_NORM, "Mistral": _PRE_NORM,
     "Ministral": _PRE_NORM, "Mixtral": _PRE_NORM, "Gemma": _PRE_NORM, "SmolLM3": _PRE_NORM, "Starcoder2": _PRE_NORM,
@@ -121,6 +123,9 @@ FAMILIES = {
     "GPTNeoX": LayerLayout(attention_output="post_attention_dropout", token_mixer="attention",
                            parallel_if="use_parallel_residual"),
     "NemotronH": _ONE_MIXER,
+    # the GPT-2 lineage (layers in ``h``): GPT-2, StarCoder's GPTBigCode and GPT-Neo pre-norm by ln_1 and ln_2, their
+    # attention output dropped out inside attn; GPT-J and CodeGen parallel (attention and MLP read ln_1)
+    "GPT2": _GPT2, "GPTBigCode": _GPT2, "GPTNeo": _GPT2, "GPTJ": _GPT2_PARALLEL, "CodeGen": _GPT2_PARALLEL,
     "GlmMoeDsa": _PRE_NORM,  # GLM-5: DeepSeek-V3.2's sparse attention (some layers reuse the last indexer's top-k)
     # Kimi Linear and Ling 2.5 (BailingHybrid): a self_attn that is multi-head latent attention in some layers and
     # Kimi delta attention (linear, its state in the cache) in the others; LaraMini: a gated DeltaNet (linear_attn)
@@ -146,12 +151,12 @@ HEADS = ("ForCausalLM", "Model", "ForSequenceClassification", "ForTokenClassific
 # Gemma 3 and 4 classes named otherwise: the text-only language model, and the vision-language model (Gemma 3 from
 # 4B on; Gemma 4, with audio too), whose text decoder is the same stack, its image tokens attending to each other
 # both ways; Qwen3.5's classifier over its text decoder alone; Llama 4's text-only language model; PaddleOCR-VL's text
-# decoder
+# decoder; GPT-2's language model
 _CLASS_FAMILIES = {family + head: family for family in FAMILIES for head in HEADS} | {
     f"Gemma{v}{head}": f"Gemma{v}Text" for v in (3, 4)
     for head in ("ForCausalLM", "ForConditionalGeneration", "Model", "ForSequenceClassification")} | {
     "Qwen3_5TextForSequenceClassification": "Qwen3_5", "Llama4ForCausalLM": "Llama4Text",
-    "PaddleOCRTextModel": "PaddleOCRVL"}
+    "PaddleOCRTextModel": "PaddleOCRVL", "GPT2LMHeadModel": "GPT2"}
 
 
 def family_names() -> str:
@@ -193,8 +198,16 @@ def _transformers_class(module: nn.Module, names) -> str | None:
     return None
 
 
+def decoder_layers(stack: nn.Module) -> nn.ModuleList:
+    """The decoder layers of a stack: its ``layers``, or ``h`` in the GPT-2 lineage (GPT-2, GPTBigCode, GPT-Neo,
+    GPT-J, CodeGen)."""
+    layers = getattr(stack, "layers", None)
+    return layers if isinstance(layers, nn.ModuleList) else stack.h
+
+
 def _find_stack(host: nn.Module) -> nn.Module | None:
-    """The module that owns the decoder ``layers`` under any head (the host itself for a bare *Model).
+    """The module that owns the decoder layers (``layers``, or ``h``) under any head (the host itself for a bare
+    *Model).
     transformers 4.x's Gemma3ForCausalLM keeps its stack in ``model`` but names its base model "language_model", so
     base_model is the head itself; a vision-language model keeps its text decoder in ``language_model`` (SmolVLM and
     Idefics 3 in ``text_model``; Llama 4 a whole ``Llama4ForCausalLM`` there)."""
@@ -202,7 +215,7 @@ def _find_stack(host: nn.Module) -> nn.Module | None:
     inner = [getattr(m, name, None) for m in outer for name in ("language_model", "text_model")]
     # Llama 4's (and 4.x Qwen2-Audio's, Voxtral's) language_model is a whole *ForCausalLM, its stack one level down
     for stack in (*outer, *inner, *(getattr(m, "model", None) for m in inner)):
-        if isinstance(getattr(stack, "layers", None), nn.ModuleList):
+        if any(isinstance(getattr(stack, name, None), nn.ModuleList) for name in ("layers", "h")):
             return stack
     return None
 

@@ -25,7 +25,14 @@ from torch import nn
 from .block import TalanBlock
 from .config import TalanConfig
 from .decode_state import DecodeStates, Replay
-from .hosts import LayerLayout, decoder_stack, peft_adapter_configs, prefix_cache_lengths, stack_and_layout
+from .hosts import (
+    LayerLayout,
+    decoder_layers,
+    decoder_stack,
+    peft_adapter_configs,
+    prefix_cache_lengths,
+    stack_and_layout,
+)
 
 BLOCK_NAME = "talan"
 _PATCH_ATTR = "_talan_patch"
@@ -148,6 +155,20 @@ def _running_layer_kwargs(layer: nn.Module) -> dict | None:
     return None
 
 
+_FORWARD_PARAMS: dict[type, tuple[str, ...]] = {}  # a layer class -> its forward's parameter names
+
+
+def _named_args(layer: nn.Module, args: tuple, kwargs: dict) -> dict:
+    """A layer call's ``kwargs`` with its positional arguments after the hidden states named as its forward names
+    them: GPT-2's stack hands its blocks the cache and mask positionally."""
+    if len(args) <= 1:
+        return kwargs
+    names = _FORWARD_PARAMS.get(type(layer))
+    if names is None:
+        names = _FORWARD_PARAMS[type(layer)] = tuple(inspect.signature(layer.forward).parameters)
+    return {**dict(zip(names[1:], args[1:])), **kwargs}
+
+
 def _miscounting_cache(cache, counted) -> bool:
     """Whether transformers 4.x's ``cache`` may have miscounted its length as ``counted``, so that the forward's
     ``cache_position`` (by which generate steps) must say it: a StaticCache counts the non-zero key rows of batch
@@ -192,7 +213,7 @@ class _Patch:
 
     def blocks(self) -> Iterator[tuple[int, TalanBlock]]:
         for i in self.layer_indices:
-            yield i, getattr(self.stack.layers[i], BLOCK_NAME)
+            yield i, getattr(decoder_layers(self.stack)[i], BLOCK_NAME)
 
     # ---- hooks -------------------------------------------------------------------------------
     def on_model_forward(self, module, args, kwargs):
@@ -289,7 +310,7 @@ class _Patch:
         return _TokenContext(active, resets, cache, inputs.past_len)
 
     def _apply(self, layer_idx: int, hidden: torch.Tensor, ctx: _TokenContext) -> torch.Tensor:
-        block = getattr(self.stack.layers[layer_idx], BLOCK_NAME)
+        block = getattr(decoder_layers(self.stack)[layer_idx], BLOCK_NAME)
         state = None
         if ctx.cache is not None:
             state = self.decode_states.lookup(ctx.cache, layer_idx, ctx.past_len, hidden.shape[0], block,
@@ -307,7 +328,7 @@ class _Patch:
         if not self.enabled:
             return None
         hidden = args[0] if args else kwargs["hidden_states"]
-        new_hidden = self._apply(layer_idx, hidden, self._context(hidden, kwargs))
+        new_hidden = self._apply(layer_idx, hidden, self._context(hidden, _named_args(module, args, kwargs)))
         if args:
             return (new_hidden, *args[1:]), kwargs
         return args, {**kwargs, "hidden_states": new_hidden}
@@ -316,7 +337,7 @@ class _Patch:
         if not self.enabled:
             return None
         hidden = output[0] if isinstance(output, tuple) else output
-        new_hidden = self._apply(layer_idx, hidden, self._context(hidden, kwargs))
+        new_hidden = self._apply(layer_idx, hidden, self._context(hidden, _named_args(module, args, kwargs)))
         return (new_hidden, *output[1:]) if isinstance(output, tuple) else new_hidden
 
     def _residual_pre(self, layer_idx, module, args, kwargs):
@@ -333,7 +354,7 @@ class _Patch:
         # transformers 4.x re-runs the layer's hooks when gradient checkpointing recomputes it, so these are
         # the recomputed forward's own kwargs there
         if self.enabled:
-            self.layer_kwargs[layer_idx] = kwargs
+            self.layer_kwargs[layer_idx] = _named_args(module, args, kwargs)
 
     def _attention_post(self, layer_idx, module, args, kwargs, output):
         # self_attn gets the layer's kwargs (the forward's inputs, position ids, cache), so its own
@@ -344,7 +365,7 @@ class _Patch:
         layer_kwargs = self.layer_kwargs.pop(layer_idx, None)
         if not self.enabled or residual is None:
             return None
-        layer = self.stack.layers[layer_idx]
+        layer = decoder_layers(self.stack)[layer_idx]
         if INPUTS_KWARG not in kwargs:  # a token mixer that got none of the layer's kwargs
             # no layer hook kept them (none on this layer, or transformers 5 recomputing it without its hooks): in
             # a forward the latest inputs are this forward's; in a backward's recompute they are found up the stack
@@ -365,7 +386,7 @@ class _Patch:
     def install(self) -> None:
         self.handles.append(self.stack.register_forward_pre_hook(self.on_model_forward, with_kwargs=True))
         for i in self.layer_indices:
-            layer = self.stack.layers[i]
+            layer = decoder_layers(self.stack)[i]
             # each site hooks only where it acts, so no other hook runs on every layer call
             if self.config.site == "pre":
                 hook = functools.partial(self._layer_pre, i)
@@ -397,7 +418,7 @@ class _Patch:
         self.attention_kwargs.clear()
         self.layer_kwargs.clear()
         for i in self.layer_indices:
-            delattr(self.stack.layers[i], BLOCK_NAME)
+            delattr(decoder_layers(self.stack)[i], BLOCK_NAME)
 
 
 def _get_patch(model: nn.Module, required: bool = True) -> _Patch | None:
@@ -440,25 +461,25 @@ def patch(model: nn.Module, config: TalanConfig | None = None) -> nn.Module:
     stack, layout = stack_and_layout(model)
     if getattr(stack, _PATCH_ATTR, None) is not None:
         raise ValueError("model is already patched with TALAN: call talan.unpatch(model) before patching again")
-    layer_indices = config.resolve_layers(len(stack.layers))
-    no_mid = next(filter(None, (layout.of(stack.layers[i]).no_mid for i in layer_indices)), None)
+    layer_indices = config.resolve_layers(len(decoder_layers(stack)))
+    no_mid = next(filter(None, (layout.of(decoder_layers(stack)[i]).no_mid for i in layer_indices)), None)
     if config.site == "mid" and no_mid:
         raise ValueError(f"site: {type(stack).__name__}'s decoder layers {no_mid}, so there is no point between "
                          "attention and MLP for site='mid'; use site='pre' or site='post'")
     # accelerate offloads a layer leaf by leaf, so the block (a leaf of its own) keeps its weights; only a hook on
     # the layer itself that offloads (preload_module_classes) would load and drop every tensor under it.
     offloaded = [i for i in layer_indices if any(getattr(h, "offload", False)
-                                                 for h in _accelerate_hooks(stack.layers[i]))]
+                                                 for h in _accelerate_hooks(decoder_layers(stack)[i]))]
     if offloaded:
         raise ValueError(f"layer: accelerate offloads decoder layer(s) {offloaded} as one module (its "
                          "preload_module_classes), and its hook would load and drop the TALAN block's weights with the "
                          "layer's; keep those layers on a device in the device_map, or choose another layer")
     hidden_size = stack.config.hidden_size
     # Build every block before touching the model, so a failure leaves it unchanged.
-    blocks = {i: TalanBlock(hidden_size, config, device=_layer_device(stack.layers[i])) for i in layer_indices}
+    blocks = {i: TalanBlock(hidden_size, config, device=_layer_device(decoder_layers(stack)[i])) for i in layer_indices}
     for i, block in blocks.items():
         block.apply_trainable_scope()
-        stack.layers[i].add_module(BLOCK_NAME, block)
+        decoder_layers(stack)[i].add_module(BLOCK_NAME, block)
     state = _Patch(stack, config, layer_indices, layout, peft_adapter_configs(model))
     state.install()
     setattr(stack, _PATCH_ATTR, state)

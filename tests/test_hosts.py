@@ -36,7 +36,7 @@ from peft import LoraConfig, get_peft_model
 from train_helpers import DOTS3_TEXT, GATED_DELTANET, HYBRID_LAYERS, LLAMA4_TEXT, MAMBA_2, MLA, ROUTED_EXPERTS
 
 import talan
-from talan.hosts import all_linear_excludes, decoder_stack, layer_layout
+from talan.hosts import all_linear_excludes, decoder_layers, decoder_stack, layer_layout
 from talan.patching import is_patched, talan_blocks
 
 # Special tokens inside the tiny vocabulary, for the families whose defaults lie outside it.
@@ -131,6 +131,12 @@ FAMILY_CONFIG.update(
     HyperCLOVAX=dict(IN_VOCAB, use_post_norm=True, residual_multiplier=0.22),
     NanoChat=IN_VOCAB, Cwm=IN_VOCAB, Persimmon=IN_VOCAB, DiffLlama=IN_VOCAB, Apertus1p5Text=IN_VOCAB,
     JetMoe=dict(IN_VOCAB, num_local_experts=4, num_experts_per_tok=2, kv_channels=16),  # 4 heads of 16 channels
+    # the GPT-2 lineage names its sizes otherwise: width 64, 3 layers, 4 heads (GPT-Neo: global and local attention)
+    **dict.fromkeys(("GPT2", "GPTBigCode"), dict(IN_VOCAB, n_embd=64, n_layer=3, n_head=4, n_positions=64)),
+    GPTJ=dict(IN_VOCAB, n_embd=64, n_layer=3, n_head=4, n_positions=64, rotary_dim=8),
+    GPTNeo=dict(IN_VOCAB, num_layers=3, num_heads=4, attention_types=[[["global", "local"], 1], [["global"], 1]],
+                window_size=4, max_position_embeddings=64),
+    CodeGen=dict(IN_VOCAB, n_embd=64, n_layer=3, n_head=4, n_positions=64, n_ctx=64, rotary_dim=8),
     VaultGemma=IN_VOCAB, AriaText=dict(IN_VOCAB, moe_num_experts=4, moe_topk=2, moe_num_shared_experts=1),
     Mellum=dict(IN_VOCAB, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32),
     Laguna=dict(IN_VOCAB, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
@@ -168,7 +174,7 @@ HYBRID_FAMILIES = ["Qwen3Next", "Qwen3_5", "Qwen3_5Moe", "GraniteMoeHybrid", "Lf
 LINEAR_SELF_ATTN = ["KimiLinear", "BailingHybrid"]
 # attention and MLP join the residual together: TALAN acts at a layer's input or output (no mid site); NemotronH's
 # layers add one token mixer or one MLP each (no mid site either)
-PARALLEL = ("Cohere", "Cohere2", "Cohere2Moe", "Phi", "GPTNeoX", "FalconH1")
+PARALLEL = ("Cohere", "Cohere2", "Cohere2Moe", "Phi", "GPTNeoX", "FalconH1", "GPTJ", "CodeGen")
 NO_MID_SITE = (*PARALLEL, "NemotronH")
 FAMILY_NAMES = ["Qwen3Moe", "Qwen2", "Mistral", "Ministral", "Mixtral", "Gemma", "Gemma2", "Gemma3Text", "Gemma4Text",
                 "Phi3", "SmolLM3", "Glm4", "Starcoder2", "Olmo2", "Olmo3", "Granite", "GraniteMoe", "GraniteMoeShared",
@@ -179,12 +185,14 @@ FAMILY_NAMES = ["Qwen3Moe", "Qwen2", "Mistral", "Ministral", "Mixtral", "Gemma",
                 "Glm4MoeLite", "Mistral4", "Youtu", "MiniCPM3",
                 "MiMoV2Flash", "SolarOpen", "Dots1", "BitNet", "Jais2", "Ministral3", "HyperCLOVAX", "NanoChat", "Cwm",
                 "DiffLlama", "Mellum", "Laguna", "HYV3", "AriaText", "Apertus1p5Text", "VaultGemma",
-                "Afmoe", "Kolibri1", "StableLm", "GPTNeoX-sequential", "Persimmon", "JetMoe", *HYBRID_FAMILIES,
+                "Afmoe", "Kolibri1", "StableLm", "GPTNeoX-sequential", "Persimmon", "JetMoe", "GPT2",
+                "GPTBigCode", "GPTNeo", *HYBRID_FAMILIES,
                 *LINEAR_SELF_ATTN, *NO_MID_SITE]
 
 
 # the causal LM of the families named after their text config
-CAUSAL_LM = {"Gemma3Text": "Gemma3ForCausalLM", "Gemma4Text": "Gemma4ForCausalLM", "Llama4Text": "Llama4ForCausalLM"}
+CAUSAL_LM = {"Gemma3Text": "Gemma3ForCausalLM", "Gemma4Text": "Gemma4ForCausalLM", "Llama4Text": "Llama4ForCausalLM",
+             "GPT2": "GPT2LMHeadModel"}
 
 
 def installed(family: str, *marks):
@@ -233,7 +241,11 @@ OLMOE_STATIC_4 = pytest.mark.xfail(TRANSFORMERS_4, raises=TypeError, strict=True
 # transformers 4.57's JetMoe generates otherwise with a static cache than recomputed, TALAN off too
 JETMOE_STATIC_4 = pytest.mark.xfail(TRANSFORMERS_4, raises=AssertionError, strict=True, reason="transformers 4.57: "
                                     "JetMoe's static-cache generation differs from recomputing, TALAN off too")
-GENERATE_MARKS = {"Olmoe": (OLMOE_STATIC_4,), "Llama4Text": (LLAMA4_STATIC_5_17,), "JetMoe": (JETMOE_STATIC_4,)}
+# GPT-Neo generates otherwise with a static cache than recomputed (4.57 to 5.24, every seed tried), TALAN off too
+GPTNEO_STATIC = pytest.mark.xfail(raises=AssertionError, strict=True, reason="GPT-Neo's static-cache generation "
+                                  "differs from recomputing, TALAN off too")
+GENERATE_MARKS = {"Olmoe": (OLMOE_STATIC_4,), "Llama4Text": (LLAMA4_STATIC_5_17,), "JetMoe": (JETMOE_STATIC_4,),
+                  "GPTNeo": (GPTNEO_STATIC,)}
 # DeepSeek-V3.2's sparse attention (GLM-5's, A.X K2's, dots.llm3's) generates otherwise from a cache than recomputed,
 # TALAN off too, once its indexer drops keys (4 of them kept here; at some seeds only): generation keeps every key
 KEEP_EVERY_KEY = dict.fromkeys(("DeepseekV32", "GlmMoeDsa", "AXK2", "Dots3Note"), {"index_topk": 64})
@@ -277,7 +289,7 @@ def _assert_block_output_where_analyze_reads(family: str, site: str, layer: int)
 
     model = tiny_host(family, train=True, **ATTENTION_DROPOUT.get(family, {}))
     open_gates(talan.patch(model, tiny_config(site=site, layer=layer)))
-    probe = {layer: _site_module(decoder_stack(model).layers[layer], site, layer_layout(model))}
+    probe = {layer: _site_module(decoder_layers(decoder_stack(model))[layer], site, layer_layout(model))}
     ids, mask = left_padded_prompt()
     batch = {"input_ids": ids, "attention_mask": mask}
     torch.manual_seed(1)  # the same dropout masks in both forwards
@@ -390,7 +402,8 @@ def test_a_layer_without_self_attn_restarts_the_memory_where_packed_sequences_do
     resets = record_calls(monkeypatch, TalanBlock, "forward", lambda block, hidden, active, starts, state: starts)
     model = open_gates(talan.patch(tiny_host(family), tiny_config(site=site, layer=(0, 1))))
     layout = layer_layout(model)
-    assert [layout.of(layer).token_mixer == "self_attn" for layer in decoder_stack(model).layers[:2]] == [False, True]
+    layers = decoder_layers(decoder_stack(model))
+    assert [layout.of(layer).token_mixer == "self_attn" for layer in layers[:2]] == [False, True]
     position_ids = torch.cat([torch.arange(n) for n in (5, 7, 4)])[None]
     model(input_ids=tiny_batch(batch=1, length=16)["input_ids"], position_ids=position_ids, use_cache=False)
     expected = torch.zeros(1, 16, dtype=torch.bool)
@@ -410,7 +423,7 @@ def test_a_layer_without_a_mid_point_refuses_the_mid_site_by_name_and_stays_unpa
     why = "one token mixer or one MLP" if family == "NemotronH" else "parallel residual"
     with pytest.raises(ValueError, match=rf"^site: .*{why}.*site='pre' or site='post'"):
         talan.patch(model, tiny_config(site="mid", layer=(0, 1)))
-    assert not is_patched(model) and not any(hasattr(layer, "talan") for layer in decoder_stack(model).layers)
+    assert not is_patched(model) and not any(hasattr(layer, "talan") for layer in decoder_layers(decoder_stack(model)))
     assert torch.equal(model(ids, attention_mask=mask).logits, unpatched)
 
 
@@ -481,9 +494,10 @@ def test_task_heads_patch_train_with_peft_save_and_load(family, head, tmp_path):
     trained = get_peft_model(_task_model(family, head, train=True),
                              LoraConfig(task_type=task_type, r=4, lora_alpha=8,  # "all-linear" takes the heads too
                                         # Phi-3: qkv_proj, o_proj; GPT-NeoX, Persimmon: query_key_value; JetMoe:
-                                        # kv_proj (its queries and outputs are experts)
-                                        target_modules=r".*\.((self_attn|self_attention)\.\w+_proj|"
-                                                       r"(self_attn|attention)\.query_key_value)"))
+                                        # kv_proj (its queries and outputs are experts); GPT-2, GPTBigCode: c_attn;
+                                        # GPT-Neo: attn.attention.q_proj, ...
+                                        target_modules=r".*\.((self_attn|self_attention|attn|attn\.attention)\.\w+_proj|"
+                                                       r"(self_attn|attention)\.query_key_value|attn\.c_attn)"))
     open_gates(talan.patch(trained, tiny_config(layer=1, site=default_site(family))))
     loss = trained(**batch, **labels(batch["input_ids"])).loss
     loss.backward()

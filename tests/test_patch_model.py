@@ -356,10 +356,10 @@ def _unchanged(model, ref_logits, hooks):
 
 
 def test_bad_inputs_raise_clear_errors_and_leave_the_model_unchanged():
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers import BloomConfig, BloomForCausalLM
 
-    with pytest.raises(TypeError, match="GPT2LMHeadModel"):
-        talan.patch(GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64)))
+    with pytest.raises(TypeError, match="BloomForCausalLM"):  # its attention adds the residual itself
+        talan.patch(BloomForCausalLM(BloomConfig(n_layer=1, hidden_size=32, n_head=2, vocab_size=64)))
     with pytest.raises(TypeError, match="Linear"):
         talan.patch(torch.nn.Linear(3, 3))
     model = tiny_qwen3()
