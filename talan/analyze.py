@@ -108,7 +108,7 @@ def _site_module(layer, site: str, layout):
     """(module, kind) whose hook sees the residual stream right after TALAN's write at ``site``."""
     layout = layout.of(layer)  # a hybrid's layers differ
     if site == "pre":
-        return getattr(layer, layout.residual_input), "input"  # its input is the layer input TALAN rewrote
+        return layer, "input"  # a pre-hook registered after TALAN's sees the layer input it rewrote
     if site == "mid":
         return getattr(layer, layout.mlp_norm), "input"  # its input is residual + attention (+ TALAN)
     return layer, "output"  # a hook registered after TALAN's prepended one sees the perturbed output

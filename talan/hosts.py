@@ -126,6 +126,10 @@ FAMILIES = {
     # the GPT-2 lineage (layers in ``h``): GPT-2, StarCoder's GPTBigCode and GPT-Neo pre-norm by ln_1 and ln_2, their
     # attention output dropped out inside attn; GPT-J and CodeGen parallel (attention and MLP read ln_1)
     "GPT2": _GPT2, "GPTBigCode": _GPT2, "GPTNeo": _GPT2, "GPTJ": _GPT2_PARALLEL, "CodeGen": _GPT2_PARALLEL,
+    # Falcon (layers in h): parallel (7B, and 40B's two norms); Falcon-RW's sequential layer drops the attention
+    # output out functionally, where no hook can add to it
+    "Falcon": replace(_PARALLEL, token_mixer="self_attention", no_mid=_PARALLEL.no_mid + ", or drop the attention "
+                      "output out inside their forward (Falcon-RW)"),
     "GlmMoeDsa": _PRE_NORM,  # GLM-5: DeepSeek-V3.2's sparse attention (some layers reuse the last indexer's top-k)
     # Kimi Linear and Ling 2.5 (BailingHybrid): a self_attn that is multi-head latent attention in some layers and
     # Kimi delta attention (linear, its state in the cache) in the others; LaraMini: a gated DeltaNet (linear_attn)
@@ -200,7 +204,7 @@ def _transformers_class(module: nn.Module, names) -> str | None:
 
 def decoder_layers(stack: nn.Module) -> nn.ModuleList:
     """The decoder layers of a stack: its ``layers``, or ``h`` in the GPT-2 lineage (GPT-2, GPTBigCode, GPT-Neo,
-    GPT-J, CodeGen)."""
+    GPT-J, CodeGen) and Falcon."""
     layers = getattr(stack, "layers", None)
     return layers if isinstance(layers, nn.ModuleList) else stack.h
 

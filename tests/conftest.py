@@ -47,8 +47,11 @@ def record_calls(monkeypatch, owner, name: str, record=lambda *args, **kwargs: N
     return calls
 
 
+NOT_SET = object()  # an override that leaves a HOST key out of the config (Falcon derives head_dim itself)
+
+
 def _build(config_cls, model_cls, seed, train, overrides):
-    config = config_cls(**{**HOST, **overrides})
+    config = config_cls(**{k: v for k, v in {**HOST, **overrides}.items() if v is not NOT_SET})
     config._attn_implementation = "eager"
     torch.manual_seed(seed)
     model = model_cls(config)

@@ -17,6 +17,7 @@ import torch
 import transformers
 from conftest import (
     LLAMA4_STATIC_5_17,
+    NOT_SET,
     TRANSFORMERS_4,
     TRANSFORMERS_5_17,
     VOCAB,
@@ -134,6 +135,9 @@ FAMILY_CONFIG.update(
     # the GPT-2 lineage names its sizes otherwise: width 64, 3 layers, 4 heads (GPT-Neo: global and local attention)
     **dict.fromkeys(("GPT2", "GPTBigCode"), dict(IN_VOCAB, n_embd=64, n_layer=3, n_head=4, n_positions=64)),
     GPTJ=dict(IN_VOCAB, n_embd=64, n_layer=3, n_head=4, n_positions=64, rotary_dim=8),
+    # Falcon 7B's layer (one norm, multi-query attention), and 40B's (two norms, grouped keys and values)
+    Falcon=dict(IN_VOCAB, num_kv_heads=1, head_dim=NOT_SET),
+    **{"Falcon-40B": dict(IN_VOCAB, new_decoder_architecture=True, num_kv_heads=2, head_dim=NOT_SET)},
     GPTNeo=dict(IN_VOCAB, num_layers=3, num_heads=4, attention_types=[[["global", "local"], 1], [["global"], 1]],
                 window_size=4, max_position_embeddings=64),
     CodeGen=dict(IN_VOCAB, n_embd=64, n_layer=3, n_head=4, n_positions=64, n_ctx=64, rotary_dim=8),
@@ -174,7 +178,7 @@ HYBRID_FAMILIES = ["Qwen3Next", "Qwen3_5", "Qwen3_5Moe", "GraniteMoeHybrid", "Lf
 LINEAR_SELF_ATTN = ["KimiLinear", "BailingHybrid"]
 # attention and MLP join the residual together: TALAN acts at a layer's input or output (no mid site); NemotronH's
 # layers add one token mixer or one MLP each (no mid site either)
-PARALLEL = ("Cohere", "Cohere2", "Cohere2Moe", "Phi", "GPTNeoX", "FalconH1", "GPTJ", "CodeGen")
+PARALLEL = ("Cohere", "Cohere2", "Cohere2Moe", "Phi", "GPTNeoX", "FalconH1", "GPTJ", "CodeGen", "Falcon", "Falcon-40B")
 NO_MID_SITE = (*PARALLEL, "NemotronH")
 FAMILY_NAMES = ["Qwen3Moe", "Qwen2", "Mistral", "Ministral", "Mixtral", "Gemma", "Gemma2", "Gemma3Text", "Gemma4Text",
                 "Phi3", "SmolLM3", "Glm4", "Starcoder2", "Olmo2", "Olmo3", "Granite", "GraniteMoe", "GraniteMoeShared",
@@ -493,11 +497,11 @@ def test_task_heads_patch_train_with_peft_save_and_load(family, head, tmp_path):
     task_type, labels = TASK_HEADS[head]
     trained = get_peft_model(_task_model(family, head, train=True),
                              LoraConfig(task_type=task_type, r=4, lora_alpha=8,  # "all-linear" takes the heads too
-                                        # Phi-3: qkv_proj, o_proj; GPT-NeoX, Persimmon: query_key_value; JetMoe:
+                                        # Phi-3: qkv_proj, o_proj; GPT-NeoX, Persimmon, Falcon: query_key_value; JetMoe:
                                         # kv_proj (its queries and outputs are experts); GPT-2, GPTBigCode: c_attn;
                                         # GPT-Neo: attn.attention.q_proj, ...
                                         target_modules=r".*\.((self_attn|self_attention|attn|attn\.attention)\.\w+_proj|"
-                                                       r"(self_attn|attention)\.query_key_value|attn\.c_attn)"))
+                                                       r"(self_attn|self_attention|attention)\.query_key_value|attn\.c_attn)"))
     open_gates(talan.patch(trained, tiny_config(layer=1, site=default_site(family))))
     loss = trained(**batch, **labels(batch["input_ids"])).loss
     loss.backward()
