@@ -137,7 +137,8 @@ FAMILY_CONFIG.update(
     GPTJ=dict(IN_VOCAB, n_embd=64, n_layer=3, n_head=4, n_positions=64, rotary_dim=8),
     # Falcon 7B's layer (one norm, multi-query attention), and 40B's (two norms, grouped keys and values)
     Falcon=dict(IN_VOCAB, num_kv_heads=1, head_dim=NOT_SET),
-    **{"Falcon-40B": dict(IN_VOCAB, new_decoder_architecture=True, num_kv_heads=2, head_dim=NOT_SET)},
+    **{"Falcon-40B": dict(IN_VOCAB, new_decoder_architecture=True, num_kv_heads=2, head_dim=NOT_SET),
+       "Falcon-RW": dict(IN_VOCAB, parallel_attn=False, head_dim=NOT_SET)},  # sequential
     GPTNeo=dict(IN_VOCAB, num_layers=3, num_heads=4, attention_types=[[["global", "local"], 1], [["global"], 1]],
                 window_size=4, max_position_embeddings=64),
     CodeGen=dict(IN_VOCAB, n_embd=64, n_layer=3, n_head=4, n_positions=64, n_ctx=64, rotary_dim=8),
@@ -178,7 +179,8 @@ HYBRID_FAMILIES = ["Qwen3Next", "Qwen3_5", "Qwen3_5Moe", "GraniteMoeHybrid", "Lf
 LINEAR_SELF_ATTN = ["KimiLinear", "BailingHybrid"]
 # attention and MLP join the residual together: TALAN acts at a layer's input or output (no mid site); NemotronH's
 # layers add one token mixer or one MLP each (no mid site either)
-PARALLEL = ("Cohere", "Cohere2", "Cohere2Moe", "Phi", "GPTNeoX", "FalconH1", "GPTJ", "CodeGen", "Falcon", "Falcon-40B")
+PARALLEL = ("Cohere", "Cohere2", "Cohere2Moe", "Phi", "GPTNeoX", "FalconH1", "GPTJ", "CodeGen", "Falcon", "Falcon-40B",
+            "Falcon-RW")
 NO_MID_SITE = (*PARALLEL, "NemotronH")
 FAMILY_NAMES = ["Qwen3Moe", "Qwen2", "Mistral", "Ministral", "Mixtral", "Gemma", "Gemma2", "Gemma3Text", "Gemma4Text",
                 "Phi3", "SmolLM3", "Glm4", "Starcoder2", "Olmo2", "Olmo3", "Granite", "GraniteMoe", "GraniteMoeShared",
