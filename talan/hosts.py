@@ -146,6 +146,8 @@ FAMILIES = {
     # Vision's (Granite's, scaled; image features added to some layers' outputs, as in Qwen3-VL)
     "Ernie4_5_VLMoe": _PRE_NORM, "HunYuanVL": _PRE_NORM, "PaddleOCRVL": _PRE_NORM, "Granite4Vision": _GRANITE,
     "Step3p7": _PRE_NORM,  # Step 3.7's (pre-norm; sliding and full attention, experts)
+    # Qwen2.5-Omni's and Qwen3-Omni's thinker (the model that reads text, images and audio and writes text)
+    "Qwen2_5OmniThinker": _PRE_NORM, "Qwen3OmniMoeThinker": _PRE_NORM,
 }
 # The bare decoder stack and the models around it: the language-model head, and the task heads that peft
 # fine-tunes too (task_type SEQ_CLS, TOKEN_CLS, QUESTION_ANS) over the same stack, where transformers has them.

@@ -52,6 +52,8 @@ _QWEN_2_5_VISION = dict(QWEN_VISION, window_size=8, fullatt_block_indexes=[0])
 _M_ROPE = dict(rope_theta=10000.0)  # with rope_scaling's mrope_section: 4.57's keys, which 5.x converts
 _INTERN_VIT = dict(SMALL_VISION, image_size=[16, 16], patch_size=[4, 4])
 _AUDIO_ENCODER = dict(num_mel_bins=16, max_source_positions=8)
+_OMNI_AUDIO = dict(_AUDIO_ENCODER, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=64, d_model=32,
+                   output_dim=64, n_window=4)
 # The models whose config is their text decoder's (TEXT with these changes) and these arguments: a vision tower (or
 # audio encoder) and its image (audio) token, in the config's own names.
 CONFIGS = {
@@ -167,6 +169,16 @@ CONFIGS = {
                      num_experts_per_tok=2, moe_intermediate_size=32, share_expert_dim=32),
                 dict(vision_config=dict(VISION_BLOCK, image_size=32, patch_size=4, max_position_embeddings=64),
                      image_token_id=IMAGE)),
+    # Qwen2.5-Omni's and Qwen3-Omni's thinkers (Qwen3-Omni's with 4 experts in every layer), with their audio encoders:
+    # Qwen-VL's patches and multimodal RoPE
+    "Qwen2_5OmniThinker": (dict(_M_ROPE, rope_scaling={"rope_type": "default", "mrope_section": [2, 3, 3]}), dict(
+        vision_config=dict(_QWEN_2_5_VISION), audio_config=dict(_OMNI_AUDIO), image_token_index=IMAGE,
+        video_token_index=6, audio_token_index=13, vision_start_token_id=VISION_START, vision_end_token_id=VISION_END,
+        audio_start_token_id=14, audio_end_token_id=15)),
+    "Qwen3OmniMoeThinker": (dict(_M_ROPE, rope_scaling={"rope_type": "default", "mrope_section": [2, 3, 3]},
+                                 num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32), dict(
+        vision_config=QWEN3_VISION, audio_config=dict(_OMNI_AUDIO, downsample_hidden_size=32), image_token_id=IMAGE,
+        video_token_id=6, audio_token_id=13, vision_start_token_id=VISION_START, audio_start_token_id=14)),
     # Kimi K2.5 over DeepSeek-V3 (multi-head latent attention, experts from layer 1): 4x4 patches merged 2x2
     "Kimi_K25": (dict(MLA, **ROUTED_EXPERTS, model_type="deepseek_v3", first_k_dense_replace=1),
                  dict(vision_config=dict(VISION_BLOCK, patch_size=4, pos_emb_height=8, pos_emb_width=8),
@@ -228,14 +240,18 @@ def _config(family: str):
 _NAMED_OTHERWISE = {"PaddleOCRVLTextModel": "PaddleOCRTextModel"}
 
 
+def class_name(family: str, head: str) -> str:
+    """The transformers class of ``family``'s model under ``head`` ("ForConditionalGeneration", "Model", ...)."""
+    return _NAMED_OTHERWISE.get(class_prefix(family) + head, class_prefix(family) + head)
+
+
 def tiny_vl(family: str, head: str = "ForConditionalGeneration", train: bool = False):
     """A seeded tiny vision-language model: a 3-layer text decoder (d=64) and a 1-block vision tower, eager
     attention, random weights (``head="TextModel"``: the bare text decoder alone)."""
     config = _config(family)
     config._attn_implementation = config.text_config._attn_implementation = "eager"
     torch.manual_seed(0)
-    name = _NAMED_OTHERWISE.get(class_prefix(family) + head, class_prefix(family) + head)
-    model = getattr(transformers, name)(config.text_config if head == "TextModel" else config)
+    model = getattr(transformers, class_name(family, head))(config.text_config if head == "TextModel" else config)
     return model.train() if train else model.eval()
 
 
