@@ -94,6 +94,12 @@ class DecodeStates:
             _, state = block(replay.hidden[:, :keep], active, None, replay.state)
         return state
 
+    def counted_length(self, cache) -> int | None:
+        """The cache length that TALAN's states for ``cache`` correspond to, or None where it holds none (for a
+        cache that counts no tokens itself: a state-space model's)."""
+        layers = getattr(cache, _STATES_ATTR, {}).get(self._key, {})
+        return next((entry.seq_len for entry in layers.values()), None)
+
     def store(self, cache, layer_idx: int, new_len: int, state, replay: Replay | None = None) -> None:
         """The state at cache length ``new_len``; ``replay`` (kept for forwards of <= REPLAY_TOKENS tokens)
         lets a later crop back into this forward recompute its state."""

@@ -123,6 +123,7 @@ FAMILIES = {
     "GPTNeoX": LayerLayout(attention_output="post_attention_dropout", token_mixer="attention",
                            parallel_if="use_parallel_residual"),
     "NemotronH": _ONE_MIXER,
+    "Mamba": _ONE_MIXER, "Mamba2": _ONE_MIXER, "FalconMamba": _ONE_MIXER,  # state-space models: a Mamba per layer
     # the GPT-2 lineage (layers in ``h``): GPT-2, StarCoder's GPTBigCode and GPT-Neo pre-norm by ln_1 and ln_2, their
     # attention output dropped out inside attn; GPT-J and CodeGen parallel (attention and MLP read ln_1)
     "GPT2": _GPT2, "GPTBigCode": _GPT2, "GPTNeo": _GPT2, "GPTJ": _GPT2_PARALLEL, "CodeGen": _GPT2_PARALLEL,
@@ -280,14 +281,17 @@ def stack_and_layout(model: nn.Module) -> tuple[nn.Module, LayerLayout]:
     return stack, FAMILIES[family]
 
 
-# Modules that peft's "all-linear" LoRA wraps but cannot train there, by family: a router that returns a tuple
-# (Llama 4's; PhiMoE's on transformers 5), on which peft's LoRA layer fails, TALAN off too; Jamba's dt_proj, whose
-# weight its Mamba reads without calling the layer, and the sparse-attention indexer of DeepSeek-V3.2 (GLM-5's,
-# A.X K2's, dots.llm3's), which only picks the keys (top-k, no gradient through it): a LoRA there never gets a
-# gradient; Falcon-H1's and NemotronH's Mamba out_proj, which peft refuses to adapt.
+# Modules that peft's "all-linear" LoRA wraps but cannot train there, by family: a router that returns a tuple (Llama
+# 4's; PhiMoE's on transformers 5), on which peft's LoRA layer fails, TALAN off too; the dt_proj of Jamba's (Mamba's,
+# Falcon-Mamba's) Mamba, whose weight it reads without calling the layer, and the sparse-attention indexer of
+# DeepSeek-V3.2 (GLM-5's, A.X K2's, dots.llm3's), which only picks the keys (top-k, no gradient through it): a LoRA
+# there never gets a gradient; the Mamba out_proj of Falcon-H1, NemotronH and the state-space models, which peft
+# refuses to adapt.
 _INDEXER = r".*\.indexer\..*"
 _ALL_LINEAR_EXCLUDES = {"Llama4Text": r".*\.router", "Phimoe": r".*\.router", "Jamba": r".*\.dt_proj",
                         "FalconH1": r".*\.mamba\.out_proj", "NemotronH": r".*\.mixer\.out_proj",
+                        "Mamba2": r".*\.mixer\.out_proj",
+                        **dict.fromkeys(("Mamba", "FalconMamba"), r".*\.mixer\.(out_proj|dt_proj)"),
                         **dict.fromkeys(("DeepseekV32", "GlmMoeDsa", "AXK2", "Dots3Note"), _INDEXER)}
 
 

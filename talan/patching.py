@@ -169,6 +169,40 @@ def _named_args(layer: nn.Module, args: tuple, kwargs: dict) -> dict:
     return {**dict(zip(names[1:], args[1:])), **kwargs}
 
 
+def _holds_states_only(cache) -> bool:
+    """Whether ``cache`` holds a state-space model's recurrent states alone (Mamba's), which count no tokens:
+    transformers 4.x's MambaCache and Mamba2Cache, or a 5.x Cache of linear-attention layers only."""
+    if hasattr(cache, "ssm_states") and hasattr(cache, "conv_states") and not hasattr(cache, "get_seq_length"):
+        return True
+    layers = getattr(cache, "layers", None)
+    return bool(layers) and all(hasattr(layer, "has_previous_state") and not hasattr(layer, "keys")
+                                for layer in layers)
+
+
+def _past_length(cache, bound: dict, decode_states: DecodeStates) -> int:
+    """How many tokens ``cache`` held before this forward's: its own count, or where generate steps
+    (``cache_position``) where it miscounts or counts none. A cache of states alone without a cache_position (5.x
+    Mamba) has the 2-D attention mask's columns before the new tokens, or, in a decode step that gets no mask,
+    the length TALAN's own states for it were stored at."""
+    counted = None if _holds_states_only(cache) else cache.get_seq_length()
+    position = bound.get("cache_position")
+    if (counted is None or _miscounting_cache(cache, counted)) and isinstance(position, torch.Tensor) \
+            and position.numel():
+        return int(position[0])  # where generate itself steps
+    if counted is not None:
+        return int(counted)
+    mask = bound.get("attention_mask")
+    tokens = next((bound[k] for k in ("input_ids", "inputs_embeds") if bound.get(k) is not None), None)
+    if isinstance(mask, torch.Tensor) and mask.dim() == 2 and tokens is not None:
+        return mask.shape[1] - tokens.shape[1]
+    counted = decode_states.counted_length(cache)
+    if counted is None and any(any(getattr(layer, "has_previous_state", {}).values())
+                               for layer in getattr(cache, "layers", ())):
+        raise ValueError(f"this {type(cache).__name__} holds the states of tokens that TALAN never saw: start "
+                         "generation from an empty cache (a new prompt) on the patched model")
+    return counted or 0
+
+
 def _miscounting_cache(cache, counted) -> bool:
     """Whether transformers 4.x's ``cache`` may have miscounted its length as ``counted``, so that the forward's
     ``cache_position`` (by which generate steps) must say it: a StaticCache counts the non-zero key rows of batch
@@ -226,7 +260,7 @@ class _Patch:
         if isinstance(cache, (tuple, list)):  # transformers itself no longer reads these (it needs get_seq_length)
             raise ValueError(f"past_key_values is a legacy {type(cache).__name__} of per-layer key/value tensors; pass "
                              "the transformers Cache object (a DynamicCache, ...) that the model returned")
-        if cache is not None and not callable(getattr(cache, "get_seq_length", None)):
+        if cache is not None and not (callable(getattr(cache, "get_seq_length", None)) or _holds_states_only(cache)):
             # Continuous batching packs the new tokens of many requests into one row and pages their keys;
             # the forward does not say which request a token belongs to, so no per-sequence (S, N) state
             # could be carried from one step to the next.
@@ -234,13 +268,7 @@ class _Patch:
                              "(continuous batching: generate_batch, init_continuous_batching, transformers serve "
                              "--continuous-batching); use model.generate, or talan.disabled(model) to run without "
                              "TALAN")
-        past_len = 0
-        if cache is not None:
-            past_len = cache.get_seq_length()
-            position = bound.get("cache_position")
-            if _miscounting_cache(cache, past_len) and isinstance(position, torch.Tensor) and position.numel():
-                past_len = position[0]  # where generate itself steps
-            past_len = int(past_len)
+        past_len = 0 if cache is None else _past_length(cache, bound, self.decode_states)
         if isinstance(mask, dict):
             mask = _mask_from_dict(mask)
         starts = None
