@@ -80,7 +80,6 @@ _APERTUS = LayerLayout(residual_input="attention_layernorm", mlp_norm="feedforwa
 _MAMBA_HYBRID = LayerLayout(mlp_norm="pre_ff_layernorm", other_layers=LayerLayout(
     attention_output="mamba", token_mixer="mamba", mlp_norm="pre_ff_layernorm"))
 _GPT2 = LayerLayout(residual_input="ln_1", attention_output="attn", mlp_norm="ln_2", token_mixer="attn")
-_GPT2_PARALLEL = replace(_PARALLEL, residual_input="ln_1", token_mixer="attn")
 FAMILIES = {
     "Qwen3": _PRE_NORM, "Llama": _PRE_NORM, "Qwen3Moe": _PRE_NORM, "Qwen2": _PRE_NORM, "Mistral": _PRE_NORM,
     "Ministral": _PRE_NORM, "Mixtral": _PRE_NORM, "Gemma": _PRE_NORM, "SmolLM3": _PRE_NORM, "Starcoder2": _PRE_NORM,
@@ -126,11 +125,11 @@ FAMILIES = {
     "Mamba": _ONE_MIXER, "Mamba2": _ONE_MIXER, "FalconMamba": _ONE_MIXER,  # state-space models: a Mamba per layer
     # the GPT-2 lineage (layers in ``h``): GPT-2, StarCoder's GPTBigCode and GPT-Neo pre-norm by ln_1 and ln_2, their
     # attention output dropped out inside attn; GPT-J and CodeGen parallel (attention and MLP read ln_1)
-    "GPT2": _GPT2, "GPTBigCode": _GPT2, "GPTNeo": _GPT2, "GPTJ": _GPT2_PARALLEL, "CodeGen": _GPT2_PARALLEL,
+    "GPT2": _GPT2, "GPTBigCode": _GPT2, "GPTNeo": _GPT2, "GPTJ": _PARALLEL, "CodeGen": _PARALLEL,
     # Falcon (layers in h): parallel (7B, and 40B's two norms); Falcon-RW's sequential layer drops the attention
     # output out functionally, where no hook can add to it
-    "Falcon": replace(_PARALLEL, token_mixer="self_attention", no_mid=_PARALLEL.no_mid + ", or drop the attention "
-                      "output out inside their forward (Falcon-RW)"),
+    "Falcon": replace(_PARALLEL, no_mid=_PARALLEL.no_mid + ", or drop the attention output out inside their "
+                      "forward (Falcon-RW)"),
     "GlmMoeDsa": _PRE_NORM,  # GLM-5: DeepSeek-V3.2's sparse attention (some layers reuse the last indexer's top-k)
     # Kimi Linear and Ling 2.5 (BailingHybrid): a self_attn that is multi-head latent attention in some layers and
     # Kimi delta attention (linear, its state in the cache) in the others; LaraMini: a gated DeltaNet (linear_attn)
