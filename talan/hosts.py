@@ -79,6 +79,10 @@ _APERTUS = LayerLayout(residual_input="attention_layernorm", mlp_norm="feedforwa
 # MLP normed by pre_ff_layernorm
 _MAMBA_HYBRID = LayerLayout(mlp_norm="pre_ff_layernorm", other_layers=LayerLayout(
     attention_output="mamba", token_mixer="mamba", mlp_norm="pre_ff_layernorm"))
+# OPT and Falcon-RW drop the attention output out functionally before it joins the residual: in training no hook
+# could add to that sum, so TALAN acts at a layer's input or output only
+_DROPPED_INSIDE = LayerLayout(attention_output=None, mlp_norm=None,
+                              no_mid="drop the attention output out inside their forward")
 _GPT2 = LayerLayout(residual_input="ln_1", attention_output="attn", mlp_norm="ln_2", token_mixer="attn")
 FAMILIES = {
     "Qwen3": _PRE_NORM, "Llama": _PRE_NORM, "Qwen3Moe": _PRE_NORM, "Qwen2": _PRE_NORM, "Mistral": _PRE_NORM,
@@ -126,10 +130,9 @@ FAMILIES = {
     # the GPT-2 lineage (layers in ``h``): GPT-2, StarCoder's GPTBigCode and GPT-Neo pre-norm by ln_1 and ln_2, their
     # attention output dropped out inside attn; GPT-J and CodeGen parallel (attention and MLP read ln_1)
     "GPT2": _GPT2, "GPTBigCode": _GPT2, "GPTNeo": _GPT2, "GPTJ": _PARALLEL, "CodeGen": _PARALLEL,
-    # Falcon (layers in h): parallel (7B, and 40B's two norms); Falcon-RW's sequential layer drops the attention
-    # output out functionally, where no hook can add to it
-    "Falcon": replace(_PARALLEL, no_mid=_PARALLEL.no_mid + ", or drop the attention output out inside their "
-                      "forward (Falcon-RW)"),
+    # Falcon (layers in h): parallel (7B, and 40B's two norms), or sequential (Falcon-RW)
+    "Falcon": replace(_PARALLEL, no_mid=f"{_PARALLEL.no_mid}, or {_DROPPED_INSIDE.no_mid} (Falcon-RW)"),
+    "OPT": _DROPPED_INSIDE,  # layers in decoder.layers; pre-norm, or post-norm in OPT-350m
     "GlmMoeDsa": _PRE_NORM,  # GLM-5: DeepSeek-V3.2's sparse attention (some layers reuse the last indexer's top-k)
     # Kimi Linear and Ling 2.5 (BailingHybrid): a self_attn that is multi-head latent attention in some layers and
     # Kimi delta attention (linear, its state in the cache) in the others; LaraMini: a gated DeltaNet (linear_attn)
@@ -216,9 +219,9 @@ def _find_stack(host: nn.Module) -> nn.Module | None:
     *Model).
     transformers 4.x's Gemma3ForCausalLM keeps its stack in ``model`` but names its base model "language_model", so
     base_model is the head itself; a vision-language model keeps its text decoder in ``language_model`` (SmolVLM and
-    Idefics 3 in ``text_model``; Llama 4 a whole ``Llama4ForCausalLM`` there)."""
+    Idefics 3 in ``text_model``; Llama 4 a whole ``Llama4ForCausalLM`` there); OPT's in ``decoder``."""
     outer = (host.base_model, getattr(host, "model", None))
-    inner = [getattr(m, name, None) for m in outer for name in ("language_model", "text_model")]
+    inner = [getattr(m, name, None) for m in outer for name in ("language_model", "text_model", "decoder")]
     # Llama 4's (and 4.x Qwen2-Audio's, Voxtral's) language_model is a whole *ForCausalLM, its stack one level down
     for stack in (*outer, *inner, *(getattr(m, "model", None) for m in inner)):
         if any(isinstance(getattr(stack, name, None), nn.ModuleList) for name in ("layers", "h")):

@@ -166,6 +166,10 @@ FAMILY_CONFIG.update(
     # Falcon-H1: attention beside Mamba 2 heads of 16 channels in every layer
     FalconH1=dict(IN_VOCAB, mamba_d_ssm=64, mamba_n_heads=4, mamba_d_head=16, mamba_n_groups=1, mamba_d_state=16,
                   mamba_expand=1, mamba_chunk_size=4),
+    # OPT (pre-norm), and OPT-350m's post-norm layers between a projection of 32-wide embeddings in and out
+    OPT=dict(IN_VOCAB, ffn_dim=128, word_embed_proj_dim=64, max_position_embeddings=64),
+    **{"OPT-350m": dict(IN_VOCAB, ffn_dim=128, word_embed_proj_dim=32, max_position_embeddings=64,
+                        do_layer_norm_before=False)},
     # state-space models: Mamba (16 states), Mamba 2 (4 heads of 16 channels), Falcon-Mamba
     Mamba=dict(IN_VOCAB, state_size=16), FalconMamba=dict(IN_VOCAB, state_size=16),
     Mamba2=dict(IN_VOCAB, num_heads=4, head_dim=16, state_size=16, n_groups=1, expand=1, chunk_size=4),
@@ -187,7 +191,8 @@ LINEAR_SELF_ATTN = ["KimiLinear", "BailingHybrid"]
 PARALLEL = ("Cohere", "Cohere2", "Cohere2Moe", "Phi", "GPTNeoX", "FalconH1", "GPTJ", "CodeGen", "Falcon", "Falcon-40B",
             "Falcon-RW")
 ONE_MIXER = ("NemotronH", "Mamba", "Mamba2", "FalconMamba")  # each layer one token mixer or one MLP
-NO_MID_SITE = (*PARALLEL, *ONE_MIXER)
+DROPPED_INSIDE = ("OPT", "OPT-350m")  # the attention output dropped out functionally before it joins the residual
+NO_MID_SITE = (*PARALLEL, *ONE_MIXER, *DROPPED_INSIDE)
 FAMILY_NAMES = ["Qwen3Moe", "Qwen2", "Mistral", "Ministral", "Mixtral", "Gemma", "Gemma2", "Gemma3Text", "Gemma4Text",
                 "Phi3", "SmolLM3", "Glm4", "Starcoder2", "Olmo2", "Olmo3", "Granite", "GraniteMoe", "GraniteMoeShared",
                 "GptOss", "DeepseekV3", "Glm4Moe", "Ernie4_5", "Ernie4_5_Moe", "SeedOss", "HunYuanDenseV1",
@@ -432,7 +437,8 @@ def test_a_layer_without_a_mid_point_refuses_the_mid_site_by_name_and_stays_unpa
     model = tiny_host(family, **overrides)
     ids, mask = left_padded_prompt()
     unpatched = model(ids, attention_mask=mask).logits
-    why = "one token mixer or one MLP" if family in ONE_MIXER else "parallel residual"
+    why = ("one token mixer or one MLP" if family in ONE_MIXER else "inside their forward" if family in DROPPED_INSIDE
+           else "parallel residual")
     with pytest.raises(ValueError, match=rf"^site: .*{why}.*site='pre' or site='post'"):
         talan.patch(model, tiny_config(site="mid", layer=(0, 1)))
     assert not is_patched(model) and not any(hasattr(layer, "talan") for layer in decoder_layers(decoder_stack(model)))
