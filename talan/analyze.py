@@ -146,11 +146,11 @@ def measure(model, tokenizer, examples: list[dict], batch_size: int = 32) -> dic
     stack, layout = stack_and_layout(model)
     config = talan_config(model)
     blocks = sorted(talan_blocks(model))
-    num_layers = len(decoder_layers(stack))
+    decoder = decoder_layers(stack)
+    num_layers = len(decoder)
     first = blocks[0]
     # the last layer's own output (before the final norm) comes from a hook; the others from hidden_states
-    layers = {**{i: _site_module(decoder_layers(stack)[i], config.site, layout) for i in blocks},
-              "last": (decoder_layers(stack)[-1], "output")}
+    layers = {**{i: _site_module(decoder[i], config.site, layout) for i in blocks}, "last": (decoder[-1], "output")}
     labels = [(k, f"layer {k} output") for k in range(first, num_layers)] + [(num_layers, "after the final norm")]
 
     def states(hs, captured):

@@ -207,11 +207,16 @@ def _transformers_class(module: nn.Module, names) -> str | None:
     return None
 
 
+def _layer_list(module: nn.Module) -> nn.ModuleList | None:
+    """``module``'s decoder layers, if it is a decoder stack: its ``layers``, or ``h`` in the GPT-2 lineage (GPT-2,
+    GPTBigCode, GPT-Neo, GPT-J, CodeGen) and Falcon."""
+    return next((layers for name in ("layers", "h")
+                 if isinstance(layers := getattr(module, name, None), nn.ModuleList)), None)
+
+
 def decoder_layers(stack: nn.Module) -> nn.ModuleList:
-    """The decoder layers of a stack: its ``layers``, or ``h`` in the GPT-2 lineage (GPT-2, GPTBigCode, GPT-Neo,
-    GPT-J, CodeGen) and Falcon."""
-    layers = getattr(stack, "layers", None)
-    return layers if isinstance(layers, nn.ModuleList) else stack.h
+    """The decoder layers of a supported host's stack (``layers``, or ``h``)."""
+    return _layer_list(stack)
 
 
 def _find_stack(host: nn.Module) -> nn.Module | None:
@@ -224,7 +229,7 @@ def _find_stack(host: nn.Module) -> nn.Module | None:
     inner = [getattr(m, name, None) for m in outer for name in ("language_model", "text_model", "decoder")]
     # Llama 4's (and 4.x Qwen2-Audio's, Voxtral's) language_model is a whole *ForCausalLM, its stack one level down
     for stack in (*outer, *inner, *(getattr(m, "model", None) for m in inner)):
-        if any(isinstance(getattr(stack, name, None), nn.ModuleList) for name in ("layers", "h")):
+        if stack is not None and _layer_list(stack) is not None:
             return stack
     return None
 

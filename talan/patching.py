@@ -179,12 +179,12 @@ def _holds_states_only(cache) -> bool:
                                 for layer in layers)
 
 
-def _past_length(cache, bound: dict, decode_states: DecodeStates) -> int:
+def _past_length(cache, states_only: bool, bound: dict, decode_states: DecodeStates) -> int:
     """How many tokens ``cache`` held before this forward's: its own count, or where generate steps
     (``cache_position``) where it miscounts or counts none. A cache of states alone without a cache_position (5.x
     Mamba) has the 2-D attention mask's columns before the new tokens, or, in a decode step that gets no mask,
     the length TALAN's own states for it were stored at."""
-    counted = None if _holds_states_only(cache) else cache.get_seq_length()
+    counted = None if states_only else cache.get_seq_length()
     position = bound.get("cache_position")
     if (counted is None or _miscounting_cache(cache, counted)) and isinstance(position, torch.Tensor) \
             and position.numel():
@@ -219,6 +219,7 @@ class _Patch:
     def __init__(self, stack: nn.Module, config: TalanConfig, layer_indices: tuple[int, ...], layout: LayerLayout,
                  peft_configs: list[dict] | None = None):
         self.stack = stack
+        self.layers = decoder_layers(stack)
         self.layout = layout
         # the peft_config dicts of the PeftModel(s) patched: prefix tuning prefills every forward's cache with
         # virtual tokens that no block sees, so a cache that long with no TALAN state is a fresh start
@@ -247,7 +248,7 @@ class _Patch:
 
     def blocks(self) -> Iterator[tuple[int, TalanBlock]]:
         for i in self.layer_indices:
-            yield i, getattr(decoder_layers(self.stack)[i], BLOCK_NAME)
+            yield i, getattr(self.layers[i], BLOCK_NAME)
 
     # ---- hooks -------------------------------------------------------------------------------
     def on_model_forward(self, module, args, kwargs):
@@ -260,7 +261,8 @@ class _Patch:
         if isinstance(cache, (tuple, list)):  # transformers itself no longer reads these (it needs get_seq_length)
             raise ValueError(f"past_key_values is a legacy {type(cache).__name__} of per-layer key/value tensors; pass "
                              "the transformers Cache object (a DynamicCache, ...) that the model returned")
-        if cache is not None and not (callable(getattr(cache, "get_seq_length", None)) or _holds_states_only(cache)):
+        states_only = cache is not None and _holds_states_only(cache)
+        if cache is not None and not (states_only or callable(getattr(cache, "get_seq_length", None))):
             # Continuous batching packs the new tokens of many requests into one row and pages their keys;
             # the forward does not say which request a token belongs to, so no per-sequence (S, N) state
             # could be carried from one step to the next.
@@ -268,7 +270,7 @@ class _Patch:
                              "(continuous batching: generate_batch, init_continuous_batching, transformers serve "
                              "--continuous-batching); use model.generate, or talan.disabled(model) to run without "
                              "TALAN")
-        past_len = 0 if cache is None else _past_length(cache, bound, self.decode_states)
+        past_len = 0 if cache is None else _past_length(cache, states_only, bound, self.decode_states)
         if isinstance(mask, dict):
             mask = _mask_from_dict(mask)
         starts = None
@@ -338,7 +340,7 @@ class _Patch:
         return _TokenContext(active, resets, cache, inputs.past_len)
 
     def _apply(self, layer_idx: int, hidden: torch.Tensor, ctx: _TokenContext) -> torch.Tensor:
-        block = getattr(decoder_layers(self.stack)[layer_idx], BLOCK_NAME)
+        block = getattr(self.layers[layer_idx], BLOCK_NAME)
         state = None
         if ctx.cache is not None:
             state = self.decode_states.lookup(ctx.cache, layer_idx, ctx.past_len, hidden.shape[0], block,
@@ -393,7 +395,7 @@ class _Patch:
         layer_kwargs = self.layer_kwargs.pop(layer_idx, None)
         if not self.enabled or residual is None:
             return None
-        layer = decoder_layers(self.stack)[layer_idx]
+        layer = self.layers[layer_idx]
         if INPUTS_KWARG not in kwargs:  # a token mixer that got none of the layer's kwargs
             # no layer hook kept them (none on this layer, or transformers 5 recomputing it without its hooks): in
             # a forward the latest inputs are this forward's; in a backward's recompute they are found up the stack
@@ -414,7 +416,7 @@ class _Patch:
     def install(self) -> None:
         self.handles.append(self.stack.register_forward_pre_hook(self.on_model_forward, with_kwargs=True))
         for i in self.layer_indices:
-            layer = decoder_layers(self.stack)[i]
+            layer = self.layers[i]
             # each site hooks only where it acts, so no other hook runs on every layer call
             if self.config.site == "pre":
                 hook = functools.partial(self._layer_pre, i)
@@ -446,7 +448,7 @@ class _Patch:
         self.attention_kwargs.clear()
         self.layer_kwargs.clear()
         for i in self.layer_indices:
-            delattr(decoder_layers(self.stack)[i], BLOCK_NAME)
+            delattr(self.layers[i], BLOCK_NAME)
 
 
 def _get_patch(model: nn.Module, required: bool = True) -> _Patch | None:
@@ -489,25 +491,26 @@ def patch(model: nn.Module, config: TalanConfig | None = None) -> nn.Module:
     stack, layout = stack_and_layout(model)
     if getattr(stack, _PATCH_ATTR, None) is not None:
         raise ValueError("model is already patched with TALAN: call talan.unpatch(model) before patching again")
-    layer_indices = config.resolve_layers(len(decoder_layers(stack)))
-    no_mid = next(filter(None, (layout.of(decoder_layers(stack)[i]).no_mid for i in layer_indices)), None)
+    layers = decoder_layers(stack)
+    layer_indices = config.resolve_layers(len(layers))
+    no_mid = next(filter(None, (layout.of(layers[i]).no_mid for i in layer_indices)), None)
     if config.site == "mid" and no_mid:
         raise ValueError(f"site: {type(stack).__name__}'s decoder layers {no_mid}, so there is no point between "
                          "attention and MLP for site='mid'; use site='pre' or site='post'")
     # accelerate offloads a layer leaf by leaf, so the block (a leaf of its own) keeps its weights; only a hook on
     # the layer itself that offloads (preload_module_classes) would load and drop every tensor under it.
     offloaded = [i for i in layer_indices if any(getattr(h, "offload", False)
-                                                 for h in _accelerate_hooks(decoder_layers(stack)[i]))]
+                                                 for h in _accelerate_hooks(layers[i]))]
     if offloaded:
         raise ValueError(f"layer: accelerate offloads decoder layer(s) {offloaded} as one module (its "
                          "preload_module_classes), and its hook would load and drop the TALAN block's weights with the "
                          "layer's; keep those layers on a device in the device_map, or choose another layer")
     hidden_size = stack.config.hidden_size
     # Build every block before touching the model, so a failure leaves it unchanged.
-    blocks = {i: TalanBlock(hidden_size, config, device=_layer_device(decoder_layers(stack)[i])) for i in layer_indices}
+    blocks = {i: TalanBlock(hidden_size, config, device=_layer_device(layers[i])) for i in layer_indices}
     for i, block in blocks.items():
         block.apply_trainable_scope()
-        decoder_layers(stack)[i].add_module(BLOCK_NAME, block)
+        layers[i].add_module(BLOCK_NAME, block)
     state = _Patch(stack, config, layer_indices, layout, peft_adapter_configs(model))
     state.install()
     setattr(stack, _PATCH_ATTR, state)

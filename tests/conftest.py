@@ -113,6 +113,12 @@ def assert_same_loss_and_grads(reference, checkpointed):
     assert any(g.abs().max() > 0 for name, g in grads0.items() if name.endswith("talan.w_in"))
 
 
+def class_prefix(family: str) -> str:
+    """The transformers class prefix of a test family name: the part before a dash, which names a variant (a config
+    of its own, as in "GPTNeoX-sequential" or "Llava-gemma2")."""
+    return family.split("-")[0]
+
+
 def needs_transformers(name: str):
     """Skips where the installed transformers lacks the class ``name`` (Qwen3.5 and Gemma 4 came with 5.x)."""
     return pytest.mark.skipif(not hasattr(transformers, name),

@@ -27,6 +27,7 @@ from conftest import (
     assert_same_generation,
     assert_same_loss_and_grads,
     assert_talan_and_lora_gradients,
+    class_prefix,
     greedy_kwargs,
     left_padded_prompt,
     needs_transformers,
@@ -214,13 +215,9 @@ CAUSAL_LM = {"Gemma3Text": "Gemma3ForCausalLM", "Gemma4Text": "Gemma4ForCausalLM
 
 def installed(family: str, *marks):
     """``family`` as a test parameter (with ``marks``), skipped where this transformers lacks it."""
-    name = CAUSAL_LM.get(family, f"{_class_prefix(family)}ForCausalLM")
+    name = CAUSAL_LM.get(family, f"{class_prefix(family)}ForCausalLM")
     return pytest.param(family, marks=[needs_transformers(name), *marks])
 
-
-def _class_prefix(family: str) -> str:
-    """The transformers class prefix of ``family`` (GPTNeoX-sequential: a GPTNeoX config of its own)."""
-    return family.split("-")[0]
 
 
 FAMILIES = [installed(family) for family in FAMILY_NAMES]
@@ -244,7 +241,7 @@ def site_cases(families, marks=None) -> list:
 
 def tiny_host(family: str, head: str = "ForCausalLM", seed: int = 0, train: bool = False, **overrides):
     """A seeded 3-layer model of ``family`` (d=64, eager attention) with random weights."""
-    prefix = _class_prefix(family)
+    prefix = class_prefix(family)
     model_cls = getattr(transformers, CAUSAL_LM.get(family, prefix + head) if head == "ForCausalLM" else prefix + head)
     config_cls = getattr(transformers, f"{prefix}TextConfig", None) or getattr(transformers, f"{prefix}Config")
     return _build(config_cls, model_cls, seed, train, {**FAMILY_CONFIG.get(family, {}), **overrides})

@@ -20,13 +20,14 @@ from conftest import (
     TRANSFORMERS_5_17,
     assert_same_generation,
     assert_talan_and_lora_gradients,
+    class_prefix,
     greedy_kwargs,
     needs_transformers,
     open_gates,
     tiny_config,
 )
 from peft import LoraConfig, get_peft_model
-from vl_models import IMAGE, TEXT, VISION, class_name, class_prefix, image_prompt, tiny_vl
+from vl_models import IMAGE, TEXT, VISION, class_name, image_prompt, tiny_vl
 
 import talan
 from talan.analyze import _forward, _site_module

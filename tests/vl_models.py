@@ -5,7 +5,7 @@ import inspect
 
 import torch
 import transformers
-from conftest import VOCAB
+from conftest import VOCAB, class_prefix
 from train_helpers import DOTS3_TEXT, GATED_DELTANET, LLAMA4_TEXT, MLA, ROUTED_EXPERTS
 
 IMAGE, VISION_START, VISION_END = 5, 3, 4  # token ids inside the tiny vocabulary
@@ -189,10 +189,6 @@ _ONE_IMAGE_EACH = ("Gemma3", "Llava", "Mistral3", "InternVL", "PaliGemma", "Llam
                    "AyaVision", "Cohere2Vision", "DeepseekVL", "LightOnOcr", "Ovis2", "QianfanOCR", "Aria")
 
 
-def class_prefix(family: str) -> str:
-    return family.split("-")[0]
-
-
 def _config(family: str):
     prefix = class_prefix(family)
     vision = VISION.get(prefix)
@@ -279,15 +275,10 @@ def _media(prefix: str, generator: torch.Generator) -> dict:
         return {"pixel_values": noise(2, 16, 3 * 4 * 4), "spatial_shapes": torch.tensor([[4, 4]] * 2),
                 "pixel_attention_mask": torch.ones(2, 16, dtype=torch.bool)}
     grid = torch.tensor([[1, 4, 4]] * 2)  # each image a 4x4 grid of patches, merged 2x2
-    if prefix == "Kimi_K25":
+    if prefix in ("Kimi_K25", "PaddleOCRVL"):  # single-frame patches as 3x4x4 pixel tiles
         return {"pixel_values": noise(2 * 16, 3, 4, 4), "image_grid_thw": grid}
-    if prefix == "VideoLlama3":  # single-frame patches
-        return {"pixel_values": noise(2 * 16, 3 * 4 * 4), "image_grid_thw": grid,
-                "image_merge_sizes": torch.tensor([2, 2])}
-    if prefix in ("Dots3Note", "Ernie4_5_VLMoe", "HunYuanVL"):  # single-frame patches
+    if prefix in ("VideoLlama3", "Dots3Note", "Ernie4_5_VLMoe", "HunYuanVL"):  # single-frame patches, flattened
         return {"pixel_values": noise(2 * 16, 3 * 4 * 4), "image_grid_thw": grid}
-    if prefix == "PaddleOCRVL":
-        return {"pixel_values": noise(2 * 16, 3, 4, 4), "image_grid_thw": grid}
     # Qwen-VL's: 4x4 patches of 2 frames each
     return {"pixel_values": noise(2 * 16, 3 * 2 * 4 * 4), "image_grid_thw": grid}
 
@@ -304,6 +295,8 @@ def image_prompt(family: str, seed: int = 3) -> dict:
         inputs["feature_attention_mask"] = torch.ones(2, 16, dtype=torch.long)
     if prefix == "AudioFlamingo3":
         inputs["input_features_mask"] = torch.ones(2, 16, dtype=torch.long)
+    if prefix == "VideoLlama3":  # each image's patches merged 2x2
+        inputs["image_merge_sizes"] = torch.tensor([2, 2])
     if prefix == "Aria":
         inputs["pixel_mask"] = torch.ones(2, 16, 16, dtype=torch.bool)
     if prefix in ("Mistral3", "LightOnOcr"):
