@@ -12,17 +12,19 @@ from torch import nn
 class LayerLayout:
     """Where a family's decoder layer keeps the state between attention and MLP (``residual + attention``, the mid
     site): ``residual_input``'s input is the layer input (the residual), the layer adds the output of
-    ``attention_output`` to it (times the layer's float attribute ``attention_scale``, when named), and
-    ``mlp_norm`` reads that sum. ``token_mixer`` gets the layer's kwargs: self_attn all of them (position ids,
-    cache); a hybrid layer's linear attention, Mamba or convolution no position ids, and in transformers 4.x
-    maybe nothing but the cache. A hybrid family's layers without a self_attn (none, or None) follow
-    ``other_layers``. A layer with no point between attention and MLP (a parallel residual; one mixer per layer)
-    has no ``attention_output`` or ``mlp_norm``, and ``no_mid`` says why: TALAN acts at its input or output only."""
+    ``attention_output`` to it (times the layer's float attribute ``attention_scale``, or the tanh of its parameter
+    ``attention_gate``, when named), and ``mlp_norm`` reads that sum. ``token_mixer`` gets the layer's kwargs:
+    self_attn all of them (position ids, cache); a hybrid layer's linear attention, Mamba or convolution no position
+    ids, and in transformers 4.x maybe nothing but the cache. A hybrid family's layers without a self_attn (none, or
+    None) follow ``other_layers``. A layer with no point between attention and MLP (a parallel residual; one mixer
+    per layer) has no ``attention_output`` or ``mlp_norm``, and ``no_mid`` says why: TALAN acts at its input or
+    output only."""
 
     residual_input: str = "input_layernorm"
     attention_output: str | None = "self_attn"
     mlp_norm: str | None = "post_attention_layernorm"
     attention_scale: str | None = None
+    attention_gate: str | None = None
     token_mixer: str = "self_attn"
     other_layers: LayerLayout | None = None
     parallel_if: str | None = None  # a layer attribute that, when true, makes its residual parallel (StableLM's)
@@ -84,6 +86,11 @@ _MAMBA_HYBRID = LayerLayout(mlp_norm="pre_ff_layernorm", other_layers=LayerLayou
 _DROPPED_INSIDE = LayerLayout(attention_output=None, mlp_norm=None,
                               no_mid="drop the attention output out inside their forward")
 _GPT2 = LayerLayout(residual_input="ln_1", attention_output="attn", mlp_norm="ln_2", token_mixer="attn")
+# Mllama (Llama 3.2 Vision): Llama's layers, and every few a layer that cross-attends to the image features in place of
+# self_attn, its output gated by the tanh of a learned scalar (zero in an untrained model). The stack skips those
+# layers in a forward without an image (none, and none cached).
+_MLLAMA = LayerLayout(other_layers=LayerLayout(attention_output="cross_attn", token_mixer="cross_attn",
+                                               attention_gate="cross_attn_attn_gate"))
 FAMILIES = {
     "Qwen3": _PRE_NORM, "Llama": _PRE_NORM, "Qwen3Moe": _PRE_NORM, "Qwen2": _PRE_NORM, "Mistral": _PRE_NORM,
     "Ministral": _PRE_NORM, "Mixtral": _PRE_NORM, "Gemma": _PRE_NORM, "SmolLM3": _PRE_NORM, "Starcoder2": _PRE_NORM,
@@ -151,6 +158,7 @@ FAMILIES = {
     "Step3p7": _PRE_NORM,  # Step 3.7's (pre-norm; sliding and full attention, experts)
     # Qwen2.5-Omni's and Qwen3-Omni's thinker (the model that reads text, images and audio and writes text)
     "Qwen2_5OmniThinker": _PRE_NORM, "Qwen3OmniMoeThinker": _PRE_NORM,
+    "Mllama": _MLLAMA,  # Llama 3.2 Vision: image features read by cross-attention layers, not as tokens
 }
 # The bare decoder stack and the models around it: the language-model head, and the task heads that peft
 # fine-tunes too (task_type SEQ_CLS, TOKEN_CLS, QUESTION_ANS) over the same stack, where transformers has them.

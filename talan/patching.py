@@ -213,6 +213,30 @@ def _miscounting_cache(cache, counted) -> bool:
     return isinstance(counted, torch.Tensor) or not isinstance(cache, Cache)
 
 
+def _attention_scale(layer: nn.Module, layout: LayerLayout) -> float | torch.Tensor | None:
+    """What ``layer`` multiplies its attention output by before adding it to the residual (None: nothing): Granite's
+    ``residual_multiplier``, or the tanh of Mllama's cross-attention gate. The gate's tanh stays in the graph, so its
+    gradient is the layer's own: the gate's share through ``delta / scale`` cancels."""
+    if layout.attention_scale is not None:
+        scale = float(getattr(layer, layout.attention_scale))
+        return None if scale == 1.0 else scale
+    if layout.attention_gate is not None:
+        return getattr(layer, layout.attention_gate).tanh()
+    return None
+
+
+def _closed_gates(layers: nn.ModuleList, layer_indices, layout: LayerLayout) -> list[int]:
+    """The layers among ``layer_indices`` whose attention gate is closed (tanh = 0; untrained Mllama cross-attention
+    layers): the attention adds nothing to the residual there, and the mid site's ``delta / scale`` is undefined."""
+    closed = []
+    for i in layer_indices:
+        name = layout.of(layers[i]).attention_gate
+        gate = None if name is None else getattr(layers[i], name)
+        if gate is not None and not gate.is_meta and not bool(gate.detach().tanh().ne(0).all()):
+            closed.append(i)
+    return closed
+
+
 class _Patch:
     """Everything `patch` added to one decoder stack, so `unpatch` can remove it exactly."""
 
@@ -403,14 +427,11 @@ class _Patch:
                 layer_kwargs = _running_layer_kwargs(layer)
             kwargs = kwargs if layer_kwargs is None else {**layer_kwargs, **kwargs}  # its own cache, if it got one
         attn_out = output[0] if isinstance(output, tuple) else output
-        scale = 1.0  # Granite's layer adds `residual + attention * residual_multiplier`
-        scale_name = self.layout.of(layer).attention_scale
-        if scale_name is not None:
-            scale = float(getattr(layer, scale_name))
-        h_mid = residual + (attn_out if scale == 1.0 else attn_out * scale)  # exactly the layer's sum
+        scale = _attention_scale(layer, self.layout.of(layer))
+        h_mid = residual + (attn_out if scale is None else attn_out * scale)  # exactly the layer's sum
         h_new = self._apply(layer_idx, h_mid, self._context(h_mid, kwargs))
         delta = h_new - h_mid  # the layer then adds the residual back: h_mid + delta
-        attn_new = attn_out + (delta if scale == 1.0 else delta / scale)
+        attn_new = attn_out + (delta if scale is None else delta / scale)
         return (attn_new, *output[1:]) if isinstance(output, tuple) else attn_new
 
     def install(self) -> None:
@@ -497,6 +518,12 @@ def patch(model: nn.Module, config: TalanConfig | None = None) -> nn.Module:
     if config.site == "mid" and no_mid:
         raise ValueError(f"site: {type(stack).__name__}'s decoder layers {no_mid}, so there is no point between "
                          "attention and MLP for site='mid'; use site='pre' or site='post'")
+    closed = _closed_gates(layers, layer_indices, layout) if config.site == "mid" else []
+    if closed:
+        raise ValueError(f"site: decoder layer(s) {closed} of {type(stack).__name__} gate their attention output by "
+                         f"tanh({layout.of(layers[closed[0]]).attention_gate}) = 0 (not trained yet), so nothing "
+                         "joins the residual stream between attention and MLP for site='mid'; load the trained "
+                         "checkpoint first, choose another layer, or use site='pre' or site='post'")
     # accelerate offloads a layer leaf by leaf, so the block (a leaf of its own) keeps its weights; only a hook on
     # the layer itself that offloads (preload_module_classes) would load and drop every tensor under it.
     offloaded = [i for i in layer_indices if any(getattr(h, "offload", False)

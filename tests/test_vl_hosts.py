@@ -3,12 +3,14 @@ whose linear-attention layers hold a recurrent state), Gemma 3 (4B on), Gemma 4,
 dots.llm3 and GLM-4.6V (over GLM-4.1V's text decoder), and LLaVA, LLaVA-NeXT, LLaVA-OneVision, LLaVA-NeXT-Video,
 VipLLaVA, LFM2-VL, Mistral 3, InternVL, SmolVLM, Idefics 2 and 3, PaliGemma, Llama 4 and the later wrappers of
 vl_models.CONFIGS (Aya Vision, Ovis2, Kimi K2.5, ...) over a supported text decoder, and the audio-language
-Qwen2-Audio and Voxtral (their audio tokens stand where the image is). Their text decoder sits beside the vision
-tower (``model.language_model``, or ``text_model``; a whole causal LM there in Llama 4 and transformers 4.x's audio
-models); its attention spans text and image tokens alike (Gemma 3's and 4's image tokens attend to each other both
-ways), so TALAN's memory takes in the image tokens as it takes in any other. With an image in a left-padded prompt:
-every site is exact at init and after unpatch, generates (dynamic and static cache) as it recomputes, writes exactly
-the block's output into the stream, trains with peft LoRA on the language model, and saves and reloads."""
+Qwen2-Audio and Voxtral (their audio tokens stand where the image is), and Mllama (Llama 3.2 Vision: its text
+decoder reads the image features in gated cross-attention layers, never as tokens). Their text decoder sits beside
+the vision tower (``model.language_model``, or ``text_model``; a whole causal LM there in Llama 4 and transformers
+4.x's audio models); its attention spans text and image tokens alike (Gemma 3's and 4's image tokens attend to each
+other both ways), so TALAN's memory takes in the image tokens as it takes in any other. With an image in a
+left-padded prompt: every site is exact at init and after unpatch, generates (dynamic and static cache) as it
+recomputes, writes exactly the block's output into the stream, trains with peft LoRA on the language model, and
+saves and reloads."""
 
 import pytest
 import torch
@@ -19,6 +21,7 @@ from conftest import (
     TRANSFORMERS_4,
     TRANSFORMERS_5_17,
     assert_same_generation,
+    assert_same_loss_and_grads,
     assert_talan_and_lora_gradients,
     class_prefix,
     greedy_kwargs,
@@ -31,13 +34,13 @@ from vl_models import IMAGE, TEXT, VISION, class_name, image_prompt, tiny_vl
 
 import talan
 from talan.analyze import _forward, _site_module
-from talan.hosts import decoder_stack, layer_layout
+from talan.hosts import all_linear_excludes, decoder_stack, layer_layout
 from talan.patching import is_patched, talan_blocks
 
 # The vision-language models with their own text decoder.
 NATIVE = ["Qwen2VL", "Qwen2_5_VL", "Qwen3VL", "Qwen3VLMoe", "Qwen3_5", "Qwen3_5Moe", "Gemma3", "Gemma4", "Glm4v",
           "Glm4vMoe", "GlmOcr", "Dots3Note", "Ernie4_5_VLMoe", "HunYuanVL", "PaddleOCRVL",
-          "Granite4Vision", "Step3p7", "Qwen2_5OmniThinker", "Qwen3OmniMoeThinker"]
+          "Granite4Vision", "Step3p7", "Qwen2_5OmniThinker", "Qwen3OmniMoeThinker", "Mllama"]
 # transformers 4.57 on torch < 2.6 cannot run Gemma 3 with images (the make test-old-torch venv)
 GEMMA3_IMAGES = pytest.mark.skipif(TORCH_BEFORE_2_6, reason="transformers builds Gemma 3's two-way image masks with "
                                    "or_mask_function, which needs torch >= 2.6")
@@ -63,9 +66,12 @@ LLAMA4_VL_FORWARD = pytest.mark.xfail(not (TRANSFORMERS_4 or TRANSFORMERS_5_17),
 # transformers 4.57's Qwen2.5-Omni and Qwen3-Omni thinkers fail to build a static cache's mask, TALAN off too
 OMNI_STATIC_4 = pytest.mark.xfail(TRANSFORMERS_4, raises=TypeError, strict=True, reason="transformers 4.57: Omni "
                                   "thinkers' _prepare_4d_causal_attention_mask_with_cache_position takes no config")
+# transformers before 5.2x: Mllama's static cache fails to take the image's cross-attention keys, TALAN off too
+MLLAMA_STATIC = pytest.mark.xfail(TRANSFORMERS_4 or TRANSFORMERS_5_17, raises=IndexError, strict=True,
+                                  reason="Mllama's static cache fails on the cross-attention keys, TALAN off too")
 GENERATE_MARKS = {"Gemma4": (GEMMA4_STATIC_5_17,), "PaliGemma": (PALIGEMMA_GENERATE,),
                   "Llama4": (LLAMA4_STATIC_5_17,), "Qwen2_5OmniThinker": (OMNI_STATIC_4,),
-                  "Qwen3OmniMoeThinker": (OMNI_STATIC_4,)}
+                  "Qwen3OmniMoeThinker": (OMNI_STATIC_4,), "Mllama": (MLLAMA_STATIC,)}
 
 
 def _with_images(family: str, *marks):
@@ -126,18 +132,106 @@ def test_vl_host_patches_exactly_and_generates_as_it_recomputes(family, site):
     assert torch.equal(_logits(model, inputs), unpatched)
 
 
-@pytest.mark.parametrize("family,site", site_cases())
-def test_vl_sites_write_the_block_output_where_analyze_reads_the_stream(family, site):
-    model, inputs = tiny_vl(family), image_prompt(family)
-    open_gates(talan.patch(model, tiny_config(site=site, layer=0)))
-    probe = {0: _site_module(decoder_stack(model).layers[0], site, layer_layout(model))}
+def _assert_site_writes_the_block_output(model, inputs, site: str, layer: int) -> None:
+    open_gates(talan.patch(model, tiny_config(site=site, layer=layer)))
+    probe = {layer: _site_module(decoder_stack(model).layers[layer], site, layer_layout(model))}
     with talan.disabled(model):
-        stream = _forward(model, inputs, probe)[1][0]
-    written = _forward(model, inputs, probe)[1][0]
+        stream = _forward(model, inputs, probe)[1][layer]
+    written = _forward(model, inputs, probe)[1][layer]
     with torch.no_grad():
-        expected, _ = talan_blocks(model)[0](stream, inputs["attention_mask"].bool(), None, None)
+        expected, _ = talan_blocks(model)[layer](stream, inputs["attention_mask"].bool(), None, None)
     assert not torch.allclose(expected, stream, atol=1e-2)
     torch.testing.assert_close(written, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("family,site", site_cases())
+def test_vl_sites_write_the_block_output_where_analyze_reads_the_stream(family, site):
+    _assert_site_writes_the_block_output(tiny_vl(family), image_prompt(family), site, layer=0)
+
+
+MLLAMA = _installed("Mllama")
+
+
+@MLLAMA
+@pytest.mark.parametrize("site", ["pre", "mid", "post"])
+def test_mllama_cross_attention_layers_write_the_block_output_at_every_site(site):
+    # layer 1 cross-attends to the image, its output gated by tanh(cross_attn_attn_gate) (0.5 here) before it joins
+    # the residual: the mid site perturbs residual + tanh(gate) * attention
+    model = tiny_vl("Mllama")
+    assert type(decoder_stack(model).layers[1]).__name__ == "MllamaCrossAttentionDecoderLayer"
+    _assert_site_writes_the_block_output(model, image_prompt("Mllama"), site, layer=1)
+
+
+@MLLAMA
+def test_mllama_mid_site_leaves_the_cross_attention_gate_its_true_gradient():
+    # the mid site divides its write by tanh(gate), which the layer multiplies back: the gate's gradient is that of
+    # the function the patched model computes. Central differences of step 0.03 in fp32 (error ~ step**2, and fp32's
+    # rounding of the loss over the step), on the unpadded row: through the padded one Mllama's own gate gradient
+    # differs from its differences by 3 %, TALAN off too.
+    model = open_gates(talan.patch(tiny_vl("Mllama"), tiny_config(site="mid", layer=1)))
+    inputs = {k: v[1:] for k, v in image_prompt("Mllama").items()}
+    weights = torch.randn(1, inputs["input_ids"].shape[1], model.config.text_config.vocab_size,
+                          generator=torch.Generator().manual_seed(0))
+    gate = decoder_stack(model).layers[1].cross_attn_attn_gate
+
+    def loss():
+        return (model(**inputs).logits * weights).sum()
+
+    loss().backward()
+    step = 0.03
+    with torch.no_grad():
+        up = (gate.add_(step), loss())[1]
+        down = (gate.sub_(2 * step), loss())[1]
+    torch.testing.assert_close(gate.grad, ((up - down) / (2 * step)).reshape(1), rtol=1e-3, atol=1e-4)
+
+
+@MLLAMA
+def test_mllama_blocks_on_cross_attention_layers_follow_them_in_text_only_forwards():
+    # without an image the stack skips its cross-attention layers, and their blocks with them
+    model, inputs = tiny_vl("Mllama"), image_prompt("Mllama")
+    text_only = {k: inputs[k] for k in ("input_ids", "attention_mask")}
+    unpatched = _logits(model, text_only)
+    open_gates(talan.patch(model, tiny_config(layer=1)))
+    assert torch.equal(_logits(model, text_only), unpatched)
+    assert not torch.allclose(_logits(model, inputs), _logits(talan.unpatch(model), inputs), atol=1e-4)
+
+
+def _mllama_loss_and_grads(site: str, checkpointing: bool):
+    """Loss and gradients of two forwards (each with its own image and padding) then one backward: blocks on a
+    self-attention and a cross-attention layer, peft LoRA on every linear layer (the vision tower's too)."""
+    base = tiny_vl("Mllama", train=True)
+    model = get_peft_model(base, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False,
+                                            **all_linear_excludes(base)))
+    open_gates(talan.patch(model, tiny_config(site=site, layer=(0, 1))), 0.5)
+    if checkpointing:
+        model.get_base_model().gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    loss = 0.0
+    for seed in range(2):
+        inputs = image_prompt("Mllama", seed=3 + seed)
+        if seed:  # the other row padded
+            inputs["attention_mask"] = inputs["attention_mask"].flip(0)
+        loss = loss + model(**inputs, labels=inputs["input_ids"].masked_fill(inputs["input_ids"] == IMAGE, -100)).loss
+    loss.backward()
+    return loss.detach(), {name: p.grad for name, p in model.named_parameters() if p.requires_grad}
+
+
+@MLLAMA
+@pytest.mark.filterwarnings("ignore:.*gradient_checkpointing.*:FutureWarning")
+@pytest.mark.parametrize("site", ["pre", "mid", "post"])
+def test_mllama_gradient_checkpointing_recomputes_each_site_with_its_own_forwards_inputs(site):
+    assert_same_loss_and_grads(_mllama_loss_and_grads(site, False), _mllama_loss_and_grads(site, True))
+
+
+@MLLAMA
+def test_mllama_refuses_the_mid_site_on_a_closed_cross_attention_gate():
+    # an untrained Mllama's cross-attention gates are zero: its attention adds nothing to the residual there
+    model = tiny_vl("Mllama")
+    with torch.no_grad():
+        decoder_stack(model).layers[1].cross_attn_attn_gate.zero_()
+    with pytest.raises(ValueError, match=r"site: decoder layer\(s\) \[1\] .* tanh\(cross_attn_attn_gate\) = 0"):
+        talan.patch(model, tiny_config(site="mid", layer=(0, 1)))
+    assert not is_patched(model) and not any("talan" in name for name, _ in model.named_modules())
+    talan.patch(model, tiny_config(site="post", layer=(0, 1)))  # the other sites do not read the gate
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -43,7 +43,8 @@ VISION = {
     "LlavaNextVideo": dict(SMALL_VISION, model_type="clip_vision_model"),
 }
 IMAGE_TOKENS = {"Llava": 16, "LlavaNext": 36, "LlavaOnevision": 36, "LlavaNextVideo": 36, "PaliGemma": 16,
-                "VipLlava": 16, "DeepseekVL": 16, "VideoLlava": 16, "HunYuanVL": 8, "Granite4Vision": 10}
+                "VipLlava": 16, "DeepseekVL": 16, "VideoLlava": 16, "HunYuanVL": 8, "Granite4Vision": 10,
+                "Mllama": 1}
 ANY_RESOLUTION = ("LlavaNext", "LlavaOnevision", "LlavaNextVideo")
 # Qwen-VL's patch windows: a 4x4 grid of 2-frame 4x4-pixel patches, merged 2x2 into 4 tokens
 QWEN_PATCH_WRAPPERS = ("Exaone4_5_", "Lfm3Vl", "HyperCLOVAXVisionV2")
@@ -184,6 +185,14 @@ CONFIGS = {
                  dict(vision_config=dict(VISION_BLOCK, patch_size=4, pos_emb_height=8, pos_emb_width=8),
                       projection_hidden_size=32, image_token_id=IMAGE, video_token_id=6,
                       vision_start_token_id=VISION_START, vision_end_token_id=VISION_END)),
+    # Mllama (Llama 3.2 Vision): its own text decoder, whose layer 1 cross-attends to the image features (the text
+    # holds one image token; rope_scaling: as 4.57 needs it); a 2-block vision tower (one of them global) over one
+    # 16x16 tile of 4x4 patches
+    "Mllama": (dict(cross_attention_layers=[1], rope_theta=10000.0, rope_scaling={"rope_type": "default"}), dict(
+        vision_config=dict(VISION_BLOCK, attention_heads=2, num_global_layers=1, vision_output_dim=64, image_size=16,
+                           patch_size=4, max_num_tiles=1, intermediate_layers_indices=[0],
+                           supported_aspect_ratios=[[1, 1]]),
+        image_token_index=IMAGE)),
 }
 _ONE_IMAGE_EACH = ("Gemma3", "Llava", "Mistral3", "InternVL", "PaliGemma", "Llama4", "VipLlava",
                    "AyaVision", "Cohere2Vision", "DeepseekVL", "LightOnOcr", "Ovis2", "QianfanOCR", "Aria")
@@ -248,6 +257,10 @@ def tiny_vl(family: str, head: str = "ForConditionalGeneration", train: bool = F
     config._attn_implementation = config.text_config._attn_implementation = "eager"
     torch.manual_seed(0)
     model = getattr(transformers, class_name(family, head))(config.text_config if head == "TextModel" else config)
+    with torch.no_grad():  # Mllama's cross-attention gates, closed (zero) before training: open, as trained
+        for name, gate in model.named_parameters():
+            if name.endswith(("cross_attn_attn_gate", "cross_attn_mlp_gate")):
+                gate.fill_(0.5)
     return model.train() if train else model.eval()
 
 
@@ -260,6 +273,9 @@ def _media(prefix: str, generator: torch.Generator) -> dict:
         return {"pixel_values": noise(2, 3, 16, 16)}
     if prefix == "Step3p7":
         return {"pixel_values": noise(2, 3, 32, 32)}
+    if prefix == "Mllama":  # one image of one tile per row
+        return {"pixel_values": noise(2, 1, 1, 3, 16, 16), "aspect_ratio_ids": torch.tensor([[1], [1]]),
+                "aspect_ratio_mask": torch.ones(2, 1, 1, dtype=torch.long)}
     if prefix == "VideoLlava":
         return {"pixel_values_images": noise(2, 3, 16, 16)}
     if prefix in ("Qwen2Audio", "Voxtral", "AudioFlamingo3"):  # 16 frames of 16 mel bins
@@ -297,6 +313,8 @@ def image_prompt(family: str, seed: int = 3) -> dict:
         inputs["input_features_mask"] = torch.ones(2, 16, dtype=torch.long)
     if prefix == "VideoLlama3":  # each image's patches merged 2x2
         inputs["image_merge_sizes"] = torch.tensor([2, 2])
+    if prefix == "Mllama":  # each token from the image token on cross-attends to the image's one tile
+        inputs["cross_attention_mask"] = (ids == IMAGE).long().cummax(1).values[:, :, None, None]
     if prefix == "Aria":
         inputs["pixel_mask"] = torch.ones(2, 16, 16, dtype=torch.bool)
     if prefix in ("Mistral3", "LightOnOcr"):
