@@ -30,7 +30,7 @@ from conftest import (
     tiny_config,
 )
 from peft import LoraConfig, get_peft_model
-from vl_models import IMAGE, TEXT, VISION, class_name, image_prompt, tiny_vl
+from vl_models import IMAGE, MINICPM, TEXT, VISION, class_name, image_prompt, tiny_vl
 
 import talan
 from talan.analyze import _forward, _site_module
@@ -82,7 +82,7 @@ def _with_images(family: str, *marks):
 
 # the audio-language models: a 1-layer audio encoder turns 16 frames of 16 mel bins into 4 audio tokens (the "image"
 # tokens of the prompt), which their text decoder reads as it reads image tokens
-AUDIO = ("Qwen2Audio", "Voxtral", "AudioFlamingo3")
+AUDIO = ("Qwen2Audio", "Voxtral", "AudioFlamingo3", "MossTranscribeDiarize")
 # the wrappers that build their text decoder from its config: LLaVA over Llama and over Gemma 2, LLaVA-NeXT (over
 # Llama), LLaVA-OneVision (over Qwen2), LFM2-VL (over LFM2, a hybrid), Mistral 3 (over Mistral), InternVL (over
 # Qwen2), SmolVLM and Idefics 3 (over Llama, kept as text_model), PaliGemma (over Gemma; its prefix attends both ways,
@@ -93,7 +93,8 @@ AUDIO = ("Qwen2Audio", "Voxtral", "AudioFlamingo3")
 WRAPPERS = ("Llava", "Llava-gemma2", "LlavaNext", "LlavaOnevision", "Lfm2Vl", "Mistral3", "InternVL", "SmolVLM",
             "Idefics3", "PaliGemma", "Llama4", "VipLlava", "LlavaNextVideo", "Idefics2", "Glm46V", "AyaVision",
             "Cohere2Vision", "DeepseekVL", "LightOnOcr", "VideoLlava", "Ovis2", "QianfanOCR", "Aria", "Exaone4_5_",
-            "HyperCLOVAXVisionV2", "Lfm3Vl", "VideoLlama3", "Kimi_K25", *AUDIO)
+            "HyperCLOVAXVisionV2", "Lfm3Vl", "VideoLlama3", "Kimi_K25", "GotOcr2", "DeepseekVLHybrid", "Janus",
+            "Cosmos3Omni", *MINICPM, *AUDIO)
 PARALLEL = ("AyaVision", "Cohere2Vision")
 FAMILIES = [_with_images(f) for f in (*NATIVE, *WRAPPERS)]
 

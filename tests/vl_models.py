@@ -44,7 +44,7 @@ VISION = {
 }
 IMAGE_TOKENS = {"Llava": 16, "LlavaNext": 36, "LlavaOnevision": 36, "LlavaNextVideo": 36, "PaliGemma": 16,
                 "VipLlava": 16, "DeepseekVL": 16, "VideoLlava": 16, "HunYuanVL": 8, "Granite4Vision": 10,
-                "Mllama": 1}
+                "Mllama": 1, "Janus": 16, "DeepseekVLHybrid": 16, "MiniCPMOcr": 16}
 ANY_RESOLUTION = ("LlavaNext", "LlavaOnevision", "LlavaNextVideo")
 # Qwen-VL's patch windows: a 4x4 grid of 2-frame 4x4-pixel patches, merged 2x2 into 4 tokens
 QWEN_PATCH_WRAPPERS = ("Exaone4_5_", "Lfm3Vl", "HyperCLOVAXVisionV2")
@@ -52,6 +52,9 @@ SIGLIP = dict(SMALL_VISION, model_type="siglip_vision_model")
 _QWEN_2_5_VISION = dict(QWEN_VISION, window_size=8, fullatt_block_indexes=[0])
 _M_ROPE = dict(rope_theta=10000.0)  # with rope_scaling's mrope_section: 4.57's keys, which 5.x converts
 _INTERN_VIT = dict(SMALL_VISION, image_size=[16, 16], patch_size=[4, 4])
+_SAM_VISION = dict(hidden_size=32, output_channels=16, num_hidden_layers=1, num_attention_heads=2, image_size=16,
+                   patch_size=2, window_size=4, global_attn_indexes=[0], mlp_dim=64)
+MINICPM = ("MiniCPMV4_6", "MiniCPMV4_7", "MiniCPMOcr")
 _AUDIO_ENCODER = dict(num_mel_bins=16, max_source_positions=8)
 _OMNI_AUDIO = dict(_AUDIO_ENCODER, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=64, d_model=32,
                    output_dim=64, n_window=4)
@@ -185,6 +188,36 @@ CONFIGS = {
                  dict(vision_config=dict(VISION_BLOCK, patch_size=4, pos_emb_height=8, pos_emb_width=8),
                       projection_hidden_size=32, image_token_id=IMAGE, video_token_id=6,
                       vision_start_token_id=VISION_START, vision_end_token_id=VISION_END)),
+    # GOT-OCR 2.0 over Qwen2: a SAM-like tower on 8x8 patches of 2x2 pixels, its neck and projector striding 4x: 4
+    # tokens; DeepSeek-VL hybrid over Llama: SigLIP on 16x16 pixels (every patch a token, 16) beside a SAM-like tower on
+    # a 32x32 copy; Janus over Llama (its image-generation head beside): every patch a token, 16
+    "GotOcr2": (dict(model_type="qwen2"), dict(vision_config=_SAM_VISION, image_token_index=IMAGE)),
+    "DeepseekVLHybrid": (dict(model_type="llama"), dict(
+        vision_config=SIGLIP, high_res_vision_config=dict(_SAM_VISION, image_size=32, patch_size=4,
+                                                          model_type="sam_vision_model"),
+        image_token_id=IMAGE)),
+    "Janus": (dict(model_type="llama"), dict(
+        vision_config=dict(VISION_BLOCK, image_size=16, patch_size=4, projection_dim=64, num_image_tokens=16, depth=1),
+        vq_config=dict(embed_dim=8, num_embeddings=32, latent_channels=32, base_channels=32, channel_multiplier=[1, 2],
+                       num_res_blocks=1, num_patches=4, projection_dim=64, image_token_embed_dim=64),
+        image_token_id=IMAGE)),
+    # Cosmos 3 Omni over Qwen3-VL's text decoder: Qwen-VL's patches and multimodal RoPE
+    "Cosmos3Omni": (dict(_M_ROPE, rope_scaling={"rope_type": "default", "mrope_section": [2, 3, 3]}), dict(
+        vision_config=QWEN3_VISION, image_token_id=IMAGE, video_token_id=6, vision_start_token_id=VISION_START,
+        vision_end_token_id=VISION_END)),
+    # MiniCPM-V 4.6 and 4.7 and MiniCPM-OCR over Qwen3.5's text decoder (layers 0 and 2 a gated DeltaNet): 8x8 patches
+    # of a 32x32 image, merged in the tower 2x2 and after it 2x2 into 4 tokens (MiniCPM-OCR: once, 16 tokens)
+    **dict.fromkeys(MINICPM, (dict(GATED_DELTANET, model_type="qwen3_5_text",
+                                   layer_types=["linear_attention", "full_attention", "linear_attention"]),
+                              dict(vision_config=dict(VISION_BLOCK, num_hidden_layers=2, image_size=32, patch_size=4,
+                                                      insert_layer_id=0),
+                                   insert_layer_id=0, image_size=32, image_token_id=IMAGE, video_token_id=6))),
+    # MOSS Transcribe-Diarize over Qwen3: a Whisper-like encoder turns 16 frames of 16 mel bins into 8, merged 2 by 2
+    # into 4 audio tokens
+    "MossTranscribeDiarize": (dict(model_type="qwen3"), dict(
+        audio_config=dict(num_mel_bins=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                          hidden_size=32, max_source_positions=8),
+        audio_token_id=IMAGE, audio_merge_size=2)),
     # Mllama (Llama 3.2 Vision): its own text decoder, whose layer 1 cross-attends to the image features (the text
     # holds one image token; rope_scaling: as 4.57 needs it); a 2-block vision tower (one of them global) over one
     # 16x16 tile of 4x4 patches
@@ -195,7 +228,8 @@ CONFIGS = {
         image_token_index=IMAGE)),
 }
 _ONE_IMAGE_EACH = ("Gemma3", "Llava", "Mistral3", "InternVL", "PaliGemma", "Llama4", "VipLlava",
-                   "AyaVision", "Cohere2Vision", "DeepseekVL", "LightOnOcr", "Ovis2", "QianfanOCR", "Aria")
+                   "AyaVision", "Cohere2Vision", "DeepseekVL", "LightOnOcr", "Ovis2", "QianfanOCR", "Aria", "GotOcr2",
+                   "Janus")
 
 
 def _config(family: str):
@@ -273,6 +307,13 @@ def _media(prefix: str, generator: torch.Generator) -> dict:
         return {"pixel_values": noise(2, 3, 16, 16)}
     if prefix == "Step3p7":
         return {"pixel_values": noise(2, 3, 32, 32)}
+    if prefix == "DeepseekVLHybrid":  # and a 32x32 copy for its high-resolution tower
+        return {"pixel_values": noise(2, 3, 16, 16), "high_res_pixel_values": noise(2, 3, 32, 32)}
+    if prefix in MINICPM:  # the two images' 8x8 patches of 4x4 pixels, side by side in one row
+        return {"pixel_values": noise(1, 3, 4, 2 * 64 * 4), "target_sizes": torch.tensor([[8, 8]] * 2)}
+    if prefix == "MossTranscribeDiarize":  # and each recording's raw length (one chunk)
+        return {"input_features": noise(2, 16, 16), "input_features_mask": torch.ones(2, 16, dtype=torch.long),
+                "padding_mask": torch.ones(2, 160, dtype=torch.long)}
     if prefix == "Mllama":  # one image of one tile per row
         return {"pixel_values": noise(2, 1, 1, 3, 16, 16), "aspect_ratio_ids": torch.tensor([[1], [1]]),
                 "aspect_ratio_mask": torch.ones(2, 1, 1, dtype=torch.long)}
