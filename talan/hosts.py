@@ -159,6 +159,10 @@ FAMILIES = {
     # Qwen2.5-Omni's and Qwen3-Omni's thinker (the model that reads text, images and audio and writes text)
     "Qwen2_5OmniThinker": _PRE_NORM, "Qwen3OmniMoeThinker": _PRE_NORM,
     "Mllama": _MLLAMA,  # Llama 3.2 Vision: image features read by cross-attention layers, not as tokens
+    # and Mistral Large 4's (GLM-5's sparse attention), Cosmos 3 Edge's (Llama's), MiniMax-M3-VL's (experts), Muse
+    # Glimmer's (Gemma 2's, normed first) and Cohere Compass's (Cohere 2's parallel residual)
+    "MistralLarge4": _PRE_NORM, "Cosmos3Edge": _PRE_NORM, "MiniMaxM3VL": _PRE_NORM, "MuseGlimmer": _SANDWICH,
+    "CohereCompass": _PARALLEL,
 }
 # The bare decoder stack and the models around it: the language-model head, and the task heads that peft
 # fine-tunes too (task_type SEQ_CLS, TOKEN_CLS, QUESTION_ANS) over the same stack, where transformers has them.
@@ -173,7 +177,8 @@ _CLASS_FAMILIES = {family + head: family for family in FAMILIES for head in HEAD
     f"Gemma{v}{head}": f"Gemma{v}Text" for v in (3, 4)
     for head in ("ForCausalLM", "ForConditionalGeneration", "Model", "ForSequenceClassification")} | {
     "Qwen3_5TextForSequenceClassification": "Qwen3_5", "Llama4ForCausalLM": "Llama4Text",
-    "PaddleOCRTextModel": "PaddleOCRVL", "GPT2LMHeadModel": "GPT2"}
+    "PaddleOCRTextModel": "PaddleOCRVL", "GPT2LMHeadModel": "GPT2",
+    "MiniMaxM3SparseForConditionalGeneration": "MiniMaxM3VL"}
 
 
 def family_names() -> str:
@@ -302,15 +307,15 @@ def stack_and_layout(model: nn.Module) -> tuple[nn.Module, LayerLayout]:
 # Modules that peft's "all-linear" LoRA wraps but cannot train there, by family: a router that returns a tuple (Llama
 # 4's; PhiMoE's on transformers 5), on which peft's LoRA layer fails, TALAN off too; the dt_proj of Jamba's (Mamba's,
 # Falcon-Mamba's) Mamba, whose weight it reads without calling the layer, and the sparse-attention indexer of
-# DeepSeek-V3.2 (GLM-5's, A.X K2's, dots.llm3's), which only picks the keys (top-k, no gradient through it): a LoRA
-# there never gets a gradient; the Mamba out_proj of Falcon-H1, NemotronH and the state-space models, which peft
-# refuses to adapt.
+# DeepSeek-V3.2 (GLM-5's, A.X K2's, dots.llm3's, Mistral Large 4's), which only picks the keys (top-k, no gradient
+# through it): a LoRA there never gets a gradient; the Mamba out_proj of Falcon-H1, NemotronH and the state-space
+# models, which peft refuses to adapt.
 _INDEXER = r".*\.indexer\..*"
 _ALL_LINEAR_EXCLUDES = {"Llama4Text": r".*\.router", "Phimoe": r".*\.router", "Jamba": r".*\.dt_proj",
                         "FalconH1": r".*\.mamba\.out_proj", "NemotronH": r".*\.mixer\.out_proj",
                         "Mamba2": r".*\.mixer\.out_proj",
                         **dict.fromkeys(("Mamba", "FalconMamba"), r".*\.mixer\.(out_proj|dt_proj)"),
-                        **dict.fromkeys(("DeepseekV32", "GlmMoeDsa", "AXK2", "Dots3Note"), _INDEXER)}
+                        **dict.fromkeys(("DeepseekV32", "GlmMoeDsa", "AXK2", "Dots3Note", "MistralLarge4"), _INDEXER)}
 
 
 def all_linear_excludes(model: nn.Module) -> dict:

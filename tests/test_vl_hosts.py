@@ -23,7 +23,6 @@ from conftest import (
     assert_same_generation,
     assert_same_loss_and_grads,
     assert_talan_and_lora_gradients,
-    class_prefix,
     greedy_kwargs,
     needs_transformers,
     open_gates,
@@ -40,7 +39,8 @@ from talan.patching import is_patched, talan_blocks
 # The vision-language models with their own text decoder.
 NATIVE = ["Qwen2VL", "Qwen2_5_VL", "Qwen3VL", "Qwen3VLMoe", "Qwen3_5", "Qwen3_5Moe", "Gemma3", "Gemma4", "Glm4v",
           "Glm4vMoe", "GlmOcr", "Dots3Note", "Ernie4_5_VLMoe", "HunYuanVL", "PaddleOCRVL",
-          "Granite4Vision", "Step3p7", "Qwen2_5OmniThinker", "Qwen3OmniMoeThinker", "Mllama"]
+          "Granite4Vision", "Step3p7", "Qwen2_5OmniThinker", "Qwen3OmniMoeThinker", "Mllama", "Cosmos3Edge",
+          "MiniMaxM3VL", "CohereCompass", "MuseGlimmer", "MistralLarge4"]
 # transformers 4.57 on torch < 2.6 cannot run Gemma 3 with images (the make test-old-torch venv)
 GEMMA3_IMAGES = pytest.mark.skipif(TORCH_BEFORE_2_6, reason="transformers builds Gemma 3's two-way image masks with "
                                    "or_mask_function, which needs torch >= 2.6")
@@ -48,7 +48,7 @@ GEMMA3_IMAGES = pytest.mark.skipif(TORCH_BEFORE_2_6, reason="transformers builds
 
 def _installed(family: str):
     """Skips ``family`` where this transformers lacks it."""
-    return needs_transformers(f"{class_prefix(family)}ForConditionalGeneration")
+    return needs_transformers(class_name(family, "ForConditionalGeneration"))
 
 
 # transformers 5.17's Gemma 4 with an image generates otherwise with a static cache than recomputed, TALAN off too
@@ -95,7 +95,7 @@ WRAPPERS = ("Llava", "Llava-gemma2", "LlavaNext", "LlavaOnevision", "Lfm2Vl", "M
             "Cohere2Vision", "DeepseekVL", "LightOnOcr", "VideoLlava", "Ovis2", "QianfanOCR", "Aria", "Exaone4_5_",
             "HyperCLOVAXVisionV2", "Lfm3Vl", "VideoLlama3", "Kimi_K25", "GotOcr2", "DeepseekVLHybrid", "Janus",
             "Cosmos3Omni", *MINICPM, *AUDIO)
-PARALLEL = ("AyaVision", "Cohere2Vision")
+PARALLEL = ("AyaVision", "Cohere2Vision", "CohereCompass")
 FAMILIES = [_with_images(f) for f in (*NATIVE, *WRAPPERS)]
 
 

@@ -218,6 +218,31 @@ CONFIGS = {
         audio_config=dict(num_mel_bins=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
                           hidden_size=32, max_source_positions=8),
         audio_token_id=IMAGE, audio_merge_size=2)),
+    # their own text decoders: Cosmos 3 Edge (Llama's; 4x4 single-frame patches merged 2x2), MiniMax-M3-VL (4 experts),
+    # Cohere Compass (Cohere 2's parallel residual, layers 0 and 2 sliding) and Muse Glimmer (Gemma 2's sandwich of
+    # norms; sliding windows of 4) over Qwen-VL's 2-frame patches, and Mistral Large 4 (GLM-5's sparse attention, whose
+    # indexer keeps every key: see test_hosts.KEEP_EVERY_KEY) over Pixtral's 16 patches merged 2x2: 4 tokens each
+    "Cosmos3Edge": (dict(_M_ROPE, rope_scaling={"rope_type": "default", "mrope_section": [2, 3, 3]}), dict(
+        vision_config=dict(VISION_BLOCK, patch_size=4, num_patches=16, spatial_merge_size=2), projector_hidden_size=64,
+        image_token_id=IMAGE, video_token_id=6, vision_start_token_id=VISION_START, vision_end_token_id=VISION_END)),
+    "MiniMaxM3VL": (dict(num_local_experts=4, num_experts_per_tok=2, dense_intermediate_size=128,
+                         shared_intermediate_size=32, rotary_dim=8), dict(
+        vision_config=dict(VISION_BLOCK, image_size=16, patch_size=4, temporal_patch_size=2, spatial_merge_size=2),
+        image_token_index=IMAGE, video_token_index=6, projector_hidden_size=64)),
+    "CohereCompass": (dict(sliding_window=4, layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+                           rope_parameters=dict.fromkeys(("sliding_attention", "full_attention"),
+                                                         {"rope_type": "default", "rope_theta": 10000.0,
+                                                          "mrope_section": [3, 3, 2]})), dict(
+        vision_config=dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=4,
+                           spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=64, num_position_embeddings=16),
+        image_token_id=IMAGE, video_token_id=6, vision_start_token_id=VISION_START, vision_end_token_id=VISION_END)),
+    "MuseGlimmer": (dict(sliding_window=4), dict(
+        vision_config=dict(patch_size=4, pos_emb_height=4, pos_emb_width=4, num_attention_heads=2, num_hidden_layers=1,
+                           hidden_size=32, intermediate_size=64, merge_size=2, max_position_embeddings=16),
+        image_token_id=IMAGE, video_token_id=6, out_hidden_size=128, projector_hidden_size=32)),
+    "MistralLarge4": (dict(MLA, **ROUTED_EXPERTS, first_k_dense_replace=1, index_topk=64, index_head_dim=16,
+                           index_n_heads=2, indexer_types=["full", "shared", "full"]),
+                      dict(vision_config=VISION["Mistral3"], image_token_index=IMAGE, spatial_merge_size=2)),
     # Mllama (Llama 3.2 Vision): its own text decoder, whose layer 1 cross-attends to the image features (the text
     # holds one image token; rope_scaling: as 4.57 needs it); a 2-block vision tower (one of them global) over one
     # 16x16 tile of 4x4 patches
@@ -229,7 +254,7 @@ CONFIGS = {
 }
 _ONE_IMAGE_EACH = ("Gemma3", "Llava", "Mistral3", "InternVL", "PaliGemma", "Llama4", "VipLlava",
                    "AyaVision", "Cohere2Vision", "DeepseekVL", "LightOnOcr", "Ovis2", "QianfanOCR", "Aria", "GotOcr2",
-                   "Janus")
+                   "Janus", "MistralLarge4")
 
 
 def _config(family: str):
@@ -276,7 +301,8 @@ def _config(family: str):
                       vision_start_token_id=VISION_START, vision_end_token_id=VISION_END)
 
 
-_NAMED_OTHERWISE = {"PaddleOCRVLTextModel": "PaddleOCRTextModel"}
+_NAMED_OTHERWISE = {"PaddleOCRVLTextModel": "PaddleOCRTextModel",
+                    "MiniMaxM3VLForConditionalGeneration": "MiniMaxM3SparseForConditionalGeneration"}
 
 
 def class_name(family: str, head: str) -> str:
@@ -334,7 +360,8 @@ def _media(prefix: str, generator: torch.Generator) -> dict:
     grid = torch.tensor([[1, 4, 4]] * 2)  # each image a 4x4 grid of patches, merged 2x2
     if prefix in ("Kimi_K25", "PaddleOCRVL"):  # single-frame patches as 3x4x4 pixel tiles
         return {"pixel_values": noise(2 * 16, 3, 4, 4), "image_grid_thw": grid}
-    if prefix in ("VideoLlama3", "Dots3Note", "Ernie4_5_VLMoe", "HunYuanVL"):  # single-frame patches, flattened
+    # single-frame patches, flattened
+    if prefix in ("VideoLlama3", "Dots3Note", "Ernie4_5_VLMoe", "HunYuanVL", "Cosmos3Edge"):
         return {"pixel_values": noise(2 * 16, 3 * 4 * 4), "image_grid_thw": grid}
     # Qwen-VL's: 4x4 patches of 2 frames each
     return {"pixel_values": noise(2 * 16, 3 * 2 * 4 * 4), "image_grid_thw": grid}
@@ -358,7 +385,7 @@ def image_prompt(family: str, seed: int = 3) -> dict:
         inputs["cross_attention_mask"] = (ids == IMAGE).long().cummax(1).values[:, :, None, None]
     if prefix == "Aria":
         inputs["pixel_mask"] = torch.ones(2, 16, 16, dtype=torch.bool)
-    if prefix in ("Mistral3", "LightOnOcr"):
+    if prefix in ("Mistral3", "LightOnOcr", "MistralLarge4"):
         inputs["image_sizes"] = torch.tensor([[16, 16]] * 2)
     if prefix == "Gemma3":  # token_type_ids mark the image tokens, which attend to each other both ways
         inputs["token_type_ids"] = (ids == IMAGE).long()
