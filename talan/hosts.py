@@ -13,7 +13,8 @@ class LayerLayout:
     """Where a family's decoder layer keeps the state between attention and MLP (``residual + attention``, the mid
     site): ``residual_input``'s input is the layer input (the residual), the layer adds the output of
     ``attention_output`` to it (times the layer's float attribute ``attention_scale``, or the tanh of its parameter
-    ``attention_gate``, when named), and ``mlp_norm`` reads that sum. ``token_mixer`` gets the layer's kwargs:
+    ``attention_gate``, when named; or, with ``adds_residual``, it returns that sum itself), and ``mlp_norm`` reads
+    that sum. ``token_mixer`` gets the layer's kwargs:
     self_attn all of them (position ids, cache); a hybrid layer's linear attention, Mamba or convolution no position
     ids, and in transformers 4.x maybe nothing but the cache. A hybrid family's layers without a self_attn (none, or
     None) follow ``other_layers``. A layer with no point between attention and MLP (a parallel residual; one mixer
@@ -25,6 +26,7 @@ class LayerLayout:
     mlp_norm: str | None = "post_attention_layernorm"
     attention_scale: str | None = None
     attention_gate: str | None = None
+    adds_residual: bool = False  # attention_output returns residual + attention itself (Bloom's)
     token_mixer: str = "self_attn"
     other_layers: LayerLayout | None = None
     parallel_if: str | None = None  # a layer attribute that, when true, makes its residual parallel (StableLM's)
@@ -86,6 +88,8 @@ _MAMBA_HYBRID = LayerLayout(mlp_norm="pre_ff_layernorm", other_layers=LayerLayou
 _DROPPED_INSIDE = LayerLayout(attention_output=None, mlp_norm=None,
                               no_mid="drop the attention output out inside their forward")
 _GPT2 = LayerLayout(residual_input="ln_1", attention_output="attn", mlp_norm="ln_2", token_mixer="attn")
+# BLOOM (layers in h): pre-norm, its attention adding the residual (after dropout) itself and returning the sum
+_BLOOM = LayerLayout(attention_output="self_attention", token_mixer="self_attention", adds_residual=True)
 # Mllama (Llama 3.2 Vision): Llama's layers, and every few a layer that cross-attends to the image features in place of
 # self_attn, its output gated by the tanh of a learned scalar (zero in an untrained model). The stack skips those
 # layers in a forward without an image (none, and none cached).
@@ -140,6 +144,7 @@ FAMILIES = {
     # Falcon (layers in h): parallel (7B, and 40B's two norms), or sequential (Falcon-RW)
     "Falcon": replace(_PARALLEL, no_mid=f"{_PARALLEL.no_mid}, or {_DROPPED_INSIDE.no_mid} (Falcon-RW)"),
     "OPT": _DROPPED_INSIDE,  # layers in decoder.layers; pre-norm, or post-norm in OPT-350m
+    "Bloom": _BLOOM,
     "GlmMoeDsa": _PRE_NORM,  # GLM-5: DeepSeek-V3.2's sparse attention (some layers reuse the last indexer's top-k)
     # Kimi Linear and Ling 2.5 (BailingHybrid): a self_attn that is multi-head latent attention in some layers and
     # Kimi delta attention (linear, its state in the cache) in the others; LaraMini: a gated DeltaNet (linear_attn)
@@ -225,7 +230,7 @@ def _transformers_class(module: nn.Module, names) -> str | None:
 
 def _layer_list(module: nn.Module) -> nn.ModuleList | None:
     """``module``'s decoder layers, if it is a decoder stack: its ``layers``, or ``h`` in the GPT-2 lineage (GPT-2,
-    GPTBigCode, GPT-Neo, GPT-J, CodeGen) and Falcon."""
+    GPTBigCode, GPT-Neo, GPT-J, CodeGen), Falcon and BLOOM."""
     return next((layers for name in ("layers", "h")
                  if isinstance(layers := getattr(module, name, None), nn.ModuleList)), None)
 

@@ -6,8 +6,9 @@ that instance: ``pre`` rewrites the layer input, ``post`` the layer output (regi
 it inside the layer's forward, before the hook) and ``mid`` adds the
 block's perturbation of ``residual + attention`` to the attention output. No transformers class is
 reassigned and no HF ``forward`` is copied. The hooks have no side effects besides the decode state
-that is tied to a cache object (and the forward's inputs tagged on its ``cache_position`` where a 4.x stack hands
-its layers no kwargs), so gradient checkpointing (which re-runs them) is safe.
+that is tied to a cache object (and the forward's inputs tagged on a tensor made for the forward, its
+``cache_position`` or BLOOM's ``alibi``, where a stack hands its layers no kwargs), so gradient checkpointing (which
+re-runs them) is safe.
 """
 
 from __future__ import annotations
@@ -39,7 +40,10 @@ _PATCH_ATTR = "_talan_patch"
 
 
 INPUTS_KWARG = "talan_inputs"  # the forward's _ForwardInputs, handed from the decoder stack to its layers
-_INPUTS_TAG = "_talan_inputs"  # the same, on the cache_position tensor of a stack that hands its layers no kwargs
+_INPUTS_TAG = "_talan_inputs"  # the same, on a tensor made for the forward by a stack that hands its layers no kwargs
+# the tensors a stack that hands its layers no kwargs makes for each forward and hands every layer: the cache positions
+# (transformers 4.x), or BLOOM's ALiBi biases
+_PER_FORWARD_TENSORS = ("cache_position", "alibi")
 # The names a stack, a layer or its attention give the cache: transformers 5.2x "cache", before that
 # "past_key_values"; a hybrid's linear attention (and 4.x's Mamba) gets "cache_params" (with the layer's other kwargs
 # in 5.1x); GPT-NeoX's layer "layer_past"
@@ -264,8 +268,9 @@ class _Patch:
         params = inspect.signature(stack.forward).parameters
         self._forward_params = tuple(params)  # names only: a signature's mappingproxy cannot be deep-copied
         # Qwen3/Llama stacks pass their **kwargs on to every layer, and the layer to its self_attn (with its
-        # position ids and cache).
-        self._passes_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        # position ids and cache); transformers 4.x's BLOOM and MPT take **deprecated_arguments only to refuse them.
+        self._passes_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD and p.name != "deprecated_arguments"
+                                  for p in params.values())
 
     def _prefix_lengths(self) -> frozenset[int]:
         return prefix_cache_lengths(self.peft_configs)
@@ -323,19 +328,20 @@ class _Patch:
 
     def _inputs_of(self, layer_kwargs: dict) -> _ForwardInputs:
         """The inputs of the forward that a layer call belongs to. They travel in its kwargs where the stack passes
-        its kwargs on; a transformers 4.x stack that does not (Jamba's, OLMoE's, ...) hands every layer the
-        ``cache_position`` it made for the forward, so the forward tags that tensor with its inputs, and a layer
-        that gradient checkpointing recomputes in the backward (4.x re-runs the layer's hooks then, with the same
-        kwargs) reads them off it rather than those of a later forward."""
+        its kwargs on; a stack that does not (transformers 4.x's Jamba, OLMoE, ...; BLOOM's) hands every layer a
+        tensor it made for the forward (the ``cache_position``; BLOOM's ``alibi``), so the forward tags that tensor
+        with its inputs, and a layer that gradient checkpointing recomputes in the backward (with the same kwargs; 4.x
+        re-runs the layer's hooks then) reads them off it rather than those of a later forward."""
         inputs = layer_kwargs.get(INPUTS_KWARG)
         if inputs is not None:
             return inputs
-        position = layer_kwargs.get("cache_position")
-        if not isinstance(position, torch.Tensor):
+        tagged = next((layer_kwargs[name] for name in _PER_FORWARD_TENSORS
+                       if isinstance(layer_kwargs.get(name), torch.Tensor)), None)
+        if tagged is None:
             return self.inputs
         if _in_backward():
-            return getattr(position, _INPUTS_TAG, self.inputs)
-        setattr(position, _INPUTS_TAG, self.inputs)
+            return getattr(tagged, _INPUTS_TAG, self.inputs)
+        setattr(tagged, _INPUTS_TAG, self.inputs)
         return self.inputs
 
     def _context(self, hidden: torch.Tensor, layer_kwargs: dict) -> _TokenContext:
@@ -347,7 +353,11 @@ class _Patch:
         if mask is not None:
             if mask.shape[0] != b or mask.shape[1] < t:
                 raise ValueError(f"attention_mask of shape {tuple(mask.shape)} does not cover {b} x {t} tokens")
-            active = mask[:, -t:].to(device=hidden.device, dtype=torch.bool)
+            # this forward's tokens follow the cache's; a 2-D mask may run on past them (BLOOM's static-cache
+            # generation pads it with zeros to the cache's size, for its ALiBi)
+            end = inputs.past_len + t
+            active = (mask[:, end - t:end] if mask.shape[1] >= end else mask[:, -t:]).to(device=hidden.device,
+                                                                                         dtype=torch.bool)
         cache = _cache_in(layer_kwargs)
         position_ids = layer_kwargs.get("position_ids", inputs.position_ids)
         resets = None if inputs.mask_starts is None else inputs.mask_starts[:, -t:]
@@ -427,11 +437,15 @@ class _Patch:
                 layer_kwargs = _running_layer_kwargs(layer)
             kwargs = kwargs if layer_kwargs is None else {**layer_kwargs, **kwargs}  # its own cache, if it got one
         attn_out = output[0] if isinstance(output, tuple) else output
-        scale = _attention_scale(layer, self.layout.of(layer))
-        h_mid = residual + (attn_out if scale is None else attn_out * scale)  # exactly the layer's sum
-        h_new = self._apply(layer_idx, h_mid, self._context(h_mid, kwargs))
-        delta = h_new - h_mid  # the layer then adds the residual back: h_mid + delta
-        attn_new = attn_out + (delta if scale is None else delta / scale)
+        layout = self.layout.of(layer)
+        if layout.adds_residual:  # BLOOM's attention returns the sum itself: TALAN's output replaces it
+            attn_new = self._apply(layer_idx, attn_out, self._context(attn_out, kwargs))
+        else:
+            scale = _attention_scale(layer, layout)
+            h_mid = residual + (attn_out if scale is None else attn_out * scale)  # exactly the layer's sum
+            h_new = self._apply(layer_idx, h_mid, self._context(h_mid, kwargs))
+            delta = h_new - h_mid  # the layer then adds the residual back: h_mid + delta
+            attn_new = attn_out + (delta if scale is None else delta / scale)
         return (attn_new, *output[1:]) if isinstance(output, tuple) else attn_new
 
     def install(self) -> None:

@@ -26,12 +26,13 @@ def local_model(tmp_path_factory):
 # AutoModelForCausalLM loads), Qwen3.5 (hybrid linear attention; saved as it ships, the vision-language model, which
 # AutoModelForCausalLM loads as its text decoder), Granite 4 (dense, a Mamba 2 layer whose projections LoRA adapts
 # too), LFM2 (a short-convolution layer) and Jamba (a Mamba layer, whose dt_proj "all-linear" must leave alone: the
-# Mamba reads its weight without calling it), GPT-2 (its layers in h, Conv1D projections that "all-linear" adapts) and
-# OPT (its layers in decoder.layers, at the post site), each trained by `talan train` on text, exported and reloaded.
+# Mamba reads its weight without calling it), GPT-2 (its layers in h, Conv1D projections that "all-linear" adapts),
+# OPT (its layers in decoder.layers, at the post site) and BLOOM (its attention adds the residual itself), each
+# trained by `talan train` on text, exported and reloaded.
 EXPORT_CASES = [("Qwen3", "lora"), ("Qwen3", "dora"), ("Gemma3Text", "lora"), ("Gemma3", "lora"), ("Olmo2", "lora"),
                 ("Phi3", "lora"), ("Granite", "lora"), ("Gemma4", "lora"), ("Qwen3_5", "lora"),
                 ("GraniteMoeHybrid", "lora"), ("Lfm2", "lora"), ("Jamba", "lora"), ("GPT2", "lora"),
-                ("OPT", "lora")]
+                ("OPT", "lora"), ("Bloom", "lora")]
 
 
 @pytest.mark.parametrize("family,adapter", [

@@ -138,6 +138,7 @@ FAMILY_CONFIG.update(
     # the GPT-2 lineage names its sizes otherwise: width 64, 3 layers, 4 heads (GPT-Neo: global and local attention)
     **dict.fromkeys(("GPT2", "GPTBigCode"), dict(IN_VOCAB, n_embd=64, n_layer=3, n_head=4, n_positions=64)),
     GPTJ=dict(IN_VOCAB, n_embd=64, n_layer=3, n_head=4, n_positions=64, rotary_dim=8),
+    Bloom=dict(IN_VOCAB, n_layer=3, n_head=4),  # ALiBi
     # Falcon 7B's layer (one norm, multi-query attention), and 40B's (two norms, grouped keys and values)
     Falcon=dict(IN_VOCAB, num_kv_heads=1, head_dim=NOT_SET),
     **{"Falcon-40B": dict(IN_VOCAB, new_decoder_architecture=True, num_kv_heads=2, head_dim=NOT_SET),
@@ -204,7 +205,7 @@ FAMILY_NAMES = ["Qwen3Moe", "Qwen2", "Mistral", "Ministral", "Mixtral", "Gemma",
                 "MiMoV2Flash", "SolarOpen", "Dots1", "BitNet", "Jais2", "Ministral3", "HyperCLOVAX", "NanoChat", "Cwm",
                 "DiffLlama", "Mellum", "Laguna", "HYV3", "AriaText", "Apertus1p5Text", "VaultGemma",
                 "Afmoe", "Kolibri1", "StableLm", "GPTNeoX-sequential", "Persimmon", "JetMoe", "GPT2",
-                "GPTBigCode", "GPTNeo", *HYBRID_FAMILIES,
+                "GPTBigCode", "GPTNeo", "Bloom", *HYBRID_FAMILIES,
                 *LINEAR_SELF_ATTN, *NO_MID_SITE]
 
 
@@ -295,7 +296,8 @@ def test_each_site_writes_the_block_output_where_analyze_reads_the_stream(family
 
 
 # the families whose attention output is dropped out before it joins the residual (the mid site hooks the dropout)
-ATTENTION_DROPOUT = {"Phi3": {"resid_pdrop": 0.5}, "GPTNeoX-sequential": {"hidden_dropout": 0.5}}
+ATTENTION_DROPOUT = {"Phi3": {"resid_pdrop": 0.5}, "GPTNeoX-sequential": {"hidden_dropout": 0.5},
+                     "Bloom": {"hidden_dropout": 0.5}}  # Bloom's attention drops out, then adds the residual
 
 
 def _assert_block_output_where_analyze_reads(family: str, site: str, layer: int):
@@ -385,7 +387,7 @@ def _two_batches_loss_and_grads(family: str, checkpointing: bool, site: str = "m
 @pytest.mark.filterwarnings("ignore:.*gradient_checkpointing.*:FutureWarning")
 @pytest.mark.parametrize("family", ["Gemma2", "Gemma3Text", "Phi3", "Glm4", "Olmo2", "Granite",
                                     *map(installed, ["Gemma4Text", *HYBRID_FAMILIES, *LINEAR_SELF_ATTN,
-                                                     *NO_KWARGS_ON_4])])
+                                                     *NO_KWARGS_ON_4, "Bloom"])])
 def test_gradient_checkpointing_recomputes_a_mid_site_with_its_own_forwards_kwargs(family):
     """Where the mid site hooks a norm (or dropout) after self_attn, the recompute in the backward reads the
     kwargs its own self_attn got, and in a hybrid's linear-attention layer (layer 0) those its linear attention
@@ -397,7 +399,7 @@ def test_gradient_checkpointing_recomputes_a_mid_site_with_its_own_forwards_kwar
 
 @pytest.mark.filterwarnings("ignore:.*gradient_checkpointing.*:FutureWarning")
 @pytest.mark.parametrize("site", ["pre", "post"])
-@pytest.mark.parametrize("family", map(installed, [*NO_KWARGS_ON_4, "Jamba"]))
+@pytest.mark.parametrize("family", map(installed, [*NO_KWARGS_ON_4, "Jamba", "Bloom"]))
 def test_gradient_checkpointing_recomputes_each_site_with_its_own_forwards_inputs(family, site):
     """Where the decoder stack hands its layers none of its kwargs (these families on transformers 4.57), a layer
     recomputed in the backward still reads its own forward's padding at the other sites too."""

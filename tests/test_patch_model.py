@@ -356,10 +356,12 @@ def _unchanged(model, ref_logits, hooks):
 
 
 def test_bad_inputs_raise_clear_errors_and_leave_the_model_unchanged():
-    from transformers import BloomConfig, BloomForCausalLM
+    from transformers import RecurrentGemmaConfig, RecurrentGemmaForCausalLM
 
-    with pytest.raises(TypeError, match="BloomForCausalLM"):  # its attention adds the residual itself
-        talan.patch(BloomForCausalLM(BloomConfig(n_layer=1, hidden_size=32, n_head=2, vocab_size=64)))
+    with pytest.raises(TypeError, match="RecurrentGemmaForCausalLM"):  # recurrent blocks beside local attention
+        talan.patch(RecurrentGemmaForCausalLM(RecurrentGemmaConfig(
+            num_hidden_layers=1, hidden_size=32, lru_width=32, num_attention_heads=2, num_key_value_heads=1,
+            intermediate_size=64, vocab_size=64)))
     with pytest.raises(TypeError, match="Linear"):
         talan.patch(torch.nn.Linear(3, 3))
     model = tiny_qwen3()
