@@ -145,6 +145,9 @@ FAMILIES = {
     "Falcon": replace(_PARALLEL, no_mid=f"{_PARALLEL.no_mid}, or {_DROPPED_INSIDE.no_mid} (Falcon-RW)"),
     "OPT": _DROPPED_INSIDE,  # layers in decoder.layers; pre-norm, or post-norm in OPT-350m
     "Bloom": _BLOOM,
+    # MPT (layers in blocks): pre-norm by norm_1 and norm_2, its attention output dropped out first (ALiBi)
+    "Mpt": LayerLayout(residual_input="norm_1", attention_output="resid_attn_dropout", mlp_norm="norm_2",
+                       token_mixer="attn"),
     "GlmMoeDsa": _PRE_NORM,  # GLM-5: DeepSeek-V3.2's sparse attention (some layers reuse the last indexer's top-k)
     # Kimi Linear and Ling 2.5 (BailingHybrid): a self_attn that is multi-head latent attention in some layers and
     # Kimi delta attention (linear, its state in the cache) in the others; LaraMini: a gated DeltaNet (linear_attn)
@@ -230,8 +233,8 @@ def _transformers_class(module: nn.Module, names) -> str | None:
 
 def _layer_list(module: nn.Module) -> nn.ModuleList | None:
     """``module``'s decoder layers, if it is a decoder stack: its ``layers``, or ``h`` in the GPT-2 lineage (GPT-2,
-    GPTBigCode, GPT-Neo, GPT-J, CodeGen), Falcon and BLOOM."""
-    return next((layers for name in ("layers", "h")
+    GPTBigCode, GPT-Neo, GPT-J, CodeGen), Falcon and BLOOM, or ``blocks`` in MPT."""
+    return next((layers for name in ("layers", "h", "blocks")
                  if isinstance(layers := getattr(module, name, None), nn.ModuleList)), None)
 
 

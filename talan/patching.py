@@ -42,8 +42,8 @@ _PATCH_ATTR = "_talan_patch"
 INPUTS_KWARG = "talan_inputs"  # the forward's _ForwardInputs, handed from the decoder stack to its layers
 _INPUTS_TAG = "_talan_inputs"  # the same, on a tensor made for the forward by a stack that hands its layers no kwargs
 # the tensors a stack that hands its layers no kwargs makes for each forward and hands every layer: the cache positions
-# (transformers 4.x), or BLOOM's ALiBi biases
-_PER_FORWARD_TENSORS = ("cache_position", "alibi")
+# (transformers 4.x), or BLOOM's and MPT's ALiBi biases
+_PER_FORWARD_TENSORS = ("cache_position", "alibi", "position_bias")
 # The names a stack, a layer or its attention give the cache: transformers 5.2x "cache", before that
 # "past_key_values"; a hybrid's linear attention (and 4.x's Mamba) gets "cache_params" (with the layer's other kwargs
 # in 5.1x); GPT-NeoX's layer "layer_past"

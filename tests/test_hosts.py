@@ -139,6 +139,7 @@ FAMILY_CONFIG.update(
     **dict.fromkeys(("GPT2", "GPTBigCode"), dict(IN_VOCAB, n_embd=64, n_layer=3, n_head=4, n_positions=64)),
     GPTJ=dict(IN_VOCAB, n_embd=64, n_layer=3, n_head=4, n_positions=64, rotary_dim=8),
     Bloom=dict(IN_VOCAB, n_layer=3, n_head=4),  # ALiBi
+    Mpt=dict(IN_VOCAB, d_model=64, n_layers=3, n_heads=4, max_seq_len=64),  # ALiBi
     # Falcon 7B's layer (one norm, multi-query attention), and 40B's (two norms, grouped keys and values)
     Falcon=dict(IN_VOCAB, num_kv_heads=1, head_dim=NOT_SET),
     **{"Falcon-40B": dict(IN_VOCAB, new_decoder_architecture=True, num_kv_heads=2, head_dim=NOT_SET),
@@ -205,7 +206,7 @@ FAMILY_NAMES = ["Qwen3Moe", "Qwen2", "Mistral", "Ministral", "Mixtral", "Gemma",
                 "MiMoV2Flash", "SolarOpen", "Dots1", "BitNet", "Jais2", "Ministral3", "HyperCLOVAX", "NanoChat", "Cwm",
                 "DiffLlama", "Mellum", "Laguna", "HYV3", "AriaText", "Apertus1p5Text", "VaultGemma",
                 "Afmoe", "Kolibri1", "StableLm", "GPTNeoX-sequential", "Persimmon", "JetMoe", "GPT2",
-                "GPTBigCode", "GPTNeo", "Bloom", *HYBRID_FAMILIES,
+                "GPTBigCode", "GPTNeo", "Bloom", "Mpt", *HYBRID_FAMILIES,
                 *LINEAR_SELF_ATTN, *NO_MID_SITE]
 
 
@@ -387,7 +388,7 @@ def _two_batches_loss_and_grads(family: str, checkpointing: bool, site: str = "m
 @pytest.mark.filterwarnings("ignore:.*gradient_checkpointing.*:FutureWarning")
 @pytest.mark.parametrize("family", ["Gemma2", "Gemma3Text", "Phi3", "Glm4", "Olmo2", "Granite",
                                     *map(installed, ["Gemma4Text", *HYBRID_FAMILIES, *LINEAR_SELF_ATTN,
-                                                     *NO_KWARGS_ON_4, "Bloom"])])
+                                                     *NO_KWARGS_ON_4, "Bloom", "Mpt"])])
 def test_gradient_checkpointing_recomputes_a_mid_site_with_its_own_forwards_kwargs(family):
     """Where the mid site hooks a norm (or dropout) after self_attn, the recompute in the backward reads the
     kwargs its own self_attn got, and in a hybrid's linear-attention layer (layer 0) those its linear attention
@@ -399,7 +400,7 @@ def test_gradient_checkpointing_recomputes_a_mid_site_with_its_own_forwards_kwar
 
 @pytest.mark.filterwarnings("ignore:.*gradient_checkpointing.*:FutureWarning")
 @pytest.mark.parametrize("site", ["pre", "post"])
-@pytest.mark.parametrize("family", map(installed, [*NO_KWARGS_ON_4, "Jamba", "Bloom"]))
+@pytest.mark.parametrize("family", map(installed, [*NO_KWARGS_ON_4, "Jamba", "Bloom", "Mpt"]))
 def test_gradient_checkpointing_recomputes_each_site_with_its_own_forwards_inputs(family, site):
     """Where the decoder stack hands its layers none of its kwargs (these families on transformers 4.57), a layer
     recomputed in the backward still reads its own forward's padding at the other sites too."""
