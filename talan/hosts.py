@@ -83,8 +83,8 @@ _APERTUS = LayerLayout(residual_input="attention_layernorm", mlp_norm="feedforwa
 # MLP normed by pre_ff_layernorm
 _MAMBA_HYBRID = LayerLayout(mlp_norm="pre_ff_layernorm", other_layers=LayerLayout(
     attention_output="mamba", token_mixer="mamba", mlp_norm="pre_ff_layernorm"))
-# OPT and Falcon-RW drop the attention output out functionally before it joins the residual: in training no hook
-# could add to that sum, so TALAN acts at a layer's input or output only
+# OPT, BioGPT, XGLM and Falcon-RW drop the attention output out functionally before it joins the residual: in
+# training no hook could add to that sum, so TALAN acts at a layer's input or output only
 _DROPPED_INSIDE = LayerLayout(attention_output=None, mlp_norm=None,
                               no_mid="drop the attention output out inside their forward")
 _GPT2 = LayerLayout(residual_input="ln_1", attention_output="attn", mlp_norm="ln_2", token_mixer="attn")
@@ -144,6 +144,7 @@ FAMILIES = {
     # Falcon (layers in h): parallel (7B, and 40B's two norms), or sequential (Falcon-RW)
     "Falcon": replace(_PARALLEL, no_mid=f"{_PARALLEL.no_mid}, or {_DROPPED_INSIDE.no_mid} (Falcon-RW)"),
     "OPT": _DROPPED_INSIDE,  # layers in decoder.layers; pre-norm, or post-norm in OPT-350m
+    "BioGpt": _DROPPED_INSIDE, "XGLM": _DROPPED_INSIDE,  # pre-norm
     "Bloom": _BLOOM,
     # MPT (layers in blocks): pre-norm by norm_1 and norm_2, its attention output dropped out first (ALiBi)
     "Mpt": LayerLayout(residual_input="norm_1", attention_output="resid_attn_dropout", mlp_norm="norm_2",
