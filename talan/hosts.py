@@ -26,7 +26,7 @@ class LayerLayout:
     mlp_norm: str | None = "post_attention_layernorm"
     attention_scale: str | None = None
     attention_gate: str | None = None
-    adds_residual: bool = False  # attention_output returns residual + attention itself (Bloom's)
+    adds_residual: bool = False  # attention_output returns residual + attention itself (BLOOM's, ZAYA's)
     token_mixer: str = "self_attn"
     other_layers: LayerLayout | None = None
     parallel_if: str | None = None  # a layer attribute that, when true, makes its residual parallel (StableLM's)
@@ -146,6 +146,8 @@ FAMILIES = {
     "OPT": _DROPPED_INSIDE,  # layers in decoder.layers; pre-norm, or post-norm in OPT-350m
     "BioGpt": _DROPPED_INSIDE, "XGLM": _DROPPED_INSIDE,  # pre-norm
     "Bloom": _BLOOM,
+    # ZAYA: pre-norm; a module scales and shifts the attention output and the residual and returns their sum
+    "Zaya": LayerLayout(attention_output="post_attention_residual_scale", adds_residual=True),
     # MPT (layers in blocks): pre-norm by norm_1 and norm_2, its attention output dropped out first (ALiBi)
     "Mpt": LayerLayout(residual_input="norm_1", attention_output="resid_attn_dropout", mlp_norm="norm_2",
                        token_mixer="attn"),

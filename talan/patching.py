@@ -438,8 +438,8 @@ class _Patch:
             kwargs = kwargs if layer_kwargs is None else {**layer_kwargs, **kwargs}  # its own cache, if it got one
         attn_out = output[0] if isinstance(output, tuple) else output
         layout = self.layout.of(layer)
-        if layout.adds_residual:  # BLOOM's attention returns the sum itself: TALAN's output replaces it
-            attn_new = self._apply(layer_idx, attn_out, self._context(attn_out, kwargs))
+        if layout.adds_residual:  # the sum itself (BLOOM's attention, ZAYA's residual scaling): TALAN's output
+            attn_new = self._apply(layer_idx, attn_out, self._context(attn_out, kwargs))  # replaces it
         else:
             scale = _attention_scale(layer, layout)
             h_mid = residual + (attn_out if scale is None else attn_out * scale)  # exactly the layer's sum

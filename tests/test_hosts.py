@@ -141,6 +141,7 @@ FAMILY_CONFIG.update(
     Bloom=dict(IN_VOCAB, n_layer=3, n_head=4),  # ALiBi
     Mpt=dict(IN_VOCAB, d_model=64, n_layers=3, n_heads=4, max_seq_len=64),  # ALiBi
     BioGpt=dict(IN_VOCAB, max_position_embeddings=64),
+    Zaya=dict(IN_VOCAB, num_experts=4, num_experts_per_tok=1, moe_intermediate_size=32, router_hidden_size=16),
     XGLM=dict(IN_VOCAB, d_model=64, num_layers=3, attention_heads=4, ffn_dim=128, max_position_embeddings=64),
     # Falcon 7B's layer (one norm, multi-query attention), and 40B's (two norms, grouped keys and values)
     Falcon=dict(IN_VOCAB, num_kv_heads=1, head_dim=NOT_SET),
@@ -209,7 +210,7 @@ FAMILY_NAMES = ["Qwen3Moe", "Qwen2", "Mistral", "Ministral", "Mixtral", "Gemma",
                 "MiMoV2Flash", "SolarOpen", "Dots1", "BitNet", "Jais2", "Ministral3", "HyperCLOVAX", "NanoChat", "Cwm",
                 "DiffLlama", "Mellum", "Laguna", "HYV3", "AriaText", "Apertus1p5Text", "VaultGemma",
                 "Afmoe", "Kolibri1", "StableLm", "GPTNeoX-sequential", "Persimmon", "JetMoe", "GPT2",
-                "GPTBigCode", "GPTNeo", "Bloom", "Mpt", *HYBRID_FAMILIES,
+                "GPTBigCode", "GPTNeo", "Bloom", "Mpt", "Zaya", *HYBRID_FAMILIES,
                 *LINEAR_SELF_ATTN, *NO_MID_SITE]
 
 
