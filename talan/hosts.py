@@ -171,9 +171,9 @@ FAMILIES = {
     "Qwen2_5OmniThinker": _PRE_NORM, "Qwen3OmniMoeThinker": _PRE_NORM,
     "Mllama": _MLLAMA,  # Llama 3.2 Vision: image features read by cross-attention layers, not as tokens
     # and Mistral Large 4's (GLM-5's sparse attention), Cosmos 3 Edge's (Llama's), MiniMax-M3-VL's (experts), Muse
-    # Glimmer's (Gemma 2's, normed first) and Cohere Compass's (Cohere 2's parallel residual)
+    # Glimmer's (Gemma 2's, normed first), Cohere Compass's (Cohere 2's parallel residual), Granite Docling's (scaled)
     "MistralLarge4": _PRE_NORM, "Cosmos3Edge": _PRE_NORM, "MiniMaxM3VL": _PRE_NORM, "MuseGlimmer": _SANDWICH,
-    "CohereCompass": _PARALLEL,
+    "CohereCompass": _PARALLEL, "GraniteDocling": _GRANITE,
 }
 # The bare decoder stack and the models around it: the language-model head, and the task heads that peft
 # fine-tunes too (task_type SEQ_CLS, TOKEN_CLS, QUESTION_ANS) over the same stack, where transformers has them.

@@ -240,6 +240,11 @@ CONFIGS = {
         vision_config=dict(patch_size=4, pos_emb_height=4, pos_emb_width=4, num_attention_heads=2, num_hidden_layers=1,
                            hidden_size=32, intermediate_size=64, merge_size=2, max_position_embeddings=16),
         image_token_id=IMAGE, video_token_id=6, out_hidden_size=128, projector_hidden_size=32)),
+    # Granite Docling (Granite's decoder, scaled): 16 patches of one tile, pixel-shuffled 2x2 into 4 tokens (its
+    # deepstack features added to the text decoder's layers)
+    "GraniteDocling": (dict(residual_multiplier=0.22), dict(
+        vision_config=dict(VISION_BLOCK, image_size=16, patch_size=4, out_hidden_size=64, scale_factor=2),
+        image_token_id=IMAGE)),
     "MistralLarge4": (dict(MLA, **ROUTED_EXPERTS, first_k_dense_replace=1, index_topk=64, index_head_dim=16,
                            index_n_heads=2, indexer_types=["full", "shared", "full"]),
                       dict(vision_config=VISION["Mistral3"], image_token_index=IMAGE, spatial_merge_size=2)),
@@ -349,6 +354,8 @@ def _media(prefix: str, generator: torch.Generator) -> dict:
         return {"input_features": noise(2, 16, 16)}
     if prefix in ("SmolVLM", "Idefics3", "Idefics2"):  # a list of images per row
         return {"pixel_values": noise(2, 1, 3, 16, 16)}
+    if prefix == "GraniteDocling":  # a list of tiles per row, and which are real
+        return {"pixel_values": noise(2, 1, 3, 16, 16), "pixel_attention_mask": torch.ones(2, 1, dtype=torch.bool)}
     if prefix == "Gemma4":  # each image's flattened patches and their (x, y) positions
         xy = torch.stack(torch.meshgrid(torch.arange(6), torch.arange(6), indexing="xy"), -1).reshape(36, 2)
         return {"pixel_values": noise(2, 36, 3 * 4 * 4), "image_position_ids": xy.expand(2, -1, -1).clone()}
