@@ -174,6 +174,9 @@ FAMILIES = {
     # Glimmer's (Gemma 2's, normed first), Cohere Compass's (Cohere 2's parallel residual), Granite Docling's (scaled)
     "MistralLarge4": _PRE_NORM, "Cosmos3Edge": _PRE_NORM, "MiniMaxM3VL": _PRE_NORM, "MuseGlimmer": _SANDWICH,
     "CohereCompass": _PARALLEL, "GraniteDocling": _GRANITE,
+    # Muse Spark's: Muse Glimmer's, but a gate module mixes the residual and the normed attention output and returns
+    # their sum
+    "MuseSpark": replace(_SANDWICH, attention_output="post_attention_residual_gate", adds_residual=True),
 }
 # The bare decoder stack and the models around it: the language-model head, and the task heads that peft
 # fine-tunes too (task_type SEQ_CLS, TOKEN_CLS, QUESTION_ANS) over the same stack, where transformers has them.

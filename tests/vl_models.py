@@ -55,6 +55,9 @@ _INTERN_VIT = dict(SMALL_VISION, image_size=[16, 16], patch_size=[4, 4])
 _SAM_VISION = dict(hidden_size=32, output_channels=16, num_hidden_layers=1, num_attention_heads=2, image_size=16,
                    patch_size=2, window_size=4, global_attn_indexes=[0], mlp_dim=64)
 MINICPM = ("MiniCPMV4_6", "MiniCPMV4_7", "MiniCPMOcr")
+# Muse Glimmer's and Muse Spark's tower: Qwen-VL's 2-frame 4x4 patches, merged 2x2
+_MUSE_VISION = dict(patch_size=4, pos_emb_height=4, pos_emb_width=4, num_attention_heads=2, num_hidden_layers=1,
+                           hidden_size=32, intermediate_size=64, merge_size=2, max_position_embeddings=16)
 _AUDIO_ENCODER = dict(num_mel_bins=16, max_source_positions=8)
 _OMNI_AUDIO = dict(_AUDIO_ENCODER, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=64, d_model=32,
                    output_dim=64, n_window=4)
@@ -236,10 +239,15 @@ CONFIGS = {
         vision_config=dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=4,
                            spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=64, num_position_embeddings=16),
         image_token_id=IMAGE, video_token_id=6, vision_start_token_id=VISION_START, vision_end_token_id=VISION_END)),
-    "MuseGlimmer": (dict(sliding_window=4), dict(
-        vision_config=dict(patch_size=4, pos_emb_height=4, pos_emb_width=4, num_attention_heads=2, num_hidden_layers=1,
-                           hidden_size=32, intermediate_size=64, merge_size=2, max_position_embeddings=16),
-        image_token_id=IMAGE, video_token_id=6, out_hidden_size=128, projector_hidden_size=32)),
+    "MuseGlimmer": (dict(sliding_window=4), dict(vision_config=_MUSE_VISION, image_token_id=IMAGE,
+                                                  video_token_id=6, out_hidden_size=128, projector_hidden_size=32)),
+    # Muse Spark: Muse Glimmer's, with a residual gate module and 4 experts in layer 1, and an audio encoder beside
+    "MuseSpark": (dict(sliding_window=4, num_local_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+                       moe_hidden_size=32, mlp_layer_types=["dense", "sparse", "dense"]), dict(
+        vision_config=_MUSE_VISION, image_token_id=IMAGE, video_token_id=6, audio_token_id=13,
+        audio_config=dict(patch_sizes=[2, 2, 2, 2], hidden_sizes=[16, 16, 32, 32], depths=[1, 1, 1, 1],
+                          num_hidden_layers=4, out_hidden_size=64),
+        out_hidden_size=128, projector_hidden_size=32)),
     # Granite Docling (Granite's decoder, scaled): 16 patches of one tile, pixel-shuffled 2x2 into 4 tokens (its
     # deepstack features added to the text decoder's layers)
     "GraniteDocling": (dict(residual_multiplier=0.22), dict(
