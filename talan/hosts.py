@@ -145,6 +145,7 @@ FAMILIES = {
     "Falcon": replace(_PARALLEL, no_mid=f"{_PARALLEL.no_mid}, or {_DROPPED_INSIDE.no_mid} (Falcon-RW)"),
     "OPT": _DROPPED_INSIDE,  # layers in decoder.layers; pre-norm, or post-norm in OPT-350m
     "BioGpt": _DROPPED_INSIDE, "XGLM": _DROPPED_INSIDE,  # pre-norm
+    "Doge": _DROPPED_INSIDE,  # pre-norm, the residual scaled by a learned vector
     "Bloom": _BLOOM,
     # ZAYA: pre-norm; a module scales and shifts the attention output and the residual and returns their sum
     "Zaya": LayerLayout(attention_output="post_attention_residual_scale", adds_residual=True),

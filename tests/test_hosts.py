@@ -141,6 +141,7 @@ FAMILY_CONFIG.update(
     Bloom=dict(IN_VOCAB, n_layer=3, n_head=4),  # ALiBi
     Mpt=dict(IN_VOCAB, d_model=64, n_layers=3, n_heads=4, max_seq_len=64),  # ALiBi
     BioGpt=dict(IN_VOCAB, max_position_embeddings=64),
+    Doge=IN_VOCAB,  # its dynamic-mask window (2048 keys) wider than the prompt: narrower, its own cache drifts
     Zaya=dict(IN_VOCAB, num_experts=4, num_experts_per_tok=1, moe_intermediate_size=32, router_hidden_size=16),
     XGLM=dict(IN_VOCAB, d_model=64, num_layers=3, attention_heads=4, ffn_dim=128, max_position_embeddings=64),
     # Falcon 7B's layer (one norm, multi-query attention), and 40B's (two norms, grouped keys and values)
@@ -198,7 +199,7 @@ PARALLEL = ("Cohere", "Cohere2", "Cohere2Moe", "Phi", "GPTNeoX", "FalconH1", "GP
             "Falcon-RW")
 ONE_MIXER = ("NemotronH", "Mamba", "Mamba2", "FalconMamba")  # each layer one token mixer or one MLP
 # the attention output dropped out functionally before it joins the residual
-DROPPED_INSIDE = ("OPT", "OPT-350m", "BioGpt", "XGLM")
+DROPPED_INSIDE = ("OPT", "OPT-350m", "BioGpt", "XGLM", "Doge")
 NO_MID_SITE = (*PARALLEL, *ONE_MIXER, *DROPPED_INSIDE)
 FAMILY_NAMES = ["Qwen3Moe", "Qwen2", "Mistral", "Ministral", "Mixtral", "Gemma", "Gemma2", "Gemma3Text", "Gemma4Text",
                 "Phi3", "SmolLM3", "Glm4", "Starcoder2", "Olmo2", "Olmo3", "Granite", "GraniteMoe", "GraniteMoeShared",
