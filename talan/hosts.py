@@ -226,7 +226,8 @@ _VL_WRAPPER_PREFIXES = ("Llava", "LlavaNext", "LlavaOnevision", "Lfm2Vl", "Mistr
                         "AudioFlamingo3", "GotOcr2", "Janus", "DeepseekVLHybrid", "Cosmos3Omni", "MiniCPMV4_6",
                         "MiniCPMV4_7", "MiniCPMOcr", "MossTranscribeDiarize")
 _VL_WRAPPERS = frozenset(f"{prefix}{head}" for prefix in _VL_WRAPPER_PREFIXES for head in ("ForConditionalGeneration",
-                                                                                       "Model"))
+                                                                                       "Model")) | {
+    "FuyuForCausalLM", "FuyuModel"}  # Fuyu over Persimmon: image patches embedded by a linear layer, no tower
 
 
 def _transformers_class(module: nn.Module, names) -> str | None:

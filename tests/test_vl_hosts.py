@@ -51,6 +51,11 @@ def _installed(family: str):
     return needs_transformers(class_name(family, "ForConditionalGeneration"))
 
 
+# Fuyu's image patches are pixel_values after transformers 5.17; before, image_patches in another layout
+FUYU_PATCHES = pytest.mark.skipif(TRANSFORMERS_4 or TRANSFORMERS_5_17, reason="Fuyu's image patches are in another "
+                                  "layout before transformers 5.2x")
+
+
 # transformers 5.17's Gemma 4 with an image generates otherwise with a static cache than recomputed, TALAN off too
 GEMMA4_STATIC_5_17 = pytest.mark.xfail(TRANSFORMERS_5_17, raises=AssertionError, strict=True, reason="transformers "
                                        "5.17: Gemma 4's static-cache generation differs from recomputing, TALAN off")
@@ -76,7 +81,7 @@ GENERATE_MARKS = {"Gemma4": (GEMMA4_STATIC_5_17,), "PaliGemma": (PALIGEMMA_GENER
 
 def _with_images(family: str, *marks):
     """``family`` as a test parameter (with ``marks``) of the tests with an image in the prompt."""
-    image_marks = {"Gemma3": [GEMMA3_IMAGES], "Llama4": [LLAMA4_VL_FORWARD]}.get(family, [])
+    image_marks = {"Gemma3": [GEMMA3_IMAGES], "Llama4": [LLAMA4_VL_FORWARD], "Fuyu": [FUYU_PATCHES]}.get(family, [])
     return pytest.param(family, marks=[_installed(family), *image_marks, *marks])
 
 
@@ -94,7 +99,7 @@ WRAPPERS = ("Llava", "Llava-gemma2", "LlavaNext", "LlavaOnevision", "Lfm2Vl", "M
             "Idefics3", "PaliGemma", "Llama4", "VipLlava", "LlavaNextVideo", "Idefics2", "Glm46V", "AyaVision",
             "Cohere2Vision", "DeepseekVL", "LightOnOcr", "VideoLlava", "Ovis2", "QianfanOCR", "Aria", "Exaone4_5_",
             "HyperCLOVAXVisionV2", "Lfm3Vl", "VideoLlama3", "Kimi_K25", "GotOcr2", "DeepseekVLHybrid", "Janus",
-            "Cosmos3Omni", *MINICPM, *AUDIO)
+            "Cosmos3Omni", "Fuyu", *MINICPM, *AUDIO)
 PARALLEL = ("AyaVision", "Cohere2Vision", "CohereCompass")
 FAMILIES = [_with_images(f) for f in (*NATIVE, *WRAPPERS)]
 
@@ -238,8 +243,8 @@ def test_mllama_refuses_the_mid_site_on_a_closed_cross_attention_gate():
 @pytest.mark.parametrize("family", FAMILIES)
 def test_vl_host_trains_with_lora_on_the_language_model_and_reloads(family, tmp_path):
     # LoRA on the text decoder's attention (an Omni thinker's is its model before transformers 5.2x, beside its
-    # audio_tower); the vision tower stays frozen
-    text_attention = r"(.*(language|text)_model\..*|model\.layers\..*)\.(q|k|v|o)_proj"
+    # audio_tower; Persimmon's under Fuyu: query_key_value and dense); the vision tower stays frozen
+    text_attention = r"(.*(language|text)_model\..*|model\.layers\..*)\.((q|k|v|o)_proj|query_key_value|dense)"
     base = tiny_vl(family, train=True)
     # peft 0.21 targets Qwen3-Omni's audio attention under that pattern too (and warns of an exclusion that is idle)
     audio = r".*audio_tower.*" if any("audio_tower" in name for name, _ in base.named_modules()) else None

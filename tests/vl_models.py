@@ -256,6 +256,8 @@ CONFIGS = {
     "MistralLarge4": (dict(MLA, **ROUTED_EXPERTS, first_k_dense_replace=1, index_topk=64, index_head_dim=16,
                            index_n_heads=2, indexer_types=["full", "shared", "full"]),
                       dict(vision_config=VISION["Mistral3"], image_token_index=IMAGE, spatial_merge_size=2)),
+    # Fuyu over Persimmon: the image's 4x4-pixel patches embedded by a linear layer, 4 tokens (no tower)
+    "Fuyu": (dict(model_type="persimmon"), dict(image_size=16, patch_size=4, image_token_id=IMAGE)),
     # Mllama (Llama 3.2 Vision): its own text decoder, whose layer 1 cross-attends to the image features (the text
     # holds one image token; rope_scaling: as 4.57 needs it); a 2-block vision tower (one of them global) over one
     # 16x16 tile of 4x4 patches
@@ -314,7 +316,7 @@ def _config(family: str):
                       vision_start_token_id=VISION_START, vision_end_token_id=VISION_END)
 
 
-_NAMED_OTHERWISE = {"PaddleOCRVLTextModel": "PaddleOCRTextModel",
+_NAMED_OTHERWISE = {"PaddleOCRVLTextModel": "PaddleOCRTextModel", "FuyuForConditionalGeneration": "FuyuForCausalLM",
                     "MiniMaxM3VLForConditionalGeneration": "MiniMaxM3SparseForConditionalGeneration"}
 
 
@@ -346,6 +348,8 @@ def _media(prefix: str, generator: torch.Generator) -> dict:
         return {"pixel_values": noise(2, 3, 16, 16)}
     if prefix == "Step3p7":
         return {"pixel_values": noise(2, 3, 32, 32)}
+    if prefix == "Fuyu":  # each row's 4 patches, flattened (transformers after 5.17 names them pixel_values)
+        return {"pixel_values": noise(2, 4, 3 * 4 * 4)}
     if prefix == "DeepseekVLHybrid":  # and a 32x32 copy for its high-resolution tower
         return {"pixel_values": noise(2, 3, 16, 16), "high_res_pixel_values": noise(2, 3, 32, 32)}
     if prefix in MINICPM:  # the two images' 8x8 patches of 4x4 pixels, side by side in one row
