@@ -14,12 +14,11 @@ class LayerLayout:
     site): ``residual_input``'s input is the layer input (the residual), the layer adds the output of
     ``attention_output`` to it (times the layer's float attribute ``attention_scale``, or the tanh of its parameter
     ``attention_gate``, when named; or, with ``adds_residual``, it returns that sum itself), and ``mlp_norm`` reads
-    that sum. ``token_mixer`` gets the layer's kwargs:
-    self_attn all of them (position ids, cache); a hybrid layer's linear attention, Mamba or convolution no position
-    ids, and in transformers 4.x maybe nothing but the cache. A hybrid family's layers without a self_attn (none, or
-    None) follow ``other_layers``. A layer with no point between attention and MLP (a parallel residual; one mixer
-    per layer) has no ``attention_output`` or ``mlp_norm``, and ``no_mid`` says why: TALAN acts at its input or
-    output only."""
+    that sum. ``token_mixer`` gets the layer's kwargs: self_attn all of them (position ids, cache); a hybrid layer's
+    linear attention, Mamba or convolution no position ids, and in transformers 4.x maybe nothing but the cache. A
+    hybrid family's layers without a self_attn (none, or None) follow ``other_layers``. A layer with no point between
+    attention and MLP (a parallel residual; one mixer per layer) has no ``attention_output`` or ``mlp_norm``, and
+    ``no_mid`` says why: TALAN acts at its input or output only."""
 
     residual_input: str = "input_layernorm"
     attention_output: str | None = "self_attn"
@@ -83,7 +82,7 @@ _APERTUS = LayerLayout(residual_input="attention_layernorm", mlp_norm="feedforwa
 # MLP normed by pre_ff_layernorm
 _MAMBA_HYBRID = LayerLayout(mlp_norm="pre_ff_layernorm", other_layers=LayerLayout(
     attention_output="mamba", token_mixer="mamba", mlp_norm="pre_ff_layernorm"))
-# OPT, BioGPT, XGLM and Falcon-RW drop the attention output out functionally before it joins the residual: in
+# OPT, BioGPT, XGLM, Doge and Falcon-RW drop the attention output out functionally before it joins the residual: in
 # training no hook could add to that sum, so TALAN acts at a layer's input or output only
 _DROPPED_INSIDE = LayerLayout(attention_output=None, mlp_norm=None,
                               no_mid="drop the attention output out inside their forward")

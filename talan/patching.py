@@ -7,8 +7,8 @@ it inside the layer's forward, before the hook) and ``mid`` adds the
 block's perturbation of ``residual + attention`` to the attention output. No transformers class is
 reassigned and no HF ``forward`` is copied. The hooks have no side effects besides the decode state
 that is tied to a cache object (and the forward's inputs tagged on a tensor made for the forward, its
-``cache_position`` or BLOOM's ``alibi``, where a stack hands its layers no kwargs), so gradient checkpointing (which
-re-runs them) is safe.
+``cache_position`` or BLOOM's and MPT's ALiBi biases, where a stack hands its layers no kwargs), so gradient
+checkpointing (which re-runs them) is safe.
 """
 
 from __future__ import annotations
@@ -328,10 +328,11 @@ class _Patch:
 
     def _inputs_of(self, layer_kwargs: dict) -> _ForwardInputs:
         """The inputs of the forward that a layer call belongs to. They travel in its kwargs where the stack passes
-        its kwargs on; a stack that does not (transformers 4.x's Jamba, OLMoE, ...; BLOOM's) hands every layer a
-        tensor it made for the forward (the ``cache_position``; BLOOM's ``alibi``), so the forward tags that tensor
-        with its inputs, and a layer that gradient checkpointing recomputes in the backward (with the same kwargs; 4.x
-        re-runs the layer's hooks then) reads them off it rather than those of a later forward."""
+        its kwargs on; a stack that does not (transformers 4.x's Jamba, OLMoE, ...; BLOOM's, MPT's) hands every layer
+        a tensor it made for the forward (the ``cache_position``; BLOOM's ``alibi``, MPT's ``position_bias``), so the
+        forward tags that tensor with its inputs, and a layer that gradient checkpointing recomputes in the backward
+        (with the same kwargs; 4.x re-runs the layer's hooks then) reads them off it rather than those of a later
+        forward."""
         inputs = layer_kwargs.get(INPUTS_KWARG)
         if inputs is not None:
             return inputs
