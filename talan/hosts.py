@@ -40,6 +40,17 @@ class LayerLayout:
             return _PARALLEL
         return self
 
+    def scale_of(self, layer: nn.Module):
+        """What ``layer`` multiplies its attention output by before adding it to the residual (None: nothing):
+        Granite's ``residual_multiplier`` (a float), or the tanh of Mllama's cross-attention gate (a tensor, kept in
+        the graph: the mid site divides its write by it, and the gate's share of the gradient through that cancels)."""
+        if self.attention_scale is not None:
+            scale = float(getattr(layer, self.attention_scale))
+            return None if scale == 1.0 else scale
+        if self.attention_gate is not None:
+            return getattr(layer, self.attention_gate).tanh()
+        return None
+
 
 # The model families TALAN patches, by class-name prefix. Qwen3 and Llama are the paper's hosts; the others have
 # the same decoder layer up to where the attention output joins the residual, which is all the hooks rely on:
@@ -243,6 +254,18 @@ def _layer_list(module: nn.Module) -> nn.ModuleList | None:
     GPTBigCode, GPT-Neo, GPT-J, CodeGen), Falcon and BLOOM, or ``blocks`` in MPT."""
     return next((layers for name in ("layers", "h", "blocks")
                  if isinstance(layers := getattr(module, name, None), nn.ModuleList)), None)
+
+
+def closed_gates(layers: nn.ModuleList, layer_indices, layout: LayerLayout) -> list[int]:
+    """The layers among ``layer_indices`` whose attention gate is closed (tanh = 0; untrained Mllama cross-attention
+    layers): the attention adds nothing to the residual there, and the mid site's division by the gate is undefined."""
+    closed = []
+    for i in layer_indices:
+        name = layout.of(layers[i]).attention_gate
+        gate = None if name is None else getattr(layers[i], name)
+        if gate is not None and not gate.is_meta and not bool(gate.detach().tanh().ne(0).all()):
+            closed.append(i)
+    return closed
 
 
 def decoder_layers(stack: nn.Module) -> nn.ModuleList:

@@ -28,6 +28,7 @@ from .config import TalanConfig
 from .decode_state import DecodeStates, Replay
 from .hosts import (
     LayerLayout,
+    closed_gates,
     decoder_layers,
     decoder_stack,
     peft_adapter_configs,
@@ -215,30 +216,6 @@ def _miscounting_cache(cache, counted) -> bool:
     from transformers.cache_utils import Cache
 
     return isinstance(counted, torch.Tensor) or not isinstance(cache, Cache)
-
-
-def _attention_scale(layer: nn.Module, layout: LayerLayout) -> float | torch.Tensor | None:
-    """What ``layer`` multiplies its attention output by before adding it to the residual (None: nothing): Granite's
-    ``residual_multiplier``, or the tanh of Mllama's cross-attention gate. The gate's tanh stays in the graph, so its
-    gradient is the layer's own: the gate's share through ``delta / scale`` cancels."""
-    if layout.attention_scale is not None:
-        scale = float(getattr(layer, layout.attention_scale))
-        return None if scale == 1.0 else scale
-    if layout.attention_gate is not None:
-        return getattr(layer, layout.attention_gate).tanh()
-    return None
-
-
-def _closed_gates(layers: nn.ModuleList, layer_indices, layout: LayerLayout) -> list[int]:
-    """The layers among ``layer_indices`` whose attention gate is closed (tanh = 0; untrained Mllama cross-attention
-    layers): the attention adds nothing to the residual there, and the mid site's ``delta / scale`` is undefined."""
-    closed = []
-    for i in layer_indices:
-        name = layout.of(layers[i]).attention_gate
-        gate = None if name is None else getattr(layers[i], name)
-        if gate is not None and not gate.is_meta and not bool(gate.detach().tanh().ne(0).all()):
-            closed.append(i)
-    return closed
 
 
 class _Patch:
@@ -442,7 +419,7 @@ class _Patch:
         if layout.adds_residual:  # the sum itself (BLOOM's attention, ZAYA's residual scaling): TALAN's output
             attn_new = self._apply(layer_idx, attn_out, self._context(attn_out, kwargs))  # replaces it
         else:
-            scale = _attention_scale(layer, layout)
+            scale = layout.scale_of(layer)
             h_mid = residual + (attn_out if scale is None else attn_out * scale)  # exactly the layer's sum
             h_new = self._apply(layer_idx, h_mid, self._context(h_mid, kwargs))
             delta = h_new - h_mid  # the layer then adds the residual back: h_mid + delta
@@ -533,7 +510,7 @@ def patch(model: nn.Module, config: TalanConfig | None = None) -> nn.Module:
     if config.site == "mid" and no_mid:
         raise ValueError(f"site: {type(stack).__name__}'s decoder layers {no_mid}, so there is no point between "
                          "attention and MLP for site='mid'; use site='pre' or site='post'")
-    closed = _closed_gates(layers, layer_indices, layout) if config.site == "mid" else []
+    closed = closed_gates(layers, layer_indices, layout) if config.site == "mid" else []
     if closed:
         raise ValueError(f"site: decoder layer(s) {closed} of {type(stack).__name__} gate their attention output by "
                          f"tanh({layout.of(layers[closed[0]]).attention_gate}) = 0 (not trained yet), so nothing "
