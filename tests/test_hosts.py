@@ -7,10 +7,12 @@ Phi-3 drops it out and Granite (3, SWA) scales it; in the hybrids most layers mi
 by linear attention in Qwen3-Next, Qwen3.5 (dense and MoE) and OLMo-hybrid (whose attention layers are OLMo 2's), by
 Mamba in Granite 4 (all scaled) and Bamba, by short convolutions in LFM2 (and its MoE, whose norms are named
 otherwise) and LFM3 (which norms the mixer's output), by Mamba beside experts in Jamba; and more of each kind
-(FAMILY_NAMES). Every site patches exactly, generates (dynamic and static cache) as it recomputes, unpatches exactly,
-writes exactly the block's output into the stream, and trains with peft. Where a layer has no point between attention
-and MLP (a parallel residual: Cohere, Phi, GPT-NeoX, Falcon-H1; one mixer per layer: NemotronH) that holds for the
-pre and post sites, and the mid site is refused by name."""
+(FAMILY_NAMES); BLOOM and ZAYA return residual + attention from one module, which the mid site replaces. Every
+site patches exactly, generates (dynamic and static cache) as it recomputes, unpatches exactly, writes exactly the
+block's output into the stream, and trains with peft. Where a layer has no point between attention and MLP (a
+parallel residual: Cohere, Phi, GPT-NeoX, Falcon-H1; one mixer per layer: NemotronH; the attention output dropped out
+inside the layer's forward: OPT, BioGPT, XGLM, Doge) that holds for the pre and post sites, and the mid site is
+refused by name."""
 
 import inspect
 
