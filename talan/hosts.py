@@ -93,8 +93,8 @@ _APERTUS = LayerLayout(residual_input="attention_layernorm", mlp_norm="feedforwa
 # MLP normed by pre_ff_layernorm
 _MAMBA_HYBRID = LayerLayout(mlp_norm="pre_ff_layernorm", other_layers=LayerLayout(
     attention_output="mamba", token_mixer="mamba", mlp_norm="pre_ff_layernorm"))
-# OPT, BioGPT, XGLM, Doge and Falcon-RW drop the attention output out functionally before it joins the residual: in
-# training no hook could add to that sum, so TALAN acts at a layer's input or output only
+# OPT, BioGPT, XGLM, Doge, DBRX and Falcon-RW drop the attention output out functionally before it joins the
+# residual: in training no hook could add to that sum, so TALAN acts at a layer's input or output only
 _DROPPED_INSIDE = LayerLayout(attention_output=None, mlp_norm=None,
                               no_mid="drop the attention output out inside their forward")
 _GPT2 = LayerLayout(residual_input="ln_1", attention_output="attn", mlp_norm="ln_2", token_mixer="attn")
@@ -156,6 +156,7 @@ FAMILIES = {
     "OPT": _DROPPED_INSIDE,  # layers in decoder.layers; pre-norm, or post-norm in OPT-350m
     "BioGpt": _DROPPED_INSIDE, "XGLM": _DROPPED_INSIDE,  # pre-norm
     "Doge": _DROPPED_INSIDE,  # pre-norm, the residual scaled by a learned vector
+    "Dbrx": _DROPPED_INSIDE,  # DBRX (layers in blocks): pre-norm, its attention and norms in one module
     "Bloom": _BLOOM,
     # ZAYA: pre-norm; a module scales and shifts the attention output and the residual and returns their sum
     "Zaya": LayerLayout(attention_output="post_attention_residual_scale", adds_residual=True),
@@ -251,7 +252,7 @@ def _transformers_class(module: nn.Module, names) -> str | None:
 
 def _layer_list(module: nn.Module) -> nn.ModuleList | None:
     """``module``'s decoder layers, if it is a decoder stack: its ``layers``, or ``h`` in the GPT-2 lineage (GPT-2,
-    GPTBigCode, GPT-Neo, GPT-J, CodeGen), Falcon and BLOOM, or ``blocks`` in MPT."""
+    GPTBigCode, GPT-Neo, GPT-J, CodeGen), Falcon and BLOOM, or ``blocks`` in MPT and DBRX."""
     return next((layers for name in ("layers", "h", "blocks")
                  if isinstance(layers := getattr(module, name, None), nn.ModuleList)), None)
 

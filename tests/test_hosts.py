@@ -11,7 +11,7 @@ otherwise) and LFM3 (which norms the mixer's output), by Mamba beside experts in
 site patches exactly, generates (dynamic and static cache) as it recomputes, unpatches exactly, writes exactly the
 block's output into the stream, and trains with peft. Where a layer has no point between attention and MLP (a
 parallel residual: Cohere, Phi, GPT-NeoX, Falcon-H1; one mixer per layer: NemotronH; the attention output dropped out
-inside the layer's forward: OPT, BioGPT, XGLM, Doge) that holds for the pre and post sites, and the mid site is
+inside the layer's forward: OPT, BioGPT, XGLM, Doge, DBRX) that holds for the pre and post sites, and the mid site is
 refused by name."""
 
 import inspect
@@ -143,6 +143,13 @@ FAMILY_CONFIG.update(
     Bloom=dict(IN_VOCAB, n_layer=3, n_head=4),  # ALiBi
     Mpt=dict(IN_VOCAB, d_model=64, n_layers=3, n_heads=4, max_seq_len=64),  # ALiBi
     BioGpt=dict(IN_VOCAB, max_position_embeddings=64),
+    # DBRX: 4 experts, 2 per token; rope_theta and clip_qkv set where its attention reads them (transformers 5.24
+    # reads rope_theta off the attention config, and clamps by clip_qkv unconditionally); the experts' width is the
+    # model's in 4.x, its own in 5.x
+    Dbrx=dict(IN_VOCAB, d_model=64, n_heads=4, n_layers=3, max_seq_len=64,
+              attn_config=dict(kv_n_heads=2, rope_theta=10000.0, clip_qkv=8.0),
+              ffn_config=dict(ffn_hidden_size=32, moe_num_experts=4, moe_top_k=2,
+                              **({} if TRANSFORMERS_4 else {"hidden_size": 64}))),
     Doge=IN_VOCAB,  # its dynamic-mask window (2048 keys) wider than the prompt: narrower, its own cache drifts
     Zaya=dict(IN_VOCAB, num_experts=4, num_experts_per_tok=1, moe_intermediate_size=32, router_hidden_size=16),
     XGLM=dict(IN_VOCAB, d_model=64, num_layers=3, attention_heads=4, ffn_dim=128, max_position_embeddings=64),
@@ -201,7 +208,7 @@ PARALLEL = ("Cohere", "Cohere2", "Cohere2Moe", "Phi", "GPTNeoX", "FalconH1", "GP
             "Falcon-RW")
 ONE_MIXER = ("NemotronH", "Mamba", "Mamba2", "FalconMamba")  # each layer one token mixer or one MLP
 # the attention output dropped out functionally before it joins the residual
-DROPPED_INSIDE = ("OPT", "OPT-350m", "BioGpt", "XGLM", "Doge")
+DROPPED_INSIDE = ("OPT", "OPT-350m", "BioGpt", "XGLM", "Doge", "Dbrx")
 NO_MID_SITE = (*PARALLEL, *ONE_MIXER, *DROPPED_INSIDE)
 FAMILY_NAMES = ["Qwen3Moe", "Qwen2", "Mistral", "Ministral", "Mixtral", "Gemma", "Gemma2", "Gemma3Text", "Gemma4Text",
                 "Phi3", "SmolLM3", "Glm4", "Starcoder2", "Olmo2", "Olmo3", "Granite", "GraniteMoe", "GraniteMoeShared",
