@@ -157,6 +157,9 @@ FAMILIES = {
     "BioGpt": _DROPPED_INSIDE, "XGLM": _DROPPED_INSIDE,  # pre-norm
     "Doge": _DROPPED_INSIDE,  # pre-norm, the residual scaled by a learned vector
     "Dbrx": _DROPPED_INSIDE,  # DBRX (layers in blocks): pre-norm, its attention and norms in one module
+    # Emu3: pre-norm, one dropout module for the attention output and then the MLP's (the mid site acts on its first
+    # call in a layer call, which takes the residual the input norm saw)
+    "Emu3": LayerLayout(attention_output="dropout"),
     "Bloom": _BLOOM,
     # ZAYA: pre-norm; a module scales and shifts the attention output and the residual and returns their sum
     "Zaya": LayerLayout(attention_output="post_attention_residual_scale", adds_residual=True),

@@ -150,6 +150,7 @@ FAMILY_CONFIG.update(
               attn_config=dict(kv_n_heads=2, rope_theta=10000.0, clip_qkv=8.0),
               ffn_config=dict(ffn_hidden_size=32, moe_num_experts=4, moe_top_k=2,
                               **({} if TRANSFORMERS_4 else {"hidden_size": 64}))),
+    Emu3=IN_VOCAB,
     Doge=IN_VOCAB,  # its dynamic-mask window (2048 keys) wider than the prompt: narrower, its own cache drifts
     Zaya=dict(IN_VOCAB, num_experts=4, num_experts_per_tok=1, moe_intermediate_size=32, router_hidden_size=16),
     XGLM=dict(IN_VOCAB, d_model=64, num_layers=3, attention_heads=4, ffn_dim=128, max_position_embeddings=64),
@@ -220,7 +221,7 @@ FAMILY_NAMES = ["Qwen3Moe", "Qwen2", "Mistral", "Ministral", "Mixtral", "Gemma",
                 "MiMoV2Flash", "SolarOpen", "Dots1", "BitNet", "Jais2", "Ministral3", "HyperCLOVAX", "NanoChat", "Cwm",
                 "DiffLlama", "Mellum", "Laguna", "HYV3", "AriaText", "Apertus1p5Text", "VaultGemma",
                 "Afmoe", "Kolibri1", "StableLm", "GPTNeoX-sequential", "Persimmon", "JetMoe", "GPT2",
-                "GPTBigCode", "GPTNeo", "Bloom", "Mpt", "Zaya", *HYBRID_FAMILIES,
+                "GPTBigCode", "GPTNeo", "Bloom", "Mpt", "Zaya", "Emu3", *HYBRID_FAMILIES,
                 *LINEAR_SELF_ATTN, *NO_MID_SITE]
 
 
@@ -315,7 +316,8 @@ def test_each_site_writes_the_block_output_where_analyze_reads_the_stream(family
 
 # the families whose attention output is dropped out before it joins the residual (the mid site hooks the dropout)
 ATTENTION_DROPOUT = {"Phi3": {"resid_pdrop": 0.5}, "GPTNeoX-sequential": {"hidden_dropout": 0.5},
-                     "Bloom": {"hidden_dropout": 0.5}}  # Bloom's attention drops out, then adds the residual
+                     "Bloom": {"hidden_dropout": 0.5},  # Bloom's attention drops out, then adds the residual
+                     "Emu3": {"attention_dropout": 0.5}}  # Emu3's one dropout module, after attention and MLP
 
 
 def _assert_block_output_where_analyze_reads(family: str, site: str, layer: int):
