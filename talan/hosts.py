@@ -201,13 +201,15 @@ HEADS = ("ForCausalLM", "Model", "ForSequenceClassification", "ForTokenClassific
 # Gemma 3 and 4 classes named otherwise: the text-only language model, and the vision-language model (Gemma 3 from
 # 4B on; Gemma 4, with audio too), whose text decoder is the same stack, its image tokens attending to each other
 # both ways; Qwen3.5's classifier over its text decoder alone; Llama 4's text-only language model; PaddleOCR-VL's text
-# decoder; GPT-2's language model
+# decoder; GPT-2's language model; MiniMax-M3-VL's vision-language model; Apertus 1.5's (a VQ tokenizer turns images
+# into visual tokens of the vocabulary), over the Apertus 1.5 text decoder
 _CLASS_FAMILIES = {family + head: family for family in FAMILIES for head in HEADS} | {
     f"Gemma{v}{head}": f"Gemma{v}Text" for v in (3, 4)
     for head in ("ForCausalLM", "ForConditionalGeneration", "Model", "ForSequenceClassification")} | {
     "Qwen3_5TextForSequenceClassification": "Qwen3_5", "Llama4ForCausalLM": "Llama4Text",
     "PaddleOCRTextModel": "PaddleOCRVL", "GPT2LMHeadModel": "GPT2",
-    "MiniMaxM3SparseForConditionalGeneration": "MiniMaxM3VL"}
+    "MiniMaxM3SparseForConditionalGeneration": "MiniMaxM3VL",
+    **dict.fromkeys(("Apertus1p5ForConditionalGeneration", "Apertus1p5Model"), "Apertus1p5Text")}
 
 
 def family_names() -> str:

@@ -44,7 +44,7 @@ VISION = {
 }
 IMAGE_TOKENS = {"Llava": 16, "LlavaNext": 36, "LlavaOnevision": 36, "LlavaNextVideo": 36, "PaliGemma": 16,
                 "VipLlava": 16, "DeepseekVL": 16, "VideoLlava": 16, "HunYuanVL": 8, "Granite4Vision": 10,
-                "Mllama": 1, "Janus": 16, "DeepseekVLHybrid": 16, "MiniCPMOcr": 16}
+                "Mllama": 1, "Janus": 16, "DeepseekVLHybrid": 16, "MiniCPMOcr": 16, "Apertus1p5": 16}
 ANY_RESOLUTION = ("LlavaNext", "LlavaOnevision", "LlavaNextVideo")
 # Qwen-VL's patch windows: a 4x4 grid of 2-frame 4x4-pixel patches, merged 2x2 into 4 tokens
 QWEN_PATCH_WRAPPERS = ("Exaone4_5_", "Lfm3Vl", "HyperCLOVAXVisionV2")
@@ -256,6 +256,14 @@ CONFIGS = {
     "MistralLarge4": (dict(MLA, **ROUTED_EXPERTS, first_k_dense_replace=1, index_topk=64, index_head_dim=16,
                            index_n_heads=2, indexer_types=["full", "shared", "full"]),
                       dict(vision_config=VISION["Mistral3"], image_token_index=IMAGE, spatial_merge_size=2)),
+    # Apertus 1.5 over its text decoder: a VQ tokenizer turns the image into 16 of 16 visual tokens of the vocabulary
+    # (ids 100 to 115, then 8 audio tokens from a WavTokenizer encoder beside)
+    "Apertus1p5": (dict(), dict(
+        vision_config=dict(codebook_size=16, embed_dim=8, latent_channels=32, base_channels=32,
+                           channel_multiplier=[1, 2, 2], num_res_blocks=1, attn_resolutions=[], resolution=16),
+        audio_config=dict(model_type="wavtokenizer_encoder", num_filters=8, hidden_size=16, codebook_size=8,
+                          codebook_dim=16, num_lstm_layers=1, upsampling_ratios=[2, 2]),
+        image_token_id=IMAGE, audio_token_id=13, image_token_offset=100, audio_token_offset=116)),
     # Fuyu over Persimmon: the image's 4x4-pixel patches embedded by a linear layer, 4 tokens (no tower)
     "Fuyu": (dict(model_type="persimmon"), dict(image_size=16, patch_size=4, image_token_id=IMAGE)),
     # Mllama (Llama 3.2 Vision): its own text decoder, whose layer 1 cross-attends to the image features (the text
@@ -269,7 +277,7 @@ CONFIGS = {
 }
 _ONE_IMAGE_EACH = ("Gemma3", "Llava", "Mistral3", "InternVL", "PaliGemma", "Llama4", "VipLlava",
                    "AyaVision", "Cohere2Vision", "DeepseekVL", "LightOnOcr", "Ovis2", "QianfanOCR", "Aria", "GotOcr2",
-                   "Janus", "MistralLarge4")
+                   "Janus", "MistralLarge4", "Apertus1p5")
 
 
 def _config(family: str):
@@ -404,7 +412,7 @@ def image_prompt(family: str, seed: int = 3) -> dict:
         inputs["cross_attention_mask"] = (ids == IMAGE).long().cummax(1).values[:, :, None, None]
     if prefix == "Aria":
         inputs["pixel_mask"] = torch.ones(2, 16, 16, dtype=torch.bool)
-    if prefix in ("Mistral3", "LightOnOcr", "MistralLarge4"):
+    if prefix in ("Mistral3", "LightOnOcr", "MistralLarge4", "Apertus1p5"):
         inputs["image_sizes"] = torch.tensor([[16, 16]] * 2)
     if prefix == "Gemma3":  # token_type_ids mark the image tokens, which attend to each other both ways
         inputs["token_type_ids"] = (ids == IMAGE).long()
