@@ -189,6 +189,7 @@ FAMILIES = {
     # Glimmer's (Gemma 2's, normed first), Cohere Compass's (Cohere 2's parallel residual), Granite Docling's (scaled)
     "MistralLarge4": _PRE_NORM, "Cosmos3Edge": _PRE_NORM, "MiniMaxM3VL": _PRE_NORM, "MuseGlimmer": _SANDWICH,
     "CohereCompass": _PARALLEL, "GraniteDocling": _GRANITE,
+    "DeepseekOcr2": _PRE_NORM, "UnlimitedOcr": _PRE_NORM,  # DeepSeek-OCR 2's and Unlimited-OCR's (DeepSeek-V2's)
     # Muse Spark's: Muse Glimmer's, but a gate module mixes the residual and the normed attention output and returns
     # their sum
     "MuseSpark": replace(_SANDWICH, attention_output="post_attention_residual_gate", adds_residual=True),

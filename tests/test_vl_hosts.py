@@ -40,7 +40,8 @@ from talan.patching import is_patched, talan_blocks
 NATIVE = ["Qwen2VL", "Qwen2_5_VL", "Qwen3VL", "Qwen3VLMoe", "Qwen3_5", "Qwen3_5Moe", "Gemma3", "Gemma4", "Glm4v",
           "Glm4vMoe", "GlmOcr", "Dots3Note", "Ernie4_5_VLMoe", "HunYuanVL", "PaddleOCRVL",
           "Granite4Vision", "Step3p7", "Qwen2_5OmniThinker", "Qwen3OmniMoeThinker", "Mllama", "Cosmos3Edge",
-          "MiniMaxM3VL", "CohereCompass", "MuseGlimmer", "MistralLarge4", "GraniteDocling", "MuseSpark", "Apertus1p5"]
+          "MiniMaxM3VL", "CohereCompass", "MuseGlimmer", "MistralLarge4", "GraniteDocling", "MuseSpark", "Apertus1p5",
+          "DeepseekOcr2", "UnlimitedOcr"]
 # transformers 4.57 on torch < 2.6 cannot run Gemma 3 with images (the make test-old-torch venv)
 GEMMA3_IMAGES = pytest.mark.skipif(TORCH_BEFORE_2_6, reason="transformers builds Gemma 3's two-way image masks with "
                                    "or_mask_function, which needs torch >= 2.6")

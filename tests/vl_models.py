@@ -44,7 +44,8 @@ VISION = {
 }
 IMAGE_TOKENS = {"Llava": 16, "LlavaNext": 36, "LlavaOnevision": 36, "LlavaNextVideo": 36, "PaliGemma": 16,
                 "VipLlava": 16, "DeepseekVL": 16, "VideoLlava": 16, "HunYuanVL": 8, "Granite4Vision": 10,
-                "Mllama": 1, "Janus": 16, "DeepseekVLHybrid": 16, "MiniCPMOcr": 16, "Apertus1p5": 16}
+                "Mllama": 1, "Janus": 16, "DeepseekVLHybrid": 16, "MiniCPMOcr": 16, "Apertus1p5": 16,
+                "DeepseekOcr2": 145, "UnlimitedOcr": 7}
 ANY_RESOLUTION = ("LlavaNext", "LlavaOnevision", "LlavaNextVideo")
 # Qwen-VL's patch windows: a 4x4 grid of 2-frame 4x4-pixel patches, merged 2x2 into 4 tokens
 QWEN_PATCH_WRAPPERS = ("Exaone4_5_", "Lfm3Vl", "HyperCLOVAXVisionV2")
@@ -256,6 +257,14 @@ CONFIGS = {
     "MistralLarge4": (dict(MLA, **ROUTED_EXPERTS, first_k_dense_replace=1, index_topk=64, index_head_dim=16,
                            index_n_heads=2, indexer_types=["full", "shared", "full"]),
                       dict(vision_config=VISION["Mistral3"], image_token_index=IMAGE, spatial_merge_size=2)),
+    # DeepSeek-OCR 2 and Unlimited-OCR (DeepSeek-V2's decoder, experts from layer 1): a SAM-like tower on 8x8 patches
+    # strided 4x, then a Qwen2-like encoder (DeepSeek-OCR 2: reading out through its 144 learned queries, then a view
+    # separator: 145 tokens; Unlimited-OCR: the 2x2 patches, a newline after each row and a view separator: 7)
+    **{name: (dict(MLA, **ROUTED_EXPERTS, mlp_layer_types=["dense", "sparse", "sparse"]), dict(
+        vision_config=dict(sam_config=dict(_SAM_VISION, downsample_channels=[16, 32]),
+                           encoder_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                               num_attention_heads=2, num_key_value_heads=2)),
+        image_token_id=IMAGE)) for name in ("DeepseekOcr2", "UnlimitedOcr")},
     # Apertus 1.5 over its text decoder: a VQ tokenizer turns the image into 16 of 16 visual tokens of the vocabulary
     # (ids 100 to 115, then 8 audio tokens from a WavTokenizer encoder beside)
     "Apertus1p5": (dict(), dict(
@@ -277,7 +286,7 @@ CONFIGS = {
 }
 _ONE_IMAGE_EACH = ("Gemma3", "Llava", "Mistral3", "InternVL", "PaliGemma", "Llama4", "VipLlava",
                    "AyaVision", "Cohere2Vision", "DeepseekVL", "LightOnOcr", "Ovis2", "QianfanOCR", "Aria", "GotOcr2",
-                   "Janus", "MistralLarge4", "Apertus1p5")
+                   "Janus", "MistralLarge4", "Apertus1p5", "DeepseekOcr2", "UnlimitedOcr")
 
 
 def _config(family: str):
