@@ -270,13 +270,13 @@ def closed_gates(layers: nn.ModuleList, layer_indices, layout: LayerLayout) -> l
     for i in layer_indices:
         name = layout.of(layers[i]).attention_gate
         gate = None if name is None else getattr(layers[i], name)
-        if gate is not None and not gate.is_meta and not bool(gate.detach().tanh().ne(0).all()):
+        if gate is not None and not gate.is_meta and not bool(gate.detach().ne(0).all()):  # tanh(g) = 0 iff g = 0
             closed.append(i)
     return closed
 
 
 def decoder_layers(stack: nn.Module) -> nn.ModuleList:
-    """The decoder layers of a supported host's stack (``layers``, or ``h``)."""
+    """The decoder layers of a supported host's stack (``layers``, ``h`` or ``blocks``: see `_layer_list`)."""
     return _layer_list(stack)
 
 

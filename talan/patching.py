@@ -184,6 +184,12 @@ def _holds_states_only(cache) -> bool:
                                 for layer in layers)
 
 
+def _new_tokens(bound: dict) -> int | None:
+    """How many tokens a forward of the stack (its bound arguments) adds: its input ids' or embeddings' length."""
+    tokens = next((bound[k] for k in ("input_ids", "inputs_embeds") if bound.get(k) is not None), None)
+    return None if tokens is None else tokens.shape[1]
+
+
 def _past_length(cache, states_only: bool, bound: dict, decode_states: DecodeStates) -> int:
     """How many tokens ``cache`` held before this forward's: its own count, or where generate steps
     (``cache_position``) where it miscounts or counts none. A cache of states alone without a cache_position (5.x
@@ -196,10 +202,9 @@ def _past_length(cache, states_only: bool, bound: dict, decode_states: DecodeSta
         return int(position[0])  # where generate itself steps
     if counted is not None:
         return int(counted)
-    mask = bound.get("attention_mask")
-    tokens = next((bound[k] for k in ("input_ids", "inputs_embeds") if bound.get(k) is not None), None)
-    if isinstance(mask, torch.Tensor) and mask.dim() == 2 and tokens is not None:
-        return mask.shape[1] - tokens.shape[1]
+    mask, new = bound.get("attention_mask"), _new_tokens(bound)
+    if isinstance(mask, torch.Tensor) and mask.dim() == 2 and new is not None:
+        return mask.shape[1] - new
     counted = decode_states.counted_length(cache)
     if counted is None and any(any(getattr(layer, "has_previous_state", {}).values())
                                for layer in getattr(cache, "layers", ())):
@@ -288,7 +293,13 @@ class _Patch:
             active = _active_from_4d_mask(mask, past_len)
             starts = _starts_from_4d_mask(mask, active) if cache is None else None
             mask = active
-        elif mask is not None and not (isinstance(mask, torch.Tensor) and mask.dim() == 2):
+        elif isinstance(mask, torch.Tensor) and mask.dim() == 2:
+            # its columns are the cache's tokens, then this forward's; BLOOM's static-cache generation pads it with
+            # zeros to the cache's size (for its ALiBi), columns that are no token
+            new = _new_tokens(bound)
+            if new is not None and mask.shape[1] > past_len + new:
+                mask = mask[:, :past_len + new]
+        elif mask is not None:
             kind = f"a {mask.dim()}-D tensor" if isinstance(mask, torch.Tensor) else f"a {type(mask).__name__}"
             raise ValueError(f"TALAN needs the [batch, length] attention_mask (or a [batch, 1, query, key] one) to "
                              f"know which tokens are padding; got {kind}. Pass the tokenizer's attention_mask")
@@ -331,11 +342,7 @@ class _Patch:
         if mask is not None:
             if mask.shape[0] != b or mask.shape[1] < t:
                 raise ValueError(f"attention_mask of shape {tuple(mask.shape)} does not cover {b} x {t} tokens")
-            # this forward's tokens follow the cache's; a 2-D mask may run on past them (BLOOM's static-cache
-            # generation pads it with zeros to the cache's size, for its ALiBi)
-            end = inputs.past_len + t
-            active = (mask[:, end - t:end] if mask.shape[1] >= end else mask[:, -t:]).to(device=hidden.device,
-                                                                                         dtype=torch.bool)
+            active = mask[:, -t:].to(device=hidden.device, dtype=torch.bool)
         cache = _cache_in(layer_kwargs)
         position_ids = layer_kwargs.get("position_ids", inputs.position_ids)
         resets = None if inputs.mask_starts is None else inputs.mask_starts[:, -t:]

@@ -100,6 +100,47 @@ def assert_talan_and_lora_gradients(model) -> None:
     assert any(g.abs().sum() > 0 for g in talan_grads) and any(g.abs().sum() > 0 for g in lora_grads)
 
 
+def two_forwards_loss_and_grads(base, batches: list[dict], site: str, checkpointing: bool):
+    """Loss and gradients of a forward of each of ``batches`` (with their labels) then one backward, in train mode:
+    peft LoRA on every linear layer of ``base`` and TALAN at ``site`` in layers 0 and 1, gates open. Two forwards
+    before one backward, each with its own padding, catch a gradient-checkpointing recompute that reads a later
+    forward's inputs."""
+    from peft import LoraConfig, get_peft_model
+
+    from talan.hosts import all_linear_excludes
+
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False,
+                                            **all_linear_excludes(base)))
+    open_gates(talan.patch(model, tiny_config(site=site, layer=(0, 1))), 0.5)
+    if checkpointing:
+        model.get_base_model().gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.get_base_model().enable_input_require_grads()
+    loss = sum(model(**batch).loss for batch in batches)
+    loss.backward()
+    return loss.detach(), {name: p.grad for name, p in model.named_parameters() if p.requires_grad}
+
+
+def assert_site_writes_the_block_output(model, batch: dict, site: str, layer: int) -> None:
+    """With TALAN at ``site`` of ``layer`` (gate open), the residual stream right after TALAN's write, where `talan
+    analyze` probes it, is exactly what the block makes of the stream probed there with TALAN disabled. The same
+    dropout masks in both forwards (seeded), for a model in train mode."""
+    from talan.analyze import _forward, _site_module
+    from talan.hosts import decoder_layers, decoder_stack, layer_layout
+    from talan.patching import talan_blocks
+
+    open_gates(talan.patch(model, tiny_config(site=site, layer=layer)))
+    probe = {layer: _site_module(decoder_layers(decoder_stack(model))[layer], site, layer_layout(model))}
+    torch.manual_seed(1)
+    with talan.disabled(model):
+        stream = _forward(model, batch, probe)[1][layer]
+    torch.manual_seed(1)
+    written = _forward(model, batch, probe)[1][layer]
+    with torch.no_grad():
+        expected, _ = talan_blocks(model)[layer](stream, batch["attention_mask"].bool(), None, None)
+    assert not torch.allclose(expected, stream, atol=1e-2)  # the block changes the stream
+    torch.testing.assert_close(written, expected, rtol=1e-5, atol=1e-5)  # fp32: (h + a) + (w - h) against w
+
+
 def assert_same_loss_and_grads(reference, checkpointed):
     """Two ``(loss, {name: grad})`` of a peft + TALAN model agree to fp32 round-off, and TALAN contributed."""
     (loss0, grads0), (loss1, grads1) = reference, checkpointed

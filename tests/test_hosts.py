@@ -28,6 +28,7 @@ from conftest import (
     _build,
     assert_same_generation,
     assert_same_loss_and_grads,
+    assert_site_writes_the_block_output,
     assert_talan_and_lora_gradients,
     class_prefix,
     greedy_kwargs,
@@ -37,13 +38,14 @@ from conftest import (
     record_calls,
     tiny_batch,
     tiny_config,
+    two_forwards_loss_and_grads,
 )
 from peft import LoraConfig, get_peft_model
 from train_helpers import DOTS3_TEXT, GATED_DELTANET, HYBRID_LAYERS, LLAMA4_TEXT, MAMBA_2, MLA, ROUTED_EXPERTS
 
 import talan
 from talan.hosts import all_linear_excludes, decoder_layers, decoder_stack, layer_layout
-from talan.patching import is_patched, talan_blocks
+from talan.patching import is_patched
 
 # Special tokens inside the tiny vocabulary, for the families whose defaults lie outside it.
 IN_VOCAB = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2)
@@ -321,22 +323,9 @@ ATTENTION_DROPOUT = {"Phi3": {"resid_pdrop": 0.5}, "GPTNeoX-sequential": {"hidde
 
 
 def _assert_block_output_where_analyze_reads(family: str, site: str, layer: int):
-    from talan.analyze import _forward, _site_module
-
-    model = tiny_host(family, train=True, **ATTENTION_DROPOUT.get(family, {}))
-    open_gates(talan.patch(model, tiny_config(site=site, layer=layer)))
-    probe = {layer: _site_module(decoder_layers(decoder_stack(model))[layer], site, layer_layout(model))}
     ids, mask = left_padded_prompt()
-    batch = {"input_ids": ids, "attention_mask": mask}
-    torch.manual_seed(1)  # the same dropout masks in both forwards
-    with talan.disabled(model):
-        stream = _forward(model, batch, probe)[1][layer]
-    torch.manual_seed(1)
-    written = _forward(model, batch, probe)[1][layer]
-    with torch.no_grad():
-        expected, _ = talan_blocks(model)[layer](stream, mask.bool(), None, None)
-    assert not torch.allclose(expected, stream, atol=1e-2)  # the block changes the stream
-    torch.testing.assert_close(written, expected, rtol=1e-5, atol=1e-5)  # fp32: (h + a) + (w - h) against w
+    assert_site_writes_the_block_output(tiny_host(family, train=True, **ATTENTION_DROPOUT.get(family, {})),
+                                        {"input_ids": ids, "attention_mask": mask}, site, layer)
 
 
 SLIDING = {
@@ -385,23 +374,13 @@ def test_host_trains_talan_and_lora_together(family):
 
 
 def _two_batches_loss_and_grads(family: str, checkpointing: bool, site: str = "mid"):
-    """Loss and gradients of two forwards (each with its own padding) then one backward, peft LoRA + TALAN at
-    ``site``, in train mode."""
-    base = tiny_host(family, train=True)
-    lora = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False,
-                      **all_linear_excludes(base))
-    model = get_peft_model(base, lora)
-    open_gates(talan.patch(model, tiny_config(site=site, layer=(0, 1))), 0.5)
-    if checkpointing:
-        model.get_base_model().gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.get_base_model().enable_input_require_grads()
-    loss = 0.0
+    """Loss and gradients of two forwards (each with its own padding) then one backward."""
+    batches = []
     for seed in range(2):
         batch = tiny_batch(seed=seed + 1)
         batch["attention_mask"][seed % 2, : 2 + 3 * seed] = 0
-        loss = loss + model(**batch, labels=batch["input_ids"]).loss
-    loss.backward()
-    return loss.detach(), {name: p.grad for name, p in model.named_parameters() if p.requires_grad}
+        batches.append({**batch, "labels": batch["input_ids"]})
+    return two_forwards_loss_and_grads(tiny_host(family, train=True), batches, site, checkpointing)
 
 
 @pytest.mark.filterwarnings("ignore:.*gradient_checkpointing.*:FutureWarning")

@@ -22,19 +22,20 @@ from conftest import (
     TRANSFORMERS_5_17,
     assert_same_generation,
     assert_same_loss_and_grads,
+    assert_site_writes_the_block_output,
     assert_talan_and_lora_gradients,
     greedy_kwargs,
     needs_transformers,
     open_gates,
     tiny_config,
+    two_forwards_loss_and_grads,
 )
 from peft import LoraConfig, get_peft_model
 from vl_models import IMAGE, MINICPM, TEXT, VISION, class_name, image_prompt, tiny_vl
 
 import talan
-from talan.analyze import _forward, _site_module
-from talan.hosts import all_linear_excludes, decoder_stack, layer_layout
-from talan.patching import is_patched, talan_blocks
+from talan.hosts import decoder_stack
+from talan.patching import is_patched
 
 # The vision-language models with their own text decoder.
 NATIVE = ["Qwen2VL", "Qwen2_5_VL", "Qwen3VL", "Qwen3VLMoe", "Qwen3_5", "Qwen3_5Moe", "Gemma3", "Gemma4", "Glm4v",
@@ -139,21 +140,9 @@ def test_vl_host_patches_exactly_and_generates_as_it_recomputes(family, site):
     assert torch.equal(_logits(model, inputs), unpatched)
 
 
-def _assert_site_writes_the_block_output(model, inputs, site: str, layer: int) -> None:
-    open_gates(talan.patch(model, tiny_config(site=site, layer=layer)))
-    probe = {layer: _site_module(decoder_stack(model).layers[layer], site, layer_layout(model))}
-    with talan.disabled(model):
-        stream = _forward(model, inputs, probe)[1][layer]
-    written = _forward(model, inputs, probe)[1][layer]
-    with torch.no_grad():
-        expected, _ = talan_blocks(model)[layer](stream, inputs["attention_mask"].bool(), None, None)
-    assert not torch.allclose(expected, stream, atol=1e-2)
-    torch.testing.assert_close(written, expected, rtol=1e-5, atol=1e-5)
-
-
 @pytest.mark.parametrize("family,site", site_cases())
 def test_vl_sites_write_the_block_output_where_analyze_reads_the_stream(family, site):
-    _assert_site_writes_the_block_output(tiny_vl(family), image_prompt(family), site, layer=0)
+    assert_site_writes_the_block_output(tiny_vl(family), image_prompt(family), site, layer=0)
 
 
 MLLAMA = _installed("Mllama")
@@ -166,7 +155,7 @@ def test_mllama_cross_attention_layers_write_the_block_output_at_every_site(site
     # the residual: the mid site perturbs residual + tanh(gate) * attention
     model = tiny_vl("Mllama")
     assert type(decoder_stack(model).layers[1]).__name__ == "MllamaCrossAttentionDecoderLayer"
-    _assert_site_writes_the_block_output(model, image_prompt("Mllama"), site, layer=1)
+    assert_site_writes_the_block_output(model, image_prompt("Mllama"), site, layer=1)
 
 
 @MLLAMA
@@ -204,22 +193,15 @@ def test_mllama_blocks_on_cross_attention_layers_follow_them_in_text_only_forwar
 
 
 def _mllama_loss_and_grads(site: str, checkpointing: bool):
-    """Loss and gradients of two forwards (each with its own image and padding) then one backward: blocks on a
-    self-attention and a cross-attention layer, peft LoRA on every linear layer (the vision tower's too)."""
-    base = tiny_vl("Mllama", train=True)
-    model = get_peft_model(base, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False,
-                                            **all_linear_excludes(base)))
-    open_gates(talan.patch(model, tiny_config(site=site, layer=(0, 1))), 0.5)
-    if checkpointing:
-        model.get_base_model().gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    loss = 0.0
+    """Two forwards (each with its own image and padding), one backward: blocks on a self-attention and a
+    cross-attention layer, LoRA on every linear layer (the vision tower's too)."""
+    batches = []
     for seed in range(2):
         inputs = image_prompt("Mllama", seed=3 + seed)
         if seed:  # the other row padded
             inputs["attention_mask"] = inputs["attention_mask"].flip(0)
-        loss = loss + model(**inputs, labels=inputs["input_ids"].masked_fill(inputs["input_ids"] == IMAGE, -100)).loss
-    loss.backward()
-    return loss.detach(), {name: p.grad for name, p in model.named_parameters() if p.requires_grad}
+        batches.append({**inputs, "labels": inputs["input_ids"].masked_fill(inputs["input_ids"] == IMAGE, -100)})
+    return two_forwards_loss_and_grads(tiny_vl("Mllama", train=True), batches, site, checkpointing)
 
 
 @MLLAMA
