@@ -12,7 +12,8 @@ teacher forced), with ``s(adapter, talan)`` the residual stream right after the 
   off, relative to ``||h||`` and to the site's ``||dT||`` (``amplification``); the same for the
   adapter (on vs off, TALAN off) beside it. transformers returns the last layer's output after the
   final norm, so that layer's raw output comes from a hook, and one more entry (``layer = L``) is
-  the state after the final norm (its norms are on another scale: compare ``relative`` there).
+  the state after the final norm, the decoder stack's output (its norms are on another scale: compare
+  ``relative`` there). Where layers stack residual streams (Gemma 3n's AltUp), TALAN's is measured.
 
 Writes ``analysis.json`` and ``analysis.png`` (per-layer plot).
 """
@@ -114,26 +115,37 @@ def _site_module(layer, site: str, layout):
     return layer, "output"  # a hook registered after TALAN's prepended one sees the perturbed output
 
 
+def _tensor(output) -> torch.Tensor:
+    """A module's output tensor: itself, or the first of its tuple or of its ModelOutput (a stack's
+    last_hidden_state)."""
+    return output if isinstance(output, torch.Tensor) else output[0]
+
+
 @torch.no_grad()
-def _forward(model, batch, layers: dict) -> tuple[list[torch.Tensor], dict[int, torch.Tensor]]:
+def _forward(model, batch, layers: dict, stream: int | None = None) -> tuple[list[torch.Tensor],
+                                                                           dict[int, torch.Tensor]]:
+    """The hidden states of a forward and what the hooks of ``layers`` ({key: (module, "input" or "output")}) saw,
+    in fp32; of the residual streams a layer input or output stacks (a 4-D tensor), the ``stream``-th."""
     captured, handles = {}, []
 
+    def pick(t):
+        return t[stream] if stream is not None and t.dim() == 4 else t
+
     def keep(i, t):  # a copy: the stack may write into the tensor later (Qwen3-VL adds image features in place)
-        captured[i] = t.to(torch.float32, copy=True)
+        captured[i] = pick(t).to(torch.float32, copy=True)
 
     for i, (module, kind) in layers.items():  # i: a TALAN layer index, or "last"
         if kind == "input":
             handles.append(module.register_forward_pre_hook(  # self_attn gets its input as a keyword
                 lambda m, a, kw, i=i: keep(i, a[0] if a else kw["hidden_states"]), with_kwargs=True))
         else:
-            handles.append(module.register_forward_hook(
-                lambda m, a, o, i=i: keep(i, o[0] if isinstance(o, tuple) else o)))
+            handles.append(module.register_forward_hook(lambda m, a, o, i=i: keep(i, _tensor(o))))
     try:
         out = model(**batch, output_hidden_states=True)
     finally:
         for h in handles:
             h.remove()
-    return [h.float() for h in out.hidden_states], captured
+    return [pick(h).float() for h in out.hidden_states], captured
 
 
 def measure(model, tokenizer, examples: list[dict], batch_size: int = 32) -> dict:
@@ -149,12 +161,15 @@ def measure(model, tokenizer, examples: list[dict], batch_size: int = 32) -> dic
     decoder = decoder_layers(stack)
     num_layers = len(decoder)
     first = blocks[0]
-    # the last layer's own output (before the final norm) comes from a hook; the others from hidden_states
-    layers = {**{i: _site_module(decoder[i], config.site, layout) for i in blocks}, "last": (decoder[-1], "output")}
+    # the last layer's own output (before the final norm) and the stack's (after it) come from hooks; the others from
+    # hidden_states
+    layers = {**{i: _site_module(decoder[i], config.site, layout) for i in blocks}, "last": (decoder[-1], "output"),
+              "final": (stack, "output")}
     labels = [(k, f"layer {k} output") for k in range(first, num_layers)] + [(num_layers, "after the final norm")]
+    stream = layout.stream_index(stack.config)
 
     def states(hs, captured):
-        return [*hs[first + 1:num_layers], captured["last"], hs[num_layers]]
+        return [*hs[first + 1:num_layers], captured["last"], captured["final"]]
 
     d = stack.config.hidden_size
     sums: dict[str, torch.Tensor] = {}
@@ -170,11 +185,11 @@ def measure(model, tokenizer, examples: list[dict], batch_size: int = 32) -> dic
         batch.pop("labels")
         active = batch["attention_mask"].bool()
         tokens += int(active.sum())
-        hs_on, site_on = _forward(model, batch, layers)
+        hs_on, site_on = _forward(model, batch, layers, stream)
         with talan.disabled(model):
-            hs_off, site_off = _forward(model, batch, layers)
+            hs_off, site_off = _forward(model, batch, layers, stream)
             with model.disable_adapter():
-                hs_base, site_base = _forward(model, batch, layers)
+                hs_base, site_base = _forward(model, batch, layers, stream)
         for i in blocks:
             d_adapter = (site_off[i] - site_base[i])[active]
             d_talan = (site_on[i] - site_off[i])[active]

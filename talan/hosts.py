@@ -29,6 +29,11 @@ class LayerLayout:
     token_mixer: str = "self_attn"
     other_layers: LayerLayout | None = None
     parallel_if: str | None = None  # a layer attribute that, when true, makes its residual parallel (StableLM's)
+    # a module whose output joins residual + attention, the sum then divided by sqrt(2) (Gemma 3n's LAuReL)
+    residual_branch: str | None = None
+    # a config attribute: the layers' input and output stack residual streams on dim 0 ([S, B, T, D], Gemma 3n's
+    # AltUp), and the one it names (the stream attention and MLP update) is TALAN's at the pre and post sites
+    active_stream: str | None = None
     no_mid: str | None = None  # why a layer without attention_output has no mid site, for the error
 
     def of(self, layer: nn.Module) -> LayerLayout:
@@ -40,13 +45,20 @@ class LayerLayout:
             return _PARALLEL
         return self
 
+    def stream_index(self, config) -> int | None:
+        """Where a layer input or output that stacks residual streams (``active_stream``) keeps TALAN's, or None."""
+        return None if self.active_stream is None else int(getattr(config, self.active_stream))
+
     def scale_of(self, layer: nn.Module):
         """What ``layer`` multiplies its attention output by before adding it to the residual (None: nothing):
-        Granite's ``residual_multiplier`` (a float), or the tanh of Mllama's cross-attention gate (a tensor, kept in
-        the graph: the mid site divides its write by it, and the gate's share of the gradient through that cancels)."""
+        Granite's ``residual_multiplier`` (a float), 1/sqrt(2) beside a ``residual_branch``, or the tanh of Mllama's
+        cross-attention gate (a tensor, kept in the graph: the mid site divides its write by it, and the gate's share
+        of the gradient through that cancels)."""
         if self.attention_scale is not None:
             scale = float(getattr(layer, self.attention_scale))
             return None if scale == 1.0 else scale
+        if self.residual_branch is not None:  # (residual + branch + attention) / sqrt(2)
+            return 0.5 ** 0.5
         if self.attention_gate is not None:
             return getattr(layer, self.attention_gate).tanh()
         return None
@@ -193,19 +205,22 @@ FAMILIES = {
     # Muse Spark's: Muse Glimmer's, but a gate module mixes the residual and the normed attention output and returns
     # their sum
     "MuseSpark": replace(_SANDWICH, attention_output="post_attention_residual_gate", adds_residual=True),
+    # Gemma 3n: Gemma 3's sandwich of norms on the active one of four AltUp streams, a low-rank LAuReL branch joining
+    # residual + attention (their sum over sqrt(2)); per-layer input embeddings, the last layers reusing keys and values
+    "Gemma3nText": replace(_SANDWICH, residual_branch="laurel", active_stream="altup_active_idx"),
 }
 # The bare decoder stack and the models around it: the language-model head, and the task heads that peft
 # fine-tunes too (task_type SEQ_CLS, TOKEN_CLS, QUESTION_ANS) over the same stack, where transformers has them.
 HEADS = ("ForCausalLM", "Model", "ForSequenceClassification", "ForTokenClassification", "ForQuestionAnswering",
          "ForConditionalGeneration", "TextModel")  # a vision-language model and its bare text decoder
 # transformers class name -> family, for every family and head (a head transformers lacks never matches), and the
-# Gemma 3 and 4 classes named otherwise: the text-only language model, and the vision-language model (Gemma 3 from
-# 4B on; Gemma 4, with audio too), whose text decoder is the same stack, its image tokens attending to each other
-# both ways; Qwen3.5's classifier over its text decoder alone; Llama 4's text-only language model; PaddleOCR-VL's text
-# decoder; GPT-2's language model; MiniMax-M3-VL's vision-language model; Apertus 1.5's (a VQ tokenizer turns images
-# into visual tokens of the vocabulary), over the Apertus 1.5 text decoder
+# Gemma 3, 3n and 4 classes named otherwise: the text-only language model, and the vision-language model (Gemma 3
+# from 4B on; Gemma 3n and 4, with audio too), whose text decoder is the same stack, its image tokens attending to
+# each other both ways (Gemma 3's, 4's); Qwen3.5's classifier over its text decoder alone; Llama 4's text-only
+# language model; PaddleOCR-VL's text decoder; GPT-2's language model; MiniMax-M3-VL's vision-language model; Apertus
+# 1.5's (a VQ tokenizer turns images into visual tokens of the vocabulary), over the Apertus 1.5 text decoder
 _CLASS_FAMILIES = {family + head: family for family in FAMILIES for head in HEADS} | {
-    f"Gemma{v}{head}": f"Gemma{v}Text" for v in (3, 4)
+    f"Gemma{v}{head}": f"Gemma{v}Text" for v in ("3", "4", "3n")
     for head in ("ForCausalLM", "ForConditionalGeneration", "Model", "ForSequenceClassification")} | {
     "Qwen3_5TextForSequenceClassification": "Qwen3_5", "Llama4ForCausalLM": "Llama4Text",
     "PaddleOCRTextModel": "PaddleOCRVL", "GPT2LMHeadModel": "GPT2",
@@ -351,14 +366,15 @@ def stack_and_layout(model: nn.Module) -> tuple[nn.Module, LayerLayout]:
 
 # Modules that peft's "all-linear" LoRA wraps but cannot train there, by family: a router that returns a tuple (Llama
 # 4's; PhiMoE's on transformers 5), on which peft's LoRA layer fails, TALAN off too; the dt_proj of Jamba's (Mamba's,
-# Falcon-Mamba's) Mamba, whose weight it reads without calling the layer, and the sparse-attention indexer of
+# Falcon-Mamba's) Mamba and Gemma 3n's AltUp correction_coefs (in training), whose weight it reads without calling
+# the layer, and the sparse-attention indexer of
 # DeepSeek-V3.2 (GLM-5's, A.X K2's, dots.llm3's, Mistral Large 4's), which only picks the keys (top-k, no gradient
 # through it): a LoRA there never gets a gradient; the Mamba out_proj of Falcon-H1, NemotronH and the state-space
 # models, which peft refuses to adapt.
 _INDEXER = r".*\.indexer\..*"
 _ALL_LINEAR_EXCLUDES = {"Llama4Text": r".*\.router", "Phimoe": r".*\.router", "Jamba": r".*\.dt_proj",
                         "FalconH1": r".*\.mamba\.out_proj", "NemotronH": r".*\.mixer\.out_proj",
-                        "Mamba2": r".*\.mixer\.out_proj",
+                        "Mamba2": r".*\.mixer\.out_proj", "Gemma3nText": r".*\.altup\.correction_coefs",
                         **dict.fromkeys(("Mamba", "FalconMamba"), r".*\.mixer\.(out_proj|dt_proj)"),
                         **dict.fromkeys(("DeepseekV32", "GlmMoeDsa", "AXK2", "Dots3Note", "MistralLarge4"), _INDEXER)}
 

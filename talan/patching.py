@@ -35,6 +35,7 @@ from .hosts import (
     prefix_cache_lengths,
     stack_and_layout,
 )
+from .masks import active_from_4d_mask, mask_from_dict, starts_from_4d_mask
 
 BLOCK_NAME = "talan"
 _PATCH_ATTR = "_talan_patch"
@@ -77,67 +78,6 @@ class _ForwardInputs:
     position_ids: torch.Tensor | None = None
     # [B, T] where packed sequences start, read off a 4-D attention mask (position ids split them only without one)
     mask_starts: torch.Tensor | None = None
-
-
-# transformers opens a padding query's fully masked sdpa row to every key on torch < 2.5 (sdpa returned NaN for such
-# rows there), so that a padding query attends to itself too
-_OPENED_PADDING_ROWS = tuple(int(part) for part in torch.__version__.split(".")[:2]) < (2, 5)
-
-
-def _mask_from_dict(masks: dict) -> torch.Tensor | None:
-    """The ``[B, 1, Q, KV]`` mask to read padding (and packing) off, from the per-layer-type masks that ``generate``
-    builds from the 2-D mask before the model runs (with a static cache), or that a vision-language model builds
-    for its text decoder (Gemma 3: image tokens attend to each other both ways): the full-attention layers' one.
-    ``None``: no masking."""
-    tensors = [m for m in masks.values() if m is not None]
-    mask = masks.get("full_attention", tensors[0] if tensors else None)
-    if mask is not None and not (isinstance(mask, torch.Tensor) and mask.dim() == 4):
-        kind = f"a {mask.dim()}-D tensor" if isinstance(mask, torch.Tensor) else f"a {type(mask).__name__}"
-        raise ValueError(f"TALAN reads padding off a dict of [batch, 1, query, key] attention masks; got {kind} in "
-                         "it (flex attention's BlockMask is not supported). Pass the tokenizer's 2-D attention_mask")
-    return mask
-
-
-def _allowed(mask: torch.Tensor) -> torch.Tensor:
-    """``[B, Q, KV]`` True where a ``[B, 1, Q, KV]`` mask (boolean, or additive with 0 = attend) lets a query attend."""
-    return mask[:, 0] if mask.dtype == torch.bool else mask[:, 0] == 0
-
-
-def _active_from_4d_mask(mask: torch.Tensor, past_len: int, opened_rows: bool = _OPENED_PADDING_ROWS) -> torch.Tensor:
-    """``[B, Q]`` True for the real (not padding) tokens of this forward, read off a ``[B, 1, Q, KV]`` mask (boolean, or
-    additive with 0 = attend). Query ``i`` sits at key position ``past_len + i``; it is a real token iff it may
-    attend to itself (padding keys are masked for every query). Its key columns start at absolute position 0 (a full
-    static layer, which may have empty slots after the queries) or, when fewer than ``past_len + Q``, end at the
-    last query: a sliding-window static layer's mask covers only its window (``get_mask_sizes``: offset ``past_len -
-    window + 1``, length ``window - 1 + Q``). With ``opened_rows`` (torch < 2.5) a query that attends to every key
-    and has a later one is padding: a real token attends to no later key, except inside a two-way image block, which
-    then must not reach the last key; but in a row where every query attends to every key (PaliGemma's two-way
-    prefix, unpadded) all are real."""
-    q, kv = mask.shape[2], mask.shape[3]
-    if q > kv:
-        raise ValueError(f"attention mask of shape {tuple(mask.shape)} has {kv} key positions for {q} new tokens")
-    offset = max(past_len + q - kv, 0)  # the absolute position of key column 0
-    allowed = _allowed(mask)
-    own = past_len - offset + torch.arange(q, device=mask.device)  # each query's own key column
-    real = allowed[:, torch.arange(q, device=mask.device), own]
-    if opened_rows:
-        opened = allowed.all(-1)
-        real &= ~(opened & (own < kv - 1)) | opened.all(-1, keepdim=True)
-    return real
-
-
-def _starts_from_4d_mask(mask: torch.Tensor, real: torch.Tensor) -> torch.Tensor | None:
-    """``[B, Q]`` True where a real token may not attend to the last real token before it, so starts a new
-    sequence: the block-diagonal mask of packed sequences. For a forward without a cache, whose query ``i`` sits
-    at key column ``i``. ``None`` where no token does (a causal, sliding or two-way image mask: each real token
-    sees the one before it)."""
-    q = mask.shape[2]
-    index = torch.arange(q, device=mask.device).expand_as(real)
-    last_real = torch.where(real, index, -1).cummax(-1).values  # at or before each query
-    before = torch.cat([torch.full_like(last_real[:, :1], -1), last_real[:, :-1]], -1)
-    sees_before = _allowed(mask)[:, :, :q].gather(-1, before.clamp(min=0)[..., None])[..., 0]
-    starts = real & (before >= 0) & ~sees_before
-    return starts if bool(starts.any()) else None
 
 
 def _in_backward() -> bool:
@@ -247,6 +187,10 @@ class _Patch:
         # mid site, a hybrid family's layers whose token mixer is not self_attn: the layer call's own kwargs,
         # which transformers 4.x does not hand on to linear attention or a convolution
         self.layer_kwargs: dict[int, dict] = {}
+        # mid site, Gemma 3n: the output of the branch (LAuReL) that joins residual + attention, of the running call
+        self.branch_outputs: dict[int, torch.Tensor] = {}
+        # the stream TALAN reads and writes in a layer input or output that stacks several (Gemma 3n's AltUp)
+        self.stream = layout.stream_index(stack.config)
         params = inspect.signature(stack.forward).parameters
         self._forward_params = tuple(params)  # names only: a signature's mappingproxy cannot be deep-copied
         # Qwen3/Llama stacks pass their **kwargs on to every layer, and the layer to its self_attn (with its
@@ -283,15 +227,15 @@ class _Patch:
                              "TALAN")
         past_len = 0 if cache is None else _past_length(cache, states_only, bound, self.decode_states)
         if isinstance(mask, dict):
-            mask = _mask_from_dict(mask)
+            mask = mask_from_dict(mask)
         starts = None
         if isinstance(mask, torch.Tensor) and mask.dim() == 4:
             # generate with a static cache hands over the 4-D mask it built from the 2-D one: a dict per layer
             # type (Qwen3, Qwen2) or, for a model with one layer type (Llama, Mistral), the tensor itself; a
             # vision-language model builds its text decoder's (two-way image blocks; PaliGemma's prefix); a user may
             # pack sequences with a block-diagonal one. With a cache sequences are never packed.
-            active = _active_from_4d_mask(mask, past_len)
-            starts = _starts_from_4d_mask(mask, active) if cache is None else None
+            active = active_from_4d_mask(mask, past_len)
+            starts = starts_from_4d_mask(mask, active) if cache is None else None
             mask = active
         elif isinstance(mask, torch.Tensor) and mask.dim() == 2:
             # its columns are the cache's tokens, then this forward's; BLOOM's static-cache generation pads it with
@@ -373,11 +317,19 @@ class _Patch:
     # The hooks are methods of this object (with the layer index bound by functools.partial), never closures:
     # copy.deepcopy(model) copies the _Patch with the stack it hangs on, and a deep-copied bound method is bound
     # to the copy, so a copied model runs its own blocks and hooks (trl's reference model, an EMA copy).
+    def _apply_to_stream(self, layer_idx: int, hidden: torch.Tensor, layer_kwargs: dict) -> torch.Tensor:
+        """`_apply` to a layer's input or output: all of it, or where it stacks residual streams, the active one."""
+        if self.stream is None:
+            return self._apply(layer_idx, hidden, self._context(hidden, layer_kwargs))
+        stream = hidden[self.stream]
+        new_stream = self._apply(layer_idx, stream, self._context(stream, layer_kwargs))
+        return torch.cat([hidden[:self.stream], new_stream[None], hidden[self.stream + 1:]])
+
     def _layer_pre(self, layer_idx, module, args, kwargs):
         if not self.enabled:
             return None
         hidden = args[0] if args else kwargs["hidden_states"]
-        new_hidden = self._apply(layer_idx, hidden, self._context(hidden, _named_args(module, args, kwargs)))
+        new_hidden = self._apply_to_stream(layer_idx, hidden, _named_args(module, args, kwargs))
         if args:
             return (new_hidden, *args[1:]), kwargs
         return args, {**kwargs, "hidden_states": new_hidden}
@@ -386,7 +338,7 @@ class _Patch:
         if not self.enabled:
             return None
         hidden = output[0] if isinstance(output, tuple) else output
-        new_hidden = self._apply(layer_idx, hidden, self._context(hidden, _named_args(module, args, kwargs)))
+        new_hidden = self._apply_to_stream(layer_idx, hidden, _named_args(module, args, kwargs))
         return (new_hidden, *output[1:]) if isinstance(output, tuple) else new_hidden
 
     def _residual_pre(self, layer_idx, module, args, kwargs):
@@ -394,6 +346,10 @@ class _Patch:
         # hook runs inside the checkpointed forward, so the recompute sees its own (recomputed) residual.
         if self.enabled:
             self.layer_inputs[layer_idx] = args[0] if args else kwargs["hidden_states"]
+
+    def _branch_post(self, layer_idx, module, args, output):
+        if self.enabled:
+            self.branch_outputs[layer_idx] = output
 
     def _attention_kwargs_pre(self, layer_idx, module, args, kwargs):
         if self.enabled:
@@ -410,6 +366,7 @@ class _Patch:
         # recompute under gradient checkpointing reads the mask of its own forward, like the other sites;
         # a norm or dropout after it reads the kwargs its self_attn got in the same layer call
         residual = self.layer_inputs.pop(layer_idx, None)
+        branch = self.branch_outputs.pop(layer_idx, None)
         kwargs = self.attention_kwargs.pop(layer_idx, kwargs)
         layer_kwargs = self.layer_kwargs.pop(layer_idx, None)
         if not self.enabled or residual is None:
@@ -427,6 +384,8 @@ class _Patch:
             attn_new = self._apply(layer_idx, attn_out, self._context(attn_out, kwargs))  # replaces it
         else:
             scale = layout.scale_of(layer)
+            if branch is not None:  # Gemma 3n: (residual + LAuReL + attention) / sqrt(2), its scale 1 / sqrt(2)
+                residual = (residual + branch) * scale
             h_mid = residual + (attn_out if scale is None else attn_out * scale)  # exactly the layer's sum
             h_new = self._apply(layer_idx, h_mid, self._context(h_mid, kwargs))
             delta = h_new - h_mid  # the layer then adds the residual back: h_mid + delta
@@ -459,6 +418,9 @@ class _Patch:
                     self.handles.append(layer.register_forward_pre_hook(kwargs_hook, with_kwargs=True))
                 hook = functools.partial(self._attention_post, i)
                 self.handles.append(output_module.register_forward_hook(hook, with_kwargs=True))
+                if layout.residual_branch is not None:
+                    hook = functools.partial(self._branch_post, i)
+                    self.handles.append(getattr(layer, layout.residual_branch).register_forward_hook(hook))
 
     def remove(self) -> None:
         for handle in self.handles:
@@ -467,6 +429,7 @@ class _Patch:
         self.layer_inputs.clear()
         self.attention_kwargs.clear()
         self.layer_kwargs.clear()
+        self.branch_outputs.clear()
         for i in self.layer_indices:
             delattr(self.layers[i], BLOCK_NAME)
 

@@ -23,6 +23,10 @@ TRANSFORMERS_5_17 = transformers.__version__ == "5.17.0"
 # transformers 5.17's Llama 4 cannot build its chunked mask for a static cache, TALAN off too
 LLAMA4_STATIC_5_17 = pytest.mark.xfail(TRANSFORMERS_5_17, raises=TypeError, strict=True, reason="transformers 5.17: "
                                        "create_chunked_causal_mask() got an unexpected keyword 'block_sequence_ids'")
+# transformers 4.57's Gemma 3n computes a layer that shares keys and values otherwise without a cache (recomputing)
+# than with one, TALAN off too
+GEMMA3N_RECOMPUTED_4 = pytest.mark.xfail(TRANSFORMERS_4, raises=AssertionError, strict=True, reason="transformers "
+                                         "4.57: Gemma 3n's cached generation differs from recomputing, TALAN off too")
 # pyproject accepts torch >= 2.4 (with transformers 4.x; `make test-torch` runs the suite there). transformers
 # builds packed-sequence attention masks, and Trainer resumes, only on torch >= 2.6; accelerate's FSDP2 too.
 TORCH_BEFORE_2_6 = Version(torch.__version__).release[:2] < (2, 6)
@@ -129,12 +133,14 @@ def assert_site_writes_the_block_output(model, batch: dict, site: str, layer: in
     from talan.patching import talan_blocks
 
     open_gates(talan.patch(model, tiny_config(site=site, layer=layer)))
-    probe = {layer: _site_module(decoder_layers(decoder_stack(model))[layer], site, layer_layout(model))}
+    layout, stack = layer_layout(model), decoder_stack(model)
+    probe = {layer: _site_module(decoder_layers(stack)[layer], site, layout)}
+    index = layout.stream_index(stack.config)  # of the residual streams a layer input or output stacks (Gemma 3n)
     torch.manual_seed(1)
     with talan.disabled(model):
-        stream = _forward(model, batch, probe)[1][layer]
+        stream = _forward(model, batch, probe, index)[1][layer]
     torch.manual_seed(1)
-    written = _forward(model, batch, probe)[1][layer]
+    written = _forward(model, batch, probe, index)[1][layer]
     with torch.no_grad():
         expected, _ = talan_blocks(model)[layer](stream, batch["attention_mask"].bool(), None, None)
     assert not torch.allclose(expected, stream, atol=1e-2)  # the block changes the stream

@@ -2,7 +2,8 @@
 Ministral, Mixtral, Gemma, SmolLM3, StarCoder2, ERNIE 4.5, Seed-OSS, Hunyuan, Arcee, OLMo, GLM, Helium, Nemotron,
 Apertus (its norms named otherwise) and the mixtures of experts gpt-oss, DeepSeek-V3, GLM-4.5 (Glm4Moe), OLMoE,
 MiniMax-M2, EXAONE MoE, Qwen2-MoE, PhiMoE and Llama 4 share their decoder layer; Gemma 2/3/4 and GLM-4 norm the
-attention output before it joins the residual, OLMo 2/3, FlexOlmo and EXAONE 4 too with no norm before attention,
+attention output before it joins the residual (Gemma 3n too, in the active one of its four AltUp streams, beside its
+LAuReL branch), OLMo 2/3, FlexOlmo and EXAONE 4 too with no norm before attention,
 Phi-3 drops it out and Granite (3, SWA) scales it; in the hybrids most layers mix tokens otherwise than by self_attn:
 by linear attention in Qwen3-Next, Qwen3.5 (dense and MoE) and OLMo-hybrid (whose attention layers are OLMo 2's), by
 Mamba in Granite 4 (all scaled) and Bamba, by short convolutions in LFM2 (and its MoE, whose norms are named
@@ -15,11 +16,13 @@ inside the layer's forward: OPT, BioGPT, XGLM, Doge, DBRX) that holds for the pr
 refused by name."""
 
 import inspect
+import math
 
 import pytest
 import torch
 import transformers
 from conftest import (
+    GEMMA3N_RECOMPUTED_4,
     LLAMA4_STATIC_5_17,
     NOT_SET,
     TRANSFORMERS_4,
@@ -41,7 +44,16 @@ from conftest import (
     two_forwards_loss_and_grads,
 )
 from peft import LoraConfig, get_peft_model
-from train_helpers import DOTS3_TEXT, GATED_DELTANET, HYBRID_LAYERS, LLAMA4_TEXT, MAMBA_2, MLA, ROUTED_EXPERTS
+from train_helpers import (
+    DOTS3_TEXT,
+    GATED_DELTANET,
+    GEMMA3N_TEXT,
+    HYBRID_LAYERS,
+    LLAMA4_TEXT,
+    MAMBA_2,
+    MLA,
+    ROUTED_EXPERTS,
+)
 
 import talan
 from talan.hosts import all_linear_excludes, decoder_layers, decoder_stack, layer_layout
@@ -75,6 +87,8 @@ FAMILY_CONFIG["Gemma4Text"] = dict(vocab_size_per_layer_input=VOCAB, hidden_size
                                    num_kv_shared_layers=1, enable_moe_block=True, num_experts=4, top_k_experts=2,
                                    moe_intermediate_size=32,
                                    layer_types=["sliding_attention", "full_attention", "full_attention"])
+# Gemma 3n, the MLP of layer 0 keeping 5 % of its activations (as E2B's first ten)
+FAMILY_CONFIG["Gemma3nText"] = dict(IN_VOCAB, **GEMMA3N_TEXT, activation_sparsity_pattern=[0.95, 0.0, 0.0])
 FAMILY_CONFIG.update(Qwen3Next=dict(HYBRID_MOE, decoder_sparse_step=1), Qwen3_5=HYBRID, Qwen3_5Moe=HYBRID_MOE,
                      OlmoHybrid=HYBRID)
 # The other hybrids, with the same layer types: Granite 4 (Mamba 2, every sum scaled; here with a mixture of experts
@@ -214,6 +228,7 @@ ONE_MIXER = ("NemotronH", "Mamba", "Mamba2", "FalconMamba")  # each layer one to
 DROPPED_INSIDE = ("OPT", "OPT-350m", "BioGpt", "XGLM", "Doge", "Dbrx")
 NO_MID_SITE = (*PARALLEL, *ONE_MIXER, *DROPPED_INSIDE)
 FAMILY_NAMES = ["Qwen3Moe", "Qwen2", "Mistral", "Ministral", "Mixtral", "Gemma", "Gemma2", "Gemma3Text", "Gemma4Text",
+                "Gemma3nText",
                 "Phi3", "SmolLM3", "Glm4", "Starcoder2", "Olmo2", "Olmo3", "Granite", "GraniteMoe", "GraniteMoeShared",
                 "GptOss", "DeepseekV3", "Glm4Moe", "Ernie4_5", "Ernie4_5_Moe", "SeedOss", "HunYuanDenseV1",
                 "HunYuanMoEV1", "Arcee", "Olmoe", "MiniMaxM2", "ExaoneMoe", "Apertus", "Exaone4", "FlexOlmo",
@@ -229,7 +244,7 @@ FAMILY_NAMES = ["Qwen3Moe", "Qwen2", "Mistral", "Ministral", "Mixtral", "Gemma",
 
 # the causal LM of the families named after their text config
 CAUSAL_LM = {"Gemma3Text": "Gemma3ForCausalLM", "Gemma4Text": "Gemma4ForCausalLM", "Llama4Text": "Llama4ForCausalLM",
-             "GPT2": "GPT2LMHeadModel"}
+             "GPT2": "GPT2LMHeadModel", "Gemma3nText": "Gemma3nForCausalLM"}
 
 
 def installed(family: str, *marks):
@@ -281,7 +296,7 @@ GPTNEO_STATIC = pytest.mark.xfail(raises=AssertionError, strict=True, reason="GP
 XGLM_STATIC_4 = pytest.mark.xfail(TRANSFORMERS_4, raises=ValueError, strict=True, reason="transformers 4.57: XGLM's "
                                   "static cache fails: Incorrect 4D attention_mask shape")
 GENERATE_MARKS = {"Olmoe": (OLMOE_STATIC_4,), "Llama4Text": (LLAMA4_STATIC_5_17,), "JetMoe": (JETMOE_STATIC_4,),
-                  "GPTNeo": (GPTNEO_STATIC,), "XGLM": (XGLM_STATIC_4,)}
+                  "GPTNeo": (GPTNEO_STATIC,), "XGLM": (XGLM_STATIC_4,), "Gemma3nText": (GEMMA3N_RECOMPUTED_4,)}
 # DeepSeek-V3.2's sparse attention (GLM-5's, A.X K2's, dots.llm3's) generates otherwise from a cache than recomputed,
 # TALAN off too, once its indexer drops keys (4 of them kept here; at some seeds only): generation keeps every key
 KEEP_EVERY_KEY = dict.fromkeys(("DeepseekV32", "GlmMoeDsa", "AXK2", "Dots3Note"), {"index_topk": 64})
@@ -385,7 +400,7 @@ def _two_batches_loss_and_grads(family: str, checkpointing: bool, site: str = "m
 
 @pytest.mark.filterwarnings("ignore:.*gradient_checkpointing.*:FutureWarning")
 @pytest.mark.parametrize("family", ["Gemma2", "Gemma3Text", "Phi3", "Glm4", "Olmo2", "Granite",
-                                    *map(installed, ["Gemma4Text", *HYBRID_FAMILIES, *LINEAR_SELF_ATTN,
+                                    *map(installed, ["Gemma4Text", "Gemma3nText", *HYBRID_FAMILIES, *LINEAR_SELF_ATTN,
                                                      *NO_KWARGS_ON_4, "Bloom", "Mpt"])])
 def test_gradient_checkpointing_recomputes_a_mid_site_with_its_own_forwards_kwargs(family):
     """Where the mid site hooks a norm (or dropout) after self_attn, the recompute in the backward reads the
@@ -547,3 +562,43 @@ def test_a_state_space_cache_continues_where_talan_left_it_and_is_refused_from_e
             foreign = getattr(model(ids[:, :-1], use_cache=True), name)
         with pytest.raises(ValueError, match="tokens that TALAN never saw"):
             model(ids[:, -1:], use_cache=True, **{name: foreign})
+
+
+@pytest.mark.parametrize("family", ["Qwen3", installed("Gemma3nText")])
+def test_analyze_measures_talans_stream_in_every_layer_and_the_stacks_output_last(family):
+    """`talan analyze`'s per-layer rows (adapter on, TALAN off) are the norms of each later layer's output and, last,
+    of the decoder stack's output after its final norm; where layers stack residual streams (Gemma 3n's four AltUp
+    streams, whose hidden_states hold all four and no normed state), of TALAN's stream."""
+    from talan import analyze
+    from talan.data import CharTokenizer, collate
+
+    base = tiny_host(family)
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False,
+                                            **all_linear_excludes(base)))
+    open_gates(talan.patch(model, tiny_config(site=default_site(family), layer=1)))
+    examples = [{"prompt": "abc" * (i + 1), "completion": "xyz"} for i in range(3)]
+    tokenizer = CharTokenizer()
+    result = analyze.measure(model, tokenizer, examples)
+    batch = collate(examples, tokenizer)
+    active = batch["attention_mask"].bool()
+    stack, layers = decoder_stack(model), decoder_layers(decoder_stack(model))
+    outputs = {}
+
+    def keep(name):
+        def hook(module, args, output):
+            outputs[name] = output
+        return hook
+
+    handles = [layers[2].register_forward_hook(keep("layer 2")), stack.register_forward_hook(keep("stack"))]
+    with torch.no_grad(), talan.disabled(model):
+        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    for handle in handles:
+        handle.remove()
+    layer_2 = outputs["layer 2"][0] if isinstance(outputs["layer 2"], tuple) else outputs["layer 2"]
+    if family == "Gemma3nText":
+        layer_2 = layer_2[0]  # altup_active_idx
+    rows = result["per_layer"]
+    assert [row["name"] for row in rows] == ["layer 1 output", "layer 2 output", "after the final norm"]
+    for row, state in zip(rows[1:], (layer_2, outputs["stack"].last_hidden_state)):
+        assert row["hidden_norm"] == pytest.approx(float(state[active].norm(dim=-1).mean()), rel=1e-5)
+        assert math.isfinite(row["talan_diff_norm"]) and row["talan_diff_norm"] > 0

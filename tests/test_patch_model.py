@@ -439,11 +439,11 @@ def test_padding_read_off_4d_masks_also_when_padding_rows_were_opened(past_len, 
         assert not torch.equal(opened, allowed)  # padding queries are present and opened
     additive = torch.zeros(allowed.shape).masked_fill(~allowed, torch.finfo(torch.float32).min)
     for mask in (allowed, opened, additive) if opened_rows else (allowed, additive):
-        got = talan.patching._active_from_4d_mask(mask[:, None], past_len, opened_rows)
+        got = talan.masks.active_from_4d_mask(mask[:, None], past_len, opened_rows)
         assert torch.equal(got, want)
         if past_len == 0:  # no packed sequences in these masks: every real token sees the real one before it
-            assert talan.patching._starts_from_4d_mask(mask[:, None], want) is None
-    from_dict = talan.patching._mask_from_dict({"full_attention": allowed[:, None], "sliding_attention": None})
+            assert talan.masks.starts_from_4d_mask(mask[:, None], want) is None
+    from_dict = talan.masks.mask_from_dict({"full_attention": allowed[:, None], "sliding_attention": None})
     assert from_dict is not None and torch.equal(from_dict[:, 0], allowed)
 
 

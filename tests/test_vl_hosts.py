@@ -3,8 +3,9 @@ whose linear-attention layers hold a recurrent state), Gemma 3 (4B on), Gemma 4,
 dots.llm3 and GLM-4.6V (over GLM-4.1V's text decoder), and LLaVA, LLaVA-NeXT, LLaVA-OneVision, LLaVA-NeXT-Video,
 VipLLaVA, LFM2-VL, Mistral 3, InternVL, SmolVLM, Idefics 2 and 3, PaliGemma, Llama 4 and the later wrappers of
 vl_models.CONFIGS (Aya Vision, Ovis2, Kimi K2.5, ...) over a supported text decoder, and the audio-language
-Qwen2-Audio and Voxtral (their audio tokens stand where the image is), and Mllama (Llama 3.2 Vision: its text
-decoder reads the image features in gated cross-attention layers, never as tokens). Their text decoder sits beside
+Qwen2-Audio and Voxtral (their audio tokens stand where the image is; Gemma 3n's too, whose vision tower needs
+timm), and Mllama (Llama 3.2 Vision: its text decoder reads the image features in gated cross-attention layers,
+never as tokens). Their text decoder sits beside
 the vision tower (``model.language_model``, or ``text_model``; a whole causal LM there in Llama 4 and transformers
 4.x's audio models); its attention spans text and image tokens alike (Gemma 3's and 4's image tokens attend to each
 other both ways), so TALAN's memory takes in the image tokens as it takes in any other. With an image in a
@@ -16,6 +17,7 @@ import pytest
 import torch
 import transformers
 from conftest import (
+    GEMMA3N_RECOMPUTED_4,
     LLAMA4_STATIC_5_17,
     TORCH_BEFORE_2_6,
     TRANSFORMERS_4,
@@ -42,7 +44,7 @@ NATIVE = ["Qwen2VL", "Qwen2_5_VL", "Qwen3VL", "Qwen3VLMoe", "Qwen3_5", "Qwen3_5M
           "Glm4vMoe", "GlmOcr", "Dots3Note", "Ernie4_5_VLMoe", "HunYuanVL", "PaddleOCRVL",
           "Granite4Vision", "Step3p7", "Qwen2_5OmniThinker", "Qwen3OmniMoeThinker", "Mllama", "Cosmos3Edge",
           "MiniMaxM3VL", "CohereCompass", "MuseGlimmer", "MistralLarge4", "GraniteDocling", "MuseSpark", "Apertus1p5",
-          "DeepseekOcr2", "UnlimitedOcr"]
+          "DeepseekOcr2", "UnlimitedOcr", "Gemma3n"]
 # transformers 4.57 on torch < 2.6 cannot run Gemma 3 with images (the make test-old-torch venv)
 GEMMA3_IMAGES = pytest.mark.skipif(TORCH_BEFORE_2_6, reason="transformers builds Gemma 3's two-way image masks with "
                                    "or_mask_function, which needs torch >= 2.6")
@@ -78,7 +80,8 @@ MLLAMA_STATIC = pytest.mark.xfail(TRANSFORMERS_4 or TRANSFORMERS_5_17, raises=In
                                   reason="Mllama's static cache fails on the cross-attention keys, TALAN off too")
 GENERATE_MARKS = {"Gemma4": (GEMMA4_STATIC_5_17,), "PaliGemma": (PALIGEMMA_GENERATE,),
                   "Llama4": (LLAMA4_STATIC_5_17,), "Qwen2_5OmniThinker": (OMNI_STATIC_4,),
-                  "Qwen3OmniMoeThinker": (OMNI_STATIC_4,), "Mllama": (MLLAMA_STATIC,)}
+                  "Qwen3OmniMoeThinker": (OMNI_STATIC_4,), "Mllama": (MLLAMA_STATIC,),
+                  "Gemma3n": (GEMMA3N_RECOMPUTED_4,)}
 
 
 def _with_images(family: str, *marks):

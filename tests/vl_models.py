@@ -1,12 +1,15 @@
 """Tiny vision-language (and audio-language) models for test_vl_hosts.py: a 3-layer text decoder (d=64) beside a
 1-block vision tower (or audio encoder), random weights, and a left-padded two-row prompt with one image each."""
 
+import contextlib
 import inspect
+from unittest import mock
 
 import torch
 import transformers
 from conftest import VOCAB, class_prefix
-from train_helpers import DOTS3_TEXT, GATED_DELTANET, LLAMA4_TEXT, MLA, ROUTED_EXPERTS
+from torch import nn
+from train_helpers import DOTS3_TEXT, GATED_DELTANET, GEMMA3N_TEXT, LLAMA4_TEXT, MLA, ROUTED_EXPERTS
 
 IMAGE, VISION_START, VISION_END = 5, 3, 4  # token ids inside the tiny vocabulary
 TEXT = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
@@ -289,10 +292,55 @@ _ONE_IMAGE_EACH = ("Gemma3", "Llava", "Mistral3", "InternVL", "PaliGemma", "Llam
                    "Janus", "MistralLarge4", "Apertus1p5", "DeepseekOcr2", "UnlimitedOcr")
 
 
+# Gemma 3n over its text decoder (tests/test_hosts.py's, all MLPs dense): its audio encoder (one conformer block)
+# turns 64 frames of 16 mel bins into 4 audio tokens, the "image" tokens of the prompt; its vision tower needs timm,
+# which is not installed here, so it is a stand-in that the tests never feed (`_timm_tower_stand_in`)
+def _gemma3n_config(config_cls):
+    audio = dict(input_feat_size=16, hidden_size=32, conf_num_attention_heads=2, conf_num_hidden_layers=1,
+                 sscp_conv_channel_size=[8, 8], vocab_offset=120, vocab_size=8)  # its 8 hard tokens: ids 120 to 127
+    return config_cls(text_config=dict(TEXT, **GEMMA3N_TEXT), audio_config=audio, audio_soft_tokens_per_image=4,
+                      vision_config=dict(hidden_size=32, vocab_offset=112, vocab_size=8),
+                      vision_soft_tokens_per_image=4,
+                      audio_token_id=IMAGE, boa_token_id=VISION_START, eoa_token_id=VISION_END, image_token_id=6,
+                      boi_token_id=14, eoi_token_id=15)
+
+
+class _TowerStandIn(nn.Module):
+    """In place of a vision tower that needs timm (Gemma 3n's MobileNet-V5): a weight, and no forward."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.proj = nn.Linear(3, config.hidden_size)
+
+    def forward(self, *args, **kwargs):
+        raise NotImplementedError("a stand-in for a timm vision tower (timm is not installed): feed no images")
+
+
+@contextlib.contextmanager
+def _timm_tower_stand_in(prefix: str):
+    """While building Gemma 3n, its timm vision tower is a `_TowerStandIn`; its text decoder and audio encoder are
+    transformers' own."""
+    if prefix != "Gemma3n":
+        yield
+        return
+    from transformers.models.gemma3n import modeling_gemma3n
+
+    real = modeling_gemma3n.AutoModel.from_config
+
+    def from_config(config, **kwargs):
+        return _TowerStandIn(config) if config.model_type == "gemma3n_vision" else real(config, **kwargs)
+
+    with mock.patch.object(modeling_gemma3n.AutoModel, "from_config", from_config):
+        yield
+
+
 def _config(family: str):
     prefix = class_prefix(family)
     vision = VISION.get(prefix)
     config_cls = getattr(transformers, f"{prefix}Config")
+    if prefix == "Gemma3n":
+        return _gemma3n_config(config_cls)
     if prefix in CONFIGS:
         text, kwargs = CONFIGS[prefix]
         return config_cls(text_config=dict(TEXT, **text), **kwargs)
@@ -348,7 +396,8 @@ def tiny_vl(family: str, head: str = "ForConditionalGeneration", train: bool = F
     config = _config(family)
     config._attn_implementation = config.text_config._attn_implementation = "eager"
     torch.manual_seed(0)
-    model = getattr(transformers, class_name(family, head))(config.text_config if head == "TextModel" else config)
+    with _timm_tower_stand_in(class_prefix(family)):
+        model = getattr(transformers, class_name(family, head))(config.text_config if head == "TextModel" else config)
     with torch.no_grad():  # Mllama's cross-attention gates, closed (zero) before training: open, as trained
         for name, gate in model.named_parameters():
             if name.endswith(("cross_attn_attn_gate", "cross_attn_mlp_gate")):
@@ -381,6 +430,8 @@ def _media(prefix: str, generator: torch.Generator) -> dict:
         return {"pixel_values_images": noise(2, 3, 16, 16)}
     if prefix in ("Qwen2Audio", "Voxtral", "AudioFlamingo3"):  # 16 frames of 16 mel bins
         return {"input_features": noise(2, 16, 16)}
+    if prefix == "Gemma3n":  # 64 frames of 16 mel bins, all real
+        return {"input_features": noise(2, 64, 16), "input_features_mask": torch.ones(2, 64, dtype=torch.bool)}
     if prefix in ("SmolVLM", "Idefics3", "Idefics2"):  # a list of images per row
         return {"pixel_values": noise(2, 1, 3, 16, 16)}
     if prefix == "GraniteDocling":  # a list of tiles per row, and which are real
