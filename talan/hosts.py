@@ -160,6 +160,9 @@ FAMILIES = {
                            parallel_if="use_parallel_residual"),
     "NemotronH": _ONE_MIXER,
     "Mamba": _ONE_MIXER, "Mamba2": _ONE_MIXER, "FalconMamba": _ONE_MIXER,  # state-space models: a Mamba per layer
+    # Zamba and Zamba 2: a Mamba per layer too, some layers first running a shared attention block (and MLP) whose
+    # output only joins the Mamba's input
+    "Zamba": _ONE_MIXER, "Zamba2": _ONE_MIXER,
     # the GPT-2 lineage (layers in ``h``): GPT-2, StarCoder's GPTBigCode and GPT-Neo pre-norm by ln_1 and ln_2, their
     # attention output dropped out inside attn; GPT-J and CodeGen parallel (attention and MLP read ln_1)
     "GPT2": _GPT2, "GPTBigCode": _GPT2, "GPTNeo": _GPT2, "GPTJ": _PARALLEL, "CodeGen": _PARALLEL,

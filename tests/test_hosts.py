@@ -11,9 +11,9 @@ otherwise) and LFM3 (which norms the mixer's output), by Mamba beside experts in
 (FAMILY_NAMES); BLOOM and ZAYA return residual + attention from one module, which the mid site replaces. Every
 site patches exactly, generates (dynamic and static cache) as it recomputes, unpatches exactly, writes exactly the
 block's output into the stream, and trains with peft. Where a layer has no point between attention and MLP (a
-parallel residual: Cohere, Phi, GPT-NeoX, Falcon-H1; one mixer per layer: NemotronH; the attention output dropped out
-inside the layer's forward: OPT, BioGPT, XGLM, Doge, DBRX) that holds for the pre and post sites, and the mid site is
-refused by name."""
+parallel residual: Cohere, Phi, GPT-NeoX, Falcon-H1; one mixer per layer: NemotronH, Mamba, Zamba; the attention
+output dropped out inside the layer's forward: OPT, BioGPT, XGLM, Doge, DBRX) that holds for the pre and post sites,
+and the mid site is refused by name."""
 
 import inspect
 import math
@@ -206,6 +206,13 @@ FAMILY_CONFIG.update(
     # state-space models: Mamba (16 states), Mamba 2 (4 heads of 16 channels), Falcon-Mamba
     Mamba=dict(IN_VOCAB, state_size=16), FalconMamba=dict(IN_VOCAB, state_size=16),
     Mamba2=dict(IN_VOCAB, num_heads=4, head_dim=16, state_size=16, n_groups=1, expand=1, chunk_size=4),
+    # Zamba: layers 1 and 2 run the shared attention block first (transformers 4.x: layer 2, its fixed pattern)
+    Zamba=dict(IN_VOCAB, mamba_d_state=16, mamba_expand=1, use_mamba_kernels=False, attention_hidden_size=128,
+               attention_head_dim=32,
+               **({} if TRANSFORMERS_4 else {"layers_block_type": ["linear_attention", "hybrid", "hybrid"]})),
+    # Zamba 2: layer 1 runs it (heads of 16 channels)
+    Zamba2=dict(IN_VOCAB, mamba_d_state=16, n_mamba_heads=4, chunk_size=4, mamba_expand=1, use_mamba_kernels=False,
+                layers_block_type=["mamba", "hybrid", "mamba"]),
     GraniteMoeSWA=dict(IN_VOCAB, residual_multiplier=0.22, sliding_window=4, num_local_experts=4,
                        num_experts_per_tok=2),
 )
@@ -223,7 +230,8 @@ LINEAR_SELF_ATTN = ["KimiLinear", "BailingHybrid"]
 # layers add one token mixer or one MLP each (no mid site either)
 PARALLEL = ("Cohere", "Cohere2", "Cohere2Moe", "Phi", "GPTNeoX", "FalconH1", "GPTJ", "CodeGen", "Falcon", "Falcon-40B",
             "Falcon-RW")
-ONE_MIXER = ("NemotronH", "Mamba", "Mamba2", "FalconMamba")  # each layer one token mixer or one MLP
+# each layer one token mixer or one MLP (Zamba's shared attention block only feeds a layer's Mamba)
+ONE_MIXER = ("NemotronH", "Mamba", "Mamba2", "FalconMamba", "Zamba", "Zamba2")
 # the attention output dropped out functionally before it joins the residual
 DROPPED_INSIDE = ("OPT", "OPT-350m", "BioGpt", "XGLM", "Doge", "Dbrx")
 NO_MID_SITE = (*PARALLEL, *ONE_MIXER, *DROPPED_INSIDE)
