@@ -28,7 +28,10 @@ class LayerLayout:
     adds_residual: bool = False  # attention_output returns residual + attention itself (BLOOM's, ZAYA's)
     token_mixer: str = "self_attn"
     other_layers: LayerLayout | None = None
-    parallel_if: str | None = None  # a layer attribute that, when true, makes its residual parallel (StableLM's)
+    # a layer attribute that, when true, makes the layer follow ``variant``: StableLM's and GPT-NeoX's
+    # use_parallel_residual (a parallel residual), Molmo 2's norm_after (each sublayer's output normed, not its input)
+    variant_if: str | None = None
+    variant: LayerLayout | None = None
     # a module whose output joins residual + attention, the sum then divided by sqrt(2) (Gemma 3n's LAuReL)
     residual_branch: str | None = None
     # a config attribute: the layers' input and output stack residual streams on dim 0 ([S, B, T, D], Gemma 3n's
@@ -37,12 +40,12 @@ class LayerLayout:
     no_mid: str | None = None  # why a layer without attention_output has no mid site, for the error
 
     def of(self, layer: nn.Module) -> LayerLayout:
-        """The layout of ``layer``: ``other_layers`` in a hybrid's layers with no self_attn, the parallel residual's
-        where ``parallel_if`` says so, else this one."""
+        """The layout of ``layer``: ``other_layers`` in a hybrid's layers with no self_attn, ``variant`` where
+        ``variant_if`` says so, else this one."""
         if self.other_layers is not None and getattr(layer, "self_attn", None) is None:
             return self.other_layers
-        if self.parallel_if is not None and getattr(layer, self.parallel_if, False):
-            return _PARALLEL
+        if self.variant_if is not None and getattr(layer, self.variant_if, False):
+            return self.variant
         return self
 
     def stream_index(self, config) -> int | None:
@@ -154,10 +157,11 @@ FAMILIES = {
     "Kolibri1": LayerLayout(attention_output="post_self_attn_layernorm"),
     "Cohere": _PARALLEL, "Cohere2": _PARALLEL, "Cohere2Moe": _PARALLEL, "Phi": _PARALLEL,
     "FalconH1": _PARALLEL,  # attention beside Mamba 2 (then a normed MLP)
-    "StableLm": LayerLayout(parallel_if="use_parallel_residual"),  # StableLM 2: sequential; its config may say not
+    # StableLM 2: sequential; its config may say not
+    "StableLm": LayerLayout(variant_if="use_parallel_residual", variant=_PARALLEL),
     # GPT-NeoX: parallel in Pythia, else sequential with the attention output dropped out first
     "GPTNeoX": LayerLayout(attention_output="post_attention_dropout", token_mixer="attention",
-                           parallel_if="use_parallel_residual"),
+                           variant_if="use_parallel_residual", variant=_PARALLEL),
     "NemotronH": _ONE_MIXER,
     "Mamba": _ONE_MIXER, "Mamba2": _ONE_MIXER, "FalconMamba": _ONE_MIXER,  # state-space models: a Mamba per layer
     # Zamba and Zamba 2: a Mamba per layer too, some layers first running a shared attention block (and MLP) whose
@@ -211,6 +215,10 @@ FAMILIES = {
     # Gemma 3n: Gemma 3's sandwich of norms on the active one of four AltUp streams, a low-rank LAuReL branch joining
     # residual + attention (their sum over sqrt(2)); per-layer input embeddings, the last layers reusing keys and values
     "Gemma3nText": replace(_SANDWICH, residual_branch="laurel", active_stream="altup_active_idx"),
+    # Molmo 2's: pre-norm, or with norm_after each sublayer's output normed instead of its input (as OLMo 2, but its
+    # norms named as the pre-norm ones: input_layernorm after attention)
+    "Molmo2": LayerLayout(variant_if="norm_after", variant=LayerLayout(
+        residual_input="self_attn", attention_output="input_layernorm", mlp_norm="mlp")),
 }
 # The bare decoder stack and the models around it: the language-model head, and the task heads that peft
 # fine-tunes too (task_type SEQ_CLS, TOKEN_CLS, QUESTION_ANS) over the same stack, where transformers has them.

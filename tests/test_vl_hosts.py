@@ -1,5 +1,6 @@
 """Vision-language hosts: Qwen2-VL, Qwen2.5-VL, Qwen3-VL (and its MoE), Qwen3.5 (and its MoE; a hybrid text decoder
-whose linear-attention layers hold a recurrent state), Gemma 3 (4B on), Gemma 4, GLM-4.1V, GLM-4.5V, GLM-OCR,
+whose linear-attention layers hold a recurrent state), Gemma 3 (4B on), Gemma 4, Molmo 2 (pre-norm, and post-norm with
+norm_after), GLM-4.1V, GLM-4.5V, GLM-OCR,
 dots.llm3 and GLM-4.6V (over GLM-4.1V's text decoder), and LLaVA, LLaVA-NeXT, LLaVA-OneVision, LLaVA-NeXT-Video,
 VipLLaVA, LFM2-VL, Mistral 3, InternVL, SmolVLM, Idefics 2 and 3, PaliGemma, Llama 4 and the later wrappers of
 vl_models.CONFIGS (Aya Vision, Ovis2, Kimi K2.5, ...) over a supported text decoder, and the audio-language
@@ -44,7 +45,7 @@ NATIVE = ["Qwen2VL", "Qwen2_5_VL", "Qwen3VL", "Qwen3VLMoe", "Qwen3_5", "Qwen3_5M
           "Glm4vMoe", "GlmOcr", "Dots3Note", "Ernie4_5_VLMoe", "HunYuanVL", "PaddleOCRVL",
           "Granite4Vision", "Step3p7", "Qwen2_5OmniThinker", "Qwen3OmniMoeThinker", "Mllama", "Cosmos3Edge",
           "MiniMaxM3VL", "CohereCompass", "MuseGlimmer", "MistralLarge4", "GraniteDocling", "MuseSpark", "Apertus1p5",
-          "DeepseekOcr2", "UnlimitedOcr", "Gemma3n"]
+          "DeepseekOcr2", "UnlimitedOcr", "Gemma3n", "Molmo2", "Molmo2-norm_after"]
 # transformers 4.57 on torch < 2.6 cannot run Gemma 3 with images (the make test-old-torch venv)
 GEMMA3_IMAGES = pytest.mark.skipif(TORCH_BEFORE_2_6, reason="transformers builds Gemma 3's two-way image masks with "
                                    "or_mask_function, which needs torch >= 2.6")
@@ -195,23 +196,26 @@ def test_mllama_blocks_on_cross_attention_layers_follow_them_in_text_only_forwar
     assert not torch.allclose(_logits(model, inputs), _logits(talan.unpatch(model), inputs), atol=1e-4)
 
 
-def _mllama_loss_and_grads(site: str, checkpointing: bool):
-    """Two forwards (each with its own image and padding), one backward: blocks on a self-attention and a
-    cross-attention layer, LoRA on every linear layer (the vision tower's too)."""
+def _two_prompts_loss_and_grads(family: str, site: str, checkpointing: bool):
+    """Two forwards (each with its own image and padding), one backward: blocks on layers 0 and 1, LoRA on every
+    linear layer (the vision tower's too)."""
     batches = []
     for seed in range(2):
-        inputs = image_prompt("Mllama", seed=3 + seed)
+        inputs = image_prompt(family, seed=3 + seed)
         if seed:  # the other row padded
             inputs["attention_mask"] = inputs["attention_mask"].flip(0)
         batches.append({**inputs, "labels": inputs["input_ids"].masked_fill(inputs["input_ids"] == IMAGE, -100)})
-    return two_forwards_loss_and_grads(tiny_vl("Mllama", train=True), batches, site, checkpointing)
+    return two_forwards_loss_and_grads(tiny_vl(family, train=True), batches, site, checkpointing)
 
 
-@MLLAMA
 @pytest.mark.filterwarnings("ignore:.*gradient_checkpointing.*:FutureWarning")
-@pytest.mark.parametrize("site", ["pre", "mid", "post"])
-def test_mllama_gradient_checkpointing_recomputes_each_site_with_its_own_forwards_inputs(site):
-    assert_same_loss_and_grads(_mllama_loss_and_grads(site, False), _mllama_loss_and_grads(site, True))
+@pytest.mark.parametrize("family,site", [pytest.param("Mllama", site, marks=MLLAMA) for site in ("pre", "mid", "post")]
+                         + [pytest.param("Molmo2-norm_after", "mid", marks=_installed("Molmo2"))])
+def test_gradient_checkpointing_recomputes_each_site_with_its_own_forwards_inputs(family, site):
+    """Mllama at every site (a self-attention and a cross-attention layer), and Molmo 2's post-norm layers at the mid
+    site, which hooks the norm after self_attn: the recompute reads the kwargs its own self_attn got."""
+    assert_same_loss_and_grads(_two_prompts_loss_and_grads(family, site, False),
+                               _two_prompts_loss_and_grads(family, site, True))
 
 
 @MLLAMA

@@ -335,12 +335,27 @@ def _timm_tower_stand_in(prefix: str):
         yield
 
 
+def _molmo2_config(config_cls, norm_after: bool):
+    """Molmo 2 over its own text decoder (pre-norm, or with ``norm_after`` post-norm): one 16x16 crop per image, 16
+    patches of 4x4 pixels pooled 2x2 into 4 tokens by the adapter's cross-attention."""
+    return config_cls(text_config=dict(TEXT, additional_vocab_size=0, norm_after=norm_after, rope_scaling_layers=[]),
+                      vision_config=dict(VISION_BLOCK, num_key_value_heads=2, head_dim=16, image_size=[16, 16],
+                                         patch_size=4),
+                      adapter_config=dict(vision_feature_layer=[-1], hidden_size=32, num_attention_heads=2,
+                                          num_key_value_heads=2, head_dim=16, intermediate_size=64,
+                                          text_hidden_size=64),
+                      image_start_token_id=VISION_START, image_end_token_id=VISION_END, image_patch_id=IMAGE,
+                      low_res_image_start_token_id=14, frame_start_token_id=15, frame_end_token_id=16)
+
+
 def _config(family: str):
     prefix = class_prefix(family)
     vision = VISION.get(prefix)
     config_cls = getattr(transformers, f"{prefix}Config")
     if prefix == "Gemma3n":
         return _gemma3n_config(config_cls)
+    if prefix == "Molmo2":
+        return _molmo2_config(config_cls, norm_after=family.endswith("-norm_after"))
     if prefix in CONFIGS:
         text, kwargs = CONFIGS[prefix]
         return config_cls(text_config=dict(TEXT, **text), **kwargs)
@@ -430,6 +445,10 @@ def _media(prefix: str, generator: torch.Generator) -> dict:
         return {"pixel_values_images": noise(2, 3, 16, 16)}
     if prefix in ("Qwen2Audio", "Voxtral", "AudioFlamingo3"):  # 16 frames of 16 mel bins
         return {"input_features": noise(2, 16, 16)}
+    if prefix == "Molmo2":  # each image one crop of 16 flattened patches, pooled 2x2: 4 tokens of 4 patches each
+        pooled = torch.tensor([[0, 1, 4, 5], [2, 3, 6, 7], [8, 9, 12, 13], [10, 11, 14, 15]])
+        return {"pixel_values": noise(2, 16, 3 * 4 * 4), "image_token_pooling": torch.cat([pooled, pooled + 16]),
+                "image_grids": torch.tensor([[2, 2, 0, 0]] * 2)}
     if prefix == "Gemma3n":  # 64 frames of 16 mel bins, all real
         return {"input_features": noise(2, 64, 16), "input_features_mask": torch.ones(2, 64, dtype=torch.bool)}
     if prefix in ("SmolVLM", "Idefics3", "Idefics2"):  # a list of images per row
