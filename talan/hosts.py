@@ -29,8 +29,10 @@ class LayerLayout:
     token_mixer: str = "self_attn"
     other_layers: LayerLayout | None = None
     # a layer attribute that, when true, makes the layer follow ``variant``: StableLM's and GPT-NeoX's
-    # use_parallel_residual (a parallel residual), Molmo 2's norm_after (each sublayer's output normed, not its input)
+    # use_parallel_residual (a parallel residual), Molmo 2's norm_after (each sublayer's output normed, not its input);
+    # or the class of the layers that follow it (Chameleon's swin-norm layers, which hold no such attribute)
     variant_if: str | None = None
+    variant_class: str | None = None
     variant: LayerLayout | None = None
     # a module whose output joins residual + attention, the sum then divided by sqrt(2) (Gemma 3n's LAuReL)
     residual_branch: str | None = None
@@ -41,10 +43,11 @@ class LayerLayout:
 
     def of(self, layer: nn.Module) -> LayerLayout:
         """The layout of ``layer``: ``other_layers`` in a hybrid's layers with no self_attn, ``variant`` where
-        ``variant_if`` says so, else this one."""
+        ``variant_if`` or ``variant_class`` says so, else this one."""
         if self.other_layers is not None and getattr(layer, "self_attn", None) is None:
             return self.other_layers
-        if self.variant_if is not None and getattr(layer, self.variant_if, False):
+        if (self.variant_if is not None and getattr(layer, self.variant_if, False)) \
+                or type(layer).__name__ == self.variant_class:
             return self.variant
         return self
 
@@ -120,6 +123,9 @@ _BLOOM = LayerLayout(attention_output="self_attention", token_mixer="self_attent
 # layers in a forward without an image (none, and none cached).
 _MLLAMA = LayerLayout(other_layers=LayerLayout(attention_output="cross_attn", token_mixer="cross_attn",
                                                attention_gate="cross_attn_attn_gate"))
+# each sublayer's output normed instead of its input, the norms named as a pre-norm layer's (Molmo 2's norm_after,
+# Chameleon's swin norm): self_attn reads the residual, input_layernorm norms its output, the MLP reads the sum
+_NORM_AFTER = LayerLayout(residual_input="self_attn", attention_output="input_layernorm", mlp_norm="mlp")
 FAMILIES = {
     "Qwen3": _PRE_NORM, "Llama": _PRE_NORM, "Qwen3Moe": _PRE_NORM, "Qwen2": _PRE_NORM, "Mistral": _PRE_NORM,
     "Ministral": _PRE_NORM, "Mixtral": _PRE_NORM, "Gemma": _PRE_NORM, "SmolLM3": _PRE_NORM, "Starcoder2": _PRE_NORM,
@@ -217,8 +223,9 @@ FAMILIES = {
     "Gemma3nText": replace(_SANDWICH, residual_branch="laurel", active_stream="altup_active_idx"),
     # Molmo 2's: pre-norm, or with norm_after each sublayer's output normed instead of its input (as OLMo 2, but its
     # norms named as the pre-norm ones: input_layernorm after attention)
-    "Molmo2": LayerLayout(variant_if="norm_after", variant=LayerLayout(
-        residual_input="self_attn", attention_output="input_layernorm", mlp_norm="mlp")),
+    "Molmo2": LayerLayout(variant_if="norm_after", variant=_NORM_AFTER),
+    # Chameleon (its images VQ tokens of the vocabulary): pre-norm, or Molmo 2's norm_after in swin-norm layers (30B)
+    "Chameleon": LayerLayout(variant_class="ChameleonSwinDecoderLayer", variant=_NORM_AFTER),
 }
 # The bare decoder stack and the models around it: the language-model head, and the task heads that peft
 # fine-tunes too (task_type SEQ_CLS, TOKEN_CLS, QUESTION_ANS) over the same stack, where transformers has them.

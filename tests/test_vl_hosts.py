@@ -1,6 +1,6 @@
 """Vision-language hosts: Qwen2-VL, Qwen2.5-VL, Qwen3-VL (and its MoE), Qwen3.5 (and its MoE; a hybrid text decoder
-whose linear-attention layers hold a recurrent state), Gemma 3 (4B on), Gemma 4, Molmo 2 (pre-norm, and post-norm with
-norm_after), GLM-4.1V, GLM-4.5V, GLM-OCR,
+whose linear-attention layers hold a recurrent state), Gemma 3 (4B on), Gemma 4, Molmo 2 and Chameleon (pre-norm, and
+post-norm with norm_after or swin_norm), GLM-4.1V, GLM-4.5V, GLM-OCR,
 dots.llm3 and GLM-4.6V (over GLM-4.1V's text decoder), and LLaVA, LLaVA-NeXT, LLaVA-OneVision, LLaVA-NeXT-Video,
 VipLLaVA, LFM2-VL, Mistral 3, InternVL, SmolVLM, Idefics 2 and 3, PaliGemma, Llama 4 and the later wrappers of
 vl_models.CONFIGS (Aya Vision, Ovis2, Kimi K2.5, ...) over a supported text decoder, and the audio-language
@@ -45,7 +45,8 @@ NATIVE = ["Qwen2VL", "Qwen2_5_VL", "Qwen3VL", "Qwen3VLMoe", "Qwen3_5", "Qwen3_5M
           "Glm4vMoe", "GlmOcr", "Dots3Note", "Ernie4_5_VLMoe", "HunYuanVL", "PaddleOCRVL",
           "Granite4Vision", "Step3p7", "Qwen2_5OmniThinker", "Qwen3OmniMoeThinker", "Mllama", "Cosmos3Edge",
           "MiniMaxM3VL", "CohereCompass", "MuseGlimmer", "MistralLarge4", "GraniteDocling", "MuseSpark", "Apertus1p5",
-          "DeepseekOcr2", "UnlimitedOcr", "Gemma3n", "Molmo2", "Molmo2-norm_after"]
+          "DeepseekOcr2", "UnlimitedOcr", "Gemma3n", "Molmo2", "Molmo2-norm_after", "Chameleon",
+          "Chameleon-swin"]
 # transformers 4.57 on torch < 2.6 cannot run Gemma 3 with images (the make test-old-torch venv)
 GEMMA3_IMAGES = pytest.mark.skipif(TORCH_BEFORE_2_6, reason="transformers builds Gemma 3's two-way image masks with "
                                    "or_mask_function, which needs torch >= 2.6")
@@ -210,10 +211,12 @@ def _two_prompts_loss_and_grads(family: str, site: str, checkpointing: bool):
 
 @pytest.mark.filterwarnings("ignore:.*gradient_checkpointing.*:FutureWarning")
 @pytest.mark.parametrize("family,site", [pytest.param("Mllama", site, marks=MLLAMA) for site in ("pre", "mid", "post")]
-                         + [pytest.param("Molmo2-norm_after", "mid", marks=_installed("Molmo2"))])
+                         + [pytest.param(f, "mid", marks=_installed(f))
+                            for f in ("Molmo2-norm_after", "Chameleon-swin")])
 def test_gradient_checkpointing_recomputes_each_site_with_its_own_forwards_inputs(family, site):
-    """Mllama at every site (a self-attention and a cross-attention layer), and Molmo 2's post-norm layers at the mid
-    site, which hooks the norm after self_attn: the recompute reads the kwargs its own self_attn got."""
+    """Mllama at every site (a self-attention and a cross-attention layer), and Molmo 2's and Chameleon's post-norm
+    layers at the mid site, which hooks the norm after self_attn: the recompute reads the kwargs its own self_attn
+    got."""
     assert_same_loss_and_grads(_two_prompts_loss_and_grads(family, site, False),
                                _two_prompts_loss_and_grads(family, site, True))
 
@@ -269,7 +272,9 @@ BARE = [pytest.param(f, head, marks=needs_transformers(class_name(f, head)), id=
 def test_bare_vl_models_and_their_text_decoders_are_hosts(family, head):
     model = tiny_vl(family, head)
     stack = decoder_stack(model)
-    assert stack is (model if head == "TextModel" else getattr(model, "text_model", None) or model.language_model)
+    # Chameleon's bare model is its text decoder itself (its VQ-VAE beside the layers)
+    own = head == "TextModel" or hasattr(model, "layers")
+    assert stack is (model if own else getattr(model, "text_model", None) or model.language_model)
     talan.patch(model, tiny_config(layer=1, site=_default_site(family)))
     assert hasattr(stack.layers[1], "talan") and is_patched(model)
 

@@ -47,7 +47,7 @@ VISION = {
 }
 IMAGE_TOKENS = {"Llava": 16, "LlavaNext": 36, "LlavaOnevision": 36, "LlavaNextVideo": 36, "PaliGemma": 16,
                 "VipLlava": 16, "DeepseekVL": 16, "VideoLlava": 16, "HunYuanVL": 8, "Granite4Vision": 10,
-                "Mllama": 1, "Janus": 16, "DeepseekVLHybrid": 16, "MiniCPMOcr": 16, "Apertus1p5": 16,
+                "Mllama": 1, "Janus": 16, "DeepseekVLHybrid": 16, "MiniCPMOcr": 16, "Apertus1p5": 16, "Chameleon": 16,
                 "DeepseekOcr2": 145, "UnlimitedOcr": 7}
 ANY_RESOLUTION = ("LlavaNext", "LlavaOnevision", "LlavaNextVideo")
 # Qwen-VL's patch windows: a 4x4 grid of 2-frame 4x4-pixel patches, merged 2x2 into 4 tokens
@@ -289,7 +289,7 @@ CONFIGS = {
 }
 _ONE_IMAGE_EACH = ("Gemma3", "Llava", "Mistral3", "InternVL", "PaliGemma", "Llama4", "VipLlava",
                    "AyaVision", "Cohere2Vision", "DeepseekVL", "LightOnOcr", "Ovis2", "QianfanOCR", "Aria", "GotOcr2",
-                   "Janus", "MistralLarge4", "Apertus1p5", "DeepseekOcr2", "UnlimitedOcr")
+                   "Janus", "MistralLarge4", "Apertus1p5", "DeepseekOcr2", "UnlimitedOcr", "Chameleon")
 
 
 # Gemma 3n over its text decoder (tests/test_hosts.py's, all MLPs dense): its audio encoder (one conformer block)
@@ -348,6 +348,18 @@ def _molmo2_config(config_cls, norm_after: bool):
                       low_res_image_start_token_id=14, frame_start_token_id=15, frame_end_token_id=16)
 
 
+def _chameleon_config(config_cls, swin_norm: bool):
+    """Chameleon (one config for its text decoder, pre-norm or with ``swin_norm`` post-norm): a VQ-VAE turns each
+    16x16 image into 4x4 codes, visual tokens 100 to 115 of the vocabulary (named IMGIMG<code in letters>Z)."""
+    def name(code):
+        return "IMGIMG" + "".join(chr(ord("A") + int(digit)) for digit in str(code)) + "Z"
+
+    vq = dict(embed_dim=8, num_embeddings=16, latent_channels=32, resolution=16, base_channels=32,
+              channel_multiplier=[1, 2, 2], num_res_blocks=1)
+    return config_cls(**{k: v for k, v in TEXT.items() if k != "head_dim"}, swin_norm=swin_norm, vq_config=vq,
+                      vocabulary_map={"<image>": IMAGE, **{name(code): 100 + code for code in range(16)}})
+
+
 def _config(family: str):
     prefix = class_prefix(family)
     vision = VISION.get(prefix)
@@ -356,6 +368,8 @@ def _config(family: str):
         return _gemma3n_config(config_cls)
     if prefix == "Molmo2":
         return _molmo2_config(config_cls, norm_after=family.endswith("-norm_after"))
+    if prefix == "Chameleon":
+        return _chameleon_config(config_cls, swin_norm=family.endswith("-swin"))
     if prefix in CONFIGS:
         text, kwargs = CONFIGS[prefix]
         return config_cls(text_config=dict(TEXT, **text), **kwargs)
@@ -409,7 +423,7 @@ def tiny_vl(family: str, head: str = "ForConditionalGeneration", train: bool = F
     """A seeded tiny vision-language model: a 3-layer text decoder (d=64) and a 1-block vision tower, eager
     attention, random weights (``head="TextModel"``: the bare text decoder alone)."""
     config = _config(family)
-    config._attn_implementation = config.text_config._attn_implementation = "eager"
+    config._attn_implementation = config.get_text_config()._attn_implementation = "eager"  # Chameleon's: itself
     torch.manual_seed(0)
     with _timm_tower_stand_in(class_prefix(family)):
         model = getattr(transformers, class_name(family, head))(config.text_config if head == "TextModel" else config)
