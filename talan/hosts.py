@@ -226,6 +226,9 @@ FAMILIES = {
     "Molmo2": LayerLayout(variant_if="norm_after", variant=_NORM_AFTER),
     # Chameleon (its images VQ tokens of the vocabulary): pre-norm, or Molmo 2's norm_after in swin-norm layers (30B)
     "Chameleon": LayerLayout(variant_class="ChameleonSwinDecoderLayer", variant=_NORM_AFTER),
+    # Inkling: pre-norm, the attention output (and the MLP's) passed through a short causal convolution (its state in
+    # the cache) before it joins the residual
+    "Inkling": LayerLayout(attention_output="attn_sconv"),
 }
 # The bare decoder stack and the models around it: the language-model head, and the task heads that peft
 # fine-tunes too (task_type SEQ_CLS, TOKEN_CLS, QUESTION_ANS) over the same stack, where transformers has them.
