@@ -111,7 +111,7 @@ def _site_module(layer, site: str, layout):
     if site == "pre":
         return layer, "input"  # a pre-hook registered after TALAN's sees the layer input it rewrote
     if site == "mid":
-        return getattr(layer, layout.mlp_norm), "input"  # its input is residual + attention (+ TALAN)
+        return layer.get_submodule(layout.mlp_norm), "input"  # its input is residual + attention (+ TALAN)
     return layer, "output"  # a hook registered after TALAN's prepended one sees the perturbed output
 
 

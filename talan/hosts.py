@@ -18,7 +18,8 @@ class LayerLayout:
     linear attention, Mamba or convolution no position ids, and in transformers 4.x maybe nothing but the cache. A
     hybrid family's layers without a self_attn (none, or None) follow ``other_layers``. A layer with no point between
     attention and MLP (a parallel residual; one mixer per layer) has no ``attention_output`` or ``mlp_norm``, and
-    ``no_mid`` says why: TALAN acts at its input or output only."""
+    ``no_mid`` says why: TALAN acts at its input or output only. Modules are named by their path below the layer
+    (LongCat-Flash's ``self_attn.0``)."""
 
     residual_input: str = "input_layernorm"
     attention_output: str | None = "self_attn"
@@ -229,6 +230,10 @@ FAMILIES = {
     # Inkling: pre-norm, the attention output (and the MLP's) passed through a short causal convolution (its state in
     # the cache) before it joins the residual
     "Inkling": LayerLayout(attention_output="attn_sconv"),
+    # LongCat-Flash: two pre-norm attention-then-MLP blocks per layer (each module a ModuleList of two), a mixture of
+    # experts reading the first MLP's norm joining the layer output: the mid site is the first block's
+    "LongcatFlash": LayerLayout(residual_input="input_layernorm.0", attention_output="self_attn.0",
+                                mlp_norm="post_attention_layernorm.0", token_mixer="self_attn.0"),
 }
 # The bare decoder stack and the models around it: the language-model head, and the task heads that peft
 # fine-tunes too (task_type SEQ_CLS, TOKEN_CLS, QUESTION_ANS) over the same stack, where transformers has them.
@@ -387,13 +392,14 @@ def stack_and_layout(model: nn.Module) -> tuple[nn.Module, LayerLayout]:
 
 # Modules that peft's "all-linear" LoRA wraps but cannot train there, by family: a router that returns a tuple (Llama
 # 4's; PhiMoE's on transformers 5), on which peft's LoRA layer fails, TALAN off too; the dt_proj of Jamba's (Mamba's,
-# Falcon-Mamba's) Mamba and Gemma 3n's AltUp correction_coefs (in training), whose weight it reads without calling
-# the layer, and the sparse-attention indexer of
+# Falcon-Mamba's) Mamba, Gemma 3n's AltUp correction_coefs (in training) and LongCat-Flash's router classifier, whose
+# weight it reads without calling the layer, and the sparse-attention indexer of
 # DeepSeek-V3.2 (GLM-5's, A.X K2's, dots.llm3's, Mistral Large 4's), which only picks the keys (top-k, no gradient
 # through it): a LoRA there never gets a gradient; the Mamba out_proj of Falcon-H1, NemotronH and the state-space
 # models, which peft refuses to adapt.
 _INDEXER = r".*\.indexer\..*"
 _ALL_LINEAR_EXCLUDES = {"Llama4Text": r".*\.router", "Phimoe": r".*\.router", "Jamba": r".*\.dt_proj",
+                        "LongcatFlash": r".*\.router\.classifier",
                         "FalconH1": r".*\.mamba\.out_proj", "NemotronH": r".*\.mixer\.out_proj",
                         "Mamba2": r".*\.mixer\.out_proj", "Gemma3nText": r".*\.altup\.correction_coefs",
                         **dict.fromkeys(("Mamba", "FalconMamba"), r".*\.mixer\.(out_proj|dt_proj)"),

@@ -406,10 +406,10 @@ class _Patch:
             if self.config.site == "mid":
                 residual_hook = functools.partial(self._residual_pre, i)
                 layout = self.layout.of(layer)  # a hybrid's layers differ
-                residual_module = getattr(layer, layout.residual_input)
+                residual_module = layer.get_submodule(layout.residual_input)
                 self.handles.append(residual_module.register_forward_pre_hook(residual_hook, with_kwargs=True))
-                output_module = getattr(layer, layout.attention_output)
-                token_mixer = getattr(layer, layout.token_mixer)
+                output_module = layer.get_submodule(layout.attention_output)
+                token_mixer = layer.get_submodule(layout.token_mixer)
                 if output_module is not token_mixer:
                     kwargs_hook = functools.partial(self._attention_kwargs_pre, i)
                     self.handles.append(token_mixer.register_forward_pre_hook(kwargs_hook, with_kwargs=True))
@@ -420,7 +420,7 @@ class _Patch:
                 self.handles.append(output_module.register_forward_hook(hook, with_kwargs=True))
                 if layout.residual_branch is not None:
                     hook = functools.partial(self._branch_post, i)
-                    self.handles.append(getattr(layer, layout.residual_branch).register_forward_hook(hook))
+                    self.handles.append(layer.get_submodule(layout.residual_branch).register_forward_hook(hook))
 
     def remove(self) -> None:
         for handle in self.handles:

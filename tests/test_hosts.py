@@ -218,6 +218,11 @@ FAMILY_CONFIG.update(
                  layer_types=["hybrid_sliding", "hybrid", "hybrid_sliding"], rel_extent=8,
                  mlp_layer_types=["dense", "sparse", "sparse"], moe_intermediate_size=32, n_routed_experts=4,
                  num_experts_per_tok=2, n_shared_experts=1),
+    # LongCat-Flash: 3 layers of two blocks (its num_hidden_layers counts blocks), multi-head latent attention, 4 routed
+    # experts and a zero (identity) one, 2 per token (each real one routed some token of the training test's batch:
+    # transformers 4.57 leaves an idle expert's LoRA without a gradient)
+    LongcatFlash=dict(IN_VOCAB, **MLA, num_hidden_layers=NOT_SET, num_layers=3, head_dim=16, ffn_hidden_size=128,
+                      moe_topk=2, n_routed_experts=4, zero_expert_num=1, expert_ffn_hidden_size=32),
     GraniteMoeSWA=dict(IN_VOCAB, residual_multiplier=0.22, sliding_window=4, num_local_experts=4,
                        num_experts_per_tok=2),
 )
@@ -251,7 +256,7 @@ FAMILY_NAMES = ["Qwen3Moe", "Qwen2", "Mistral", "Ministral", "Mixtral", "Gemma",
                 "MiMoV2Flash", "SolarOpen", "Dots1", "BitNet", "Jais2", "Ministral3", "HyperCLOVAX", "NanoChat", "Cwm",
                 "DiffLlama", "Mellum", "Laguna", "HYV3", "AriaText", "Apertus1p5Text", "VaultGemma",
                 "Afmoe", "Kolibri1", "StableLm", "GPTNeoX-sequential", "Persimmon", "JetMoe", "GPT2",
-                "GPTBigCode", "GPTNeo", "Bloom", "Mpt", "Zaya", "Emu3", "Inkling", *HYBRID_FAMILIES,
+                "GPTBigCode", "GPTNeo", "Bloom", "Mpt", "Zaya", "Emu3", "Inkling", "LongcatFlash", *HYBRID_FAMILIES,
                 *LINEAR_SELF_ATTN, *NO_MID_SITE]
 
 
