@@ -11,12 +11,12 @@ from torch import nn
 @dataclass(frozen=True)
 class LayerLayout:
     """Where a family's decoder layer keeps the state between attention and MLP (``residual + attention``, the mid
-    site): ``residual_input``'s input is the layer input (the residual), the layer adds the output of
-    ``attention_output`` to it (times the layer's float attribute ``attention_scale``, or the tanh of its parameter
-    ``attention_gate``, when named; or, with ``adds_residual``, it returns that sum itself), and ``mlp_norm`` reads
-    that sum. ``token_mixer`` gets the layer's kwargs: self_attn all of them (position ids, cache); a hybrid layer's
-    linear attention, Mamba or convolution no position ids, and in transformers 4.x maybe nothing but the cache. A
-    hybrid family's layers without a self_attn (none, or None) follow ``other_layers``. A layer with no point between
+    site): ``residual_input``'s input is the layer input (the residual; its output, the normed input, with
+    ``residual_normed``), the layer adds the output of ``attention_output`` to it (each scaled as `scales_of` says;
+    or, with ``adds_residual``, it returns that sum itself), and ``mlp_norm`` reads that sum. ``token_mixer`` gets
+    the layer's kwargs: self_attn all of them (position ids, cache); a hybrid layer's linear attention, Mamba or
+    convolution no position ids, and in transformers 4.x maybe nothing but the cache. A hybrid family's layers
+    without a self_attn (none, or None) follow ``other_layers``. A layer with no point between
     attention and MLP (a parallel residual; one mixer per layer) has no ``attention_output`` or ``mlp_norm``, and
     ``no_mid`` says why: TALAN acts at its input or output only. Modules are named by their path below the layer
     (LongCat-Flash's ``self_attn.0``)."""
@@ -24,8 +24,12 @@ class LayerLayout:
     residual_input: str = "input_layernorm"
     attention_output: str | None = "self_attn"
     mlp_norm: str | None = "post_attention_layernorm"
-    attention_scale: str | None = None
-    attention_gate: str | None = None
+    attention_scale: str | None = None  # a layer float attribute that scales the attention output (Granite's)
+    residual_scale: str | None = None  # one that scales the residual (MiniMax's attn_alpha_factor)
+    attention_gate: str | None = None  # a layer parameter whose tanh scales the attention output (Mllama's)
+    # a layer int attribute k: the layer joins sqrt((k - 1) / k) * residual + attention / sqrt(k) (Beam's)
+    depth_scaled: str | None = None
+    residual_normed: bool = False  # the residual is residual_input's output, the normed layer input (MiniMax's)
     adds_residual: bool = False  # attention_output returns residual + attention itself (BLOOM's, ZAYA's)
     token_mixer: str = "self_attn"
     other_layers: LayerLayout | None = None
@@ -56,19 +60,21 @@ class LayerLayout:
         """Where a layer input or output that stacks residual streams (``active_stream``) keeps TALAN's, or None."""
         return None if self.active_stream is None else int(getattr(config, self.active_stream))
 
-    def scale_of(self, layer: nn.Module):
-        """What ``layer`` multiplies its attention output by before adding it to the residual (None: nothing):
-        Granite's ``residual_multiplier`` (a float), 1/sqrt(2) beside a ``residual_branch``, or the tanh of Mllama's
+    def scales_of(self, layer: nn.Module) -> tuple:
+        """``(r, a)``: ``layer`` joins ``r * residual + a * attention`` (None: 1). ``a`` is Granite's
+        ``residual_multiplier`` (a float; MiniMax's beta, beside its alpha as ``r``), Beam's depth scales, 1/sqrt(2)
+        for both beside a ``residual_branch`` (whose output joins the residual), or the tanh of Mllama's
         cross-attention gate (a tensor, kept in the graph: the mid site divides its write by it, and the gate's share
         of the gradient through that cancels)."""
-        if self.attention_scale is not None:
-            scale = float(getattr(layer, self.attention_scale))
-            return None if scale == 1.0 else scale
+        if self.depth_scaled is not None:
+            k = getattr(layer, self.depth_scaled)
+            return ((k - 1) / k) ** 0.5, k ** -0.5
         if self.residual_branch is not None:  # (residual + branch + attention) / sqrt(2)
-            return 0.5 ** 0.5
+            return 0.5 ** 0.5, 0.5 ** 0.5
         if self.attention_gate is not None:
-            return getattr(layer, self.attention_gate).tanh()
-        return None
+            return None, getattr(layer, self.attention_gate).tanh()
+        return tuple(None if name is None or float(getattr(layer, name)) == 1.0 else float(getattr(layer, name))
+                     for name in (self.residual_scale, self.attention_scale))
 
 
 # The model families TALAN patches, by class-name prefix. Qwen3 and Llama are the paper's hosts; the others have
@@ -234,6 +240,12 @@ FAMILIES = {
     # experts reading the first MLP's norm joining the layer output: the mid site is the first block's
     "LongcatFlash": LayerLayout(residual_input="input_layernorm.0", attention_output="self_attn.0",
                                 mlp_norm="post_attention_layernorm.0", token_mixer="self_attn.0"),
+    # MiniMax (Text-01, M1): its residual is the normed layer input, which joins as alpha * residual + beta * attention
+    # (full or lightning attention, their own factors), and the MLP reads that sum normed again
+    "MiniMax": LayerLayout(residual_normed=True, residual_scale="attn_alpha_factor",
+                           attention_scale="attn_beta_factor"),
+    # Beam: Gemma 2's sandwich of norms, each sum depth-scaled to keep the stream's norm
+    "Beam": replace(_SANDWICH, depth_scaled="attn_residual_add_idx"),
 }
 # The bare decoder stack and the models around it: the language-model head, and the task heads that peft
 # fine-tunes too (task_type SEQ_CLS, TOKEN_CLS, QUESTION_ANS) over the same stack, where transformers has them.

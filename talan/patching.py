@@ -135,7 +135,7 @@ def _past_length(cache, states_only: bool, bound: dict, decode_states: DecodeSta
     (``cache_position``) where it miscounts or counts none. A cache of states alone without a cache_position (5.x
     Mamba) has the 2-D attention mask's columns before the new tokens, or, in a decode step that gets no mask,
     the length TALAN's own states for it were stored at."""
-    counted = None if states_only else cache.get_seq_length()
+    counted = None if states_only else _counted_tokens(cache)
     position = bound.get("cache_position")
     if (counted is None or _miscounting_cache(cache, counted)) and isinstance(position, torch.Tensor) \
             and position.numel():
@@ -151,6 +151,18 @@ def _past_length(cache, states_only: bool, bound: dict, decode_states: DecodeSta
         raise ValueError(f"this {type(cache).__name__} holds the states of tokens that TALAN never saw: start "
                          "generation from an empty cache (a new prompt) on the patched model")
     return counted or 0
+
+
+def _counted_tokens(cache):
+    """``cache.get_seq_length()``: the tokens its layer 0 holds; where that holds none but a later layer does (the
+    MiniMaxCache keeps its linear-attention layers' states beside its layers, so layer 0 of MiniMax stays empty), the
+    most any layer holds."""
+    counted = cache.get_seq_length()
+    if isinstance(counted, int) and counted == 0:
+        filled = [layer for layer in getattr(cache, "layers", ())
+                  if isinstance(getattr(layer, "keys", None), torch.Tensor) and layer.keys.numel()]
+        return max((layer.get_seq_length() for layer in filled), default=0)
+    return counted
 
 
 def _miscounting_cache(cache, counted) -> bool:
@@ -347,6 +359,10 @@ class _Patch:
         if self.enabled:
             self.layer_inputs[layer_idx] = args[0] if args else kwargs["hidden_states"]
 
+    def _residual_post(self, layer_idx, module, args, output):
+        if self.enabled:
+            self.layer_inputs[layer_idx] = output
+
     def _branch_post(self, layer_idx, module, args, output):
         if self.enabled:
             self.branch_outputs[layer_idx] = output
@@ -383,9 +399,11 @@ class _Patch:
         if layout.adds_residual:  # the sum itself (BLOOM's attention, ZAYA's residual scaling): TALAN's output
             attn_new = self._apply(layer_idx, attn_out, self._context(attn_out, kwargs))  # replaces it
         else:
-            scale = layout.scale_of(layer)
-            if branch is not None:  # Gemma 3n: (residual + LAuReL + attention) / sqrt(2), its scale 1 / sqrt(2)
-                residual = (residual + branch) * scale
+            residual_scale, scale = layout.scales_of(layer)
+            if branch is not None:  # Gemma 3n: (residual + LAuReL + attention) / sqrt(2)
+                residual = residual + branch
+            if residual_scale is not None:
+                residual = residual * residual_scale
             h_mid = residual + (attn_out if scale is None else attn_out * scale)  # exactly the layer's sum
             h_new = self._apply(layer_idx, h_mid, self._context(h_mid, kwargs))
             delta = h_new - h_mid  # the layer then adds the residual back: h_mid + delta
@@ -404,10 +422,14 @@ class _Patch:
                 hook = functools.partial(self._layer_post, i)
                 self.handles.append(layer.register_forward_hook(hook, with_kwargs=True, prepend=True))
             if self.config.site == "mid":
-                residual_hook = functools.partial(self._residual_pre, i)
                 layout = self.layout.of(layer)  # a hybrid's layers differ
                 residual_module = layer.get_submodule(layout.residual_input)
-                self.handles.append(residual_module.register_forward_pre_hook(residual_hook, with_kwargs=True))
+                if layout.residual_normed:  # MiniMax's residual: the normed layer input
+                    hook = functools.partial(self._residual_post, i)
+                    self.handles.append(residual_module.register_forward_hook(hook))
+                else:
+                    hook = functools.partial(self._residual_pre, i)
+                    self.handles.append(residual_module.register_forward_pre_hook(hook, with_kwargs=True))
                 output_module = layer.get_submodule(layout.attention_output)
                 token_mixer = layer.get_submodule(layout.token_mixer)
                 if output_module is not token_mixer:
