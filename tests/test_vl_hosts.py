@@ -106,7 +106,7 @@ WRAPPERS = ("Llava", "Llava-gemma2", "LlavaNext", "LlavaOnevision", "Lfm2Vl", "M
             "Idefics3", "PaliGemma", "Llama4", "VipLlava", "LlavaNextVideo", "Idefics2", "Glm46V", "AyaVision",
             "Cohere2Vision", "DeepseekVL", "LightOnOcr", "VideoLlava", "Ovis2", "QianfanOCR", "Aria", "Exaone4_5_",
             "HyperCLOVAXVisionV2", "Lfm3Vl", "VideoLlama3", "Kimi_K25", "GotOcr2", "DeepseekVLHybrid", "Janus",
-            "Cosmos3Omni", "Fuyu", *MINICPM, *AUDIO)
+            "Cosmos3Omni", "Fuyu", "PerceptionLM", "FastVlm", *MINICPM, *AUDIO)
 PARALLEL = ("AyaVision", "Cohere2Vision", "CohereCompass")
 FAMILIES = [_with_images(f) for f in (*NATIVE, *WRAPPERS)]
 

@@ -48,6 +48,7 @@ VISION = {
 IMAGE_TOKENS = {"Llava": 16, "LlavaNext": 36, "LlavaOnevision": 36, "LlavaNextVideo": 36, "PaliGemma": 16,
                 "VipLlava": 16, "DeepseekVL": 16, "VideoLlava": 16, "HunYuanVL": 8, "Granite4Vision": 10,
                 "Mllama": 1, "Janus": 16, "DeepseekVLHybrid": 16, "MiniCPMOcr": 16, "Apertus1p5": 16, "Chameleon": 16,
+                "PerceptionLM": 16, "FastVlm": 16,
                 "DeepseekOcr2": 145, "UnlimitedOcr": 7}
 ANY_RESOLUTION = ("LlavaNext", "LlavaOnevision", "LlavaNextVideo")
 # Qwen-VL's patch windows: a 4x4 grid of 2-frame 4x4-pixel patches, merged 2x2 into 4 tokens
@@ -276,6 +277,13 @@ CONFIGS = {
         audio_config=dict(model_type="wavtokenizer_encoder", num_filters=8, hidden_size=16, codebook_size=8,
                           codebook_dim=16, num_lstm_layers=1, upsampling_ratios=[2, 2]),
         image_token_id=IMAGE, audio_token_id=13, image_token_offset=100, audio_token_offset=116)),
+    # PerceptionLM over Llama and FastVLM over Qwen2, their timm towers stand-ins (`_TowerStandIn`): 16 tokens
+    "PerceptionLM": (dict(model_type="llama"), dict(
+        vision_config=dict(model_type="timm_wrapper", architecture="vit_pe_core", model_args={"embed_dim": 32}),
+        image_token_id=IMAGE, video_token_id=6)),
+    "FastVlm": (dict(model_type="qwen2"), dict(
+        vision_config=dict(model_type="timm_wrapper", architecture="fastvit_mci3", hidden_size=32),
+        image_token_index=IMAGE, image_seq_length=16)),
     # Fuyu over Persimmon: the image's 4x4-pixel patches embedded by a linear layer, 4 tokens (no tower)
     "Fuyu": (dict(model_type="persimmon"), dict(image_size=16, patch_size=4, image_token_id=IMAGE)),
     # Mllama (Llama 3.2 Vision): its own text decoder, whose layer 1 cross-attends to the image features (the text
@@ -289,12 +297,12 @@ CONFIGS = {
 }
 _ONE_IMAGE_EACH = ("Gemma3", "Llava", "Mistral3", "InternVL", "PaliGemma", "Llama4", "VipLlava",
                    "AyaVision", "Cohere2Vision", "DeepseekVL", "LightOnOcr", "Ovis2", "QianfanOCR", "Aria", "GotOcr2",
-                   "Janus", "MistralLarge4", "Apertus1p5", "DeepseekOcr2", "UnlimitedOcr", "Chameleon")
+                   "Janus", "MistralLarge4", "Apertus1p5", "DeepseekOcr2", "UnlimitedOcr", "Chameleon", "FastVlm")
 
 
 # Gemma 3n over its text decoder (tests/test_hosts.py's, all MLPs dense): its audio encoder (one conformer block)
 # turns 64 frames of 16 mel bins into 4 audio tokens, the "image" tokens of the prompt; its vision tower needs timm,
-# which is not installed here, so it is a stand-in that the tests never feed (`_timm_tower_stand_in`)
+# which is not installed here, so it is a stand-in that the tests never feed (`TIMM_TOWERS`)
 def _gemma3n_config(config_cls):
     audio = dict(input_feat_size=16, hidden_size=32, conf_num_attention_heads=2, conf_num_hidden_layers=1,
                  sscp_conv_channel_size=[8, 8], vocab_offset=120, vocab_size=8)  # its 8 hard tokens: ids 120 to 127
@@ -305,33 +313,49 @@ def _gemma3n_config(config_cls):
                       boi_token_id=14, eoi_token_id=15)
 
 
+# the models whose vision tower needs timm, which is not installed here: the layout of a `_TowerStandIn`'s output
+TIMM_TOWERS = {"Gemma3n": None, "PerceptionLM": "tokens", "FastVlm": "grid"}
+
+
 class _TowerStandIn(nn.Module):
-    """In place of a vision tower that needs timm (Gemma 3n's MobileNet-V5): a weight, and no forward."""
+    """In place of a vision tower that needs timm: 4x4-pixel patches embedded by a convolution, as its model reads
+    them: ``"tokens"`` (a class token, then the patches: PerceptionLM's), ``"grid"`` ([batch, channels, rows,
+    columns]: FastVLM's), or None (Gemma 3n's, never fed: the tests feed it audio). The tests concern the text
+    decoder, which reads what the tower makes as image tokens."""
 
-    def __init__(self, config):
+    def __init__(self, config, layout: str | None):
         super().__init__()
-        self.config = config
-        self.proj = nn.Linear(3, config.hidden_size)
+        self.config, self.layout = config, layout
+        width = (getattr(config, "model_args", None) or {}).get("embed_dim") or config.hidden_size
+        self.patches = nn.Conv2d(3, width, kernel_size=4, stride=4)
+        self.class_token = nn.Parameter(torch.randn(width))
 
-    def forward(self, *args, **kwargs):
-        raise NotImplementedError("a stand-in for a timm vision tower (timm is not installed): feed no images")
+    def forward(self, pixel_values, **kwargs):
+        if self.layout is None:
+            raise NotImplementedError("a stand-in for Gemma 3n's timm vision tower: feed no images")
+        grid = self.patches(pixel_values)
+        if self.layout == "grid":
+            return transformers.modeling_outputs.BaseModelOutput(last_hidden_state=grid)
+        tokens = grid.flatten(2).transpose(1, 2)
+        return transformers.modeling_outputs.BaseModelOutput(
+            last_hidden_state=torch.cat([self.class_token.expand(len(tokens), 1, -1), tokens], 1))
 
 
 @contextlib.contextmanager
 def _timm_tower_stand_in(prefix: str):
-    """While building Gemma 3n, its timm vision tower is a `_TowerStandIn`; its text decoder and audio encoder are
-    transformers' own."""
-    if prefix != "Gemma3n":
+    """While building a model of `TIMM_TOWERS`, its timm vision tower is a `_TowerStandIn`; its text decoder (and
+    Gemma 3n's audio encoder) are transformers' own."""
+    if prefix not in TIMM_TOWERS:
         yield
         return
-    from transformers.models.gemma3n import modeling_gemma3n
-
-    real = modeling_gemma3n.AutoModel.from_config
+    real = transformers.AutoModel.from_config
 
     def from_config(config, **kwargs):
-        return _TowerStandIn(config) if config.model_type == "gemma3n_vision" else real(config, **kwargs)
+        if config.model_type in ("gemma3n_vision", "timm_wrapper"):
+            return _TowerStandIn(config, TIMM_TOWERS[prefix])
+        return real(config, **kwargs)
 
-    with mock.patch.object(modeling_gemma3n.AutoModel, "from_config", from_config):
+    with mock.patch.object(transformers.AutoModel, "from_config", from_config):
         yield
 
 
@@ -463,6 +487,8 @@ def _media(prefix: str, generator: torch.Generator) -> dict:
         pooled = torch.tensor([[0, 1, 4, 5], [2, 3, 6, 7], [8, 9, 12, 13], [10, 11, 14, 15]])
         return {"pixel_values": noise(2, 16, 3 * 4 * 4), "image_token_pooling": torch.cat([pooled, pooled + 16]),
                 "image_grids": torch.tensor([[2, 2, 0, 0]] * 2)}
+    if prefix == "PerceptionLM":  # one tile per image
+        return {"pixel_values": noise(2, 1, 3, 16, 16)}
     if prefix == "Gemma3n":  # 64 frames of 16 mel bins, all real
         return {"input_features": noise(2, 64, 16), "input_features_mask": torch.ones(2, 64, dtype=torch.bool)}
     if prefix in ("SmolVLM", "Idefics3", "Idefics2"):  # a list of images per row
