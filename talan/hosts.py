@@ -137,6 +137,7 @@ FAMILIES = {
     "Qwen3": _PRE_NORM, "Llama": _PRE_NORM, "Qwen3Moe": _PRE_NORM, "Qwen2": _PRE_NORM, "Mistral": _PRE_NORM,
     "Ministral": _PRE_NORM, "Mixtral": _PRE_NORM, "Gemma": _PRE_NORM, "SmolLM3": _PRE_NORM, "Starcoder2": _PRE_NORM,
     "Gemma2": _SANDWICH, "Gemma3Text": _SANDWICH, "Gemma4Text": _SANDWICH,
+    "Gemma4UnifiedText": _SANDWICH,  # Gemma 4 Unified: each layer's output then scaled by a learned scalar
     "Glm4": LayerLayout(attention_output="post_self_attn_layernorm"),
     "Phi3": LayerLayout(attention_output="resid_attn_dropout"), "Olmo2": _POST_NORM, "Olmo3": _POST_NORM,
     "Granite": _GRANITE, "GraniteMoe": _GRANITE, "GraniteMoeShared": _GRANITE,
@@ -258,7 +259,7 @@ HEADS = ("ForCausalLM", "Model", "ForSequenceClassification", "ForTokenClassific
 # language model; PaddleOCR-VL's text decoder; GPT-2's language model; MiniMax-M3-VL's vision-language model; Apertus
 # 1.5's (a VQ tokenizer turns images into visual tokens of the vocabulary), over the Apertus 1.5 text decoder
 _CLASS_FAMILIES = {family + head: family for family in FAMILIES for head in HEADS} | {
-    f"Gemma{v}{head}": f"Gemma{v}Text" for v in ("3", "4", "3n")
+    f"Gemma{v}{head}": f"Gemma{v}Text" for v in ("3", "4", "3n", "4Unified")
     for head in ("ForCausalLM", "ForConditionalGeneration", "Model", "ForSequenceClassification")} | {
     "Qwen3_5TextForSequenceClassification": "Qwen3_5", "Llama4ForCausalLM": "Llama4Text",
     "PaddleOCRTextModel": "PaddleOCRVL", "GPT2LMHeadModel": "GPT2",

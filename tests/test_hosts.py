@@ -87,6 +87,9 @@ FAMILY_CONFIG["Gemma4Text"] = dict(vocab_size_per_layer_input=VOCAB, hidden_size
                                    num_kv_shared_layers=1, enable_moe_block=True, num_experts=4, top_k_experts=2,
                                    moe_intermediate_size=32,
                                    layer_types=["sliding_attention", "full_attention", "full_attention"])
+# Gemma 4 Unified: sliding and full layers, the last reusing layer 1's keys and values
+FAMILY_CONFIG["Gemma4UnifiedText"] = dict(IN_VOCAB, sliding_window=4, num_kv_shared_layers=1,
+                                          layer_types=["sliding_attention", "full_attention", "full_attention"])
 # Gemma 3n, the MLP of layer 0 keeping 5 % of its activations (as E2B's first ten)
 FAMILY_CONFIG["Gemma3nText"] = dict(IN_VOCAB, **GEMMA3N_TEXT, activation_sparsity_pattern=[0.95, 0.0, 0.0])
 FAMILY_CONFIG.update(Qwen3Next=dict(HYBRID_MOE, decoder_sparse_step=1), Qwen3_5=HYBRID, Qwen3_5Moe=HYBRID_MOE,
@@ -255,7 +258,7 @@ ONE_MIXER = ("NemotronH", "Mamba", "Mamba2", "FalconMamba", "Zamba", "Zamba2")
 DROPPED_INSIDE = ("OPT", "OPT-350m", "BioGpt", "XGLM", "Doge", "Dbrx")
 NO_MID_SITE = (*PARALLEL, *ONE_MIXER, *DROPPED_INSIDE)
 FAMILY_NAMES = ["Qwen3Moe", "Qwen2", "Mistral", "Ministral", "Mixtral", "Gemma", "Gemma2", "Gemma3Text", "Gemma4Text",
-                "Gemma3nText",
+                "Gemma3nText", "Gemma4UnifiedText",
                 "Phi3", "SmolLM3", "Glm4", "Starcoder2", "Olmo2", "Olmo3", "Granite", "GraniteMoe", "GraniteMoeShared",
                 "GptOss", "DeepseekV3", "Glm4Moe", "Ernie4_5", "Ernie4_5_Moe", "SeedOss", "HunYuanDenseV1",
                 "HunYuanMoEV1", "Arcee", "Olmoe", "MiniMaxM2", "ExaoneMoe", "Apertus", "Exaone4", "FlexOlmo",
@@ -272,7 +275,8 @@ FAMILY_NAMES = ["Qwen3Moe", "Qwen2", "Mistral", "Ministral", "Mixtral", "Gemma",
 
 # the causal LM of the families named after their text config
 CAUSAL_LM = {"Gemma3Text": "Gemma3ForCausalLM", "Gemma4Text": "Gemma4ForCausalLM", "Llama4Text": "Llama4ForCausalLM",
-             "GPT2": "GPT2LMHeadModel", "Gemma3nText": "Gemma3nForCausalLM"}
+             "GPT2": "GPT2LMHeadModel", "Gemma3nText": "Gemma3nForCausalLM",
+             "Gemma4UnifiedText": "Gemma4UnifiedForCausalLM"}
 
 
 def installed(family: str, *marks):
@@ -398,6 +402,7 @@ SLIDING = {
     "Gemma2": {"sliding_window": 4},  # sliding and full layers alternate, starting with a sliding one
     "Gemma3Text": {"sliding_window": 4},  # five sliding layers to a full one: all three layers slide
     "Gemma4Text": {"sliding_window": 4},  # layer 0 slides, layers 1 and 2 (sharing 1's keys) attend fully
+    "Gemma4UnifiedText": {"sliding_window": 4},  # as Gemma 4's
 }
 
 

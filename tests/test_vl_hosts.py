@@ -45,7 +45,7 @@ NATIVE = ["Qwen2VL", "Qwen2_5_VL", "Qwen3VL", "Qwen3VLMoe", "Qwen3_5", "Qwen3_5M
           "Glm4vMoe", "GlmOcr", "Dots3Note", "Ernie4_5_VLMoe", "HunYuanVL", "PaddleOCRVL",
           "Granite4Vision", "Step3p7", "Qwen2_5OmniThinker", "Qwen3OmniMoeThinker", "Mllama", "Cosmos3Edge",
           "MiniMaxM3VL", "CohereCompass", "MuseGlimmer", "MistralLarge4", "GraniteDocling", "MuseSpark", "Apertus1p5",
-          "DeepseekOcr2", "UnlimitedOcr", "Gemma3n", "Molmo2", "Molmo2-norm_after", "Chameleon",
+          "DeepseekOcr2", "UnlimitedOcr", "Gemma3n", "Gemma4Unified", "Molmo2", "Molmo2-norm_after", "Chameleon",
           "Chameleon-swin"]
 # transformers 4.57 on torch < 2.6 cannot run Gemma 3 with images (the make test-old-torch venv)
 GEMMA3_IMAGES = pytest.mark.skipif(TORCH_BEFORE_2_6, reason="transformers builds Gemma 3's two-way image masks with "
@@ -62,7 +62,8 @@ FUYU_PATCHES = pytest.mark.skipif(TRANSFORMERS_4 or TRANSFORMERS_5_17, reason="F
                                   "layout before transformers 5.2x")
 
 
-# transformers 5.17's Gemma 4 with an image generates otherwise with a static cache than recomputed, TALAN off too
+# transformers 5.17's Gemma 4 (and Gemma 4 Unified) with an image generates otherwise with a static cache than
+# recomputed, TALAN off too
 GEMMA4_STATIC_5_17 = pytest.mark.xfail(TRANSFORMERS_5_17, raises=AssertionError, strict=True, reason="transformers "
                                        "5.17: Gemma 4's static-cache generation differs from recomputing, TALAN off")
 
@@ -80,7 +81,7 @@ OMNI_STATIC_4 = pytest.mark.xfail(TRANSFORMERS_4, raises=TypeError, strict=True,
 # transformers before 5.2x: Mllama's static cache fails to take the image's cross-attention keys, TALAN off too
 MLLAMA_STATIC = pytest.mark.xfail(TRANSFORMERS_4 or TRANSFORMERS_5_17, raises=IndexError, strict=True,
                                   reason="Mllama's static cache fails on the cross-attention keys, TALAN off too")
-GENERATE_MARKS = {"Gemma4": (GEMMA4_STATIC_5_17,), "PaliGemma": (PALIGEMMA_GENERATE,),
+GENERATE_MARKS = {"Gemma4": (GEMMA4_STATIC_5_17,), "Gemma4Unified": (GEMMA4_STATIC_5_17,), "PaliGemma": (PALIGEMMA_GENERATE,),
                   "Llama4": (LLAMA4_STATIC_5_17,), "Qwen2_5OmniThinker": (OMNI_STATIC_4,),
                   "Qwen3OmniMoeThinker": (OMNI_STATIC_4,), "Mllama": (MLLAMA_STATIC,),
                   "Gemma3n": (GEMMA3N_RECOMPUTED_4,)}

@@ -37,6 +37,9 @@ VISION = {
     # 6x6 patches of 4x4 pixels (its image processor's flattened patches), pooled 3x3: 4 tokens
     "Gemma4": dict(VISION_BLOCK, num_key_value_heads=2, head_dim=16, patch_size=4, pooling_kernel_size=3,
                    position_embedding_size=64),
+    # Gemma 4 Unified: no tower, each 4x4-pixel patch of a 2x2 grid embedded by a linear layer: 4 tokens
+    "Gemma4Unified": dict(patch_size=4, pooling_kernel_size=1, mm_embed_dim=64, mm_posemb_size=16,
+                          output_proj_dims=64),
     "Llava": dict(SMALL_VISION, model_type="clip_vision_model"),  # every patch a token (CLS dropped): 16 tokens
     "Mistral3": dict(SMALL_VISION, model_type="pixtral", head_dim=16),  # patches merged 2x2: 4 tokens
     # any resolution, on a 1x1 grid of 16x16 tiles: the whole image's 16 patches, the tile's 16 and a newline token
@@ -397,10 +400,11 @@ def _config(family: str):
     if prefix in CONFIGS:
         text, kwargs = CONFIGS[prefix]
         return config_cls(text_config=dict(TEXT, **text), **kwargs)
-    if prefix == "Gemma4":  # with per-layer inputs; the image tokens attend to each other both ways
-        text = dict(TEXT, vocab_size_per_layer_input=VOCAB, hidden_size_per_layer_input=8, sliding_window=4,
-                    layer_types=["sliding_attention", "sliding_attention", "full_attention"],
-                    use_bidirectional_attention="vision")
+    if prefix in ("Gemma4", "Gemma4Unified"):  # the image tokens attend to each other both ways (Gemma 4's with
+        # per-layer inputs)
+        per_layer = dict(vocab_size_per_layer_input=VOCAB, hidden_size_per_layer_input=8) if prefix == "Gemma4" else {}
+        text = dict(TEXT, **per_layer, sliding_window=4, use_bidirectional_attention="vision",
+                    layer_types=["sliding_attention", "sliding_attention", "full_attention"])
         return config_cls(text_config=text, vision_config=vision, image_token_id=IMAGE, boi_token_id=VISION_START,
                           eoi_token_id=VISION_END, video_token_id=6, audio_token_id=13, boa_token_id=14,
                           eoa_token_index=15)
@@ -487,6 +491,9 @@ def _media(prefix: str, generator: torch.Generator) -> dict:
         pooled = torch.tensor([[0, 1, 4, 5], [2, 3, 6, 7], [8, 9, 12, 13], [10, 11, 14, 15]])
         return {"pixel_values": noise(2, 16, 3 * 4 * 4), "image_token_pooling": torch.cat([pooled, pooled + 16]),
                 "image_grids": torch.tensor([[2, 2, 0, 0]] * 2)}
+    if prefix == "Gemma4Unified":  # each image's 4 flattened patches and their (x, y) positions on a 2x2 grid
+        xy = torch.stack(torch.meshgrid(torch.arange(2), torch.arange(2), indexing="xy"), -1).reshape(4, 2)
+        return {"pixel_values": noise(2, 4, 3 * 4 * 4), "image_position_ids": xy.expand(2, -1, -1).clone()}
     if prefix == "PerceptionLM":  # one tile per image
         return {"pixel_values": noise(2, 1, 3, 16, 16)}
     if prefix == "Gemma3n":  # 64 frames of 16 mel bins, all real
