@@ -81,10 +81,10 @@ OMNI_STATIC_4 = pytest.mark.xfail(TRANSFORMERS_4, raises=TypeError, strict=True,
 # transformers before 5.2x: Mllama's static cache fails to take the image's cross-attention keys, TALAN off too
 MLLAMA_STATIC = pytest.mark.xfail(TRANSFORMERS_4 or TRANSFORMERS_5_17, raises=IndexError, strict=True,
                                   reason="Mllama's static cache fails on the cross-attention keys, TALAN off too")
-GENERATE_MARKS = {"Gemma4": (GEMMA4_STATIC_5_17,), "Gemma4Unified": (GEMMA4_STATIC_5_17,), "PaliGemma": (PALIGEMMA_GENERATE,),
-                  "Llama4": (LLAMA4_STATIC_5_17,), "Qwen2_5OmniThinker": (OMNI_STATIC_4,),
-                  "Qwen3OmniMoeThinker": (OMNI_STATIC_4,), "Mllama": (MLLAMA_STATIC,),
-                  "Gemma3n": (GEMMA3N_RECOMPUTED_4,)}
+GENERATE_MARKS = {"Gemma4": (GEMMA4_STATIC_5_17,), "Gemma4Unified": (GEMMA4_STATIC_5_17,),
+                  "PaliGemma": (PALIGEMMA_GENERATE,), "Llama4": (LLAMA4_STATIC_5_17,),
+                  "Qwen2_5OmniThinker": (OMNI_STATIC_4,), "Qwen3OmniMoeThinker": (OMNI_STATIC_4,),
+                  "Mllama": (MLLAMA_STATIC,), "Gemma3n": (GEMMA3N_RECOMPUTED_4,)}
 
 
 def _with_images(family: str, *marks):
