@@ -140,6 +140,7 @@ FAMILIES = {
     "Gemma4UnifiedText": _SANDWICH,  # Gemma 4 Unified: each layer's output then scaled by a learned scalar
     "Glm4": LayerLayout(attention_output="post_self_attn_layernorm"),
     "Phi3": LayerLayout(attention_output="resid_attn_dropout"), "Olmo2": _POST_NORM, "Olmo3": _POST_NORM,
+    "Phi4Multimodal": LayerLayout(attention_output="resid_attn_dropout"),  # Phi-3's decoder, beside image and audio
     "Granite": _GRANITE, "GraniteMoe": _GRANITE, "GraniteMoeShared": _GRANITE,
     "GptOss": _PRE_NORM, "DeepseekV3": _PRE_NORM, "Glm4Moe": _PRE_NORM,  # mixtures of experts; MLA in DeepSeek-V3
     "Qwen3Next": _HYBRID, "Qwen3_5": _HYBRID, "Qwen3_5Moe": _HYBRID,  # Qwen3.5 is vision-language too

@@ -235,6 +235,12 @@ FAMILY_CONFIG.update(
     Beam=dict(IN_VOCAB, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, n_group=1, topk_group=1,
               mlp_layer_types=["dense", "sparse", "sparse"], sliding_window=4,
               layer_types=["sliding_attention", "full_attention", "sliding_attention"]),
+    # Phi-4-multimodal: Phi-3's decoder beside a 1-layer SigLIP (16x16 images in 4x4 patches) and a 1-block conformer
+    Phi4Multimodal=dict(IN_VOCAB, vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                                     num_attention_heads=2, image_size=16, patch_size=4, crop_size=16),
+                        audio_config=dict(hidden_size=32, intermediate_size=64, num_blocks=1, num_attention_heads=2,
+                                          ext_pw_out_channel=32, depthwise_separable_out_channel=32,
+                                          nemo_conv_channels=32, input_size=16)),
     GraniteMoeSWA=dict(IN_VOCAB, residual_multiplier=0.22, sliding_window=4, num_local_experts=4,
                        num_experts_per_tok=2),
 )
@@ -269,6 +275,7 @@ FAMILY_NAMES = ["Qwen3Moe", "Qwen2", "Mistral", "Ministral", "Mixtral", "Gemma",
                 "DiffLlama", "Mellum", "Laguna", "HYV3", "AriaText", "Apertus1p5Text", "VaultGemma",
                 "Afmoe", "Kolibri1", "StableLm", "GPTNeoX-sequential", "Persimmon", "JetMoe", "GPT2",
                 "GPTBigCode", "GPTNeo", "Bloom", "Mpt", "Zaya", "Emu3", "Inkling", "LongcatFlash", "MiniMax", "Beam",
+                "Phi4Multimodal",
                 *HYBRID_FAMILIES,
                 *LINEAR_SELF_ATTN, *NO_MID_SITE]
 
@@ -384,7 +391,8 @@ def test_each_site_writes_the_block_output_where_analyze_reads_the_stream(family
 
 
 # the families whose attention output is dropped out before it joins the residual (the mid site hooks the dropout)
-ATTENTION_DROPOUT = {"Phi3": {"resid_pdrop": 0.5}, "GPTNeoX-sequential": {"hidden_dropout": 0.5},
+ATTENTION_DROPOUT = {"Phi3": {"resid_pdrop": 0.5}, "Phi4Multimodal": {"resid_pdrop": 0.5},
+                     "GPTNeoX-sequential": {"hidden_dropout": 0.5},
                      "Bloom": {"hidden_dropout": 0.5},  # Bloom's attention drops out, then adds the residual
                      "Emu3": {"attention_dropout": 0.5}}  # Emu3's one dropout module, after attention and MLP
 
@@ -427,10 +435,15 @@ GRANITE_MOE_5_17 = pytest.mark.xfail(TRANSFORMERS_5_17, raises=AttributeError, s
 TRAINING_MARKS = dict.fromkeys(GRANITE_MOE, (GRANITE_MOE_5_17,))
 
 
+# the modules a text batch never runs (Phi-4-multimodal's image and audio towers): no LoRA there in a text test
+IDLE_ON_TEXT = {"Phi4Multimodal": r".*\.embed_tokens_extend\..*"}
+
+
 @pytest.mark.parametrize("family", [installed(f, *TRAINING_MARKS.get(f, ())) for f in FAMILY_NAMES])
 def test_host_trains_talan_and_lora_together(family):
     base = tiny_host(family, train=True)  # LoRA off the modules it cannot train there (Llama 4's router, ...)
-    lora = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", **all_linear_excludes(base))
+    excludes = {"exclude_modules": IDLE_ON_TEXT[family]} if family in IDLE_ON_TEXT else all_linear_excludes(base)
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", **excludes)
     model = get_peft_model(base, lora)
     talan.patch(model, tiny_config(layer=1, site=default_site(family)))
     batch = tiny_batch(batch=2, length=9)
