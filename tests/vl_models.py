@@ -51,7 +51,7 @@ VISION = {
 IMAGE_TOKENS = {"Llava": 16, "LlavaNext": 36, "LlavaOnevision": 36, "LlavaNextVideo": 36, "PaliGemma": 16,
                 "VipLlava": 16, "DeepseekVL": 16, "VideoLlava": 16, "HunYuanVL": 8, "Granite4Vision": 10,
                 "Mllama": 1, "Janus": 16, "DeepseekVLHybrid": 16, "MiniCPMOcr": 16, "Apertus1p5": 16, "Chameleon": 16,
-                "PerceptionLM": 16, "FastVlm": 16, "GraniteSpeech": 6,
+                "PerceptionLM": 16, "FastVlm": 16, "GraniteSpeech": 6, "Qwen3ASR": 13,
                 "DeepseekOcr2": 145, "UnlimitedOcr": 7}
 ANY_RESOLUTION = ("LlavaNext", "LlavaOnevision", "LlavaNextVideo")
 # Qwen-VL's patch windows: a 4x4 grid of 2-frame 4x4-pixel patches, merged 2x2 into 4 tokens
@@ -295,6 +295,11 @@ CONFIGS = {
         projector_config=dict(model_type="blip_2_qformer", hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                               intermediate_size=64, encoder_hidden_size=32),
         audio_token_index=IMAGE, has_lora_adapter=False)),
+    # Qwen3-ASR over Qwen3: a 1-layer encoder turns 100 frames of 16 mel bins (one chunk) into 13 audio tokens
+    "Qwen3ASR": (dict(model_type="qwen3"), dict(
+        audio_config=dict(num_mel_bins=16, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=64,
+                          d_model=32, output_dim=64, downsample_hidden_size=32),
+        audio_token_id=IMAGE, pad_token_id=0, eos_token_id=2)),
     # Fuyu over Persimmon: the image's 4x4-pixel patches embedded by a linear layer, 4 tokens (no tower)
     "Fuyu": (dict(model_type="persimmon"), dict(image_size=16, patch_size=4, image_token_id=IMAGE)),
     # Mllama (Llama 3.2 Vision): its own text decoder, whose layer 1 cross-attends to the image features (the text
@@ -502,6 +507,8 @@ def _media(prefix: str, generator: torch.Generator) -> dict:
     if prefix == "Gemma4Unified":  # each image's 4 flattened patches and their (x, y) positions on a 2x2 grid
         xy = torch.stack(torch.meshgrid(torch.arange(2), torch.arange(2), indexing="xy"), -1).reshape(4, 2)
         return {"pixel_values": noise(2, 4, 3 * 4 * 4), "image_position_ids": xy.expand(2, -1, -1).clone()}
+    if prefix == "Qwen3ASR":  # 100 frames of 16 mel bins, all real
+        return {"input_features": noise(2, 16, 100), "input_features_mask": torch.ones(2, 100, dtype=torch.long)}
     if prefix == "GraniteSpeech":  # 30 frames of 16 features
         return {"input_features": noise(2, 30, 16)}
     if prefix == "PerceptionLM":  # one tile per image
