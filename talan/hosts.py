@@ -297,7 +297,7 @@ _VL_WRAPPER_PREFIXES = ("Llava", "LlavaNext", "LlavaOnevision", "Lfm2Vl", "Mistr
                         "QianfanOCR", "Aria", "Exaone4_5_", "HyperCLOVAXVisionV2", "Lfm3Vl", "VideoLlama3", "Kimi_K25",
                         "AudioFlamingo3", "GotOcr2", "Janus", "DeepseekVLHybrid", "Cosmos3Omni", "MiniCPMV4_6",
                         "MiniCPMV4_7", "MiniCPMOcr", "MossTranscribeDiarize", "PerceptionLM", "FastVlm",
-                        "GraniteSpeech", "Qwen3ASR")
+                        "GraniteSpeech", "GraniteSpeechPlus", "Qwen3ASR")
 _VL_WRAPPERS = frozenset(f"{prefix}{head}" for prefix in _VL_WRAPPER_PREFIXES for head in ("ForConditionalGeneration",
                                                                                        "Model")) | {
     "FuyuForCausalLM", "FuyuModel"}  # Fuyu over Persimmon: image patches embedded by a linear layer, no tower

@@ -51,7 +51,7 @@ VISION = {
 IMAGE_TOKENS = {"Llava": 16, "LlavaNext": 36, "LlavaOnevision": 36, "LlavaNextVideo": 36, "PaliGemma": 16,
                 "VipLlava": 16, "DeepseekVL": 16, "VideoLlava": 16, "HunYuanVL": 8, "Granite4Vision": 10,
                 "Mllama": 1, "Janus": 16, "DeepseekVLHybrid": 16, "MiniCPMOcr": 16, "Apertus1p5": 16, "Chameleon": 16,
-                "PerceptionLM": 16, "FastVlm": 16, "GraniteSpeech": 6, "Qwen3ASR": 13,
+                "PerceptionLM": 16, "FastVlm": 16, "GraniteSpeech": 6, "GraniteSpeechPlus": 6, "Qwen3ASR": 13,
                 "DeepseekOcr2": 145, "UnlimitedOcr": 7}
 ANY_RESOLUTION = ("LlavaNext", "LlavaOnevision", "LlavaNextVideo")
 # Qwen-VL's patch windows: a 4x4 grid of 2-frame 4x4-pixel patches, merged 2x2 into 4 tokens
@@ -287,14 +287,14 @@ CONFIGS = {
     "FastVlm": (dict(model_type="qwen2"), dict(
         vision_config=dict(model_type="timm_wrapper", architecture="fastvit_mci3", hidden_size=32),
         image_token_index=IMAGE, image_seq_length=16)),
-    # Granite Speech over Granite (scaled): a 1-block conformer, then a 1-layer Q-Former turns each window of 15
-    # frames into 3 audio tokens: 6 of 30 frames
-    "GraniteSpeech": (dict(model_type="granite", residual_multiplier=0.22), dict(
+    # Granite Speech (and Plus) over Granite (scaled): a 1-block conformer, then a 1-layer Q-Former turns each window
+    # of 15 frames into 3 audio tokens: 6 of 30 frames
+    **dict.fromkeys(("GraniteSpeech", "GraniteSpeechPlus"), (dict(model_type="granite", residual_multiplier=0.22), dict(
         encoder_config=dict(input_dim=16, num_layers=1, hidden_dim=32, num_heads=2, output_dim=8, context_size=8,
                             dropout=0.0),
         projector_config=dict(model_type="blip_2_qformer", hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                               intermediate_size=64, encoder_hidden_size=32),
-        audio_token_index=IMAGE, has_lora_adapter=False)),
+        audio_token_index=IMAGE, has_lora_adapter=False))),
     # Qwen3-ASR over Qwen3: a 1-layer encoder turns 100 frames of 16 mel bins (one chunk) into 13 audio tokens
     "Qwen3ASR": (dict(model_type="qwen3"), dict(
         audio_config=dict(num_mel_bins=16, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=64,
@@ -509,7 +509,7 @@ def _media(prefix: str, generator: torch.Generator) -> dict:
         return {"pixel_values": noise(2, 4, 3 * 4 * 4), "image_position_ids": xy.expand(2, -1, -1).clone()}
     if prefix == "Qwen3ASR":  # 100 frames of 16 mel bins, all real
         return {"input_features": noise(2, 16, 100), "input_features_mask": torch.ones(2, 100, dtype=torch.long)}
-    if prefix == "GraniteSpeech":  # 30 frames of 16 features
+    if prefix in ("GraniteSpeech", "GraniteSpeechPlus"):  # 30 frames of 16 features
         return {"input_features": noise(2, 30, 16)}
     if prefix == "PerceptionLM":  # one tile per image
         return {"pixel_values": noise(2, 1, 3, 16, 16)}
