@@ -52,6 +52,7 @@ IMAGE_TOKENS = {"Llava": 16, "LlavaNext": 36, "LlavaOnevision": 36, "LlavaNextVi
                 "VipLlava": 16, "DeepseekVL": 16, "VideoLlava": 16, "HunYuanVL": 8, "Granite4Vision": 10,
                 "Mllama": 1, "Janus": 16, "DeepseekVLHybrid": 16, "MiniCPMOcr": 16, "Apertus1p5": 16, "Chameleon": 16,
                 "PerceptionLM": 16, "FastVlm": 16, "GraniteSpeech": 6, "GraniteSpeechPlus": 6, "Qwen3ASR": 13,
+                "FunAsrNano": 8,
                 "DeepseekOcr2": 145, "UnlimitedOcr": 7}
 ANY_RESOLUTION = ("LlavaNext", "LlavaOnevision", "LlavaNextVideo")
 # Qwen-VL's patch windows: a 4x4 grid of 2-frame 4x4-pixel patches, merged 2x2 into 4 tokens
@@ -295,6 +296,14 @@ CONFIGS = {
         projector_config=dict(model_type="blip_2_qformer", hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                               intermediate_size=64, encoder_hidden_size=32),
         audio_token_index=IMAGE, has_lora_adapter=False))),
+    # Fun-ASR-Nano over Qwen3: a 2-layer SAN-M encoder (stacked frames) and a 1-layer adaptor, a token per frame: 8
+    "FunAsrNano": (dict(model_type="qwen3"), dict(
+        audio_config=dict(num_mel_bins=8, hidden_size=32, num_attention_heads=2, intermediate_size=64,
+                          num_hidden_layers=2, num_stacked_frames=2, num_timestamp_prediction_layers=1,
+                          fsmn_kernel_size=3, hidden_dropout=0.0, attention_dropout=0.0),
+        adaptor_config=dict(hidden_size=64, num_attention_heads=4, intermediate_size=16, num_hidden_layers=1,
+                            projector_hidden_size=64),
+        audio_token_id=IMAGE)),
     # Qwen3-ASR over Qwen3: a 1-layer encoder turns 100 frames of 16 mel bins (one chunk) into 13 audio tokens
     "Qwen3ASR": (dict(model_type="qwen3"), dict(
         audio_config=dict(num_mel_bins=16, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=64,
@@ -507,6 +516,8 @@ def _media(prefix: str, generator: torch.Generator) -> dict:
     if prefix == "Gemma4Unified":  # each image's 4 flattened patches and their (x, y) positions on a 2x2 grid
         xy = torch.stack(torch.meshgrid(torch.arange(2), torch.arange(2), indexing="xy"), -1).reshape(4, 2)
         return {"pixel_values": noise(2, 4, 3 * 4 * 4), "image_position_ids": xy.expand(2, -1, -1).clone()}
+    if prefix == "FunAsrNano":  # 8 frames of 8 mel bins, stacked in pairs, all real
+        return {"input_features": noise(2, 8, 16), "input_features_mask": torch.ones(2, 8, dtype=torch.long)}
     if prefix == "Qwen3ASR":  # 100 frames of 16 mel bins, all real
         return {"input_features": noise(2, 16, 100), "input_features_mask": torch.ones(2, 100, dtype=torch.long)}
     if prefix in ("GraniteSpeech", "GraniteSpeechPlus"):  # 30 frames of 16 features
