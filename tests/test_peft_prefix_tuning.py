@@ -7,7 +7,7 @@ import copy
 
 import pytest
 import torch
-from conftest import open_gates, tiny_config, tiny_qwen3
+from conftest import TRANSFORMERS_5_17, open_gates, tiny_config, tiny_qwen3
 from peft import PrefixTuningConfig, PromptTuningConfig, get_peft_model
 
 import talan
@@ -69,6 +69,13 @@ def test_cached_decode_after_the_prefix_continues_as_the_full_forward():
         assert not torch.allclose(model(input_ids=ids, attention_mask=mask).logits, full, atol=1e-3)
 
 
+# transformers 5.17 with peft 0.21: prefix-tuned generation scores differ from full forwards, TALAN off too (by 0.25)
+PREFIX_GENERATE_5_17 = pytest.mark.xfail(TRANSFORMERS_5_17, raises=AssertionError, strict=True, reason="transformers "
+                                         "5.17 + peft 0.21: prefix-tuned generate differs from full forwards, TALAN "
+                                         "off too")
+
+
+@PREFIX_GENERATE_5_17
 def test_generate_with_the_prefix_matches_greedy_full_forwards():
     model = _prefix_model().eval()
     ids, mask = _padded_batch(length=6)
