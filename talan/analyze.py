@@ -122,8 +122,7 @@ def _tensor(output) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _forward(model, batch, layers: dict, stream: int | None = None) -> tuple[list[torch.Tensor],
-                                                                           dict[int, torch.Tensor]]:
+def _forward(model, batch, layers: dict, stream: int | None = None) -> tuple[list[torch.Tensor], dict]:
     """The hidden states of a forward and what the hooks of ``layers`` ({key: (module, "input" or "output")}) saw,
     in fp32; of the residual streams a layer input or output stacks (a 4-D tensor), the ``stream``-th."""
     captured, handles = {}, []
@@ -134,7 +133,7 @@ def _forward(model, batch, layers: dict, stream: int | None = None) -> tuple[lis
     def keep(i, t):  # a copy: the stack may write into the tensor later (Qwen3-VL adds image features in place)
         captured[i] = pick(t).to(torch.float32, copy=True)
 
-    for i, (module, kind) in layers.items():  # i: a TALAN layer index, or "last"
+    for i, (module, kind) in layers.items():  # i: a TALAN layer index, "last" or "final"
         if kind == "input":
             handles.append(module.register_forward_pre_hook(  # self_attn gets its input as a keyword
                 lambda m, a, kw, i=i: keep(i, a[0] if a else kw["hidden_states"]), with_kwargs=True))

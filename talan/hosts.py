@@ -16,10 +16,10 @@ class LayerLayout:
     or, with ``adds_residual``, it returns that sum itself), and ``mlp_norm`` reads that sum. ``token_mixer`` gets
     the layer's kwargs: self_attn all of them (position ids, cache); a hybrid layer's linear attention, Mamba or
     convolution no position ids, and in transformers 4.x maybe nothing but the cache. A hybrid family's layers
-    without a self_attn (none, or None) follow ``other_layers``. A layer with no point between
-    attention and MLP (a parallel residual; one mixer per layer) has no ``attention_output`` or ``mlp_norm``, and
-    ``no_mid`` says why: TALAN acts at its input or output only. Modules are named by their path below the layer
-    (LongCat-Flash's ``self_attn.0``)."""
+    without a self_attn (none, or None) follow ``other_layers``. A layer with no point between attention and MLP (a
+    parallel residual; one mixer per layer) has no ``attention_output`` or ``mlp_norm``, and ``no_mid`` says why:
+    TALAN acts at its input or output only. Modules are named by their path below the layer (LongCat-Flash's
+    ``self_attn.0``)."""
 
     residual_input: str = "input_layernorm"
     attention_output: str | None = "self_attn"
@@ -61,11 +61,11 @@ class LayerLayout:
         return None if self.active_stream is None else int(getattr(config, self.active_stream))
 
     def scales_of(self, layer: nn.Module) -> tuple:
-        """``(r, a)``: ``layer`` joins ``r * residual + a * attention`` (None: 1). ``a`` is Granite's
-        ``residual_multiplier`` (a float; MiniMax's beta, beside its alpha as ``r``), Beam's depth scales, 1/sqrt(2)
-        for both beside a ``residual_branch`` (whose output joins the residual), or the tanh of Mllama's
-        cross-attention gate (a tensor, kept in the graph: the mid site divides its write by it, and the gate's share
-        of the gradient through that cancels)."""
+        """``(r, a)``: ``layer`` joins ``r * residual + a * attention`` (None: 1). Granite's ``residual_multiplier``
+        as ``a``; MiniMax's alpha and beta as ``r`` and ``a`` (floats); Beam's depth scales; 1/sqrt(2) for both
+        beside a ``residual_branch``, whose output is added to the residual first; or the tanh of Mllama's
+        cross-attention gate as ``a`` (a tensor, kept in the graph: the mid site divides its write by it, and the
+        gate's share of the gradient through that cancels)."""
         if self.depth_scaled is not None:
             k = getattr(layer, self.depth_scaled)
             return ((k - 1) / k) ** 0.5, k ** -0.5
@@ -409,10 +409,9 @@ def stack_and_layout(model: nn.Module) -> tuple[nn.Module, LayerLayout]:
 # Modules that peft's "all-linear" LoRA wraps but cannot train there, by family: a router that returns a tuple (Llama
 # 4's; PhiMoE's on transformers 5), on which peft's LoRA layer fails, TALAN off too; the dt_proj of Jamba's (Mamba's,
 # Falcon-Mamba's) Mamba, Gemma 3n's AltUp correction_coefs (in training) and LongCat-Flash's router classifier, whose
-# weight it reads without calling the layer, and the sparse-attention indexer of
-# DeepSeek-V3.2 (GLM-5's, A.X K2's, dots.llm3's, Mistral Large 4's), which only picks the keys (top-k, no gradient
-# through it): a LoRA there never gets a gradient; the Mamba out_proj of Falcon-H1, NemotronH and the state-space
-# models, which peft refuses to adapt.
+# weight it reads without calling the layer, and the sparse-attention indexer of DeepSeek-V3.2 (GLM-5's, A.X K2's,
+# dots.llm3's, Mistral Large 4's), which only picks the keys (top-k, no gradient through it): a LoRA there never gets
+# a gradient; the Mamba out_proj of Falcon-H1, NemotronH and the state-space models, which peft refuses to adapt.
 _INDEXER = r".*\.indexer\..*"
 _ALL_LINEAR_EXCLUDES = {"Llama4Text": r".*\.router", "Phimoe": r".*\.router", "Jamba": r".*\.dt_proj",
                         "LongcatFlash": r".*\.router\.classifier",

@@ -59,13 +59,13 @@ LLAMA4_TEXT = dict(num_local_experts=4, num_experts_per_tok=1, intermediate_size
 MLA = dict(num_key_value_heads=4, kv_lora_rank=16, q_lora_rank=32, qk_rope_head_dim=16, qk_nope_head_dim=16,
            v_head_dim=32)
 ROUTED_EXPERTS = dict(n_routed_experts=4, num_experts_per_tok=2, n_group=1, topk_group=1, moe_intermediate_size=32)
-# dots.llm3: its sparse attention (an indexer picks 4 keys) in layers 0 and 1, sliding attention (windows of 4 tokens;
-# its own multi-head latent attention, swa_*) in layer 2; experts from layer 1 on, beside a shared one
 # Gemma 3n as E2B: four AltUp streams, a LAuReL branch, per-layer input embeddings (of the tiny vocabulary, 128 ids),
 # the last layer reusing layer 1's keys and values; layer 0 slides
 GEMMA3N_TEXT = dict(vocab_size_per_layer_input=128, hidden_size_per_layer_input=8, laurel_rank=4,
                     num_kv_shared_layers=1, sliding_window=4,
                     layer_types=["sliding_attention", "full_attention", "full_attention"])
+# dots.llm3: its sparse attention (an indexer picks 4 keys) in layers 0 and 1, sliding attention (windows of 4 tokens;
+# its own multi-head latent attention, swa_*) in layer 2; experts from layer 1 on, beside a shared one
 DOTS3_TEXT = dict(MLA, **ROUTED_EXPERTS, index_topk=4, index_head_dim=16, index_n_heads=2, sliding_window=4,
                   moe_shared_expert_intermediate_size=32, swa_num_attention_heads=4, swa_num_key_value_heads=4,
                   swa_q_lora_rank=32, swa_kv_lora_rank=16, swa_head_dim=32, swa_qk_nope_head_dim=16, swa_v_head_dim=32)

@@ -325,7 +325,7 @@ _ONE_IMAGE_EACH = ("Gemma3", "Llava", "Mistral3", "InternVL", "PaliGemma", "Llam
                    "Janus", "MistralLarge4", "Apertus1p5", "DeepseekOcr2", "UnlimitedOcr", "Chameleon", "FastVlm")
 
 
-# Gemma 3n over its text decoder (tests/test_hosts.py's, all MLPs dense): its audio encoder (one conformer block)
+# Gemma 3n over its text decoder (train_helpers' GEMMA3N_TEXT, all MLPs dense): its audio encoder (one conformer block)
 # turns 64 frames of 16 mel bins into 4 audio tokens, the "image" tokens of the prompt; its vision tower needs timm,
 # which is not installed here, so it is a stand-in that the tests never feed (`TIMM_TOWERS`)
 def _gemma3n_config(config_cls):
