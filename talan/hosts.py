@@ -73,8 +73,12 @@ class LayerLayout:
             return 0.5 ** 0.5, 0.5 ** 0.5
         if self.attention_gate is not None:
             return None, getattr(layer, self.attention_gate).tanh()
-        return tuple(None if name is None or float(getattr(layer, name)) == 1.0 else float(getattr(layer, name))
-                     for name in (self.residual_scale, self.attention_scale))
+
+        def factor(name):  # a float attribute of the layer; None for none, or for 1
+            value = None if name is None else float(getattr(layer, name))
+            return None if value == 1.0 else value
+
+        return factor(self.residual_scale), factor(self.attention_scale)
 
 
 # The model families TALAN patches, by class-name prefix. Qwen3 and Llama are the paper's hosts; the others have

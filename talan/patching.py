@@ -199,8 +199,6 @@ class _Patch:
         # mid site, a hybrid family's layers whose token mixer is not self_attn: the layer call's own kwargs,
         # which transformers 4.x does not hand on to linear attention or a convolution
         self.layer_kwargs: dict[int, dict] = {}
-        # mid site, Gemma 3n: the output of the branch (LAuReL) that joins residual + attention, of the running call
-        self.branch_outputs: dict[int, torch.Tensor] = {}
         # the stream TALAN reads and writes in a layer input or output that stacks several (Gemma 3n's AltUp)
         self.stream = layout.stream_index(stack.config)
         params = inspect.signature(stack.forward).parameters
@@ -364,8 +362,9 @@ class _Patch:
             self.layer_inputs[layer_idx] = output
 
     def _branch_post(self, layer_idx, module, args, output):
-        if self.enabled:
-            self.branch_outputs[layer_idx] = output
+        # Gemma 3n's LAuReL runs after the input norm, before attention: its output joins the residual kept above
+        if self.enabled and layer_idx in self.layer_inputs:
+            self.layer_inputs[layer_idx] = self.layer_inputs[layer_idx] + output
 
     def _attention_kwargs_pre(self, layer_idx, module, args, kwargs):
         if self.enabled:
@@ -381,8 +380,7 @@ class _Patch:
         # self_attn gets the layer's kwargs (the forward's inputs, position ids, cache), so its own
         # recompute under gradient checkpointing reads the mask of its own forward, like the other sites;
         # a norm or dropout after it reads the kwargs its self_attn got in the same layer call
-        residual = self.layer_inputs.pop(layer_idx, None)
-        branch = self.branch_outputs.pop(layer_idx, None)
+        residual = self.layer_inputs.pop(layer_idx, None)  # with Gemma 3n's LAuReL output added
         kwargs = self.attention_kwargs.pop(layer_idx, kwargs)
         layer_kwargs = self.layer_kwargs.pop(layer_idx, None)
         if not self.enabled or residual is None:
@@ -400,8 +398,6 @@ class _Patch:
             attn_new = self._apply(layer_idx, attn_out, self._context(attn_out, kwargs))  # replaces it
         else:
             residual_scale, scale = layout.scales_of(layer)
-            if branch is not None:  # Gemma 3n: (residual + LAuReL + attention) / sqrt(2)
-                residual = residual + branch
             if residual_scale is not None:
                 residual = residual * residual_scale
             h_mid = residual + (attn_out if scale is None else attn_out * scale)  # exactly the layer's sum
@@ -451,7 +447,6 @@ class _Patch:
         self.layer_inputs.clear()
         self.attention_kwargs.clear()
         self.layer_kwargs.clear()
-        self.branch_outputs.clear()
         for i in self.layer_indices:
             delattr(self.layers[i], BLOCK_NAME)
 

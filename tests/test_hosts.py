@@ -457,7 +457,7 @@ def test_analyze_measures_talans_stream_in_every_layer_and_the_stacks_output_las
 
     def keep(name):
         def hook(module, args, output):
-            outputs[name] = output
+            outputs[name] = analyze._tensor(output)  # a tuple's, or the stack's ModelOutput's, first tensor
         return hook
 
     handles = [layers[2].register_forward_hook(keep("layer 2")), stack.register_forward_hook(keep("stack"))]
@@ -465,11 +465,9 @@ def test_analyze_measures_talans_stream_in_every_layer_and_the_stacks_output_las
         model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
     for handle in handles:
         handle.remove()
-    layer_2 = outputs["layer 2"][0] if isinstance(outputs["layer 2"], tuple) else outputs["layer 2"]
-    if family == "Gemma3nText":
-        layer_2 = layer_2[0]  # altup_active_idx
+    layer_2 = outputs["layer 2"][0] if family == "Gemma3nText" else outputs["layer 2"]  # altup_active_idx
     rows = result["per_layer"]
     assert [row["name"] for row in rows] == ["layer 1 output", "layer 2 output", "after the final norm"]
-    for row, state in zip(rows[1:], (layer_2, outputs["stack"].last_hidden_state)):
+    for row, state in zip(rows[1:], (layer_2, outputs["stack"])):
         assert row["hidden_norm"] == pytest.approx(float(state[active].norm(dim=-1).mean()), rel=1e-5)
         assert math.isfinite(row["talan_diff_norm"]) and row["talan_diff_norm"] > 0

@@ -1,18 +1,16 @@
 """Vision-language hosts: Qwen2-VL, Qwen2.5-VL, Qwen3-VL (and its MoE), Qwen3.5 (and its MoE; a hybrid text decoder
 whose linear-attention layers hold a recurrent state), Gemma 3 (4B on), Gemma 4, Molmo 2 and Chameleon (pre-norm, and
-post-norm with norm_after or swin_norm), GLM-4.1V, GLM-4.5V, GLM-OCR,
-dots.llm3 and GLM-4.6V (over GLM-4.1V's text decoder), and LLaVA, LLaVA-NeXT, LLaVA-OneVision, LLaVA-NeXT-Video,
-VipLLaVA, LFM2-VL, Mistral 3, InternVL, SmolVLM, Idefics 2 and 3, PaliGemma, Llama 4 and the later wrappers of
-vl_models.CONFIGS (Aya Vision, Ovis2, Kimi K2.5, ...) over a supported text decoder, and the audio-language
-Qwen2-Audio and Voxtral (their audio tokens stand where the image is; Gemma 3n's too, whose vision tower needs
-timm), and Mllama (Llama 3.2 Vision: its text decoder reads the image features in gated cross-attention layers,
-never as tokens). Their text decoder sits beside
-the vision tower (``model.language_model``, or ``text_model``; a whole causal LM there in Llama 4 and transformers
-4.x's audio models); its attention spans text and image tokens alike (Gemma 3's and 4's image tokens attend to each
-other both ways), so TALAN's memory takes in the image tokens as it takes in any other. With an image in a
-left-padded prompt: every site is exact at init and after unpatch, generates (dynamic and static cache) as it
-recomputes, writes exactly the block's output into the stream, trains with peft LoRA on the language model, and
-saves and reloads."""
+post-norm with norm_after or swin_norm), GLM-4.1V, GLM-4.5V, GLM-OCR, dots.llm3 and GLM-4.6V (over GLM-4.1V's text
+decoder), and LLaVA, LLaVA-NeXT, LLaVA-OneVision, LLaVA-NeXT-Video, VipLLaVA, LFM2-VL, Mistral 3, InternVL, SmolVLM,
+Idefics 2 and 3, PaliGemma, Llama 4 and the later wrappers of vl_models.CONFIGS (Aya Vision, Ovis2, Kimi K2.5, ...)
+over a supported text decoder, and the audio-language Qwen2-Audio and Voxtral (their audio tokens stand where the
+image is; Gemma 3n's too, whose vision tower needs timm), and Mllama (Llama 3.2 Vision: its text decoder reads the
+image features in gated cross-attention layers, never as tokens). Their text decoder sits beside the vision tower
+(``model.language_model``, or ``text_model``; a whole causal LM there in Llama 4 and transformers 4.x's audio
+models); its attention spans text and image tokens alike (Gemma 3's and 4's image tokens attend to each other both
+ways), so TALAN's memory takes in the image tokens as it takes in any other. With an image in a left-padded prompt:
+every site is exact at init and after unpatch, generates (dynamic and static cache) as it recomputes, writes exactly
+the block's output into the stream, trains with peft LoRA on the language model, and saves and reloads."""
 
 import pytest
 import torch
