@@ -13,7 +13,8 @@ teacher forced), with ``s(adapter, talan)`` the residual stream right after the 
   adapter (on vs off, TALAN off) beside it. transformers returns the last layer's output after the
   final norm, so that layer's raw output comes from a hook, and one more entry (``layer = L``) is
   the state after the final norm, the decoder stack's output (its norms are on another scale: compare
-  ``relative`` there). Where layers stack residual streams (Gemma 3n's AltUp), TALAN's is measured.
+  ``relative`` there). Where layers hold several residual streams (Gemma 3n's AltUp; hyper-connections, whose mean
+  is TALAN's), TALAN's is measured.
 
 Writes ``analysis.json`` and ``analysis.png`` (per-layer plot).
 """
@@ -122,13 +123,13 @@ def _tensor(output) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _forward(model, batch, layers: dict, stream: int | None = None) -> tuple[list[torch.Tensor], dict]:
+def _forward(model, batch, layers: dict, streams=None) -> tuple[list[torch.Tensor], dict]:
     """The hidden states of a forward and what the hooks of ``layers`` ({key: (module, "input" or "output")}) saw,
-    in fp32; of the residual streams a layer input or output stacks (a 4-D tensor), the ``stream``-th."""
+    in fp32; where a layer input or output holds several residual streams, TALAN's (``streams``, a `Streams`)."""
     captured, handles = {}, []
 
     def pick(t):
-        return t[stream] if stream is not None and t.dim() == 4 else t
+        return t if streams is None else streams.read(t)
 
     def keep(i, t):  # a copy: the stack may write into the tensor later (Qwen3-VL adds image features in place)
         captured[i] = pick(t).to(torch.float32, copy=True)
@@ -165,7 +166,7 @@ def measure(model, tokenizer, examples: list[dict], batch_size: int = 32) -> dic
     layers = {**{i: _site_module(decoder[i], config.site, layout) for i in blocks}, "last": (decoder[-1], "output"),
               "final": (stack, "output")}
     labels = [(k, f"layer {k} output") for k in range(first, num_layers)] + [(num_layers, "after the final norm")]
-    stream = layout.stream_index(stack.config)
+    streams = layout.streams(stack.config)
 
     def states(hs, captured):
         return [*hs[first + 1:num_layers], captured["last"], captured["final"]]
@@ -184,11 +185,11 @@ def measure(model, tokenizer, examples: list[dict], batch_size: int = 32) -> dic
         batch.pop("labels")
         active = batch["attention_mask"].bool()
         tokens += int(active.sum())
-        hs_on, site_on = _forward(model, batch, layers, stream)
+        hs_on, site_on = _forward(model, batch, layers, streams)
         with talan.disabled(model):
-            hs_off, site_off = _forward(model, batch, layers, stream)
+            hs_off, site_off = _forward(model, batch, layers, streams)
             with model.disable_adapter():
-                hs_base, site_base = _forward(model, batch, layers, stream)
+                hs_base, site_base = _forward(model, batch, layers, streams)
         for i in blocks:
             d_adapter = (site_off[i] - site_base[i])[active]
             d_talan = (site_on[i] - site_off[i])[active]

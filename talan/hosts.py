@@ -5,7 +5,46 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 
+import torch
 from torch import nn
+
+
+@dataclass(frozen=True)
+class Streams:
+    """Where a decoder layer's input and output keep the residual stream that TALAN reads and writes at the pre and
+    post sites (and `talan analyze` measures): the tensor itself, unless they hold several streams.
+
+    - ``active``: they stack streams on dim 0 (``[S, B, T, D]``, Gemma 3n's AltUp); TALAN's is the ``active``-th.
+    - ``count``: hyper-connections, ``count`` streams (``[B, T, N, D]``, or ``[B, T, N * D]`` flattened, Qwen4-Exp's).
+      TALAN reads their mean and adds its update to each stream. Each stack with these carries its streams from one
+      sublayer to the next through a doubly stochastic matrix (DeepSeek-V4's and GLM-5-Next's, by Sinkhorn) or the
+      identity (HY-V4's, Qwen4-Exp's), so their mean moves as a plain residual stream does (by the mean of the
+      weights the sublayer's output joins each stream with), and an update added to every stream stays in every
+      stream: TALAN's block reads and writes a residual stream as in a plain stack. (GLM-5-Next's final collapse is
+      that mean too.)"""
+
+    active: int | None = None
+    count: int | None = None
+    hidden_size: int | None = None
+
+    def read(self, t: torch.Tensor) -> torch.Tensor:
+        """TALAN's stream of ``t`` (a tensor holding none of the streams, as the stack's normed output, as it is)."""
+        if self.active is not None and t.dim() == 4:
+            return t[self.active]
+        if self.count is not None and t.dim() == 4:
+            return t.mean(dim=2)
+        if self.count is not None and self.count > 1 and t.shape[-1] == self.count * self.hidden_size:
+            return t.unflatten(-1, (self.count, self.hidden_size)).mean(dim=2)
+        return t
+
+    def write(self, t: torch.Tensor, read: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+        """``t`` with its stream ``read`` (what `read` gave) become ``new``."""
+        if read is t:  # a single stream
+            return new
+        if self.active is not None:
+            return torch.cat([t[:self.active], new[None], t[self.active + 1:]])
+        update = (new - read).unsqueeze(2)  # the same update to every hyper-connection stream
+        return t + update if t.dim() == 4 else (t.unflatten(-1, (self.count, self.hidden_size)) + update).flatten(-2)
 
 
 @dataclass(frozen=True)
@@ -44,6 +83,8 @@ class LayerLayout:
     # a config attribute: the layers' input and output stack residual streams on dim 0 ([S, B, T, D], Gemma 3n's
     # AltUp), and the one it names (the stream attention and MLP update) is TALAN's at the pre and post sites
     active_stream: str | None = None
+    # a config attribute: the layers' input and output hold that many hyper-connection streams (see `Streams`)
+    hyper_streams: str | None = None
     no_mid: str | None = None  # why a layer without attention_output has no mid site, for the error
 
     def of(self, layer: nn.Module) -> LayerLayout:
@@ -56,9 +97,11 @@ class LayerLayout:
             return self.variant
         return self
 
-    def stream_index(self, config) -> int | None:
-        """Where a layer input or output that stacks residual streams (``active_stream``) keeps TALAN's, or None."""
-        return None if self.active_stream is None else int(getattr(config, self.active_stream))
+    def streams(self, config) -> Streams:
+        """Where the layers' inputs and outputs of a stack with this ``config`` keep TALAN's residual stream."""
+        if self.hyper_streams is not None:
+            return Streams(count=int(getattr(config, self.hyper_streams)), hidden_size=config.hidden_size)
+        return Streams(active=None if self.active_stream is None else int(getattr(config, self.active_stream)))
 
     def scales_of(self, layer: nn.Module) -> tuple:
         """``(r, a)``: ``layer`` joins ``r * residual + a * attention`` (None: 1). Granite's ``residual_multiplier``
@@ -137,6 +180,11 @@ _MLLAMA = LayerLayout(other_layers=LayerLayout(attention_output="cross_attn", to
 # each sublayer's output normed instead of its input, the norms named as a pre-norm layer's (Molmo 2's norm_after,
 # Chameleon's swin norm): self_attn reads the residual, input_layernorm norms its output, the MLP reads the sum
 _NORM_AFTER = LayerLayout(residual_input="self_attn", attention_output="input_layernorm", mlp_norm="mlp")
+# Hyper-connections (`Streams`): the layer keeps several residual streams; each sublayer reads a weighted sum of them
+# and its output joins each stream by a weight of its own, so no one tensor is "residual + attention" for the mid site
+_HYPER = LayerLayout(attention_output=None, mlp_norm=None, hyper_streams="hc_mult",
+                     no_mid="keep several residual streams (hyper-connections), which the attention output joins each "
+                     "by a weight of its own")
 FAMILIES = {
     "Qwen3": _PRE_NORM, "Llama": _PRE_NORM, "Qwen3Moe": _PRE_NORM, "Qwen2": _PRE_NORM, "Mistral": _PRE_NORM,
     "Ministral": _PRE_NORM, "Mixtral": _PRE_NORM, "Gemma": _PRE_NORM, "SmolLM3": _PRE_NORM, "Starcoder2": _PRE_NORM,
@@ -252,6 +300,9 @@ FAMILIES = {
                            attention_scale="attn_beta_factor"),
     # Beam: Gemma 2's sandwich of norms, each sum depth-scaled to keep the stream's norm
     "Beam": replace(_SANDWICH, depth_scaled="attn_residual_add_idx"),
+    # hyper-connections: DeepSeek-V4 (compressed sparse attention, hash-routed experts), HY-V4 (its streams carried
+    # unmixed) and Qwen4-Exp (its streams flattened into one [B, T, N * D] tensor; gated DeltaNet beside attention)
+    "DeepseekV4": _HYPER, "HYV4": _HYPER, "Qwen4Exp": replace(_HYPER, hyper_streams="hc_count"),
 }
 # The bare decoder stack and the models around it: the language-model head, and the task heads that peft
 # fine-tunes too (task_type SEQ_CLS, TOKEN_CLS, QUESTION_ANS) over the same stack, where transformers has them.
@@ -414,15 +465,20 @@ def stack_and_layout(model: nn.Module) -> tuple[nn.Module, LayerLayout]:
 # 4's; PhiMoE's on transformers 5), on which peft's LoRA layer fails, TALAN off too; the dt_proj of Jamba's (Mamba's,
 # Falcon-Mamba's) Mamba, Gemma 3n's AltUp correction_coefs (in training) and LongCat-Flash's router classifier, whose
 # weight it reads without calling the layer, and the sparse-attention indexer of DeepSeek-V3.2 (GLM-5's, A.X K2's,
-# dots.llm3's, Mistral Large 4's), which only picks the keys (top-k, no gradient through it): a LoRA there never gets
-# a gradient; the Mamba out_proj of Falcon-H1, NemotronH and the state-space models, which peft refuses to adapt.
+# dots.llm3's, Mistral Large 4's, HY-V4's, Qwen4-Exp's), which only picks the keys (top-k, no gradient through it): a
+# LoRA there never gets a gradient; the Mamba out_proj of Falcon-H1, NemotronH and the state-space models, which peft
+# refuses to adapt;
+# DeepSeek-V4's o_a_proj, a grouped linear layer (each group of heads its own slice of the weight) whose input LoRA's
+# full-width product does not fit, TALAN off too, and its compressed attention's indexer (which picks keys, as above).
 _INDEXER = r".*\.indexer\..*"
 _ALL_LINEAR_EXCLUDES = {"Llama4Text": r".*\.router", "Phimoe": r".*\.router", "Jamba": r".*\.dt_proj",
                         "LongcatFlash": r".*\.router\.classifier",
                         "FalconH1": r".*\.mamba\.out_proj", "NemotronH": r".*\.mixer\.out_proj",
                         "Mamba2": r".*\.mixer\.out_proj", "Gemma3nText": r".*\.altup\.correction_coefs",
+                        "DeepseekV4": r".*\.(o_a_proj|indexer\..*)",
                         **dict.fromkeys(("Mamba", "FalconMamba"), r".*\.mixer\.(out_proj|dt_proj)"),
-                        **dict.fromkeys(("DeepseekV32", "GlmMoeDsa", "AXK2", "Dots3Note", "MistralLarge4"), _INDEXER)}
+                        **dict.fromkeys(("DeepseekV32", "GlmMoeDsa", "AXK2", "Dots3Note", "MistralLarge4", "HYV4",
+                                                  "Qwen4Exp"), _INDEXER)}
 
 
 def all_linear_excludes(model: nn.Module) -> dict:

@@ -199,8 +199,8 @@ class _Patch:
         # mid site, a hybrid family's layers whose token mixer is not self_attn: the layer call's own kwargs,
         # which transformers 4.x does not hand on to linear attention or a convolution
         self.layer_kwargs: dict[int, dict] = {}
-        # the stream TALAN reads and writes in a layer input or output that stacks several (Gemma 3n's AltUp)
-        self.stream = layout.stream_index(stack.config)
+        # where a layer's input and output keep TALAN's stream (several in Gemma 3n's AltUp, in hyper-connections)
+        self.streams = layout.streams(stack.config)
         params = inspect.signature(stack.forward).parameters
         self._forward_params = tuple(params)  # names only: a signature's mappingproxy cannot be deep-copied
         # Qwen3/Llama stacks pass their **kwargs on to every layer, and the layer to its self_attn (with its
@@ -328,12 +328,10 @@ class _Patch:
     # copy.deepcopy(model) copies the _Patch with the stack it hangs on, and a deep-copied bound method is bound
     # to the copy, so a copied model runs its own blocks and hooks (trl's reference model, an EMA copy).
     def _apply_to_stream(self, layer_idx: int, hidden: torch.Tensor, layer_kwargs: dict) -> torch.Tensor:
-        """`_apply` to a layer's input or output: all of it, or where it stacks residual streams, the active one."""
-        if self.stream is None:
-            return self._apply(layer_idx, hidden, self._context(hidden, layer_kwargs))
-        stream = hidden[self.stream]
+        """`_apply` to a layer's input or output: all of it, or TALAN's stream of the several it holds."""
+        stream = self.streams.read(hidden)
         new_stream = self._apply(layer_idx, stream, self._context(stream, layer_kwargs))
-        return torch.cat([hidden[:self.stream], new_stream[None], hidden[self.stream + 1:]])
+        return self.streams.write(hidden, stream, new_stream)
 
     def _layer_pre(self, layer_idx, module, args, kwargs):
         if not self.enabled:

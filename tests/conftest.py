@@ -135,12 +135,12 @@ def assert_site_writes_the_block_output(model, batch: dict, site: str, layer: in
     open_gates(talan.patch(model, tiny_config(site=site, layer=layer)))
     layout, stack = layer_layout(model), decoder_stack(model)
     probe = {layer: _site_module(decoder_layers(stack)[layer], site, layout)}
-    index = layout.stream_index(stack.config)  # of the residual streams a layer input or output stacks (Gemma 3n)
+    streams = layout.streams(stack.config)  # TALAN's, where a layer input or output holds several (Gemma 3n, mHC)
     torch.manual_seed(1)
     with talan.disabled(model):
-        stream = _forward(model, batch, probe, index)[1][layer]
+        stream = _forward(model, batch, probe, streams)[1][layer]
     torch.manual_seed(1)
-    written = _forward(model, batch, probe, index)[1][layer]
+    written = _forward(model, batch, probe, streams)[1][layer]
     with torch.no_grad():
         expected, _ = talan_blocks(model)[layer](stream, batch["attention_mask"].bool(), None, None)
     assert not torch.allclose(expected, stream, atol=1e-2)  # the block changes the stream

@@ -197,4 +197,23 @@ FAMILY_CONFIG.update(
                                           nemo_conv_channels=32, input_size=16)),
     GraniteMoeSWA=dict(IN_VOCAB, residual_multiplier=0.22, sliding_window=4, num_local_experts=4,
                        num_experts_per_tok=2),
+    # DeepSeek-V4: 4 hyper-connection streams (3 Sinkhorn steps), compressed sparse attention (4 tokens to a key, within
+    # the prompt; its indexer keeping every key) beside heavily compressed attention, hash-routed experts in layer 0
+    DeepseekV4=dict(IN_VOCAB, q_lora_rank=32, o_lora_rank=32, o_groups=2, num_key_value_heads=1, n_routed_experts=4,
+                    num_experts_per_tok=2, moe_intermediate_size=32, index_n_heads=2, index_head_dim=16, index_topk=64,
+                    sliding_window=4, hc_sinkhorn_iters=3, num_nextn_predict_layers=0,
+                    layer_types=["compressed_sparse_attention", "heavily_compressed_attention",
+                                 "compressed_sparse_attention"],
+                    compress_rates={"compressed_sparse_attention": 4, "heavily_compressed_attention": 128},
+                    mlp_layer_types=["hash_moe", "moe", "moe"]),
+    # HY-V4: 4 streams, multi-head latent attention with a sparse indexer (every key kept), experts from layer 1 on
+    HYV4=dict(IN_VOCAB, q_lora_rank=32, kv_lora_rank=16, qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=16,
+              n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, index_n_heads=2, index_head_dim=16,
+              index_topk=64),
+    # Qwen4-Exp: 4 streams flattened into one tensor, gated DeltaNet in layers 0 and 2 (full attention, its sparse
+    # indexer keeping every key, in layer 1), 4 experts, 2 per token
+    Qwen4Exp=dict(IN_VOCAB, **GATED_DELTANET, layer_types=["linear_attention", "full_attention", "linear_attention"],
+                  num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=32,
+                  hc_lowrank=8, ngram_vocab_size_base=1000, split_ngram_parts=4, indexer_n_heads=2, indexer_kv_heads=1,
+                  indexer_head_dim=16, indexer_budget=64, indexer_compress_ratio=4),
 )
