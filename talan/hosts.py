@@ -303,6 +303,9 @@ FAMILIES = {
     # hyper-connections: DeepSeek-V4 (compressed sparse attention, hash-routed experts), HY-V4 (its streams carried
     # unmixed) and Qwen4-Exp (its streams flattened into one [B, T, N * D] tensor; gated DeltaNet beside attention)
     "DeepseekV4": _HYPER, "HYV4": _HYPER, "Qwen4Exp": replace(_HYPER, hyper_streams="hc_count"),
+    # and those of vision-language models: HY-V4-VL's (HY-V4's) and GLM-5-Next's (latent attention beside linear
+    # attention, its streams mixed as DeepSeek-V4's); Qwen4-Exp's is the text decoder's
+    "HYV4VL": _HYPER, "Glm5Next": _HYPER,
 }
 # The bare decoder stack and the models around it: the language-model head, and the task heads that peft
 # fine-tunes too (task_type SEQ_CLS, TOKEN_CLS, QUESTION_ANS) over the same stack, where transformers has them.

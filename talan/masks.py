@@ -11,18 +11,22 @@ OPENED_PADDING_ROWS = tuple(int(part) for part in torch.__version__.split(".")[:
 
 
 def mask_from_dict(masks: dict) -> torch.Tensor | None:
-    """The ``[B, 1, Q, KV]`` mask to read padding (and packing) off, from the per-layer-type masks that ``generate``
-    builds from the 2-D mask before the model runs (with a static cache), or that a vision-language model builds
-    for its text decoder (Gemma 3: image tokens attend to each other both ways): the full-attention layers' one, else
-    the first 4-D one (Qwen4-Exp's linear-attention layers get a 2-D padding mask beside its indexed attention's).
-    ``None``: no masking."""
+    """The mask to read padding (and packing) off, from the per-layer-type masks that ``generate`` builds from the 2-D
+    mask before the model runs (with a static cache), or that a vision-language model builds for its text decoder
+    (Gemma 3: image tokens attend to each other both ways): the full-attention layers' ``[B, 1, Q, KV]`` one, else the
+    first 4-D one (Qwen4-Exp's linear-attention layers get a 2-D padding mask beside its indexed attention's), else a
+    recurrent layers' 2-D padding mask of this forward's tokens (GLM-5-Next's dict holds only those; transformers
+    leaves it out, None, when no token is padding). ``None``: no masking."""
     tensors = [m for m in masks.values() if m is not None]
     four_d = [m for m in tensors if isinstance(m, torch.Tensor) and m.dim() == 4]
-    mask = masks.get("full_attention", (four_d or tensors or [None])[0])
-    if mask is not None and not (isinstance(mask, torch.Tensor) and mask.dim() == 4):
+    two_d = [m for m in tensors if isinstance(m, torch.Tensor) and m.dim() == 2]
+    full = masks.get("full_attention")
+    mask = full if full is not None else (four_d or two_d or tensors or [None])[0]
+    if mask is not None and not (isinstance(mask, torch.Tensor) and mask.dim() in (2, 4)):
         kind = f"a {mask.dim()}-D tensor" if isinstance(mask, torch.Tensor) else f"a {type(mask).__name__}"
-        raise ValueError(f"TALAN reads padding off a dict of [batch, 1, query, key] attention masks; got {kind} in "
-                         "it (flex attention's BlockMask is not supported). Pass the tokenizer's 2-D attention_mask")
+        raise ValueError(f"TALAN reads padding off a dict of [batch, 1, query, key] attention masks (or [batch, "
+                         f"length] padding masks); got {kind} in it (flex attention's BlockMask is not supported). "
+                         "Pass the tokenizer's 2-D attention_mask")
     return mask
 
 

@@ -26,6 +26,7 @@ import transformers
 from conftest import (
     GEMMA3N_RECOMPUTED_4,
     LLAMA4_STATIC_5_17,
+    QWEN4EXP_PADDING_5_17,
     TRANSFORMERS_4,
     TRANSFORMERS_5_17,
     _build,
@@ -94,9 +95,6 @@ CAUSAL_LM = {"Gemma3Text": "Gemma3ForCausalLM", "Gemma4Text": "Gemma4ForCausalLM
              "Gemma4UnifiedText": "Gemma4UnifiedForCausalLM"}
 
 
-# transformers 5.17's Qwen4-Exp makes NaN logits for a left-padded row, TALAN off too
-QWEN4EXP_PADDING_5_17 = pytest.mark.skipif(TRANSFORMERS_5_17, reason="transformers 5.17's Qwen4-Exp makes NaN logits "
-                                           "for a left-padded row, TALAN off too")
 VERSION_MARKS = {"Qwen4Exp": (QWEN4EXP_PADDING_5_17,)}
 
 

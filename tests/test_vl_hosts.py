@@ -18,6 +18,7 @@ import transformers
 from conftest import (
     GEMMA3N_RECOMPUTED_4,
     LLAMA4_STATIC_5_17,
+    QWEN4EXP_PADDING_5_17,
     TORCH_BEFORE_2_6,
     TRANSFORMERS_4,
     TRANSFORMERS_5_17,
@@ -44,7 +45,7 @@ NATIVE = ["Qwen2VL", "Qwen2_5_VL", "Qwen3VL", "Qwen3VLMoe", "Qwen3_5", "Qwen3_5M
           "Granite4Vision", "Step3p7", "Qwen2_5OmniThinker", "Qwen3OmniMoeThinker", "Mllama", "Cosmos3Edge",
           "MiniMaxM3VL", "CohereCompass", "MuseGlimmer", "MistralLarge4", "GraniteDocling", "MuseSpark", "Apertus1p5",
           "DeepseekOcr2", "UnlimitedOcr", "Gemma3n", "Gemma4Unified", "Molmo2", "Molmo2-norm_after", "Chameleon",
-          "Chameleon-swin"]
+          "Chameleon-swin", "Qwen4Exp", "HYV4VL", "Glm5Next"]
 # transformers 4.57 on torch < 2.6 cannot run Gemma 3 with images (the make test-old-torch venv)
 GEMMA3_IMAGES = pytest.mark.skipif(TORCH_BEFORE_2_6, reason="transformers builds Gemma 3's two-way image masks with "
                                    "or_mask_function, which needs torch >= 2.6")
@@ -87,7 +88,8 @@ GENERATE_MARKS = {"Gemma4": (GEMMA4_STATIC_5_17,), "Gemma4Unified": (GEMMA4_STAT
 
 def _with_images(family: str, *marks):
     """``family`` as a test parameter (with ``marks``) of the tests with an image in the prompt."""
-    image_marks = {"Gemma3": [GEMMA3_IMAGES], "Llama4": [LLAMA4_VL_FORWARD], "Fuyu": [FUYU_PATCHES]}.get(family, [])
+    image_marks = {"Gemma3": [GEMMA3_IMAGES], "Llama4": [LLAMA4_VL_FORWARD], "Fuyu": [FUYU_PATCHES],
+                   "Qwen4Exp": [QWEN4EXP_PADDING_5_17]}.get(family, [])
     return pytest.param(family, marks=[_installed(family), *image_marks, *marks])
 
 
@@ -108,18 +110,21 @@ WRAPPERS = ("Llava", "Llava-gemma2", "LlavaNext", "LlavaOnevision", "Lfm2Vl", "M
             "HyperCLOVAXVisionV2", "Lfm3Vl", "VideoLlama3", "Kimi_K25", "GotOcr2", "DeepseekVLHybrid", "Janus",
             "Cosmos3Omni", "Fuyu", "PerceptionLM", "FastVlm", *MINICPM, *AUDIO)
 PARALLEL = ("AyaVision", "Cohere2Vision", "CohereCompass")
+# text decoders with hyper-connections (several residual streams: no mid site either)
+HYPER = ("Qwen4Exp", "HYV4VL", "Glm5Next")
+NO_MID = (*PARALLEL, *HYPER)
 FAMILIES = [_with_images(f) for f in (*NATIVE, *WRAPPERS)]
 
 
 def _default_site(family: str) -> str:
     """TalanConfig's default site (mid), or post where the text decoder has no mid site."""
-    return "post" if family in PARALLEL else "mid"
+    return "post" if family in NO_MID else "mid"
 
 
 def site_cases(marks=None) -> list:
     """(family, site) test parameters: every site of every family (with its ``marks``, by family)."""
     return [pytest.param(f, site, id=f"{f}-{site}", marks=_with_images(f, *(marks or {}).get(f, ())).marks)
-            for f in (*NATIVE, *WRAPPERS) for site in (("pre", "post") if f in PARALLEL else ("pre", "mid", "post"))]
+            for f in (*NATIVE, *WRAPPERS) for site in (("pre", "post") if f in NO_MID else ("pre", "mid", "post"))]
 
 
 def _logits(model, inputs):
@@ -291,9 +296,10 @@ def test_a_llava_over_an_unsupported_text_decoder_is_refused_by_name():
     assert not any("talan" in name for name, _ in model.named_modules())  # left unchanged
 
 
-@pytest.mark.parametrize("family", [pytest.param(f, marks=_installed(f)) for f in PARALLEL])
-def test_a_wrapper_over_a_parallel_residual_refuses_the_mid_site_by_name(family):
+@pytest.mark.parametrize("family", [pytest.param(f, marks=_installed(f)) for f in NO_MID])
+def test_a_decoder_without_a_mid_point_refuses_the_mid_site_by_name(family):
     model = tiny_vl(family)
-    with pytest.raises(ValueError, match="site: .*parallel residual.* use site='pre' or site='post'"):
+    why = "hyper-connections" if family in HYPER else "parallel residual"
+    with pytest.raises(ValueError, match=f"site: .*{why}.* use site='pre' or site='post'"):
         talan.patch(model, tiny_config(site="mid"))
     assert not is_patched(model) and not any("talan" in name for name, _ in model.named_modules())

@@ -8,6 +8,7 @@ from unittest import mock
 import torch
 import transformers
 from conftest import VOCAB, class_prefix
+from host_configs import FAMILY_CONFIG
 from torch import nn
 from train_helpers import DOTS3_TEXT, GATED_DELTANET, GEMMA3N_TEXT, LLAMA4_TEXT, MLA, ROUTED_EXPERTS
 
@@ -52,7 +53,7 @@ IMAGE_TOKENS = {"Llava": 16, "LlavaNext": 36, "LlavaOnevision": 36, "LlavaNextVi
                 "VipLlava": 16, "DeepseekVL": 16, "VideoLlava": 16, "HunYuanVL": 8, "Granite4Vision": 10,
                 "Mllama": 1, "Janus": 16, "DeepseekVLHybrid": 16, "MiniCPMOcr": 16, "Apertus1p5": 16, "Chameleon": 16,
                 "PerceptionLM": 16, "FastVlm": 16, "GraniteSpeech": 6, "GraniteSpeechPlus": 6, "Qwen3ASR": 13,
-                "FunAsrNano": 8,
+                "FunAsrNano": 8, "HYV4VL": 6,
                 "DeepseekOcr2": 145, "UnlimitedOcr": 7}
 ANY_RESOLUTION = ("LlavaNext", "LlavaOnevision", "LlavaNextVideo")
 # Qwen-VL's patch windows: a 4x4 grid of 2-frame 4x4-pixel patches, merged 2x2 into 4 tokens
@@ -409,6 +410,26 @@ def _chameleon_config(config_cls, swin_norm: bool):
                       vocabulary_map={"<image>": IMAGE, **{name(code): 100 + code for code in range(16)}})
 
 
+# The decoders with hyper-connections, over Qwen-VL's patches merged 2x2: Qwen4-Exp's and HY-V4's as in test_hosts
+# (M-RoPE on HY-V4's 8 rope channels of its latent attention; its merged rows end in a newline token, 6 tokens an
+# image), GLM-5-Next's latent attention (NoPE, as its config requires) beside linear attention
+_M_ROPE_8 = dict(rope_theta=10000.0, rope_scaling={"rope_type": "default", "mrope_section": [1, 1, 2]})
+HYPER_VL = {
+    "Qwen4Exp": (dict(FAMILY_CONFIG["Qwen4Exp"], rope_theta=10000.0,
+                      rope_scaling={"rope_type": "default", "mrope_section": [2, 3, 3]}),
+                 dict(QWEN_VISION, num_position_embeddings=16),
+                 dict(vision_start_token_id=VISION_START, vision_end_token_id=VISION_END)),
+    "HYV4VL": (dict(FAMILY_CONFIG["HYV4"], **_M_ROPE_8), dict(QWEN_VISION, num_position_embeddings=16),
+               dict(vision_start_token_id=VISION_START, vision_end_token_id=VISION_END)),
+    "Glm5Next": (dict(FAMILY_CONFIG["HYV4"], num_key_value_heads=4, qk_rope_head_dim=0,
+                      layer_types=["linear_attention", "full_attention", "linear_attention"], linear_head_dim=16,
+                      linear_num_heads=4),
+                 dict(QWEN_VISION, image_size=16),
+                 dict(image_start_token_id=VISION_START, image_end_token_id=VISION_END, video_start_token_id=14,
+                      video_end_token_id=15)),
+}
+
+
 def _config(family: str):
     prefix = class_prefix(family)
     vision = VISION.get(prefix)
@@ -419,6 +440,10 @@ def _config(family: str):
         return _molmo2_config(config_cls, norm_after=family.endswith("-norm_after"))
     if prefix == "Chameleon":
         return _chameleon_config(config_cls, swin_norm=family.endswith("-swin"))
+    if prefix in HYPER_VL:
+        text, vision, tokens = HYPER_VL[prefix]
+        return config_cls(text_config=dict(TEXT, **text), vision_config=vision, image_token_id=IMAGE, video_token_id=6,
+                          **tokens)
     if prefix in CONFIGS:
         text, kwargs = CONFIGS[prefix]
         return config_cls(text_config=dict(TEXT, **text), **kwargs)
@@ -542,7 +567,7 @@ def _media(prefix: str, generator: torch.Generator) -> dict:
     if prefix in ("Kimi_K25", "PaddleOCRVL"):  # single-frame patches as 3x4x4 pixel tiles
         return {"pixel_values": noise(2 * 16, 3, 4, 4), "image_grid_thw": grid}
     # single-frame patches, flattened
-    if prefix in ("VideoLlama3", "Dots3Note", "Ernie4_5_VLMoe", "HunYuanVL", "Cosmos3Edge"):
+    if prefix in ("VideoLlama3", "Dots3Note", "Ernie4_5_VLMoe", "HunYuanVL", "Cosmos3Edge", "HYV4VL"):
         return {"pixel_values": noise(2 * 16, 3 * 4 * 4), "image_grid_thw": grid}
     # Qwen-VL's: 4x4 patches of 2 frames each
     return {"pixel_values": noise(2 * 16, 3 * 2 * 4 * 4), "image_grid_thw": grid}
