@@ -348,15 +348,16 @@ def family_summary() -> str:
 # DeepSeek-V3, GOT-OCR 2.0 over Qwen2, DeepSeek-VL hybrid and Janus over Llama, Cosmos 3 Omni over Qwen3-VL's, MiniCPM-V
 # 4.6 and 4.7 and MiniCPM-OCR over Qwen3.5's, PerceptionLM over Llama, FastVLM over Qwen2), and the audio-language
 # models whose audio tokens enter the text decoder alike (Qwen2-Audio over Qwen2, Voxtral over Llama or Mistral, Audio
-# Flamingo 3 over Qwen2, MOSS Transcribe-Diarize over Qwen3, Granite Speech over Granite, Qwen3-ASR over Qwen3,
-# Fun-ASR-Nano over Qwen3).
+# Flamingo 3 and Music Flamingo over Qwen2, MOSS Transcribe-Diarize over Qwen3, Granite Speech over Granite, Qwen3-ASR
+# over Qwen3, Fun-ASR-Nano over Qwen3, GLM-ASR and Omni-ASR over Llama).
 _VL_WRAPPER_PREFIXES = ("Llava", "LlavaNext", "LlavaOnevision", "Lfm2Vl", "Mistral3", "InternVL", "SmolVLM", "Idefics3",
                         "PaliGemma", "Llama4", "VipLlava", "LlavaNextVideo", "Idefics2", "Qwen2Audio", "Voxtral",
                         "Glm46V", "AyaVision", "Cohere2Vision", "DeepseekVL", "LightOnOcr", "VideoLlava", "Ovis2",
                         "QianfanOCR", "Aria", "Exaone4_5_", "HyperCLOVAXVisionV2", "Lfm3Vl", "VideoLlama3", "Kimi_K25",
                         "AudioFlamingo3", "GotOcr2", "Janus", "DeepseekVLHybrid", "Cosmos3Omni", "MiniCPMV4_6",
                         "MiniCPMV4_7", "MiniCPMOcr", "MossTranscribeDiarize", "PerceptionLM", "FastVlm",
-                        "GraniteSpeech", "GraniteSpeechPlus", "Qwen3ASR", "FunAsrNano")
+                        "GraniteSpeech", "GraniteSpeechPlus", "Qwen3ASR", "FunAsrNano", "MusicFlamingo", "GlmAsr",
+                        "OmniASR")
 _VL_WRAPPERS = frozenset(f"{prefix}{head}" for prefix in _VL_WRAPPER_PREFIXES for head in ("ForConditionalGeneration",
                                                                                        "Model")) | {
     "FuyuForCausalLM", "FuyuModel"}  # Fuyu over Persimmon: image patches embedded by a linear layer, no tower

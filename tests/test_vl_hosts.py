@@ -96,7 +96,7 @@ def _with_images(family: str, *marks):
 # the audio-language models: a 1-layer audio encoder turns 16 frames of 16 mel bins into 4 audio tokens (the "image"
 # tokens of the prompt), which their text decoder reads as it reads image tokens
 AUDIO = ("Qwen2Audio", "Voxtral", "AudioFlamingo3", "MossTranscribeDiarize", "GraniteSpeech", "GraniteSpeechPlus",
-         "Qwen3ASR", "FunAsrNano")
+         "Qwen3ASR", "FunAsrNano", "MusicFlamingo", "GlmAsr", "OmniASR")
 # the wrappers that build their text decoder from its config: LLaVA over Llama and over Gemma 2, LLaVA-NeXT (over
 # Llama), LLaVA-OneVision (over Qwen2), LFM2-VL (over LFM2, a hybrid), Mistral 3 (over Mistral), InternVL (over
 # Qwen2), SmolVLM and Idefics 3 (over Llama, kept as text_model), PaliGemma (over Gemma; its prefix attends both ways,

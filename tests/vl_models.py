@@ -107,6 +107,20 @@ CONFIGS = {
         _AUDIO_ENCODER, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2))),
     "AudioFlamingo3": (dict(model_type="qwen2"), dict(audio_token_id=IMAGE, audio_config=dict(
         _AUDIO_ENCODER, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2))),
+    # Music Flamingo: Audio Flamingo 3's encoder (and rotary time embeddings of the audio tokens) over Qwen2
+    "MusicFlamingo": (dict(model_type="qwen2"), dict(
+        audio_token_id=IMAGE, audio_bos_token_id=VISION_START, audio_eos_token_id=VISION_END,
+        audio_config=dict(_AUDIO_ENCODER, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                          num_attention_heads=2, model_type="audioflamingo3_encoder"))),
+    # GLM-ASR over Llama: 32 frames of 16 mel bins into 4 audio tokens
+    "GlmAsr": (dict(model_type="llama"), dict(audio_token_id=IMAGE, audio_config=dict(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
+        num_mel_bins=16, max_position_embeddings=64))),
+    # Omni-ASR over Llama: a 2-layer convolution (strides 4, 4) turns 64 raw samples into 4 audio tokens
+    "OmniASR": (dict(model_type="llama"), dict(audio_token_id=IMAGE, audio_config=dict(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, num_conv_pos_embeddings=4,
+        num_conv_pos_embedding_groups=2, conv_dim=[16, 16], conv_stride=[4, 4], conv_kernel=[4, 4], layerdrop=0.0,
+        hidden_dropout=0.0, activation_dropout=0.0))),
     # Aya Vision and Command A Vision over Cohere 2 (a parallel residual): SigLIP, pixel-shuffled 2x2: 4 tokens
     "AyaVision": (dict(model_type="cohere2"), dict(vision_config=SIGLIP, image_token_index=IMAGE, downsample_factor=2,
                                                    vision_feature_layer=-1)),
@@ -532,8 +546,12 @@ def _media(prefix: str, generator: torch.Generator) -> dict:
                 "aspect_ratio_mask": torch.ones(2, 1, 1, dtype=torch.long)}
     if prefix == "VideoLlava":
         return {"pixel_values_images": noise(2, 3, 16, 16)}
-    if prefix in ("Qwen2Audio", "Voxtral", "AudioFlamingo3"):  # 16 frames of 16 mel bins
+    if prefix in ("Qwen2Audio", "Voxtral", "AudioFlamingo3", "MusicFlamingo"):  # 16 frames of 16 mel bins
         return {"input_features": noise(2, 16, 16)}
+    if prefix == "GlmAsr":  # 32 frames of 16 mel bins, all real
+        return {"input_features": noise(2, 16, 32), "input_features_mask": torch.ones(2, 32, dtype=torch.long)}
+    if prefix == "OmniASR":  # 64 raw samples
+        return {"input_values": noise(2, 1, 64)}
     if prefix == "Molmo2":  # each image one crop of 16 flattened patches, pooled 2x2: 4 tokens of 4 patches each
         pooled = torch.tensor([[0, 1, 4, 5], [2, 3, 6, 7], [8, 9, 12, 13], [10, 11, 14, 15]])
         return {"pixel_values": noise(2, 16, 3 * 4 * 4), "image_token_pooling": torch.cat([pooled, pooled + 16]),
@@ -583,7 +601,7 @@ def image_prompt(family: str, seed: int = 3) -> dict:
     inputs = dict(input_ids=ids, attention_mask=mask, **_media(prefix, torch.Generator().manual_seed(seed)))
     if prefix == "Qwen2Audio":
         inputs["feature_attention_mask"] = torch.ones(2, 16, dtype=torch.long)
-    if prefix == "AudioFlamingo3":
+    if prefix in ("AudioFlamingo3", "MusicFlamingo"):
         inputs["input_features_mask"] = torch.ones(2, 16, dtype=torch.long)
     if prefix == "VideoLlama3":  # each image's patches merged 2x2
         inputs["image_merge_sizes"] = torch.tensor([2, 2])
