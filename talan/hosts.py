@@ -300,6 +300,9 @@ FAMILIES = {
                            attention_scale="attn_beta_factor"),
     # Beam: Gemma 2's sandwich of norms, each sum depth-scaled to keep the stream's norm
     "Beam": replace(_SANDWICH, depth_scaled="attn_residual_add_idx"),
+    # ModernBERT's decoder: pre-norm by LayerNorms (layer 0's attention norm an identity), its attention named attn
+    "ModernBertDecoder": LayerLayout(residual_input="attn_norm", attention_output="attn", mlp_norm="mlp_norm",
+                                     token_mixer="attn"),
     # hyper-connections: DeepSeek-V4 (compressed sparse attention, hash-routed experts), HY-V4 (its streams carried
     # unmixed) and Qwen4-Exp (its streams flattened into one [B, T, N * D] tensor; gated DeltaNet beside attention)
     "DeepseekV4": _HYPER, "HYV4": _HYPER, "Qwen4Exp": replace(_HYPER, hyper_streams="hc_count"),

@@ -197,6 +197,8 @@ FAMILY_CONFIG.update(
                                           nemo_conv_channels=32, input_size=16)),
     GraniteMoeSWA=dict(IN_VOCAB, residual_multiplier=0.22, sliding_window=4, num_local_experts=4,
                        num_experts_per_tok=2),
+    # ModernBERT's decoder: sliding (a window of 4) and global attention alternating, as in its checkpoints
+    ModernBertDecoder=dict(IN_VOCAB, sep_token_id=3, cls_token_id=4, local_attention=4, global_attn_every_n_layers=2),
     # DeepSeek-V4: 4 hyper-connection streams (3 Sinkhorn steps), compressed sparse attention (4 tokens to a key, within
     # the prompt; its indexer keeping every key) beside heavily compressed attention, hash-routed experts in layer 0
     DeepseekV4=dict(IN_VOCAB, q_lora_rank=32, o_lora_rank=32, o_groups=2, num_key_value_heads=1, n_routed_experts=4,

@@ -84,7 +84,7 @@ FAMILY_NAMES = ["Qwen3Moe", "Qwen2", "Mistral", "Ministral", "Mixtral", "Gemma",
                 "DiffLlama", "Mellum", "Laguna", "HYV3", "AriaText", "Apertus1p5Text", "VaultGemma",
                 "Afmoe", "Kolibri1", "StableLm", "GPTNeoX-sequential", "Persimmon", "JetMoe", "GPT2",
                 "GPTBigCode", "GPTNeo", "Bloom", "Mpt", "Zaya", "Emu3", "Inkling", "LongcatFlash", "MiniMax", "Beam",
-                "Phi4Multimodal",
+                "Phi4Multimodal", "ModernBertDecoder",
                 *HYBRID_FAMILIES,
                 *LINEAR_SELF_ATTN, *NO_MID_SITE]
 
