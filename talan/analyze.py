@@ -145,7 +145,9 @@ def _forward(model, batch, layers: dict, streams=None) -> tuple[list[torch.Tenso
     finally:
         for h in handles:
             h.remove()
-    return [pick(h).float() for h in out.hidden_states], captured
+    # BLIP-2's output keeps its language model's (its hidden states among them) apart
+    hidden_states = out.hidden_states if hasattr(out, "hidden_states") else out.language_model_outputs.hidden_states
+    return [pick(h).float() for h in hidden_states], captured
 
 
 def measure(model, tokenizer, examples: list[dict], batch_size: int = 32) -> dict:

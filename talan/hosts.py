@@ -318,13 +318,14 @@ HEADS = ("ForCausalLM", "Model", "ForSequenceClassification", "ForTokenClassific
 # Gemma 3, 3n and 4 classes named otherwise: the text-only language model, and the vision-language model (Gemma 3
 # from 4B on; Gemma 3n and 4, with audio too), whose text decoder is the same stack, its image tokens attending to
 # each other both ways (Gemma 3's, 4's); Qwen3.5's classifier over its text decoder alone; Llama 4's text-only
-# language model; PaddleOCR-VL's text decoder; GPT-2's language model; MiniMax-M3-VL's vision-language model; Apertus
-# 1.5's (a VQ tokenizer turns images into visual tokens of the vocabulary), over the Apertus 1.5 text decoder
+# language model; PaddleOCR-VL's text decoder; GPT-2's language model; OPT's decoder (the stack BLIP-2 finds);
+# MiniMax-M3-VL's vision-language model; Apertus 1.5's (a VQ tokenizer turns images into visual tokens of the
+# vocabulary), over the Apertus 1.5 text decoder
 _CLASS_FAMILIES = {family + head: family for family in FAMILIES for head in HEADS} | {
     f"Gemma{v}{head}": f"Gemma{v}Text" for v in ("3", "4", "3n", "4Unified")
     for head in ("ForCausalLM", "ForConditionalGeneration", "Model", "ForSequenceClassification")} | {
     "Qwen3_5TextForSequenceClassification": "Qwen3_5", "Llama4ForCausalLM": "Llama4Text",
-    "PaddleOCRTextModel": "PaddleOCRVL", "GPT2LMHeadModel": "GPT2",
+    "PaddleOCRTextModel": "PaddleOCRVL", "GPT2LMHeadModel": "GPT2", "OPTDecoder": "OPT",
     "MiniMaxM3SparseForConditionalGeneration": "MiniMaxM3VL",
     **dict.fromkeys(("Apertus1p5ForConditionalGeneration", "Apertus1p5Model"), "Apertus1p5Text")}
 
@@ -349,7 +350,8 @@ def family_summary() -> str:
 # Qwen3, Video-LLaVA over Llama, Ovis2 over Qwen2 or Qwen3, Qianfan-OCR over Qwen3, Aria over its text decoder, EXAONE
 # 4.5 over EXAONE 4, HyperCLOVA X Vision over HyperCLOVA X, LFM3-VL over LFM3, VideoLLaMA 3 over Qwen2, Kimi K2.5 over
 # DeepSeek-V3, GOT-OCR 2.0 over Qwen2, DeepSeek-VL hybrid and Janus over Llama, Cosmos 3 Omni over Qwen3-VL's, MiniCPM-V
-# 4.6 and 4.7 and MiniCPM-OCR over Qwen3.5's, PerceptionLM over Llama, FastVLM over Qwen2), and the audio-language
+# 4.6 and 4.7 and MiniCPM-OCR over Qwen3.5's, PerceptionLM over Llama, FastVLM over Qwen2, BLIP-2 and InstructBLIP
+# over OPT (their decoder-only language models)), and the audio-language
 # models whose audio tokens enter the text decoder alike (Qwen2-Audio over Qwen2, Voxtral over Llama or Mistral, Audio
 # Flamingo 3 and Music Flamingo over Qwen2, MOSS Transcribe-Diarize over Qwen3, Granite Speech over Granite, Qwen3-ASR
 # over Qwen3, Fun-ASR-Nano over Qwen3, GLM-ASR and Omni-ASR over Llama).
@@ -360,7 +362,7 @@ _VL_WRAPPER_PREFIXES = ("Llava", "LlavaNext", "LlavaOnevision", "Lfm2Vl", "Mistr
                         "AudioFlamingo3", "GotOcr2", "Janus", "DeepseekVLHybrid", "Cosmos3Omni", "MiniCPMV4_6",
                         "MiniCPMV4_7", "MiniCPMOcr", "MossTranscribeDiarize", "PerceptionLM", "FastVlm",
                         "GraniteSpeech", "GraniteSpeechPlus", "Qwen3ASR", "FunAsrNano", "MusicFlamingo", "GlmAsr",
-                        "OmniASR")
+                        "OmniASR", "Blip2", "InstructBlip")
 _VL_WRAPPERS = frozenset(f"{prefix}{head}" for prefix in _VL_WRAPPER_PREFIXES for head in ("ForConditionalGeneration",
                                                                                        "Model")) | {
     "FuyuForCausalLM", "FuyuModel"}  # Fuyu over Persimmon: image patches embedded by a linear layer, no tower
@@ -407,8 +409,10 @@ def _find_stack(host: nn.Module) -> nn.Module | None:
     Idefics 3 in ``text_model``; Llama 4 a whole ``Llama4ForCausalLM`` there); OPT's in ``decoder``."""
     outer = (host.base_model, getattr(host, "model", None))
     inner = [getattr(m, name, None) for m in outer for name in ("language_model", "text_model", "decoder")]
-    # Llama 4's (and 4.x Qwen2-Audio's, Voxtral's) language_model is a whole *ForCausalLM, its stack one level down
-    for stack in (*outer, *inner, *(getattr(m, "model", None) for m in inner)):
+    # Llama 4's (and 4.x Qwen2-Audio's, Voxtral's) language_model is a whole *ForCausalLM, its stack one level down;
+    # BLIP-2's an OPTForCausalLM (its bare model's an OPTModel), the stack in its decoder
+    deeper = [getattr(m, "model", None) for m in inner]
+    for stack in (*outer, *inner, *deeper, *(getattr(m, "decoder", None) for m in (*inner, *deeper))):
         if stack is not None and _layer_list(stack) is not None:
             return stack
     return None

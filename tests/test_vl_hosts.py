@@ -108,11 +108,13 @@ WRAPPERS = ("Llava", "Llava-gemma2", "LlavaNext", "LlavaOnevision", "Lfm2Vl", "M
             "Idefics3", "PaliGemma", "Llama4", "VipLlava", "LlavaNextVideo", "Idefics2", "Glm46V", "AyaVision",
             "Cohere2Vision", "DeepseekVL", "LightOnOcr", "VideoLlava", "Ovis2", "QianfanOCR", "Aria", "Exaone4_5_",
             "HyperCLOVAXVisionV2", "Lfm3Vl", "VideoLlama3", "Kimi_K25", "GotOcr2", "DeepseekVLHybrid", "Janus",
-            "Cosmos3Omni", "Fuyu", "PerceptionLM", "FastVlm", *MINICPM, *AUDIO)
+            "Cosmos3Omni", "Fuyu", "PerceptionLM", "FastVlm", "Blip2", "InstructBlip", *MINICPM, *AUDIO)
 PARALLEL = ("AyaVision", "Cohere2Vision", "CohereCompass")
-# text decoders with hyper-connections (several residual streams: no mid site either)
+# text decoders with hyper-connections (several residual streams: no mid site either), and OPT under BLIP-2 and
+# InstructBLIP (its attention output dropped out inside the layer's forward)
 HYPER = ("Qwen4Exp", "HYV4VL", "Glm5Next")
-NO_MID = (*PARALLEL, *HYPER)
+OPT_DECODER = ("Blip2", "InstructBlip")
+NO_MID = (*PARALLEL, *HYPER, *OPT_DECODER)
 FAMILIES = [_with_images(f) for f in (*NATIVE, *WRAPPERS)]
 
 
@@ -282,7 +284,10 @@ def test_bare_vl_models_and_their_text_decoders_are_hosts(family, head):
     stack = decoder_stack(model)
     # Chameleon's bare model is its text decoder itself (its VQ-VAE beside the layers)
     own = head == "TextModel" or hasattr(model, "layers")
-    assert stack is (model if own else getattr(model, "text_model", None) or model.language_model)
+    decoder = model if own else getattr(model, "text_model", None) or model.language_model
+    if family in OPT_DECODER:  # an OPTForCausalLM (an OPTModel in the bare model), its stack in the decoder
+        decoder = getattr(decoder, "model", decoder).decoder
+    assert stack is decoder
     talan.patch(model, tiny_config(layer=1, site=_default_site(family)))
     assert hasattr(stack.layers[1], "talan") and is_patched(model)
 
@@ -299,7 +304,8 @@ def test_a_llava_over_an_unsupported_text_decoder_is_refused_by_name():
 @pytest.mark.parametrize("family", [pytest.param(f, marks=_installed(f)) for f in NO_MID])
 def test_a_decoder_without_a_mid_point_refuses_the_mid_site_by_name(family):
     model = tiny_vl(family)
-    why = "hyper-connections" if family in HYPER else "parallel residual"
+    why = "hyper-connections" if family in HYPER else "inside their forward" if family in OPT_DECODER \
+        else "parallel residual"
     with pytest.raises(ValueError, match=f"site: .*{why}.* use site='pre' or site='post'"):
         talan.patch(model, tiny_config(site="mid"))
     assert not is_patched(model) and not any("talan" in name for name, _ in model.named_modules())

@@ -107,6 +107,12 @@ CONFIGS = {
         _AUDIO_ENCODER, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2))),
     "AudioFlamingo3": (dict(model_type="qwen2"), dict(audio_token_id=IMAGE, audio_config=dict(
         _AUDIO_ENCODER, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2))),
+    # BLIP-2 and InstructBLIP over OPT: a 1-layer Q-Former reads the tower's patches with 4 queries, 4 tokens
+    **dict.fromkeys(("Blip2", "InstructBlip"), (
+        dict(model_type="opt", ffn_dim=128, word_embed_proj_dim=64, enable_bias=True),
+        dict(vision_config=SMALL_VISION, num_query_tokens=4, image_token_index=IMAGE, qformer_config=dict(
+            hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+            encoder_hidden_size=32)))),
     # Music Flamingo: Audio Flamingo 3's encoder (and rotary time embeddings of the audio tokens) over Qwen2
     "MusicFlamingo": (dict(model_type="qwen2"), dict(
         audio_token_id=IMAGE, audio_bos_token_id=VISION_START, audio_eos_token_id=VISION_END,
@@ -337,7 +343,8 @@ CONFIGS = {
 }
 _ONE_IMAGE_EACH = ("Gemma3", "Llava", "Mistral3", "InternVL", "PaliGemma", "Llama4", "VipLlava",
                    "AyaVision", "Cohere2Vision", "DeepseekVL", "LightOnOcr", "Ovis2", "QianfanOCR", "Aria", "GotOcr2",
-                   "Janus", "MistralLarge4", "Apertus1p5", "DeepseekOcr2", "UnlimitedOcr", "Chameleon", "FastVlm")
+                   "Janus", "MistralLarge4", "Apertus1p5", "DeepseekOcr2", "UnlimitedOcr", "Chameleon", "FastVlm",
+                   "Blip2", "InstructBlip")
 
 
 # Gemma 3n over its text decoder (train_helpers' GEMMA3N_TEXT, all MLPs dense): its audio encoder (one conformer block)
@@ -601,6 +608,8 @@ def image_prompt(family: str, seed: int = 3) -> dict:
     inputs = dict(input_ids=ids, attention_mask=mask, **_media(prefix, torch.Generator().manual_seed(seed)))
     if prefix == "Qwen2Audio":
         inputs["feature_attention_mask"] = torch.ones(2, 16, dtype=torch.long)
+    if prefix == "InstructBlip":  # the instruction its Q-Former reads: the prompt's last 3 tokens
+        inputs.update(qformer_input_ids=ids[:, -3:], qformer_attention_mask=torch.ones(2, 3, dtype=torch.long))
     if prefix in ("AudioFlamingo3", "MusicFlamingo"):
         inputs["input_features_mask"] = torch.ones(2, 16, dtype=torch.long)
     if prefix == "VideoLlama3":  # each image's patches merged 2x2
