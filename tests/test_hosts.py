@@ -299,10 +299,11 @@ def test_gradient_checkpointing_recomputes_a_mid_site_with_its_own_forwards_kwar
 
 @pytest.mark.filterwarnings("ignore:.*gradient_checkpointing.*:FutureWarning")
 @pytest.mark.parametrize("site", ["pre", "post"])
-@pytest.mark.parametrize("family", map(installed, [*NO_KWARGS_ON_4, "Jamba", "Bloom", "Mpt"]))
+@pytest.mark.parametrize("family", map(installed, [*NO_KWARGS_ON_4, "Jamba", "Bloom", "Mpt", "HYV4", "Qwen4Exp"]))
 def test_gradient_checkpointing_recomputes_each_site_with_its_own_forwards_inputs(family, site):
     """Where the decoder stack hands its layers none of its kwargs (these families on transformers 4.57), a layer
-    recomputed in the backward still reads its own forward's padding at the other sites too."""
+    recomputed in the backward still reads its own forward's padding at the other sites too; and a layer of several
+    residual streams (hyper-connections) recomputes the same mean and the same update of every stream."""
     assert_same_loss_and_grads(_two_batches_loss_and_grads(family, False, site),
                                _two_batches_loss_and_grads(family, True, site))
 
