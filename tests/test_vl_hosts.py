@@ -96,7 +96,7 @@ def _with_images(family: str, *marks):
 # the audio-language models: a 1-layer audio encoder turns 16 frames of 16 mel bins into 4 audio tokens (the "image"
 # tokens of the prompt), which their text decoder reads as it reads image tokens
 AUDIO = ("Qwen2Audio", "Voxtral", "AudioFlamingo3", "MossTranscribeDiarize", "GraniteSpeech", "GraniteSpeechPlus",
-         "Qwen3ASR", "FunAsrNano", "MusicFlamingo", "GlmAsr", "OmniASR")
+         "Qwen3ASR", "FunAsrNano", "MusicFlamingo", "GlmAsr", "OmniASR", "Nemotron3_5Transcribe")
 # the wrappers that build their text decoder from its config: LLaVA over Llama and over Gemma 2, LLaVA-NeXT (over
 # Llama), LLaVA-OneVision (over Qwen2), LFM2-VL (over LFM2, a hybrid), Mistral 3 (over Mistral), InternVL (over
 # Qwen2), SmolVLM and Idefics 3 (over Llama, kept as text_model), PaliGemma (over Gemma; its prefix attends both ways,
@@ -114,7 +114,8 @@ PARALLEL = ("AyaVision", "Cohere2Vision", "CohereCompass")
 # InstructBLIP (its attention output dropped out inside the layer's forward)
 HYPER = ("Qwen4Exp", "HYV4VL", "Glm5Next")
 OPT_DECODER = ("Blip2", "InstructBlip")
-NO_MID = (*PARALLEL, *HYPER, *OPT_DECODER)
+ONE_MIXER = ("Nemotron3_5Transcribe",)  # over NemotronH: one token mixer or one MLP a layer
+NO_MID = (*PARALLEL, *HYPER, *OPT_DECODER, *ONE_MIXER)
 FAMILIES = [_with_images(f) for f in (*NATIVE, *WRAPPERS)]
 
 
@@ -304,8 +305,8 @@ def test_a_llava_over_an_unsupported_text_decoder_is_refused_by_name():
 @pytest.mark.parametrize("family", [pytest.param(f, marks=_installed(f)) for f in NO_MID])
 def test_a_decoder_without_a_mid_point_refuses_the_mid_site_by_name(family):
     model = tiny_vl(family)
-    why = "hyper-connections" if family in HYPER else "inside their forward" if family in OPT_DECODER \
-        else "parallel residual"
+    why = ("hyper-connections" if family in HYPER else "inside their forward" if family in OPT_DECODER
+           else "one token mixer or one MLP" if family in ONE_MIXER else "parallel residual")
     with pytest.raises(ValueError, match=f"site: .*{why}.* use site='pre' or site='post'"):
         talan.patch(model, tiny_config(site="mid"))
     assert not is_patched(model) and not any("talan" in name for name, _ in model.named_modules())

@@ -69,6 +69,8 @@ MINICPM = ("MiniCPMV4_6", "MiniCPMV4_7", "MiniCPMOcr")
 _MUSE_VISION = dict(patch_size=4, pos_emb_height=4, pos_emb_width=4, num_attention_heads=2, num_hidden_layers=1,
                            hidden_size=32, intermediate_size=64, merge_size=2, max_position_embeddings=16)
 _AUDIO_ENCODER = dict(num_mel_bins=16, max_source_positions=8)
+_ENCODER_BLOCK = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                      num_key_value_heads=2, num_mel_bins=16)
 _OMNI_AUDIO = dict(_AUDIO_ENCODER, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=64, d_model=32,
                    output_dim=64, n_window=4)
 # The models whose config is their text decoder's (TEXT with these changes) and these arguments: a vision tower (or
@@ -113,15 +115,21 @@ CONFIGS = {
         dict(vision_config=SMALL_VISION, num_query_tokens=4, image_token_index=IMAGE, qformer_config=dict(
             hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
             encoder_hidden_size=32)))),
+    # Nemotron 3.5 Transcribe over NemotronH (Mamba 2, attention and experts, one a layer): its speech encoder and
+    # speaker diarization model (1 block each) turn 32 frames of 16 mel bins into 4 audio tokens
+    "Nemotron3_5Transcribe": (dict(model_type="nemotron_h", **FAMILY_CONFIG["NemotronH"]), dict(
+        audio_token_id=IMAGE, audio_config=dict(asr_config=_ENCODER_BLOCK, diarization_config=dict(
+            audio_config=_ENCODER_BLOCK, head_config=dict(hidden_size=16, audio_hidden_size=32, num_speakers=4),
+            streaming_config=dict(num_speakers=4))),
+        word_timestamp_config=dict(_ENCODER_BLOCK, intermediate_size=16, vocab_size=16, blank_token_id=15))),
     # Music Flamingo: Audio Flamingo 3's encoder (and rotary time embeddings of the audio tokens) over Qwen2
     "MusicFlamingo": (dict(model_type="qwen2"), dict(
         audio_token_id=IMAGE, audio_bos_token_id=VISION_START, audio_eos_token_id=VISION_END,
         audio_config=dict(_AUDIO_ENCODER, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                           num_attention_heads=2, model_type="audioflamingo3_encoder"))),
     # GLM-ASR over Llama: 32 frames of 16 mel bins into 4 audio tokens
-    "GlmAsr": (dict(model_type="llama"), dict(audio_token_id=IMAGE, audio_config=dict(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
-        num_mel_bins=16, max_position_embeddings=64))),
+    "GlmAsr": (dict(model_type="llama"), dict(audio_token_id=IMAGE,
+                                              audio_config=dict(_ENCODER_BLOCK, max_position_embeddings=64))),
     # Omni-ASR over Llama: a 2-layer convolution (strides 4, 4) turns 64 raw samples into 4 audio tokens
     "OmniASR": (dict(model_type="llama"), dict(audio_token_id=IMAGE, audio_config=dict(
         hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, num_conv_pos_embeddings=4,
@@ -555,6 +563,8 @@ def _media(prefix: str, generator: torch.Generator) -> dict:
         return {"pixel_values_images": noise(2, 3, 16, 16)}
     if prefix in ("Qwen2Audio", "Voxtral", "AudioFlamingo3", "MusicFlamingo"):  # 16 frames of 16 mel bins
         return {"input_features": noise(2, 16, 16)}
+    if prefix == "Nemotron3_5Transcribe":  # 32 frames of 16 mel bins, all real
+        return {"input_features": noise(2, 32, 16), "input_features_mask": torch.ones(2, 32, dtype=torch.long)}
     if prefix == "GlmAsr":  # 32 frames of 16 mel bins, all real
         return {"input_features": noise(2, 16, 32), "input_features_mask": torch.ones(2, 32, dtype=torch.long)}
     if prefix == "OmniASR":  # 64 raw samples
