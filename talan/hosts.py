@@ -354,7 +354,8 @@ def family_summary() -> str:
 # over OPT (their decoder-only language models)), and the audio-language
 # models whose audio tokens enter the text decoder alike (Qwen2-Audio over Qwen2, Voxtral over Llama or Mistral, Audio
 # Flamingo 3 and Music Flamingo over Qwen2, MOSS Transcribe-Diarize over Qwen3, Granite Speech over Granite, Qwen3-ASR
-# over Qwen3, Fun-ASR-Nano over Qwen3, GLM-ASR and Omni-ASR over Llama, Nemotron 3.5 Transcribe over NemotronH).
+# over Qwen3, Fun-ASR-Nano over Qwen3, GLM-ASR and Omni-ASR over Llama, Nemotron 3.5 Transcribe over NemotronH,
+# VibeVoice-ASR over Qwen2).
 _VL_WRAPPER_PREFIXES = ("Llava", "LlavaNext", "LlavaOnevision", "Lfm2Vl", "Mistral3", "InternVL", "SmolVLM", "Idefics3",
                         "PaliGemma", "Llama4", "VipLlava", "LlavaNextVideo", "Idefics2", "Qwen2Audio", "Voxtral",
                         "Glm46V", "AyaVision", "Cohere2Vision", "DeepseekVL", "LightOnOcr", "VideoLlava", "Ovis2",
@@ -362,7 +363,8 @@ _VL_WRAPPER_PREFIXES = ("Llava", "LlavaNext", "LlavaOnevision", "Lfm2Vl", "Mistr
                         "AudioFlamingo3", "GotOcr2", "Janus", "DeepseekVLHybrid", "Cosmos3Omni", "MiniCPMV4_6",
                         "MiniCPMV4_7", "MiniCPMOcr", "MossTranscribeDiarize", "PerceptionLM", "FastVlm",
                         "GraniteSpeech", "GraniteSpeechPlus", "Qwen3ASR", "FunAsrNano", "MusicFlamingo", "GlmAsr",
-                        "OmniASR", "Blip2", "InstructBlip", "Nemotron3_5Transcribe")
+                        "OmniASR", "Blip2", "InstructBlip", "Nemotron3_5Transcribe",
+                        "VibeVoiceAsr")
 _VL_WRAPPERS = frozenset(f"{prefix}{head}" for prefix in _VL_WRAPPER_PREFIXES for head in ("ForConditionalGeneration",
                                                                                        "Model")) | {
     "FuyuForCausalLM", "FuyuModel"}  # Fuyu over Persimmon: image patches embedded by a linear layer, no tower

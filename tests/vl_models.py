@@ -71,6 +71,7 @@ _MUSE_VISION = dict(patch_size=4, pos_emb_height=4, pos_emb_width=4, num_attenti
 _AUDIO_ENCODER = dict(num_mel_bins=16, max_source_positions=8)
 _ENCODER_BLOCK = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
                       num_key_value_heads=2, num_mel_bins=16)
+_CONV_TOKENIZER = dict(hidden_size=16, num_filters=8, downsampling_ratios=[2, 2], depths=[1, 1, 1], ffn_expansion=2)
 _OMNI_AUDIO = dict(_AUDIO_ENCODER, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=64, d_model=32,
                    output_dim=64, n_window=4)
 # The models whose config is their text decoder's (TEXT with these changes) and these arguments: a vision tower (or
@@ -122,6 +123,13 @@ CONFIGS = {
             audio_config=_ENCODER_BLOCK, head_config=dict(hidden_size=16, audio_hidden_size=32, num_speakers=4),
             streaming_config=dict(num_speakers=4))),
         word_timestamp_config=dict(_ENCODER_BLOCK, intermediate_size=16, vocab_size=16, blank_token_id=15))),
+    # VibeVoice-ASR over Qwen2: acoustic and semantic convolutional tokenizers (downsampling 2x2) turn 16 samples into
+    # 4 audio tokens; its sigma-VAE's noise off (vae_std 0; transformers 5.17 has no sample=False), so every forward
+    # reads the same audio tokens
+    "VibeVoiceAsr": (dict(model_type="qwen2"), dict(
+        audio_token_id=IMAGE, audio_bos_token_id=VISION_START, audio_eos_token_id=VISION_END,
+        acoustic_tokenizer_encoder_config=dict(_CONV_TOKENIZER, vae_std=0.0),
+        semantic_tokenizer_encoder_config=dict(_CONV_TOKENIZER, hidden_size=32))),
     # Music Flamingo: Audio Flamingo 3's encoder (and rotary time embeddings of the audio tokens) over Qwen2
     "MusicFlamingo": (dict(model_type="qwen2"), dict(
         audio_token_id=IMAGE, audio_bos_token_id=VISION_START, audio_eos_token_id=VISION_END,
@@ -569,6 +577,8 @@ def _media(prefix: str, generator: torch.Generator) -> dict:
         return {"input_features": noise(2, 16, 32), "input_features_mask": torch.ones(2, 32, dtype=torch.long)}
     if prefix == "OmniASR":  # 64 raw samples
         return {"input_values": noise(2, 1, 64)}
+    if prefix == "VibeVoiceAsr":  # 16 raw samples
+        return {"input_values": noise(2, 1, 16)}
     if prefix == "Molmo2":  # each image one crop of 16 flattened patches, pooled 2x2: 4 tokens of 4 patches each
         pooled = torch.tensor([[0, 1, 4, 5], [2, 3, 6, 7], [8, 9, 12, 13], [10, 11, 14, 15]])
         return {"pixel_values": noise(2, 16, 3 * 4 * 4), "image_token_pooling": torch.cat([pooled, pooled + 16]),
