@@ -243,6 +243,8 @@ FAMILIES = {
     "BioGpt": _DROPPED_INSIDE, "XGLM": _DROPPED_INSIDE,  # pre-norm
     "Doge": _DROPPED_INSIDE,  # pre-norm, the residual scaled by a learned vector
     "Dbrx": _DROPPED_INSIDE,  # DBRX (layers in blocks): pre-norm, its attention and norms in one module
+    # Idefics (1): Llama's layers with a functional dropout, gated cross-attention blocks between some of them
+    "Idefics": _DROPPED_INSIDE,
     # Emu3: pre-norm, one dropout module for the attention output and then the MLP's (the mid site acts on its first
     # call in a layer call, which takes the residual the input norm saw)
     "Emu3": LayerLayout(attention_output="dropout"),
@@ -318,14 +320,15 @@ HEADS = ("ForCausalLM", "Model", "ForSequenceClassification", "ForTokenClassific
 # Gemma 3, 3n and 4 classes named otherwise: the text-only language model, and the vision-language model (Gemma 3
 # from 4B on; Gemma 3n and 4, with audio too), whose text decoder is the same stack, its image tokens attending to
 # each other both ways (Gemma 3's, 4's); Qwen3.5's classifier over its text decoder alone; Llama 4's text-only
-# language model; PaddleOCR-VL's text decoder; GPT-2's language model; OPT's decoder (the stack BLIP-2 finds);
-# MiniMax-M3-VL's vision-language model; Apertus 1.5's (a VQ tokenizer turns images into visual tokens of the
-# vocabulary), over the Apertus 1.5 text decoder
+# language model; PaddleOCR-VL's text decoder; GPT-2's language model; OPT's decoder (the stack BLIP-2 finds); Idefics'
+# vision-text model; MiniMax-M3-VL's vision-language model; Apertus 1.5's (a VQ tokenizer turns images into visual
+# tokens of the vocabulary), over the Apertus 1.5 text decoder
 _CLASS_FAMILIES = {family + head: family for family in FAMILIES for head in HEADS} | {
     f"Gemma{v}{head}": f"Gemma{v}Text" for v in ("3", "4", "3n", "4Unified")
     for head in ("ForCausalLM", "ForConditionalGeneration", "Model", "ForSequenceClassification")} | {
     "Qwen3_5TextForSequenceClassification": "Qwen3_5", "Llama4ForCausalLM": "Llama4Text",
     "PaddleOCRTextModel": "PaddleOCRVL", "GPT2LMHeadModel": "GPT2", "OPTDecoder": "OPT",
+    "IdeficsForVisionText2Text": "Idefics",
     "MiniMaxM3SparseForConditionalGeneration": "MiniMaxM3VL",
     **dict.fromkeys(("Apertus1p5ForConditionalGeneration", "Apertus1p5Model"), "Apertus1p5Text")}
 

@@ -45,7 +45,7 @@ NATIVE = ["Qwen2VL", "Qwen2_5_VL", "Qwen3VL", "Qwen3VLMoe", "Qwen3_5", "Qwen3_5M
           "Granite4Vision", "Step3p7", "Qwen2_5OmniThinker", "Qwen3OmniMoeThinker", "Mllama", "Cosmos3Edge",
           "MiniMaxM3VL", "CohereCompass", "MuseGlimmer", "MistralLarge4", "GraniteDocling", "MuseSpark", "Apertus1p5",
           "DeepseekOcr2", "UnlimitedOcr", "Gemma3n", "Gemma4Unified", "Molmo2", "Molmo2-norm_after", "Chameleon",
-          "Chameleon-swin", "Qwen4Exp", "HYV4VL", "Glm5Next"]
+          "Chameleon-swin", "Qwen4Exp", "HYV4VL", "Glm5Next", "Idefics"]
 # transformers 4.57 on torch < 2.6 cannot run Gemma 3 with images (the make test-old-torch venv)
 GEMMA3_IMAGES = pytest.mark.skipif(TORCH_BEFORE_2_6, reason="transformers builds Gemma 3's two-way image masks with "
                                    "or_mask_function, which needs torch >= 2.6")
@@ -117,11 +117,11 @@ WRAPPERS = ("Llava", "Llava-gemma2", "LlavaNext", "LlavaOnevision", "Lfm2Vl", "M
             "Cosmos3Omni", "Fuyu", "PerceptionLM", "FastVlm", "Blip2", "InstructBlip", *MINICPM, *AUDIO)
 PARALLEL = ("AyaVision", "Cohere2Vision", "CohereCompass")
 # text decoders with hyper-connections (several residual streams: no mid site either), and OPT under BLIP-2 and
-# InstructBLIP (its attention output dropped out inside the layer's forward)
+# InstructBLIP and Idefics' own (the attention output dropped out inside the layer's forward)
 HYPER = ("Qwen4Exp", "HYV4VL", "Glm5Next")
-OPT_DECODER = ("Blip2", "InstructBlip")
+DROPPED_INSIDE = ("Blip2", "InstructBlip", "Idefics")
 ONE_MIXER = ("Nemotron3_5Transcribe",)  # over NemotronH: one token mixer or one MLP a layer
-NO_MID = (*PARALLEL, *HYPER, *OPT_DECODER, *ONE_MIXER)
+NO_MID = (*PARALLEL, *HYPER, *DROPPED_INSIDE, *ONE_MIXER)
 FAMILIES = [_with_images(f) for f in (*NATIVE, *WRAPPERS)]
 
 
@@ -292,7 +292,7 @@ def test_bare_vl_models_and_their_text_decoders_are_hosts(family, head):
     # Chameleon's bare model is its text decoder itself (its VQ-VAE beside the layers)
     own = head == "TextModel" or hasattr(model, "layers")
     decoder = model if own else getattr(model, "text_model", None) or model.language_model
-    if family in OPT_DECODER:  # an OPTForCausalLM (an OPTModel in the bare model), its stack in the decoder
+    if family in ("Blip2", "InstructBlip"):  # an OPTForCausalLM (an OPTModel in the bare model), the stack in decoder
         decoder = getattr(decoder, "model", decoder).decoder
     assert stack is decoder
     talan.patch(model, tiny_config(layer=1, site=_default_site(family)))
@@ -311,7 +311,7 @@ def test_a_llava_over_an_unsupported_text_decoder_is_refused_by_name():
 @pytest.mark.parametrize("family", [pytest.param(f, marks=_installed(f)) for f in NO_MID])
 def test_a_decoder_without_a_mid_point_refuses_the_mid_site_by_name(family):
     model = tiny_vl(family)
-    why = ("hyper-connections" if family in HYPER else "inside their forward" if family in OPT_DECODER
+    why = ("hyper-connections" if family in HYPER else "inside their forward" if family in DROPPED_INSIDE
            else "one token mixer or one MLP" if family in ONE_MIXER else "parallel residual")
     with pytest.raises(ValueError, match=f"site: .*{why}.* use site='pre' or site='post'"):
         talan.patch(model, tiny_config(site="mid"))

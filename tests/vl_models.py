@@ -53,7 +53,7 @@ IMAGE_TOKENS = {"Llava": 16, "LlavaNext": 36, "LlavaOnevision": 36, "LlavaNextVi
                 "VipLlava": 16, "DeepseekVL": 16, "VideoLlava": 16, "HunYuanVL": 8, "Granite4Vision": 10,
                 "Mllama": 1, "Janus": 16, "DeepseekVLHybrid": 16, "MiniCPMOcr": 16, "Apertus1p5": 16, "Chameleon": 16,
                 "PerceptionLM": 16, "FastVlm": 16, "GraniteSpeech": 6, "GraniteSpeechPlus": 6, "Qwen3ASR": 13,
-                "FunAsrNano": 8, "HYV4VL": 6,
+                "FunAsrNano": 8, "HYV4VL": 6, "Idefics": 1,
                 "DeepseekOcr2": 145, "UnlimitedOcr": 7}
 ANY_RESOLUTION = ("LlavaNext", "LlavaOnevision", "LlavaNextVideo")
 # Qwen-VL's patch windows: a 4x4 grid of 2-frame 4x4-pixel patches, merged 2x2 into 4 tokens
@@ -477,6 +477,15 @@ def _config(family: str):
         return _molmo2_config(config_cls, norm_after=family.endswith("-norm_after"))
     if prefix == "Chameleon":
         return _chameleon_config(config_cls, swin_norm=family.endswith("-swin"))
+    if prefix == "Idefics":  # Llama's layers, a gated cross-attention block before layer 0 (its gates open, as
+        # trained) reads the image through a perceiver's 4 latents; the image token itself is text
+        text = {k: v for k, v in TEXT.items() if k not in ("num_key_value_heads", "head_dim")}
+        return config_cls(**text, cross_layer_interval=3, alpha_initializer="normal", alpha_type="vector",
+                          alphas_initializer_range=0.5, vision_config=dict(
+                              embed_dim=32, image_size=16, patch_size=4, num_hidden_layers=1, num_attention_heads=2,
+                              intermediate_size=64), perceiver_config=dict(
+                              use_resampler=True, resampler_n_latents=4, resampler_depth=1, resampler_n_heads=2,
+                              resampler_head_dim=16))
     if prefix in HYPER_VL:
         text, vision, tokens = HYPER_VL[prefix]
         return config_cls(text_config=dict(TEXT, **text), vision_config=vision, image_token_id=IMAGE, video_token_id=6,
@@ -523,7 +532,8 @@ def _config(family: str):
 
 
 _NAMED_OTHERWISE = {"PaddleOCRVLTextModel": "PaddleOCRTextModel", "FuyuForConditionalGeneration": "FuyuForCausalLM",
-                    "MiniMaxM3VLForConditionalGeneration": "MiniMaxM3SparseForConditionalGeneration"}
+                    "MiniMaxM3VLForConditionalGeneration": "MiniMaxM3SparseForConditionalGeneration",
+                    "IdeficsForConditionalGeneration": "IdeficsForVisionText2Text"}
 
 
 def class_name(family: str, head: str) -> str:
@@ -596,7 +606,7 @@ def _media(prefix: str, generator: torch.Generator) -> dict:
         return {"pixel_values": noise(2, 1, 3, 16, 16)}
     if prefix == "Gemma3n":  # 64 frames of 16 mel bins, all real
         return {"input_features": noise(2, 64, 16), "input_features_mask": torch.ones(2, 64, dtype=torch.bool)}
-    if prefix in ("SmolVLM", "Idefics3", "Idefics2"):  # a list of images per row
+    if prefix in ("SmolVLM", "Idefics3", "Idefics2", "Idefics"):  # a list of images per row
         return {"pixel_values": noise(2, 1, 3, 16, 16)}
     if prefix == "GraniteDocling":  # a list of tiles per row, and which are real
         return {"pixel_values": noise(2, 1, 3, 16, 16), "pixel_attention_mask": torch.ones(2, 1, dtype=torch.bool)}
@@ -634,6 +644,8 @@ def image_prompt(family: str, seed: int = 3) -> dict:
         inputs["input_features_mask"] = torch.ones(2, 16, dtype=torch.long)
     if prefix == "VideoLlama3":  # each image's patches merged 2x2
         inputs["image_merge_sizes"] = torch.tensor([2, 2])
+    if prefix == "Idefics":  # each token from the image token on cross-attends to the image
+        inputs["image_attention_mask"] = (ids == IMAGE).long().cummax(1).values[:, :, None]
     if prefix == "Mllama":  # each token from the image token on cross-attends to the image's one tile
         inputs["cross_attention_mask"] = (ids == IMAGE).long().cummax(1).values[:, :, None, None]
     if prefix == "Aria":
