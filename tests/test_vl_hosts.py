@@ -2,7 +2,7 @@
 whose linear-attention layers hold a recurrent state), Gemma 3 (4B on), Gemma 4, Molmo 2 and Chameleon (pre-norm, and
 post-norm with norm_after or swin_norm), GLM-4.1V, GLM-4.5V, GLM-OCR, dots.llm3 and GLM-4.6V (over GLM-4.1V's text
 decoder), and LLaVA, LLaVA-NeXT, LLaVA-OneVision, LLaVA-NeXT-Video, VipLLaVA, LFM2-VL, Mistral 3, InternVL, SmolVLM,
-Idefics 2 and 3, PaliGemma, Llama 4 and the later wrappers of vl_models.CONFIGS (Aya Vision, Ovis2, Kimi K2.5, ...)
+Idefics 2 and 3, PaliGemma, Llama 4 and the later wrappers of vl_configs.CONFIGS (Aya Vision, Ovis2, Kimi K2.5, ...)
 over a supported text decoder, and the audio-language Qwen2-Audio and Voxtral (their audio tokens stand where the
 image is; Gemma 3n's too, whose vision tower needs timm), and Mllama (Llama 3.2 Vision: its text decoder reads the
 image features in gated cross-attention layers, never as tokens). Their text decoder sits beside the vision tower
@@ -108,7 +108,7 @@ AUDIO = ("Qwen2Audio", "Voxtral", "AudioFlamingo3", "MossTranscribeDiarize", "Gr
 # Qwen2), SmolVLM and Idefics 3 (over Llama, kept as text_model), PaliGemma (over Gemma; its prefix attends both ways,
 # a 4-D mask that it hands the decoder without a cache too), Llama 4 (over its own text decoder: chunked attention,
 # NoPE layers, experts), VipLLaVA (over Llama), LLaVA-NeXT-Video (over Llama; an image), Idefics 2 (over Mistral),
-# GLM-4.6V, and those of vl_models.CONFIGS that came later (Aya Vision and Command A Vision over Cohere 2, a
+# GLM-4.6V, and those of vl_configs.CONFIGS that came later (Aya Vision and Command A Vision over Cohere 2, a
 # parallel residual: no mid site)
 WRAPPERS = ("Llava", "Llava-gemma2", "LlavaNext", "LlavaOnevision", "Lfm2Vl", "Mistral3", "InternVL", "SmolVLM",
             "Idefics3", "PaliGemma", "Llama4", "VipLlava", "LlavaNextVideo", "Idefics2", "Glm46V", "AyaVision",
