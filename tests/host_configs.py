@@ -3,6 +3,7 @@ in the config's own names, with the layer types, experts and scales that exercis
 
 from conftest import NOT_SET, TRANSFORMERS_4, VOCAB
 from train_helpers import (
+    DEEPSEEK_V4,
     DOTS3_TEXT,
     GATED_DELTANET,
     GEMMA3N_TEXT,
@@ -201,13 +202,7 @@ FAMILY_CONFIG.update(
     ModernBertDecoder=dict(IN_VOCAB, sep_token_id=3, cls_token_id=4, local_attention=4, global_attn_every_n_layers=2),
     # DeepSeek-V4: 4 hyper-connection streams (3 Sinkhorn steps), compressed sparse attention (4 tokens to a key, within
     # the prompt; its indexer keeping every key) beside heavily compressed attention, hash-routed experts in layer 0
-    DeepseekV4=dict(IN_VOCAB, q_lora_rank=32, o_lora_rank=32, o_groups=2, num_key_value_heads=1, n_routed_experts=4,
-                    num_experts_per_tok=2, moe_intermediate_size=32, index_n_heads=2, index_head_dim=16, index_topk=64,
-                    sliding_window=4, hc_sinkhorn_iters=3, num_nextn_predict_layers=0,
-                    layer_types=["compressed_sparse_attention", "heavily_compressed_attention",
-                                 "compressed_sparse_attention"],
-                    compress_rates={"compressed_sparse_attention": 4, "heavily_compressed_attention": 128},
-                    mlp_layer_types=["hash_moe", "moe", "moe"]),
+    DeepseekV4=dict(IN_VOCAB, **DEEPSEEK_V4),
     # HY-V4: 4 streams, multi-head latent attention with a sparse indexer (every key kept), experts from layer 1 on
     HYV4=dict(IN_VOCAB, q_lora_rank=32, kv_lora_rank=16, qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=16,
               n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, index_n_heads=2, index_head_dim=16,

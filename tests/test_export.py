@@ -27,12 +27,13 @@ def local_model(tmp_path_factory):
 # AutoModelForCausalLM loads as its text decoder), Granite 4 (dense, a Mamba 2 layer whose projections LoRA adapts
 # too), LFM2 (a short-convolution layer) and Jamba (a Mamba layer, whose dt_proj "all-linear" must leave alone: the
 # Mamba reads its weight without calling it), GPT-2 (its layers in h, Conv1D projections that "all-linear" adapts),
-# OPT (its layers in decoder.layers, at the post site) and BLOOM (its attention adds the residual itself), each
-# trained by `talan train` on text, exported and reloaded.
+# OPT (its layers in decoder.layers, at the post site), BLOOM (its attention adds the residual itself) and DeepSeek-V4
+# (hyper-connections, at the post site; LoRA kept off its grouped o_a_proj and its indexer), each trained by `talan
+# train` on text, exported and reloaded.
 EXPORT_CASES = [("Qwen3", "lora"), ("Qwen3", "dora"), ("Gemma3Text", "lora"), ("Gemma3", "lora"), ("Olmo2", "lora"),
                 ("Phi3", "lora"), ("Granite", "lora"), ("Gemma4", "lora"), ("Qwen3_5", "lora"),
                 ("GraniteMoeHybrid", "lora"), ("Lfm2", "lora"), ("Jamba", "lora"), ("GPT2", "lora"),
-                ("OPT", "lora"), ("Bloom", "lora")]
+                ("OPT", "lora"), ("Bloom", "lora"), ("DeepseekV4", "lora")]
 
 
 @pytest.mark.parametrize("family,adapter", [
@@ -43,7 +44,7 @@ def test_export_merges_the_adapter_and_keeps_talan(tmp_path, local_model, family
     if family != "Qwen3":
         local_model = make_local_checkpoint(tmp_path / "model", family=family)
     data = write_jsonl(tmp_path / "train.jsonl", [{"prompt": f"{i}+{i}=", "completion": str(2 * i)} for i in range(16)])
-    site = ["--site", "post"] if family == "OPT" else []  # OPT's layers have no mid site
+    site = ["--site", "post"] if family in ("OPT", "DeepseekV4") else []  # their layers have no mid site
     run = train(tmp_path / "run", "--model", str(local_model), "--data", str(data), "--use-cpu", "--adapter", adapter,
                 "--learning-rate", "1e-2", "--backend", "torch", *site)
     # each LoRA's B starts at zero; a vision tower's sees no image in text training

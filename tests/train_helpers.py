@@ -69,14 +69,25 @@ GEMMA3N_TEXT = dict(vocab_size_per_layer_input=128, hidden_size_per_layer_input=
 DOTS3_TEXT = dict(MLA, **ROUTED_EXPERTS, index_topk=4, index_head_dim=16, index_n_heads=2, sliding_window=4,
                   moe_shared_expert_intermediate_size=32, swa_num_attention_heads=4, swa_num_key_value_heads=4,
                   swa_q_lora_rank=32, swa_kv_lora_rank=16, swa_head_dim=32, swa_qk_nope_head_dim=16, swa_v_head_dim=32)
+# DeepSeek-V4 (see host_configs)
+DEEPSEEK_V4 = dict(q_lora_rank=32, o_lora_rank=32, o_groups=2, num_key_value_heads=1, n_routed_experts=4,
+                   num_experts_per_tok=2, moe_intermediate_size=32, index_n_heads=2, index_head_dim=16, index_topk=64,
+                   sliding_window=4, hc_sinkhorn_iters=3, num_nextn_predict_layers=0,
+                   layer_types=["compressed_sparse_attention", "heavily_compressed_attention",
+                                "compressed_sparse_attention"],
+                   compress_rates={"compressed_sparse_attention": 4, "heavily_compressed_attention": 128},
+                   mlp_layer_types=["hash_moe", "moe", "moe"])
 # the layers of the text-only hybrids' 2-layer checkpoints: Granite 4 (a Mamba 2 layer, then attention; every sum
-# scaled), LFM2 (a short convolution, then attention) and Jamba
+# scaled), LFM2 (a short convolution, then attention) and Jamba; and DeepSeek-V4's (hyper-connections)
 HYBRID_LAYERS = {"GraniteMoeHybrid": dict(MAMBA_2, layer_types=["mamba", "attention"], residual_multiplier=0.22,
                                           mamba_n_heads=2, num_local_experts=0, shared_intermediate_size=64),
                  "Lfm2": dict(layer_types=["conv", "full_attention"], block_ff_dim=64),
                  # Jamba: a Mamba layer with 4 experts, then attention and a dense MLP
                  "Jamba": dict(use_mamba_kernels=False, attn_layer_period=2, attn_layer_offset=1, num_experts=4,
-                               num_experts_per_tok=2, expert_layer_period=2, expert_layer_offset=0)}
+                               num_experts_per_tok=2, expert_layer_period=2, expert_layer_offset=0),
+                 # both layers compressed sparse attention: heavily compressed attention pools 128 tokens into a
+                 # key, more than a training text holds, so its compressor (and LoRA) would never run
+                 "DeepseekV4": dict(DEEPSEEK_V4, layer_types=["compressed_sparse_attention"] * 2)}
 
 
 def make_local_checkpoint(model_dir: Path, chat_template: bool = True, family: str = "Qwen3") -> Path:
