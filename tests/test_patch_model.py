@@ -393,6 +393,18 @@ def test_masks_of_other_ranks_and_unknown_mask_dicts_are_rejected():
         model(ids, attention_mask={"full_attention": torch.ones(2, 1, 10, 8, dtype=torch.bool)})
 
 
+def test_a_mask_dict_gives_its_4d_mask_else_its_recurrent_layers_2d_padding_mask():
+    """Qwen4-Exp's generate builds a 4-D mask for its attention beside a 2-D padding mask of this forward's tokens for
+    its linear attention: TALAN reads the 4-D one. GLM-5-Next's holds only 2-D ones: TALAN reads that padding."""
+    padding = torch.tensor([[0, 1, 1], [1, 1, 1]], dtype=torch.bool)
+    four_d = padding[:, None, None, :] & torch.ones(3, 3, dtype=torch.bool).tril()[None, None]
+    assert talan.masks.mask_from_dict({"linear_attention": padding, "indexed_attention": four_d}) is four_d
+    assert talan.masks.mask_from_dict({"indexed_attention": padding, "linear_attention": None}) is padding
+    assert talan.masks.mask_from_dict({"linear_attention": None}) is None
+    with pytest.raises(ValueError, match="got a 3-D tensor"):
+        talan.masks.mask_from_dict({"linear_attention": padding[:, None]})
+
+
 def test_a_legacy_tuple_cache_is_refused_by_name():
     """transformers reads no tuple of per-layer (key, value) pairs any more (it fails on get_seq_length); TALAN's
     error says what to pass instead, not that continuous batching is unsupported."""
