@@ -114,12 +114,14 @@ WRAPPERS = ("Llava", "Llava-gemma2", "LlavaNext", "LlavaOnevision", "Lfm2Vl", "M
             "Idefics3", "PaliGemma", "Llama4", "VipLlava", "LlavaNextVideo", "Idefics2", "Glm46V", "AyaVision",
             "Cohere2Vision", "DeepseekVL", "LightOnOcr", "VideoLlava", "Ovis2", "QianfanOCR", "Aria", "Exaone4_5_",
             "HyperCLOVAXVisionV2", "Lfm3Vl", "VideoLlama3", "Kimi_K25", "GotOcr2", "DeepseekVLHybrid", "Janus",
-            "Cosmos3Omni", "Fuyu", "PerceptionLM", "FastVlm", "Blip2", "InstructBlip", *MINICPM, *AUDIO)
+            "Cosmos3Omni", "Fuyu", "PerceptionLM", "FastVlm", "Blip2", "InstructBlip", "InstructBlipVideo", *MINICPM,
+            *AUDIO)
 PARALLEL = ("AyaVision", "Cohere2Vision", "CohereCompass")
 # text decoders with hyper-connections (several residual streams: no mid site either), and OPT under BLIP-2 and
 # InstructBLIP and Idefics' own (the attention output dropped out inside the layer's forward)
 HYPER = ("Qwen4Exp", "HYV4VL", "Glm5Next")
-DROPPED_INSIDE = ("Blip2", "InstructBlip", "Idefics")
+OPT_WRAPPERS = ("Blip2", "InstructBlip", "InstructBlipVideo")
+DROPPED_INSIDE = (*OPT_WRAPPERS, "Idefics")
 ONE_MIXER = ("Nemotron3_5Transcribe",)  # over NemotronH: one token mixer or one MLP a layer
 NO_MID = (*PARALLEL, *HYPER, *DROPPED_INSIDE, *ONE_MIXER)
 FAMILIES = [_with_images(f) for f in (*NATIVE, *WRAPPERS)]
@@ -292,7 +294,7 @@ def test_bare_vl_models_and_their_text_decoders_are_hosts(family, head):
     # Chameleon's bare model is its text decoder itself (its VQ-VAE beside the layers)
     own = head == "TextModel" or hasattr(model, "layers")
     decoder = model if own else getattr(model, "text_model", None) or model.language_model
-    if family in ("Blip2", "InstructBlip"):  # an OPTForCausalLM (an OPTModel in the bare model), the stack in decoder
+    if family in OPT_WRAPPERS:  # an OPTForCausalLM (an OPTModel in the bare model), the stack in its decoder
         decoder = getattr(decoder, "model", decoder).decoder
     assert stack is decoder
     talan.patch(model, tiny_config(layer=1, site=_default_site(family)))

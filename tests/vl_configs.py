@@ -67,6 +67,9 @@ _ENCODER_BLOCK = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
 _CONV_TOKENIZER = dict(hidden_size=16, num_filters=8, downsampling_ratios=[2, 2], depths=[1, 1, 1], ffn_expansion=2)
 _OMNI_AUDIO = dict(_AUDIO_ENCODER, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=64, d_model=32,
                    output_dim=64, n_window=4)
+_OPT = dict(model_type="opt", ffn_dim=128, word_embed_proj_dim=64, enable_bias=True)
+_BLIP = dict(vision_config=SMALL_VISION, num_query_tokens=4, qformer_config=dict(
+    hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, encoder_hidden_size=32))
 # The models whose config is their text decoder's (TEXT with these changes) and these arguments: a vision tower (or
 # audio encoder) and its image (audio) token, in the config's own names.
 CONFIGS = {
@@ -103,12 +106,10 @@ CONFIGS = {
         _AUDIO_ENCODER, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2))),
     "AudioFlamingo3": (dict(model_type="qwen2"), dict(audio_token_id=IMAGE, audio_config=dict(
         _AUDIO_ENCODER, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2))),
-    # BLIP-2 and InstructBLIP over OPT: a 1-layer Q-Former reads the tower's patches with 4 queries, 4 tokens
-    **dict.fromkeys(("Blip2", "InstructBlip"), (
-        dict(model_type="opt", ffn_dim=128, word_embed_proj_dim=64, enable_bias=True),
-        dict(vision_config=SMALL_VISION, num_query_tokens=4, image_token_index=IMAGE, qformer_config=dict(
-            hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-            encoder_hidden_size=32)))),
+    # BLIP-2 and InstructBLIP over OPT: a 1-layer Q-Former reads the tower's patches with 4 queries, 4 tokens (and
+    # InstructBLIP-Video's, of a 1-frame video)
+    **dict.fromkeys(("Blip2", "InstructBlip"), (_OPT, dict(_BLIP, image_token_index=IMAGE))),
+    "InstructBlipVideo": (_OPT, dict(_BLIP, video_token_index=IMAGE)),
     # Nemotron 3.5 Transcribe over NemotronH (Mamba 2, attention and experts, one a layer): its speech encoder and
     # speaker diarization model (1 block each) turn 32 frames of 16 mel bins into 4 audio tokens
     "Nemotron3_5Transcribe": (dict(model_type="nemotron_h", **FAMILY_CONFIG["NemotronH"]), dict(

@@ -254,7 +254,7 @@ def _media(prefix: str, generator: torch.Generator) -> dict:
         return {"pixel_values": noise(2, 1, 3, 16, 16)}
     if prefix == "Gemma3n":  # 64 frames of 16 mel bins, all real
         return {"input_features": noise(2, 64, 16), "input_features_mask": torch.ones(2, 64, dtype=torch.bool)}
-    if prefix in ("SmolVLM", "Idefics3", "Idefics2", "Idefics"):  # a list of images per row
+    if prefix in ("SmolVLM", "Idefics3", "Idefics2", "Idefics", "InstructBlipVideo"):  # a list of images (frames) a row
         return {"pixel_values": noise(2, 1, 3, 16, 16)}
     if prefix == "GraniteDocling":  # a list of tiles per row, and which are real
         return {"pixel_values": noise(2, 1, 3, 16, 16), "pixel_attention_mask": torch.ones(2, 1, dtype=torch.bool)}
@@ -286,7 +286,7 @@ def image_prompt(family: str, seed: int = 3) -> dict:
     inputs = dict(input_ids=ids, attention_mask=mask, **_media(prefix, torch.Generator().manual_seed(seed)))
     if prefix == "Qwen2Audio":
         inputs["feature_attention_mask"] = torch.ones(2, 16, dtype=torch.long)
-    if prefix == "InstructBlip":  # the instruction its Q-Former reads: the prompt's last 3 tokens
+    if prefix.startswith("InstructBlip"):  # the instruction its Q-Former reads: the prompt's last 3 tokens
         inputs.update(qformer_input_ids=ids[:, -3:], qformer_attention_mask=torch.ones(2, 3, dtype=torch.long))
     if prefix in ("AudioFlamingo3", "MusicFlamingo"):
         inputs["input_features_mask"] = torch.ones(2, 16, dtype=torch.long)
