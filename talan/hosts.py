@@ -17,11 +17,11 @@ class Streams:
     - ``active``: they stack streams on dim 0 (``[S, B, T, D]``, Gemma 3n's AltUp); TALAN's is the ``active``-th.
     - ``count``: hyper-connections, ``count`` streams (``[B, T, N, D]``, or ``[B, T, N * D]`` flattened, Qwen4-Exp's).
       TALAN reads their mean and adds its update to each stream. Each stack with these carries its streams from one
-      sublayer to the next through a doubly stochastic matrix (DeepSeek-V4's and GLM-5-Next's, by Sinkhorn) or the
-      identity (HY-V4's, Qwen4-Exp's), so their mean moves as a plain residual stream does (by the mean of the
-      weights the sublayer's output joins each stream with), and an update added to every stream stays in every
-      stream: TALAN's block reads and writes a residual stream as in a plain stack. (GLM-5-Next's final collapse is
-      that mean too.)"""
+      sublayer to the next through the identity (HY-V4's, Qwen4-Exp's) or a doubly stochastic matrix (DeepSeek-V4's
+      and GLM-5-Next's, by Sinkhorn's iterations, which end on its columns), so an update added to every stream stays
+      in every stream, and their mean moves as a plain residual stream does (by the mean of the weights the
+      sublayer's output joins each stream with; up to Sinkhorn's tolerance in the rows): TALAN's block reads and
+      writes a residual stream as in a plain stack. (GLM-5-Next's final collapse is that mean too.)"""
 
     active: int | None = None
     count: int | None = None
