@@ -353,12 +353,12 @@ def family_summary() -> str:
 # Qwen3, Video-LLaVA over Llama, Ovis2 over Qwen2 or Qwen3, Qianfan-OCR over Qwen3, Aria over its text decoder, EXAONE
 # 4.5 over EXAONE 4, HyperCLOVA X Vision over HyperCLOVA X, LFM3-VL over LFM3, VideoLLaMA 3 over Qwen2, Kimi K2.5 over
 # DeepSeek-V3, GOT-OCR 2.0 over Qwen2, DeepSeek-VL hybrid and Janus over Llama, Cosmos 3 Omni over Qwen3-VL's, MiniCPM-V
-# 4.6 and 4.7 and MiniCPM-OCR over Qwen3.5's, PerceptionLM over Llama, FastVLM over Qwen2, BLIP-2, InstructBLIP
-# and InstructBLIP-Video over OPT (their decoder-only language models)), and the audio-language
-# models whose audio tokens enter the text decoder alike (Qwen2-Audio over Qwen2, Voxtral over Llama or Mistral, Audio
-# Flamingo 3 and Music Flamingo over Qwen2, MOSS Transcribe-Diarize over Qwen3, Granite Speech over Granite, Qwen3-ASR
-# over Qwen3, Fun-ASR-Nano over Qwen3, GLM-ASR and Omni-ASR over Llama, Nemotron 3.5 Transcribe over NemotronH,
-# VibeVoice-ASR over Qwen2).
+# 4.6 and 4.7 and MiniCPM-OCR over Qwen3.5's, PerceptionLM over Llama, FastVLM over Qwen2, BLIP-2, InstructBLIP and
+# InstructBLIP-Video over OPT (their decoder-only language models)), and the audio-language models whose audio tokens
+# enter the text decoder alike (Qwen2-Audio over Qwen2, Voxtral over Llama or Mistral, Audio Flamingo 3 and Music
+# Flamingo over Qwen2, MOSS Transcribe-Diarize over Qwen3, Granite Speech over Granite, Qwen3-ASR over Qwen3,
+# Fun-ASR-Nano over Qwen3, GLM-ASR and Omni-ASR over Llama, Nemotron 3.5 Transcribe over NemotronH, VibeVoice-ASR over
+# Qwen2).
 _VL_WRAPPER_PREFIXES = ("Llava", "LlavaNext", "LlavaOnevision", "Lfm2Vl", "Mistral3", "InternVL", "SmolVLM", "Idefics3",
                         "PaliGemma", "Llama4", "VipLlava", "LlavaNextVideo", "Idefics2", "Qwen2Audio", "Voxtral",
                         "Glm46V", "AyaVision", "Cohere2Vision", "DeepseekVL", "LightOnOcr", "VideoLlava", "Ovis2",
@@ -366,8 +366,8 @@ _VL_WRAPPER_PREFIXES = ("Llava", "LlavaNext", "LlavaOnevision", "Lfm2Vl", "Mistr
                         "AudioFlamingo3", "GotOcr2", "Janus", "DeepseekVLHybrid", "Cosmos3Omni", "MiniCPMV4_6",
                         "MiniCPMV4_7", "MiniCPMOcr", "MossTranscribeDiarize", "PerceptionLM", "FastVlm",
                         "GraniteSpeech", "GraniteSpeechPlus", "Qwen3ASR", "FunAsrNano", "MusicFlamingo", "GlmAsr",
-                        "OmniASR", "Blip2", "InstructBlip", "Nemotron3_5Transcribe",
-                        "VibeVoiceAsr", "InstructBlipVideo")
+                        "OmniASR", "Blip2", "InstructBlip", "InstructBlipVideo", "Nemotron3_5Transcribe",
+                        "VibeVoiceAsr")
 _VL_WRAPPERS = frozenset(f"{prefix}{head}" for prefix in _VL_WRAPPER_PREFIXES for head in ("ForConditionalGeneration",
                                                                                        "Model")) | {
     "FuyuForCausalLM", "FuyuModel"}  # Fuyu over Persimmon: image patches embedded by a linear layer, no tower
@@ -483,9 +483,9 @@ def stack_and_layout(model: nn.Module) -> tuple[nn.Module, LayerLayout]:
 # weight it reads without calling the layer, and the sparse-attention indexer of DeepSeek-V3.2 (GLM-5's, A.X K2's,
 # dots.llm3's, Mistral Large 4's, HY-V4's, Qwen4-Exp's), which only picks the keys (top-k, no gradient through it): a
 # LoRA there never gets a gradient; the Mamba out_proj of Falcon-H1, NemotronH and the state-space models, which peft
-# refuses to adapt;
-# DeepSeek-V4's o_a_proj, a grouped linear layer (each group of heads its own slice of the weight) whose input LoRA's
-# full-width product does not fit, TALAN off too, and its compressed attention's indexer (which picks keys, as above).
+# refuses to adapt; DeepSeek-V4's o_a_proj, a grouped linear layer (each group of heads its own slice of the weight)
+# whose input LoRA's full-width product does not fit, TALAN off too, and its compressed attention's indexer (which
+# picks keys, as above).
 _INDEXER = r".*\.indexer\..*"
 _ALL_LINEAR_EXCLUDES = {"Llama4Text": r".*\.router", "Phimoe": r".*\.router", "Jamba": r".*\.dt_proj",
                         "LongcatFlash": r".*\.router\.classifier",
@@ -494,7 +494,7 @@ _ALL_LINEAR_EXCLUDES = {"Llama4Text": r".*\.router", "Phimoe": r".*\.router", "J
                         "DeepseekV4": r".*\.(o_a_proj|indexer\..*)",
                         **dict.fromkeys(("Mamba", "FalconMamba"), r".*\.mixer\.(out_proj|dt_proj)"),
                         **dict.fromkeys(("DeepseekV32", "GlmMoeDsa", "AXK2", "Dots3Note", "MistralLarge4", "HYV4",
-                                                  "Qwen4Exp"), _INDEXER)}
+                                         "Qwen4Exp"), _INDEXER)}
 
 
 def all_linear_excludes(model: nn.Module) -> dict:
