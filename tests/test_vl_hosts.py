@@ -5,7 +5,9 @@ decoder), and LLaVA, LLaVA-NeXT, LLaVA-OneVision, LLaVA-NeXT-Video, VipLLaVA, LF
 Idefics 2 and 3, PaliGemma, Llama 4 and the later wrappers of vl_configs.CONFIGS (Aya Vision, Ovis2, Kimi K2.5, ...)
 over a supported text decoder, and the audio-language Qwen2-Audio and Voxtral (their audio tokens stand where the
 image is; Gemma 3n's too, whose vision tower needs timm), and Mllama (Llama 3.2 Vision: its text decoder reads the
-image features in gated cross-attention layers, never as tokens). Their text decoder sits beside the vision tower
+image features in gated cross-attention layers, never as tokens; Idefics 1 alike, between its layers), Qwen4-Exp,
+GLM-5-Next and HY-V4-VL (over hyper-connection decoders: the pre and post sites, as over OPT in BLIP-2 and
+InstructBLIP, whose Q-Former's query tokens stand where the image is). Their text decoder sits beside the vision tower
 (``model.language_model``, or ``text_model``; a whole causal LM there in Llama 4 and transformers 4.x's audio
 models); its attention spans text and image tokens alike (Gemma 3's and 4's image tokens attend to each other both
 ways), so TALAN's memory takes in the image tokens as it takes in any other. With an image in a left-padded prompt:
