@@ -3,11 +3,11 @@ in the config's own names, with the layer types, experts and scales that exercis
 
 from conftest import NOT_SET, TRANSFORMERS_4, VOCAB
 from train_helpers import (
+    CHECKPOINT_LAYERS,
     DEEPSEEK_V4,
     DOTS3_TEXT,
     GATED_DELTANET,
     GEMMA3N_TEXT,
-    HYBRID_LAYERS,
     LLAMA4_TEXT,
     MAMBA_2,
     MLA,
@@ -51,10 +51,10 @@ FAMILY_CONFIG.update(Qwen3Next=dict(HYBRID_MOE, decoder_sparse_step=1), Qwen3_5=
                      OlmoHybrid=HYBRID)
 # The other hybrids, with the same layer types: Granite 4 (Mamba 2, every sum scaled; here with a mixture of experts
 # beside its shared MLP) and LFM2 (short convolutions; the MoE variant sparse from layer 1 on)
-FAMILY_CONFIG["GraniteMoeHybrid"] = {**IN_VOCAB, **HYBRID_LAYERS["GraniteMoeHybrid"], "mamba_n_heads": 4,
+FAMILY_CONFIG["GraniteMoeHybrid"] = {**IN_VOCAB, **CHECKPOINT_LAYERS["GraniteMoeHybrid"], "mamba_n_heads": 4,
                                      "layer_types": ["mamba", "attention", "mamba"], "num_local_experts": 4,
                                      "num_experts_per_tok": 2, "shared_intermediate_size": 32}
-FAMILY_CONFIG["Lfm2"] = {**IN_VOCAB, **HYBRID_LAYERS["Lfm2"], "layer_types": ["conv", "full_attention", "conv"],
+FAMILY_CONFIG["Lfm2"] = {**IN_VOCAB, **CHECKPOINT_LAYERS["Lfm2"], "layer_types": ["conv", "full_attention", "conv"],
                          "block_ff_dim": 128}
 FAMILY_CONFIG["Lfm2Moe"] = dict(FAMILY_CONFIG["Lfm2"], num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
                                 num_dense_layers=1)
@@ -62,7 +62,7 @@ FAMILY_CONFIG["Lfm3"] = dict(IN_VOCAB, layer_types=["conv", "sliding_attention",
 # Bamba: Mamba 2 in layers 0 and 2, attention in layer 1
 FAMILY_CONFIG["Bamba"] = dict(IN_VOCAB, **MAMBA_2, mamba_n_heads=4, attn_layer_indices=[1])
 # Jamba: Mamba (1) in layers 0 and 2, each with a mixture of 4 experts; attention and a dense MLP in layer 1
-FAMILY_CONFIG["Jamba"] = {**IN_VOCAB, **HYBRID_LAYERS["Jamba"], "attn_layer_period": 3, "mamba_expand": 1}
+FAMILY_CONFIG["Jamba"] = {**IN_VOCAB, **CHECKPOINT_LAYERS["Jamba"], "attn_layer_period": 3, "mamba_expand": 1}
 # more pre-norm (and post-norm, scaled) decoders; mixtures of 4 experts, 2 per token
 FAMILY_CONFIG.update(
     Ernie4_5=IN_VOCAB, SeedOss=IN_VOCAB, HunYuanDenseV1=IN_VOCAB, Arcee=IN_VOCAB, Apertus=IN_VOCAB,
@@ -200,9 +200,7 @@ FAMILY_CONFIG.update(
                        num_experts_per_tok=2),
     # ModernBERT's decoder: sliding (a window of 4) and global attention alternating, as in its checkpoints
     ModernBertDecoder=dict(IN_VOCAB, sep_token_id=3, cls_token_id=4, local_attention=4, global_attn_every_n_layers=2),
-    # DeepSeek-V4: 4 hyper-connection streams (3 Sinkhorn steps), compressed sparse attention (4 tokens to a key, within
-    # the prompt; its indexer keeping every key) beside heavily compressed attention, hash-routed experts in layer 0
-    DeepseekV4=dict(IN_VOCAB, **DEEPSEEK_V4),
+    DeepseekV4=dict(IN_VOCAB, **DEEPSEEK_V4),  # hyper-connections (train_helpers.DEEPSEEK_V4)
     # HY-V4: 4 streams, multi-head latent attention with a sparse indexer (every key kept), experts from layer 1 on
     HYV4=dict(IN_VOCAB, q_lora_rank=32, kv_lora_rank=16, qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=16,
               n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, index_n_heads=2, index_head_dim=16,

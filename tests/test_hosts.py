@@ -351,26 +351,16 @@ def test_hyper_connections_read_the_streams_mean_and_add_the_update_to_every_str
     """Where a layer keeps several residual streams (hyper-connections; Qwen4-Exp's flattened into one tensor), the
     block reads their mean, and the same update (the block's output minus that mean) joins every stream: so it stays
     in the streams' mean through every later mixing. Padding gets none."""
-    from talan.analyze import _site_module
+    from talan.analyze import _forward, _site_module
 
     model = open_gates(talan.patch(tiny_host(family), tiny_config(site=site, layer=1)))
-    layer = decoder_layers(decoder_stack(model))[1]
-    module, kind = _site_module(layer, site, layer_layout(model))
+    probe = {1: _site_module(decoder_layers(decoder_stack(model))[1], site, layer_layout(model))}
     ids, mask = left_padded_prompt()
-    seen = []
-    if kind == "input":  # registered after TALAN's hook: sees the layer input TALAN rewrote
-        handle = module.register_forward_pre_hook(lambda m, args, kwargs: seen.append(args[0] if args else
-                                                                                      kwargs["hidden_states"]),
-                                                  with_kwargs=True)
-    else:
-        handle = module.register_forward_hook(lambda m, args, output: seen.append(output[0] if isinstance(output, tuple)
-                                                                                  else output))
-    with torch.no_grad():
-        with talan.disabled(model):
-            model(ids, attention_mask=mask)
-        model(ids, attention_mask=mask)
-    handle.remove()
-    off, on = (t.unflatten(-1, (4, 64)) if t.dim() == 3 else t for t in seen)  # [B, T, 4 streams, d]
+    batch = {"input_ids": ids, "attention_mask": mask}
+    with talan.disabled(model):
+        off = _forward(model, batch, probe)[1][1]  # the layer's input or output, every stream of it
+    on = _forward(model, batch, probe)[1][1]
+    off, on = (t.unflatten(-1, (4, 64)) if t.dim() == 3 else t for t in (off, on))  # [B, T, 4 streams, d]
     mean = off.mean(dim=2)
     with torch.no_grad():
         written, _ = talan_blocks(model)[1](mean, mask.bool(), None, None)

@@ -69,7 +69,8 @@ GEMMA3N_TEXT = dict(vocab_size_per_layer_input=128, hidden_size_per_layer_input=
 DOTS3_TEXT = dict(MLA, **ROUTED_EXPERTS, index_topk=4, index_head_dim=16, index_n_heads=2, sliding_window=4,
                   moe_shared_expert_intermediate_size=32, swa_num_attention_heads=4, swa_num_key_value_heads=4,
                   swa_q_lora_rank=32, swa_kv_lora_rank=16, swa_head_dim=32, swa_qk_nope_head_dim=16, swa_v_head_dim=32)
-# DeepSeek-V4 (see host_configs)
+# DeepSeek-V4: 4 hyper-connection streams (3 Sinkhorn steps), compressed sparse attention (4 tokens to a key, within
+# the prompt; its indexer keeping every key) beside heavily compressed attention, hash-routed experts in layer 0
 DEEPSEEK_V4 = dict(q_lora_rank=32, o_lora_rank=32, o_groups=2, num_key_value_heads=1, n_routed_experts=4,
                    num_experts_per_tok=2, moe_intermediate_size=32, index_n_heads=2, index_head_dim=16, index_topk=64,
                    sliding_window=4, hc_sinkhorn_iters=3, num_nextn_predict_layers=0,
@@ -77,9 +78,9 @@ DEEPSEEK_V4 = dict(q_lora_rank=32, o_lora_rank=32, o_groups=2, num_key_value_hea
                                 "compressed_sparse_attention"],
                    compress_rates={"compressed_sparse_attention": 4, "heavily_compressed_attention": 128},
                    mlp_layer_types=["hash_moe", "moe", "moe"])
-# the layers of the text-only hybrids' 2-layer checkpoints: Granite 4 (a Mamba 2 layer, then attention; every sum
-# scaled), LFM2 (a short convolution, then attention) and Jamba; and DeepSeek-V4's (hyper-connections)
-HYBRID_LAYERS = {"GraniteMoeHybrid": dict(MAMBA_2, layer_types=["mamba", "attention"], residual_multiplier=0.22,
+# the layers of the 2-layer checkpoints that differ from their config's defaults: the text-only hybrids' (Granite 4: a
+# Mamba 2 layer, then attention, every sum scaled; LFM2: a short convolution, then attention; Jamba) and DeepSeek-V4's
+CHECKPOINT_LAYERS = {"GraniteMoeHybrid": dict(MAMBA_2, layer_types=["mamba", "attention"], residual_multiplier=0.22,
                                           mamba_n_heads=2, num_local_experts=0, shared_intermediate_size=64),
                  "Lfm2": dict(layer_types=["conv", "full_attention"], block_ff_dim=64),
                  # Jamba: a Mamba layer with 4 experts, then attention and a dense MLP
@@ -131,8 +132,8 @@ def make_local_checkpoint(model_dir: Path, chat_template: bool = True, family: s
         transformers.Qwen3_5ForConditionalGeneration(config).save_pretrained(model_dir)
         return model_dir
     else:
-        if family in HYBRID_LAYERS:  # layer 0 mixes tokens otherwise than by self_attn, layer 1 by self_attn
-            text.update(HYBRID_LAYERS[family])
+        if family in CHECKPOINT_LAYERS:  # a hybrid's layer 0 mixes tokens otherwise than by self_attn, layer 1 by it
+            text.update(CHECKPOINT_LAYERS[family])
         config = getattr(transformers, f"{family}Config")(**text)
     AutoModelForCausalLM.from_config(config).save_pretrained(model_dir)
     return model_dir
