@@ -353,12 +353,12 @@ def family_summary() -> str:
 # Qwen3, Video-LLaVA over Llama, Ovis2 over Qwen2 or Qwen3, Qianfan-OCR over Qwen3, Aria over its text decoder, EXAONE
 # 4.5 over EXAONE 4, HyperCLOVA X Vision over HyperCLOVA X, LFM3-VL over LFM3, VideoLLaMA 3 over Qwen2, Kimi K2.5 over
 # DeepSeek-V3, GOT-OCR 2.0 over Qwen2, DeepSeek-VL hybrid and Janus over Llama, Cosmos 3 Omni over Qwen3-VL's, MiniCPM-V
-# 4.6 and 4.7 and MiniCPM-OCR over Qwen3.5's, PerceptionLM over Llama, FastVLM over Qwen2, BLIP-2, InstructBLIP and
-# InstructBLIP-Video over OPT (their decoder-only language models)), and the audio-language models whose audio tokens
-# enter the text decoder alike (Qwen2-Audio over Qwen2, Voxtral over Llama or Mistral, Audio Flamingo 3 and Music
-# Flamingo over Qwen2, MOSS Transcribe-Diarize over Qwen3, Granite Speech over Granite, Qwen3-ASR over Qwen3,
-# Fun-ASR-Nano over Qwen3, GLM-ASR and Omni-ASR over Llama, Nemotron 3.5 Transcribe over NemotronH, VibeVoice-ASR over
-# Qwen2).
+# 4.6 and 4.7 and MiniCPM-OCR over Qwen3.5's, Nemotron 3 Nano Omni over NemotronH, PerceptionLM over Llama, FastVLM
+# over Qwen2, BLIP-2, InstructBLIP and InstructBLIP-Video over OPT (their decoder-only language models)), and the
+# audio-language models whose audio tokens enter the text decoder alike (Qwen2-Audio over Qwen2, Voxtral over Llama or
+# Mistral, Audio Flamingo 3 and Music Flamingo over Qwen2, MOSS Transcribe-Diarize over Qwen3, Granite Speech over
+# Granite, Qwen3-ASR over Qwen3, Fun-ASR-Nano over Qwen3, GLM-ASR and Omni-ASR over Llama, Nemotron 3.5 Transcribe over
+# NemotronH, VibeVoice-ASR over Qwen2).
 _VL_WRAPPER_PREFIXES = ("Llava", "LlavaNext", "LlavaOnevision", "Lfm2Vl", "Mistral3", "InternVL", "SmolVLM", "Idefics3",
                         "PaliGemma", "Llama4", "VipLlava", "LlavaNextVideo", "Idefics2", "Qwen2Audio", "Voxtral",
                         "Glm46V", "AyaVision", "Cohere2Vision", "DeepseekVL", "LightOnOcr", "VideoLlava", "Ovis2",
@@ -370,7 +370,8 @@ _VL_WRAPPER_PREFIXES = ("Llava", "LlavaNext", "LlavaOnevision", "Lfm2Vl", "Mistr
                         "VibeVoiceAsr")
 _VL_WRAPPERS = frozenset(f"{prefix}{head}" for prefix in _VL_WRAPPER_PREFIXES for head in ("ForConditionalGeneration",
                                                                                        "Model")) | {
-    "FuyuForCausalLM", "FuyuModel"}  # Fuyu over Persimmon: image patches embedded by a linear layer, no tower
+    "FuyuForCausalLM", "FuyuModel",  # Fuyu over Persimmon: image patches embedded by a linear layer, no tower
+    "NemotronH_Omni_Reasoning_V3"}  # Nemotron 3 Nano Omni over NemotronH: one class, named without a head
 
 
 def _transformers_class(module: nn.Module, names) -> str | None:

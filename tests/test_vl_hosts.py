@@ -105,6 +105,8 @@ def _with_images(family: str, *marks):
 AUDIO = ("Qwen2Audio", "Voxtral", "AudioFlamingo3", "MossTranscribeDiarize", "GraniteSpeech", "GraniteSpeechPlus",
          "Qwen3ASR", "FunAsrNano", "MusicFlamingo", "GlmAsr", "OmniASR", "Nemotron3_5Transcribe",
          "VibeVoiceAsr")
+# Nemotron 3 Nano Omni (its audio branch left out: the image is the tested modality) and the audio Nemotron
+NEMOTRON_H = ("NemotronH_Omni_Reasoning_V3_", "Nemotron3_5Transcribe")
 # the wrappers that build their text decoder from its config: LLaVA over Llama and over Gemma 2, LLaVA-NeXT (over
 # Llama), LLaVA-OneVision (over Qwen2), LFM2-VL (over LFM2, a hybrid), Mistral 3 (over Mistral), InternVL (over
 # Qwen2), SmolVLM and Idefics 3 (over Llama, kept as text_model), PaliGemma (over Gemma; its prefix attends both ways,
@@ -117,14 +119,14 @@ WRAPPERS = ("Llava", "Llava-gemma2", "LlavaNext", "LlavaOnevision", "Lfm2Vl", "M
             "Cohere2Vision", "DeepseekVL", "LightOnOcr", "VideoLlava", "Ovis2", "QianfanOCR", "Aria", "Exaone4_5_",
             "HyperCLOVAXVisionV2", "Lfm3Vl", "VideoLlama3", "Kimi_K25", "GotOcr2", "DeepseekVLHybrid", "Janus",
             "Cosmos3Omni", "Fuyu", "PerceptionLM", "FastVlm", "Blip2", "InstructBlip", "InstructBlipVideo", *MINICPM,
-            *AUDIO)
+            *AUDIO, "NemotronH_Omni_Reasoning_V3_")
 PARALLEL = ("AyaVision", "Cohere2Vision", "CohereCompass")
 # text decoders with hyper-connections (several residual streams: no mid site either), and OPT under BLIP-2 and
 # InstructBLIP and Idefics' own (the attention output dropped out inside the layer's forward)
 HYPER = ("Qwen4Exp", "HYV4VL", "Glm5Next")
 OPT_WRAPPERS = ("Blip2", "InstructBlip", "InstructBlipVideo")
 DROPPED_INSIDE = (*OPT_WRAPPERS, "Idefics")
-ONE_MIXER = ("Nemotron3_5Transcribe",)  # over NemotronH: one token mixer or one MLP a layer
+ONE_MIXER = NEMOTRON_H  # over NemotronH: one token mixer or one MLP a layer
 NO_MID = (*PARALLEL, *HYPER, *DROPPED_INSIDE, *ONE_MIXER)
 FAMILIES = [_with_images(f) for f in (*NATIVE, *WRAPPERS)]
 

@@ -117,6 +117,12 @@ CONFIGS = {
             audio_config=_ENCODER_BLOCK, head_config=dict(hidden_size=16, audio_hidden_size=32, num_speakers=4),
             streaming_config=dict(num_speakers=4))),
         word_timestamp_config=dict(_ENCODER_BLOCK, intermediate_size=16, vocab_size=16, blank_token_id=15))),
+    # Nemotron 3 Nano Omni over NemotronH: a 1-block RADIO tower makes a 4x4 grid of 4x4-pixel patches (its one class
+    # token dropped), pixel-shuffled 2x2 into 4 tokens
+    "NemotronH_Omni_Reasoning_V3_": (dict(model_type="nemotron_h", **FAMILY_CONFIG["NemotronH"]), dict(
+        vision_config=dict(VISION_BLOCK, patch_size=4, image_size=16, max_img_size=64, num_cls_tokens=1,
+                           num_registers=0, video_temporal_patch_size=2),
+        vision_hidden_size=32, projector_hidden_size=64, image_token_id=IMAGE, video_token_id=6)),
     # VibeVoice-ASR over Qwen2: acoustic and semantic convolutional tokenizers (downsampling 2x2) turn 16 samples into
     # 4 audio tokens; its sigma-VAE's noise off (vae_std 0; transformers 5.17 has no sample=False), so every forward
     # reads the same audio tokens

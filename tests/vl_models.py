@@ -181,7 +181,8 @@ def _config(family: str):
 
 _NAMED_OTHERWISE = {"PaddleOCRVLTextModel": "PaddleOCRTextModel", "FuyuForConditionalGeneration": "FuyuForCausalLM",
                     "MiniMaxM3VLForConditionalGeneration": "MiniMaxM3SparseForConditionalGeneration",
-                    "IdeficsForConditionalGeneration": "IdeficsForVisionText2Text"}
+                    "IdeficsForConditionalGeneration": "IdeficsForVisionText2Text",
+                    "NemotronH_Omni_Reasoning_V3_ForConditionalGeneration": "NemotronH_Omni_Reasoning_V3"}
 
 
 def class_name(family: str, head: str) -> str:
@@ -267,6 +268,8 @@ def _media(prefix: str, generator: torch.Generator) -> dict:
         return {"pixel_values": noise(2, 16, 3 * 4 * 4), "spatial_shapes": torch.tensor([[4, 4]] * 2),
                 "pixel_attention_mask": torch.ones(2, 16, dtype=torch.bool)}
     grid = torch.tensor([[1, 4, 4]] * 2)  # each image a 4x4 grid of patches, merged 2x2
+    if prefix == "NemotronH_Omni_Reasoning_V3_":  # each image's 16 flattened patches, on a 4x4 grid
+        return {"pixel_values": noise(2 * 16, 3 * 4 * 4), "image_grid_hw": torch.tensor([[4, 4]] * 2)}
     if prefix in ("Kimi_K25", "PaddleOCRVL"):  # single-frame patches as 3x4x4 pixel tiles
         return {"pixel_values": noise(2 * 16, 3, 4, 4), "image_grid_thw": grid}
     # single-frame patches, flattened
