@@ -249,10 +249,11 @@ def _check_paths(settings: argparse.Namespace) -> None:
             if not (Path(resume) / name).is_file():
                 raise FileNotFoundError(f"--resume-from-checkpoint {resume}: {name} is missing, so it is not a "
                                         "checkpoint of talan train")
+    # the quantised backbone's combinations first: DeepSpeed's check asks for a package that would not help
+    _check_quantization(settings)
     if settings.deepspeed is not None:
         _check_deepspeed_config(settings)
     _check_torch_release(settings)
-    _check_quantization(settings)
     _check_optim(settings)
 
 
