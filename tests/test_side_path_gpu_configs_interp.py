@@ -12,7 +12,7 @@ over 32-slot blocks; R = 200 pads to 256, where the products over R read their o
 
 import pytest
 import torch
-from test_side_path_kernels_interp import TOL, _check_every_gradient, needs_interpreter
+from test_side_path_kernels_interp import TOL, ZERO_ADD_SCALE, _check_every_gradient, needs_interpreter
 
 from talan_kernels.side_path import side_path, side_path_ref
 from talan_kernels.side_path.fused import fused_kernel_configs
@@ -74,7 +74,7 @@ def _check_prefill_and_decode(case, cuda_tiles) -> list[dict]:
     prefill = t - 3
     params = make_params(d, r, m, mixer, writeback, seed=11)
     h, active, resets, state = make_inputs(b, t, d, m, r, pad=5, reset_at=(3, prefill + 1), seed=12)
-    kw = dict(mixer=mixer, writeback=writeback, norm_cap_ratio=0.05)
+    kw = dict(mixer=mixer, writeback=writeback, norm_cap_ratio=0.05, zero_add_scale=ZERO_ADD_SCALE)
     with torch.no_grad():
         ref, (s_ref, n_ref) = side_path_ref(h, params, active, resets, state, **kw)
         out, step_state = side_path(h[:, :prefill], params, active[:, :prefill], resets[:, :prefill], state,
@@ -127,7 +127,7 @@ def test_training_forward_and_gradients_on_gpu_tiles_match_the_reference(mixer, 
     h, active, _, _ = make_inputs(2, 35, d, m, r, pad=4, reset_at=())
     h.requires_grad_()
     params = {k: v.requires_grad_() for k, v in make_params(d, r, m, mixer, writeback, seed=13).items()}
-    kw = dict(mixer=mixer, writeback=writeback, norm_cap_ratio=0.05)
+    kw = dict(mixer=mixer, writeback=writeback, norm_cap_ratio=0.05, zero_add_scale=ZERO_ADD_SCALE)
     out, _ = side_path_triton(h, params, active, **kw)
     ref, _ = side_path_ref(h, params, active, **kw)
     assert_rel_rms(out, ref, TOL, "h'")

@@ -19,6 +19,8 @@ from talan_kernels.testing import random_side_path_params as make_params
 INTERP = os.environ.get("TRITON_INTERPRET") == "1"
 needs_interpreter = pytest.mark.skipif(not INTERP, reason="needs TRITON_INTERPRET=1 set before triton is imported")
 TOL = 1e-5
+# zero_add's fixed scale, not its default 1 (and ignored by the other writebacks): a kernel that drops it fails
+ZERO_ADD_SCALE = 0.5
 
 
 # (mixer, writeback, B, T, D, M, R, pad, resets, with_state, chunk): T not a multiple of the chunk,
@@ -44,7 +46,7 @@ def test_kernels_match_reference_outputs_state_and_every_gradient(case):
     h, active, resets, state = make_inputs(b, t, d, m, r, pad, reset_at)
     h.requires_grad_()
     state = state if with_state else None
-    kw = dict(mixer=mixer, writeback=writeback, grad_scale=0.7)
+    kw = dict(mixer=mixer, writeback=writeback, grad_scale=0.7, zero_add_scale=ZERO_ADD_SCALE)
     out, (s, n) = side_path_triton(h, params, active, resets, state, chunk_size=chunk, **kw)
     ref, (s_ref, n_ref) = side_path_ref(h, params, active, resets, state, **kw)
     assert_rel_rms(out, ref, TOL, "h'")
@@ -106,7 +108,7 @@ def test_prefill_then_decode_steps_equal_the_full_sequence(mixer, writeback, sca
     params = make_params(d, r, m, mixer, writeback, seed=3, scalar_gate=scalar_gate)
     h, active, resets, _ = make_inputs(b, t, d, m, r, pad=3, reset_at=(2, 9), seed=4)
     active[0, 8] = False  # an inactive token while decoding
-    kw = dict(mixer=mixer, writeback=writeback)
+    kw = dict(mixer=mixer, writeback=writeback, zero_add_scale=ZERO_ADD_SCALE)
     with torch.no_grad():
         ref, (s_ref, n_ref) = side_path_ref(h, params, active, resets, **kw)
         out, state = side_path(h[:, :prefill], params, active[:, :prefill], resets[:, :prefill], backend="triton",
@@ -157,7 +159,7 @@ def test_inference_prefill_on_fused_kernels_matches_reference(case, monkeypatch)
     params = make_params(d, r, m, mixer, writeback, seed=7, scalar_gate=dtype == torch.float16)
     h, active, resets, state = make_inputs(b, t, d, m, r, pad, reset_at, seed=8)
     h, state = h.to(dtype), state if with_state else None
-    kw = dict(mixer=mixer, writeback=writeback)
+    kw = dict(mixer=mixer, writeback=writeback, zero_add_scale=ZERO_ADD_SCALE)
     if writeback == "norm_cap":
         kw["norm_cap_ratio"] = _norm_cap_ratio_at_median(h, params, active, resets, state, mixer)
     calls = record_calls(monkeypatch, triton_path, "side_path_infer")
@@ -383,7 +385,7 @@ def test_gpu_kernels_error_vs_fp64_within_twice_torchs_own(dtype, mixer, writeba
     h, active, resets, state = make_inputs(b, t, d, m, r, pad=17, reset_at=(5, 130))
     h, active, resets, state = h.cuda().to(dtype), active.cuda(), resets.cuda(), tuple(x.cuda() for x in state)
     weight = torch.randn(b, t, d, device="cuda", dtype=torch.float64)
-    kw = dict(mixer=mixer, writeback=writeback, grad_scale=0.7)
+    kw = dict(mixer=mixer, writeback=writeback, grad_scale=0.7, zero_add_scale=ZERO_ADD_SCALE)
 
     def run(hx, px, backend):
         hx = hx.detach().requires_grad_()
