@@ -51,7 +51,7 @@ OLD_TORCH      ?= 2.4.1
 OLD_TORCH_DEPS ?= transformers==4.57.6 peft==0.17.1 accelerate==1.10.1 "numpy<2"
 OLD_VENV       := .venv-torch-$(OLD_TORCH)
 
-.PHONY: venv test test-old-torch lint demo report bench bench-quick clean
+.PHONY: venv test test-old-torch mutants lint demo report bench bench-quick clean
 
 venv: $(STAMP)
 
@@ -103,6 +103,11 @@ test-old-torch:
 		matplotlib deepspeed pytest pytest-benchmark
 	PYTHONPATH=. $(OLD_VENV)/bin/python -m pytest -q -rs -m "not gpu and not compile and not interpreter" tests
 	PYTHONPATH=. TRITON_INTERPRET=1 $(OLD_VENV)/bin/python -m pytest -q -rs -m "interpreter" tests
+
+# Opt-in, never part of `make test` (about 5 minutes): small wrong changes to the kernels, each of which the
+# interpreter tests must fail (tests/kernel_mutants.py).
+mutants: venv
+	TRITON_INTERPRET=1 $(BIN)/python tests/kernel_mutants.py
 
 demo: venv
 	$(BIN)/talan demo

@@ -1,0 +1,174 @@
+"""A mutation sweep of the Triton kernels: each mutant is one small wrong change to a kernel (a mask, a sign, a
+dropped term, a state carried across a reset), and the interpreter tests must fail on every one of them. A mutant
+they pass is a gap in the tests (the sweep found zero_add's scale untested at its default of 1).
+
+Opt-in, never part of ``make test`` (about 5 minutes on 2 cores): ``make mutants``, or
+``TRITON_INTERPRET=1 python tests/kernel_mutants.py [NAME ...]``. Each mutant runs in a copy of the checkout, so
+the working tree is never changed. ``tests/test_kernel_mutants.py`` (in ``make test``) checks that every mutant
+still applies to the source, once, so the list cannot rot as the kernels change.
+
+Left out as equivalent: a split decode program's write mask to D instead of its share's end (every share is whole
+BD blocks, so the two agree).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+ROOT = Path(__file__).resolve().parents[1]
+SCAN = "talan_kernels/side_path/kernels.py"
+FUSED = "talan_kernels/side_path/fused_kernels.py"
+TRAIN = "talan_kernels/side_path/fused_train.py"
+LORA = "talan_kernels/lora/kernels.py"
+SIDE_PATH_TESTS = ("tests/test_side_path_kernels_interp.py", "tests/test_side_path_gpu_configs_interp.py")
+LORA_TESTS = ("tests/test_lora_kernels_interp.py",)
+
+
+class Mutant(NamedTuple):
+    name: str
+    path: str  # relative to the checkout
+    old: str  # found exactly once in the file
+    new: str
+    tests: tuple[str, ...]
+
+
+MUTANTS = [
+    # the chunked slot scan (forward, backward, carried state)
+    Mutant("tanh_series_range", SCAN, "x2 < 1.6e-3", "x2 < 1.6e-1", SIDE_PATH_TESTS),
+    Mutant("causal_excludes_self", SCAN, "allowed = o_t[:, None] >= o_t[None, :]",
+           "allowed = o_t[:, None] > o_t[None, :]", SIDE_PATH_TESTS),
+    Mutant("first_segment_wrong", SCAN, "        first = seg == 0\n", "        first = seg <= 1\n", SIDE_PATH_TESTS),
+    Mutant("state_fwd_all_segments", SCAN, "w = tl.where((seg == n_resets)[:, None], w, 0.0)", "w = w",
+           SIDE_PATH_TESTS),
+    Mutant("state_fwd_keeps_across_reset", SCAN, "keep = (n_resets == 0).to(tl.float32)\n            s = s * keep",
+           "keep = (n_resets >= 0).to(tl.float32)\n            s = s * keep", SIDE_PATH_TESTS),
+    Mutant("state_fwd_stores_wrong_state", SCAN,
+           "tl.store(cs_ptr + base + o_m, s.to(cs_ptr.dtype.element_ty), mask=m_mask)",
+           "tl.store(cs_ptr + base + o_m, (s * 1.0001).to(cs_ptr.dtype.element_ty), mask=m_mask)", SIDE_PATH_TESTS),
+    Mutant("online_softmax_alpha_sign", SCAN, "            alpha = tl.exp(m_run - m_new)\n",
+           "            alpha = tl.exp(m_new - m_run)\n", SIDE_PATH_TESTS),
+    Mutant("lse_without_log", SCAN, "(m_run + tl.log(l_run))", "(m_run)", SIDE_PATH_TESTS),
+    Mutant("dscore_drops_dc_c", SCAN, "(tl.sum(dct * mem, 1) - dc_c)", "(tl.sum(dct * mem, 1))", SIDE_PATH_TESTS),
+    Mutant("d1_every_segment", SCAN, "tl.sum(tl.where(first[:, None], gs, 0.0), 0)", "tl.sum(gs, 0)",
+           SIDE_PATH_TESTS),
+    Mutant("r2_wrong_axis", SCAN, "r2 = tl.sum(allowed_f * e[:, None], 0)", "r2 = tl.sum(allowed_f * e[None, :], 0)",
+           SIDE_PATH_TESTS),
+    Mutant("scan_bwd_softcap_sign", SCAN, "(tl.sum(vt * r1, 1) - r2) * (1.0 - th * th)",
+           "(tl.sum(vt * r1, 1) - r2) * (1.0 + th * th)", SIDE_PATH_TESTS),
+    Mutant("state_bwd_ignores_reset", SCAN, "keep = (n_resets == 0).to(tl.float32)\n            g1 = g1 * keep",
+           "keep = (n_resets >= 0).to(tl.float32)\n            g1 = g1 * keep", SIDE_PATH_TESTS),
+    Mutant("carry_bwd_all_segments", SCAN, "w = tl.where(last[:, None], w, 0.0)", "w = w", SIDE_PATH_TESTS),
+    Mutant("carry_bwd_g2_sign", SCAN, "dw = vg1 - g2[None, :]", "dw = vg1 + g2[None, :]", SIDE_PATH_TESTS),
+    Mutant("carry_bwd_skips_dqs_partials", SCAN,
+           "        dqs += tl.load(dqs_ptr + base * R + mr_off, mask=mr_mask, other=0.0)\n", "", SIDE_PATH_TESTS),
+    Mutant("sliced_matmul_k_mask", SCAN, "        k_mask = o_k < R\n        xs",
+           "        k_mask = o_k < R + 1\n        xs", SIDE_PATH_TESTS),
+    # the decode kernel
+    Mutant("decode_reset_kept", SCAN, "keep = (tl.load(resets_ptr + i_b) == 0).to(tl.float32)", "keep = 1.0",
+           SIDE_PATH_TESTS),
+    Mutant("decode_every_program_stores_state", SCAN, "m_store = tl.where(tl.program_id(1) == 0, M, 0)",
+           "m_store = M", SIDE_PATH_TESTS),
+    Mutant("decode_norm_cap_min", SCAN, "tl.maximum(tl.maximum(tl.sqrt(tl.sum(usq, 0)), limit)",
+           "tl.maximum(tl.minimum(tl.sqrt(tl.sum(usq, 0)), limit)", SIDE_PATH_TESTS),
+    Mutant("square_matvec_rows_not_limited", SCAN, "_matvec(xk, w_ptr + k0 * R, R - k0, R, R, o_k, o_r)",
+           "_matvec(xk, w_ptr + k0 * R, R, R, R, o_k, o_r)", SIDE_PATH_TESTS),
+    Mutant("decode_eps_dropped", SCAN, "rstd = 1.0 / tl.sqrt(sumsq / D + eps)", "rstd = 1.0 / tl.sqrt(sumsq / D)",
+           SIDE_PATH_TESTS),
+    Mutant("decode_gate_logit_no_rstd", SCAN, "logit = tl.sum(gate_dot, 0) * rstd + tl.load(wb2_ptr)",
+           "logit = tl.sum(gate_dot, 0) + tl.load(wb2_ptr)", SIDE_PATH_TESTS),
+    Mutant("decode_zero_add_scale", SCAN, "        factor = a * zero_add_scale\n", "        factor = a\n",
+           SIDE_PATH_TESTS),
+    # the d-wide shrink and expand kernels, and the training backward's writeback
+    Mutant("shrink_gate_no_rstd", FUSED, "logit = gate_dot * rstd + tl.load(gate_b_ptr)",
+           "logit = gate_dot + tl.load(gate_b_ptr)", SIDE_PATH_TESTS),
+    Mutant("shrink_hnorm_of_weighted", FUSED, "        sq += tl.sum(ht * ht, 1)\n",
+           "        sq += tl.sum(hw * hw, 1)\n", SIDE_PATH_TESTS),
+    Mutant("expand_norm_cap_limit", FUSED, "limit = norm_cap_ratio * tl.load(hnorm_ptr + rows",
+           "limit = 1.01 * norm_cap_ratio * tl.load(hnorm_ptr + rows", SIDE_PATH_TESTS),
+    Mutant("expand_zero_add_scale", FUSED, "factor = factor * zero_add_scale", "factor = factor", SIDE_PATH_TESTS),
+    Mutant("train_bwd_zero_add_scale", TRAIN, "coef = active * ctx.zero_add_scale", "coef = active", SIDE_PATH_TESTS),
+    # the fused LoRA / DoRA kernels
+    Mutant("lora_store_s_from_every_group", LORA, "        if pid_g == 0:\n            _store_rank_rows(S_OUT",
+           "        if pid_g >= 0:\n            _store_rank_rows(S_OUT", LORA_TESTS),
+    Mutant("lora_group_loop_off_by_one", LORA, "range(first + 1, tl.minimum(first + GROUP_N, tl.cdiv(N, BLOCK_N)))",
+           "range(first + 1, tl.minimum(first + GROUP_N - 1, tl.cdiv(N, BLOCK_N)))", LORA_TESTS),
+    Mutant("lora_dora_saved_z_off", LORA, "tl.store(Z_OUT + out_off, acc.to(Z_OUT.dtype.element_ty)",
+           "tl.store(Z_OUT + out_off, (acc * 1.001).to(Z_OUT.dtype.element_ty)", LORA_TESTS),
+    Mutant("lora_dx_dora_scale_dropped", LORA, "            dy = dy.to(tl.float32) * g[None, :]\n",
+           "            dy = dy.to(tl.float32)\n", LORA_TESTS),
+    Mutant("lora_ds_unscaled", LORA, "    ds = ds * scaling\n", "", LORA_TESTS),
+    Mutant("lora_dx_later_tiles_drop_ds", LORA, "_dx_epilogue(acc_kb, ds_lo,", "_dx_epilogue(acc_kb, ds_lo * 0,",
+           LORA_TESTS),
+    Mutant("dora_csum_off", LORA, "csum += tl.sum(xt.to(tl.float32) * z, axis=0)",
+           "csum += tl.sum(xt.to(tl.float32) * z * 1.001, axis=0)", LORA_TESTS),
+    Mutant("dora_norm_cross_factor", LORA, "sq = wsq + 2.0 * scaling * cross", "sq = wsq + scaling * cross",
+           LORA_TESTS),
+    Mutant("dora_norm_quad_unscaled", LORA, "+ scaling * scaling * quad", "+ scaling * quad", LORA_TESTS),
+    Mutant("dora_gram_chunk_mask", LORA, "mask=mask_r[:, None] & mask_c[None, :], other=0.0)",
+           "mask=mask_r[:, None] & (cc < R + 1)[None, :], other=0.0)", LORA_TESTS),
+]
+
+
+def mutated_source(root: Path, mutant: Mutant) -> str:
+    """The mutant's file with its one change; a ValueError where ``old`` is not in the file exactly once."""
+    source = (root / mutant.path).read_text(encoding="utf-8")
+    found = source.count(mutant.old)
+    if found != 1:
+        raise ValueError(f"mutant {mutant.name}: its text is in {mutant.path} {found} times, not once")
+    return source.replace(mutant.old, mutant.new)
+
+
+def _copy_checkout(to: Path) -> None:
+    for name in ("talan", "talan_kernels", "tests", "pyproject.toml"):
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, to / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(src, to / name)
+
+
+def run(mutants: list[Mutant]) -> list[str]:
+    """Runs each mutant's tests on a mutated copy of the checkout (stopping at the first failure); returns the
+    names of the mutants that every test passed."""
+    survivors = []
+    with tempfile.TemporaryDirectory(prefix="talan-mutants-") as tmp:
+        copy = Path(tmp)
+        _copy_checkout(copy)
+        env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(copy))
+        for mutant in mutants:
+            original = (copy / mutant.path).read_text(encoding="utf-8")
+            (copy / mutant.path).write_text(mutated_source(copy, mutant), encoding="utf-8")
+            start = time.time()
+            result = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
+                                     *mutant.tests], cwd=copy, env=env, capture_output=True, text=True)
+            (copy / mutant.path).write_text(original, encoding="utf-8")
+            failed = next((line for line in result.stdout.splitlines() if line.startswith(("FAILED", "ERROR"))), "")
+            if result.returncode == 0:
+                survivors.append(mutant.name)
+            verdict = "killed" if result.returncode else "SURVIVED"
+            print(f"{mutant.name}: {verdict} in {time.time() - start:.0f} s {failed}", flush=True)
+    return survivors
+
+
+def main(names: list[str]) -> int:
+    unknown = set(names) - {m.name for m in MUTANTS}
+    if unknown:
+        print(f"unknown mutants: {', '.join(sorted(unknown))}", file=sys.stderr)
+        return 2
+    survivors = run([m for m in MUTANTS if not names or m.name in names])
+    if survivors:
+        print(f"{len(survivors)} mutant(s) passed every test: {', '.join(survivors)}")
+        return 1
+    print("every mutant was killed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
