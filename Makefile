@@ -95,7 +95,7 @@ test: venv lint $(COMPAT)/.installed $(HF_COMPAT)/.installed $(HF_MID_DIR)/.inst
 	PYTHONPATH=$(HF_COMPAT) TALAN_EXPECT_HF="$(HF_FLOOR)" TRITON_INTERPRET=1 $(BIN)/python -m pytest -q -m "interpreter" tests
 	PYTHONPATH=$(HF_MID_DIR) TALAN_EXPECT_HF="$(HF_MID)" \
 		$(BIN)/python -m pytest -q tests/test_stack_versions.py tests/test_hosts.py tests/test_vl_hosts.py \
-		tests/test_patch_model.py tests/test_peft_prefix_tuning.py
+		tests/test_patch_model.py tests/test_decode_state.py tests/test_peft_prefix_tuning.py
 
 test-old-torch:
 	test -x $(OLD_VENV)/bin/python || $(PY) -m venv $(OLD_VENV)

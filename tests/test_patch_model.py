@@ -1,5 +1,6 @@
 """talan.patch on tiny Qwen3/Llama hosts: identity at init, causality, conditioning, padding, packing,
-cached generation, hidden states, disabled/unpatch, every axis option, and bad inputs."""
+cached generation (test_decode_state.py: caches continued, copied, reordered and cropped), hidden states,
+disabled/unpatch, every axis option, and bad inputs."""
 
 import copy
 import inspect
@@ -7,7 +8,6 @@ import logging
 
 import pytest
 import torch
-import transformers
 from conftest import (
     NEEDS_TORCH_2_6,
     TRANSFORMERS_4,
@@ -26,16 +26,6 @@ import talan
 from talan_kernels.side_path import MIXERS, WRITEBACKS
 
 SITES = ("pre", "mid", "post")
-# transformers 5 calls the KV cache `cache` (forward argument and output field); 4.x `past_key_values`
-CACHE = "cache" if "cache" in inspect.signature(transformers.Qwen3Model.forward).parameters else "past_key_values"
-
-
-def _cached_forward(model, ids, cache=None):
-    """A forward that fills (or continues) a KV cache: its output and the cache."""
-    out = model(ids, use_cache=True, **({} if cache is None else {CACHE: cache}))
-    return out, getattr(out, CACHE)
-
-
 def _hook_counts(model):
     return [(len(m._forward_hooks), len(m._forward_pre_hooks)) for m in model.modules()]
 
@@ -165,74 +155,6 @@ def test_cached_generation_equals_recomputation(factory, site):
     # a second prompt on the same model starts a fresh memory: same result as the first time
     again = model.generate(ids, use_cache=True, **kwargs)
     assert torch.equal(again.sequences, cached.sequences)
-
-
-def test_beam_search_carries_the_state_with_the_beams():
-    model = open_gates(talan.patch(tiny_qwen3(), tiny_config(layer=1)))
-    ids = tiny_batch(batch=2, length=6)["input_ids"]
-    kwargs = dict(attention_mask=torch.ones_like(ids), max_new_tokens=6, num_beams=3, do_sample=False,
-                  pad_token_id=0)
-    assert torch.equal(model.generate(ids, use_cache=True, **kwargs), model.generate(ids, use_cache=False, **kwargs))
-
-
-def test_continuing_a_cache_talan_never_saw_or_that_was_cropped_raises():
-    model = tiny_qwen3()
-    ids = tiny_batch(batch=1, length=6)["input_ids"]
-    _, cache = _cached_forward(model, ids)
-    talan.patch(model, tiny_config(layer=0))
-    with pytest.raises(ValueError, match="never saw"):
-        _cached_forward(model, ids[:, :1], cache)
-    _, cache = _cached_forward(model, ids)
-    _cached_forward(model, ids[:, :1], cache)
-    cache.crop(-2)  # what assisted decoding does with rejected draft tokens
-    with pytest.raises(ValueError, match="crop"):
-        _cached_forward(model, ids[:, :1], cache)
-
-
-@pytest.mark.parametrize("site", SITES)
-def test_a_deep_copied_prefix_cache_continues_like_recomputation(site):
-    """transformers' prompt reuse: prefill a shared prefix once, then generate each prompt from a deep copy of
-    that cache. The copy carries TALAN's state; generating from it leaves the original's state as it was."""
-    model = open_gates(talan.patch(tiny_qwen3(), tiny_config(site=site, layer=(0, 1))))
-    prefix = tiny_batch(batch=1, length=6)["input_ids"]
-    with torch.no_grad():  # a cache of tensors that need no gradient, as deepcopy requires
-        _, prefix_cache = _cached_forward(model, prefix)
-    kwargs = dict(max_new_tokens=5, do_sample=False, output_scores=True, return_dict_in_generate=True,
-                  pad_token_id=0)
-    for seed in (2, 3):  # the second prompt copies the prefix cache after the first one's generate
-        ids = torch.cat([prefix, tiny_batch(batch=1, length=3, seed=seed)["input_ids"]], dim=1)
-        mask = torch.ones_like(ids)
-        reused = model.generate(ids, attention_mask=mask, **{CACHE: copy.deepcopy(prefix_cache)}, **kwargs)
-        recomputed = model.generate(ids, attention_mask=mask, use_cache=False, **kwargs)
-        assert_same_generation(reused, recomputed)
-
-
-def test_a_second_turn_continues_the_cache_the_first_generate_returned():
-    """A chat's next turn: generate again on the conversation so far with the cache the last generate returned
-    (it holds all but the last generated token); TALAN continues its memory as if recomputed."""
-    model = open_gates(talan.patch(tiny_qwen3(), tiny_config(layer=(0, 1))))
-    ids = tiny_batch(batch=1, length=6)["input_ids"]
-    kwargs = dict(max_new_tokens=4, do_sample=False, pad_token_id=0, return_dict_in_generate=True, output_scores=True)
-    first = model.generate(ids, attention_mask=torch.ones_like(ids), **kwargs)
-    turn = torch.cat([first.sequences, tiny_batch(batch=1, length=3, seed=5)["input_ids"]], dim=1)
-    mask = torch.ones_like(turn)
-    second = model.generate(turn, attention_mask=mask, **{CACHE: getattr(first, CACHE)}, **kwargs)
-    recomputed = model.generate(turn, attention_mask=mask, use_cache=False, **kwargs)
-    assert_same_generation(second, recomputed)
-
-
-def test_a_deep_copied_cache_reorders_its_own_state_not_the_original():
-    model = open_gates(talan.patch(tiny_qwen3(), tiny_config(layer=1)))
-    ids = tiny_batch(batch=2, length=6)["input_ids"]
-    with torch.no_grad():
-        _, cache = _cached_forward(model, ids)
-    copied = copy.deepcopy(cache)
-    copied.reorder_cache(torch.tensor([1, 0]))  # what beam search does; the original keeps its order
-    step = tiny_batch(batch=2, length=1, seed=4)["input_ids"]
-    expected = model(torch.cat([ids, step], dim=1), use_cache=False).logits[:, -1:]
-    torch.testing.assert_close(_cached_forward(model, step, cache)[0].logits, expected, rtol=1e-5, atol=1e-5)
-    copied_logits = _cached_forward(model, step.flip(0), copied)[0].logits
-    torch.testing.assert_close(copied_logits, expected.flip(0), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("site", SITES)
@@ -399,6 +321,8 @@ def test_a_mask_dict_gives_its_4d_mask_else_its_recurrent_layers_2d_padding_mask
     padding = torch.tensor([[0, 1, 1], [1, 1, 1]], dtype=torch.bool)
     four_d = padding[:, None, None, :] & torch.ones(3, 3, dtype=torch.bool).tril()[None, None]
     assert talan.masks.mask_from_dict({"linear_attention": padding, "indexed_attention": four_d}) is four_d
+    sliding = four_d & torch.ones(3, 3, dtype=torch.bool).triu(-1)  # a window of 2: the full-attention one is read
+    assert talan.masks.mask_from_dict({"sliding_attention": sliding, "full_attention": four_d}) is four_d
     assert talan.masks.mask_from_dict({"indexed_attention": padding, "linear_attention": None}) is padding
     assert talan.masks.mask_from_dict({"linear_attention": None}) is None
     with pytest.raises(ValueError, match="got a 3-D tensor"):
@@ -492,40 +416,6 @@ def test_static_cache_whose_first_row_starts_with_zero_keys_continues_at_its_tru
     kwargs = greedy_kwargs(mask)
     assert_same_generation(model.generate(ids, cache_implementation="static", **kwargs),
                            model.generate(ids, use_cache=False, **kwargs))
-
-
-@pytest.mark.parametrize("site", SITES)
-def test_assisted_decoding_equals_greedy_decoding(site):
-    """A draft model's rejected tokens are cropped from the cache; TALAN recomputes its state at the
-    cropped length from the last forward's kept input, so the result is greedy decoding's."""
-    model = open_gates(talan.patch(tiny_qwen3(), tiny_config(site=site, layer=1)))
-    assistant = tiny_qwen3(seed=3)  # a different draft model: some draft tokens get rejected (cache crop)
-    ids = tiny_batch(batch=1, length=6)["input_ids"]
-    crops = []
-    kwargs = dict(attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False, pad_token_id=0)
-    expected = model.generate(ids, use_cache=False, **kwargs)
-    from transformers import DynamicCache
-
-    real_crop = DynamicCache.crop
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(DynamicCache, "crop", lambda self, n: crops.append(n) or real_crop(self, n))
-        assisted = model.generate(ids, assistant_model=assistant, **kwargs)
-    assert crops, "no draft token was rejected: the test would not exercise a crop"
-    assert torch.equal(assisted, expected)
-
-
-def test_a_crop_into_the_last_forward_continues_exactly_and_further_back_is_refused():
-    model = open_gates(talan.patch(tiny_qwen3(), tiny_config(layer=(0, 1))))
-    ids = tiny_batch(batch=1, length=12)["input_ids"]
-    _, cache = _cached_forward(model, ids[:, :6])
-    _cached_forward(model, ids[:, 6:10], cache)  # a 4-token forward, then 3 of its tokens are dropped
-    cache.crop(-3)  # 10 -> 7 tokens
-    logits = _cached_forward(model, ids[:, 7:9], cache)[0].logits
-    expected = model(ids[:, :9], use_cache=False).logits[:, 7:]
-    torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
-    cache.crop(-4)  # 9 -> 5 tokens: back past the start of the last forward (at 7 tokens)
-    with pytest.raises(ValueError, match="crop"):
-        _cached_forward(model, ids[:, 5:6], cache)
 
 
 @pytest.mark.skipif(TRANSFORMERS_4, reason="transformers 4.x's continuous batching sizes its paged cache from CUDA "
