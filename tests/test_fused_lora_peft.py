@@ -139,6 +139,39 @@ def test_second_active_adapter_falls_back_and_matches_peft():
     disable_fused_lora(model)
 
 
+def test_a_hooked_base_layer_keeps_peft_forward_so_its_hooks_run(monkeypatch):
+    # a hook on the base nn.Linear (accelerate's offload, an activation probe) runs only inside peft's forward
+    calls = record_calls(monkeypatch, interface, "_apply")
+    model = tiny_qwen3_peft("lora").eval()
+    seen = []
+    base = model.base_model.model.model.layers[0].self_attn.q_proj.base_layer
+    base.register_forward_hook(lambda module, args, out: seen.append(out))
+    ids = torch.randint(0, 128, (1, 5))
+    with torch.no_grad():
+        ref = model(input_ids=ids).logits
+        enable_fused_lora(model, backend="torch")
+        got = model(input_ids=ids).logits
+    assert len(seen) == 2 and len(calls) == 2 * len(TARGETS) - 1  # every layer but the hooked one ran fused
+    assert_rel_rms(got, ref, 1e-5, "logits")
+    disable_fused_lora(model)
+
+
+def test_an_active_adapter_with_lora_bias_falls_back_beside_a_covered_one(monkeypatch):
+    calls = record_calls(monkeypatch, interface, "_apply")
+    model = tiny_qwen3_peft("lora").eval()
+    model.add_adapter("biased", peft.LoraConfig(r=4, target_modules=TARGETS, init_lora_weights=False,
+                                                lora_bias=True))
+    ids = torch.randint(0, 128, (1, 5))
+    report = enable_fused_lora(model, backend="torch")
+    assert len(report.fused) == 2 * len(TARGETS)  # "default" is covered
+    model.base_model.set_adapter("biased")
+    with torch.no_grad():
+        got = model(input_ids=ids).logits
+        disable_fused_lora(model)
+        ref = model(input_ids=ids).logits
+    assert calls == [] and torch.equal(got, ref)  # peft's own forward ran, bit for bit
+
+
 def test_report_lists_uncovered_layers_and_bad_inputs_raise():
     model = tiny_qwen3_peft("lora", lora_bias=True)
     report = enable_fused_lora(model, backend="torch")
