@@ -104,6 +104,25 @@ def test_enable_then_disable_restores_exactly():
     assert torch.equal(after, before)
 
 
+def test_a_forward_set_on_the_layer_before_is_what_falls_back_and_what_disable_restores():
+    # another wrapper set on the instance first (as enable_fused_lora does): uncovered calls go through it, and
+    # disable puts it back rather than peft's class forward
+    model = tiny_qwen3_peft("lora", lora_dropout=0.1)
+    layer = model.base_model.model.model.layers[0].self_attn.q_proj
+    wrapped = []
+
+    def outer(self, x, *args, **kwargs):
+        wrapped.append(x.shape)
+        return type(self).forward(self, x, *args, **kwargs)
+
+    layer.forward = outer.__get__(layer)
+    enable_fused_lora(model, backend="torch")
+    model.train()(input_ids=torch.randint(0, 128, (1, 5)))  # dropout active: uncovered, the wrapper runs
+    assert len(wrapped) == 1
+    disable_fused_lora(model)
+    assert layer.__dict__["forward"].__func__ is outer
+
+
 def test_uncovered_states_fall_back_to_peft(monkeypatch):
     calls = record_calls(monkeypatch, interface, "_apply")
     model = tiny_qwen3_peft("lora", lora_dropout=0.1)
