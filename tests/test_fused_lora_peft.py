@@ -123,6 +123,18 @@ def test_a_forward_set_on_the_layer_before_is_what_falls_back_and_what_disable_r
     assert layer.__dict__["forward"].__func__ is outer
 
 
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1", reason="checks the error raised without the interpreter")
+def test_enabling_again_switches_the_backend_of_fused_layers():
+    model = tiny_qwen3_peft("lora").eval()
+    ids = torch.randint(0, 128, (1, 5))
+    assert len(enable_fused_lora(model, backend="torch").fused) == 2 * len(TARGETS)
+    model(input_ids=ids)
+    assert len(enable_fused_lora(model, backend="triton").fused) == 2 * len(TARGETS)
+    with pytest.raises(RuntimeError, match="backend='triton' needs CUDA tensors, or TRITON_INTERPRET=1"):
+        model(input_ids=ids)  # the kernels now, which a CPU runs only under the interpreter
+    disable_fused_lora(model)
+
+
 def test_uncovered_states_fall_back_to_peft(monkeypatch):
     calls = record_calls(monkeypatch, interface, "_apply")
     model = tiny_qwen3_peft("lora", lora_dropout=0.1)
