@@ -97,6 +97,14 @@ def test_load_with_backend_override_keeps_the_rest_of_the_config(tmp_path):
     assert torch.equal(_logits(fresh), _logits(model))
 
 
+def test_a_model_patched_for_another_backend_loads_the_checkpoint(tmp_path):
+    # the backend is where the blocks run, not what they are: a checkpoint trained on the kernels loads on a CPU
+    model, folder = _saved(tmp_path, tiny_config(backend="auto"))
+    fresh = talan.load_pretrained(talan.patch(tiny_qwen3(), tiny_config(backend="torch")), folder)
+    assert talan_config(fresh).backend == "torch"
+    assert torch.equal(_logits(fresh), _logits(model))
+
+
 _FRESH_PROCESS_SCRIPT = textwrap.dedent("""
     import sys
     import torch

@@ -146,10 +146,16 @@ def test_bf16_backbone_trains_fp32_adapter_and_talan(tmp_path, fused):
 
 # ---- optimizer ---------------------------------------------------------------------------------------
 def test_talan_parameter_group_uses_its_own_learning_rate(tmp_path):
-    result = train(tmp_path, "--learning-rate", "1e-2", "--talan-lr", "0")
+    result = train(tmp_path, "--learning-rate", "1e-2", "--talan-lr", "0", "--weight-decay", "0.1")
     model = result["trainer"].model
     talan_ids = {id(p) for p in talan.talan_parameters(model)}
     groups = result["trainer"].optimizer.param_groups
+    # Trainer's decay split holds in TALAN's groups: its RMSNorm weights (raw parameters, which Trainer cannot tell
+    # from a weight by module type) are not decayed, its matrices are
+    decay = {id(p): g["weight_decay"] for g in groups for p in g["params"]}
+    norms = [p for n, p in model.named_parameters() if n.endswith(".talan.norm_weight")]
+    assert norms and all(decay[id(p)] == 0.0 for p in norms)
+    assert all(decay[id(p)] == 0.1 for n, p in model.named_parameters() if n.endswith(".talan.w_in"))
     talan_groups = [g for g in groups if g["name"] == "talan"]
     assert talan_groups and all(g["initial_lr"] == 0.0 for g in talan_groups)
     assert all(g["initial_lr"] == 1e-2 for g in groups if g["name"] != "talan")
