@@ -1,14 +1,17 @@
-"""A mutation sweep of the Triton kernels: each mutant is one small wrong change to a kernel (a mask, a sign, a
-dropped term, a state carried across a reset), and the interpreter tests must fail on every one of them. A mutant
-they pass is a gap in the tests (the sweep found zero_add's scale untested at its default of 1).
+"""A mutation sweep: each mutant is one small wrong change to a kernel (a mask, a sign, a dropped term, a state
+carried across a reset) or to the glue around them (the masks TALAN reads, the decode state that follows a cache,
+the fused-LoRA fall-backs, checkpoints, the trainer's groups), and the tests named beside it must fail on every one.
+A mutant they pass is a gap in the tests (the sweep found zero_add's scale tested only at its default of 1, and
+cache operations, fall-backs and refusals that no test reached).
 
-Opt-in, never part of ``make test`` (about 5 minutes on 2 cores): ``make mutants``, or
-``TRITON_INTERPRET=1 python tests/kernel_mutants.py [NAME ...]``. Each mutant runs in a copy of the checkout, so
-the working tree is never changed. ``tests/test_kernel_mutants.py`` (in ``make test``) checks that every mutant
-still applies to the source, once, so the list cannot rot as the kernels change.
+Opt-in, never part of ``make test`` (about 8 minutes on 2 cores): ``make mutants``, or
+``python tests/mutants.py [NAME ...]``. Each mutant runs in a copy of the checkout, so the working tree is never
+changed; the kernels' tests run under ``TRITON_INTERPRET=1``. ``tests/test_mutants.py`` (in ``make test``) checks
+that every mutant still applies to the source, once, so the list cannot rot as the code changes.
 
-Left out as equivalent: a split decode program's write mask to D instead of its share's end (every share is whole
-BD blocks, so the two agree).
+Left out as equivalent, or as not testable deterministically: a split decode program's write mask to D instead of
+its share's end (every share is whole BD blocks); fan_in_fan_out on an nn.Linear base (peft turns it off there);
+the DoRA norm cache kept for autocast's cast copies (a stale hit needs the allocator to reuse their storage).
 """
 
 from __future__ import annotations
@@ -29,6 +32,15 @@ TRAIN = "talan_kernels/side_path/fused_train.py"
 LORA = "talan_kernels/lora/kernels.py"
 SIDE_PATH_TESTS = ("tests/test_side_path_kernels_interp.py", "tests/test_side_path_gpu_configs_interp.py")
 LORA_TESTS = ("tests/test_lora_kernels_interp.py",)
+MASKS = "talan/masks.py"
+STATE = "talan/decode_state.py"
+PATCHING = "talan/patching.py"
+FUSED_LORA = "talan/fused_lora.py"
+LORA_OP = "talan_kernels/lora/interface.py"
+CHECKPOINT = "talan/checkpoint.py"
+TRAINER = "talan/trainer.py"
+STATE_TESTS = ("tests/test_decode_state.py",)
+FUSED_LORA_TESTS = ("tests/test_fused_lora_peft.py", "tests/test_lora_reference.py")
 
 
 class Mutant(NamedTuple):
@@ -36,7 +48,8 @@ class Mutant(NamedTuple):
     path: str  # relative to the checkout
     old: str  # found exactly once in the file
     new: str
-    tests: tuple[str, ...]
+    tests: tuple[str, ...]  # pytest arguments: files, and -k where a file's other tests are slow
+    interpreter: bool = True  # run them under TRITON_INTERPRET=1 (the kernel tests need it)
 
 
 MUTANTS = [
@@ -115,6 +128,85 @@ MUTANTS = [
            "mask=mask_r[:, None] & (cc < R + 1)[None, :], other=0.0)", LORA_TESTS),
 ]
 
+# the glue (CPU tests, most of them without the interpreter)
+GLUE = [
+    # the masks TALAN reads padding and packed-sequence starts off
+    Mutant("mask_key_offset_zero", MASKS, "offset = max(past_len + q - kv, 0)", "offset = 0",
+           ("tests/test_patch_model.py", "-k", "read_off_4d_masks"), False),
+    Mutant("mask_starts_at_first_token", MASKS, "starts = real & (before >= 0) & ~sees_before",
+           "starts = real & ~sees_before", ("tests/test_patch_model.py", "-k", "read_off_4d_masks"), False),
+    Mutant("mask_dict_ignores_full_attention", MASKS, 'full = masks.get("full_attention")', "full = None",
+           ("tests/test_patch_model.py", "-k", "mask_dict"), False),
+    Mutant("mask_dict_prefers_2d", MASKS, "(four_d or two_d or tensors or [None])[0]",
+           "(two_d or four_d or tensors or [None])[0]", ("tests/test_patch_model.py", "-k", "mask_dict"), False),
+    # the decode state that follows the cache
+    Mutant("reorder_ignored", STATE, "lambda t, beam_idx: t.index_select(0, beam_idx.to(t.device))",
+           "lambda t, beam_idx: t", STATE_TESTS, False),
+    Mutant("repeat_not_interleaved", STATE, "lambda t, repeats: t.repeat_interleave(repeats, dim=0)",
+           "lambda t, repeats: t.repeat(repeats, *[1] * (t.dim() - 1))", STATE_TESTS, False),
+    Mutant("select_ignored", STATE, "lambda t, indices: t[indices.to(t.device)]", "lambda t, indices: t[:len(indices)]",
+           STATE_TESTS, False),
+    Mutant("crop_to_start_keeps_end_state", STATE, "        if keep == 0:\n            return replay.state",
+           "        if keep == 0:\n            return entry.slot_sums, entry.value_sums", STATE_TESTS, False),
+    Mutant("crop_replays_one_more", STATE, "replay.hidden[:, :keep], active", "replay.hidden[:, :keep + 1], active",
+           STATE_TESTS, False),
+    Mutant("replay_kept_after_reorder", STATE, "entry.replay = None  # a crop", "pass  # a crop", STATE_TESTS, False),
+    Mutant("replay_any_length", STATE, "if replay is not None and replay.hidden.shape[1] > REPLAY_TOKENS:",
+           "if replay is not None and replay.hidden.shape[1] > 100 * REPLAY_TOKENS:", STATE_TESTS, False),
+    Mutant("copied_model_shares_states", STATE, "return DecodeStates()  # a copied model",
+           "return self  # a copied model", STATE_TESTS, False),
+    Mutant("batch_change_unchecked", STATE, "if entry.slot_sums.shape[0] != batch:", "if False:", STATE_TESTS, False),
+    Mutant("past_from_mask_off_by_one", PATCHING, "return mask.shape[1] - new\n", "return mask.shape[1] - new + 1\n",
+           ("tests/test_hosts.py", "-k", "patches_exactly_and_generates and Mamba-pre"), False),
+    Mutant("counted_tokens_layer0_only", PATCHING, "    if isinstance(counted, int) and counted == 0:\n",
+           "    if False:\n", ("tests/test_hosts.py", "-k", "minimax_generates"), False),
+    # the fused-LoRA fall-backs to peft's forward, and the DoRA norm cache
+    Mutant("merged_adapter_fused", FUSED_LORA, "or layer.disable_adapters or layer.merged:",
+           "or layer.disable_adapters:", FUSED_LORA_TESTS, False),
+    Mutant("disabled_adapter_fused", FUSED_LORA, "or layer.disable_adapters or layer.merged:", "or layer.merged:",
+           FUSED_LORA_TESTS, False),
+    Mutant("several_adapters_fused", FUSED_LORA, "    if len(active) != 1:\n        return None",
+           "    if len(active) < 1:\n        return None", FUSED_LORA_TESTS, False),
+    Mutant("training_dropout_fused", FUSED_LORA, "(dropout.training and dropout.p > 0)", "False", FUSED_LORA_TESTS,
+           False),
+    Mutant("hooked_base_fused", FUSED_LORA,
+           'if base._forward_hooks or base._forward_pre_hooks or "forward" in base.__dict__:', "if False:",
+           FUSED_LORA_TESTS, False),
+    Mutant("lora_bias_adapter_fused", FUSED_LORA,
+           "    if layer.lora_bias.get(name, False) or layer.r[name] > MAX_TRITON_RANK:\n        return None",
+           "    if layer.r[name] > MAX_TRITON_RANK:\n        return None", FUSED_LORA_TESTS, False),
+    Mutant("layer_skipped_for_any_adapter", FUSED_LORA, "if reasons and len(reasons) == len(layer.lora_A):",
+           "if reasons:", FUSED_LORA_TESTS, False),
+    Mutant("instance_forward_forgotten", FUSED_LORA, 'had = "forward" in layer.__dict__', "had = False",
+           FUSED_LORA_TESTS, False),
+    Mutant("backend_not_switched", FUSED_LORA, "            state.backend = backend\n", "            pass\n",
+           FUSED_LORA_TESTS, False),
+    Mutant("norm_cache_ignores_updates", LORA_OP, "(t.data_ptr(), t._version, tuple(t.shape), t.dtype)",
+           "(t.data_ptr(), tuple(t.shape), t.dtype)", FUSED_LORA_TESTS, False),
+    Mutant("norm_cache_ignores_scaling", LORA_OP, "                + (float(scaling),)", "                + ()",
+           FUSED_LORA_TESTS, False),
+    # checkpoints and the trainer's param groups
+    Mutant("load_ignores_layer_count", CHECKPOINT,
+           'if host["hidden_size"] != hidden_size or host["num_layers"] != num_layers:',
+           'if host["hidden_size"] != hidden_size:', ("tests/test_checkpoint.py",), False),
+    Mutant("load_ignores_patched_config", CHECKPOINT,
+           "if is_patched(model) and not _same_block(talan_config(model), config):", "if False:",
+           ("tests/test_checkpoint.py",), False),
+    Mutant("load_compares_backends", CHECKPOINT, '        d.pop("backend")\n', "", ("tests/test_checkpoint.py",),
+           False),
+    Mutant("load_backend_override_ignored", CHECKPOINT,
+           '        config = TalanConfig.from_dict({**config.to_dict(), "backend": backend})', "        pass",
+           ("tests/test_checkpoint.py",), False),
+    Mutant("talan_lr_ignored", TRAINER, 'lr = group["lr"] if self.talan_lr is None else self.talan_lr',
+           'lr = group["lr"]', ("tests/test_train.py", "-k", "own_learning_rate"), False),
+    Mutant("norm_weights_decayed", TRAINER, 'if not n.endswith(f".{BLOCK_NAME}.norm_weight")]', "]",
+           ("tests/test_train.py", "-k", "own_learning_rate"), False),
+    Mutant("talan_never_decayed", TRAINER, '"lr": lr, "name": TALAN_GROUP})',
+           '"lr": lr, "name": TALAN_GROUP, "weight_decay": 0.0})', ("tests/test_train.py", "-k", "own_learning_rate"),
+           False),
+]
+MUTANTS += GLUE
+
 
 def mutated_source(root: Path, mutant: Mutant) -> str:
     """The mutant's file with its one change; a ValueError where ``old`` is not in the file exactly once."""
@@ -141,8 +233,10 @@ def run(mutants: list[Mutant]) -> list[str]:
     with tempfile.TemporaryDirectory(prefix="talan-mutants-") as tmp:
         copy = Path(tmp)
         _copy_checkout(copy)
-        env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(copy))
         for mutant in mutants:
+            env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"} | {"PYTHONPATH": str(copy)}
+            if mutant.interpreter:
+                env["TRITON_INTERPRET"] = "1"
             original = (copy / mutant.path).read_text(encoding="utf-8")
             (copy / mutant.path).write_text(mutated_source(copy, mutant), encoding="utf-8")
             start = time.time()
