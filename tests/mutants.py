@@ -139,6 +139,18 @@ GLUE = [
            ("tests/test_patch_model.py", "-k", "mask_dict"), False),
     Mutant("mask_dict_prefers_2d", MASKS, "(four_d or two_d or tensors or [None])[0]",
            "(two_d or four_d or tensors or [None])[0]", ("tests/test_patch_model.py", "-k", "mask_dict"), False),
+    # transformers' packed-sequence rule for position ids
+    Mutant("packing_split_despite_a_mask", PATCHING,
+           "if mask is None and cache is None and position_ids is not None and t > 1:",
+           "if cache is None and position_ids is not None and t > 1:",
+           ("tests/test_patch_model.py", "-k", "split_the_memory"), False),
+    Mutant("packing_split_despite_a_cache", PATCHING,
+           "if mask is None and cache is None and position_ids is not None and t > 1:",
+           "if mask is None and position_ids is not None and t > 1:",
+           ("tests/test_patch_model.py", "-k", "split_the_memory"), False),
+    Mutant("packing_split_on_restarts_only", PATCHING, "starts[:, 1:] = (pos[:, 1:] - pos[:, :-1]) != 1",
+           "starts[:, 1:] = (pos[:, 1:] - pos[:, :-1]) < 0", ("tests/test_patch_model.py", "-k", "split_the_memory"),
+           False),
     # the decode state that follows the cache
     Mutant("reorder_ignored", STATE, "lambda t, beam_idx: t.index_select(0, beam_idx.to(t.device))",
            "lambda t, beam_idx: t", STATE_TESTS, False),

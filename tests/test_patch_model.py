@@ -16,6 +16,7 @@ from conftest import (
     greedy_kwargs,
     left_padded_prompt,
     open_gates,
+    record_calls,
     tiny_batch,
     tiny_config,
     tiny_llama,
@@ -112,6 +113,25 @@ def test_packed_sequences_restart_the_memory_at_each_boundary(site):
         alone = model(input_ids=s[None], use_cache=False).logits[0]
         torch.testing.assert_close(out[start:start + len(s)], alone, rtol=1e-5, atol=1e-5)
         start += len(s)
+
+
+@pytest.mark.parametrize("with_", ["attention_mask", "cache"])
+def test_position_ids_split_the_memory_only_without_a_mask_or_a_cache(with_, monkeypatch):
+    """transformers' packed-sequence rule (masking_utils.find_packed_sequence_indices): position ids that do not step
+    by exactly 1 (a restart, or a jump) start a sequence only in a forward with neither an attention mask nor a cache;
+    with either, attention spans them, and so does TALAN's memory."""
+    from talan.block import TalanBlock
+
+    resets = record_calls(monkeypatch, TalanBlock, "forward", lambda self, h, active=None, resets=None, state=None:
+                          None if resets is None else resets[0].nonzero().flatten().tolist())
+    model = talan.patch(tiny_qwen3(), tiny_config(layer=0))
+    ids = tiny_batch(batch=1, length=9)["input_ids"]
+    position_ids = torch.tensor([[0, 1, 2, 3, 0, 1, 7, 8, 9]])  # a restart at 4, a jump at 6
+    model(input_ids=ids, position_ids=position_ids, use_cache=False)
+    other = {"attention_mask": torch.ones_like(ids), "use_cache": False} if with_ == "attention_mask" else {
+        "use_cache": True}
+    model(input_ids=ids, position_ids=position_ids, **other)
+    assert resets == [[4, 6], None]
 
 
 @pytest.mark.parametrize("site", SITES)
