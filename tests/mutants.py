@@ -139,6 +139,9 @@ GLUE = [
            ("tests/test_patch_model.py", "-k", "mask_dict"), False),
     Mutant("mask_dict_prefers_2d", MASKS, "(four_d or two_d or tensors or [None])[0]",
            "(two_d or four_d or tensors or [None])[0]", ("tests/test_patch_model.py", "-k", "mask_dict"), False),
+    # TalanConfig's checks
+    Mutant("config_takes_infinity", "talan/config.py", 'or value in (float("inf"), float("-inf")) or value < low',
+           "or value < low", ("tests/test_config.py",), False),
     # transformers' packed-sequence rule for position ids
     Mutant("packing_split_despite_a_mask", PATCHING,
            "if mask is None and cache is None and position_ids is not None and t > 1:",

@@ -18,7 +18,8 @@ def test_defaults_match_the_spec():
 @pytest.mark.parametrize("field,value", [
     ("mixer", "bogus"), ("writeback", "add"), ("site", "middle"), ("trainable", "all"), ("backend", "cuda"),
     ("num_slots", 0), ("num_slots", 2.5), ("num_slots", True), ("latent_dim", -1), ("grad_scale", -0.5),
-    ("grad_scale", float("nan")), ("score_cap", 0.0), ("norm_cap_ratio", 0.0), ("layer", True), ("layer", 1.5),
+    ("grad_scale", float("nan")), ("score_cap", 0.0), ("norm_cap_ratio", 0.0), ("zero_add_scale", float("inf")),
+    ("score_cap", float("-inf")), ("layer", True), ("layer", 1.5),
     ("layer", -0.1), ("layer", "3"), ("layer", ()), ("layer", (0, False)), ("gate_per_channel", 1),
 ])
 def test_invalid_field_raises_value_error_naming_it(field, value):
