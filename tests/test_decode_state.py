@@ -25,6 +25,15 @@ def _cached_forward(model, ids, cache=None):
     return out, getattr(out, CACHE)
 
 
+def _prefilled(batch: int = 2, length: int = 6, site: str = "mid"):
+    """A patched tiny Qwen3 (gates open), its prompt and the cache of that prompt."""
+    model = open_gates(talan.patch(tiny_qwen3(), tiny_config(layer=(0, 1), site=site)))
+    ids = tiny_batch(batch=batch, length=length)["input_ids"]
+    with torch.no_grad():
+        _, cache = _cached_forward(model, ids)
+    return model, ids, cache
+
+
 def test_beam_search_carries_the_state_with_the_beams():
     model = open_gates(talan.patch(tiny_qwen3(), tiny_config(layer=1)))
     ids = tiny_batch(batch=2, length=6)["input_ids"]
@@ -80,10 +89,7 @@ def test_a_second_turn_continues_the_cache_the_first_generate_returned():
 
 
 def test_a_deep_copied_cache_reorders_its_own_state_not_the_original():
-    model = open_gates(talan.patch(tiny_qwen3(), tiny_config(layer=1)))
-    ids = tiny_batch(batch=2, length=6)["input_ids"]
-    with torch.no_grad():
-        _, cache = _cached_forward(model, ids)
+    model, ids, cache = _prefilled()
     copied = copy.deepcopy(cache)
     copied.reorder_cache(torch.tensor([1, 0]))  # what beam search does; the original keeps its order
     step = tiny_batch(batch=2, length=1, seed=4)["input_ids"]
@@ -125,15 +131,6 @@ def test_a_crop_into_the_last_forward_continues_exactly_and_further_back_is_refu
     cache.crop(-4)  # 9 -> 5 tokens: back past the start of the last forward (at 7 tokens)
     with pytest.raises(ValueError, match="crop"):
         _cached_forward(model, ids[:, 5:6], cache)
-
-
-def _prefilled(batch: int = 2, length: int = 6, site: str = "mid"):
-    """A patched tiny Qwen3 (gates open), its prompt and the cache of that prompt."""
-    model = open_gates(talan.patch(tiny_qwen3(), tiny_config(layer=(0, 1), site=site)))
-    ids = tiny_batch(batch=batch, length=length)["input_ids"]
-    with torch.no_grad():
-        _, cache = _cached_forward(model, ids)
-    return model, ids, cache
 
 
 @pytest.mark.parametrize("method,argument,rows", [

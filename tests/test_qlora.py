@@ -222,6 +222,14 @@ def test_talan_train_prepares_a_checkpoint_saved_in_4bit(tmp_path):
         train(tmp_path / "fsdp", "--model", str(saved), "--fsdp")
 
 
+def _hide_package(monkeypatch, package: str) -> None:
+    """As on a machine without ``package``: ``importlib.util.find_spec`` (how talan train asks) finds no such spec."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None if name == package else real(name, *args))
+
+
 @pytest.mark.parametrize("flags, error, message", [
     (["--load-in-4bit", "--load-in-8bit"], ValueError, "pass one of them"),
     (["--load-in-4bit"], ValueError, "pass --model"),
@@ -229,13 +237,9 @@ def test_talan_train_prepares_a_checkpoint_saved_in_4bit(tmp_path):
     (["--load-in-4bit", "--deepspeed", "ds.json", "--model", "."], ValueError, "DeepSpeed with a quantised"),
 ])
 def test_bad_quantisation_setups_fail_before_training(tmp_path, monkeypatch, flags, error, message):
-    import importlib.util
-
     # without deepspeed installed (the GPU check machine's stack) too: a refused combination is named before any
     # package it would need
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *args: None if name == "deepspeed" else real(name, *args))
+    _hide_package(monkeypatch, "deepspeed")
     monkeypatch.chdir(tmp_path)
     (tmp_path / "ds.json").write_text('{"zero_optimization": {"stage": 2}}')
     monkeypatch.setenv("LOCAL_RANK", "0")  # as under a launcher (DeepSpeed's own check)
@@ -245,12 +249,8 @@ def test_bad_quantisation_setups_fail_before_training(tmp_path, monkeypatch, fla
 
 
 def test_quantisation_without_bitsandbytes_is_a_clear_error(tmp_path, monkeypatch):
-    import importlib.util
-
     model_dir = make_local_checkpoint(tmp_path / "model")
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *args: None if name == "bitsandbytes" else real(name, *args))
+    _hide_package(monkeypatch, "bitsandbytes")
     with pytest.raises(ImportError, match="--load-in-4bit needs the bitsandbytes package"):
         train(tmp_path / "run", "--model", str(model_dir), "--load-in-4bit")
     assert not (tmp_path / "run").exists()

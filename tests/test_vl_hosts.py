@@ -105,8 +105,6 @@ def _with_images(family: str, *marks):
 AUDIO = ("Qwen2Audio", "Voxtral", "AudioFlamingo3", "MossTranscribeDiarize", "GraniteSpeech", "GraniteSpeechPlus",
          "Qwen3ASR", "FunAsrNano", "MusicFlamingo", "GlmAsr", "OmniASR", "Nemotron3_5Transcribe",
          "VibeVoiceAsr")
-# Nemotron 3 Nano Omni (its audio branch left out: the image is the tested modality) and the audio Nemotron
-NEMOTRON_H = ("NemotronH_Omni_Reasoning_V3_", "Nemotron3_5Transcribe")
 # the wrappers that build their text decoder from its config: LLaVA over Llama and over Gemma 2, LLaVA-NeXT (over
 # Llama), LLaVA-OneVision (over Qwen2), LFM2-VL (over LFM2, a hybrid), Mistral 3 (over Mistral), InternVL (over
 # Qwen2), SmolVLM and Idefics 3 (over Llama, kept as text_model), PaliGemma (over Gemma; its prefix attends both ways,
@@ -126,7 +124,9 @@ PARALLEL = ("AyaVision", "Cohere2Vision", "CohereCompass")
 HYPER = ("Qwen4Exp", "HYV4VL", "Glm5Next")
 OPT_WRAPPERS = ("Blip2", "InstructBlip", "InstructBlipVideo")
 DROPPED_INSIDE = (*OPT_WRAPPERS, "Idefics")
-ONE_MIXER = NEMOTRON_H  # over NemotronH: one token mixer or one MLP a layer
+# over NemotronH (one token mixer or one MLP a layer): Nemotron 3 Nano Omni (its audio branch left out: the image is
+# the tested modality) and Nemotron 3.5 Transcribe
+ONE_MIXER = ("NemotronH_Omni_Reasoning_V3_", "Nemotron3_5Transcribe")
 NO_MID = (*PARALLEL, *HYPER, *DROPPED_INSIDE, *ONE_MIXER)
 FAMILIES = [_with_images(f) for f in (*NATIVE, *WRAPPERS)]
 

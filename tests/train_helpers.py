@@ -80,15 +80,16 @@ DEEPSEEK_V4 = dict(q_lora_rank=32, o_lora_rank=32, o_groups=2, num_key_value_hea
                    mlp_layer_types=["hash_moe", "moe", "moe"])
 # the layers of the 2-layer checkpoints that differ from their config's defaults: the text-only hybrids' (Granite 4: a
 # Mamba 2 layer, then attention, every sum scaled; LFM2: a short convolution, then attention; Jamba) and DeepSeek-V4's
-CHECKPOINT_LAYERS = {"GraniteMoeHybrid": dict(MAMBA_2, layer_types=["mamba", "attention"], residual_multiplier=0.22,
-                                          mamba_n_heads=2, num_local_experts=0, shared_intermediate_size=64),
-                 "Lfm2": dict(layer_types=["conv", "full_attention"], block_ff_dim=64),
-                 # Jamba: a Mamba layer with 4 experts, then attention and a dense MLP
-                 "Jamba": dict(use_mamba_kernels=False, attn_layer_period=2, attn_layer_offset=1, num_experts=4,
-                               num_experts_per_tok=2, expert_layer_period=2, expert_layer_offset=0),
-                 # both layers compressed sparse attention: heavily compressed attention pools 128 tokens into a
-                 # key, more than a training text holds, so its compressor (and LoRA) would never run
-                 "DeepseekV4": dict(DEEPSEEK_V4, layer_types=["compressed_sparse_attention"] * 2)}
+CHECKPOINT_LAYERS = {
+    "GraniteMoeHybrid": dict(MAMBA_2, layer_types=["mamba", "attention"], residual_multiplier=0.22, mamba_n_heads=2,
+                             num_local_experts=0, shared_intermediate_size=64),
+    "Lfm2": dict(layer_types=["conv", "full_attention"], block_ff_dim=64),
+    # Jamba: a Mamba layer with 4 experts, then attention and a dense MLP
+    "Jamba": dict(use_mamba_kernels=False, attn_layer_period=2, attn_layer_offset=1, num_experts=4,
+                  num_experts_per_tok=2, expert_layer_period=2, expert_layer_offset=0),
+    # both layers compressed sparse attention: heavily compressed attention pools 128 tokens into a key, more than a
+    # training text holds, so its compressor (and LoRA) would never run
+    "DeepseekV4": dict(DEEPSEEK_V4, layer_types=["compressed_sparse_attention"] * 2)}
 
 
 def make_local_checkpoint(model_dir: Path, chat_template: bool = True, family: str = "Qwen3") -> Path:
