@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,8 +81,9 @@ class TalanConfig:
                     or value in (float("inf"), float("-inf")) or value < low or (strict and value == low):
                 bound = f"> {low}" if strict else f">= {low}"
                 raise ValueError(f"{name} must be a finite number {bound}; got {value!r}")
-        if isinstance(self.token_gate_bias, bool) or not isinstance(self.token_gate_bias, numbers.Real):
-            raise ValueError(f"token_gate_bias must be a number; got {self.token_gate_bias!r}")
+        bias = self.token_gate_bias  # any finite number: a NaN or infinite bias makes every gate NaN or saturated
+        if isinstance(bias, bool) or not isinstance(bias, numbers.Real) or not math.isfinite(bias):
+            raise ValueError(f"token_gate_bias must be a finite number; got {bias!r}")
         if not isinstance(self.gate_per_channel, bool):
             raise ValueError(f"gate_per_channel must be a bool; got {self.gate_per_channel!r}")
 

@@ -39,7 +39,11 @@ FUSED_LORA = "talan/fused_lora.py"
 LORA_OP = "talan_kernels/lora/interface.py"
 CHECKPOINT = "talan/checkpoint.py"
 TRAINER = "talan/trainer.py"
+BLOCK = "talan/block.py"
+REFERENCE = "talan_kernels/side_path/reference.py"
 STATE_TESTS = ("tests/test_decode_state.py",)
+BLOCK_TESTS = ("tests/test_block.py",)
+REFERENCE_TESTS = ("tests/test_side_path_reference.py",)
 FUSED_LORA_TESTS = ("tests/test_fused_lora_peft.py", "tests/test_lora_reference.py")
 
 
@@ -142,6 +146,50 @@ GLUE = [
     # TalanConfig's checks
     Mutant("config_takes_infinity", "talan/config.py", 'or value in (float("inf"), float("-inf")) or value < low',
            "or value < low", ("tests/test_config.py",)),
+    Mutant("config_takes_nan_gate_bias", "talan/config.py", " or not math.isfinite(bias):", ":",
+           ("tests/test_config.py",)),
+    # the reference's stages 2 and 3 against the SPEC (the kernels are tested against the reference)
+    Mutant("ref_attn_unscaled", REFERENCE, "/ math.sqrt(r), dim=-1)", ", dim=-1)", REFERENCE_TESTS),
+    Mutant("ref_mlp_input_order", REFERENCE, "torch.cat([z, read], -1)", "torch.cat([read, z], -1)", REFERENCE_TESTS),
+    Mutant("ref_mlp_relu", REFERENCE, "hidden = F.silu(", "hidden = F.relu(", REFERENCE_TESTS),
+    Mutant("ref_glu_gate_of_read", REFERENCE, 'torch.sigmoid(z @ _up(params["w_glu"])) * read',
+           'torch.sigmoid(read @ _up(params["w_glu"])) * read', REFERENCE_TESTS),
+    Mutant("ref_linear_softmaxed", REFERENCE, '(_up(params["mix_weights"]) @ mem)',
+           '(_up(params["mix_weights"]).softmax(0) @ mem)', REFERENCE_TESTS),
+    Mutant("ref_token_gate_of_h", REFERENCE, 'gate = torch.sigmoid(x @ _up(params["gate_weight"])',
+           'gate = torch.sigmoid(h32 @ _up(params["gate_weight"])', REFERENCE_TESTS),
+    Mutant("ref_tanh_gate_untanhed", REFERENCE, 'return torch.tanh(_up(params["gate"])) * u',
+           'return _up(params["gate"]) * u', REFERENCE_TESTS),
+    Mutant("ref_rms_without_eps", REFERENCE, "h32.pow(2).mean(-1, keepdim=True) + eps)",
+           "h32.pow(2).mean(-1, keepdim=True))", REFERENCE_TESTS),
+    # TalanBlock: the SPEC's initialisation and the config's options handed to the op
+    Mutant("init_w_k_random", BLOCK, "self.w_k.copy_(torch.eye(r))", "self.w_k.normal_(0.0, 1.0 / math.sqrt(r))",
+           BLOCK_TESTS),
+    Mutant("init_w_in_unscaled", BLOCK, "self.w_in.normal_(0.0, 1.0 / math.sqrt(self.hidden_size))",
+           "self.w_in.normal_(0.0, 1.0)", BLOCK_TESTS),
+    Mutant("init_mix_weights_ones", BLOCK, "self.mix_weights.fill_(1.0 / self.config.num_slots)",
+           "self.mix_weights.fill_(1.0)", BLOCK_TESTS),
+    Mutant("init_gate_bias_fixed", BLOCK, "self.gate_bias.fill_(self.config.token_gate_bias)",
+           "self.gate_bias.fill_(-4.0)", BLOCK_TESTS),
+    Mutant("scalar_gate_per_channel", BLOCK, "param(d if config.gate_per_channel else 1)", "param(d)", BLOCK_TESTS),
+    Mutant("block_default_cap", BLOCK, "cap=c.score_cap,", "cap=15.0,", BLOCK_TESTS),
+    Mutant("block_default_zero_add_scale", BLOCK, "zero_add_scale=c.zero_add_scale,", "zero_add_scale=1.0,",
+           BLOCK_TESTS),
+    Mutant("block_default_norm_cap_ratio", BLOCK, "norm_cap_ratio=c.norm_cap_ratio,", "norm_cap_ratio=1e-2,",
+           BLOCK_TESTS),
+    # the demo's and talan train's data, and talan export
+    Mutant("partial_batches", "talan/data.py", "if len(chunk) == batch_size or len(order) < batch_size:", "if True:",
+           ("tests/test_data.py",)),
+    Mutant("pad_fallback_zero", "talan/data.py", "return tokenizer.eos_token_id if pad is None else pad",
+           "return 0 if pad is None else pad", ("tests/test_data.py",)),
+    Mutant("empty_prompt_generated", "talan/data.py", "    if any(not r for r in ids):\n", "    if False:\n",
+           ("tests/test_data.py",)),
+    Mutant("export_without_adapter", "talan/export.py",
+           "for name in (ADAPTER_CONFIG, talan_checkpoint.CONFIG_NAME, talan_checkpoint.WEIGHTS_NAME):",
+           "for name in (talan_checkpoint.CONFIG_NAME, talan_checkpoint.WEIGHTS_NAME):",
+           ("tests/test_export.py", "-k", "bad_inputs")),
+    Mutant("export_dtype_ignored", "talan/export.py", "getattr(torch, args.model_dtype)", "torch.float32",
+           ("tests/test_export.py", "-k", "dtype")),
     # transformers' packed-sequence rule for position ids
     Mutant("packing_split_despite_a_mask", PATCHING,
            "if mask is None and cache is None and position_ids is not None and t > 1:",

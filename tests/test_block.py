@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from talan import TalanBlock, TalanConfig
-from talan_kernels.side_path import MIXERS, WRITEBACKS
+from talan_kernels.side_path import MIXERS, WRITEBACKS, side_path_ref
+from talan_kernels.testing import random_side_path_params
 
 D = 32
 
@@ -94,3 +95,54 @@ def test_parameters_are_fp32_raw_parameters_without_linear_submodules():
     block = _block(mixer="mlp", writeback="token_gate")
     assert list(block.children()) == []
     assert all(p.dtype == torch.float32 for p in block.parameters())
+
+
+@pytest.mark.parametrize("mixer,writeback,per_channel", [
+    ("attn", "tanh_gate", True), ("linear", "token_gate", True), ("mlp", "tanh_gate", False), ("glu", "norm_cap", True),
+    ("attn", "zero_add", True),
+])
+def test_initialisation_follows_the_spec(mixer, writeback, per_channel):
+    """SPEC §1: W_in ~ N(0, 1/d), W_k = W_v = I, q_m ~ N(0, 1), W_q, W_g, W_1, W_2 ~ N(0, 1/fan_in), RMSNorm weight 1,
+    beta = 1/M; W_out ~ N(0, 1/r) for tanh_gate (gamma zero, scalar or per channel), zero otherwise (b_g the
+    config's). Standard deviations within 5 % (the smallest sample holds 4096 values: about 1 % standard error)."""
+    d, r, m = 512, 64, 64
+    torch.manual_seed(0)
+    block = TalanBlock(d, TalanConfig(latent_dim=r, num_slots=m, mixer=mixer, writeback=writeback,
+                                      gate_per_channel=per_channel, token_gate_bias=-2.5))
+    p = block.params()
+    assert torch.equal(p["norm_weight"], torch.ones(d))
+    assert torch.equal(p["w_k"], torch.eye(r)) and torch.equal(p["w_v"], torch.eye(r))
+    stds = {"w_in": d, "slot_queries": 1, "w_q": r, "w_1": 2 * r, "w_2": r, "w_glu": r, "gate_weight": d}
+    if writeback == "tanh_gate":
+        stds["w_out"] = r
+        assert torch.equal(p["gate"], torch.zeros(d if per_channel else 1))
+    else:
+        assert torch.equal(p["w_out"], torch.zeros(r, d))
+    for name, fan_in in stds.items():
+        if name in p and name != "gate_weight":
+            assert abs(p[name].std().item() * fan_in ** 0.5 - 1) < 0.05, name
+            assert abs(p[name].mean().item()) * fan_in ** 0.5 < 0.05, name
+    if mixer == "linear":
+        assert torch.equal(p["mix_weights"], torch.full((m,), 1 / m))
+    if writeback == "token_gate":  # d values only: a 10 % bound on the standard deviation
+        assert abs(p["gate_weight"].std().item() * d ** 0.5 - 1) < 0.1
+        assert torch.equal(p["gate_bias"], torch.tensor([-2.5]))
+
+
+@pytest.mark.parametrize("writeback", WRITEBACKS)
+def test_forward_runs_the_op_at_the_configs_options(writeback):
+    """The block hands the op its config's score_cap, zero_add_scale and norm_cap_ratio (here off their defaults,
+    with a norm_cap_ratio that caps the updates)."""
+    options = {"cap": 2.0, "zero_add_scale": 0.25, "norm_cap_ratio": 0.05}
+    block = _block(writeback=writeback, mixer="glu", score_cap=options["cap"],
+                   zero_add_scale=options["zero_add_scale"], norm_cap_ratio=options["norm_cap_ratio"])
+    params = random_side_path_params(D, 16, 4, "glu", writeback, seed=2)
+    with torch.no_grad():
+        for name, value in params.items():
+            getattr(block, name).copy_(value)
+    h = torch.randn(2, 6, D, generator=torch.Generator().manual_seed(1))
+    active = torch.ones(2, 6, dtype=torch.bool)
+    active[1, :2] = False
+    out, _ = block(h, active)
+    expected, _ = side_path_ref(h, params, active, mixer="glu", writeback=writeback, **options)
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)

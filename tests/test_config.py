@@ -21,6 +21,7 @@ def test_defaults_match_the_spec():
     ("grad_scale", float("nan")), ("score_cap", 0.0), ("norm_cap_ratio", 0.0), ("zero_add_scale", float("inf")),
     ("score_cap", float("-inf")), ("layer", True), ("layer", 1.5),
     ("layer", -0.1), ("layer", "3"), ("layer", ()), ("layer", (0, False)), ("gate_per_channel", 1),
+    ("token_gate_bias", "-4"), ("token_gate_bias", float("nan")), ("token_gate_bias", True),
 ])
 def test_invalid_field_raises_value_error_naming_it(field, value):
     with pytest.raises(ValueError, match=field):

@@ -128,12 +128,34 @@ def test_collate_prompts_left_pads(tok):
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [0, 0, 1]]
 
 
+def test_collate_prompts_refuses_an_empty_prompt(tok):
+    with pytest.raises(ValueError, match="every prompt needs at least one token"):
+        collate_prompts(["abc", ""], tok)
+
+
+def test_a_tokenizer_without_a_pad_token_pads_with_eos(tok):
+    tok.pad_token_id = None  # as Qwen3's and Llama's tokenizers may come
+    assert collate_prompts(["abc", "a"], tok)["input_ids"][1].tolist() == [tok.eos_token_id] * 2 + tok.encode("a")
+    batch = collate([{"prompt": "ab", "completion": "c"}, {"prompt": "a", "completion": "c"}], tok)
+    assert batch["input_ids"][1, 0].item() == tok.eos_token_id and batch["labels"][1, 0].item() == IGNORE_INDEX
+
+
 def test_batches_cover_every_example_each_epoch():
     examples = [{"prompt": str(i), "completion": "x"} for i in range(12)]
     stream = batches(examples, 4, seed=0)
     epoch = [next(stream) for _ in range(3)]
     assert all(len(b) == 4 for b in epoch)
     assert sorted(ex["prompt"] for b in epoch for ex in b) == sorted(ex["prompt"] for ex in examples)
+
+
+def test_batches_are_always_full_and_a_small_set_is_one_batch():
+    examples = [{"prompt": str(i), "completion": "x"} for i in range(10)]
+    stream = batches(examples, 4, seed=0)  # 10 = 4 + 4 + 2: the short remainder of each epoch is dropped
+    assert [len(next(stream)) for _ in range(7)] == [4] * 7
+    small = batches(examples[:3], 4, seed=0)
+    assert [sorted(ex["prompt"] for ex in next(small)) for _ in range(2)] == [["0", "1", "2"]] * 2
+    with pytest.raises(ValueError, match="batch_size must be positive"):
+        next(batches(examples, 0))
 
 
 def _write(tmp_path, lines, name="data.jsonl"):

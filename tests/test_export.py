@@ -74,20 +74,38 @@ def test_export_merges_the_adapter_and_keeps_talan(tmp_path, local_model, family
     assert rel_rms(without_talan, trained) > 1e-4  # TALAN is part of what was exported
 
 
-def test_export_bad_inputs_are_clear_errors(tmp_path, local_model, capsys):
-    def export(checkpoint, out):
-        return main(["export", "--model", str(local_model), "--checkpoint", str(checkpoint), "--out", str(out)])
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, local_model):
+    tmp = tmp_path_factory.mktemp("run")
+    return train(tmp / "run", "--model", str(local_model), "--use-cpu", "--backend", "torch",
+                 "--data", str(write_jsonl(tmp / "d.jsonl", [{"prompt": "a", "completion": "b"}] * 4)))
 
-    assert export(tmp_path / "nowhere", tmp_path / "out") == 2
+
+def _export(model, checkpoint, out, *extra):
+    return main(["export", "--model", str(model), "--checkpoint", str(checkpoint), "--out", str(out), *extra])
+
+
+def test_export_bad_inputs_are_clear_errors(tmp_path, local_model, tiny_run, capsys):
+    assert _export(local_model, tmp_path / "nowhere", tmp_path / "out") == 2
     assert "--checkpoint" in capsys.readouterr().err
     (tmp_path / "half").mkdir()
     (tmp_path / "half" / "adapter_config.json").write_text("{}")
-    assert export(tmp_path / "half", tmp_path / "out") == 2
+    assert _export(local_model, tmp_path / "half", tmp_path / "out") == 2
     assert "talan_config.json is missing" in capsys.readouterr().err
+    (tmp_path / "talan_only").mkdir()  # TALAN's files without the adapter's
+    for name in TALAN_FILES:
+        (tmp_path / "talan_only" / name).write_text("")
+    assert _export(local_model, tmp_path / "talan_only", tmp_path / "out") == 2
+    assert "adapter_config.json is missing" in capsys.readouterr().err
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("")
-    run = train(tmp_path / "run", "--model", str(local_model), "--use-cpu", "--backend", "torch",
-                "--data", str(write_jsonl(tmp_path / "d.jsonl", [{"prompt": "a", "completion": "b"}] * 4)))
-    assert export(run["output_dir"], tmp_path / "full") == 2
+    assert _export(local_model, tiny_run["output_dir"], tmp_path / "full") == 2
     assert "not empty" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_export_writes_the_merged_weights_in_the_asked_dtype(tmp_path, local_model, tiny_run):
+    out = tmp_path / "bf16"
+    assert _export(local_model, tiny_run["output_dir"], out, "--model-dtype", "bfloat16") == 0
+    assert {w.dtype for w in load_file(out / "model.safetensors").values()} == {torch.bfloat16}
+    assert {w.dtype for w in load_file(out / "talan_model.safetensors").values()} == {torch.float32}  # as trained

@@ -185,3 +185,77 @@ def test_padding_gets_zero_perturbation_and_output_keeps_dtype():
     assert out.dtype == torch.bfloat16
     assert torch.equal(out[0, :3], h[0, :3])
     assert not torch.equal(out[0, 3:], h[0, 3:])
+
+
+def _spec_mixer(z, mem, p, mixer):
+    """SPEC §1 stage 2 for one token: ``c`` from ``z [R]`` and ``mem [M, R]``."""
+    if mixer == "linear":
+        return p["mix_weights"] @ mem
+    read = torch.softmax(mem @ (z @ p["w_q"]) / math.sqrt(z.shape[0]), 0) @ mem
+    if mixer == "mlp":
+        return torch.nn.functional.silu(torch.cat([z, read]) @ p["w_1"]) @ p["w_2"]
+    if mixer == "glu":
+        return torch.sigmoid(z @ p["w_glu"]) * read
+    return read
+
+
+def _spec_writeback(h, x, u, p, writeback, lam, rho):
+    """SPEC §1 stage 3 for one token: the update added to ``h`` (before the active mask)."""
+    if writeback == "zero_add":
+        return lam * u
+    if writeback == "tanh_gate":
+        return torch.tanh(p["gate"]) * u
+    if writeback == "token_gate":
+        return torch.sigmoid(x @ p["gate_weight"] + p["gate_bias"]) * u
+    limit = rho * torch.linalg.vector_norm(h)
+    return u * limit / torch.maximum(torch.linalg.vector_norm(u), limit)
+
+
+def _spec_block_token_by_token(h, p, active, resets, mixer, writeback, cap, lam, rho):
+    """SPEC §1 transcribed a token at a time in fp64, sharing no code with the reference: the slot sums over the
+    active tokens u <= t of t's packed sequence, then the mixer and writeback tables row by row."""
+    b_size, t_size, _ = h.shape
+    r = p["w_in"].shape[1]
+    out = h.clone()
+    for b in range(b_size):
+        xs = [h[b, t] / torch.sqrt((h[b, t] ** 2).mean() + 1e-6) * p["norm_weight"] for t in range(t_size)]
+        zs = [x @ p["w_in"] for x in xs]
+        ks, vs = [z @ p["w_k"] for z in zs], [z @ p["w_v"] for z in zs]
+        start = 0
+        for t in range(t_size):
+            if resets is not None and resets[b, t]:
+                start = t
+            if not active[b, t]:
+                continue
+            mem = []
+            for q in p["slot_queries"]:
+                big_s, big_n = 0.0, torch.zeros(r, dtype=h.dtype)
+                for u in range(start, t + 1):
+                    if active[b, u]:
+                        w = math.exp(cap * math.tanh(float(q @ ks[u]) / (math.sqrt(r) * cap)) - cap)
+                        big_s, big_n = big_s + w, big_n + w * vs[u]
+                mem.append(big_n / big_s if big_s > 0 else big_n)
+            c = _spec_mixer(zs[t], torch.stack(mem), p, mixer)
+            out[b, t] = h[b, t] + _spec_writeback(h[b, t], xs[t], c @ p["w_out"], p, writeback, lam, rho)
+    return out
+
+
+@pytest.mark.parametrize("mixer", MIXERS)
+@pytest.mark.parametrize("writeback", WRITEBACKS)
+def test_reference_block_is_the_spec_written_a_token_at_a_time(mixer, writeback):
+    """The reference's vectorised stages against SPEC §1's formulas, at options off their defaults (cap, lam, rho),
+    with left padding and a packed-sequence restart: the kernels are tested against the reference, so this is
+    where the reference itself is tied to the SPEC."""
+    d, r, m, cap, lam, rho = 12, 5, 3, 2.5, 0.5, 0.5  # at this rho some updates are capped, some not
+    params = _params(d, r, m, mixer, writeback)
+    h = torch.randn(2, 7, d, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    active = _left_padded(2, 7, pad=2)
+    resets = torch.zeros(2, 7, dtype=torch.bool)
+    resets[1, 4] = True
+    out, _ = side_path_ref(h, params, active, resets, mixer=mixer, writeback=writeback, cap=cap,
+                           zero_add_scale=lam, norm_cap_ratio=rho)
+    expected = _spec_block_token_by_token(h, params, active, resets, mixer, writeback, cap, lam, rho)
+    torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-12)
+    if writeback == "norm_cap":  # both sides of the cap were reached
+        lengths = torch.linalg.vector_norm(out - h, dim=-1)[active] / torch.linalg.vector_norm(h, dim=-1)[active]
+        assert (lengths < rho * (1 - 1e-6)).any() and torch.isclose(lengths, torch.tensor(rho, dtype=h.dtype)).any()
