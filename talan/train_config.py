@@ -45,7 +45,6 @@ DEFAULTS = {
 # No --model: the embedded tiny Qwen3 (random init) on the synthetic recall task, well under a minute on a CPU.
 EMBEDDED_DEFAULTS = {"learning_rate": 1e-2, "max_steps": 200, "save_steps": 100, "warmup_steps": 10,
                      "rank": 8, "max_length": 256}
-_NOT_IN_FILE = ("config",)
 
 
 def _layer_item(text: str) -> int | float:
@@ -237,8 +236,8 @@ def load_config_file(path: str | Path) -> dict:
     values = {}
     for key, value in raw.items():
         dest = str(key).replace("-", "_")
-        if dest not in actions or dest in _NOT_IN_FILE:
-            known = ", ".join(sorted(d for d in actions if d not in _NOT_IN_FILE))
+        if dest not in actions:  # the settings only: not --config itself
+            known = ", ".join(sorted(actions))
             raise ValueError(f"{path}: unknown setting {key!r}; known: {known}")
         values[dest] = _coerce(actions[dest], value, f"{path}: {key}")
     return values

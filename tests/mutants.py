@@ -1,8 +1,10 @@
 """A mutation sweep: each mutant is one small wrong change to a kernel (a mask, a sign, a dropped term, a state
-carried across a reset) or to the glue around them (the masks TALAN reads, the decode state that follows a cache,
-the fused-LoRA fall-backs, checkpoints, the trainer's groups), and the tests named beside it must fail on every one.
-A mutant they pass is a gap in the tests (the sweep found zero_add's scale tested only at its default of 1, and
-cache operations, fall-backs and refusals that no test reached).
+carried across a reset), to the reference op's stages 2 and 3 or TalanBlock's initialisation (against the SPEC), or
+to the glue around them (the masks TALAN reads, the decode state that follows a cache, the fused-LoRA fall-backs,
+checkpoints, the trainer's groups, talan train's settings, the data and talan export), and the tests named beside it
+must fail on every one. A mutant they pass is a gap in the tests (the sweep found zero_add's scale tested only at its
+default of 1, a reference whose mixers and writebacks only the kernels checked, config options the block could drop,
+and cache operations, fall-backs and refusals that no test reached).
 
 Opt-in, never part of ``make test`` (about 8 minutes on 2 cores): ``make mutants``, or
 ``python tests/mutants.py [NAME ...]``. Each mutant runs in a copy of the checkout, so the working tree is never
@@ -11,7 +13,9 @@ that every mutant still applies to the source, once, so the list cannot rot as t
 
 Left out as equivalent, or as not testable deterministically: a split decode program's write mask to D instead of
 its share's end (every share is whole BD blocks); fan_in_fan_out on an nn.Linear base (peft turns it off there);
-the DoRA norm cache kept for autocast's cast copies (a stale hit needs the allocator to reuse their storage).
+the DoRA norm cache kept for autocast's cast copies (a stale hit needs the allocator to reuse their storage); the DoRA
+reference norm's clamp at 0 (only rounding makes its square negative); ``talan report``'s up-front check of the model
+names (building the first unknown preset names it too).
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ REFERENCE = "talan_kernels/side_path/reference.py"
 STATE_TESTS = ("tests/test_decode_state.py",)
 BLOCK_TESTS = ("tests/test_block.py",)
 REFERENCE_TESTS = ("tests/test_side_path_reference.py",)
+SETTINGS = "talan/train_config.py"
+SETTINGS_TESTS = ("tests/test_train.py", "-k", "config_file or settings_defaults or every_block_flag")
 FUSED_LORA_TESTS = ("tests/test_fused_lora_peft.py", "tests/test_lora_reference.py")
 
 
@@ -188,6 +194,22 @@ GLUE = [
            "for name in (ADAPTER_CONFIG, talan_checkpoint.CONFIG_NAME, talan_checkpoint.WEIGHTS_NAME):",
            "for name in (talan_checkpoint.CONFIG_NAME, talan_checkpoint.WEIGHTS_NAME):",
            ("tests/test_export.py", "-k", "bad_inputs")),
+    # talan train's settings: defaults, config files and the TalanConfig they make
+    Mutant("talan_lr_fixed_default", SETTINGS, 'settings["talan_lr"] = settings["learning_rate"]',
+           'settings["talan_lr"] = 1e-3', SETTINGS_TESTS),
+    Mutant("model_in_file_embedded", SETTINGS,
+           'embedded = (getattr(args, "model", None) or from_file.get("model")) is None',
+           'embedded = getattr(args, "model", None) is None', SETTINGS_TESTS),
+    Mutant("config_file_not_a_mapping", SETTINGS, "    if not isinstance(raw, dict):\n", "    if False:\n",
+           SETTINGS_TESTS),
+    Mutant("config_file_json_error", SETTINGS, "        except json.JSONDecodeError as err:",
+           "        except KeyError as err:", SETTINGS_TESTS),
+    Mutant("config_file_list_for_scalar", SETTINGS,
+           "if isinstance(value, (dict, list)) or isinstance(value, bool) and action.type is not None:",
+           "if isinstance(value, dict):", SETTINGS_TESTS),
+    Mutant("train_site_dropped", SETTINGS, "layer=settings.layer, site=settings.site,", "layer=settings.layer,",
+           SETTINGS_TESTS),
+    Mutant("train_grad_scale_dropped", SETTINGS, "grad_scale=settings.grad_scale,", "", SETTINGS_TESTS),
     Mutant("export_dtype_ignored", "talan/export.py", "getattr(torch, args.model_dtype)", "torch.float32",
            ("tests/test_export.py", "-k", "dtype")),
     # transformers' packed-sequence rule for position ids

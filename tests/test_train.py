@@ -29,9 +29,10 @@ from train_helpers import (
 )
 
 import talan
+from talan import TalanConfig
 from talan.data import CharTokenizer
 from talan.train import build_model, load_examples
-from talan.train_config import load_config_file, resolve_settings
+from talan.train_config import DEFAULTS, EMBEDDED_DEFAULTS, load_config_file, resolve_settings, talan_config_from
 
 
 # ---- checkpoints -----------------------------------------------------------------------------------
@@ -287,17 +288,48 @@ def test_config_file_sets_values_and_flags_override_it(tmp_path):
     assert load_config_file(json_file) == {"writeback": "norm_cap", "max_steps": 3}
 
 
+def test_settings_defaults_follow_the_model_and_the_learning_rate(tmp_path):
+    embedded = resolve_settings(parse_train("--learning-rate", "0.02"))
+    assert embedded.embedded and embedded.talan_lr == 0.02 and embedded.rank == EMBEDDED_DEFAULTS["rank"]
+    (tmp_path / "model.yaml").write_text(f"model: {tmp_path}\n")  # a model named in the file, not by the flag
+    local = resolve_settings(parse_train("--config", str(tmp_path / "model.yaml")))
+    assert not local.embedded and local.rank == DEFAULTS["rank"] and local.talan_lr == DEFAULTS["learning_rate"]
+
+
+def test_talan_config_takes_every_block_flag():
+    settings = resolve_settings(parse_train("--layer", "0,-1", "--site", "post", "--num-slots", "4", "--latent-dim",
+                                            "8", "--mixer", "mlp", "--writeback", "token_gate", "--trainable",
+                                            "freeze_compressor", "--grad-scale", "0.25", "--backend", "torch"))
+    assert talan_config_from(settings) == TalanConfig(layer=(0, -1), site="post", num_slots=4, latent_dim=8,
+                                                      mixer="mlp", writeback="token_gate",
+                                                      trainable="freeze_compressor", grad_scale=0.25, backend="torch")
+
+
 @pytest.mark.parametrize("text, message", [
     ("mixer: bad\n", "mixer: must be one of"),
     ("num_slots: 0\n", "num_slots: expected a positive integer"),
     ("no_such_setting: 1\n", "unknown setting 'no_such_setting'"),
     ("bf16: 3\n", "bf16: expected true or false"),
+    ("rank: [4]\n", "rank: expected a single value"),
+    ("config: other.yaml\n", "unknown setting 'config'"),  # a file names no other file
+    ("- mixer\n- glu\n", "expected a mapping of flag names to values, got list"),
 ])
 def test_config_file_bad_values_name_the_setting(tmp_path, text, message):
     path = tmp_path / "bad.yaml"
     path.write_text(text)
     with pytest.raises(ValueError, match=message):
         resolve_settings(parse_train("--config", str(path)))
+
+
+def test_config_file_that_is_missing_malformed_or_of_another_kind(tmp_path):
+    with pytest.raises(FileNotFoundError, match="--config .*nowhere.yaml: no such file"):
+        load_config_file(tmp_path / "nowhere.yaml")
+    (tmp_path / "bad.json").write_text('{"mixer": "glu",\n "rank": }')
+    with pytest.raises(ValueError, match=r"bad.json, line 2: not valid JSON"):
+        load_config_file(tmp_path / "bad.json")
+    (tmp_path / "train.toml").write_text('mixer = "glu"\n')
+    with pytest.raises(ValueError, match=r"expected a .yaml, .yml or .json file"):
+        load_config_file(tmp_path / "train.toml")
 
 
 # ---- bad inputs --------------------------------------------------------------------------------------
