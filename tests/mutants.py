@@ -48,6 +48,8 @@ REFERENCE = "talan_kernels/side_path/reference.py"
 STATE_TESTS = ("tests/test_decode_state.py",)
 BLOCK_TESTS = ("tests/test_block.py",)
 REFERENCE_TESTS = ("tests/test_side_path_reference.py",)
+OP = "talan_kernels/side_path/interface.py"
+PATCH_TESTS = ("tests/test_patch_model.py", "-k", "nests or other_ranks")
 SETTINGS = "talan/train_config.py"
 SETTINGS_TESTS = ("tests/test_train.py", "-k", "config_file or settings_defaults or every_block_flag")
 FUSED_LORA_TESTS = ("tests/test_fused_lora_peft.py", "tests/test_lora_reference.py")
@@ -194,6 +196,25 @@ GLUE = [
            "for name in (ADAPTER_CONFIG, talan_checkpoint.CONFIG_NAME, talan_checkpoint.WEIGHTS_NAME):",
            "for name in (talan_checkpoint.CONFIG_NAME, talan_checkpoint.WEIGHTS_NAME):",
            ("tests/test_export.py", "-k", "bad_inputs")),
+    # patch, unpatch and disabled; the op's input checks and launch helpers
+    Mutant("patch_skips_trainable_scope", PATCHING,
+           "        block.apply_trainable_scope()\n        layers[i].add_module", "        layers[i].add_module",
+           PATCH_TESTS),
+    Mutant("disabled_exit_enables", PATCHING, "        state.enabled = previous\n", "        state.enabled = True\n",
+           PATCH_TESTS),
+    Mutant("unpatch_stays_patched", PATCHING, "    delattr(state.stack, _PATCH_ATTR)\n", "    pass\n", PATCH_TESTS),
+    Mutant("short_mask_unchecked", PATCHING, "            if mask.shape[0] != b or mask.shape[1] < t:\n",
+           "            if False:\n", PATCH_TESTS),
+    Mutant("op_backend_unchecked", OP, "    if backend not in BACKENDS:\n", "    if False:\n", REFERENCE_TESTS),
+    Mutant("op_integer_h", OP, "    if h.dim() != 3 or not h.is_floating_point():\n", "    if h.dim() != 3:\n",
+           REFERENCE_TESTS),
+    Mutant("op_w_in_unchecked", OP, '    if params["w_in"].shape[0] != d:\n', "    if False:\n", REFERENCE_TESTS),
+    Mutant("op_mask_shape_unchecked", OP, "        if mask is not None and tuple(mask.shape) != (b, t):\n",
+           "        if False:\n", REFERENCE_TESTS),
+    Mutant("op_state_n_unchecked", OP, "        if tuple(s.shape) != (b, m) or tuple(n.shape) != (b, m, r):\n",
+           "        if tuple(s.shape) != (b, m):\n", REFERENCE_TESTS),
+    Mutant("dot_tile_under_16", "talan_kernels/launching.py", "    return max(16, next_power_of_2(n))\n",
+           "    return next_power_of_2(n)\n", ("tests/test_launching.py",)),
     # talan train's settings: defaults, config files and the TalanConfig they make
     Mutant("talan_lr_fixed_default", SETTINGS, 'settings["talan_lr"] = settings["learning_rate"]',
            'settings["talan_lr"] = 1e-3', SETTINGS_TESTS),

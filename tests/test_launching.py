@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from talan_kernels.launching import as_fp32, cdiv, next_power_of_2, use_custom_op
+from talan_kernels.launching import as_fp32, cdiv, dot_tile, next_power_of_2, use_custom_op
 from talan_kernels.lora import ops as lora_ops
 from talan_kernels.side_path import ops as side_path_ops
 
@@ -21,6 +21,7 @@ def test_integer_helpers_agree_with_triton():
         assert next_power_of_2(n) == triton.next_power_of_2(n), n
         for d in (1, 3, 16, 64):
             assert cdiv(n, d) == triton.cdiv(n, d), (n, d)
+        assert dot_tile(n) == max(16, triton.next_power_of_2(n)), n  # tl.dot takes no dimension under 16
 
 
 def test_as_fp32_returns_fp32_contiguous_tensors_themselves():

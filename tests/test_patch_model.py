@@ -218,6 +218,21 @@ def test_every_axis_option_trains_with_finite_gradients(option):
     assert losses[-1] != losses[0]
 
 
+def test_patch_applies_the_trainability_scope_disabled_nests_and_unpatch_lets_it_patch_again():
+    model = open_gates(talan.patch(tiny_qwen3(), tiny_config(trainable="writeback_only", layer=(0, 1))))
+    trainable = {n.rsplit(".", 1)[-1] for n, p in model.named_parameters() if ".talan." in n and p.requires_grad}
+    assert trainable == {"w_out", "gate"}
+    batch = tiny_batch()
+    unpatched, patched = tiny_qwen3()(**batch).logits, model(**batch).logits
+    with talan.disabled(model):
+        with talan.disabled(model):
+            pass
+        assert torch.equal(model(**batch).logits, unpatched)  # leaving the inner one keeps the outer's state
+    assert torch.equal(model(**batch).logits, patched)
+    talan.unpatch(model)
+    talan.patch(model, tiny_config())  # an unpatched model can be patched again
+
+
 @pytest.mark.parametrize("site", SITES)
 def test_a_deep_copy_of_a_patched_model_runs_its_own_blocks(site):
     """copy.deepcopy(model) (trl's reference model, an EMA copy): the copy's hooks are bound to the copy, so it
@@ -327,6 +342,8 @@ def test_bad_inputs_raise_clear_errors_and_leave_the_model_unchanged():
 def test_masks_of_other_ranks_and_unknown_mask_dicts_are_rejected():
     model = talan.patch(tiny_qwen3(), tiny_config())
     ids = tiny_batch()["input_ids"]
+    with pytest.raises(ValueError, match=r"attention_mask of shape \(2, 7\) does not cover 2 x 10 tokens"):
+        model(ids, attention_mask=torch.ones(2, 7, dtype=torch.long))  # transformers itself takes it
     with pytest.raises(ValueError, match=r"\[batch, length\] attention_mask .* got a 3-D tensor"):
         model(ids, attention_mask=torch.ones(2, 10, 10, dtype=torch.bool))
     with pytest.raises(ValueError, match="BlockMask is not supported"):

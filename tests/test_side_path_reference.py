@@ -6,7 +6,15 @@ import math
 import pytest
 import torch
 
-from talan_kernels.side_path import MIXERS, WRITEBACKS, scale_grad, side_path_ref, slot_memory_oracle, slot_memory_ref
+from talan_kernels.side_path import (
+    MIXERS,
+    WRITEBACKS,
+    scale_grad,
+    side_path,
+    side_path_ref,
+    slot_memory_oracle,
+    slot_memory_ref,
+)
 from talan_kernels.side_path.reference import slot_weights
 from talan_kernels.testing import random_side_path_params
 
@@ -259,3 +267,26 @@ def test_reference_block_is_the_spec_written_a_token_at_a_time(mixer, writeback)
     if writeback == "norm_cap":  # both sides of the cap were reached
         lengths = torch.linalg.vector_norm(out - h, dim=-1)[active] / torch.linalg.vector_norm(h, dim=-1)[active]
         assert (lengths < rho * (1 - 1e-6)).any() and torch.isclose(lengths, torch.tensor(rho, dtype=h.dtype)).any()
+
+
+def test_side_path_bad_inputs_raise_value_errors_that_name_them():
+    d, r, m = 8, 4, 2
+    params = _params(d, r, m, "attn", "tanh_gate", dtype=torch.float32)
+    h = torch.randn(2, 5, d)
+    state = (torch.ones(2, m), torch.zeros(2, m, r))
+    side_path(h, params, torch.ones(2, 5), torch.zeros(2, 5, dtype=torch.bool), state, backend="torch")  # valid
+    for kwargs, message in [
+        (dict(backend="cuda"), "backend must be one of"),
+        (dict(mixer="conv"), "mixer must be one of"),
+        (dict(writeback="add"), "writeback must be one of"),
+        (dict(h=h[0]), r"h must be a floating \[B, T, D\] tensor; got torch.float32 of shape \(5, 8\)"),
+        (dict(h=h.long()), "h must be a floating"),
+        (dict(params={**params, "w_in": params["w_in"][1:]}), r"w_in must be \[D=8, R\]; got \(7, 4\)"),
+        (dict(active=torch.ones(2, 4)), r"active must be \[B=2, T=5\]; got \(2, 4\)"),
+        (dict(resets=torch.zeros(1, 5, dtype=torch.bool)), r"resets must be \[B=2, T=5\]"),
+        (dict(state=(state[0][:1], state[1])), r"state must be \(S \[B=2, M=2\]"),
+        (dict(state=(state[0], state[1][..., :3])), r"N \[B, M, R=4\]\); got \(2, 2\) and \(2, 2, 3\)"),
+    ]:
+        call = {"h": h, "params": params, "active": None, "resets": None, "state": None, "backend": "torch", **kwargs}
+        with pytest.raises(ValueError, match=message):
+            side_path(call.pop("h"), call.pop("params"), **call)
