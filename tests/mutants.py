@@ -138,6 +138,11 @@ MUTANTS = [
     Mutant("dora_norm_quad_unscaled", LORA, "+ scaling * scaling * quad", "+ scaling * quad", LORA_TESTS),
     Mutant("dora_gram_chunk_mask", LORA, "mask=mask_r[:, None] & mask_c[None, :], other=0.0)",
            "mask=mask_r[:, None] & (cc < R + 1)[None, :], other=0.0)", LORA_TESTS),
+    # the fused LoRA op's refusals on the kernel path
+    Mutant("lora_op_wide_rank_launched", LORA_OP, "    if R < 1 or (use_triton and R > MAX_TRITON_RANK):\n",
+           "    if R < 1:\n", ("tests/test_lora_kernels_interp.py", "-k", "refuse")),
+    Mutant("lora_op_fp64_launched", LORA_OP, "(() if use_triton else (torch.float64,))", "(torch.float64,)",
+           ("tests/test_lora_kernels_interp.py", "-k", "refuse")),
 ]
 
 # the glue (CPU tests, run without the interpreter)
@@ -213,6 +218,16 @@ GLUE = [
            "        if False:\n", REFERENCE_TESTS),
     Mutant("op_state_n_unchecked", OP, "        if tuple(s.shape) != (b, m) or tuple(n.shape) != (b, m, r):\n",
            "        if tuple(s.shape) != (b, m):\n", REFERENCE_TESTS),
+    Mutant("lora_op_0d_x", LORA_OP, "    if x.dim() < 1:\n", "    if False:\n", ("tests/test_lora_reference.py",)),
+    Mutant("lora_op_weight_rank", LORA_OP, "    if weight.dim() != 2:\n", "    if False:\n",
+           ("tests/test_lora_reference.py",)),
+    Mutant("lora_op_rank_zero", LORA_OP, "    if R < 1 or (use_triton and R > MAX_TRITON_RANK):\n",
+           "    if use_triton and R > MAX_TRITON_RANK:\n", ("tests/test_lora_reference.py",)),
+    Mutant("lora_op_device_unchecked", LORA_OP, "        if t.device != x.device:\n", "        if False:\n",
+           ("tests/test_lora_reference.py",)),
+    Mutant("checkpoint_folder_unchecked", CHECKPOINT,
+           '    if not folder.is_dir():\n        raise FileNotFoundError(f"no TALAN',
+           '    if False:\n        raise FileNotFoundError(f"no TALAN', ("tests/test_checkpoint.py", "-k", "missing")),
     Mutant("dot_tile_under_16", "talan_kernels/launching.py", "    return max(16, next_power_of_2(n))\n",
            "    return next_power_of_2(n)\n", ("tests/test_launching.py",)),
     # talan train's settings: defaults, config files and the TalanConfig they make

@@ -214,7 +214,7 @@ KINDS = pytest.mark.parametrize("kind", ["unpatched", "patched"])
 
 @KINDS
 def test_missing_folder_raises_file_not_found(tmp_path, kind):
-    _expect_load_error(_target(kind), tmp_path / "nowhere", FileNotFoundError)
+    _expect_load_error(_target(kind), tmp_path / "nowhere", FileNotFoundError, match="no TALAN checkpoint folder at")
 
 
 @KINDS

@@ -123,6 +123,17 @@ def _small_tiles(monkeypatch, group):
     monkeypatch.setattr(interface, "bwd_dx_config", dx)
 
 
+def test_the_kernels_refuse_a_rank_wider_than_their_tile_and_fp64():
+    r = interface.MAX_TRITON_RANK + 1
+    x, W = torch.randn(3, 8), torch.randn(4, 8)
+    with pytest.raises(ValueError, match=f"<= {interface.MAX_TRITON_RANK} for the Triton kernels.*got r={r}"):
+        lora_linear(x, W, torch.randn(r, 8), torch.randn(4, r), 1.0, backend="triton")
+    lora_linear(x, W, torch.randn(r, 8), torch.randn(4, r), 1.0, backend="torch")  # the reference takes any rank
+    with pytest.raises(ValueError, match="x must have a dtype in"):
+        lora_linear(x.double(), W.double(), torch.randn(2, 8).double(), torch.randn(4, 2).double(), 1.0,
+                    backend="triton")
+
+
 @pytest.mark.parametrize("group", [2, 3])
 @pytest.mark.parametrize("dora", [False, True], ids=["lora", "dora"])
 def test_grouped_tiles_match_peft_eager(group, dora, monkeypatch):

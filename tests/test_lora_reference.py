@@ -144,6 +144,14 @@ def test_bad_inputs_raise_clear_errors():
         dora_linear(x, W, A, B, torch.randn(3), 1.0, backend="torch")
     with pytest.raises(ValueError, match="dtype"):
         lora_linear(x.int(), W, A, B, 1.0, backend="torch")
+    with pytest.raises(ValueError, match="x must have shape .* got a 0-d tensor"):
+        lora_linear(x[0, 0], W, A, B, 1.0, backend="torch")
+    with pytest.raises(ValueError, match=r"weight must be \[out_features, in_features\]; got shape \(4, 8, 1\)"):
+        lora_linear(x, W[..., None], A, B, 1.0, backend="torch")
+    with pytest.raises(ValueError, match="rank r must be >= 1"):
+        lora_linear(x, W, A[:0], B[:, :0], 1.0, backend="torch")
+    with pytest.raises(ValueError, match="lora_A must be on cpu like x; got meta"):
+        lora_linear(x, W, A.to("meta"), B, 1.0, backend="torch")
 
 
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1", reason="checks the non-interpreter error")
