@@ -6,16 +6,18 @@ must fail on every one. A mutant they pass is a gap in the tests (the sweep foun
 default of 1, a reference whose mixers and writebacks only the kernels checked, config options the block could drop,
 and cache operations, fall-backs and refusals that no test reached).
 
-Opt-in, never part of ``make test`` (about 8 minutes on 2 cores): ``make mutants``, or
-``python tests/mutants.py [NAME ...]``. Each mutant runs in a copy of the checkout, so the working tree is never
-changed; the kernels' tests run under ``TRITON_INTERPRET=1``. ``tests/test_mutants.py`` (in ``make test``) checks
-that every mutant still applies to the source, once, so the list cannot rot as the code changes.
+Opt-in, never part of ``make test`` (about 11 minutes on 2 cores): ``make mutants``, or ``python tests/mutants.py
+[NAME ...]`` with TRL on ``PYTHONPATH`` as make mutants puts it (the trainer's SFTTrainer tests skip without it, so
+their mutants would survive). Each mutant runs in a copy of the checkout, so the working tree is never changed; the
+kernels' tests run under ``TRITON_INTERPRET=1``. ``tests/test_mutants.py`` (in ``make test``) checks that every
+mutant still applies to the source, once, so the list cannot rot as the code changes.
 
 Left out as equivalent, or as not testable deterministically: a split decode program's write mask to D instead of
 its share's end (every share is whole BD blocks); fan_in_fan_out on an nn.Linear base (peft turns it off there);
 the DoRA norm cache kept for autocast's cast copies (a stale hit needs the allocator to reuse their storage); the DoRA
 reference norm's clamp at 0 (only rounding makes its square negative); ``talan report``'s up-front check of the model
-names (building the first unknown preset names it too).
+names (building the first unknown preset names it too); TalanCheckpointCallback's should_save test without the mixin
+(only a process that is not the main one, in a multi-process run, tells it apart).
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ BLOCK_TESTS = ("tests/test_block.py",)
 REFERENCE_TESTS = ("tests/test_side_path_reference.py",)
 OP = "talan_kernels/side_path/interface.py"
 PATCH_TESTS = ("tests/test_patch_model.py", "-k", "nests or other_ranks")
+TRL_TESTS = ("tests/test_trl.py", "-k", "resume or peft_config")  # TRL on PYTHONPATH, as make mutants puts it
 SETTINGS = "talan/train_config.py"
 SETTINGS_TESTS = ("tests/test_train.py", "-k", "config_file or settings_defaults or every_block_flag")
 FUSED_LORA_TESTS = ("tests/test_fused_lora_peft.py", "tests/test_lora_reference.py")
@@ -315,6 +318,12 @@ GLUE = [
     Mutant("load_backend_override_ignored", CHECKPOINT,
            '        config = TalanConfig.from_dict({**config.to_dict(), "backend": backend})', "        pass",
            ("tests/test_checkpoint.py",)),
+    Mutant("resume_true_ignored", TRAINER, "        if resume_from_checkpoint is True:\n", "        if False:\n",
+           TRL_TESTS),
+    Mutant("resume_true_without_checkpoint_starts_fresh", TRAINER,
+           "            if resume_from_checkpoint is None:\n                raise",
+           "            if False:\n                raise", TRL_TESTS),
+    Mutant("peft_config_leaves_talan_frozen", TRAINER, "        mark_trainable(self.model)\n", "", TRL_TESTS),
     Mutant("talan_lr_ignored", TRAINER, 'lr = group["lr"] if self.talan_lr is None else self.talan_lr',
            'lr = group["lr"]', ("tests/test_train.py", "-k", "own_learning_rate")),
     Mutant("norm_weights_decayed", TRAINER, 'if not n.endswith(f".{BLOCK_NAME}.norm_weight")]', "]",
@@ -352,7 +361,9 @@ def run(mutants: list[Mutant]) -> list[str]:
         copy = Path(tmp)
         _copy_checkout(copy)
         for mutant in mutants:
-            env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"} | {"PYTHONPATH": str(copy)}
+            # the copy first; then what the caller put on PYTHONPATH (make mutants: TRL, for the trainer's tests)
+            path = os.pathsep.join(filter(None, (str(copy), os.environ.get("PYTHONPATH"))))
+            env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"} | {"PYTHONPATH": path}
             if mutant.interpreter:
                 env["TRITON_INTERPRET"] = "1"
             original = (copy / mutant.path).read_text(encoding="utf-8")

@@ -3,6 +3,8 @@ gives it TALAN's param group, TALAN's files in every checkpoint and beside the f
 that restores them; TRL's padding-free batches (examples packed in one row, position ids restarting) restart
 TALAN's memory at each example."""
 
+import shutil
+
 import pytest
 import torch
 from conftest import open_gates
@@ -115,15 +117,22 @@ def test_the_mixin_refuses_a_model_without_talan(tmp_path, local_model):
 
 
 def test_sft_trainer_resume_gives_the_uninterrupted_weights(tmp_path, local_model):
+    """From a checkpoint folder, or with resume_from_checkpoint=True from the last one in the output directory (a
+    directory with none is an error, not a fresh start)."""
     sft_trainer(local_model, tmp_path / "full").train()
     middle = tmp_path / "full" / "checkpoint-2"
     # a fresh model (other TALAN and LoRA initialisations): the checkpoint must bring every weight back
     sft_trainer(local_model, tmp_path / "resumed", model=patched(local_model, seed=1)).train(
         resume_from_checkpoint=str(middle))
+    shutil.copytree(middle, tmp_path / "last" / "checkpoint-2")
+    sft_trainer(local_model, tmp_path / "last", model=patched(local_model, seed=1)).train(resume_from_checkpoint=True)
     for name in ("talan_model.safetensors", "adapter_model.safetensors"):
         final = load_file(tmp_path / "full" / "checkpoint-4" / name)
         assert max_diff(final, load_file(tmp_path / "resumed" / "checkpoint-4" / name)) <= 1e-6, name
+        assert max_diff(final, load_file(tmp_path / "last" / "checkpoint-4" / name)) <= 1e-6, name
         assert max_diff(final, load_file(middle / name)) > 1e-4, name  # the last 2 steps changed the weights
+    with pytest.raises(ValueError, match="no checkpoint-\\* folder to resume from in"):
+        sft_trainer(local_model, tmp_path / "empty").train(resume_from_checkpoint=True)
 
 
 def test_padding_free_batches_restart_talans_memory_at_each_example(tmp_path, local_model):
