@@ -17,7 +17,9 @@ its share's end (every share is whole BD blocks); fan_in_fan_out on an nn.Linear
 the DoRA norm cache kept for autocast's cast copies (a stale hit needs the allocator to reuse their storage); the DoRA
 reference norm's clamp at 0 (only rounding makes its square negative); ``talan report``'s up-front check of the model
 names (building the first unknown preset names it too); TalanCheckpointCallback's should_save test without the mixin
-(only a process that is not the main one, in a multi-process run, tells it apart).
+(only a process that is not the main one, in a multi-process run, tells it apart); the fused-LoRA wrapper's checks of
+an autocast dtype other than fp16/bf16 (CPU autocast takes no other), of a call with tensors on two devices (peft's
+forward refuses it too) and the bias's cast under autocast (on the reference path it changes a rounding at most).
 """
 
 from __future__ import annotations
@@ -302,6 +304,20 @@ GLUE = [
     Mutant("instance_forward_forgotten", FUSED_LORA, 'had = "forward" in layer.__dict__', "had = False",
            FUSED_LORA_TESTS),
     Mutant("backend_not_switched", FUSED_LORA, "            state.backend = backend\n", "            pass\n",
+           FUSED_LORA_TESTS),
+    Mutant("adapter_names_call_fused", FUSED_LORA, "    if args or kwargs or not isinstance(x, torch.Tensor)",
+           "    if not isinstance(x, torch.Tensor)", FUSED_LORA_TESTS),
+    Mutant("other_variant_fused", FUSED_LORA,
+           "    if variant is not None and type(variant) is not _peft_classes()[2]:\n        return None",
+           "    if False:\n        return None", FUSED_LORA_TESTS),
+    Mutant("wide_active_rank_fused", FUSED_LORA,
+           "    if layer.lora_bias.get(name, False) or layer.r[name] > MAX_TRITON_RANK:\n        return None",
+           "    if layer.lora_bias.get(name, False):\n        return None", FUSED_LORA_TESTS),
+    Mutant("custom_dropout_fused", FUSED_LORA, "        if not isinstance(dropout, nn.Dropout) or (dropout.training",
+           "        if (dropout.training", FUSED_LORA_TESTS),
+    Mutant("mixed_dtype_call_fused", FUSED_LORA, "    if x.dtype != weight.dtype or x.dtype not in _FLOATS:",
+           "    if x.dtype not in _FLOATS:", FUSED_LORA_TESTS),
+    Mutant("linear_subclass_fused", FUSED_LORA, "    if type(base) is not nn.Linear:\n", "    if False:\n",
            FUSED_LORA_TESTS),
     Mutant("norm_cache_ignores_updates", LORA_OP, "(t.data_ptr(), t._version, tuple(t.shape), t.dtype)",
            "(t.data_ptr(), tuple(t.shape), t.dtype)", FUSED_LORA_TESTS),

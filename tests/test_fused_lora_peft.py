@@ -203,6 +203,64 @@ def test_an_active_adapter_with_lora_bias_falls_back_beside_a_covered_one(monkey
     assert calls == [] and torch.equal(got, ref)  # peft's own forward ran, bit for bit
 
 
+class _MarkedVariant:
+    """An adapter variant other than DoRA (peft 0.21 has aLoRA, KaSA, ...): peft's forward hands it the base output."""
+
+    @staticmethod
+    def forward(module, active_adapter, x, result, **kwargs):
+        return result + 1.0
+
+
+class _DoubledLinear(nn.Linear):  # an nn.Linear subclass with a forward of its own, which peft wraps
+    def forward(self, x):
+        return 2 * super().forward(x)
+
+
+def _one_layer_peft(base=None):
+    torch.manual_seed(0)
+    return peft.get_peft_model(nn.Sequential(OrderedDict(lin=base or nn.Linear(16, 12))),
+                               peft.LoraConfig(r=4, target_modules=["lin"], init_lora_weights=False)).eval()
+
+
+@pytest.mark.parametrize("case", ["adapter_names", "custom_dropout", "other_variant", "rank_over_the_tile",
+                                  "x_dtype_not_the_weights"])
+def test_an_uncovered_call_of_a_fused_layer_runs_peft_forward(case, monkeypatch):
+    """States that arise after enable_fused_lora (or per call) and that the fused op does not cover: peft's forward
+    runs, bit for bit, or refuses the call as it would unfused."""
+    from talan_kernels.lora.interface import MAX_TRITON_RANK
+
+    calls = record_calls(monkeypatch, interface, "_apply")
+    model = _one_layer_peft()
+    layer, x, kwargs = model.base_model.model.lin, torch.randn(3, 16), {}
+    if case == "rank_over_the_tile":  # beside the covered "default", so the layer is wrapped
+        model.add_adapter("wide", peft.LoraConfig(r=MAX_TRITON_RANK + 1, target_modules=["lin"],
+                                                  init_lora_weights=False))
+    assert enable_fused_lora(model, backend="torch").fused == ["base_model.model.lin"]
+    if case == "rank_over_the_tile":
+        model.base_model.set_adapter("wide")
+    elif case == "adapter_names":  # peft's batch of mixed adapters
+        kwargs = {"adapter_names": ["default", "__base__", "default"]}
+    elif case == "custom_dropout":  # not an nn.Dropout: the fused op could not apply it
+        layer.lora_dropout["default"] = nn.Hardtanh(-0.5, 0.5)
+    elif case == "other_variant":
+        layer.lora_variant["default"] = _MarkedVariant()
+    elif case == "x_dtype_not_the_weights":  # no autocast: peft's nn.Linear refuses it, and so does the fused layer
+        with pytest.raises(RuntimeError):
+            layer(x.to(torch.bfloat16))
+        assert calls == []
+        return
+    with torch.no_grad():
+        got = layer(x, **kwargs)
+        disable_fused_lora(model)
+        ref = layer(x, **kwargs)
+    assert calls == [] and torch.equal(got, ref)
+
+
+def test_a_base_that_subclasses_linear_keeps_peft_forward():
+    report = enable_fused_lora(_one_layer_peft(_DoubledLinear(16, 12)), backend="torch")
+    assert report.fused == [] and "is not torch.nn.Linear" in report.skipped["base_model.model.lin"]
+
+
 def test_report_lists_uncovered_layers_and_bad_inputs_raise():
     model = tiny_qwen3_peft("lora", lora_bias=True)
     report = enable_fused_lora(model, backend="torch")
