@@ -410,8 +410,10 @@ def test_padding_read_off_4d_masks_also_when_padding_rows_were_opened(past_len, 
     opened = allowed | ~allowed.any(-1, keepdim=True)
     if (past_len == 0 or window == 3) and image != (0, 16):  # a two-way prefix's padding queries see its keys
         assert not torch.equal(opened, allowed)  # padding queries are present and opened
-    additive = torch.zeros(allowed.shape).masked_fill(~allowed, torch.finfo(torch.float32).min)
-    for mask in (allowed, opened, additive) if opened_rows else (allowed, additive):
+    # additive in the model's dtype (an fp16 model's eager attention: masked is -65504, not -inf)
+    additive = [torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
+                for dtype in (torch.float32, torch.float16, torch.bfloat16)]
+    for mask in (allowed, opened, *additive) if opened_rows else (allowed, *additive):
         got = talan.masks.active_from_4d_mask(mask[:, None], past_len, opened_rows)
         assert torch.equal(got, want)
         if past_len == 0:  # no packed sequences in these masks: every real token sees the real one before it
