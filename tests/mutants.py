@@ -6,7 +6,7 @@ must fail on every one. A mutant they pass is a gap in the tests (the sweep foun
 default of 1, a reference whose mixers and writebacks only the kernels checked, config options the block could drop,
 and cache operations, fall-backs and refusals that no test reached).
 
-Opt-in, never part of ``make test`` (about 11 minutes on 2 cores): ``make mutants``, or ``python tests/mutants.py
+Opt-in, never part of ``make test`` (about 13 minutes on 2 cores): ``make mutants``, or ``python tests/mutants.py
 [NAME ...]`` with TRL on ``PYTHONPATH`` as make mutants puts it (the trainer's SFTTrainer tests skip without it, so
 their mutants would survive). Each mutant runs in a copy of the checkout, so the working tree is never changed; the
 kernels' tests run under ``TRITON_INTERPRET=1``. ``tests/test_mutants.py`` (in ``make test``) checks that every
