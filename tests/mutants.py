@@ -255,6 +255,8 @@ GLUE = [
     Mutant("train_site_dropped", SETTINGS, "layer=settings.layer, site=settings.site,", "layer=settings.layer,",
            SETTINGS_TESTS),
     Mutant("train_grad_scale_dropped", SETTINGS, "grad_scale=settings.grad_scale,", "", SETTINGS_TESTS),
+    Mutant("tokenizer_without_eos_loaded", "talan/hosts.py", "    if tokenizer.eos_token_id is None:\n        raise",
+           "    if False:\n        raise", ("tests/test_demo_cli.py", "-k", "no_eos")),
     Mutant("export_dtype_ignored", "talan/export.py", "getattr(torch, args.model_dtype)", "torch.float32",
            ("tests/test_export.py", "-k", "dtype")),
     # transformers' packed-sequence rule for position ids

@@ -117,6 +117,19 @@ def test_demo_model_folder_without_config(tmp_path):
         run_demo(model_path=tmp_path, out_dir=tmp_path / "out")
 
 
+def test_a_local_checkpoint_whose_tokenizer_has_no_eos_token_is_refused(tmp_path):
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast, Qwen3Config
+
+    from talan.hosts import load_local_checkpoint
+
+    backend = Tokenizer(models.WordLevel({"<unk>": 0, "a": 1}, unk_token="<unk>"))
+    PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>").save_pretrained(tmp_path)
+    Qwen3Config(vocab_size=2, hidden_size=32, num_hidden_layers=1).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="--data-model .*the tokenizer has no eos token"):
+        load_local_checkpoint(tmp_path, flag="--data-model")  # before any weight is read (there are none)
+
+
 def test_demo_on_a_local_hf_checkpoint(tmp_path):
     """--model PATH: a Qwen3 checkpoint and a fast tokenizer saved locally (nothing downloaded)."""
     from tokenizers import Regex, Tokenizer, models, pre_tokenizers
