@@ -77,8 +77,8 @@ class TalanConfig:
         for name, low, strict in (("grad_scale", 0.0, False), ("score_cap", 0.0, True),
                                   ("zero_add_scale", 0.0, False), ("norm_cap_ratio", 0.0, True)):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Real) or value != value \
-                    or value in (float("inf"), float("-inf")) or value < low or (strict and value == low):
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
+                    or value < low or (strict and value == low):
                 bound = f"> {low}" if strict else f">= {low}"
                 raise ValueError(f"{name} must be a finite number {bound}; got {value!r}")
         bias = self.token_gate_bias  # any finite number: a NaN or infinite bias makes every gate NaN or saturated

@@ -126,8 +126,8 @@ def test_a_local_checkpoint_whose_tokenizer_has_no_eos_token_is_refused(tmp_path
     backend = Tokenizer(models.WordLevel({"<unk>": 0, "a": 1}, unk_token="<unk>"))
     PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>").save_pretrained(tmp_path)
     Qwen3Config(vocab_size=2, hidden_size=32, num_hidden_layers=1).save_pretrained(tmp_path)
-    with pytest.raises(ValueError, match="--data-model .*the tokenizer has no eos token"):
-        load_local_checkpoint(tmp_path, flag="--data-model")  # before any weight is read (there are none)
+    with pytest.raises(ValueError, match="--model .*the tokenizer has no eos token"):
+        load_local_checkpoint(tmp_path)  # before any weight is read (there are none)
 
 
 def test_demo_on_a_local_hf_checkpoint(tmp_path):

@@ -222,38 +222,38 @@ def _one_layer_peft(base=None):
                                peft.LoraConfig(r=4, target_modules=["lin"], init_lora_weights=False)).eval()
 
 
-@pytest.mark.parametrize("case", ["adapter_names", "custom_dropout", "other_variant", "rank_over_the_tile",
-                                  "x_dtype_not_the_weights"])
+@pytest.mark.parametrize("case", ["adapter_names", "custom_dropout", "other_variant", "rank_over_the_tile"])
 def test_an_uncovered_call_of_a_fused_layer_runs_peft_forward(case, monkeypatch):
-    """States that arise after enable_fused_lora (or per call) and that the fused op does not cover: peft's forward
-    runs, bit for bit, or refuses the call as it would unfused."""
-    from talan_kernels.lora.interface import MAX_TRITON_RANK
-
+    """States that arise after enable_fused_lora (or come with a call) and that the fused op does not cover: peft's
+    forward runs, bit for bit."""
     calls = record_calls(monkeypatch, interface, "_apply")
     model = _one_layer_peft()
     layer, x, kwargs = model.base_model.model.lin, torch.randn(3, 16), {}
-    if case == "rank_over_the_tile":  # beside the covered "default", so the layer is wrapped
-        model.add_adapter("wide", peft.LoraConfig(r=MAX_TRITON_RANK + 1, target_modules=["lin"],
-                                                  init_lora_weights=False))
     assert enable_fused_lora(model, backend="torch").fused == ["base_model.model.lin"]
-    if case == "rank_over_the_tile":
-        model.base_model.set_adapter("wide")
-    elif case == "adapter_names":  # peft's batch of mixed adapters
+    if case == "adapter_names":  # peft's batch of mixed adapters
         kwargs = {"adapter_names": ["default", "__base__", "default"]}
     elif case == "custom_dropout":  # not an nn.Dropout: the fused op could not apply it
         layer.lora_dropout["default"] = nn.Hardtanh(-0.5, 0.5)
     elif case == "other_variant":
         layer.lora_variant["default"] = _MarkedVariant()
-    elif case == "x_dtype_not_the_weights":  # no autocast: peft's nn.Linear refuses it, and so does the fused layer
-        with pytest.raises(RuntimeError):
-            layer(x.to(torch.bfloat16))
-        assert calls == []
-        return
+    else:  # an adapter wider than the kernels' tile, added and activated after enabling
+        model.add_adapter("wide", peft.LoraConfig(r=interface.MAX_TRITON_RANK + 1, target_modules=["lin"],
+                                                  init_lora_weights=False))
+        model.base_model.set_adapter("wide")
     with torch.no_grad():
         got = layer(x, **kwargs)
         disable_fused_lora(model)
         ref = layer(x, **kwargs)
     assert calls == [] and torch.equal(got, ref)
+
+
+def test_a_call_in_another_dtype_than_the_weights_is_refused_as_peft_refuses_it(monkeypatch):
+    calls = record_calls(monkeypatch, interface, "_apply")
+    model = _one_layer_peft()
+    enable_fused_lora(model, backend="torch")
+    with pytest.raises(RuntimeError):  # no autocast: peft's nn.Linear refuses it, and so does the fused layer
+        model.base_model.model.lin(torch.randn(3, 16, dtype=torch.bfloat16))
+    assert calls == []
 
 
 def test_a_base_that_subclasses_linear_keeps_peft_forward():

@@ -242,7 +242,7 @@ def _spec_block_token_by_token(h, p, active, resets, mixer, writeback, cap, lam,
                     if active[b, u]:
                         w = math.exp(cap * math.tanh(float(q @ ks[u]) / (math.sqrt(r) * cap)) - cap)
                         big_s, big_n = big_s + w, big_n + w * vs[u]
-                mem.append(big_n / big_s if big_s > 0 else big_n)
+                mem.append(big_n / big_s)  # t itself is active, so big_s > 0
             c = _spec_mixer(zs[t], torch.stack(mem), p, mixer)
             out[b, t] = h[b, t] + _spec_writeback(h[b, t], xs[t], c @ p["w_out"], p, writeback, lam, rho)
     return out
@@ -287,6 +287,5 @@ def test_side_path_bad_inputs_raise_value_errors_that_name_them():
         (dict(state=(state[0][:1], state[1])), r"state must be \(S \[B=2, M=2\]"),
         (dict(state=(state[0], state[1][..., :3])), r"N \[B, M, R=4\]\); got \(2, 2\) and \(2, 2, 3\)"),
     ]:
-        call = {"h": h, "params": params, "active": None, "resets": None, "state": None, "backend": "torch", **kwargs}
         with pytest.raises(ValueError, match=message):
-            side_path(call.pop("h"), call.pop("params"), **call)
+            side_path(**{"h": h, "params": params, "backend": "torch", **kwargs})
