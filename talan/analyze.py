@@ -8,13 +8,13 @@ teacher forced), with ``s(adapter, talan)`` the residual stream right after the 
 - ``norm_ratio``: mean ``||dA||`` over mean ``||dT||`` (and the median of the per-token ratios);
 - ``cosine``: mean per-token cosine of ``dA`` and ``dT`` and mean ``|cosine|``, beside ``1/sqrt(d)``,
   the RMS cosine of two random directions in ``R^d``;
-- per later layer (``output_hidden_states``, adapter on): mean ``||h_on - h_off||`` with TALAN on vs
-  off, relative to ``||h||`` and to the site's ``||dT||`` (``amplification``); the same for the
-  adapter (on vs off, TALAN off) beside it. transformers returns the last layer's output after the
-  final norm, so that layer's raw output comes from a hook, and one more entry (``layer = L``) is
-  the state after the final norm, the decoder stack's output (its norms are on another scale: compare
-  ``relative`` there). Where layers hold several residual streams (Gemma 3n's AltUp; hyper-connections, whose mean
-  is TALAN's), TALAN's is measured.
+- per later layer (adapter on): mean ``||h_on - h_off||`` with TALAN on vs off, relative to ``||h||``
+  and to the site's ``||dT||`` (``amplification``); the same for the adapter (on vs off, TALAN off)
+  beside it. Each layer's output comes from a hook that runs after TALAN's (transformers 4.x's
+  ``output_hidden_states`` records a layer's output before the post site's block writes it), and one
+  more entry (``layer = L``) is the state after the final norm, the decoder stack's output (its norms
+  are on another scale: compare ``relative`` there). Where layers hold several residual streams
+  (Gemma 3n's AltUp; hyper-connections, whose mean is TALAN's), TALAN's is measured.
 
 Writes ``analysis.json`` and ``analysis.png`` (per-layer plot).
 """
@@ -123,16 +123,13 @@ def _tensor(output) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _forward(model, batch, layers: dict, streams=None) -> tuple[list[torch.Tensor], dict]:
-    """The hidden states of a forward and what the hooks of ``layers`` ({key: (module, "input" or "output")}) saw,
-    in fp32; where a layer input or output holds several residual streams, TALAN's (``streams``, a `Streams`)."""
+def _forward(model, batch, layers: dict, streams=None) -> dict:
+    """What the hooks of ``layers`` ({key: (module, "input" or "output")}) saw in a forward, in fp32; where a layer
+    input or output holds several residual streams, TALAN's (``streams``, a `Streams`)."""
     captured, handles = {}, []
 
-    def pick(t):
-        return t if streams is None else streams.read(t)
-
     def keep(i, t):  # a copy: the stack may write into the tensor later (Qwen3-VL adds image features in place)
-        captured[i] = pick(t).to(torch.float32, copy=True)
+        captured[i] = (t if streams is None else streams.read(t)).to(torch.float32, copy=True)
 
     for i, (module, kind) in layers.items():  # i: a TALAN layer index, "last" or "final"
         if kind == "input":
@@ -141,13 +138,11 @@ def _forward(model, batch, layers: dict, streams=None) -> tuple[list[torch.Tenso
         else:
             handles.append(module.register_forward_hook(lambda m, a, o, i=i: keep(i, _tensor(o))))
     try:
-        out = model(**batch, output_hidden_states=True)
+        model(**batch)
     finally:
         for h in handles:
             h.remove()
-    # BLIP-2's output keeps its language model's (its hidden states among them) apart
-    hidden_states = out.hidden_states if hasattr(out, "hidden_states") else out.language_model_outputs.hidden_states
-    return [pick(h).float() for h in hidden_states], captured
+    return captured
 
 
 def measure(model, tokenizer, examples: list[dict], batch_size: int = 32) -> dict:
@@ -163,15 +158,14 @@ def measure(model, tokenizer, examples: list[dict], batch_size: int = 32) -> dic
     decoder = decoder_layers(stack)
     num_layers = len(decoder)
     first = blocks[0]
-    # the last layer's own output (before the final norm) and the stack's (after it) come from hooks; the others from
-    # hidden_states
-    layers = {**{i: _site_module(decoder[i], config.site, layout) for i in blocks}, "last": (decoder[-1], "output"),
-              "final": (stack, "output")}
+    # each layer's output from the first TALAN layer on, then the stack's (after the final norm)
+    layers = {**{i: _site_module(decoder[i], config.site, layout) for i in blocks},
+              **{("output", k): (decoder[k], "output") for k in range(first, num_layers)}, "final": (stack, "output")}
     labels = [(k, f"layer {k} output") for k in range(first, num_layers)] + [(num_layers, "after the final norm")]
     streams = layout.streams(stack.config)
 
-    def states(hs, captured):
-        return [*hs[first + 1:num_layers], captured["last"], captured["final"]]
+    def states(captured):
+        return [*(captured["output", k] for k in range(first, num_layers)), captured["final"]]
 
     d = stack.config.hidden_size
     sums: dict[str, torch.Tensor] = {}
@@ -187,23 +181,22 @@ def measure(model, tokenizer, examples: list[dict], batch_size: int = 32) -> dic
         batch.pop("labels")
         active = batch["attention_mask"].bool()
         tokens += int(active.sum())
-        hs_on, site_on = _forward(model, batch, layers, streams)
+        seen_on = _forward(model, batch, layers, streams)
         with talan.disabled(model):
-            hs_off, site_off = _forward(model, batch, layers, streams)
+            seen_off = _forward(model, batch, layers, streams)
             with model.disable_adapter():
-                hs_base, site_base = _forward(model, batch, layers, streams)
+                seen_base = _forward(model, batch, layers, streams)
         for i in blocks:
-            d_adapter = (site_off[i] - site_base[i])[active]
-            d_talan = (site_on[i] - site_off[i])[active]
+            d_adapter = (seen_off[i] - seen_base[i])[active]
+            d_talan = (seen_on[i] - seen_off[i])[active]
             na, nt = d_adapter.norm(dim=-1), d_talan.norm(dim=-1)
             add(f"site{i}.adapter", na.sum())
             add(f"site{i}.talan", nt.sum())
-            add(f"site{i}.stream", site_on[i][active].norm(dim=-1).sum())
+            add(f"site{i}.stream", seen_on[i][active].norm(dim=-1).sum())
             ok = (na > 0) & (nt > 0)
             cos_values[i].append(torch.nn.functional.cosine_similarity(d_adapter[ok], d_talan[ok], dim=-1))
             ratio_values[i].append(na[ok] / nt[ok])
-        for k, (on, off, base) in enumerate(zip(states(hs_on, site_on), states(hs_off, site_off),
-                                                states(hs_base, site_base))):
+        for k, (on, off, base) in enumerate(zip(states(seen_on), states(seen_off), states(seen_base))):
             add(f"layer{k}.talan", (on - off)[active].norm(dim=-1).sum())
             add(f"layer{k}.adapter", (off - base)[active].norm(dim=-1).sum())
             add(f"layer{k}.stream", off[active].norm(dim=-1).sum())

@@ -10,6 +10,10 @@ _T975 = (12.7062, 4.3027, 3.1824, 2.7764, 2.5706, 2.4469, 2.3646, 2.3060, 2.2622
          2.2010, 2.1788, 2.1604, 2.1448, 2.1314, 2.1199, 2.1098, 2.1009, 2.0930, 2.0860,
          2.0796, 2.0739, 2.0687, 2.0639, 2.0595, 2.0555, 2.0518, 2.0484, 2.0452, 2.0423)
 _Z975 = 1.959964
+# Paired differences closer to 0 than this are ties: accuracies are fractions of at most a few thousand examples, so
+# a true difference is far larger, and the mean over tasks of equal accuracies can differ by a rounding (0.6 + 0.2
+# against 0.5 + 0.3), which must count neither as a win nor as a loss.
+_TIE = 1e-9
 
 
 def t_quantile_975(df: int) -> float:
@@ -75,8 +79,8 @@ def summarize(runs: list[dict], settings: dict, baseline: dict) -> dict:
         paired[kind] = {}
         for c in columns:
             diffs = [acc(with_talan[s], c) - acc(plain[s], c) for s in seeds]
-            paired[kind][c] = {**mean_ci(diffs), "diffs": diffs, "wins": sum(d > 0 for d in diffs),
-                               "losses": sum(d < 0 for d in diffs)}
+            paired[kind][c] = {**mean_ci(diffs), "diffs": diffs, "wins": sum(d > _TIE for d in diffs),
+                               "losses": sum(d < -_TIE for d in diffs)}
     skills = list(baseline["skill_accuracy"])
     base_skill = _avg(baseline["skill_accuracy"].values())
     non_regression = {v: _avg(per_variant[v]["skill_accuracy"].values()) - base_skill for v in variants}

@@ -141,9 +141,9 @@ def assert_site_writes_the_block_output(model, batch: dict, site: str, layer: in
     streams = layout.streams(stack.config)  # TALAN's, where a layer input or output holds several (Gemma 3n, mHC)
     torch.manual_seed(1)
     with talan.disabled(model):
-        stream = _forward(model, batch, probe, streams)[1][layer]
+        stream = _forward(model, batch, probe, streams)[layer]
     torch.manual_seed(1)
-    written = _forward(model, batch, probe, streams)[1][layer]
+    written = _forward(model, batch, probe, streams)[layer]
     with torch.no_grad():
         expected, _ = talan_blocks(model)[layer](stream, batch["attention_mask"].bool(), None, None)
     assert not torch.allclose(expected, stream, atol=1e-2)  # the block changes the stream
