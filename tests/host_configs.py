@@ -45,8 +45,10 @@ FAMILY_CONFIG["Gemma4Text"] = dict(vocab_size_per_layer_input=VOCAB, hidden_size
 # Gemma 4 Unified: sliding and full layers, the last reusing layer 1's keys and values
 FAMILY_CONFIG["Gemma4UnifiedText"] = dict(IN_VOCAB, sliding_window=4, num_kv_shared_layers=1,
                                           layer_types=["sliding_attention", "full_attention", "full_attention"])
-# Gemma 3n, the MLP of layer 0 keeping 5 % of its activations (as E2B's first ten)
-FAMILY_CONFIG["Gemma3nText"] = dict(IN_VOCAB, **GEMMA3N_TEXT, activation_sparsity_pattern=[0.95, 0.0, 0.0])
+# Gemma 3n, the MLP of layer 0 keeping 5 % of its activations (as E2B's first ten); AltUp's active stream the second
+# of four (E2B's is the first), so that reading or writing the first one instead shows
+FAMILY_CONFIG["Gemma3nText"] = dict(IN_VOCAB, **GEMMA3N_TEXT, activation_sparsity_pattern=[0.95, 0.0, 0.0],
+                                    altup_active_idx=1)
 FAMILY_CONFIG.update(Qwen3Next=dict(HYBRID_MOE, decoder_sparse_step=1), Qwen3_5=HYBRID, Qwen3_5Moe=HYBRID_MOE,
                      OlmoHybrid=HYBRID)
 # The other hybrids, with the same layer types: Granite 4 (Mamba 2, every sum scaled; here with a mixture of experts

@@ -358,8 +358,8 @@ def test_hyper_connections_read_the_streams_mean_and_add_the_update_to_every_str
     ids, mask = left_padded_prompt()
     batch = {"input_ids": ids, "attention_mask": mask}
     with talan.disabled(model):
-        off = _forward(model, batch, probe)[1][1]  # the layer's input or output, every stream of it
-    on = _forward(model, batch, probe)[1][1]
+        off = _forward(model, batch, probe)[1]  # the layer's input or output, every stream of it
+    on = _forward(model, batch, probe)[1]
     off, on = (t.unflatten(-1, (4, 64)) if t.dim() == 3 else t for t in (off, on))  # [B, T, 4 streams, d]
     mean = off.mean(dim=2)
     with torch.no_grad():
@@ -478,6 +478,13 @@ def test_a_state_space_cache_continues_where_talan_left_it_and_is_refused_from_e
             model(ids[:, -1:], use_cache=True, **{name: foreign})
 
 
+def test_all_linear_excludes_names_a_family_module_only_where_the_model_has_it():
+    # peft warns of an exclude_modules pattern that matches no module: a Jamba whose layers all attend has no Mamba,
+    # so no dt_proj to exclude
+    assert all_linear_excludes(tiny_host("Jamba")) == {"exclude_modules": r".*\.dt_proj"}
+    assert all_linear_excludes(tiny_host("Jamba", attn_layer_period=1, attn_layer_offset=0)) == {}
+
+
 @pytest.mark.parametrize("family", ["Qwen3", *map(installed, ["Gemma3nText", "DeepseekV4", "Qwen4Exp"])])
 def test_analyze_measures_talans_stream_in_every_layer_and_the_stacks_output_last(family):
     """`talan analyze`'s per-layer rows (adapter on, TALAN off) are the norms of each later layer's output and, last,
@@ -509,7 +516,7 @@ def test_analyze_measures_talans_stream_in_every_layer_and_the_stacks_output_las
         model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
     for handle in handles:
         handle.remove()
-    streams = {"Gemma3nText": lambda t: t[0],  # altup_active_idx
+    streams = {"Gemma3nText": lambda t: t[1],  # altup_active_idx
                "DeepseekV4": lambda t: t.mean(dim=2), "Qwen4Exp": lambda t: t.unflatten(-1, (4, 64)).mean(dim=2)}
     layer_2 = streams.get(family, lambda t: t)(outputs["layer 2"])
     rows = result["per_layer"]

@@ -315,12 +315,22 @@ def _unchanged(model, ref_logits, hooks):
 def test_bad_inputs_raise_clear_errors_and_leave_the_model_unchanged():
     from transformers import RecurrentGemmaConfig, RecurrentGemmaForCausalLM
 
+    from talan.hosts import all_linear_excludes
+
+    recurrent = RecurrentGemmaForCausalLM(RecurrentGemmaConfig(
+        num_hidden_layers=1, hidden_size=32, lru_width=32, num_attention_heads=2, num_key_value_heads=1,
+        intermediate_size=64, vocab_size=64))
     with pytest.raises(TypeError, match="RecurrentGemmaForCausalLM"):  # recurrent blocks beside local attention
-        talan.patch(RecurrentGemmaForCausalLM(RecurrentGemmaConfig(
-            num_hidden_layers=1, hidden_size=32, lru_width=32, num_attention_heads=2, num_key_value_heads=1,
-            intermediate_size=64, vocab_size=64)))
+        talan.patch(recurrent)
+    assert all_linear_excludes(recurrent) == {}  # a LoraConfig for it is built first: patch names the problem then
     with pytest.raises(TypeError, match="Linear"):
         talan.patch(torch.nn.Linear(3, 3))
+    with pytest.raises(TypeError, match="got OptimizedModule wrapping Linear: "):  # the wrapper and what it wraps
+        talan.patch(torch.compile(torch.nn.Linear(3, 3), backend="eager"))
+    stripped = tiny_qwen3()
+    del stripped.model.layers
+    with pytest.raises(TypeError, match="Qwen3ForCausalLM has no decoder layer list to patch"):
+        talan.patch(stripped)
     model = tiny_qwen3()
     ref, hooks = model(**tiny_batch()).logits, _hook_counts(model)
     for bad in (dict(layer=3), dict(layer=-4), dict(layer=(0, 0.0))):

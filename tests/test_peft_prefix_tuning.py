@@ -1,10 +1,11 @@
-"""TALAN beside peft's prompt learning. Prefix tuning hands every forward a cache prefilled with its virtual
-tokens' keys and values: those tokens never pass through the residual stream, so TALAN's slot memory starts
+"""TALAN beside peft's prompt learning. Prefix tuning (and a cartridge) hands every forward a cache prefilled with
+its virtual tokens' keys and values: those tokens never pass through the residual stream, so TALAN's slot memory starts
 empty at the first real token and covers the real tokens only. Prompt tuning puts its virtual tokens into
 the input embeddings, where TALAN sees them as tokens like any other."""
 
 import copy
 
+import peft
 import pytest
 import torch
 from conftest import TRANSFORMERS_5_17, open_gates, tiny_config, tiny_qwen3
@@ -15,9 +16,11 @@ import talan
 VIRTUAL_TOKENS = 5
 
 
-def _prefix_model(train: bool = False):
-    model = get_peft_model(tiny_qwen3(train=train),
-                           PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=VIRTUAL_TOKENS))
+def _prefix_model(train: bool = False, method: str = "prefix"):
+    """A tiny Qwen3 with a prefix of ``VIRTUAL_TOKENS`` in its cache (prefix tuning's, or a peft cartridge's: the
+    same prefilled cache, trained otherwise) and TALAN, gates open."""
+    config = PrefixTuningConfig if method == "prefix" else peft.CartridgeConfig
+    model = get_peft_model(tiny_qwen3(train=train), config(task_type="CAUSAL_LM", num_virtual_tokens=VIRTUAL_TOKENS))
     return open_gates(talan.patch(model, tiny_config()))
 
 
@@ -43,11 +46,13 @@ def test_prefix_tuning_trains_with_talan():
         assert not torch.allclose(model(input_ids=ids, attention_mask=mask, labels=ids).loss, loss)
 
 
-def test_cached_decode_after_the_prefix_continues_as_the_full_forward():
+@pytest.mark.parametrize("method", ["prefix", pytest.param("cartridge", marks=pytest.mark.skipif(
+    not hasattr(peft, "CartridgeConfig"), reason=f"peft {peft.__version__} has no cartridges"))])
+def test_cached_decode_after_the_prefix_continues_as_the_full_forward(method):
     """What peft's generate does (its prefix cache, the prompt, then a token at a time), done by hand so it
     runs on every transformers version: each step's logits equal those of one forward over the whole
     sequence, which peft runs on a fresh prefix cache."""
-    model = _prefix_model().eval()
+    model = _prefix_model(method=method).eval()
     ids, mask = _padded_batch()
     prompt = 5
     with torch.no_grad():
@@ -131,3 +136,17 @@ def test_prompt_tuning_virtual_tokens_are_tokens_for_talan():
     prompt = [p for n, p in model.named_parameters() if "prompt_encoder" in n and p.requires_grad]
     assert prompt and all(p.grad is not None and p.grad.abs().sum() > 0 for p in prompt)
     assert all(p.grad is not None for p in talan.talan_parameters(model) if p.requires_grad)
+
+
+def test_a_cache_as_long_as_prompt_tunings_virtual_tokens_is_no_prefix_to_skip():
+    """Only prefix tuning's (and a cartridge's) virtual tokens stay out of the residual stream: a cache as long as
+    prompt tuning's, filled with TALAN disabled, holds tokens TALAN never saw, and is refused by name."""
+    model = get_peft_model(tiny_qwen3(), PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=VIRTUAL_TOKENS))
+    base = open_gates(talan.patch(model, tiny_config())).eval().get_base_model()
+    ids, _ = _padded_batch(length=VIRTUAL_TOKENS + 1)
+    with torch.no_grad():
+        with talan.disabled(model):
+            foreign = base(input_ids=ids[:, :VIRTUAL_TOKENS], use_cache=True).past_key_values
+        assert foreign.get_seq_length() == VIRTUAL_TOKENS
+        with pytest.raises(ValueError, match="tokens that TALAN never saw"):
+            base(input_ids=ids[:, VIRTUAL_TOKENS:], past_key_values=foreign, use_cache=True)

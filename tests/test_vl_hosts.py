@@ -253,6 +253,15 @@ def test_mllama_refuses_the_mid_site_on_a_closed_cross_attention_gate():
     talan.patch(model, tiny_config(site="post", layer=(0, 1)))  # the other sites do not read the gate
 
 
+@MLLAMA
+def test_mllama_on_the_meta_device_patches_the_mid_site_before_its_gates_are_loaded():
+    # a model built on the meta device (to count its parameters, or to load its weights into later) has no gate
+    # values to check yet: patching it is not refused, and its blocks are on the meta device too
+    with torch.device("meta"):
+        model = talan.patch(tiny_vl("Mllama"), tiny_config(site="mid", layer=(0, 1)))
+    assert is_patched(model) and all(p.is_meta for p in talan.talan_parameters(model))
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_vl_host_trains_with_lora_on_the_language_model_and_reloads(family, tmp_path):
     # LoRA on the text decoder's attention (an Omni thinker's is its model before transformers 5.2x, beside its
