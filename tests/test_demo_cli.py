@@ -176,12 +176,16 @@ def test_report_command_prints_the_budget_table():
     assert any(line.startswith("| Llama-3.2-1B |") for line in lines)
 
 
-def test_report_command_follows_latent_dim_and_num_slots():
-    code, stdout, _ = _run_cli(["report", "--models", "Qwen3-0.6B", "--latent-dim", "32", "--num-slots", "8"])
+def test_report_command_follows_latent_dim_num_slots_and_lora_rank():
+    code, stdout, _ = _run_cli(["report", "--models", "Qwen3-0.6B", "--latent-dim", "32", "--num-slots", "8",
+                                "--lora-rank", "4"])
     assert code == 0
     d, r, m = 1024, 32, 8
     assert f"{2 * d + 2 * d * r + 3 * r * r + m * r:,d}" in stdout
-    assert "latent_dim=32" in stdout and "num_slots=8" in stdout
+    assert "latent_dim=32" in stdout and "num_slots=8" in stdout and "LoRA r=4" in stdout
+    # rank 4 on the 7 linear layers of each of the 28 layers: (in + out) * 4 weights each
+    per_layer = (1024 + 2048) + 2 * (1024 + 1024) + (2048 + 1024) + 3 * (1024 + 3072)
+    assert f"| {28 * per_layer * 4:,d} |" in stdout
 
 
 def test_report_unknown_model_and_bad_values():

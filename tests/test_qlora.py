@@ -248,9 +248,14 @@ def test_bad_quantisation_setups_fail_before_training(tmp_path, monkeypatch, fla
     assert not (tmp_path / "run").exists()
 
 
-def test_quantisation_without_bitsandbytes_is_a_clear_error(tmp_path, monkeypatch):
+def test_quantisation_without_bitsandbytes_is_a_clear_error(tmp_path, monkeypatch, capsys):
     model_dir = make_local_checkpoint(tmp_path / "model")
     _hide_package(monkeypatch, "bitsandbytes")
     with pytest.raises(ImportError, match="--load-in-4bit needs the bitsandbytes package"):
         train(tmp_path / "run", "--model", str(model_dir), "--load-in-4bit")
+    assert not (tmp_path / "run").exists()
+    # the command prints it as one line and exits with 2, as for any other error a user can cause
+    argv = ["train", "--output-dir", str(tmp_path / "run"), "--model", str(model_dir), "--load-in-4bit"]
+    assert main(argv) == 2
+    assert "talan train: error: --load-in-4bit needs the bitsandbytes package" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()

@@ -8,7 +8,14 @@ from peft import LoraConfig, get_peft_model
 from torch import nn
 
 import talan
-from talan.report import MODEL_PRESETS, budget_table, format_budget_table, format_report, parameter_report
+from talan.report import (
+    MODEL_PRESETS,
+    budget_table,
+    format_budget_table,
+    format_report,
+    parameter_report,
+    preset_config,
+)
 
 R_LORA = 4
 TIED = {**HOST, "tie_word_embeddings": True}
@@ -140,6 +147,17 @@ def test_format_report_names_every_count():
     for label, key in (("backbone", "backbone"), ("adapter", "adapter"), ("TALAN", "talan"),
                        ("trainable", "trainable")):
         assert label in text and f"{report[key]:,d}" in text
+    # the backbone in a short unit too, from a whole thousand, million or billion on
+    for backbone, short in ((999, "999"), (1000, "1.00K"), (10**6, "1.00M"), (1_500_000_000, "1.50B")):
+        line = format_report({**report, "backbone": backbone}).splitlines()[0]
+        assert line.split() == ["backbone", f"{backbone:,d}", f"({short})"], line
+
+
+def test_an_unknown_preset_is_refused_by_name():
+    with pytest.raises(ValueError, match="unknown model preset 'Qwen9-1T'; known: Qwen3-0.6B, "):
+        preset_config("Qwen9-1T")
+    with pytest.raises(ValueError, match="'Qwen9-1T'"):
+        budget_table(presets=["Qwen9-1T"])
 
 
 @pytest.fixture(scope="module")
