@@ -1,12 +1,14 @@
 """A mutation sweep: each mutant is one small wrong change to a kernel (a mask, a sign, a dropped term, a state
 carried across a reset), to the reference op's stages 2 and 3 or TalanBlock's initialisation (against the SPEC), or
 to the glue around them (the masks TALAN reads, the decode state that follows a cache, the fused-LoRA fall-backs,
-checkpoints, the trainer's groups, talan train's settings, the data and talan export), and the tests named beside it
+checkpoints, the trainer's groups, talan train's settings, the data and talan export, the hosts' residual streams and
+prefix caches, talan analyze's measurements and talan study's settings and summary), and the tests named beside it
 must fail on every one. A mutant they pass is a gap in the tests (the sweep found zero_add's scale tested only at its
 default of 1, a reference whose mixers and writebacks only the kernels checked, config options the block could drop,
-and cache operations, fall-backs and refusals that no test reached).
+cache operations, fall-backs and refusals that no test reached, Gemma 3n tested only with AltUp's first stream
+active, and analyze's and study's numbers checked for being finite only).
 
-Opt-in, never part of ``make test`` (about 13 minutes on 2 cores): ``make mutants``, or ``python tests/mutants.py
+Opt-in, never part of ``make test`` (about 18 minutes on 2 cores): ``make mutants``, or ``python tests/mutants.py
 [NAME ...]`` with TRL on ``PYTHONPATH`` as make mutants puts it (the trainer's SFTTrainer tests skip without it, so
 their mutants would survive). Each mutant runs in a copy of the checkout, so the working tree is never changed; the
 kernels' tests run under ``TRITON_INTERPRET=1``. ``tests/test_mutants.py`` (in ``make test``) checks that every
@@ -19,7 +21,11 @@ reference norm's clamp at 0 (only rounding makes its square negative); ``talan r
 names (building the first unknown preset names it too); TalanCheckpointCallback's should_save test without the mixin
 (only a process that is not the main one, in a multi-process run, tells it apart); the fused-LoRA wrapper's checks of
 an autocast dtype other than fp16/bf16 (CPU autocast takes no other), of a call with tensors on two devices (peft's
-forward refuses it too) and the bias's cast under autocast (on the reference path it changes a rounding at most).
+forward refuses it too) and the bias's cast under autocast (on the reference path it changes a rounding at most);
+in the hosts, a closed gate tested by all() or any() (Mllama's gate is one number), the order in which _find_stack
+tries the outer and inner modules (no supported model has layers in both), variant_if's default (every layer of
+those families holds the attribute) and the family count in the refusal message (its text only); the parameter
+budget's count of an adapter attribute that is a bare Parameter (no peft tuner we test holds one: theirs are dicts).
 """
 
 from __future__ import annotations
@@ -58,6 +64,13 @@ TRL_TESTS = ("tests/test_trl.py", "-k", "resume or peft_config")  # TRL on PYTHO
 SETTINGS = "talan/train_config.py"
 SETTINGS_TESTS = ("tests/test_train.py", "-k", "config_file or settings_defaults or every_block_flag")
 FUSED_LORA_TESTS = ("tests/test_fused_lora_peft.py", "tests/test_lora_reference.py")
+HOSTS = "talan/hosts.py"
+PREFIX_TESTS = ("tests/test_peft_prefix_tuning.py",)
+BAD_INPUT_TESTS = ("tests/test_patch_model.py", "-k", "bad_inputs")
+ANALYZE = "talan/analyze.py"
+STUDY = "talan/study.py"
+STUDY_REPORT = "talan/study_report.py"
+STUDY_TESTS = ("tests/test_study_analyze.py", "-m", "not slow")
 
 
 class Mutant(NamedTuple):
@@ -210,7 +223,7 @@ GLUE = [
            "for name in (ADAPTER_CONFIG, talan_checkpoint.CONFIG_NAME, talan_checkpoint.WEIGHTS_NAME):",
            "for name in (talan_checkpoint.CONFIG_NAME, talan_checkpoint.WEIGHTS_NAME):",
            ("tests/test_export.py", "-k", "bad_inputs")),
-    Mutant("tokenizer_without_eos_loaded", "talan/hosts.py", "    if tokenizer.eos_token_id is None:\n        raise",
+    Mutant("tokenizer_without_eos_loaded", HOSTS, "    if tokenizer.eos_token_id is None:\n        raise",
            "    if False:\n        raise", ("tests/test_demo_cli.py", "-k", "no_eos")),
     Mutant("export_dtype_ignored", "talan/export.py", "getattr(torch, args.model_dtype)", "torch.float32",
            ("tests/test_export.py", "-k", "dtype")),
@@ -352,6 +365,102 @@ GLUE = [
            ("tests/test_train.py", "-k", "own_learning_rate")),
     Mutant("talan_never_decayed", TRAINER, '"lr": lr, "name": TALAN_GROUP})',
            '"lr": lr, "name": TALAN_GROUP, "weight_decay": 0.0})', ("tests/test_train.py", "-k", "own_learning_rate")),
+    # the hosts: the residual streams TALAN reads and writes, hybrids' layers, gates, prefix caches, refusals
+    Mutant("altup_reads_first_stream", HOSTS, "            return t[self.active]\n", "            return t[0]\n",
+           ("tests/test_hosts.py", "-k", "Gemma3n")),
+    Mutant("altup_writes_first_stream", HOSTS, "torch.cat([t[:self.active], new[None], t[self.active + 1:]])",
+           "torch.cat([new[None], t[:self.active], t[self.active + 1:]])", ("tests/test_hosts.py", "-k", "Gemma3n")),
+    Mutant("hybrid_self_attn_none_kept", HOSTS, 'getattr(layer, "self_attn", None) is None',
+           'not hasattr(layer, "self_attn")', ("tests/test_hosts.py", "-k", "GraniteMoeHybrid and not trains")),
+    Mutant("meta_gates_read", HOSTS, "if gate is not None and not gate.is_meta and", "if gate is not None and",
+           ("tests/test_vl_hosts.py", "-k", "meta_device")),
+    Mutant("cartridge_not_a_prefix", HOSTS, '("PREFIX_TUNING", "CARTRIDGE")', '("PREFIX_TUNING",)', PREFIX_TESTS),
+    Mutant("every_virtual_token_a_prefix", HOSTS,
+           'if str(getattr(cfg.peft_type, "value", cfg.peft_type)) in _PREFIX_CACHE_PEFT_TYPES', "if True",
+           PREFIX_TESTS),
+    Mutant("excludes_raise_on_unsupported", HOSTS, "    except TypeError:\n        return {}",
+           "    except ValueError:\n        return {}", BAD_INPUT_TESTS),
+    Mutant("excludes_named_where_absent", HOSTS,
+           "    if pattern is None or not any(re.fullmatch(pattern, name) for name, _ in model.named_modules()):",
+           "    if pattern is None:", ("tests/test_hosts.py", "-k", "all_linear_excludes_names")),
+    Mutant("refusal_hides_the_wrapper", HOSTS,
+           'wrapped = f" wrapping {type(host).__name__}" if host is not model else ""', 'wrapped = ""',
+           BAD_INPUT_TESTS),
+    Mutant("stack_without_layers_taken", HOSTS, "    if stack is None:\n        raise TypeError",
+           "    if False:\n        raise TypeError", BAD_INPUT_TESTS),
+    # talan analyze's measurements, against their definitions
+    Mutant("analyze_adapter_with_talan", ANALYZE, "d_adapter = (seen_off[i] - seen_base[i])[active]",
+           "d_adapter = (seen_on[i] - seen_base[i])[active]", STUDY_TESTS),
+    Mutant("analyze_talan_from_base", ANALYZE, "d_talan = (seen_on[i] - seen_off[i])[active]",
+           "d_talan = (seen_on[i] - seen_base[i])[active]", STUDY_TESTS),
+    Mutant("analyze_residual_without_talan", ANALYZE, 'add(f"site{i}.stream", seen_on[i][active]',
+           'add(f"site{i}.stream", seen_off[i][active]', STUDY_TESTS),
+    Mutant("analyze_abs_of_mean_cosine", ANALYZE, "float(cos.abs().mean())", "float(cos.mean().abs())", STUDY_TESTS),
+    Mutant("analyze_median_as_mean", ANALYZE, "float(ratios.median())", "float(ratios.mean())", STUDY_TESTS),
+    Mutant("analyze_counts_padding", ANALYZE, "tokens += int(active.sum())", "tokens += active.numel()", STUDY_TESTS),
+    Mutant("analyze_layer_adapter_with_talan", ANALYZE, 'add(f"layer{k}.adapter", (off - base)',
+           'add(f"layer{k}.adapter", (on - base)', STUDY_TESTS),
+    Mutant("analyze_layer_norm_with_talan", ANALYZE, 'add(f"layer{k}.stream", off[active]',
+           'add(f"layer{k}.stream", on[active]', STUDY_TESTS),
+    Mutant("analyze_ratio_inverted", ANALYZE, 'mean[f"site{i}.adapter"] / talan_norm if',
+           'talan_norm / mean[f"site{i}.adapter"] if', STUDY_TESTS),
+    Mutant("analyze_amplification_of_the_stream", ANALYZE, '"amplification": diff / site_talan',
+           '"amplification": diff / mean[f"layer{k}.stream"]', STUDY_TESTS),
+    Mutant("analyze_first_examples", ANALYZE, "return examples[::step][:args.num_prompts]",
+           "return examples[:args.num_prompts]", STUDY_TESTS),
+    Mutant("analyze_layer_inputs", ANALYZE, '**{("output", k): (decoder[k], "output")',
+           '**{("output", k): (decoder[k], "input")', STUDY_TESTS),
+    Mutant("analyze_cosine_with_the_stream", ANALYZE, "cosine_similarity(d_adapter[ok], d_talan[ok]",
+           "cosine_similarity(d_adapter[ok], seen_on[i][active][ok]", STUDY_TESTS),
+    Mutant("analyze_final_norm_skipped", ANALYZE, '"final": (stack, "output")', '"final": (decoder[-1], "output")',
+           STUDY_TESTS),
+    # talan study's settings, models, backbone cache and summary
+    Mutant("study_difference_reversed", STUDY_REPORT, "acc(with_talan[s], c) - acc(plain[s], c)",
+           "acc(plain[s], c) - acc(with_talan[s], c)", STUDY_TESTS),
+    Mutant("study_rounding_tie_a_loss", STUDY_REPORT, "sum(d < -_TIE for d in diffs)", "sum(d < 0 for d in diffs)",
+           STUDY_TESTS),
+    Mutant("study_skills_not_against_backbone", STUDY_REPORT,
+           '_avg(per_variant[v]["skill_accuracy"].values()) - base_skill',
+           '_avg(per_variant[v]["skill_accuracy"].values())', STUDY_TESTS),
+    Mutant("study_gain_not_in_points", STUDY_REPORT, '{k: 100 * paired[k]["mean"]["mean"]',
+           '{k: paired[k]["mean"]["mean"]', STUDY_TESTS),
+    Mutant("study_mean_column_first_task", STUDY_REPORT, '_avg(run["accuracy"].values()) if column == "mean"',
+           'run["accuracy"][tasks[0]] if column == "mean"', STUDY_TESTS),
+    Mutant("study_pairs_by_order", STUDY_REPORT,
+           'with_talan = {r["seed"]: r for r in runs if r["adapter"] == kind and r["talan"]}',
+           'with_talan = dict(enumerate(r for r in runs if r["adapter"] == kind and r["talan"]))', STUDY_TESTS),
+    Mutant("study_loss_of_first_seed", STUDY_REPORT, '_avg(r["final_train_loss"] for r in chosen)',
+           'chosen[0]["final_train_loss"]', STUDY_TESTS),
+    Mutant("study_table_half_width_as_sd", STUDY_REPORT, "{_pct(row['accuracy'][c]['sd'])}",
+           "{_pct(row['accuracy'][c]['ci_high'] - row['accuracy'][c]['mean'])}", STUDY_TESTS),
+    Mutant("study_table_interval_to_mean", STUDY_REPORT, "{_signed(row[c]['ci_high'])}]", "{_signed(row[c]['mean'])}]",
+           STUDY_TESTS),
+    Mutant("study_one_seed_interval", STUDY_REPORT, "    if n == 1:\n", "    if False:\n", STUDY_TESTS),
+    Mutant("study_talan_lr_flag_ignored", STUDY, '"lr", "talan_lr", "lora_rank", "pretrain_steps"):',
+           '"lr", "lora_rank", "pretrain_steps"):', STUDY_TESTS),
+    Mutant("study_infinite_lr", STUDY, "if not settings[key] > 0 or not math.isfinite(settings[key]):",
+           "if not settings[key] > 0:", STUDY_TESTS),
+    Mutant("study_adapter_twice", STUDY, "adapters=list(dict.fromkeys(args.adapters))", "adapters=list(args.adapters)",
+           STUDY_TESTS),
+    Mutant("study_site_flag_ignored", STUDY, "talan=TalanConfig(layer=args.layer, site=args.site,",
+           "talan=TalanConfig(layer=args.layer,", STUDY_TESTS),
+    Mutant("study_warmup_from_zero", STUDY, "min(1.0, (step + 1) / warmup)", "min(1.0, step / warmup)", STUDY_TESTS),
+    Mutant("study_stale_backbone_reused", STUDY, '        if meta.get("settings") == wanted:\n', "        if True:\n",
+           STUDY_TESTS),
+    Mutant("study_dora_as_lora", STUDY, 'use_dora=kind == "dora"', "use_dora=False", STUDY_TESTS),
+    Mutant("study_checksum_with_talan", STUDY, '        if "lora_" in name:\n', "        if True:\n", STUDY_TESTS),
+    # talan report's rank, the parameter budget's refusals and units, and the command's one-line ImportError
+    Mutant("report_lora_rank_ignored", "talan/cli.py",
+           "budget_table(config, lora_rank=args.lora_rank, presets=presets)", "budget_table(config, presets=presets)",
+           ("tests/test_demo_cli.py", "-k", "report")),
+    Mutant("cli_import_error_traceback", "talan/cli.py",
+           "except (FileNotFoundError, FileExistsError, ImportError, ValueError)",
+           "except (FileNotFoundError, FileExistsError, ValueError)",
+           ("tests/test_qlora.py", "-k", "without_bitsandbytes")),
+    Mutant("report_preset_unchecked", "talan/report.py", "    if name not in MODEL_PRESETS:\n", "    if False:\n",
+           ("tests/test_report.py",)),
+    Mutant("report_unit_from_above", "talan/report.py", "        if n >= scale:", "        if n > scale:",
+           ("tests/test_report.py",)),
 ]
 GLUE = [mutant._replace(interpreter=False) for mutant in GLUE]
 MUTANTS += GLUE
