@@ -14,7 +14,9 @@ teacher forced), with ``s(adapter, talan)`` the residual stream right after the 
   ``output_hidden_states`` records a layer's output before the post site's block writes it), and one
   more entry (``layer = L``) is the state after the final norm, the decoder stack's output (its norms
   are on another scale: compare ``relative`` there). Where layers hold several residual streams
-  (Gemma 3n's AltUp; hyper-connections, whose mean is TALAN's), TALAN's is measured.
+  (Gemma 3n's AltUp; hyper-connections, whose mean is TALAN's), TALAN's is measured. A layer that
+  does not run (Mllama's cross-attention layers without an image) passes its input on, so its row
+  repeats the one before; a TALAN layer that does not run is refused.
 
 Writes ``analysis.json`` and ``analysis.png`` (per-layer plot).
 """
@@ -165,7 +167,10 @@ def measure(model, tokenizer, examples: list[dict], batch_size: int = 32) -> dic
     streams = layout.streams(stack.config)
 
     def states(captured):
-        return [*(captured["output", k] for k in range(first, num_layers)), captured["final"]]
+        rows = []  # a layer that did not run (Mllama's cross-attention layers without an image) passed its input on
+        for k in range(first, num_layers):
+            rows.append(captured.get(("output", k), rows[-1] if rows else None))
+        return [*rows, captured["final"]]
 
     d = stack.config.hidden_size
     sums: dict[str, torch.Tensor] = {}
@@ -186,6 +191,10 @@ def measure(model, tokenizer, examples: list[dict], batch_size: int = 32) -> dic
             seen_off = _forward(model, batch, layers, streams)
             with model.disable_adapter():
                 seen_base = _forward(model, batch, layers, streams)
+        skipped = [i for i in blocks if i not in seen_on]
+        if skipped:
+            raise ValueError(f"decoder layer(s) {skipped} did not run on these examples (as Mllama's cross-attention "
+                             "layers do without an image), so TALAN there changed nothing to measure")
         for i in blocks:
             d_adapter = (seen_off[i] - seen_base[i])[active]
             d_talan = (seen_on[i] - seen_off[i])[active]

@@ -412,6 +412,10 @@ GLUE = [
            '**{("output", k): (decoder[k], "input")', STUDY_TESTS),
     Mutant("analyze_cosine_with_the_stream", ANALYZE, "cosine_similarity(d_adapter[ok], d_talan[ok]",
            "cosine_similarity(d_adapter[ok], seen_on[i][active][ok]", STUDY_TESTS),
+    Mutant("analyze_skipped_layer_unread", ANALYZE, 'captured.get(("output", k), rows[-1] if rows else None)',
+           'captured["output", k]', ("tests/test_vl_hosts.py", "-k", "text_only_mllama")),
+    Mutant("analyze_skipped_block_measured", ANALYZE, "        if skipped:\n", "        if False:\n",
+           ("tests/test_vl_hosts.py", "-k", "text_only_mllama")),
     Mutant("analyze_final_norm_skipped", ANALYZE, '"final": (stack, "output")', '"final": (decoder[-1], "output")',
            STUDY_TESTS),
     # talan study's settings, models, backbone cache and summary

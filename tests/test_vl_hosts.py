@@ -217,6 +217,27 @@ def test_mllama_blocks_on_cross_attention_layers_follow_them_in_text_only_forwar
     assert not torch.allclose(_logits(model, inputs), _logits(talan.unpatch(model), inputs), atol=1e-4)
 
 
+@MLLAMA
+@pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
+def test_analyze_on_text_only_mllama_carries_a_skipped_layers_row_and_refuses_a_block_there():
+    # without an image layer 1 (cross-attention) does not run: its output row is its input, layer 0's output; a block
+    # on it changed nothing, and measuring it is refused by name
+    from talan import analyze
+    from talan.data import CharTokenizer
+
+    examples = [{"prompt": "abc" * (i + 1), "completion": "xyz"} for i in range(3)]
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=r".*language_model.*\.(q|v)_proj", init_lora_weights=False)
+    model = open_gates(talan.patch(get_peft_model(tiny_vl("Mllama"), lora), tiny_config(site="post", layer=0)))
+    rows = analyze.measure(model, CharTokenizer(), examples)["per_layer"]
+    assert [row["name"] for row in rows] == ["layer 0 output", "layer 1 output", "layer 2 output",
+                                             "after the final norm"]
+    assert rows[1]["hidden_norm"] == rows[0]["hidden_norm"] and rows[1]["talan_diff_norm"] > 0
+    assert rows[2]["hidden_norm"] != rows[1]["hidden_norm"]
+    model = open_gates(talan.patch(get_peft_model(tiny_vl("Mllama"), lora), tiny_config(site="post", layer=(0, 1))))
+    with pytest.raises(ValueError, match=r"decoder layer\(s\) \[1\] did not run on these examples"):
+        analyze.measure(model, CharTokenizer(), examples)
+
+
 def _two_prompts_loss_and_grads(family: str, site: str, checkpointing: bool):
     """Two forwards (each with its own image and padding), one backward: blocks on layers 0 and 1, LoRA on every
     linear layer (the vision tower's too)."""
