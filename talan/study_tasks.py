@@ -17,7 +17,8 @@ slot memory could add):
   (the order a left-to-right model can compute; the common trick of arithmetic studies on small
   models): ``"add 743+985="`` means 347 + 589 and expects ``"6390"`` (936 reversed, padded to 4
   digits). The backbone saw 1-2 digit sums (``add2``) in pretraining, carries or not.
-- ``brackets``: close an unbalanced bracket prefix with 3-5 brackets still open:
+- ``brackets``: close an unbalanced bracket prefix with 3-5 brackets still open (1 in about 1.5 % of
+  them, whose prefix reached its cap of 15 brackets):
   ``"close ([]{(<"`` -> ``">)})"``. The model must keep the stack of still-open brackets.
 - ``trace``: a straight-line program over three variables with arithmetic modulo 10, then a query:
   ``"a=3;b=a+4;a=b*a;?a"`` -> ``"1"`` (7 * 3 = 21, mod 10). The model must track the variables.

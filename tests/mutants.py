@@ -1,12 +1,12 @@
-"""A mutation sweep: each mutant is one small wrong change to a kernel (a mask, a sign, a dropped term, a state
-carried across a reset), to the reference op's stages 2 and 3 or TalanBlock's initialisation (against the SPEC), or
-to the glue around them (the masks TALAN reads, the decode state that follows a cache, the fused-LoRA fall-backs,
-checkpoints, the trainer's groups, talan train's settings, the data and talan export, the hosts' residual streams and
-prefix caches, talan analyze's measurements and talan study's settings and summary), and the tests named beside it
-must fail on every one. A mutant they pass is a gap in the tests (the sweep found zero_add's scale tested only at its
-default of 1, a reference whose mixers and writebacks only the kernels checked, config options the block could drop,
-cache operations, fall-backs and refusals that no test reached, Gemma 3n tested only with AltUp's first stream
-active, and analyze's and study's numbers checked for being finite only).
+"""A mutation sweep: each mutant is one small wrong change to a kernel (a mask, a sign, a dropped term, a state carried
+across a reset), to the reference op's stages 2 and 3 or TalanBlock's initialisation (against the SPEC), or to the
+glue around them (the masks TALAN reads, the decode state that follows a cache, the fused-LoRA fall-backs,
+checkpoints, the trainer's groups, talan train's settings, the data and talan export, the hosts' residual streams
+and prefix caches, talan analyze's measurements and talan study's settings, summary and tasks), and the tests named
+beside it must fail on every one. A mutant they pass is a gap in the tests (the sweep found zero_add's scale tested
+only at its default of 1, a reference whose mixers and writebacks only the kernels checked, config options the block
+could drop, cache operations, fall-backs and refusals that no test reached, Gemma 3n tested only with AltUp's first
+stream active, and analyze's and study's numbers checked for being finite only).
 
 Opt-in, never part of ``make test`` (about 18 minutes on 2 cores): ``make mutants``, or ``python tests/mutants.py
 [NAME ...]`` with TRL on ``PYTHONPATH`` as make mutants puts it (the trainer's SFTTrainer tests skip without it, so
@@ -71,6 +71,8 @@ ANALYZE = "talan/analyze.py"
 STUDY = "talan/study.py"
 STUDY_REPORT = "talan/study_report.py"
 STUDY_TESTS = ("tests/test_study_analyze.py", "-m", "not slow")
+TASKS = "talan/study_tasks.py"
+TASKS_TESTS = ("tests/test_study_tasks.py",)
 
 
 class Mutant(NamedTuple):
@@ -453,6 +455,28 @@ GLUE = [
            STUDY_TESTS),
     Mutant("study_dora_as_lora", STUDY, 'use_dora=kind == "dora"', "use_dora=False", STUDY_TESTS),
     Mutant("study_checksum_with_talan", STUDY, '        if "lora_" in name:\n', "        if True:\n", STUDY_TESTS),
+    # talan study's synthetic tasks: each answer against an independent solver, and the forms they promise
+    Mutant("tasks_trace_not_mod_10", TASKS, '"*": values[x] * values[y]}[op] % 10',
+           '"*": values[x] * values[y]}[op]', TASKS_TESTS),
+    Mutant("tasks_closers_outermost_first", TASKS, '"".join(_PAIRS[c] for c in reversed(stack))',
+           '"".join(_PAIRS[c] for c in stack)', TASKS_TESTS),
+    Mutant("tasks_add_without_carry", TASKS,
+           "        if any(int(x) + int(y) >= 10 for x, y in zip(str(a), str(b))):", "        if True:", TASKS_TESTS),
+    Mutant("tasks_add_not_padded", TASKS, '"completion": _rev_digits(a + b, width + 1)}',
+           '"completion": _rev_digits(a + b, width)}', TASKS_TESTS),
+    Mutant("tasks_reverse_copies", TASKS, '"completion": text[::-1]}', '"completion": text}', TASKS_TESTS),
+    Mutant("tasks_add2_narrow", TASKS, '"completion": _rev_digits(a + b, 3)}', '"completion": _rev_digits(a + b, 2)}',
+           TASKS_TESTS),
+    Mutant("tasks_digits_padded_after_reversing", TASKS, "return str(value).zfill(width)[::-1]",
+           "return str(value)[::-1].zfill(width)", TASKS_TESTS),
+    Mutant("tasks_trace_one_operation", TASKS, "def _trace(rng: random.Random, ops=(2, 3))",
+           "def _trace(rng: random.Random, ops=(1, 3))", TASKS_TESTS),
+    Mutant("tasks_add_leading_zero", TASKS, "a, b = rng.randint(10 ** (width - 1), 10**width - 1), "
+           "rng.randint(10 ** (width - 1), 10**width - 1)", "a, b = rng.randint(1, 10**width - 1), "
+           "rng.randint(1, 10**width - 1)", TASKS_TESTS),
+    Mutant("tasks_trace_without_minus", TASKS, 'op = rng.choice("+-*")', 'op = rng.choice("+*")', TASKS_TESTS),
+    Mutant("tasks_unknown_unchecked", TASKS, "    if task not in makers:\n", "    if False:\n", TASKS_TESTS),
+    Mutant("tasks_too_few_unchecked", TASKS, "    if len(out) < n:\n", "    if False:\n", TASKS_TESTS),
     # talan report's rank, the parameter budget's refusals and units, and the command's one-line ImportError
     Mutant("report_lora_rank_ignored", "talan/cli.py",
            "budget_table(config, lora_rank=args.lora_rank, presets=presets)", "budget_table(config, presets=presets)",
