@@ -133,7 +133,7 @@ def _forward(model, batch, layers: dict, streams=None) -> dict:
     def keep(i, t):  # a copy: the stack may write into the tensor later (Qwen3-VL adds image features in place)
         captured[i] = (t if streams is None else streams.read(t)).to(torch.float32, copy=True)
 
-    for i, (module, kind) in layers.items():  # i: a TALAN layer index, "last" or "final"
+    for i, (module, kind) in layers.items():  # i: a TALAN layer index, ("output", k) or "final"
         if kind == "input":
             handles.append(module.register_forward_pre_hook(  # self_attn gets its input as a keyword
                 lambda m, a, kw, i=i: keep(i, a[0] if a else kw["hidden_states"]), with_kwargs=True))
@@ -167,9 +167,11 @@ def measure(model, tokenizer, examples: list[dict], batch_size: int = 32) -> dic
     streams = layout.streams(stack.config)
 
     def states(captured):
-        rows = []  # a layer that did not run (Mllama's cross-attention layers without an image) passed its input on
-        for k in range(first, num_layers):
-            rows.append(captured.get(("output", k), rows[-1] if rows else None))
+        # a layer that did not run (Mllama's cross-attention layers without an image) passed its input on; the first
+        # one ran (a TALAN layer that did not is refused below)
+        rows = [captured["output", first]]
+        for k in range(first + 1, num_layers):
+            rows.append(captured.get(("output", k), rows[-1]))
         return [*rows, captured["final"]]
 
     d = stack.config.hidden_size
