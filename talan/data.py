@@ -103,7 +103,8 @@ def iter_jsonl(path: str | Path):
                 continue
             where = f"{path}, line {lineno}"
             try:
-                yield where, json.loads(line)
+                # without its line ending: an error at the end of the line would be "line 2, column 1" of the text
+                yield where, json.loads(line.rstrip("\r\n"))
             except json.JSONDecodeError as err:
                 raise ValueError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from None
 

@@ -43,6 +43,12 @@ def test_tokenizer_specials(tok):
     assert tok.decode(torch.tensor(ids)) == "ab"
 
 
+def test_tokenizer_of_an_alphabet_with_repeats_gives_each_character_one_id():
+    tok = CharTokenizer("abca")
+    assert len(tok) == 3 + 3 and tok.encode("abc") == [3, 4, 5]
+    assert tok.decode(tok.encode("cab")) == "cab" and tok.encode("d") == [tok.unk_token_id]
+
+
 def test_tokenizer_maps_unknown_characters_to_unk(tok):
     ids = tok.encode("a\u00e9b")
     assert ids[1] == tok.unk_token_id
@@ -59,6 +65,16 @@ def test_recall_examples_are_deterministic_and_answerable():
         assert len(table) == 6
         assert table[key] == ex["completion"]
         assert len(ex["completion"]) == 2 and ex["completion"].isdigit()
+
+
+def test_recall_examples_follow_their_sizes_and_refuse_an_impossible_number_of_pairs():
+    for ex in recall_examples(20, seed=1, num_pairs=26, value_len=3):
+        pairs = ex["prompt"].rsplit(";", 1)[0].split(",")
+        assert len({item.split("=")[0] for item in pairs}) == 26
+        assert len(ex["completion"]) == 3 and all(len(item.split("=")[1]) == 3 for item in pairs)
+    for num_pairs in (0, 27):
+        with pytest.raises(ValueError, match=rf"num_pairs must be in \[1, 26\]; got {num_pairs}"):
+            recall_examples(1, num_pairs=num_pairs)
 
 
 def test_collate_left_pads_and_masks_prompt_and_padding(tok):
@@ -85,6 +101,17 @@ def test_collate_max_length_drops_prompt_start_keeps_completion(tok):
     assert batch["labels"][0].tolist() == [IGNORE_INDEX] * 3 + tok.encode("ab") + [tok.eos_token_id]
     with pytest.raises(ValueError, match="max_length"):
         collate([{"prompt": "p", "completion": "abcdef"}], tok, max_length=4)
+    # a completion (with eos) of exactly max_length tokens fits: the whole prompt goes
+    batch = collate([{"prompt": "p", "completion": "abc"}], tok, max_length=4)
+    assert batch["input_ids"][0].tolist() == tok.encode("abc") + [tok.eos_token_id]
+
+
+def test_collate_refuses_no_examples_and_a_tokenizer_without_eos(tok):
+    with pytest.raises(ValueError, match="at least one example"):
+        collate([], tok)
+    tok.eos_token_id = None
+    with pytest.raises(ValueError, match="the tokenizer has no eos token"):
+        collate([{"prompt": "a", "completion": "b"}], tok)
 
 
 def test_hf_loss_sees_only_completion_tokens(tok):
@@ -146,6 +173,9 @@ def test_batches_cover_every_example_each_epoch():
     epoch = [next(stream) for _ in range(3)]
     assert all(len(b) == 4 for b in epoch)
     assert sorted(ex["prompt"] for b in epoch for ex in b) == sorted(ex["prompt"] for ex in examples)
+    next_epoch = [next(stream) for _ in range(3)]  # reshuffled: the same examples in another order
+    assert sorted(ex["prompt"] for b in next_epoch for ex in b) == sorted(ex["prompt"] for ex in examples)
+    assert [ex["prompt"] for b in next_epoch for ex in b] != [ex["prompt"] for b in epoch for ex in b]
 
 
 def test_batches_are_always_full_and_a_small_set_is_one_batch():
@@ -171,7 +201,7 @@ def test_load_jsonl_reads_pairs_and_skips_blank_lines(tmp_path):
 
 
 @pytest.mark.parametrize("bad_line, problem", [
-    ('{"prompt": "a", "completion": ', "not valid JSON"),
+    ('{"prompt": "a", "completion": ', "not valid JSON (Expecting value at column 31)"),
     ('["a", "b"]', "JSON object"),
     ('{"prompt": "a"}', "missing key 'completion'"),
     ('{"completion": "a"}', "missing key 'prompt'"),

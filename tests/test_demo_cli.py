@@ -102,6 +102,30 @@ def test_demo_malformed_jsonl_is_one_clear_line(tmp_path):
     assert "Traceback" not in stderr
 
 
+def test_run_demo_refuses_no_steps_and_data_too_small_to_hold_one_out(tmp_path):
+    with pytest.raises(ValueError, match="steps must be positive; got 0"):
+        run_demo(steps=0, out_dir=tmp_path / "out")
+    data = tmp_path / "one.jsonl"
+    data.write_text(json.dumps({"prompt": "a", "completion": "b"}) + "\n")
+    with pytest.raises(ValueError, match=r"holds 1 example\(s\); the demo needs at least 2"):
+        run_demo(data_path=data, steps=1, out_dir=tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_demo_command_passes_its_flags_and_runs_300_steps_by_default(tmp_path, monkeypatch):
+    import talan.demo
+
+    calls = []
+    monkeypatch.setattr(talan.demo, "run_demo", lambda **kwargs: calls.append(kwargs))
+    assert _run_cli(["demo", "--out", str(tmp_path)])[0] == 0
+    assert _run_cli(["demo", "--model", "m", "--data", "d.jsonl", "--steps", "7", "--batch-size", "3", "--seed", "5",
+                     "--out", str(tmp_path), "--no-progress"])[0] == 0
+    assert calls == [dict(model_path=None, data_path=None, steps=300, out_dir=str(tmp_path), seed=0, batch_size=16,
+                          progress=True),
+                     dict(model_path="m", data_path="d.jsonl", steps=7, out_dir=str(tmp_path), seed=5, batch_size=3,
+                          progress=False)]
+
+
 def test_demo_missing_model_path(tmp_path):
     missing = tmp_path / "no_such_model"
     code, _, stderr = _run_cli(["demo", "--model", str(missing), "--out", str(tmp_path / "out")])

@@ -7,8 +7,10 @@ FSDP2) are in test_train_distributed.py.
 """
 
 import argparse
+import dataclasses
 import importlib.util
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +29,7 @@ from train_helpers import (
     train,
     write_jsonl,
 )
+from transformers import TrainingArguments
 
 import talan
 from talan import TalanConfig
@@ -159,6 +162,10 @@ def test_talan_parameter_group_uses_its_own_learning_rate(tmp_path):
     assert all(decay[id(p)] == 0.1 for n, p in model.named_parameters() if n.endswith(".talan.w_in"))
     talan_groups = [g for g in groups if g["name"] == "talan"]
     assert talan_groups and all(g["initial_lr"] == 0.0 for g in talan_groups)
+    # what run_train returns: each group's initial lr (the schedule has decayed the current one to 0 by now)
+    assert [(g["name"], g["lr"], g["num_tensors"]) for g in result["param_groups"]] == \
+        [(g["name"], g["initial_lr"], len(g["params"])) for g in groups]
+    assert {g["lr"] for g in result["param_groups"] if g["name"] != "talan"} == {1e-2}
     assert all(g["initial_lr"] == 1e-2 for g in groups if g["name"] != "talan")
     assert {id(p) for g in talan_groups for p in g["params"]} == talan_ids
     assert not any(id(p) in talan_ids for g in groups if g["name"] != "talan" for p in g["params"])
@@ -200,6 +207,20 @@ def test_every_trainable_parameter_gets_a_gradient(mixer, writeback):
     model(**collate(recall_examples(2), tokenizer)).loss.backward()
     missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
     assert not missing
+
+
+def test_a_run_starts_from_its_seed_whatever_ran_before(tmp_path):
+    """The adapter's and TALAN's initialisation come from --seed (on every rank alike), not from whatever the
+    process drew before; checkpoints are listed by step (checkpoint-5 before checkpoint-10)."""
+    model_dir = make_local_checkpoint(tmp_path / "model")
+    runs = []
+    for i, seed in enumerate((0, 0, 1)):
+        torch.manual_seed(100 + i)
+        flags = ("--max-steps", "10", "--save-steps", "5", "--seed", str(seed))
+        runs.append(train(tmp_path / f"run{i}", "--model", str(model_dir), "--use-cpu", *flags))
+    assert [Path(p).name for p in runs[0]["checkpoints"]] == ["checkpoint-5", "checkpoint-10"]
+    first = [saved_weights(Path(run["checkpoints"][0])) for run in runs]
+    assert max_diff(first[0], first[1]) == 0 and max_diff(first[0], first[2]) > 0
 
 
 # ---- resume ------------------------------------------------------------------------------------------
@@ -269,6 +290,9 @@ def test_fused_lora_is_on_by_default_only_on_a_gpu_where_the_kernels_compile(mon
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(launching, "GPU_KERNELS_UNAVAILABLE", None)
     assert _use_fused_lora(settings) is True
+    settings.use_cpu = True  # --use-cpu on a GPU machine: the fused op would run its PyTorch reference
+    assert _use_fused_lora(settings) is False
+    settings.use_cpu = False
     monkeypatch.setattr(launching, "GPU_KERNELS_UNAVAILABLE", "Triton 3.2.0 cannot compile every kernel")
     assert _use_fused_lora(settings) is False
     settings.fused_lora = True  # asked for: its layers run the PyTorch reference of the op there
@@ -276,6 +300,62 @@ def test_fused_lora_is_on_by_default_only_on_a_gpu_where_the_kernels_compile(mon
 
 
 # ---- settings ----------------------------------------------------------------------------------------
+def test_every_optimisation_flag_reaches_trainers_arguments(tmp_path, recwarn):
+    from talan.train import _training_arguments
+
+    settings = resolve_settings(parse_train(  # --model: the defaults of a checkpoint, max_steps None
+        "--model", str(tmp_path), "--output-dir", str(tmp_path), "--eval-data", "held.jsonl", "--eval-steps", "7",
+        "--save-steps", "5", "--save-total-limit", "3", "--grad-accum", "2", "--num-epochs", "2.5",
+        "--warmup-steps", "4", "--lr-scheduler", "constant", "--max-grad-norm", "0.5", "--weight-decay", "0.1",
+        "--learning-rate", "3e-3", "--batch-size", "6", "--seed", "11", "--logging-steps", "9",
+        "--gradient-checkpointing", "--use-cpu"))
+    args = _training_arguments(settings)
+    expected = dict(per_device_train_batch_size=6, per_device_eval_batch_size=6, gradient_accumulation_steps=2,
+                    learning_rate=3e-3, weight_decay=0.1, max_steps=-1, num_train_epochs=2.5, warmup_steps=4,
+                    max_grad_norm=0.5, seed=11, data_seed=11, save_steps=5, save_total_limit=3, eval_steps=7,
+                    logging_steps=9, use_cpu=True, output_dir=str(tmp_path))
+    assert {name: getattr(args, name) for name in expected} == expected
+    assert (str(args.lr_scheduler_type.value), str(args.eval_strategy.value)) == ("constant", "steps")
+    # checkpointing under the name this transformers gives it (5.x: activation_checkpointing), so no deprecation
+    fields = {field.name for field in dataclasses.fields(TrainingArguments)}
+    name = "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"
+    assert (getattr(args, name), getattr(args, f"{name}_kwargs")) == (True, {"use_reentrant": False})
+    assert not [w for w in recwarn if "gradient_checkpointing` is deprecated" in str(w.message)]
+
+    fsdp_config = tmp_path / "fsdp.json"
+    fsdp_config.write_text(json.dumps({"min_num_params": 10}))
+    settings = resolve_settings(parse_train("--output-dir", str(tmp_path), "--max-steps", "8", "--save-steps", "5",
+                                            "--fsdp", "--fsdp-config", str(fsdp_config), "--use-cpu"))
+    environ = dict(os.environ)
+    try:
+        args = _training_arguments(settings)
+    finally:  # transformers 4.x exports FSDP's settings (ACCELERATE_USE_FSDP, ...), which later runs would take
+        os.environ.clear()
+        os.environ.update(environ)
+    assert (args.max_steps, args.eval_steps, args.eval_strategy.value) == (8, 5, "no")  # evaluating every save
+    assert args.fsdp_config["min_num_params"] == 10
+
+
+def test_build_model_makes_the_asked_adapter_with_the_familys_excludes(monkeypatch):
+    """--adapter picks peft's DoRA or rsLoRA; an all-linear adapter leaves out the modules that
+    talan.hosts.all_linear_excludes names for the family (Jamba's dt_proj, ...), here the MLPs' down_proj."""
+    from talan import hosts
+    from talan.train import _embedded_model
+
+    monkeypatch.setattr(hosts, "all_linear_excludes", lambda model: {"exclude_modules": r".*\.down_proj"})
+    for adapter, dora, rslora in (("lora", False, False), ("dora", True, False), ("rslora", False, True)):
+        settings = resolve_settings(parse_train("--adapter", adapter, "--latent-dim", "8", "--num-slots", "4"))
+        model = build_model(_embedded_model(seed=0)[0], settings, talan_config_from(settings))
+        config = model.peft_config["default"]
+        assert (config.use_dora, config.use_rslora) == (dora, rslora), adapter
+        adapted = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if hasattr(module, "lora_A")}
+        assert adapted == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj"}, adapter
+    settings = resolve_settings(parse_train("--target-modules", "q_proj,down_proj"))  # named: no exclusion
+    model = build_model(_embedded_model(seed=0)[0], settings, talan_config_from(settings))
+    assert {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if hasattr(module, "lora_A")} == \
+        {"q_proj", "down_proj"}
+
+
 def test_config_file_sets_values_and_flags_override_it(tmp_path):
     yaml_file = tmp_path / "train.yaml"
     yaml_file.write_text("mixer: glu\nnum-slots: 4\nlayer: [0, 1]\nrank: 4\ntalan_lr: 0.001\nbf16: false\n")
@@ -405,6 +485,15 @@ def test_bad_deepspeed_setups_fail_before_training(tmp_path, monkeypatch, config
     with pytest.raises(error, match=message):
         train(tmp_path / "run", "--deepspeed", str(path), *flags)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_deepspeed_optimizer_section_is_taken_when_talan_shares_the_learning_rate(tmp_path, monkeypatch):
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps({**DEEPSPEED_ZERO3, "optimizer": {"type": "AdamW"}}))
+    # past the optimizer check, the run stops at the next: no deepspeed package here, or no launcher
+    with pytest.raises((ImportError, ValueError), match="needs the deepspeed package|needs a distributed launcher"):
+        train(tmp_path / "run", "--deepspeed", str(path), "--learning-rate", "0.01", "--talan-lr", "0.01")
 
 
 def test_bad_fsdp_setups_fail_before_training(tmp_path):
