@@ -166,6 +166,10 @@ def test_talan_parameter_group_uses_its_own_learning_rate(tmp_path):
     assert [(g["name"], g["lr"], g["num_tensors"]) for g in result["param_groups"]] == \
         [(g["name"], g["initial_lr"], len(g["params"])) for g in groups]
     assert {g["lr"] for g in result["param_groups"] if g["name"] != "talan"} == {1e-2}
+    # asked again (as Trainer may), the optimizer is the one it made, its groups as they were
+    assert result["trainer"].create_optimizer() is result["trainer"].optimizer
+    assert [(g["name"], len(g["params"])) for g in result["trainer"].optimizer.param_groups] == \
+        [(g["name"], g["num_tensors"]) for g in result["param_groups"]]
     assert all(g["initial_lr"] == 1e-2 for g in groups if g["name"] != "talan")
     assert {id(p) for g in talan_groups for p in g["params"]} == talan_ids
     assert not any(id(p) in talan_ids for g in groups if g["name"] != "talan" for p in g["params"])
@@ -383,6 +387,23 @@ def test_talan_config_takes_every_block_flag():
     assert talan_config_from(settings) == TalanConfig(layer=(0, -1), site="post", num_slots=4, latent_dim=8,
                                                       mixer="mlp", writeback="token_gate",
                                                       trainable="freeze_compressor", grad_scale=0.25, backend="torch")
+
+
+def test_layer_and_target_modules_parse_as_their_help_says(tmp_path, capsys):
+    assert [parse_train("--layer", text).layer for text in ("2", "-1", "0.5", "0,2")] == [2, -1, 0.5, (0, 2)]
+    assert [parse_train("--target-modules", text).target_modules for text in ("all-linear", "q_proj, v_proj")] == \
+        ["all-linear", ["q_proj", "v_proj"]]  # all-linear stays peft's keyword, not a module name
+    for flag, value, message in (("--layer", "half", "layer: expected an int index or a float in [0, 1], got 'half'"),
+                                 ("--target-modules", ",", "target-modules: expected 'all-linear' or")):
+        with pytest.raises(SystemExit):
+            parse_train(flag, value)
+        assert message in capsys.readouterr().err
+    # a config file: YAML lists for both, a .yml suffix, a number where a string is meant; an empty file is no values
+    (tmp_path / "train.yml").write_text("layer: [0, -1]\ntarget_modules: [q_proj, v_proj]\noutput_dir: 2026\n")
+    settings = resolve_settings(parse_train("--config", str(tmp_path / "train.yml")))
+    assert (settings.layer, settings.target_modules, settings.output_dir) == ((0, -1), ["q_proj", "v_proj"], "2026")
+    (tmp_path / "empty.yaml").write_text("# nothing set yet\n")
+    assert load_config_file(tmp_path / "empty.yaml") == {}
 
 
 @pytest.mark.parametrize("text, message", [

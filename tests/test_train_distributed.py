@@ -358,10 +358,19 @@ def test_talan_tensors_are_picked_out_of_a_gathered_state_dict():
     del state_dict[shard_key]
     with pytest.raises(KeyError, match=r"layers\.1\.talan\.w_in: no key"):
         talan_tensors_from_state_dict(model, state_dict)
+    for part in ("_checkpoint_wrapped_module", "_orig_mod"):  # activation checkpointing's and torch.compile's names
+        renamed = {k.replace("_fsdp_wrapped_module", part): v for k, v in _wrapped_state_dict(model).items()}
+        assert max_diff(talan_tensors_from_state_dict(model, renamed), expected) == 0, part
+    state_dict = _wrapped_state_dict(model)
+    state_dict["copy." + shard_key] = state_dict[shard_key]
+    with pytest.raises(KeyError, match=r"layers\.1\.talan\.w_in: several keys"):
+        talan_tensors_from_state_dict(model, state_dict)
 
 
-@pytest.mark.parametrize("main", [True, False])
-def test_save_talan_gathers_on_every_process_and_writes_on_the_main_one(tmp_path, main):
+# should_save without the main process: a node's first process under save_on_each_node, on another node than rank 0
+@pytest.mark.parametrize("should_save, main", [(True, True), (False, False), (True, False)],
+                         ids=["main", "other", "other-node-first"])
+def test_save_talan_gathers_on_every_process_and_writes_on_the_main_one(tmp_path, should_save, main):
     from types import SimpleNamespace
 
     from talan.train import TalanTrainer
@@ -375,7 +384,7 @@ def test_save_talan_gathers_on_every_process_and_writes_on_the_main_one(tmp_path
 
     wrapped = object()
     fake = SimpleNamespace(_talan_model=lambda: model, _talan_sharded=True, model_wrapped=wrapped,
-                           args=SimpleNamespace(should_save=main),
+                           args=SimpleNamespace(should_save=should_save),
                            accelerator=SimpleNamespace(get_state_dict=get_state_dict, is_main_process=main))
     TalanTrainer.save_talan(fake, tmp_path / "ckpt")
     assert calls == [wrapped]  # the collective runs on every process
