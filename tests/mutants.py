@@ -30,7 +30,9 @@ the demo's evaluation putting the model back in training mode (the demo's model 
 gradient clipping (they steady a run; no deterministic test tells them apart); the talan version left out of the
 checkpoint's block comparison (to_dict writes this talan's version on both sides); the trainer's refusal of an
 optimizer that already holds state (Trainer's create_optimizer makes a new one) and its default group name (Trainer's
-groups carry none); the dot before a gathered key's parameter name (no wrapper name ends in a parameter name's start).
+groups carry none); the dot before a gathered key's parameter name (no wrapper name ends in a parameter name's start);
+in the parameter budget, TALAN's weights taken out of the adapter's (no peft tuner holds a TALAN block), the shares
+of a model with TALAN weights but no backbone (no such model) and the LoRA alpha (counts do not depend on it).
 """
 
 from __future__ import annotations
@@ -589,6 +591,24 @@ GLUE = [
            "except (FileNotFoundError, FileExistsError, ImportError, ValueError)",
            "except (FileNotFoundError, FileExistsError, ValueError)",
            ("tests/test_qlora.py", "-k", "without_bitsandbytes")),
+    Mutant("non_negative_int_takes_minus_one", "talan/cli_types.py", "    if value < 0:\n", "    if value < -1:\n",
+           ("tests/test_cli_types.py",)),
+    Mutant("non_negative_float_takes_inf", "talan/cli_types.py", ' or value == float("inf"):', ":",
+           ("tests/test_cli_types.py",)),
+    Mutant("non_negative_float_takes_nan", "talan/cli_types.py", "    if not value >= 0.0", "    if value < 0.0",
+           ("tests/test_cli_types.py",)),
+    Mutant("cli_number_error_unnamed", "talan/cli_types.py",
+           'raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None', "raise",
+           ("tests/test_cli_types.py",)),
+    Mutant("budget_table_trainable_digits", "talan/report.py", "| {row['trainable_percent']:.3f} |",
+           "| {row['trainable_percent']:.4f} |", ("tests/test_report.py", "-k", "format")),
+    Mutant("budget_table_first_layer_only", "talan/report.py",
+           "layers = config.layer if isinstance(config.layer, tuple) else (config.layer,)", "layers = (config.layer,)",
+           ("tests/test_report.py", "-k", "format")),
+    Mutant("report_share_of_no_backbone", "talan/report.py", 'if b else "n/a"', 'if b else "0"',
+           ("tests/test_report.py", "-k", "format")),
+    Mutant("local_checkpoint_in_its_saved_dtype", HOSTS, "dtype=dtype or torch.float32,", "dtype=dtype,",
+           ("tests/test_demo_cli.py", "-k", "bf16")),
     Mutant("report_preset_unchecked", "talan/report.py", "    if name not in MODEL_PRESETS:\n", "    if False:\n",
            ("tests/test_report.py",)),
     Mutant("report_unit_from_above", "talan/report.py", "        if n >= scale:", "        if n > scale:",

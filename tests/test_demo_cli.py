@@ -154,6 +154,21 @@ def test_a_local_checkpoint_whose_tokenizer_has_no_eos_token_is_refused(tmp_path
         load_local_checkpoint(tmp_path)  # before any weight is read (there are none)
 
 
+def test_a_local_checkpoint_saved_in_bf16_loads_in_fp32_unless_asked(tmp_path):
+    """Training needs fp32 adapter and TALAN weights beside the backbone's: the default dtype is fp32 whatever the
+    checkpoint was saved in (transformers 5 would keep the saved one)."""
+    from train_helpers import make_local_checkpoint
+    from transformers import AutoModelForCausalLM
+
+    from talan.hosts import load_local_checkpoint
+
+    folder = make_local_checkpoint(tmp_path / "model")
+    AutoModelForCausalLM.from_pretrained(folder).to(torch.bfloat16).save_pretrained(folder)
+    for dtype, expected in ((None, torch.float32), (torch.bfloat16, torch.bfloat16)):
+        model, _ = load_local_checkpoint(folder, dtype=dtype)
+        assert {p.dtype for p in model.parameters()} == {expected}, dtype
+
+
 def test_demo_on_a_local_hf_checkpoint(tmp_path):
     """--model PATH: a Qwen3 checkpoint and a fast tokenizer saved locally (nothing downloaded)."""
     from tokenizers import Regex, Tokenizer, models, pre_tokenizers

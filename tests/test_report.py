@@ -200,3 +200,15 @@ def test_format_budget_table(budget_rows):
     assert sum(line.startswith("| Qwen3-") for line in lines) == 4
     assert any(line.startswith("| Llama-3.2-1B |") for line in lines)
     assert "latent_dim=64" in text and "LoRA r=16" in text
+    row = budget_rows[0]
+    cells = [c.strip() for c in next(line for line in lines if line.startswith(f"| {row['model']} |")).split("|")[1:-1]]
+    assert cells == [row["model"], str(row["hidden_size"]), str(row["num_layers"]), f"{row['backbone']:,d}",
+                     f"{row['adapter']:,d}", f"{row['talan']:,d}", f"{row['talan_percent']:.4f}",
+                     f"{row['trainable_percent']:.3f}"]
+    # every TALAN layer in the heading; no adapter part without a rank
+    heading = format_budget_table(budget_rows, talan.TalanConfig(layer=(0.25, 0.75))).splitlines()[0]
+    assert heading.startswith("TALAN: layer=0.25, 0.75, site=") and "LoRA" not in heading
+
+
+def test_format_report_of_a_model_without_backbone_weights():
+    assert "(n/a)" in format_report(parameter_report(nn.Module())).splitlines()[1]
