@@ -1,12 +1,14 @@
 """A mutation sweep: each mutant is one small wrong change to a kernel (a mask, a sign, a dropped term, a state carried
 across a reset), to the reference op's stages 2 and 3 or TalanBlock's initialisation (against the SPEC), or to the
 glue around them (the masks TALAN reads, the decode state that follows a cache, the fused-LoRA fall-backs,
-checkpoints, the trainer's groups, talan train's settings, the data and talan export, the hosts' residual streams
-and prefix caches, talan analyze's measurements and talan study's settings, summary and tasks), and the tests named
+checkpoints, the trainer's groups and gather, talan train's settings, data and Trainer arguments, the demo, the
+command line's value types and talan export, the hosts' residual streams and prefix caches, talan analyze's
+measurements, talan study's settings, summary and tasks, and the results file a GPU run writes), and the tests named
 beside it must fail on every one. A mutant they pass is a gap in the tests (the sweep found zero_add's scale tested
 only at its default of 1, a reference whose mixers and writebacks only the kernels checked, config options the block
 could drop, cache operations, fall-backs and refusals that no test reached, Gemma 3n tested only with AltUp's first
-stream active, and analyze's and study's numbers checked for being finite only).
+stream active, analyze's and study's numbers checked for being finite only, Trainer arguments no test read, and a
+results file whose rows could have shown the best batch instead of the worst).
 
 Opt-in, never part of ``make test`` (about 18 minutes on 2 cores): ``make mutants``, or ``python tests/mutants.py
 [NAME ...]`` with TRL on ``PYTHONPATH`` as make mutants puts it (the trainer's SFTTrainer tests skip without it, so
@@ -87,6 +89,8 @@ TRAIN_DATA_TESTS = ("tests/test_train_data.py",)
 TRAIN_ARGS_TESTS = ("tests/test_train.py", "-k", "every_optimisation")
 DEMO = "talan/demo.py"
 SETTINGS_PARSE_TESTS = ("tests/test_train.py", "-k", "parse_as_their")
+COLLECT = "benchmarks/collect.py"
+RESULTS_TESTS = ("tests/test_benchmarks_report.py",)
 GATHER_TESTS = ("tests/test_train_distributed.py", "-k", "picked_out or save_talan")
 
 
@@ -609,6 +613,43 @@ GLUE = [
            ("tests/test_report.py", "-k", "format")),
     Mutant("local_checkpoint_in_its_saved_dtype", HOSTS, "dtype=dtype or torch.float32,", "dtype=dtype,",
            ("tests/test_demo_cli.py", "-k", "bf16")),
+    # the results file a GPU run writes (benchmarks/collect.py): what it reads, its table, which measurement a row shows
+    Mutant("junit_errors_unnamed", COLLECT,
+           'if case.find("failure") is not None or case.find("error") is not None:',
+           'if case.find("failure") is not None:', RESULTS_TESTS),
+    Mutant("junit_bare_suite_uncounted", COLLECT, '[root] if root.tag == "testsuite" else root.findall("testsuite")',
+           'root.findall("testsuite")', RESULTS_TESTS),
+    Mutant("junit_killed_shard_raises", COLLECT, "        except ET.ParseError as exc:  # a shard killed mid-write\n"
+           '            failed.append(f"{path.name}: unreadable ({exc})")\n            continue\n',
+           "        except KeyError:\n            pass\n", RESULTS_TESTS),
+    Mutant("junit_one_path_as_characters", COLLECT, "[paths] if isinstance(paths, str) else paths or []",
+           "paths or []", RESULTS_TESTS),
+    Mutant("bench_killed_file_raises", COLLECT, "        except (ValueError, KeyError) as exc:  # a run killed",
+           "        except KeyError as exc:  # a run killed", RESULTS_TESTS),
+    Mutant("bench_median_in_seconds", COLLECT, '"median_ms": b["stats"]["median"] * 1e3',
+           '"median_ms": b["stats"]["median"]', RESULTS_TESTS),
+    Mutant("results_cell_keeps_its_pipe", COLLECT, "note.replace('|', '/').splitlines()[0]", "note.splitlines()[0]",
+           RESULTS_TESTS),
+    Mutant("results_cell_keeps_every_line", COLLECT, "note.replace('|', '/').splitlines()[0]",
+           "note.replace('|', '/')", RESULTS_TESTS),
+    Mutant("results_failed_tests_unlisted", COLLECT,
+           '        lines += [f"- failed: `{name}`" for name in t.get("failed", [])]\n', "", RESULTS_TESTS),
+    Mutant("results_target_missing", COLLECT, "target = f\"≤ {r['target']:.3g}\" if r.get(\"target\") else \"\"",
+           'target = ""', RESULTS_TESTS),
+    Mutant("results_ceilings_missing", COLLECT, '    if report.get("ceilings"):\n', "    if False:\n", RESULTS_TESTS),
+    Mutant("steps_status_cut_at_a_tab", COLLECT, 'dict(line.split("\\t", 1) for line',
+           'dict(line.split("\\t")[:2] for line', RESULTS_TESTS),
+    Mutant("results_name_with_cpu_detail", COLLECT,
+           'name = env["device"].split(" (")[0] if env["device"].startswith("cpu") else env["device"]',
+           'name = env["device"]', RESULTS_TESTS),
+    Mutant("train_row_base_over_peft", COLLECT, "ratio=round(statistics.median(peft_over_base), 4)",
+           "ratio=round(statistics.median(base_over_peft), 4)", RESULTS_TESTS),
+    Mutant("kernel_row_best_token_count", COLLECT, 'worst = max(res_list, key=lambda r: r["ratio"])',
+           'worst = min(res_list, key=lambda r: r["ratio"])', RESULTS_TESTS),
+    Mutant("model_row_best_batch", COLLECT, 'b, worst = max(good.items(), key=lambda kv: kv[1]["ratio"])',
+           'b, worst = min(good.items(), key=lambda kv: kv[1]["ratio"])', RESULTS_TESTS),
+    Mutant("model_row_despite_a_failed_batch", COLLECT, "        if len(good) < len(per_batch):\n",
+           "        if False:\n", RESULTS_TESTS),
     Mutant("report_preset_unchecked", "talan/report.py", "    if name not in MODEL_PRESETS:\n", "    if False:\n",
            ("tests/test_report.py",)),
     Mutant("report_unit_from_above", "talan/report.py", "        if n >= scale:", "        if n > scale:",
@@ -628,10 +669,10 @@ def mutated_source(root: Path, mutant: Mutant) -> str:
 
 
 def _copy_checkout(to: Path) -> None:
-    for name in ("talan", "talan_kernels", "tests", "pyproject.toml"):
+    for name in ("talan", "talan_kernels", "benchmarks", "tests", "pyproject.toml"):
         src = ROOT / name
         if src.is_dir():
-            shutil.copytree(src, to / name, ignore=shutil.ignore_patterns("__pycache__"))
+            shutil.copytree(src, to / name, ignore=shutil.ignore_patterns("__pycache__", "results"))
         else:
             shutil.copy(src, to / name)
 
