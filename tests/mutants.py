@@ -3,12 +3,13 @@ across a reset), to the reference op's stages 2 and 3 or TalanBlock's initialisa
 glue around them (the masks TALAN reads, the decode state that follows a cache, the fused-LoRA fall-backs,
 checkpoints, the trainer's groups and gather, talan train's settings, data and Trainer arguments, the demo, the
 command line's value types and talan export, the hosts' residual streams and prefix caches, talan analyze's
-measurements, talan study's settings, summary and tasks, and the results file a GPU run writes), and the tests named
-beside it must fail on every one. A mutant they pass is a gap in the tests (the sweep found zero_add's scale tested
-only at its default of 1, a reference whose mixers and writebacks only the kernels checked, config options the block
-could drop, cache operations, fall-backs and refusals that no test reached, Gemma 3n tested only with AltUp's first
-stream active, analyze's and study's numbers checked for being finite only, Trainer arguments no test read, and a
-results file whose rows could have shown the best batch instead of the worst).
+measurements, talan study's settings, summary and tasks, the benchmarks' correctness gates and the results file a
+GPU run writes), and the tests named beside it must fail on every one. A mutant they pass is a gap in the tests (the
+sweep found zero_add's scale tested only at its default of 1, a reference whose mixers and writebacks only the kernels
+checked, config options the block could drop, cache operations, fall-backs and refusals that no test reached, Gemma 3n
+tested only with AltUp's first stream active, analyze's and study's numbers checked for being finite only, Trainer
+arguments no test read, benchmark gates no test gave a broken model, and a results file whose rows could have shown
+the best batch instead of the worst).
 
 Opt-in, never part of ``make test`` (about 18 minutes on 2 cores): ``make mutants``, or ``python tests/mutants.py
 [NAME ...]`` with TRL on ``PYTHONPATH`` as make mutants puts it (the trainer's SFTTrainer tests skip without it, so
@@ -90,6 +91,8 @@ TRAIN_ARGS_TESTS = ("tests/test_train.py", "-k", "every_optimisation")
 DEMO = "talan/demo.py"
 SETTINGS_PARSE_TESTS = ("tests/test_train.py", "-k", "parse_as_their")
 COLLECT = "benchmarks/collect.py"
+BENCH_MODELS = "benchmarks/models.py"
+GATE_TESTS = ("tests/test_benchmark_gates.py",)
 RESULTS_TESTS = ("tests/test_benchmarks_report.py",)
 GATHER_TESTS = ("tests/test_train_distributed.py", "-k", "picked_out or save_talan")
 
@@ -650,6 +653,28 @@ GLUE = [
            'b, worst = min(good.items(), key=lambda kv: kv[1]["ratio"])', RESULTS_TESTS),
     Mutant("model_row_despite_a_failed_batch", COLLECT, "        if len(good) < len(per_batch):\n",
            "        if False:\n", RESULTS_TESTS),
+    # the benchmarks' correctness gates, which a GPU run must pass before it times anything
+    Mutant("gate_pair_disabled_unchecked", BENCH_MODELS, "    if not torch.equal(off, ref):\n", "    if False:\n",
+           GATE_TESTS),
+    Mutant("gate_pair_change_unchecked", BENCH_MODELS, "    if change == 0.0:\n", "    if False:\n", GATE_TESTS),
+    Mutant("gate_decode_disabled_unchecked", BENCH_MODELS, "    if not torch.equal(off, want):\n", "    if False:\n",
+           GATE_TESTS),
+    Mutant("gate_train_gradients_unchecked", BENCH_MODELS,
+           '    check_close(grads["fused"][1], grads["peft"][1], "fused LoRA gradients vs peft", tol)', "    pass",
+           GATE_TESTS),
+    Mutant("gate_train_with_talan_on", BENCH_MODELS,
+           'with talan.disabled(model) if name == "fused" else contextlib.nullcontext():',
+           "with contextlib.nullcontext():", GATE_TESTS),
+    Mutant("gate_block_against_itself", BENCH_MODELS, "        ref, _ = side_path_ref(h, block.params())",
+           "        ref, _ = block(h)", GATE_TESTS),
+    Mutant("gate_tolerance_ignored", "benchmarks/common.py", "    if not err <= tol:\n", "    if not err <= 1.0:\n",
+           GATE_TESTS),
+    Mutant("gate_shape_unchecked", "benchmarks/common.py", "    if tuple(out.shape) != tuple(ref.shape):\n",
+           "    if False:\n", GATE_TESTS),
+    Mutant("gate_finite_unchecked", "benchmarks/common.py", "    if not torch.isfinite(out).all():\n",
+           "    if False:\n", GATE_TESTS),
+    Mutant("benchmark_gates_left_shut", BENCH_MODELS, "            block.gate.fill_(value)", "            pass",
+           GATE_TESTS),
     Mutant("report_preset_unchecked", "talan/report.py", "    if name not in MODEL_PRESETS:\n", "    if False:\n",
            ("tests/test_report.py",)),
     Mutant("report_unit_from_above", "talan/report.py", "        if n >= scale:", "        if n > scale:",
