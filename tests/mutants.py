@@ -92,6 +92,7 @@ DEMO = "talan/demo.py"
 SETTINGS_PARSE_TESTS = ("tests/test_train.py", "-k", "parse_as_their")
 COLLECT = "benchmarks/collect.py"
 BENCH_MODELS = "benchmarks/models.py"
+BENCH_CASES = "benchmarks/cases.py"
 GATE_TESTS = ("tests/test_benchmark_gates.py",)
 RESULTS_TESTS = ("tests/test_benchmarks_report.py",)
 GATHER_TESTS = ("tests/test_train_distributed.py", "-k", "picked_out or save_talan")
@@ -675,6 +676,23 @@ GLUE = [
            "    if False:\n", GATE_TESTS),
     Mutant("benchmark_gates_left_shut", BENCH_MODELS, "            block.gate.fill_(value)", "            pass",
            GATE_TESTS),
+    Mutant("gate_lora_gradients_unchecked", BENCH_CASES,
+           '        for name, g, r in zip(("dx", "dA", "dB"), got, want):', "        for name, g, r in []:",
+           GATE_TESTS),
+    Mutant("gate_lora_gradients_against_themselves", BENCH_CASES,
+           "want = torch.autograd.grad(ref_out(), inputs[:1] if provider",
+           "want = torch.autograd.grad(forward(), inputs[:1] if provider", GATE_TESTS),
+    Mutant("gate_lora_output_against_itself", BENCH_CASES,
+           'forward, ref_out = (lambda: lora_linear(x, w, a, b, s, backend="triton")), ref',
+           'forward = ref_out = (lambda: lora_linear(x, w, a, b, s, backend="triton"))', GATE_TESTS),
+    Mutant("gate_side_path_state_unchecked", BENCH_CASES, "            if st is not None:\n", "            if False:\n",
+           GATE_TESTS),
+    Mutant("gate_side_path_gradients_unchecked", BENCH_CASES,
+           "            if train:\n                got = torch.autograd.grad(out, inputs, dy, allow_unused=True)",
+           "            if False:\n                got = torch.autograd.grad(out, inputs, dy, allow_unused=True)",
+           GATE_TESTS),
+    Mutant("gate_side_path_without_dh", BENCH_CASES, '    inputs = [h] + ([] if provider == "copy" else trainable)',
+           '    inputs = [] + ([] if provider == "copy" else trainable)', GATE_TESTS),
     Mutant("report_preset_unchecked", "talan/report.py", "    if name not in MODEL_PRESETS:\n", "    if False:\n",
            ("tests/test_report.py",)),
     Mutant("report_unit_from_above", "talan/report.py", "        if n >= scale:", "        if n > scale:",

@@ -1,7 +1,7 @@
-"""The benchmarks' correctness gates (benchmarks/models.py, benchmarks/common.py) fail on what they are there to catch:
-a GPU run times nothing that its gate did not pass, so a gate that cannot fail would let a wrong model's time into a
-results file. Each gate is run on a matched pair (tiny host, CPU, fp32) that passes, then on one broken the way it
-guards against."""
+"""The benchmarks' correctness gates (benchmarks/models.py, cases.py, common.py) fail on what they are there to catch:
+a GPU run times nothing that its gate did not pass, so a gate that cannot fail would let a wrong model's (or kernel's)
+time into a results file. Each gate is run on a matched pair (tiny host, CPU, fp32) or a right op that passes, then on
+one broken the way it guards against."""
 
 import sys
 from pathlib import Path
@@ -86,3 +86,51 @@ def test_check_block_backend_compares_the_block_with_the_reference(pair, monkeyp
     monkeypatch.setattr(talan_kernels.side_path, "side_path_ref", off_by_a_percent)
     with pytest.raises(AssertionError, match="TALAN block on backend 'torch'"):
         models.check_block_backend(with_talan, torch.float32, "cpu", tokens=16)
+
+
+# ---- the kernel benchmarks' gates (benchmarks/cases.py): a provider's output, state and every gradient ------------
+def _with_grad_scaled(t: torch.Tensor, factor: float) -> torch.Tensor:
+    """``t`` itself, whose gradient comes back ``factor`` times too large."""
+    return t * factor - (t * (factor - 1)).detach()
+
+
+def test_lora_case_gates_refuse_a_wrong_output_or_gradient(monkeypatch):
+    import talan_kernels.lora as lora_ops
+    from benchmarks.cases import lora_case
+
+    reference = lora_ops.lora_linear_ref
+    args = dict(tokens=16, hidden=32, rank=8, device="cpu", dtype=torch.float32)
+    fakes = {  # each with the real op's signature, the backend ignored
+        "output": lambda x, w, a, b, s, backend: reference(x, w, a, b, s * 1.05),
+        "dB": lambda x, w, a, b, s, backend: reference(x, w, a, _with_grad_scaled(b, 1.1), s),
+    }
+    for wrong, fake in fakes.items():
+        monkeypatch.setattr(lora_ops, "lora_linear", lambda x, w, a, b, s, backend="auto": reference(x, w, a, b, s))
+        lora_case("triton", mode="fwdbwd", **args).check()  # the same op, right: passes
+        monkeypatch.setattr(lora_ops, "lora_linear", fake)
+        with pytest.raises(AssertionError, match=f"lora triton fwdbwd {wrong}"):
+            lora_case("triton", mode="fwdbwd", **args).check()
+
+
+def test_side_path_case_gates_refuse_a_wrong_output_state_or_gradient(monkeypatch):
+    import talan_kernels.side_path as side_path_ops
+    from benchmarks.cases import side_path_case
+
+    reference = side_path_ops.side_path_ref
+
+    def wrong_state(h, params, state=None, backend="auto"):
+        out, (s, n) = reference(h, params, state=state)
+        return out, (s * 1.01, n)
+
+    def wrong_h_gradient(h, params, state=None, backend="auto"):
+        return reference(_with_grad_scaled(h, 1.1), params, state=state)
+
+    args = dict(batch=2, tokens=8, hidden=32, latent=16, slots=4, device="cpu", dtype=torch.float32)
+    for mode, fake, message in (("decode", wrong_state, "side path triton decode state S"),
+                                ("fwdbwd", wrong_h_gradient, r"side path triton grad 0")):
+        monkeypatch.setattr(side_path_ops, "side_path", lambda h, params, state=None, backend="auto": reference(
+            h, params, state=state))
+        side_path_case("triton", mode=mode, **args).check()
+        monkeypatch.setattr(side_path_ops, "side_path", fake)
+        with pytest.raises(AssertionError, match=message):
+            side_path_case("triton", mode=mode, **args).check()
