@@ -8,8 +8,8 @@ GPU run writes), and the tests named beside it must fail on every one. A mutant 
 sweep found zero_add's scale tested only at its default of 1, a reference whose mixers and writebacks only the kernels
 checked, config options the block could drop, cache operations, fall-backs and refusals that no test reached, Gemma 3n
 tested only with AltUp's first stream active, analyze's and study's numbers checked for being finite only, Trainer
-arguments no test read, benchmark gates no test gave a broken model, and a results file whose rows could have shown
-the best batch instead of the worst).
+arguments no test read, a score cap tested only at its default on the kernels, benchmark gates no test gave a broken
+model, and a results file whose rows could have shown the best batch instead of the worst).
 
 Opt-in, never part of ``make test`` (about 30 minutes on 2 cores): ``make mutants``, or ``python tests/mutants.py
 [NAME ...]`` with TRL on ``PYTHONPATH`` as make mutants puts it (the trainer's SFTTrainer tests skip without it, so
@@ -91,6 +91,9 @@ TRAIN_ARGS_TESTS = ("tests/test_train.py", "-k", "every_optimisation")
 DEMO = "talan/demo.py"
 SETTINGS_PARSE_TESTS = ("tests/test_train.py", "-k", "parse_as_their")
 COLLECT = "benchmarks/collect.py"
+TRITON_PATH = "talan_kernels/side_path/triton_path.py"
+DECODE = "talan_kernels/side_path/decode.py"
+CAP_TESTS = ("tests/test_side_path_kernels_interp.py", "-k", "score_cap")
 BENCH_MODELS = "benchmarks/models.py"
 BENCH_CASES = "benchmarks/cases.py"
 GATE_TESTS = ("tests/test_benchmark_gates.py",)
@@ -186,6 +189,21 @@ MUTANTS = [
            "    if R < 1:\n", ("tests/test_lora_kernels_interp.py", "-k", "refuse")),
     Mutant("lora_op_fp64_launched", LORA_OP, "(() if use_triton else (torch.float64,))", "(torch.float64,)",
            ("tests/test_lora_kernels_interp.py", "-k", "refuse")),
+    # the side path's host code: score_cap on every path (all other tests keep its default), its launch checks
+    Mutant("triton_training_cap_fixed", TRITON_PATH,
+           '                                         float(cap), mixer != "linear", chunk_size)',
+           '                                         15.0, mixer != "linear", chunk_size)', CAP_TESTS),
+    Mutant("triton_prefill_cap_fixed", TRITON_PATH,
+           'p["slot_queries"], mix, act, res, s0, n0, float(cap), mixer != "linear",\n        chunk_size)',
+           'p["slot_queries"], mix, act, res, s0, n0, 15.0, mixer != "linear",\n        chunk_size)', CAP_TESTS),
+    Mutant("triton_decode_cap_fixed", DECODE, "mixer, writeback, float(cap), float(zero_add_scale),",
+           "mixer, writeback, 15.0, float(zero_add_scale),", CAP_TESTS),
+    Mutant("triton_chunk_of_8", TRITON_PATH, "    if chunk_size < 16 or chunk_size & (chunk_size - 1):",
+           "    if chunk_size < 8 or chunk_size & (chunk_size - 1):", CAP_TESTS),
+    Mutant("triton_chunk_not_a_power_of_2", TRITON_PATH, "    if chunk_size < 16 or chunk_size & (chunk_size - 1):",
+           "    if chunk_size < 16:", CAP_TESTS),
+    Mutant("decode_step_of_two_tokens", DECODE, '    if t != 1:\n        raise ValueError(f"side_path_decode',
+           '    if False:\n        raise ValueError(f"side_path_decode', CAP_TESTS),
 ]
 
 # the glue (CPU tests, run without the interpreter)
@@ -617,6 +635,9 @@ GLUE = [
            ("tests/test_report.py", "-k", "format")),
     Mutant("local_checkpoint_in_its_saved_dtype", HOSTS, "dtype=dtype or torch.float32,", "dtype=dtype,",
            ("tests/test_demo_cli.py", "-k", "bf16")),
+    Mutant("decode_programs_over_64", DECODE, "    if not (isinstance(programs, int) and 1 <= programs <= 64):",
+           "    if not (isinstance(programs, int) and 1 <= programs):",
+           ("tests/test_side_path_compile.py", "-k", "decode_variants")),
     # the results file a GPU run writes (benchmarks/collect.py): what it reads, its table, which measurement a row shows
     Mutant("junit_errors_unnamed", COLLECT,
            'if case.find("failure") is not None or case.find("error") is not None:',

@@ -207,6 +207,7 @@ def test_decode_variants_reach_the_gpu_config_and_compile_without_spills(arch):
     with pytest.raises(ValueError, match="stages must be one of"):
         with decode_pipeline_stages(0):
             pass
-    with pytest.raises(ValueError, match="programs must be"):
-        with decode_programs_per_sequence(0):
-            pass
+    for programs in (0, 65, 2.0):  # [1, 64]: a share of D per program; an int
+        with pytest.raises(ValueError, match=r"programs must be an int in \[1, 64\]"):
+            with decode_programs_per_sequence(programs):
+                pass

@@ -96,6 +96,43 @@ def test_scalar_gate_and_partly_capped_norm_cap_gradients():
 
 @pytest.mark.interpreter
 @needs_interpreter
+def test_a_score_cap_reaches_every_kernel_path_and_bad_launch_arguments_are_refused():
+    """score_cap (SPEC §1's cap on the slot scores) at 2, where it bends most scores, on the training path (with
+    gradients), the inference prefill and the decode steps (every other test leaves it at its default 15); a chunk
+    size that is not a power of 2 >= 16, and more than one token for the decode step, are refused by name."""
+    from talan_kernels.side_path.triton_path import side_path_triton
+
+    b, t, d, m, r, prefill = 2, 20, 32, 5, 16, 13
+    params = {k: v.requires_grad_() for k, v in make_params(d, r, m, "attn", "tanh_gate", seed=5).items()}
+    h, active, resets, _ = make_inputs(b, t, d, m, r, pad=2, reset_at=(9,), seed=6)
+    h.requires_grad_()
+    ref, (s_ref, n_ref) = side_path_ref(h, params, active, resets, cap=2.0)
+    with torch.no_grad():  # the cap matters here: at the default the output is another
+        assert rel_rms(side_path_ref(h, params, active, resets)[0] - h, ref - h) > 1e-2
+    out, _ = side_path_triton(h, params, active, resets, cap=2.0)
+    assert_rel_rms(out, ref, TOL, "h' (training path)")
+    _check_every_gradient(out, ref, h, params)
+    with torch.no_grad():
+        out, state = side_path_triton(h[:, :prefill], params, active[:, :prefill], resets[:, :prefill], cap=2.0)
+        outs = [out]
+        for i in range(prefill, t):
+            step, state = side_path_triton(h[:, i:i + 1], params, active[:, i:i + 1], resets[:, i:i + 1], state,
+                                           cap=2.0)
+            outs.append(step)
+    assert_rel_rms(torch.cat(outs, 1), ref, TOL, "h' (prefill, then decode steps)")
+    assert_rel_rms(state[0], s_ref, TOL, "S")
+    assert_rel_rms(state[1], n_ref, TOL, "N")
+    for chunk_size in (8, 24):  # a power of 2 >= 16
+        with pytest.raises(ValueError, match=f"chunk_size must be a power of 2 >= 16; got {chunk_size}"):
+            side_path_triton(h, params, active, chunk_size=chunk_size)
+    from talan_kernels.side_path.decode import side_path_decode
+
+    with torch.no_grad(), pytest.raises(ValueError, match="one token per sequence, h \\[B, 1, D\\]; got T=2"):
+        side_path_decode(h[:, :2], params)
+
+
+@pytest.mark.interpreter
+@needs_interpreter
 @pytest.mark.parametrize("mixer,writeback,scalar_gate,r,m", [
     ("attn", "tanh_gate", False, 16, 5), ("linear", "norm_cap", False, 16, 21), ("mlp", "zero_add", False, 24, 5),
     ("glu", "token_gate", False, 40, 5), ("attn", "tanh_gate", True, 16, 21)])
