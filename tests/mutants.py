@@ -31,7 +31,8 @@ tries the outer and inner modules (no supported model has layers in both), varia
 those families holds the attribute) and the family count in the refusal message (its text only); the parameter
 budget's count of an adapter attribute that is a bare Parameter (no peft tuner we test holds one: theirs are dicts);
 the demo's evaluation putting the model back in training mode (the demo's model has no dropout), its warm-up and
-gradient clipping (they steady a run; no deterministic test tells them apart); the talan version left out of the
+gradient clipping (they steady a run; no deterministic test tells them apart), its synthetic held-out set drawn with
+another seed than the training set (only the loss it reports would tell); the talan version left out of the
 checkpoint's block comparison (to_dict writes this talan's version on both sides); the trainer's refusal of an
 optimizer that already holds state (Trainer's create_optimizer makes a new one) and its default group name (Trainer's
 groups carry none); the dot before a gathered key's parameter name (no wrapper name ends in a parameter name's start);
