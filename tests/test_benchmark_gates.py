@@ -3,18 +3,12 @@ a GPU run times nothing that its gate did not pass, so a gate that cannot fail w
 time into a results file. Each gate is run on a matched pair (tiny host, CPU, fp32) or a right op that passes, then on
 one broken the way it guards against."""
 
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks import models  # noqa: E402  (the checkout's benchmarks package, as gpu_check.sh runs it)
-from benchmarks.common import check_close  # noqa: E402
+from benchmarks import models
+from benchmarks.common import check_close
 
 HOST = models.HOSTS["tiny"]
 

@@ -37,8 +37,6 @@ def _env() -> dict:
 
 
 def _import_benchmarks():
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
     import benchmarks.collect
     import benchmarks.plot
 
@@ -278,8 +276,6 @@ def test_plot_writes_a_png(tmp_path):
 def test_cpu_overhead_toggle_restores_the_model_and_times_both_arms():
     """overhead_cpu.py's pairing: TALAN toggled in and out of one model with fixed weights, both arms
     timed, the hook clock restored afterwards (checked on a tiny host, no timing asserted)."""
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
     import torch
 
     import talan
@@ -307,8 +303,6 @@ def test_cpu_overhead_toggle_restores_the_model_and_times_both_arms():
 
 
 def test_triton_base_provider_is_forward_only():
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
     import torch
 
     from benchmarks.cases import FORWARD_ONLY_PROVIDERS, LORA_PROVIDERS, lora_case
@@ -338,8 +332,6 @@ def test_triton_providers_skip_on_a_gpu_whose_triton_cannot_compile_the_kernels(
 
 
 def test_kernel_breakdown_counts_the_calls_of_a_known_function():
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
     import torch
 
     from benchmarks.profiling import breakdown_markdown, guarded_breakdown, kernel_breakdown
@@ -361,8 +353,6 @@ def test_kernel_breakdown_counts_the_calls_of_a_known_function():
 
 def test_device_totals_sum_kernels_by_name_and_leave_host_events_out():
     """The CUDA branch's aggregation, on profiler events built by hand (no GPU here)."""
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
     from types import SimpleNamespace
 
     from torch.autograd import DeviceType

@@ -6,17 +6,11 @@ batch, no ratio when a batch failed, each ratio the right way round). (`test_ben
 script on the CPU.)"""
 
 import json
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks import collect  # noqa: E402  (the checkout's benchmarks package, as gpu_check.sh runs it)
+from benchmarks import collect
 
 SHARD = """<?xml version="1.0" encoding="utf-8"?><testsuites><testsuite name="pytest" tests="3" failures="1" errors="1"
 skipped="0"><testcase classname="tests.test_a" name="test_ok"/><testcase classname="tests.test_a" name="test_bad[x]">

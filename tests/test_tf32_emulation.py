@@ -2,14 +2,11 @@
 accuracy finding it records (3xTF32 within the GPU parity test's bound, one-pass TF32 far outside it
 for an fp32 residual stream), at tiny shapes."""
 
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.tf32_emulation import TensorCoreProducts, emulated_product, errors, round_to_tf32  # noqa: E402
+from benchmarks.tf32_emulation import TensorCoreProducts, emulated_product, errors, round_to_tf32
 
 
 def test_round_to_tf32_keeps_ten_mantissa_bits_to_nearest():
