@@ -142,13 +142,12 @@ def test_demo_model_folder_without_config(tmp_path):
 
 
 def test_a_local_checkpoint_whose_tokenizer_has_no_eos_token_is_refused(tmp_path):
-    from tokenizers import Tokenizer, models
-    from transformers import PreTrainedTokenizerFast, Qwen3Config
+    from train_helpers import word_level_tokenizer
+    from transformers import Qwen3Config
 
     from talan.hosts import load_local_checkpoint
 
-    backend = Tokenizer(models.WordLevel({"<unk>": 0, "a": 1}, unk_token="<unk>"))
-    PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>").save_pretrained(tmp_path)
+    word_level_tokenizer(["<unk>", "a"]).save_pretrained(tmp_path)
     Qwen3Config(vocab_size=2, hidden_size=32, num_hidden_layers=1).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="--model .*the tokenizer has no eos token"):
         load_local_checkpoint(tmp_path)  # before any weight is read (there are none)
@@ -171,15 +170,11 @@ def test_a_local_checkpoint_saved_in_bf16_loads_in_fp32_unless_asked(tmp_path):
 
 def test_demo_on_a_local_hf_checkpoint(tmp_path):
     """--model PATH: a Qwen3 checkpoint and a fast tokenizer saved locally (nothing downloaded)."""
-    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
+    from train_helpers import word_level_tokenizer
+    from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    chars = sorted(set("0123456789abcdefghijklmnopqrstuvwxyz=,;?:"))
-    vocab = {"<pad>": 0, "<eos>": 1, "<unk>": 2} | {c: i + 3 for i, c in enumerate(chars)}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>",
-                                        unk_token="<unk>")
+    vocab = ["<pad>", "<eos>", "<unk>", *sorted(set("0123456789abcdefghijklmnopqrstuvwxyz=,;?:"))]
+    tokenizer = word_level_tokenizer(vocab, split_chars=True, pad_token="<pad>", eos_token="<eos>")
     assert tokenizer.decode(tokenizer.encode("a=12", add_special_tokens=False)).replace(" ", "") == "a=12"
     torch.manual_seed(0)
     model = Qwen3ForCausalLM(Qwen3Config(vocab_size=len(vocab), hidden_size=32, intermediate_size=64,

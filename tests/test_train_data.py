@@ -4,7 +4,7 @@ it cannot be cut; a chat file that starts with a blank line; a Parquet file with
 in test_train.py.)"""
 
 import pytest
-from train_helpers import write_jsonl
+from train_helpers import word_level_tokenizer, write_jsonl
 
 from talan.data import CharTokenizer
 from talan.train import load_examples
@@ -31,11 +31,7 @@ def test_a_malformed_chat_record_is_named_with_its_line(tmp_path, messages, prob
 
 def _templated_tokenizer(template: str):
     """A HF tokenizer (built in memory) whose chat template is ``template``."""
-    from tokenizers import Tokenizer, models
-    from transformers import PreTrainedTokenizerFast
-
-    backend = Tokenizer(models.WordLevel({"<unk>": 0, "</s>": 1}, unk_token="<unk>"))
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", eos_token="</s>")
+    tokenizer = word_level_tokenizer(["<unk>", "</s>"], eos_token="</s>")
     tokenizer.chat_template = template
     return tokenizer
 

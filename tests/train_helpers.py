@@ -92,21 +92,30 @@ CHECKPOINT_LAYERS = {
     "DeepseekV4": dict(DEEPSEEK_V4, layer_types=["compressed_sparse_attention"] * 2)}
 
 
+def word_level_tokenizer(tokens: list[str], split_chars: bool = False, **special_tokens):
+    """A HF fast tokenizer built in memory (nothing downloaded) whose ids are the positions in ``tokens``, which must
+    hold ``<unk>``; ``split_chars`` makes every character a token; ``special_tokens`` go to the tokenizer as given."""
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.WordLevel({tok: i for i, tok in enumerate(tokens)}, unk_token="<unk>"))
+    if split_chars:
+        backend.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", **special_tokens)
+
+
 def make_local_checkpoint(model_dir: Path, chat_template: bool = True, family: str = "Qwen3") -> Path:
     """A tiny random causal LM of ``family`` (a transformers config prefix: Qwen3, Gemma3Text, Phi3, ...; Gemma3,
     Gemma4 and Qwen3_5: the vision-language model, with a 1-layer vision tower) and a character-level HF tokenizer
     (built offline, with a chat template) saved as a local Hugging Face checkpoint folder."""
     import transformers
-    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
-    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+    from transformers import AutoModelForCausalLM
 
     chars = [chr(c) for c in range(32, 127)] + ["\n"]
     specials = ["<pad>", "<|im_start|>", "<|im_end|>", "<unk>"]
     vocab = {tok: i for i, tok in enumerate(specials + chars)}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="<|im_end|>",
-                                        unk_token="<unk>", additional_special_tokens=specials[1:3])
+    tokenizer = word_level_tokenizer(specials + chars, split_chars=True, pad_token="<pad>", eos_token="<|im_end|>",
+                                     additional_special_tokens=specials[1:3])
     if chat_template:
         tokenizer.chat_template = (
             "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
