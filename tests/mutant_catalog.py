@@ -184,6 +184,11 @@ CORE_GLUE = [
            "or value != value \\", ("tests/test_config.py",)),
     Mutant("config_takes_nan_gate_bias", "talan/config.py", " or not math.isfinite(bias):", ":",
            ("tests/test_config.py",)),
+    Mutant("config_takes_negative_zero_add_scale", "talan/config.py", '("zero_add_scale", 0.0, False)',
+           '("zero_add_scale", -1.0, False)', ("tests/test_config.py",)),
+    Mutant("config_takes_a_bool_for_a_number", "talan/config.py",
+           "            if isinstance(value, bool) or not isinstance(value, numbers.Real) or",
+           "            if not isinstance(value, numbers.Real) or", ("tests/test_config.py",)),
     # the reference's stages 2 and 3 against the SPEC (the kernels are tested against the reference)
     Mutant("ref_attn_unscaled", REFERENCE, "/ math.sqrt(r), dim=-1)", ", dim=-1)", REFERENCE_TESTS),
     Mutant("ref_mlp_input_order", REFERENCE, "torch.cat([z, read], -1)", "torch.cat([read, z], -1)", REFERENCE_TESTS),

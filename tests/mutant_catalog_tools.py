@@ -44,6 +44,8 @@ TOOLS = [
            "for name in (ADAPTER_CONFIG, talan_checkpoint.CONFIG_NAME, talan_checkpoint.WEIGHTS_NAME):",
            "for name in (talan_checkpoint.CONFIG_NAME, talan_checkpoint.WEIGHTS_NAME):",
            ("tests/test_export.py", "-k", "bad_inputs")),
+    Mutant("export_checkpoint_folder_unchecked", "talan/export.py", "    if not folder.is_dir():\n", "    if False:\n",
+           ("tests/test_export.py", "-k", "bad_inputs")),
     Mutant("tokenizer_without_eos_loaded", HOSTS, "    if tokenizer.eos_token_id is None:\n        raise",
            "    if False:\n        raise", ("tests/test_demo_cli.py", "-k", "no_eos")),
     Mutant("export_dtype_ignored", "talan/export.py", "getattr(torch, args.model_dtype)", "torch.float32",

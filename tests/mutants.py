@@ -19,25 +19,27 @@ mutant still applies to the source, once, so the list cannot rot as the code cha
 ``tests/mutant_catalog.py`` (the kernel path and the core glue) and ``tests/mutant_catalog_tools.py`` (the tools).
 
 Left out as equivalent, or as not testable deterministically: a split decode program's write mask to D instead of
-its share's end (every share is whole BD blocks); fan_in_fan_out on an nn.Linear base (peft turns it off there);
-the DoRA norm cache kept for autocast's cast copies (a stale hit needs the allocator to reuse their storage); the DoRA
-reference norm's clamp at 0 (only rounding makes its square negative); ``talan report``'s up-front check of the model
-names (building the first unknown preset names it too); TalanCheckpointCallback's should_save test without the mixin
-(only a process that is not the main one, in a multi-process run, tells it apart); the fused-LoRA wrapper's checks of
-an autocast dtype other than fp16/bf16 (CPU autocast takes no other), of a call with tensors on two devices (peft's
-forward refuses it too) and the bias's cast under autocast (on the reference path it changes a rounding at most);
-in the hosts, a closed gate tested by all() or any() (Mllama's gate is one number), the order in which _find_stack
-tries the outer and inner modules (no supported model has layers in both), variant_if's default (every layer of
-those families holds the attribute) and the family count in the refusal message (its text only); the parameter
-budget's count of an adapter attribute that is a bare Parameter (no peft tuner we test holds one: theirs are dicts);
-the demo's evaluation putting the model back in training mode (the demo's model has no dropout), its warm-up and
-gradient clipping (they steady a run; no deterministic test tells them apart), its synthetic held-out set drawn with
-another seed than the training set (only the loss it reports would tell); the talan version left out of the
-checkpoint's block comparison (to_dict writes this talan's version on both sides); the trainer's refusal of an
-optimizer that already holds state (Trainer's create_optimizer makes a new one) and its default group name (Trainer's
-groups carry none); the dot before a gathered key's parameter name (no wrapper name ends in a parameter name's start);
-in the parameter budget, TALAN's weights taken out of the adapter's (no peft tuner holds a TALAN block), the shares
-of a model with TALAN weights but no backbone (no such model) and the LoRA alpha (counts do not depend on it).
+its share's end (every share is whole BD blocks); fan_in_fan_out on an nn.Linear base (peft turns it off there); the
+DoRA norm cache kept for autocast's cast copies (a stale hit needs the allocator to reuse their storage); the DoRA
+reference norm's clamp at 0 (only rounding makes its square negative); ``talan report``'s up-front check of the
+model names (building the first unknown preset names it too); TalanCheckpointCallback's should_save test without the
+mixin (only a process that is not the main one, in a multi-process run, tells it apart); the fused-LoRA wrapper's
+checks of an autocast dtype other than fp16/bf16 (CPU autocast takes no other), of a call with tensors on two
+devices (peft's forward refuses it too) and the bias's cast under autocast (on the reference path it changes a
+rounding at most); in the hosts, a closed gate tested by all() or any() (Mllama's gate is one number), the order in
+which _find_stack tries the outer and inner modules (no supported model has layers in both), variant_if's default
+(every layer of those families holds the attribute) and the family count in the refusal message (its text only); the
+parameter budget's count of an adapter attribute that is a bare Parameter (no peft tuner we test holds one: theirs
+are dicts); the demo's evaluation putting the model back in training mode (the demo's model has no dropout), its
+warm-up and gradient clipping (they steady a run; no deterministic test tells them apart), its synthetic held-out
+set drawn with another seed than the training set (only the loss it reports would tell); the talan version left out
+of the checkpoint's block comparison (to_dict writes this talan's version on both sides); the checkpoint's copy of
+the weights to the CPU before saving (safetensors copies a GPU tensor to the CPU itself; no GPU here); the trainer's
+refusal of an optimizer that already holds state (Trainer's create_optimizer makes a new one) and its default group
+name (Trainer's groups carry none); the dot before a gathered key's parameter name (no wrapper name ends in a
+parameter name's start); in the parameter budget, TALAN's weights taken out of the adapter's (no peft tuner holds a
+TALAN block), the shares of a model with TALAN weights but no backbone (no such model) and the LoRA alpha (counts do
+not depend on it).
 """
 
 from __future__ import annotations

@@ -22,6 +22,8 @@ def test_defaults_match_the_spec():
     ("score_cap", float("-inf")), ("layer", True), ("layer", 1.5),
     ("layer", -0.1), ("layer", "3"), ("layer", ()), ("layer", (0, False)), ("gate_per_channel", 1),
     ("token_gate_bias", "-4"), ("token_gate_bias", float("nan")), ("token_gate_bias", True),
+    ("zero_add_scale", -0.5), ("grad_scale", True), ("score_cap", True), ("zero_add_scale", False),
+    ("norm_cap_ratio", True),
 ])
 def test_invalid_field_raises_value_error_naming_it(field, value):
     with pytest.raises(ValueError, match=field):

@@ -87,7 +87,7 @@ def _export(model, checkpoint, out, *extra):
 
 def test_export_bad_inputs_are_clear_errors(tmp_path, local_model, tiny_run, capsys):
     assert _export(local_model, tmp_path / "nowhere", tmp_path / "out") == 2
-    assert "--checkpoint" in capsys.readouterr().err
+    assert f"--checkpoint {tmp_path / 'nowhere'}: no such directory" in capsys.readouterr().err
     (tmp_path / "half").mkdir()
     (tmp_path / "half" / "adapter_config.json").write_text("{}")
     assert _export(local_model, tmp_path / "half", tmp_path / "out") == 2
