@@ -39,7 +39,10 @@ refusal of an optimizer that already holds state (Trainer's create_optimizer mak
 name (Trainer's groups carry none); the dot before a gathered key's parameter name (no wrapper name ends in a
 parameter name's start); in the parameter budget, TALAN's weights taken out of the adapter's (no peft tuner holds a
 TALAN block), the shares of a model with TALAN weights but no backbone (no such model) and the LoRA alpha (counts do
-not depend on it).
+not depend on it). In the patching: BLOOM's and MPT's ``deprecated_arguments`` taken for a stack that passes its
+kwargs on (transformers 4.x only, where the floor run's host tests kill it), and which of four rows of position ids
+is the text's and whether a layer's own position ids come first (no decoder we test gets four rows, and where a
+layer gets its own the stack's are None).
 """
 
 from __future__ import annotations

@@ -165,6 +165,25 @@ def test_vl_host_patches_exactly_and_generates_as_it_recomputes(family, site):
     assert torch.equal(_logits(model, inputs), unpatched)
 
 
+# M-RoPE: the text decoder gets 3 rows of positions (time, height, width), which are no text positions; Qwen3.5's
+# linear-attention layers get none of their own and read the decoder's
+MROPE = ["Qwen2VL", "Qwen3VL", "Glm4v", "Qwen3_5"]
+
+
+@pytest.mark.skipif(TRANSFORMERS_4, reason="transformers 4.x itself splits a prompt without a mask where the image's "
+                    "M-RoPE time row does not step by 1 (its attention too, which TALAN's rule follows) or fails")
+@pytest.mark.parametrize("family", [pytest.param(f, marks=_installed(f)) for f in MROPE])
+def test_an_image_prompt_without_an_attention_mask_is_one_sequence(family):
+    """With no attention mask and no cache, position ids that do not step by 1 start a packed sequence; an image's
+    M-RoPE positions (one temporal position for all its tokens) must not: the forward equals the all-ones mask's."""
+    model = open_gates(talan.patch(tiny_vl(family), tiny_config(site="mid", layer=(0, 1))))
+    inputs = image_prompt(family)
+    inputs["input_ids"][0, :2] = inputs["input_ids"][1, :2]  # no padding, so no mask is the same prompt
+    inputs.update(attention_mask=torch.ones_like(inputs["attention_mask"]), use_cache=False)  # no cache: the rule
+    unmasked = _logits(model, {k: v for k, v in inputs.items() if k != "attention_mask"})
+    torch.testing.assert_close(unmasked, _logits(model, inputs), rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("family,site", site_cases())
 def test_vl_sites_write_the_block_output_where_analyze_reads_the_stream(family, site):
     assert_site_writes_the_block_output(tiny_vl(family), image_prompt(family), site, layer=0)
