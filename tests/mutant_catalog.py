@@ -145,6 +145,8 @@ KERNEL = [
            "    if R < 1:\n", ("tests/test_lora_kernels_interp.py", "-k", "refuse")),
     Mutant("lora_op_fp64_launched", LORA_OP, "(() if use_triton else (torch.float64,))", "(torch.float64,)",
            ("tests/test_lora_kernels_interp.py", "-k", "refuse")),
+    Mutant("lora_op_frozen_a_trains_no_b", LORA_OP, "need_ab = grad and (lora_A.requires_grad or lora_B.requires_grad)",
+           "need_ab = grad and lora_A.requires_grad", ("tests/test_lora_kernels_interp.py", "-k", "frozen_down")),
     # the side path's host code: score_cap on every path (all other tests keep its default), its launch checks
     Mutant("triton_training_cap_fixed", TRITON_PATH,
            '                                         float(cap), mixer != "linear", chunk_size)',
@@ -158,6 +160,9 @@ KERNEL = [
            "    if chunk_size < 8 or chunk_size & (chunk_size - 1):", CAP_TESTS),
     Mutant("triton_chunk_not_a_power_of_2", TRITON_PATH, "    if chunk_size < 16 or chunk_size & (chunk_size - 1):",
            "    if chunk_size < 16:", CAP_TESTS),
+    Mutant("triton_no_graph_when_only_the_parameters_need_one", TRITON_PATH,
+           "(h.requires_grad or any(x.requires_grad for x in params.values()))", "h.requires_grad",
+           ("tests/test_side_path_kernels_interp.py", "-k", "needs_no_gradient")),
     Mutant("decode_step_of_two_tokens", DECODE, '    if t != 1:\n        raise ValueError(f"side_path_decode',
            '    if False:\n        raise ValueError(f"side_path_decode', CAP_TESTS),
 ]

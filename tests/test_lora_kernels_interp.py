@@ -82,6 +82,20 @@ def test_dora_magnitude_only_gradient():
     assert_rel_rms(got, want, 1e-5, "dm")
 
 
+@pytest.mark.parametrize("dora", [False, True], ids=["lora", "dora"])
+def test_a_frozen_down_projection_still_trains_the_up_projection(dora):
+    """LoRA-FA freezes A and trains B (and DoRA's magnitude): dB needs the rank-r ``x Aᵀ`` saved in the forward
+    although A takes no gradient."""
+    layer = make_peft_layer(30, 20, 4, bias=False, dora=dora, seed=9)
+    layer.lora_A["default"].weight.requires_grad_(False)
+    trained = layer_params(layer)[1:]
+    x, dy = torch.randn(19, 30, requires_grad=True), torch.randn(19, 20)
+    want = torch.autograd.grad(layer(x), [x, *trained], dy)
+    got = torch.autograd.grad(run_fused(layer, x, "triton"), [x, *trained], dy)
+    for o, e, n in zip(got, want, ["dx", "dB", "dm"]):
+        assert_rel_rms(o, e, 1e-5, n)
+
+
 @pytest.mark.parametrize("r", [3, 64])
 def test_norm_kernel_matches_explicit_norm(r):
     torch.manual_seed(r)

@@ -59,13 +59,31 @@ def test_kernels_match_reference_outputs_state_and_every_gradient(case):
 
 
 def _check_every_gradient(out, ref, h, params):
+    """The gradients of ``h`` (where it needs one) and of every parameter against the reference's."""
     weight = torch.randn(out.shape, generator=torch.Generator().manual_seed(2))
-    inputs = [h, *params.values()]
+    names, inputs = zip(*([("h", h)] if h.requires_grad else []), *params.items())
     grads = torch.autograd.grad((out * weight).sum(), inputs)
     grads_ref = torch.autograd.grad((ref * weight).sum(), inputs)
-    for name, got, want in zip(["h", *params], grads, grads_ref):
+    for name, got, want in zip(names, grads, grads_ref):
         assert want.abs().sum() > 0, f"d{name} is zero in the reference: the case would not test it"
         assert_rel_rms(got, want, TOL, f"d{name}")
+
+
+@pytest.mark.interpreter
+@needs_interpreter
+@pytest.mark.parametrize("t", [1, 19])
+def test_an_input_that_needs_no_gradient_still_trains_the_blocks_parameters(t):
+    """TALAN at the first layer's input under a frozen embedding: ``h`` needs no gradient but the block's parameters
+    do, so the training path must run, not the inference prefill or the decode kernel (which build no graph)."""
+    from talan_kernels.side_path.triton_path import side_path_triton
+
+    params = {k: v.requires_grad_() for k, v in make_params(32, 16, 4, "attn", "tanh_gate").items()}
+    # with a carried state: one token alone makes every slot's memory its own value, which no key then weighs
+    h, active, _, state = make_inputs(2, t, 32, 4, 16, 0 if t == 1 else 3, ())
+    out, _ = side_path_triton(h, params, active, state=state)
+    ref, _ = side_path_ref(h, params, active, state=state)
+    assert_rel_rms(out, ref, TOL, "h'")
+    _check_every_gradient(out, ref, h, params)
 
 
 @pytest.mark.interpreter
