@@ -160,6 +160,8 @@ KERNEL = [
            "    if chunk_size < 8 or chunk_size & (chunk_size - 1):", CAP_TESTS),
     Mutant("triton_chunk_not_a_power_of_2", TRITON_PATH, "    if chunk_size < 16 or chunk_size & (chunk_size - 1):",
            "    if chunk_size < 16:", CAP_TESTS),
+    Mutant("block_ignores_its_backend", BLOCK, "backend=c.backend)", 'backend="auto")',
+           ("tests/test_side_path_kernels_interp.py", "-k", "trains_the_same")),
     Mutant("triton_no_graph_when_only_the_parameters_need_one", TRITON_PATH,
            "(h.requires_grad or any(x.requires_grad for x in params.values()))", "h.requires_grad",
            ("tests/test_side_path_kernels_interp.py", "-k", "needs_no_gradient")),

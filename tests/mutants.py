@@ -18,8 +18,9 @@ kernels' tests run under ``TRITON_INTERPRET=1``. ``tests/test_mutants.py`` (in `
 mutant still applies to the source, once, so the list cannot rot as the code changes. The list is in
 ``tests/mutant_catalog.py`` (the kernel path and the core glue) and ``tests/mutant_catalog_tools.py`` (the tools).
 
-Left out as equivalent, or as not testable deterministically: a split decode program's write mask to D instead of
-its share's end (every share is whole BD blocks); fan_in_fan_out on an nn.Linear base (peft turns it off there); the
+Left out as equivalent, or as not testable deterministically: TalanBlock's early return from its initialisation on
+the meta device (initialising a meta tensor does nothing); a split decode program's write mask to D instead of its
+share's end (every share is whole BD blocks); fan_in_fan_out on an nn.Linear base (peft turns it off there); the
 DoRA norm cache kept for autocast's cast copies (a stale hit needs the allocator to reuse their storage); the DoRA
 reference norm's clamp at 0 (only rounding makes its square negative); ``talan report``'s up-front check of the
 model names (building the first unknown preset names it too); TalanCheckpointCallback's should_save test without the
