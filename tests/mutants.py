@@ -11,7 +11,7 @@ tested only with AltUp's first stream active, analyze's and study's numbers chec
 arguments no test read, a score cap tested only at its default on the kernels, benchmark gates no test gave a broken
 model, and a results file whose rows could have shown the best batch instead of the worst).
 
-Opt-in, never part of ``make test`` (about 30 minutes on 2 cores): ``make mutants``, or ``python tests/mutants.py
+Opt-in, never part of ``make test`` (about 45 minutes on 2 cores): ``make mutants``, or ``python tests/mutants.py
 [NAME ...]`` with TRL on ``PYTHONPATH`` as make mutants puts it (the trainer's SFTTrainer tests skip without it, so
 their mutants would survive). Each mutant runs in a copy of the checkout, so the working tree is never changed; the
 kernels' tests run under ``TRITON_INTERPRET=1``. ``tests/test_mutants.py`` (in ``make test``) checks that every
