@@ -3,7 +3,6 @@ a GPU run times nothing that its gate did not pass, so a gate that cannot fail w
 time into a results file. Each gate is run on a matched pair (tiny host, CPU, fp32) or a right op that passes, then on
 one broken the way it guards against."""
 
-
 import pytest
 import torch
 

@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from benchmarks import collect, plot
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu_check.sh"
 REQUIRED_ROWS = ("lora_fused_vs_base_prefill", "lora_fused_vs_base_decode", "dora_fused_vs_base_eval",
@@ -34,13 +36,6 @@ def _env() -> dict:
     env["PYTHON"] = sys.executable
     env["OMP_NUM_THREADS"] = "1"  # tiny shapes on a shared machine: threads only add contention
     return env
-
-
-def _import_benchmarks():
-    import benchmarks.collect
-    import benchmarks.plot
-
-    return benchmarks.collect, benchmarks.plot
 
 
 def test_gpu_check_script_is_valid_bash():
@@ -167,7 +162,6 @@ def test_gpu_test_shards_write_their_reports_when_the_time_limit_interrupts_them
     shard restores it), and the report lists the failed test by its id. The signal goes out once the long
     test is running: sent at a fixed time, it could reach a shard still starting up on a loaded machine
     (seen here), which has no report to write."""
-    collect, _ = _import_benchmarks()
     tests = tmp_path / "test_shard.py"
     tests.write_text(SHARD_TESTS)
     work, logs, started = tmp_path / "work", tmp_path / "logs", tmp_path / "started"
@@ -232,7 +226,6 @@ def test_launch_overhead_script_runs_every_call_with_the_kernels_stubbed():
 
 
 def test_report_without_rows_marks_every_row_skipped():
-    collect, _ = _import_benchmarks()
     report = collect.build_report(None, collect.environment(), {}, None, None, dry_run=True)
     rows = {r["name"]: r for r in report["rows"]}
     assert set(REQUIRED_ROWS) | set(TRITON_BASE_ROWS) <= set(rows)
@@ -242,7 +235,6 @@ def test_report_without_rows_marks_every_row_skipped():
 
 
 def test_report_names_a_stack_outside_pyprojects_requirements():
-    collect, _ = _import_benchmarks()
     versions = {"torch": "2.11.0a0+git1234", "triton": "3.6.0", "transformers": "4.55.4", "peft": "0.17.1"}
     assert collect.below_floors(versions) == ["transformers 4.55.4 outside >=4.57"]
     assert collect.below_floors({**versions, "transformers": "5.0.0", "peft": "0.9.0"}) == ["peft 0.9.0 outside >=0.17"]
@@ -255,7 +247,6 @@ def test_report_names_a_stack_outside_pyprojects_requirements():
 
 
 def test_plot_writes_a_png(tmp_path):
-    _, plot = _import_benchmarks()
     # A sample results file made here (the values exercise the chart only; nothing is committed).
     sample = {"env": {"device": "sample", "date": "2000-01-01"}, "dry_run": True, "paper_range": [1.01, 1.02],
               "rows": [{"name": "talan_lora_vs_lora_prefill", "value": 2.0, "unit": "ms", "ratio": 1.2,

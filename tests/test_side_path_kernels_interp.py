@@ -61,10 +61,10 @@ def test_kernels_match_reference_outputs_state_and_every_gradient(case):
 def _check_every_gradient(out, ref, h, params):
     """The gradients of ``h`` (where it needs one) and of every parameter against the reference's."""
     weight = torch.randn(out.shape, generator=torch.Generator().manual_seed(2))
-    names, inputs = zip(*([("h", h)] if h.requires_grad else []), *params.items())
-    grads = torch.autograd.grad((out * weight).sum(), inputs)
-    grads_ref = torch.autograd.grad((ref * weight).sum(), inputs)
-    for name, got, want in zip(names, grads, grads_ref):
+    inputs = ({"h": h} if h.requires_grad else {}) | params
+    grads = torch.autograd.grad((out * weight).sum(), list(inputs.values()))
+    grads_ref = torch.autograd.grad((ref * weight).sum(), list(inputs.values()))
+    for name, got, want in zip(inputs, grads, grads_ref):
         assert want.abs().sum() > 0, f"d{name} is zero in the reference: the case would not test it"
         assert_rel_rms(got, want, TOL, f"d{name}")
 
@@ -118,6 +118,7 @@ def test_a_score_cap_reaches_every_kernel_path_and_bad_launch_arguments_are_refu
     """score_cap (SPEC §1's cap on the slot scores) at 2, where it bends most scores, on the training path (with
     gradients), the inference prefill and the decode steps (every other test leaves it at its default 15); a chunk
     size that is not a power of 2 >= 16, and more than one token for the decode step, are refused by name."""
+    from talan_kernels.side_path.decode import side_path_decode
     from talan_kernels.side_path.triton_path import side_path_triton
 
     b, t, d, m, r, prefill = 2, 20, 32, 5, 16, 13
@@ -143,8 +144,6 @@ def test_a_score_cap_reaches_every_kernel_path_and_bad_launch_arguments_are_refu
     for chunk_size in (8, 24):  # a power of 2 >= 16
         with pytest.raises(ValueError, match=f"chunk_size must be a power of 2 >= 16; got {chunk_size}"):
             side_path_triton(h, params, active, chunk_size=chunk_size)
-    from talan_kernels.side_path.decode import side_path_decode
-
     with torch.no_grad(), pytest.raises(ValueError, match="one token per sequence, h \\[B, 1, D\\]; got T=2"):
         side_path_decode(h[:, :2], params)
 

@@ -2,7 +2,6 @@
 accuracy finding it records (3xTF32 within the GPU parity test's bound, one-pass TF32 far outside it
 for an fp32 residual stream), at tiny shapes."""
 
-
 import pytest
 import torch
 

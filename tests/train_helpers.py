@@ -113,7 +113,6 @@ def make_local_checkpoint(model_dir: Path, chat_template: bool = True, family: s
 
     chars = [chr(c) for c in range(32, 127)] + ["\n"]
     specials = ["<pad>", "<|im_start|>", "<|im_end|>", "<unk>"]
-    vocab = {tok: i for i, tok in enumerate(specials + chars)}
     tokenizer = word_level_tokenizer(specials + chars, split_chars=True, pad_token="<pad>", eos_token="<|im_end|>",
                                      additional_special_tokens=specials[1:3])
     if chat_template:
@@ -121,15 +120,16 @@ def make_local_checkpoint(model_dir: Path, chat_template: bool = True, family: s
             "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
             "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
     tokenizer.save_pretrained(model_dir)
-    text = dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                num_key_value_heads=1, head_dim=16, pad_token_id=0, eos_token_id=vocab["<|im_end|>"])
+    text = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                num_attention_heads=2, num_key_value_heads=1, head_dim=16, pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id)
     torch.manual_seed(0)
     if family == "Gemma3":  # its image token lies outside the vocabulary, which Gemma 3 allows (text-only data)
         config = transformers.Gemma3Config(text_config=text, mm_tokens_per_image=4, vision_config=dict(
             hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=16,
             patch_size=4))
     elif family == "Gemma4":  # as it ships: the vision-language model, which AutoModelForCausalLM loads
-        text.update(vocab_size_per_layer_input=len(vocab), hidden_size_per_layer_input=8,
+        text.update(vocab_size_per_layer_input=len(tokenizer), hidden_size_per_layer_input=8,
                     layer_types=["sliding_attention", "full_attention"])
         config = transformers.Gemma4Config(text_config=text, vision_config=dict(
             hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
