@@ -17,6 +17,8 @@ STATE = "talan/decode_state.py"
 PATCHING = "talan/patching.py"
 FUSED_LORA = "talan/fused_lora.py"
 LORA_OP = "talan_kernels/lora/interface.py"
+LORA_OPS = "talan_kernels/lora/ops.py"
+OPCHECK_TESTS = "tests/test_lora_ops_opcheck.py"
 CHECKPOINT = "talan/checkpoint.py"
 TRAINER = "talan/trainer.py"
 BLOCK = "talan/block.py"
@@ -147,6 +149,8 @@ KERNEL = [
            ("tests/test_lora_kernels_interp.py", "-k", "refuse")),
     Mutant("lora_op_frozen_a_trains_no_b", LORA_OP, "need_ab = grad and (lora_A.requires_grad or lora_B.requires_grad)",
            "need_ab = grad and lora_A.requires_grad", ("tests/test_lora_kernels_interp.py", "-k", "frozen_down")),
+    Mutant("lora_kernel_empty_dg_in_dy_dtype", LORA_OP, "dy.new_empty(0, dtype=torch.float32)  # dg: fp32",
+           "dy.new_empty(0)  # dg: fp32", (OPCHECK_TESTS,)),
     # the side path's host code: score_cap on every path (all other tests keep its default), its launch checks
     Mutant("triton_training_cap_fixed", TRITON_PATH,
            '                                         float(cap), mixer != "linear", chunk_size)',
@@ -258,6 +262,13 @@ CORE_GLUE = [
            "    if use_triton and R > MAX_TRITON_RANK:\n", ("tests/test_lora_reference.py",)),
     Mutant("lora_op_device_unchecked", LORA_OP, "        if t.device != x.device:\n", "        if False:\n",
            ("tests/test_lora_reference.py",)),
+    # the fused LoRA ops' fake implementations (what torch.compile traces with) against the real ones
+    Mutant("lora_fake_s_always_fp32", LORA_OPS, "else (0,), dtype=torch.promote_types(x.dtype, torch.float32))",
+           "else (0,), dtype=torch.float32)", (OPCHECK_TESTS,)),
+    Mutant("lora_fake_dg_always_fp32", LORA_OPS, "(0,), dtype=torch.promote_types(dy.dtype, torch.float32))",
+           "(0,), dtype=torch.float32)", (OPCHECK_TESTS,)),
+    Mutant("lora_ref_empty_dg_in_dy_dtype", "talan_kernels/lora/reference.py",
+           "if need_dscale else dy.new_empty(0, dtype=cd)", "if need_dscale else dy.new_empty(0)", (OPCHECK_TESTS,)),
     Mutant("checkpoint_folder_unchecked", CHECKPOINT,
            '    if not folder.is_dir():\n        raise FileNotFoundError(f"no TALAN',
            '    if False:\n        raise FileNotFoundError(f"no TALAN', ("tests/test_checkpoint.py", "-k", "missing")),

@@ -284,7 +284,8 @@ def test_every_kernel_buffer_is_written():
 @pytest.mark.interpreter
 @needs_interpreter
 def test_custom_ops_pass_opcheck():
-    """Schemas, fake implementations and dispatch of the torch.library ops are consistent."""
+    """Schemas, fake implementations and dispatch of the torch.library ops are consistent, with the optional
+    inputs given and left out (an empty output, such as the linear mixer's log-sum-exp, must match too)."""
     from talan_kernels.side_path.decode import CORE_PARAMS, MIXER_PARAMS, WRITEBACK_PARAMS
     from talan_kernels.side_path.triton_path import slot_scan_fwd
 
@@ -294,11 +295,15 @@ def test_custom_ops_pass_opcheck():
     qs = torch.randn(m, r, generator=g)
     active = torch.ones(b, t)
     state = (torch.rand(b, m, generator=g), torch.randn(b, m, r, generator=g))
-    fwd_args = (k, v, qs, query, active, None, *state, 15.0, True, 16)
-    torch.library.opcheck(torch.ops.talan.slot_scan_fwd.default, fwd_args)
-    c, lse, cs, cn, _, _ = slot_scan_fwd(*fwd_args)
-    torch.library.opcheck(torch.ops.talan.slot_scan_bwd.default,
-                          (k, v, qs, query, active, None, cs, cn, c, lse, dc, 15.0, True, 16))
+    resets = torch.zeros(b, t, dtype=torch.int8)
+    resets[0, 7] = 1
+    beta = torch.rand(m, generator=g)  # the linear mixer's slot weights
+    for mix, attn, res, s0_n0 in ((query, True, None, state), (beta, False, resets, (None, None))):
+        fwd_args = (k, v, qs, mix, active, res, *s0_n0, 15.0, attn, 16)
+        torch.library.opcheck(torch.ops.talan.slot_scan_fwd.default, fwd_args)
+        c, lse, cs, cn, _, _ = slot_scan_fwd(*fwd_args)
+        torch.library.opcheck(torch.ops.talan.slot_scan_bwd.default,
+                              (k, v, qs, mix, active, res, cs, cn, c, lse, dc, 15.0, attn, 16))
     p = make_params(d, r, m, "mlp", "token_gate")
     torch.library.opcheck(torch.ops.talan.side_path_decode.default, (
         torch.randn(2, d, generator=g), [p[n] for n in CORE_PARAMS], [p[n] for n in MIXER_PARAMS["mlp"]],
@@ -307,9 +312,14 @@ def test_custom_ops_pass_opcheck():
     hf = torch.randn(5, d, generator=g, dtype=torch.float16)
     torch.library.opcheck(torch.ops.talan.side_path_shrink.default, (
         hf, p["norm_weight"], p["w_in"], p["w_k"], p["w_v"], p["w_q"], p["gate_weight"], p["gate_bias"], True, True))
-    torch.library.opcheck(torch.ops.talan.side_path_expand.default, (
-        hf, torch.randn(5, r, generator=g), p["w_out"], torch.ones(5), None, None, torch.rand(5, generator=g),
-        "norm_cap", 1.0, 0.01))
+    torch.library.opcheck(torch.ops.talan.side_path_shrink.default, (
+        hf, p["norm_weight"], p["w_in"], p["w_k"], p["w_v"], None, None, None, False, False))
+    c = torch.randn(5, r, generator=g)
+    for writeback, gate, logit, hnorm in (("norm_cap", None, None, torch.rand(5, generator=g)),
+                                          ("token_gate", None, torch.randn(5, generator=g), None),
+                                          ("tanh_gate", torch.randn(1, generator=g), None, None)):
+        torch.library.opcheck(torch.ops.talan.side_path_expand.default, (
+            hf, c, p["w_out"], torch.ones(5), gate, logit, hnorm, writeback, 1.0, 0.01))
 
 
 

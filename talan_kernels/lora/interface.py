@@ -203,7 +203,7 @@ def lora_bwd_triton(dy, x, weight, lora_A, lora_B, s, z, col_scale, scaling: flo
     def empty():
         return dy.new_empty(0)
 
-    dx, da, db, dg = empty(), empty(), empty(), empty()
+    dx, da, db, dg = empty(), empty(), empty(), dy.new_empty(0, dtype=torch.float32)  # dg: fp32 even when empty
     if M == 0:
         return (torch.zeros_like(x) if need_dx else dx, torch.zeros_like(lora_A) if need_dA else da,
                 torch.zeros_like(lora_B) if need_dB else db,

@@ -22,7 +22,8 @@ def lora_linear_fwd(x: torch.Tensor, weight: torch.Tensor, lora_A: torch.Tensor,
                     bias: Optional[torch.Tensor], col_scale: Optional[torch.Tensor], scaling: float,
                     save_s: bool, save_z: bool, use_triton: bool
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``x [M, K]`` -> ``y [M, N]``, ``S [M, R]`` fp32 (or empty), ``Z [M, N]`` (or empty)."""
+    """``x [M, K]`` -> ``y [M, N]``, ``S [M, R]`` fp32 (fp64 for an fp64 ``x``; or empty), ``Z [M, N]`` (or
+    empty)."""
     if use_triton:
         from .interface import lora_fwd_triton
 
@@ -34,7 +35,7 @@ def lora_linear_fwd(x: torch.Tensor, weight: torch.Tensor, lora_A: torch.Tensor,
 def _(x, weight, lora_A, lora_B, bias, col_scale, scaling, save_s, save_z, use_triton):
     M, N, R = x.shape[0], weight.shape[0], lora_A.shape[0]
     y = x.new_empty(M, N)
-    s = x.new_empty((M, R) if save_s else (0,), dtype=torch.float32)
+    s = x.new_empty((M, R) if save_s else (0,), dtype=torch.promote_types(x.dtype, torch.float32))
     z = x.new_empty((M, N) if save_z else (0,))
     return y, s, z
 
@@ -45,7 +46,8 @@ def lora_linear_bwd(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, lor
                     lora_B: torch.Tensor, s: torch.Tensor, z: torch.Tensor, col_scale: Optional[torch.Tensor],
                     scaling: float, need_dx: bool, need_dA: bool, need_dB: bool, need_dscale: bool,
                     use_triton: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Returns ``dx [M, K]``, ``dA [R, K]``, ``dB [N, R]``, ``dg [N]`` fp32 (each empty unless needed)."""
+    """Returns ``dx [M, K]``, ``dA [R, K]``, ``dB [N, R]``, ``dg [N]`` fp32 (fp64 for an fp64 ``dy``), each empty
+    unless needed (an empty ``dg`` keeps its dtype: the fake implementation's must match)."""
     if use_triton:
         from .interface import lora_bwd_triton
 
@@ -62,7 +64,7 @@ def _(dy, x, weight, lora_A, lora_B, s, z, col_scale, scaling, need_dx, need_dA,
     dx = x.new_empty(x.shape) if need_dx else dy.new_empty(0)
     da = lora_A.new_empty(lora_A.shape) if need_dA else dy.new_empty(0)
     db = lora_B.new_empty(lora_B.shape) if need_dB else dy.new_empty(0)
-    dg = dy.new_empty((N,) if need_dscale else (0,), dtype=torch.float32)
+    dg = dy.new_empty((N,) if need_dscale else (0,), dtype=torch.promote_types(dy.dtype, torch.float32))
     return dx, da, db, dg
 
 

@@ -77,7 +77,7 @@ def lora_fwd_ref(x: torch.Tensor, weight: torch.Tensor, lora_A: torch.Tensor, lo
                  bias: Optional[torch.Tensor], col_scale: Optional[torch.Tensor], scaling: float,
                  save_s: bool, save_z: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Explicit forward for 2-D ``x [M, K]``: returns ``y [M, N]`` (x.dtype), ``S [M, R]`` (fp32,
-    empty unless ``save_s``) and ``Z [M, N]`` (x.dtype, empty unless ``save_z``)."""
+    or fp64 for an fp64 ``x``; empty unless ``save_s``) and ``Z [M, N]`` (x.dtype, empty unless ``save_z``)."""
     cd = _compute_dtype(x)
     xf = x.to(cd)
     s = xf @ lora_A.to(cd).t()                                       # [M, R]
@@ -85,7 +85,7 @@ def lora_fwd_ref(x: torch.Tensor, weight: torch.Tensor, lora_A: torch.Tensor, lo
     y = z if col_scale is None else z * col_scale.to(cd)
     if bias is not None:
         y = y + bias.to(cd)
-    s_out = s.to(torch.promote_types(cd, torch.float32)) if save_s else x.new_empty(0, dtype=torch.float32)
+    s_out = s if save_s else x.new_empty(0, dtype=cd)  # fp32, or fp64 for fp64, even when empty
     z_out = z.to(x.dtype, copy=True) if save_z else x.new_empty(0)  # never alias y
     return y.to(x.dtype), s_out, z_out
 
@@ -113,5 +113,5 @@ def lora_bwd_ref(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, lora_A
         dx = (torch.cat([dys, ds], 1) @ torch.cat([weight.to(cd), lora_A.to(cd)], 0)).to(x.dtype)
     da = (ds.t() @ x.to(cd)).to(lora_A.dtype) if need_dA else empty()
     db = (scaling * (dys.t() @ s.to(cd))).to(lora_B.dtype) if need_dB else empty()
-    dg = (dyf * z.to(cd)).sum(0).to(torch.float32 if cd != torch.float64 else cd) if need_dscale else empty()
+    dg = (dyf * z.to(cd)).sum(0) if need_dscale else dy.new_empty(0, dtype=cd)  # fp32, or fp64 for fp64
     return dx, da, db, dg
