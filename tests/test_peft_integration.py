@@ -6,7 +6,7 @@ import os
 
 import pytest
 import torch
-from conftest import assert_same_loss_and_grads, open_gates, tiny_batch, tiny_config, tiny_qwen3
+from conftest import TRANSFORMERS_4, VOCAB, assert_same_loss_and_grads, open_gates, tiny_batch, tiny_config, tiny_qwen3
 from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file
 from transformers import Qwen3ForCausalLM
@@ -293,3 +293,47 @@ def test_talan_loaded_before_the_peft_adapter_reproduces_logits(tmp_path, order)
     assert is_patched(fresh)
     assert not [name for name in fresh.targeted_module_names if "talan" in name]
     assert torch.equal(_logits(fresh), expected)
+
+
+@pytest.mark.skipif(TRANSFORMERS_4, reason="transformers 4.x keeps MoE experts as nn.Linear modules: no 3-D "
+                    "expert weights for target_parameters")
+def test_lora_on_moe_expert_weights_trains_fuses_and_reloads_beside_talan(tmp_path):
+    """peft's ``target_parameters`` (LoRA on a 3-D expert weight, its ParamWrapper) beside TALAN on a
+    Qwen3-MoE: its LoRA counts as adapter and trains with TALAN, enable_fused_lora fuses the attention's
+    LoRA layers and keeps peft's forward for the experts, naming their base, and the folder reloads exactly."""
+    from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
+
+    def tiny_moe():
+        torch.manual_seed(0)
+        config = Qwen3MoeConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, moe_intermediate_size=16,
+                                num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                                num_experts=4, num_experts_per_tok=2)
+        config._attn_implementation = "eager"
+        return Qwen3MoeForCausalLM(config).eval()
+
+    lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], target_parameters=["mlp.experts.gate_up_proj"],
+                      init_lora_weights=False)
+    model = talan.patch(get_peft_model(tiny_moe(), lora), tiny_config())
+    open_gates(model)
+    expert_lora = {n for n in _adapter_params(model) if ".experts." in n}
+    assert expert_lora and expert_lora <= {n for n, p in model.named_parameters() if p.requires_grad}
+    report = talan.parameter_report(model)
+    assert report["adapter"] == sum(p.numel() for p in _adapter_params(model).values())
+
+    before = _train_step(model)
+    assert _changed(model, before, expert_lora) == expert_lora
+    assert _changed(model, before, _talan_params(model)) == set(_talan_params(model))
+
+    ids = tiny_batch(length=9)["input_ids"]
+    expected = _logits(model, {"input_ids": ids})
+    fused = talan.enable_fused_lora(model, backend="torch")
+    assert {n.split(".")[-1] for n in fused.fused} == {"q_proj", "v_proj"}
+    assert {n.split(".")[-1] for n in fused.skipped} == {"experts"}
+    assert all("Qwen3MoeExperts is not torch.nn.Linear" in why for why in fused.skipped.values())
+    torch.testing.assert_close(_logits(model, {"input_ids": ids}), expected, rtol=1e-5, atol=1e-6)
+    talan.disable_fused_lora(model)
+
+    model.save_pretrained(tmp_path)
+    talan.save_pretrained(model, tmp_path)
+    fresh = talan.load_pretrained(PeftModel.from_pretrained(tiny_moe(), tmp_path), tmp_path)
+    assert torch.equal(_logits(fresh, {"input_ids": ids}), expected)
