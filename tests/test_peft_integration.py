@@ -295,6 +295,28 @@ def test_talan_loaded_before_the_peft_adapter_reproduces_logits(tmp_path, order)
     assert torch.equal(_logits(fresh), expected)
 
 
+@pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
+def test_trainable_tokens_beside_talan_count_as_adapter_train_and_reload(tmp_path, tied):
+    """peft's ``trainable_token_indices`` (new rows of the embedding, tied to the LM head or not) with
+    ``all-linear`` LoRA and TALAN: the token delta counts as adapter, trains with TALAN, and the folder reloads
+    exactly."""
+    lora = _lora(trainable_token_indices=[1, 2, 3], init_lora_weights=False)
+    model = talan.patch(get_peft_model(tiny_qwen3(tie_word_embeddings=tied), lora), tiny_config())
+    open_gates(model)
+    delta = {n for n, _ in model.named_parameters() if "trainable_tokens_delta" in n}
+    assert delta and delta <= {n for n, p in model.named_parameters() if p.requires_grad}
+    report = talan.parameter_report(model)
+    assert report["trainable"] == report["adapter"] + report["talan"]
+    before = _train_step(model)
+    assert _changed(model, before, delta) == delta
+    assert _changed(model, before, _talan_params(model)) == set(_talan_params(model))
+    expected = _logits(model)
+    model.save_pretrained(tmp_path)
+    talan.save_pretrained(model, tmp_path)
+    fresh = talan.load_pretrained(PeftModel.from_pretrained(tiny_qwen3(tie_word_embeddings=tied), tmp_path), tmp_path)
+    assert torch.equal(_logits(fresh), expected)
+
+
 @pytest.mark.skipif(TRANSFORMERS_4, reason="transformers 4.x keeps MoE experts as nn.Linear modules: no 3-D "
                     "expert weights for target_parameters")
 def test_lora_on_moe_expert_weights_trains_fuses_and_reloads_beside_talan(tmp_path):
