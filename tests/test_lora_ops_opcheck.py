@@ -28,18 +28,27 @@ def _operands(dtype, seed):
     return x, weight, lora_a, lora_b, bias, col_scale, dy
 
 
+def _opcheck(op, args, every_check):
+    # Every check where all optional inputs are given and all outputs asked for; elsewhere the schema and the
+    # fake-vs-real comparison only (the aot_dispatch checks, which compile, take most of opcheck's time).
+    utils = {} if every_check else {"test_utils": ("test_schema", "test_faketensor")}
+    torch.library.opcheck(op, args, **utils)
+
+
 def _check_every_combination(dtype, use_triton):
     x, weight, lora_a, lora_b, bias, col_scale, dy = _operands(dtype, seed=0)
-    for save_s, save_z, with_bias, with_scale in itertools.product(FLAGS, repeat=4):
-        torch.library.opcheck(torch.ops.talan.lora_linear_fwd.default, (
+    for flags in itertools.product(FLAGS, repeat=4):
+        save_s, save_z, with_bias, with_scale = flags
+        _opcheck(torch.ops.talan.lora_linear_fwd.default, (
             x, weight, lora_a, lora_b, bias if with_bias else None, col_scale if with_scale else None, 0.5,
-            save_s, save_z, use_triton))
+            save_s, save_z, use_triton), every_check=all(flags))
     _, s, z = lora_ops.lora_linear_fwd(x, weight, lora_a, lora_b, None, col_scale, 0.5, True, True, use_triton)
-    for need_dx, need_da, need_db, need_dscale, with_scale in itertools.product(FLAGS, repeat=5):
-        torch.library.opcheck(torch.ops.talan.lora_linear_bwd.default, (
+    for flags in itertools.product(FLAGS, repeat=5):
+        need_dx, need_da, need_db, need_dscale, with_scale = flags
+        _opcheck(torch.ops.talan.lora_linear_bwd.default, (
             dy, x, weight, lora_a, lora_b, s, z, col_scale if with_scale else None, 0.5,
-            need_dx, need_da, need_db, need_dscale, use_triton))
-    torch.library.opcheck(torch.ops.talan.dora_weight_norm.default, (weight, lora_a, lora_b, 0.5, use_triton))
+            need_dx, need_da, need_db, need_dscale, use_triton), every_check=all(flags))
+    _opcheck(torch.ops.talan.dora_weight_norm.default, (weight, lora_a, lora_b, 0.5, use_triton), every_check=True)
 
 
 @pytest.mark.skipif(INTERPRETER, reason="the reference path; the interpreter suite checks the kernels")
