@@ -6,7 +6,7 @@ import os
 
 import pytest
 import torch
-from conftest import TRANSFORMERS_4, VOCAB, assert_same_loss_and_grads, open_gates, tiny_batch, tiny_config, tiny_qwen3
+from conftest import TRANSFORMERS_4, assert_same_loss_and_grads, open_gates, tiny_batch, tiny_config, tiny_qwen3
 from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file
 from transformers import Qwen3ForCausalLM
@@ -323,15 +323,12 @@ def test_lora_on_moe_expert_weights_trains_fuses_and_reloads_beside_talan(tmp_pa
     """peft's ``target_parameters`` (LoRA on a 3-D expert weight, its ParamWrapper) beside TALAN on a
     Qwen3-MoE: its LoRA counts as adapter and trains with TALAN, enable_fused_lora fuses the attention's
     LoRA layers and keeps peft's forward for the experts, naming their base, and the folder reloads exactly."""
+    from conftest import _build as build_model  # this file's _build builds an adapted Qwen3
+    from host_configs import FAMILY_CONFIG
     from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
 
-    def tiny_moe():
-        torch.manual_seed(0)
-        config = Qwen3MoeConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, moe_intermediate_size=16,
-                                num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
-                                num_experts=4, num_experts_per_tok=2)
-        config._attn_implementation = "eager"
-        return Qwen3MoeForCausalLM(config).eval()
+    def tiny_moe():  # test_hosts' tiny Qwen3-MoE: conftest.HOST with 4 experts in every layer
+        return build_model(Qwen3MoeConfig, Qwen3MoeForCausalLM, 0, False, FAMILY_CONFIG["Qwen3Moe"])
 
     lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], target_parameters=["mlp.experts.gate_up_proj"],
                       init_lora_weights=False)
