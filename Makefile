@@ -9,7 +9,16 @@ TORCH   := torch==2.13.0
 # deepspeed: the ZeRO-3 test of talan train (an sdist that builds without torch: no CUDA ops, nothing pulled);
 # bitsandbytes: the QLoRA tests (its wheel runs 4-bit and int8 layers on the CPU too)
 DEPS    := "triton>=3.0" "transformers>=5,<6" "peft>=0.17" safetensors tqdm matplotlib pyarrow deepspeed \
-           bitsandbytes pytest pytest-benchmark ruff
+           bitsandbytes pytest pytest-benchmark pytest-xdist ruff
+
+# Every pass runs on JOBS pytest-xdist workers (JOBS=0: in one process), each with one torch thread so that the
+# workers do not oversubscribe the cores. The CPU passes keep a file on one worker (--dist loadfile: their
+# module-scoped fixtures train a model once a file); the interpreter and compile passes hand out single tests
+# (--dist worksteal: one file holds most of the compile time).
+JOBS        ?= 2
+PYTEST      := OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(JOBS)
+PYTEST_FILE := $(PYTEST) --dist loadfile
+PYTEST_TEST := $(PYTEST) --dist worksteal
 
 # The compile tests run a second time against the Triton that the GPU check machine's torch (2.11)
 # pins, kept beside the venv's own (pip --target, no deps) and put first on PYTHONPATH for that run:
@@ -20,6 +29,15 @@ COMPAT        := $(VENV)/triton-$(TRITON_COMPAT)
 # The CPU and interpreter tests run a second time on the oldest transformers/peft that pyproject.toml
 # accepts (the last transformers 4.x), kept beside the venv the same way with the versions they need
 # of the hub client, tokenizers and accelerate; tests/test_stack_versions.py ties them to pyproject's floors.
+# Only the tests that transformers or peft can change run there: not the files that check the kernels'
+# references, the custom ops, the TF32 emulation, the benchmarks and the mutants on torch alone, nor
+# talan study's quick run; of the interpreter files, those that compare the kernels with peft's layers
+# or drive a model.
+HF_FLOOR_CPU_SKIP := $(addprefix --ignore=tests/,test_side_path_reference.py test_lora_ops_opcheck.py \
+                     test_tf32_emulation.py test_benchmark_gates.py test_benchmarks_report.py \
+                     test_benchmarks_quick.py test_mutants.py test_study_analyze.py)
+HF_FLOOR_INTERP   := $(addprefix tests/,test_lora_kernels_interp.py test_fused_lora_peft.py \
+                     test_side_path_kernels_interp.py)
 HF_FLOOR        := transformers==4.57.6 peft==0.17.1
 HF_FLOOR_DEPS   := accelerate==1.10.1 huggingface_hub==0.36.2 tokenizers==0.22.2 requests urllib3 idna certifi \
                    charset-normalizer
@@ -86,15 +104,16 @@ lint: venv
 	$(BIN)/ruff check talan talan_kernels tests benchmarks
 
 test: venv lint $(COMPAT)/.installed $(HF_COMPAT)/.installed $(HF_MID_DIR)/.installed $(TRL_COMPAT)/.installed
-	PYTHONPATH=$(TRL_COMPAT) $(BIN)/python -m pytest -q -m "not gpu and not compile and not interpreter" tests
-	TRITON_INTERPRET=1 $(BIN)/python -m pytest -q -m "interpreter" tests
-	$(BIN)/python -m pytest -q -m "compile" tests
-	PYTHONPATH=$(COMPAT) TALAN_EXPECT_TRITON=$(TRITON_COMPAT) $(BIN)/python -m pytest -q -m "compile" tests
+	PYTHONPATH=$(TRL_COMPAT) $(PYTEST_FILE) -m "not gpu and not compile and not interpreter" tests
+	TRITON_INTERPRET=1 $(PYTEST_TEST) -m "interpreter" tests
+	$(PYTEST_TEST) -m "compile" tests
+	PYTHONPATH=$(COMPAT) TALAN_EXPECT_TRITON=$(TRITON_COMPAT) $(PYTEST_TEST) -m "compile" tests
 	PYTHONPATH=$(HF_COMPAT) TALAN_EXPECT_HF="$(HF_FLOOR)" \
-		$(BIN)/python -m pytest -q -m "not gpu and not compile and not interpreter" tests
-	PYTHONPATH=$(HF_COMPAT) TALAN_EXPECT_HF="$(HF_FLOOR)" TRITON_INTERPRET=1 $(BIN)/python -m pytest -q -m "interpreter" tests
+		$(PYTEST_FILE) -m "not gpu and not compile and not interpreter" $(HF_FLOOR_CPU_SKIP) tests
+	PYTHONPATH=$(HF_COMPAT) TALAN_EXPECT_HF="$(HF_FLOOR)" TRITON_INTERPRET=1 $(PYTEST_TEST) -m "interpreter" \
+		$(HF_FLOOR_INTERP)
 	PYTHONPATH=$(HF_MID_DIR) TALAN_EXPECT_HF="$(HF_MID)" \
-		$(BIN)/python -m pytest -q tests/test_stack_versions.py tests/test_hosts.py tests/test_vl_hosts.py \
+		$(PYTEST_FILE) tests/test_stack_versions.py tests/test_hosts.py tests/test_vl_hosts.py \
 		tests/test_patch_model.py tests/test_decode_state.py tests/test_peft_prefix_tuning.py
 
 test-old-torch:
