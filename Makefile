@@ -123,10 +123,11 @@ test-old-torch:
 	PYTHONPATH=. $(OLD_VENV)/bin/python -m pytest -q -rs -m "not gpu and not compile and not interpreter" tests
 	PYTHONPATH=. TRITON_INTERPRET=1 $(OLD_VENV)/bin/python -m pytest -q -rs -m "interpreter" tests
 
-# Opt-in, never part of `make test` (about 45 minutes): small wrong changes to the kernels and the glue, each of
-# which the tests named beside it must fail (tests/mutants.py); TRL on the path for the trainer's SFTTrainer tests.
+# Opt-in, never part of `make test`: small wrong changes to the kernels and the glue, each of which the tests named
+# beside it must fail (tests/mutants.py), JOBS at a time on copies of their own; TRL on the path for the trainer's
+# SFTTrainer tests.
 mutants: venv $(TRL_COMPAT)/.installed
-	PYTHONPATH=$(TRL_COMPAT) $(BIN)/python tests/mutants.py
+	PYTHONPATH=$(TRL_COMPAT) OMP_NUM_THREADS=1 $(BIN)/python tests/mutants.py --jobs $(if $(filter 0,$(JOBS)),1,$(JOBS))
 
 demo: venv
 	$(BIN)/talan demo

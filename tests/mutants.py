@@ -11,7 +11,7 @@ tested only with AltUp's first stream active, analyze's and study's numbers chec
 arguments no test read, a score cap tested only at its default on the kernels, benchmark gates no test gave a broken
 model, and a results file whose rows could have shown the best batch instead of the worst).
 
-Opt-in, never part of ``make test`` (about 45 minutes on 2 cores): ``make mutants``, or ``python tests/mutants.py
+Opt-in, never part of ``make test``: ``make mutants`` (two mutants at a time), or ``python tests/mutants.py [--jobs N]
 [NAME ...]`` with TRL on ``PYTHONPATH`` as make mutants puts it (the trainer's SFTTrainer tests skip without it, so
 their mutants would survive). Each mutant runs in a copy of the checkout, so the working tree is never changed; the
 kernels' tests run under ``TRITON_INTERPRET=1``. ``tests/test_mutants.py`` (in ``make test``) checks that every
@@ -48,12 +48,15 @@ layer gets its own the stack's are None).
 
 from __future__ import annotations
 
+import argparse
 import os
+import queue
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from mutant_catalog import CORE_GLUE, KERNEL, Mutant
@@ -81,39 +84,68 @@ def _copy_checkout(to: Path) -> None:
             shutil.copy(src, to / name)
 
 
-def run(mutants: list[Mutant]) -> list[str]:
-    """Runs each mutant's tests on a mutated copy of the checkout (stopping at the first failure); returns the
-    names of the mutants that every test passed."""
+def _run_one(copy: Path, mutant: Mutant) -> tuple[bool, str]:
+    """Runs ``mutant``'s tests on the checkout ``copy`` with the mutant applied, then restores the file; returns
+    whether every test passed, and the line to print."""
+    # the copy first; then what the caller put on PYTHONPATH (make mutants: TRL, for the trainer's tests)
+    path = os.pathsep.join(filter(None, (str(copy), os.environ.get("PYTHONPATH"))))
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"} | {"PYTHONPATH": path}
+    if mutant.interpreter:
+        env["TRITON_INTERPRET"] = "1"
+    original = (copy / mutant.path).read_text(encoding="utf-8")
+    (copy / mutant.path).write_text(mutated_source(copy, mutant), encoding="utf-8")
+    start = time.time()
+    try:
+        result = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
+                                 *mutant.tests], cwd=copy, env=env, capture_output=True, text=True)
+    finally:
+        (copy / mutant.path).write_text(original, encoding="utf-8")
+    failed = next((line for line in result.stdout.splitlines() if line.startswith(("FAILED", "ERROR"))), "")
+    verdict = "killed" if result.returncode else "SURVIVED"
+    return result.returncode == 0, f"{mutant.name}: {verdict} in {time.time() - start:.0f} s {failed}"
+
+
+def run(mutants: list[Mutant], jobs: int = 1) -> list[str]:
+    """Runs each mutant's tests on a mutated copy of the checkout (stopping at the first failure), ``jobs`` mutants
+    at a time, each on a copy of its own; returns the names of the mutants that every test passed."""
+    jobs = max(1, min(jobs, len(mutants)))
     survivors = []
     with tempfile.TemporaryDirectory(prefix="talan-mutants-") as tmp:
-        copy = Path(tmp)
-        _copy_checkout(copy)
-        for mutant in mutants:
-            # the copy first; then what the caller put on PYTHONPATH (make mutants: TRL, for the trainer's tests)
-            path = os.pathsep.join(filter(None, (str(copy), os.environ.get("PYTHONPATH"))))
-            env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"} | {"PYTHONPATH": path}
-            if mutant.interpreter:
-                env["TRITON_INTERPRET"] = "1"
-            original = (copy / mutant.path).read_text(encoding="utf-8")
-            (copy / mutant.path).write_text(mutated_source(copy, mutant), encoding="utf-8")
-            start = time.time()
-            result = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
-                                     *mutant.tests], cwd=copy, env=env, capture_output=True, text=True)
-            (copy / mutant.path).write_text(original, encoding="utf-8")
-            failed = next((line for line in result.stdout.splitlines() if line.startswith(("FAILED", "ERROR"))), "")
-            if result.returncode == 0:
-                survivors.append(mutant.name)
-            verdict = "killed" if result.returncode else "SURVIVED"
-            print(f"{mutant.name}: {verdict} in {time.time() - start:.0f} s {failed}", flush=True)
+        # a free copy for each running mutant: one mutant's change must never be in another's tests
+        copies = queue.SimpleQueue()
+        for i in range(jobs):
+            copy = Path(tmp) / str(i)
+            copy.mkdir()
+            _copy_checkout(copy)
+            copies.put(copy)
+
+        def run_on_a_free_copy(mutant: Mutant) -> tuple[bool, str]:
+            copy = copies.get()
+            try:
+                return _run_one(copy, mutant)
+            finally:
+                copies.put(copy)
+
+        with ThreadPoolExecutor(jobs) as pool:
+            for mutant, (survived, line) in zip(mutants, pool.map(run_on_a_free_copy, mutants)):
+                print(line, flush=True)
+                if survived:
+                    survivors.append(mutant.name)
     return survivors
 
 
-def main(names: list[str]) -> int:
-    unknown = set(names) - {m.name for m in MUTANTS}
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description="Run the mutation sweep (every mutant, or those named).")
+    parser.add_argument("names", nargs="*", help="mutants to run (default: all)")
+    parser.add_argument("--jobs", type=int, default=1, help="mutants run at a time, each on its own copy")
+    args = parser.parse_args(argv)
+    if args.jobs < 1:
+        parser.error(f"--jobs must be at least 1; got {args.jobs}")
+    unknown = set(args.names) - {m.name for m in MUTANTS}
     if unknown:
         print(f"unknown mutants: {', '.join(sorted(unknown))}", file=sys.stderr)
         return 2
-    survivors = run([m for m in MUTANTS if not names or m.name in names])
+    survivors = run([m for m in MUTANTS if not args.names or m.name in args.names], args.jobs)
     if survivors:
         print(f"{len(survivors)} mutant(s) passed every test: {', '.join(survivors)}")
         return 1
