@@ -31,11 +31,14 @@ COMPAT        := $(VENV)/triton-$(TRITON_COMPAT)
 # of the hub client, tokenizers and accelerate; tests/test_stack_versions.py ties them to pyproject's floors.
 # Only the tests that transformers or peft can change run there: not the files that check the kernels'
 # references, the custom ops, the TF32 emulation, the benchmarks and the mutants on torch alone, nor
-# talan study's quick run; of the interpreter files, those that compare the kernels with peft's layers
-# or drive a model.
+# the tests on talan study's quick run (a 70 s fixture); of the interpreter files, those that compare
+# the kernels with peft's layers or drive a model.
 HF_FLOOR_CPU_SKIP := $(addprefix --ignore=tests/,test_side_path_reference.py test_lora_ops_opcheck.py \
                      test_tf32_emulation.py test_benchmark_gates.py test_benchmarks_report.py \
-                     test_benchmarks_quick.py test_mutants.py test_study_analyze.py)
+                     test_benchmarks_quick.py test_mutants.py) \
+                     $(addprefix --deselect=tests/test_study_analyze.py::,\
+                     test_study_quick_writes_the_table_plots_and_checkpoints test_analyze_on_a_study_checkpoint \
+                     test_analyze_without_backbone_needs_model_flag)
 HF_FLOOR_INTERP   := $(addprefix tests/,test_lora_kernels_interp.py test_fused_lora_peft.py \
                      test_side_path_kernels_interp.py)
 HF_FLOOR        := transformers==4.57.6 peft==0.17.1
@@ -124,8 +127,8 @@ test-old-torch:
 	PYTHONPATH=. TRITON_INTERPRET=1 $(OLD_VENV)/bin/python -m pytest -q -rs -m "interpreter" tests
 
 # Opt-in, never part of `make test`: small wrong changes to the kernels and the glue, each of which the tests named
-# beside it must fail (tests/mutants.py), JOBS at a time on copies of their own; TRL on the path for the trainer's
-# SFTTrainer tests.
+# beside it must fail (tests/mutants.py), JOBS at a time (JOBS=0: one) on copies of their own; TRL on the path for
+# the trainer's SFTTrainer tests.
 mutants: venv $(TRL_COMPAT)/.installed
 	PYTHONPATH=$(TRL_COMPAT) OMP_NUM_THREADS=1 $(BIN)/python tests/mutants.py --jobs $(if $(filter 0,$(JOBS)),1,$(JOBS))
 
