@@ -211,6 +211,7 @@ FAMILIES = {
     # Jais 2, Ministral 3), and HyperCLOVA X (each sum normed first, then scaled)
     "DeepseekV2": _PRE_NORM, "DeepseekV32": _PRE_NORM, "Glm4MoeLite": _PRE_NORM, "Mistral4": _PRE_NORM,
     "Youtu": _PRE_NORM, "MiniCPM3": LayerLayout(attention_scale="residual_scale"), "MiMoV2Flash": _PRE_NORM,
+    "MiniCPM5Moe": _PRE_NORM,  # GLM-4.7-Flash's layer
     "SolarOpen": _PRE_NORM, "Dots1": _PRE_NORM, "BitNet": _PRE_NORM, "Jais2": _PRE_NORM, "Ministral3": _PRE_NORM,
     "HyperCLOVAX": LayerLayout(attention_output="post_norm1", attention_scale="residual_multiplier"),
     # more pre-norm decoders (Apertus 1.5's norms named as Apertus's; VaultGemma's MLP norm named otherwise), and
@@ -222,6 +223,9 @@ FAMILIES = {
     "VaultGemma": LayerLayout(mlp_norm="pre_feedforward_layernorm"),
     "Afmoe": LayerLayout(attention_output="post_attention_layernorm", mlp_norm="pre_mlp_layernorm"),
     "Kolibri1": LayerLayout(attention_output="post_self_attn_layernorm"),
+    # Kolibri 1.1: Kolibri's, its indexed layers attending to the keys an indexer picked (some reading an earlier
+    # layer's keys and values); each layer returns the indexer's pool beside the hidden states
+    "Kolibri1_1": LayerLayout(attention_output="post_self_attn_layernorm"),
     "Cohere": _PARALLEL, "Cohere2": _PARALLEL, "Cohere2Moe": _PARALLEL, "Phi": _PARALLEL,
     "FalconH1": _PARALLEL,  # attention beside Mamba 2 (then a normed MLP)
     # StableLM 2: sequential; its config may say not
@@ -281,6 +285,8 @@ FAMILIES = {
     # Muse Spark's: Muse Glimmer's, but a gate module mixes the residual and the normed attention output and returns
     # their sum
     "MuseSpark": replace(_SANDWICH, attention_output="post_attention_residual_gate", adds_residual=True),
+    # Ergo alike (its stream in fp32; sliding layers beside global ones without positions, experts from layer 1 on)
+    "Ergo": replace(_SANDWICH, attention_output="attention_residual_gate", adds_residual=True),
     # Gemma 3n: Gemma 3's sandwich of norms on the active one of four AltUp streams, a low-rank LAuReL branch joining
     # residual + attention (their sum over sqrt(2)); per-layer input embeddings, the last layers reusing keys and values
     "Gemma3nText": replace(_SANDWICH, residual_branch="laurel", active_stream="altup_active_idx"),
@@ -358,7 +364,7 @@ def family_summary() -> str:
 # audio-language models whose audio tokens enter the text decoder alike (Qwen2-Audio over Qwen2, Voxtral over Llama or
 # Mistral, Audio Flamingo 3 and Music Flamingo over Qwen2, MOSS Transcribe-Diarize over Qwen3, Granite Speech over
 # Granite, Qwen3-ASR over Qwen3, Fun-ASR-Nano over Qwen3, GLM-ASR and Omni-ASR over Llama, Nemotron 3.5 Transcribe over
-# NemotronH, VibeVoice-ASR over Qwen2).
+# NemotronH, VibeVoice-ASR over Qwen2), and LLaVA-OneVision 1.5 and Ovis2.5 over Qwen3.
 _VL_WRAPPER_PREFIXES = ("Llava", "LlavaNext", "LlavaOnevision", "Lfm2Vl", "Mistral3", "InternVL", "SmolVLM", "Idefics3",
                         "PaliGemma", "Llama4", "VipLlava", "LlavaNextVideo", "Idefics2", "Qwen2Audio", "Voxtral",
                         "Glm46V", "AyaVision", "Cohere2Vision", "DeepseekVL", "LightOnOcr", "VideoLlava", "Ovis2",
@@ -367,7 +373,7 @@ _VL_WRAPPER_PREFIXES = ("Llava", "LlavaNext", "LlavaOnevision", "Lfm2Vl", "Mistr
                         "MiniCPMV4_7", "MiniCPMOcr", "MossTranscribeDiarize", "PerceptionLM", "FastVlm",
                         "GraniteSpeech", "GraniteSpeechPlus", "Qwen3ASR", "FunAsrNano", "MusicFlamingo", "GlmAsr",
                         "OmniASR", "Blip2", "InstructBlip", "InstructBlipVideo", "Nemotron3_5Transcribe",
-                        "VibeVoiceAsr")
+                        "VibeVoiceAsr", "LlavaOnevision15", "Ovis2_5")
 _VL_WRAPPERS = frozenset(f"{prefix}{head}" for prefix in _VL_WRAPPER_PREFIXES for head in ("ForConditionalGeneration",
                                                                                        "Model")) | {
     "FuyuForCausalLM", "FuyuModel",  # Fuyu over Persimmon: image patches embedded by a linear layer, no tower

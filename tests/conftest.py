@@ -20,6 +20,8 @@ if os.environ.get("TRITON_INTERPRET") == "1":  # every interpreted load and stor
 TRANSFORMERS_4 = int(transformers.__version__.split(".")[0]) < 5
 # the GPU check machine's transformers (make test's HF_MID pass), for its own defects that TALAN cannot change
 TRANSFORMERS_5_17 = transformers.__version__ == "5.17.0"
+# transformers before 5.25 (the venv's 5.24 and older), for defects that 5.25 (make test's HF_NEXT pass) fixed
+TRANSFORMERS_BEFORE_5_25 = Version(transformers.__version__).release[:2] < (5, 25)
 # transformers 5.17's Llama 4 cannot build its chunked mask for a static cache, TALAN off too
 LLAMA4_STATIC_5_17 = pytest.mark.xfail(TRANSFORMERS_5_17, raises=TypeError, strict=True, reason="transformers 5.17: "
                                        "create_chunked_causal_mask() got an unexpected keyword 'block_sequence_ids'")

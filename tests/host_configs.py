@@ -202,6 +202,20 @@ FAMILY_CONFIG.update(
                        num_experts_per_tok=2),
     # ModernBERT's decoder: sliding (a window of 4) and global attention alternating, as in its checkpoints
     ModernBertDecoder=dict(IN_VOCAB, sep_token_id=3, cls_token_id=4, local_attention=4, global_attn_every_n_layers=2),
+    # Ergo: a dense first layer, then 4 routed experts (2 per token) beside a shared one; layer 1 global (no positions),
+    # layers 0 and 2 sliding over 4 tokens
+    Ergo=dict(first_dense_intermediate_size=128, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+              shared_intermediate_size=32, sliding_window=4, global_attention_every_n_layers=2),
+    # Kolibri 1.1: a sliding layer (dense MLP), then two indexed layers, the first the indexer (keeping every key), the
+    # second reading its keys and values; 4 experts, 2 per token
+    Kolibri1_1=dict(IN_VOCAB, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+                    shared_expert_intermediate_size=32, sliding_window=4, mlp_only_layers=[0],
+                    mlp_only_intermediate_size=128,
+                    layer_types=["sliding_attention", "indexed_attention", "indexed_attention"], index_layers=[1],
+                    kv_source_layers=[0, 1, 1], index_topk=64, index_pool_size=64, index_compression=4,
+                    index_num_heads=2, index_num_local_tokens=4, index_num_sink_tokens=1),
+    # MiniCPM 5 MoE: GLM-4.7-Flash's layer over grouped-query attention, dense layer 0, 4 experts (2 per token)
+    MiniCPM5Moe=dict(IN_VOCAB, **ROUTED_EXPERTS, n_shared_experts=1, mlp_layer_types=["dense", "sparse", "sparse"]),
     DeepseekV4=dict(IN_VOCAB, **DEEPSEEK_V4),  # hyper-connections (train_helpers.DEEPSEEK_V4)
     # HY-V4: 4 streams, multi-head latent attention with a sparse indexer (every key kept), experts from layer 1 on
     HYV4=dict(IN_VOCAB, q_lora_rank=32, kv_lora_rank=16, qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=16,

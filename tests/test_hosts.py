@@ -3,7 +3,8 @@ Ministral, Mixtral, Gemma, SmolLM3, StarCoder2, ERNIE 4.5, Seed-OSS, Hunyuan, Ar
 Apertus (its norms named otherwise) and the mixtures of experts gpt-oss, DeepSeek-V3, GLM-4.5 (Glm4Moe), OLMoE,
 MiniMax-M2, EXAONE MoE, Qwen2-MoE, PhiMoE and Llama 4 share their decoder layer; Gemma 2/3/4 and GLM-4 norm the
 attention output before it joins the residual (Gemma 3n too, in the active one of its four AltUp streams, beside its
-LAuReL branch), OLMo 2/3, FlexOlmo and EXAONE 4 too with no norm before attention,
+LAuReL branch; Kolibri 1.1 too; Ergo then mixes it with the residual in a gate module, whose sum the mid site
+replaces), OLMo 2/3, FlexOlmo and EXAONE 4 too with no norm before attention,
 Phi-3 drops it out and Granite (3, SWA) scales it; in the hybrids most layers mix tokens otherwise than by self_attn:
 by linear attention in Qwen3-Next, Qwen3.5 (dense and MoE) and OLMo-hybrid (whose attention layers are OLMo 2's), by
 Mamba in Granite 4 (all scaled) and Bamba, by short convolutions in LFM2 (and its MoE, whose norms are named
@@ -29,6 +30,7 @@ from conftest import (
     QWEN4EXP_PADDING_5_17,
     TRANSFORMERS_4,
     TRANSFORMERS_5_17,
+    TRANSFORMERS_BEFORE_5_25,
     _build,
     assert_same_generation,
     assert_same_loss_and_grads,
@@ -84,7 +86,7 @@ FAMILY_NAMES = ["Qwen3Moe", "Qwen2", "Mistral", "Ministral", "Mixtral", "Gemma",
                 "DiffLlama", "Mellum", "Laguna", "HYV3", "AriaText", "Apertus1p5Text", "VaultGemma",
                 "Afmoe", "Kolibri1", "StableLm", "GPTNeoX-sequential", "Persimmon", "JetMoe", "GPT2",
                 "GPTBigCode", "GPTNeo", "Bloom", "Mpt", "Zaya", "Emu3", "Inkling", "LongcatFlash", "MiniMax", "Beam",
-                "Phi4Multimodal", "ModernBertDecoder",
+                "Phi4Multimodal", "ModernBertDecoder", "Ergo", "Kolibri1_1", "MiniCPM5Moe",
                 *HYBRID_FAMILIES,
                 *LINEAR_SELF_ATTN, *NO_MID_SITE]
 
@@ -147,9 +149,10 @@ GPTNEO_STATIC = pytest.mark.xfail(raises=AssertionError, strict=True, reason="GP
 # transformers 4.57's XGLM fails to generate with a static cache (its attention rejects the mask's shape), TALAN off too
 XGLM_STATIC_4 = pytest.mark.xfail(TRANSFORMERS_4, raises=ValueError, strict=True, reason="transformers 4.57: XGLM's "
                                   "static cache fails: Incorrect 4D attention_mask shape")
-# Inkling fails to generate with a static cache (a tensor of the window's size beside one of the cache's), TALAN off too
-INKLING_STATIC = pytest.mark.xfail(raises=RuntimeError, strict=True, reason="Inkling's static-cache generation fails "
-                                   "(size 7 against 12 in its attention), TALAN off too")
+# Inkling fails to generate with a static cache (a tensor of the window's size beside one of the cache's) before
+# transformers 5.25, TALAN off too
+INKLING_STATIC = pytest.mark.xfail(TRANSFORMERS_BEFORE_5_25, raises=RuntimeError, strict=True, reason="Inkling's "
+                                   "static-cache generation fails before 5.25 (size 7 against 12), TALAN off too")
 # DeepSeek-V4's static cache has no layers of its compressed attention types, TALAN off too
 DEEPSEEK_V4_STATIC = pytest.mark.xfail(raises=KeyError, strict=True, reason="DeepSeek-V4's static cache lacks its "
                                        "compressed attention layer types (KeyError), TALAN off too")

@@ -2,7 +2,7 @@
 whose linear-attention layers hold a recurrent state), Gemma 3 (4B on), Gemma 4, Molmo 2 and Chameleon (pre-norm, and
 post-norm with norm_after or swin_norm), GLM-4.1V, GLM-4.5V, GLM-OCR, dots.llm3 and GLM-4.6V (over GLM-4.1V's text
 decoder), and LLaVA, LLaVA-NeXT, LLaVA-OneVision, LLaVA-NeXT-Video, VipLLaVA, LFM2-VL, Mistral 3, InternVL, SmolVLM,
-Idefics 2 and 3, PaliGemma, Llama 4 and the later wrappers of vl_configs.CONFIGS (Aya Vision, Ovis2, Kimi K2.5, ...)
+Idefics 2 and 3, PaliGemma, Llama 4 and the later wrappers of vl_configs.CONFIGS (Aya Vision, Ovis2, Ovis2.5, ...)
 over a supported text decoder, and the audio-language Qwen2-Audio and Voxtral (their audio tokens stand where the
 image is; Gemma 3n's too, whose vision tower needs timm), and Mllama (Llama 3.2 Vision: its text decoder reads the
 image features in gated cross-attention layers, never as tokens; Idefics 1 alike, between its layers), Qwen4-Exp,
@@ -24,6 +24,7 @@ from conftest import (
     TORCH_BEFORE_2_6,
     TRANSFORMERS_4,
     TRANSFORMERS_5_17,
+    TRANSFORMERS_BEFORE_5_25,
     assert_same_generation,
     assert_same_loss_and_grads,
     assert_site_writes_the_block_output,
@@ -72,9 +73,10 @@ GEMMA4_STATIC_5_17 = pytest.mark.xfail(TRANSFORMERS_5_17, raises=AssertionError,
 # transformers before 5.2x: PaliGemma's cached generation differs from recomputing, TALAN off too (4.57, 5.17)
 PALIGEMMA_GENERATE = pytest.mark.xfail(TRANSFORMERS_4 or TRANSFORMERS_5_17, raises=AssertionError, strict=True,
                                        reason="PaliGemma's cached generation differs from recomputing, TALAN off too")
-# transformers after 5.17 (5.24): Llama4ForConditionalGeneration fails in every forward, TALAN off too (it reads
-# image_outputs off its language model's output, which has none)
-LLAMA4_VL_FORWARD = pytest.mark.xfail(not (TRANSFORMERS_4 or TRANSFORMERS_5_17), raises=AttributeError, strict=True,
+# transformers after 5.17, before 5.25 (5.24): Llama4ForConditionalGeneration fails in every forward, TALAN off too
+# (it reads image_outputs off its language model's output, which has none)
+LLAMA4_VL_FORWARD = pytest.mark.xfail(not (TRANSFORMERS_4 or TRANSFORMERS_5_17) and TRANSFORMERS_BEFORE_5_25,
+                                      raises=AttributeError, strict=True,
                                       reason="Llama4ForConditionalGeneration's forward reads a missing image_outputs")
 # transformers 4.57's Qwen2.5-Omni and Qwen3-Omni thinkers fail to build a static cache's mask, TALAN off too
 OMNI_STATIC_4 = pytest.mark.xfail(TRANSFORMERS_4, raises=TypeError, strict=True, reason="transformers 4.57: Omni "
@@ -117,6 +119,7 @@ WRAPPERS = ("Llava", "Llava-gemma2", "LlavaNext", "LlavaOnevision", "Lfm2Vl", "M
             "Cohere2Vision", "DeepseekVL", "LightOnOcr", "VideoLlava", "Ovis2", "QianfanOCR", "Aria", "Exaone4_5_",
             "HyperCLOVAXVisionV2", "Lfm3Vl", "VideoLlama3", "Kimi_K25", "GotOcr2", "DeepseekVLHybrid", "Janus",
             "Cosmos3Omni", "Fuyu", "PerceptionLM", "FastVlm", "Blip2", "InstructBlip", "InstructBlipVideo", *MINICPM,
+            "LlavaOnevision15", "Ovis2_5",
             *AUDIO, "NemotronH_Omni_Reasoning_V3_")
 PARALLEL = ("AyaVision", "Cohere2Vision", "CohereCompass")
 # text decoders with hyper-connections (several residual streams: no mid site either), and OPT under BLIP-2 and

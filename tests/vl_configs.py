@@ -180,6 +180,17 @@ CONFIGS = {
     # VideoLLaMA 3 over Qwen2: 4x4 single-frame patches merged 2x2, 4 tokens
     "VideoLlama3": (dict(model_type="qwen2"), dict(vision_config=dict(VISION_BLOCK, patch_size=4),
                                                    image_token_id=IMAGE, video_token_id=6)),
+    # LLaVA-OneVision 1.5 over Qwen3 (RICE-ViT: 4x4 single-frame patches merged 2x2, 4 tokens)
+    "LlavaOnevision15": (dict(model_type="qwen3"), dict(
+        vision_config=dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=4,
+                           spatial_merge_size=2, out_hidden_size=64),
+        image_token_id=IMAGE, video_token_id=6, vision_start_token_id=VISION_START, vision_end_token_id=VISION_END)),
+    # Ovis2.5 over Qwen3: a visual vocabulary of 32 embeddings over 4x4 single-frame patches merged 2x2: 4 tokens, the
+    # image's start and end tokens replaced by learned visual embeddings
+    "Ovis2_5": (dict(model_type="qwen3"), dict(
+        vision_config=dict(VISION_BLOCK, patch_size=4, image_size=16, vocab_size=32, max_position_embeddings=16),
+        image_token_id=IMAGE, video_token_id=6, image_start_token_id=VISION_START, image_end_token_id=VISION_END,
+        video_start_token_id=14, video_end_token_id=15)),
     # dots.llm3 (its own text decoder; its indexer keeps every key, see test_hosts.KEEP_EVERY_KEY): 4x4 single-frame
     # patches merged 2x2, and an audio encoder beside
     "Dots3Note": (dict(DOTS3_TEXT, index_topk=64), dict(

@@ -240,8 +240,12 @@ def _media(prefix: str, generator: torch.Generator) -> dict:
         return {"input_values": noise(2, 1, 16)}
     if prefix == "Molmo2":  # each image one crop of 16 flattened patches, pooled 2x2: 4 tokens of 4 patches each
         pooled = torch.tensor([[0, 1, 4, 5], [2, 3, 6, 7], [8, 9, 12, 13], [10, 11, 14, 15]])
-        return {"pixel_values": noise(2, 16, 3 * 4 * 4), "image_token_pooling": torch.cat([pooled, pooled + 16]),
-                "image_grids": torch.tensor([[2, 2, 0, 0]] * 2)}
+        crops = {"pixel_values": noise(2, 16, 3 * 4 * 4), "image_grids": torch.tensor([[2, 2, 0, 0]] * 2)}
+        if "image_num_crops" in inspect.signature(transformers.Molmo2Model.get_image_features).parameters:
+            # transformers 5.25 on: each image's pooling indexes its own patches, placed by its number of crops
+            return {**crops, "image_token_pooling": torch.cat([pooled, pooled]),
+                    "image_num_crops": torch.tensor([1, 1])}
+        return {**crops, "image_token_pooling": torch.cat([pooled, pooled + 16])}  # before: all images' patches
     if prefix == "Gemma4Unified":  # each image's 4 flattened patches and their (x, y) positions on a 2x2 grid
         xy = torch.stack(torch.meshgrid(torch.arange(2), torch.arange(2), indexing="xy"), -1).reshape(4, 2)
         return {"pixel_values": noise(2, 4, 3 * 4 * 4), "image_position_ids": xy.expand(2, -1, -1).clone()}
@@ -273,7 +277,8 @@ def _media(prefix: str, generator: torch.Generator) -> dict:
     if prefix in ("Kimi_K25", "PaddleOCRVL"):  # single-frame patches as 3x4x4 pixel tiles
         return {"pixel_values": noise(2 * 16, 3, 4, 4), "image_grid_thw": grid}
     # single-frame patches, flattened
-    if prefix in ("VideoLlama3", "Dots3Note", "Ernie4_5_VLMoe", "HunYuanVL", "Cosmos3Edge", "HYV4VL"):
+    if prefix in ("VideoLlama3", "Dots3Note", "Ernie4_5_VLMoe", "HunYuanVL", "Cosmos3Edge", "HYV4VL",
+                  "LlavaOnevision15", "Ovis2_5"):
         return {"pixel_values": noise(2 * 16, 3 * 4 * 4), "image_grid_thw": grid}
     # Qwen-VL's: 4x4 patches of 2 frames each
     return {"pixel_values": noise(2 * 16, 3 * 2 * 4 * 4), "image_grid_thw": grid}
