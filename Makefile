@@ -62,8 +62,8 @@ HF_MID_DIR  := $(VENV)/hf-mid
 HF_NEXT     := transformers==5.25.0
 HF_NEXT_DIR := $(VENV)/hf-next
 # the tests that the transformers between the floor and the venv's, and after it, can change
-HF_SIDE_TESTS := $(addprefix tests/,test_stack_versions.py test_hosts.py test_vl_hosts.py test_patch_model.py \
-                 test_decode_state.py test_peft_prefix_tuning.py)
+HF_SIDE_TESTS := $(addprefix tests/,test_stack_versions.py test_host_coverage.py test_hosts.py test_vl_hosts.py \
+                 test_patch_model.py test_decode_state.py test_peft_prefix_tuning.py)
 
 # TRL (the SFTTrainer tests) and datasets, kept beside the venv the same way and put on PYTHONPATH for the
 # CPU pass on the venv's transformers 5 only: transformers 4.x's Trainer imports datasets whenever it is
