@@ -7,8 +7,11 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 TORCH   := torch==2.13.0
 # deepspeed: the ZeRO-3 test of talan train (an sdist that builds without torch: no CUDA ops, nothing pulled);
-# bitsandbytes: the QLoRA tests (its wheel runs 4-bit and int8 layers on the CPU too)
-DEPS    := "triton>=3.0" "transformers>=5,<6" "peft>=0.17" safetensors tqdm matplotlib pyarrow deepspeed \
+# bitsandbytes: the QLoRA tests (its wheel runs 4-bit and int8 layers on the CPU too). transformers and peft are
+# pinned here (pyproject accepts transformers >= 4.57, peft >= 0.17): a release that changes a model's inputs must
+# not fail CI before a session has seen it (transformers 5.25 changed Molmo 2's image pooling); HF_NEXT tests the
+# newest.
+DEPS    := "triton>=3.0" "transformers==5.24.0" "peft==0.21.2" safetensors tqdm matplotlib pyarrow deepspeed \
            bitsandbytes pytest pytest-benchmark pytest-xdist ruff
 
 # Every pass runs on JOBS pytest-xdist workers (JOBS=0: in one process), each with one torch thread so that the
