@@ -132,6 +132,8 @@ class LayerLayout:
 # every site on each).
 _PRE_NORM = LayerLayout()
 _SANDWICH = LayerLayout(attention_output="post_attention_layernorm", mlp_norm="pre_feedforward_layernorm")
+# GLM-4's: the attention output normed first (post_self_attn_layernorm), the MLP normed by post_attention_layernorm
+_GLM4 = LayerLayout(attention_output="post_self_attn_layernorm")
 # no norm before attention or MLP: self_attn reads the residual itself, the MLP reads residual + attention
 _POST_NORM = LayerLayout(residual_input="self_attn", attention_output="post_attention_layernorm", mlp_norm="mlp")
 # Granite adds residual + attention * residual_multiplier (a config float)
@@ -190,7 +192,7 @@ FAMILIES = {
     "Ministral": _PRE_NORM, "Mixtral": _PRE_NORM, "Gemma": _PRE_NORM, "SmolLM3": _PRE_NORM, "Starcoder2": _PRE_NORM,
     "Gemma2": _SANDWICH, "Gemma3Text": _SANDWICH, "Gemma4Text": _SANDWICH,
     "Gemma4UnifiedText": _SANDWICH,  # Gemma 4 Unified: each layer's output then scaled by a learned scalar
-    "Glm4": LayerLayout(attention_output="post_self_attn_layernorm"),
+    "Glm4": _GLM4,
     "Phi3": LayerLayout(attention_output="resid_attn_dropout"), "Olmo2": _POST_NORM, "Olmo3": _POST_NORM,
     "Phi4Multimodal": LayerLayout(attention_output="resid_attn_dropout"),  # Phi-3's decoder, beside image and audio
     "Granite": _GRANITE, "GraniteMoe": _GRANITE, "GraniteMoeShared": _GRANITE,
@@ -222,10 +224,10 @@ FAMILIES = {
     "Apertus1p5Text": _APERTUS,
     "VaultGemma": LayerLayout(mlp_norm="pre_feedforward_layernorm"),
     "Afmoe": LayerLayout(attention_output="post_attention_layernorm", mlp_norm="pre_mlp_layernorm"),
-    "Kolibri1": LayerLayout(attention_output="post_self_attn_layernorm"),
+    "Kolibri1": _GLM4,
     # Kolibri 1.1: Kolibri's, its indexed layers attending to the keys an indexer picked (some reading an earlier
     # layer's keys and values); each layer returns the indexer's pool beside the hidden states
-    "Kolibri1_1": LayerLayout(attention_output="post_self_attn_layernorm"),
+    "Kolibri1_1": _GLM4,
     "Cohere": _PARALLEL, "Cohere2": _PARALLEL, "Cohere2Moe": _PARALLEL, "Phi": _PARALLEL,
     "FalconH1": _PARALLEL,  # attention beside Mamba 2 (then a normed MLP)
     # StableLM 2: sequential; its config may say not
@@ -268,8 +270,8 @@ FAMILIES = {
     # vision-language: the text decoder is a Qwen2/Qwen3 stack, whose causal attention spans text and image tokens
     "Qwen2VL": _PRE_NORM, "Qwen2_5_VL": _PRE_NORM, "Qwen3VL": _PRE_NORM, "Qwen3VLMoe": _PRE_NORM,
     # and GLM-4.1V's (GLM-4's sandwich of norms), GLM-4.5V's (pre-norm, experts), GLM-OCR's (as GLM-4.1V's)
-    "Glm4v": LayerLayout(attention_output="post_self_attn_layernorm"), "Glm4vMoe": _PRE_NORM,
-    "GlmOcr": LayerLayout(attention_output="post_self_attn_layernorm"),
+    "Glm4v": _GLM4, "Glm4vMoe": _PRE_NORM,
+    "GlmOcr": _GLM4,
     # and ERNIE 4.5-VL's (experts for text and for image tokens), HunYuan-VL's, PaddleOCR-VL's (pre-norm), Granite 4
     # Vision's (Granite's, scaled; image features added to some layers' outputs, as in Qwen3-VL)
     "Ernie4_5_VLMoe": _PRE_NORM, "HunYuanVL": _PRE_NORM, "PaddleOCRVL": _PRE_NORM, "Granite4Vision": _GRANITE,
