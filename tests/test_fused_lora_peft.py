@@ -348,10 +348,12 @@ def test_torch_compile_fullgraph_over_fused_layer():
 def test_autocast_runs_fused_in_the_autocast_dtype_like_peft(variant, monkeypatch):
     """Under a bf16 autocast (Trainer's --bf16) on an fp32 model every layer still runs fused, on operands
     cast to bf16 as autocast casts peft's. Against the fp32 model without autocast, its logits and fp32
-    adapter gradients are off by no more than twice peft's own error under the same autocast."""
+    adapter gradients are off by no more than twice peft's own error under the same autocast. 128 tokens: over
+    18 (2 x 9) one gradient's bf16 error is too noisy a measure of peft's own error: fused over peft reached 3.2x
+    in a tensor (2 of 20 seeds failed, each variant; 0.9x geometric mean), over 128 within 1.51x (30 seeds)."""
     calls = record_calls(monkeypatch, interface, "_apply", lambda *a, **k: a[0].dtype)
     model = tiny_qwen3_peft(variant)
-    ids = torch.randint(0, 128, (2, 9), generator=torch.Generator().manual_seed(1))
+    ids = torch.randint(0, 128, (4, 32), generator=torch.Generator().manual_seed(1))
     exact_logits, exact_grads = logits_and_grads(model, ids)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         peft_logits, peft_grads = logits_and_grads(model, ids)
