@@ -167,8 +167,8 @@ _APERTUS = LayerLayout(residual_input="attention_layernorm", mlp_norm="feedforwa
 # MLP normed by pre_ff_layernorm
 _MAMBA_HYBRID = LayerLayout(mlp_norm="pre_ff_layernorm", other_layers=LayerLayout(
     attention_output="mamba", token_mixer="mamba", mlp_norm="pre_ff_layernorm"))
-# OPT, BioGPT, XGLM, Doge, DBRX and Falcon-RW drop the attention output out functionally before it joins the
-# residual: in training no hook could add to that sum, so TALAN acts at a layer's input or output only
+# OPT, BioGPT, XGLM, Doge, DBRX, Falcon-RW and GPT-NeoX Japanese drop the attention output out functionally before it
+# joins the residual: in training no hook could add to that sum, so TALAN acts at a layer's input or output only
 _DROPPED_INSIDE = LayerLayout(attention_output=None, mlp_norm=None,
                               no_mid="drop the attention output out inside their forward")
 _GPT2 = LayerLayout(residual_input="ln_1", attention_output="attn", mlp_norm="ln_2", token_mixer="attn")
@@ -257,6 +257,11 @@ FAMILIES = {
     "Bloom": _BLOOM,
     # ZAYA: pre-norm; a module scales and shifts the attention output and the residual and returns their sum
     "Zaya": LayerLayout(attention_output="post_attention_residual_scale", adds_residual=True),
+    # CTRL (layers in h): pre-norm by layernorm1 and layernorm2, its attention output dropped out first
+    "CTRL": LayerLayout(residual_input="layernorm1", attention_output="dropout1", mlp_norm="layernorm2",
+                        token_mixer="multi_head_attention"),
+    # GPT-NeoX Japanese: pre-norm, its attention's bias and output dropped out functionally
+    "GPTNeoXJapanese": _DROPPED_INSIDE,
     # MPT (layers in blocks): pre-norm by norm_1 and norm_2, its attention output dropped out first (ALiBi)
     "Mpt": LayerLayout(residual_input="norm_1", attention_output="resid_attn_dropout", mlp_norm="norm_2",
                        token_mixer="attn"),
@@ -335,7 +340,7 @@ _CLASS_FAMILIES = {family + head: family for family in FAMILIES for head in HEAD
     f"Gemma{v}{head}": f"Gemma{v}Text" for v in ("3", "4", "3n", "4Unified")
     for head in ("ForCausalLM", "ForConditionalGeneration", "Model", "ForSequenceClassification")} | {
     "Qwen3_5TextForSequenceClassification": "Qwen3_5", "Llama4ForCausalLM": "Llama4Text",
-    "PaddleOCRTextModel": "PaddleOCRVL", "GPT2LMHeadModel": "GPT2", "OPTDecoder": "OPT",
+    "PaddleOCRTextModel": "PaddleOCRVL", "GPT2LMHeadModel": "GPT2", "CTRLLMHeadModel": "CTRL", "OPTDecoder": "OPT",
     "IdeficsForVisionText2Text": "Idefics",
     "MiniMaxM3SparseForConditionalGeneration": "MiniMaxM3VL",
     **dict.fromkeys(("Apertus1p5ForConditionalGeneration", "Apertus1p5Model"), "Apertus1p5Text")}

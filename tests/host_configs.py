@@ -118,6 +118,8 @@ FAMILY_CONFIG.update(
     GPTJ=dict(IN_VOCAB, n_embd=64, n_layer=3, n_head=4, n_positions=64, rotary_dim=8),
     Bloom=dict(IN_VOCAB, n_layer=3, n_head=4),  # ALiBi
     Mpt=dict(IN_VOCAB, d_model=64, n_layers=3, n_heads=4, max_seq_len=64),  # ALiBi
+    CTRL=dict(IN_VOCAB, n_embd=64, n_layer=3, n_head=4, dff=128, n_positions=64),  # sinusoidal positions
+    GPTNeoXJapanese=IN_VOCAB,
     BioGpt=dict(IN_VOCAB, max_position_embeddings=64),
     # DBRX: 4 experts, 2 per token; rope_theta and clip_qkv set where its attention reads them (transformers 5.24
     # reads rope_theta off the attention config, and clamps by clip_qkv unconditionally); the experts' width is the
