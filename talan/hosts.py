@@ -257,6 +257,8 @@ FAMILIES = {
     "Bloom": _BLOOM,
     # ZAYA: pre-norm; a module scales and shifts the attention output and the residual and returns their sum
     "Zaya": LayerLayout(attention_output="post_attention_residual_scale", adds_residual=True),
+    # GPT-1 (layers in h): post-norm, ln_1 norming residual + attention (attn reads the residual); it keeps no cache
+    "OpenAIGPT": LayerLayout(residual_input="attn", attention_output="attn", mlp_norm="ln_1", token_mixer="attn"),
     # CTRL (layers in h): pre-norm by layernorm1 and layernorm2, its attention output dropped out first
     "CTRL": LayerLayout(residual_input="layernorm1", attention_output="dropout1", mlp_norm="layernorm2",
                         token_mixer="multi_head_attention"),
@@ -340,7 +342,8 @@ _CLASS_FAMILIES = {family + head: family for family in FAMILIES for head in HEAD
     f"Gemma{v}{head}": f"Gemma{v}Text" for v in ("3", "4", "3n", "4Unified")
     for head in ("ForCausalLM", "ForConditionalGeneration", "Model", "ForSequenceClassification")} | {
     "Qwen3_5TextForSequenceClassification": "Qwen3_5", "Llama4ForCausalLM": "Llama4Text",
-    "PaddleOCRTextModel": "PaddleOCRVL", "GPT2LMHeadModel": "GPT2", "CTRLLMHeadModel": "CTRL", "OPTDecoder": "OPT",
+    "PaddleOCRTextModel": "PaddleOCRVL", "GPT2LMHeadModel": "GPT2", "CTRLLMHeadModel": "CTRL",
+    "OpenAIGPTLMHeadModel": "OpenAIGPT", "OPTDecoder": "OPT",
     "IdeficsForVisionText2Text": "Idefics",
     "MiniMaxM3SparseForConditionalGeneration": "MiniMaxM3VL",
     **dict.fromkeys(("Apertus1p5ForConditionalGeneration", "Apertus1p5Model"), "Apertus1p5Text")}

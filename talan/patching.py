@@ -114,6 +114,19 @@ def _named_args(layer: nn.Module, args: tuple, kwargs: dict) -> dict:
     return {**dict(zip(names[1:], args[1:])), **kwargs}
 
 
+def _hidden_of(output):
+    """The hidden states a layer or its attention returns: the output itself, or its first element (a tuple; GPT-1's
+    blocks and attention return lists)."""
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+def _with_hidden(output, hidden: torch.Tensor):
+    """``output`` with `_hidden_of` it replaced by ``hidden``."""
+    if not isinstance(output, (tuple, list)):
+        return hidden
+    return [hidden, *output[1:]] if isinstance(output, list) else (hidden, *output[1:])
+
+
 def _holds_states_only(cache) -> bool:
     """Whether ``cache`` holds a state-space model's recurrent states alone (Mamba's), which count no tokens:
     transformers 4.x's MambaCache and Mamba2Cache, or a 5.x Cache of linear-attention layers only."""
@@ -345,9 +358,8 @@ class _Patch:
     def _layer_post(self, layer_idx, module, args, kwargs, output):
         if not self.enabled:
             return None
-        hidden = output[0] if isinstance(output, tuple) else output
-        new_hidden = self._apply_to_stream(layer_idx, hidden, _named_args(module, args, kwargs))
-        return (new_hidden, *output[1:]) if isinstance(output, tuple) else new_hidden
+        new_hidden = self._apply_to_stream(layer_idx, _hidden_of(output), _named_args(module, args, kwargs))
+        return _with_hidden(output, new_hidden)
 
     def _residual_pre(self, layer_idx, module, args, kwargs):
         # The input layernorm's input (self_attn's, in a post-norm layer) is exactly the layer's residual; this
@@ -390,7 +402,7 @@ class _Patch:
             if layer_kwargs is None and _in_backward():
                 layer_kwargs = _running_layer_kwargs(layer)
             kwargs = kwargs if layer_kwargs is None else {**layer_kwargs, **kwargs}  # its own cache, if it got one
-        attn_out = output[0] if isinstance(output, tuple) else output
+        attn_out = _hidden_of(output)
         layout = self.layout.of(layer)
         if layout.adds_residual:  # the sum itself (BLOOM's attention, ZAYA's residual scaling): TALAN's output
             attn_new = self._apply(layer_idx, attn_out, self._context(attn_out, kwargs))  # replaces it
@@ -402,7 +414,7 @@ class _Patch:
             h_new = self._apply(layer_idx, h_mid, self._context(h_mid, kwargs))
             delta = h_new - h_mid  # the layer then adds the residual back: h_mid + delta
             attn_new = attn_out + (delta if scale is None else delta / scale)
-        return (attn_new, *output[1:]) if isinstance(output, tuple) else attn_new
+        return _with_hidden(output, attn_new)
 
     def install(self) -> None:
         self.handles.append(self.stack.register_forward_pre_hook(self.on_model_forward, with_kwargs=True))

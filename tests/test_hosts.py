@@ -87,13 +87,15 @@ FAMILY_NAMES = ["Qwen3Moe", "Qwen2", "Mistral", "Ministral", "Mixtral", "Gemma",
                 "Afmoe", "Kolibri1", "StableLm", "GPTNeoX-sequential", "Persimmon", "JetMoe", "GPT2",
                 "GPTBigCode", "GPTNeo", "Bloom", "Mpt", "Zaya", "Emu3", "Inkling", "LongcatFlash", "MiniMax", "Beam",
                 "Phi4Multimodal", "ModernBertDecoder", "Ergo", "Kolibri1_1", "MiniCPM5Moe", "CTRL",
+                "OpenAIGPT",
                 *HYBRID_FAMILIES,
                 *LINEAR_SELF_ATTN, *NO_MID_SITE]
 
 
 # the causal LM of the families named after their text config
 CAUSAL_LM = {"Gemma3Text": "Gemma3ForCausalLM", "Gemma4Text": "Gemma4ForCausalLM", "Llama4Text": "Llama4ForCausalLM",
-             "GPT2": "GPT2LMHeadModel", "CTRL": "CTRLLMHeadModel", "Gemma3nText": "Gemma3nForCausalLM",
+             "GPT2": "GPT2LMHeadModel", "CTRL": "CTRLLMHeadModel", "OpenAIGPT": "OpenAIGPTLMHeadModel",
+             "Gemma3nText": "Gemma3nForCausalLM",
              "Gemma4UnifiedText": "Gemma4UnifiedForCausalLM"}
 
 
@@ -219,7 +221,8 @@ ATTENTION_DROPOUT = {"Phi3": {"resid_pdrop": 0.5}, "Phi4Multimodal": {"resid_pdr
                      "GPTNeoX-sequential": {"hidden_dropout": 0.5},
                      "Bloom": {"hidden_dropout": 0.5},  # Bloom's attention drops out, then adds the residual
                      "Emu3": {"attention_dropout": 0.5},  # Emu3's one dropout module, after attention and MLP
-                     "CTRL": {"resid_pdrop": 0.5}}
+                     "CTRL": {"resid_pdrop": 0.5},
+                     "OpenAIGPT": {"resid_pdrop": 0.5}}  # GPT-1's attention drops its output out itself
 
 
 def _assert_block_output_where_analyze_reads(family: str, site: str, layer: int):
