@@ -326,6 +326,8 @@ FAMILIES = {
     # and those of vision-language models: HY-V4-VL's (HY-V4's) and GLM-5-Next's (latent attention beside linear
     # attention, its streams mixed as DeepSeek-V4's); Qwen4-Exp's is the text decoder's
     "HYV4VL": _HYPER, "Glm5Next": _HYPER,
+    # Moshi's text model (MoshiForCausalLM): pre-norm
+    "Moshi": _PRE_NORM,
 }
 # The bare decoder stack and the models around it: the language-model head, and the task heads that peft
 # fine-tunes too (task_type SEQ_CLS, TOKEN_CLS, QUESTION_ANS) over the same stack, where transformers has them.
@@ -338,7 +340,11 @@ HEADS = ("ForCausalLM", "Model", "ForSequenceClassification", "ForTokenClassific
 # language model; PaddleOCR-VL's text decoder; GPT-2's language model; OPT's decoder (the stack BLIP-2 finds); Idefics'
 # vision-text model; MiniMax-M3-VL's vision-language model; Apertus 1.5's (a VQ tokenizer turns images into visual
 # tokens of the vocabulary), over the Apertus 1.5 text decoder
-_CLASS_FAMILIES = {family + head: family for family in FAMILIES for head in HEADS} | {
+# Heads of a family's stack that are no hosts: Moshi's speech model, whose temporal transformer reads the text and
+# audio codebooks' embeddings summed, one step per audio frame, beside a depth decoder generating the frame's codes
+_NOT_HOST_HEADS = frozenset({"MoshiForConditionalGeneration"})
+_CLASS_FAMILIES = {family + head: family for family in FAMILIES for head in HEADS
+                   if family + head not in _NOT_HOST_HEADS} | {
     f"Gemma{v}{head}": f"Gemma{v}Text" for v in ("3", "4", "3n", "4Unified")
     for head in ("ForCausalLM", "ForConditionalGeneration", "Model", "ForSequenceClassification")} | {
     "Qwen3_5TextForSequenceClassification": "Qwen3_5", "Llama4ForCausalLM": "Llama4Text",

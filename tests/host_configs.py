@@ -120,6 +120,7 @@ FAMILY_CONFIG.update(
     Mpt=dict(IN_VOCAB, d_model=64, n_layers=3, n_heads=4, max_seq_len=64),  # ALiBi
     CTRL=dict(IN_VOCAB, n_embd=64, n_layer=3, n_head=4, dff=128, n_positions=64),  # sinusoidal positions
     OpenAIGPT=dict(IN_VOCAB, n_embd=64, n_layer=3, n_head=4, n_positions=64),
+    Moshi=dict(IN_VOCAB, ffn_dim=256, max_position_embeddings=64),
     GPTNeoXJapanese=IN_VOCAB,
     BioGpt=dict(IN_VOCAB, max_position_embeddings=64),
     # DBRX: 4 experts, 2 per token; rope_theta and clip_qkv set where its attention reads them (transformers 5.24

@@ -31,6 +31,7 @@ from conftest import (
     TRANSFORMERS_4,
     TRANSFORMERS_5_17,
     TRANSFORMERS_BEFORE_5_25,
+    VOCAB,
     _build,
     assert_same_generation,
     assert_same_loss_and_grads,
@@ -87,7 +88,7 @@ FAMILY_NAMES = ["Qwen3Moe", "Qwen2", "Mistral", "Ministral", "Mixtral", "Gemma",
                 "Afmoe", "Kolibri1", "StableLm", "GPTNeoX-sequential", "Persimmon", "JetMoe", "GPT2",
                 "GPTBigCode", "GPTNeo", "Bloom", "Mpt", "Zaya", "Emu3", "Inkling", "LongcatFlash", "MiniMax", "Beam",
                 "Phi4Multimodal", "ModernBertDecoder", "Ergo", "Kolibri1_1", "MiniCPM5Moe", "CTRL",
-                "OpenAIGPT",
+                "OpenAIGPT", "Moshi",
                 *HYBRID_FAMILIES,
                 *LINEAR_SELF_ATTN, *NO_MID_SITE]
 
@@ -469,6 +470,23 @@ def test_task_heads_patch_train_with_peft_save_and_load(family, head, tmp_path):
     talan_grads = [p.grad for p in talan.talan_parameters(trained)]
     assert all(g is not None and torch.isfinite(g).all() for g in talan_grads)
     assert any(g.abs().sum() > 0 for g in talan_grads)
+
+
+@needs_transformers("MoshiForConditionalGeneration")
+def test_moshis_speech_model_is_refused_by_name_and_its_text_model_is_the_host():
+    """Moshi's speech model sums text and audio-codebook embeddings into its temporal transformer, one step per audio
+    frame, and generates each frame's codes with a depth decoder: no host (TypeError naming it); its text model,
+    MoshiForCausalLM (the speech model's ``decoder``), is (test_host_patches_exactly_and_generates_...)."""
+    config = transformers.MoshiConfig(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                      num_key_value_heads=2, head_dim=16, ffn_dim=128, audio_vocab_size=32,
+                                      num_codebooks=2, depth_decoder_config=dict(
+                                          hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                          num_key_value_heads=1, head_dim=16, ffn_dim=64))
+    with torch.device("meta"):  # its default audio encoder (Mimi) alone holds 79M weights
+        speech = transformers.MoshiForConditionalGeneration(config)
+    with pytest.raises(TypeError, match="got MoshiForConditionalGeneration: "):
+        talan.patch(speech)
+    assert decoder_stack(speech.decoder) is speech.decoder.model and not is_patched(speech.decoder)
 
 
 @pytest.mark.skipif(TRANSFORMERS_4, reason="transformers 4.57's MambaCache says nothing of the tokens it took in")
