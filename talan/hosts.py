@@ -333,16 +333,16 @@ FAMILIES = {
 # fine-tunes too (task_type SEQ_CLS, TOKEN_CLS, QUESTION_ANS) over the same stack, where transformers has them.
 HEADS = ("ForCausalLM", "Model", "ForSequenceClassification", "ForTokenClassification", "ForQuestionAnswering",
          "ForConditionalGeneration", "TextModel")  # a vision-language model and its bare text decoder
+# Heads of a family's stack that are no hosts: Moshi's speech model, whose temporal transformer reads the text and
+# audio codebooks' embeddings summed, one step per audio frame, beside a depth decoder generating the frame's codes
+_NOT_HOST_HEADS = frozenset({"MoshiForConditionalGeneration"})
 # transformers class name -> family, for every family and head (a head transformers lacks never matches), and the
 # Gemma 3, 3n and 4 classes named otherwise: the text-only language model, and the vision-language model (Gemma 3
 # from 4B on; Gemma 3n and 4, with audio too), whose text decoder is the same stack, its image tokens attending to
 # each other both ways (Gemma 3's, 4's); Qwen3.5's classifier over its text decoder alone; Llama 4's text-only
-# language model; PaddleOCR-VL's text decoder; GPT-2's language model; OPT's decoder (the stack BLIP-2 finds); Idefics'
-# vision-text model; MiniMax-M3-VL's vision-language model; Apertus 1.5's (a VQ tokenizer turns images into visual
-# tokens of the vocabulary), over the Apertus 1.5 text decoder
-# Heads of a family's stack that are no hosts: Moshi's speech model, whose temporal transformer reads the text and
-# audio codebooks' embeddings summed, one step per audio frame, beside a depth decoder generating the frame's codes
-_NOT_HOST_HEADS = frozenset({"MoshiForConditionalGeneration"})
+# language model; PaddleOCR-VL's text decoder; GPT-2's, CTRL's and GPT-1's language models (*LMHeadModel); OPT's
+# decoder (the stack BLIP-2 finds); Idefics' vision-text model; MiniMax-M3-VL's vision-language model; Apertus 1.5's
+# (a VQ tokenizer turns images into visual tokens of the vocabulary), over the Apertus 1.5 text decoder
 _CLASS_FAMILIES = {family + head: family for family in FAMILIES for head in HEADS
                    if family + head not in _NOT_HOST_HEADS} | {
     f"Gemma{v}{head}": f"Gemma{v}Text" for v in ("3", "4", "3n", "4Unified")
