@@ -333,9 +333,11 @@ FAMILIES = {
 # fine-tunes too (task_type SEQ_CLS, TOKEN_CLS, QUESTION_ANS) over the same stack, where transformers has them.
 HEADS = ("ForCausalLM", "Model", "ForSequenceClassification", "ForTokenClassification", "ForQuestionAnswering",
          "ForConditionalGeneration", "TextModel")  # a vision-language model and its bare text decoder
-# Heads of a family's stack that are no hosts: Moshi's speech model, whose temporal transformer reads the text and
-# audio codebooks' embeddings summed, one step per audio frame, beside a depth decoder generating the frame's codes
-_NOT_HOST_HEADS = frozenset({"MoshiForConditionalGeneration"})
+# Heads of a family's stack that are no hosts, and what to patch instead: Moshi's speech model, whose temporal
+# transformer reads the text and audio codebooks' embeddings summed, one step per audio frame, beside a depth decoder
+_NOT_HOST_HEADS = {"MoshiForConditionalGeneration": "a speech model (text and audio-codebook embeddings summed per "
+                   "audio frame, a depth decoder for the codes), no host; patch its text model, .decoder "
+                   "(MoshiForCausalLM)"}
 # transformers class name -> family, for every family and head (a head transformers lacks never matches), and the
 # Gemma 3, 3n and 4 classes named otherwise: the text-only language model, and the vision-language model (Gemma 3
 # from 4B on; Gemma 3n and 4, with audio too), whose text decoder is the same stack, its image tokens attending to
@@ -544,9 +546,10 @@ def _family_and_stack(model: nn.Module) -> tuple[str, nn.Module]:
     if family is None:
         inside = f" over a {type(stack).__name__}" if wrapper and stack is not None else ""
         wrapped = f" wrapping {type(host).__name__}" if host is not model else ""
-        raise TypeError(f"got {type(model).__name__}{wrapped}{inside}: talan patches the "
-                        f"{', '.join('*' + h for h in HEADS)} of {family_summary()}, plain or wrapped by peft, "
-                        "torch.compile or DDP")
+        not_host = _NOT_HOST_HEADS.get(_transformers_class(host, _NOT_HOST_HEADS))
+        raise TypeError(f"got {type(model).__name__}{wrapped}{inside}: " + (not_host or (
+            f"talan patches the {', '.join('*' + h for h in HEADS)} of {family_summary()}, plain or wrapped by "
+            "peft, torch.compile or DDP")))
     if stack is None:
         raise TypeError(f"{type(host).__name__} has no decoder layer list to patch")
     return family, stack

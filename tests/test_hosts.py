@@ -31,7 +31,6 @@ from conftest import (
     TRANSFORMERS_4,
     TRANSFORMERS_5_17,
     TRANSFORMERS_BEFORE_5_25,
-    VOCAB,
     _build,
     assert_same_generation,
     assert_same_loss_and_grads,
@@ -477,14 +476,10 @@ def test_moshis_speech_model_is_refused_by_name_and_its_text_model_is_the_host()
     """Moshi's speech model sums text and audio-codebook embeddings into its temporal transformer, one step per audio
     frame, and generates each frame's codes with a depth decoder: no host (TypeError naming it); its text model,
     MoshiForCausalLM (the speech model's ``decoder``), is (test_host_patches_exactly_and_generates_...)."""
-    config = transformers.MoshiConfig(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                      num_key_value_heads=2, head_dim=16, ffn_dim=128, audio_vocab_size=32,
-                                      num_codebooks=2, depth_decoder_config=dict(
-                                          hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                          num_key_value_heads=1, head_dim=16, ffn_dim=64))
-    with torch.device("meta"):  # its default audio encoder (Mimi) alone holds 79M weights
-        speech = transformers.MoshiForConditionalGeneration(config)
-    with pytest.raises(TypeError, match="got MoshiForConditionalGeneration: "):
+    with torch.device("meta"):  # its default audio encoder (Mimi) and depth decoder hold 0.8B weights
+        speech = tiny_host("Moshi", head="ForConditionalGeneration", audio_vocab_size=32)
+    with pytest.raises(TypeError, match=r"got MoshiForConditionalGeneration: a speech model .* patch its text model, "
+                                        r"\.decoder \(MoshiForCausalLM\)"):
         talan.patch(speech)
     assert decoder_stack(speech.decoder) is speech.decoder.model and not is_patched(speech.decoder)
 
