@@ -1,7 +1,8 @@
 """`save_pretrained` / `load_pretrained`: two files that can sit beside a peft adapter (SPEC §3).
 
 ``talan_config.json`` holds every config field, the talan version and the host's hidden size and
-layer count; ``talan_model.safetensors`` holds the tensors as ``layers.{i}.{param}``.
+layer count; ``talan_model.safetensors`` holds the tensors as ``layers.{i}.{param}``. And
+`load_local_checkpoint`: the host model and tokenizer from a local Hugging Face folder, never the network.
 """
 
 from __future__ import annotations
@@ -114,3 +115,30 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike, backend: str | No
             for name, p in block.named_parameters():
                 p.copy_(tensors[f"layers.{i}.{name}"])
     return model
+
+
+def load_local_checkpoint(path, flag: str = "--model", dtype=None, quantization_config=None):
+    """A local Hugging Face checkpoint folder and its tokenizer, never from the network; the weights in
+    ``dtype`` (default fp32), quantised as they load when a transformers ``quantization_config`` is given.
+
+    Raises ``FileNotFoundError`` for a missing folder or one without ``config.json`` and
+    ``ValueError`` for a tokenizer without an eos token (it ends every completion); ``flag`` names
+    the command-line option in the messages.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = Path(path)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{flag} {folder}: no such directory. Pass a local Hugging Face checkpoint folder "
+                                "(config.json, weights and tokenizer files); talan never downloads.")
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{flag} {folder}: no config.json in that folder, so it is not a Hugging Face "
+                                "checkpoint")
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    if tokenizer.eos_token_id is None:
+        raise ValueError(f"{flag} {folder}: the tokenizer has no eos token, which ends every completion")
+    # only when given: an explicit None makes transformers load a checkpoint saved quantised as unquantised
+    quantization = {} if quantization_config is None else {"quantization_config": quantization_config}
+    model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=dtype or torch.float32,
+                                                 **quantization)
+    return model, tokenizer

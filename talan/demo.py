@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 
 from . import data as talan_data
+from .checkpoint import load_local_checkpoint
 from .config import TalanConfig
-from .hosts import load_local_checkpoint
 from .report import format_report, parameter_report
 
 # The embedded backbone: big enough that the loss drop is visible in a few hundred steps, small

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from . import checkpoint as talan_checkpoint
-from .hosts import load_local_checkpoint
+from .checkpoint import load_local_checkpoint
 from .patching import unpatch
 
 ADAPTER_CONFIG = "adapter_config.json"

@@ -566,33 +566,3 @@ def decoder_stack(model: nn.Module) -> nn.Module:
 def layer_layout(model: nn.Module) -> LayerLayout:
     """The `LayerLayout` of a supported host's decoder layers (``TypeError`` for an unsupported model)."""
     return stack_and_layout(model)[1]
-
-
-def load_local_checkpoint(path, flag: str = "--model", dtype=None, quantization_config=None):
-    """A local Hugging Face checkpoint folder and its tokenizer, never from the network; the weights in
-    ``dtype`` (default fp32), quantised as they load when a transformers ``quantization_config`` is given.
-
-    Raises ``FileNotFoundError`` for a missing folder or one without ``config.json`` and
-    ``ValueError`` for a tokenizer without an eos token (it ends every completion); ``flag`` names
-    the command-line option in the messages.
-    """
-    from pathlib import Path
-
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    folder = Path(path)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{flag} {folder}: no such directory. Pass a local Hugging Face checkpoint folder "
-                                "(config.json, weights and tokenizer files); talan never downloads.")
-    if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"{flag} {folder}: no config.json in that folder, so it is not a Hugging Face "
-                                "checkpoint")
-    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    if tokenizer.eos_token_id is None:
-        raise ValueError(f"{flag} {folder}: the tokenizer has no eos token, which ends every completion")
-    # only when given: an explicit None makes transformers load a checkpoint saved quantised as unquantised
-    quantization = {} if quantization_config is None else {"quantization_config": quantization_config}
-    model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=dtype or torch.float32,
-                                                 **quantization)
-    return model, tokenizer

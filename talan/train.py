@@ -37,7 +37,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from . import checkpoint as talan_checkpoint
 from . import data as talan_data
-from .hosts import load_local_checkpoint
+from .checkpoint import load_local_checkpoint
 from .train_config import add_train_arguments, resolve_settings, talan_config_from
 from .trainer import TalanCheckpointCallback, TalanTrainer, TalanTrainerMixin, talan_tensors_from_state_dict
 

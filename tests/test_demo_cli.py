@@ -145,7 +145,7 @@ def test_a_local_checkpoint_whose_tokenizer_has_no_eos_token_is_refused(tmp_path
     from train_helpers import word_level_tokenizer
     from transformers import Qwen3Config
 
-    from talan.hosts import load_local_checkpoint
+    from talan.checkpoint import load_local_checkpoint
 
     word_level_tokenizer(["<unk>", "a"]).save_pretrained(tmp_path)
     Qwen3Config(vocab_size=2, hidden_size=32, num_hidden_layers=1).save_pretrained(tmp_path)
@@ -159,7 +159,7 @@ def test_a_local_checkpoint_saved_in_bf16_loads_in_fp32_unless_asked(tmp_path):
     from train_helpers import make_local_checkpoint
     from transformers import AutoModelForCausalLM
 
-    from talan.hosts import load_local_checkpoint
+    from talan.checkpoint import load_local_checkpoint
 
     folder = make_local_checkpoint(tmp_path / "model")
     AutoModelForCausalLM.from_pretrained(folder).to(torch.bfloat16).save_pretrained(folder)
