@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import re
 from dataclasses import dataclass, replace
 
@@ -328,7 +329,14 @@ FAMILIES = {
     "HYV4VL": _HYPER, "Glm5Next": _HYPER,
     # Moshi's text model (MoshiForCausalLM): pre-norm
     "Moshi": _PRE_NORM,
+    # RecurrentGemma (Griffin): pre-norm, its temporal block a recurrent one (RG-LRU after a short convolution) or
+    # sliding-window attention
+    "RecurrentGemma": LayerLayout(residual_input="temporal_pre_norm", attention_output="temporal_block",
+                                  mlp_norm="channel_pre_norm", token_mixer="temporal_block"),
 }
+# Families whose stack takes no cache object on transformers 4.x but keeps its decode state in its own modules
+# (RecurrentGemma's recurrent and attention states): TALAN ties its slot state to a cache object (SPEC §2)
+_CACHE_IN_MODULES_ON_4 = frozenset({"RecurrentGemma"})
 # The bare decoder stack and the models around it: the language-model head, and the task heads that peft
 # fine-tunes too (task_type SEQ_CLS, TOKEN_CLS, QUESTION_ANS) over the same stack, where transformers has them.
 HEADS = ("ForCausalLM", "Model", "ForSequenceClassification", "ForTokenClassification", "ForQuestionAnswering",
@@ -552,6 +560,10 @@ def _family_and_stack(model: nn.Module) -> tuple[str, nn.Module]:
             "peft, torch.compile or DDP")))
     if stack is None:
         raise TypeError(f"{type(host).__name__} has no decoder layer list to patch")
+    if family in _CACHE_IN_MODULES_ON_4 and not {"cache", "past_key_values"} & set(
+            inspect.signature(stack.forward).parameters):
+        raise TypeError(f"{type(host).__name__} keeps its decode state in its own modules on this transformers, and "
+                        "TALAN ties its slot memory to the cache object that transformers >= 5 passes: upgrade")
     return family, stack
 
 

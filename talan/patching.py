@@ -167,14 +167,15 @@ def _past_length(cache, states_only: bool, bound: dict, decode_states: DecodeSta
 
 
 def _counted_tokens(cache):
-    """``cache.get_seq_length()``: the tokens its layer 0 holds; where that holds none but a later layer does (the
-    MiniMaxCache keeps its linear-attention layers' states beside its layers, so layer 0 of MiniMax stays empty), the
-    most any layer holds."""
+    """``cache.get_seq_length()``: the tokens its layer 0 holds; where that holds none but a later layer does, the
+    most any layer holds: the MiniMaxCache keeps its linear-attention layers' states beside its layers, so layer 0 of
+    MiniMax stays empty; RecurrentGemma keeps its recurrent states in its modules, so on transformers 5.25 its
+    recurrent layer 0 counts a 0-d tensor of zero tokens."""
     counted = cache.get_seq_length()
-    if isinstance(counted, int) and counted == 0:
+    if int(counted) == 0:
         filled = [layer for layer in getattr(cache, "layers", ())
                   if isinstance(getattr(layer, "keys", None), torch.Tensor) and layer.keys.numel()]
-        return max((layer.get_seq_length() for layer in filled), default=0)
+        return max((layer.get_seq_length() for layer in filled), default=counted)
     return counted
 
 

@@ -121,6 +121,10 @@ FAMILY_CONFIG.update(
     CTRL=dict(IN_VOCAB, n_embd=64, n_layer=3, n_head=4, dff=128, n_positions=64),  # sinusoidal positions
     OpenAIGPT=dict(IN_VOCAB, n_embd=64, n_layer=3, n_head=4, n_positions=64),
     Moshi=dict(IN_VOCAB, ffn_dim=256, max_position_embeddings=64),
+    # RecurrentGemma: layers 0 and 1 recurrent (RG-LRU), layer 2 attention sliding over 8 tokens (last: a recurrent
+    # layer after attention carries on the outputs of left padding's fully masked rows, which change as the sequence
+    # grows, so the model's own cached generation differs from recomputing, by 0.013, TALAN off too)
+    RecurrentGemma=dict(attention_window_size=8, block_types=("recurrent", "recurrent", "attention")),
     GPTNeoXJapanese=IN_VOCAB,
     BioGpt=dict(IN_VOCAB, max_position_embeddings=64),
     # DBRX: 4 experts, 2 per token; rope_theta and clip_qkv set where its attention reads them (transformers 5.24

@@ -87,7 +87,7 @@ FAMILY_NAMES = ["Qwen3Moe", "Qwen2", "Mistral", "Ministral", "Mixtral", "Gemma",
                 "Afmoe", "Kolibri1", "StableLm", "GPTNeoX-sequential", "Persimmon", "JetMoe", "GPT2",
                 "GPTBigCode", "GPTNeo", "Bloom", "Mpt", "Zaya", "Emu3", "Inkling", "LongcatFlash", "MiniMax", "Beam",
                 "Phi4Multimodal", "ModernBertDecoder", "Ergo", "Kolibri1_1", "MiniCPM5Moe", "CTRL",
-                "OpenAIGPT", "Moshi",
+                "OpenAIGPT", "Moshi", "RecurrentGemma",
                 *HYBRID_FAMILIES,
                 *LINEAR_SELF_ATTN, *NO_MID_SITE]
 
@@ -99,7 +99,9 @@ CAUSAL_LM = {"Gemma3Text": "Gemma3ForCausalLM", "Gemma4Text": "Gemma4ForCausalLM
              "Gemma4UnifiedText": "Gemma4UnifiedForCausalLM"}
 
 
-VERSION_MARKS = {"Qwen4Exp": (QWEN4EXP_PADDING_5_17,)}
+VERSION_MARKS = {"Qwen4Exp": (QWEN4EXP_PADDING_5_17,),
+                 "RecurrentGemma": (pytest.mark.skipif(TRANSFORMERS_4, reason="refused on transformers 4.x (test_"
+                                                       "recurrent_gemma_is_refused_where_it_takes_no_cache)"),)}
 
 
 def installed(family: str, *marks):
@@ -174,12 +176,16 @@ GENERATE_MARKS = {"Olmoe": (OLMOE_STATIC_4,), "Llama4Text": (LLAMA4_STATIC_5_17,
 KEEP_EVERY_KEY = dict.fromkeys(("DeepseekV32", "GlmMoeDsa", "AXK2", "Dots3Note"), {"index_topk": 64})
 
 
+# the layers TALAN takes where layers 0 and 1 mix tokens alike: a recurrent and an attention layer
+TWO_MIXERS = {"RecurrentGemma": (1, 2)}
+
+
 @pytest.mark.parametrize("family,site", site_cases(FAMILY_NAMES, GENERATE_MARKS))
 def test_host_patches_exactly_and_generates_as_it_recomputes(family, site):
     model = tiny_host(family, **KEEP_EVERY_KEY.get(family, {}))
     ids, mask = left_padded_prompt()
     unpatched = model(ids, attention_mask=mask).logits
-    talan.patch(model, tiny_config(site=site, layer=(0, 1)))
+    talan.patch(model, tiny_config(site=site, layer=TWO_MIXERS.get(family, (0, 1))))
     assert torch.equal(model(ids, attention_mask=mask).logits, unpatched)  # identity at initialisation
     open_gates(model)
     assert not torch.allclose(model(ids, attention_mask=mask).logits, unpatched, atol=1e-4)
@@ -211,8 +217,9 @@ def test_each_site_writes_the_block_output_where_analyze_reads_the_stream(family
     what the block makes of the stream it probes with TALAN disabled. For the mid site that is the layer's
     ``residual + attention`` as it joins the residual: after the attention output's own norm, or Phi-3's (and
     GPT-NeoX's) dropout (here at p = 0.5, in train mode); hooking the attention itself would pass the block's write
-    through that norm or dropout. In a hybrid, layer 0 mixes tokens otherwise than by self_attn, as layer 1 does."""
-    for layer in (0, 1) if family in (*HYBRID_FAMILIES, *LINEAR_SELF_ATTN) else (0,):
+    through that norm or dropout. In a hybrid, layer 0 mixes tokens otherwise than by self_attn, as layer 1 does (in
+    RecurrentGemma, layer 1 by its recurrent block, layer 2 by attention)."""
+    for layer in TWO_MIXERS.get(family, (0, 1) if family in (*HYBRID_FAMILIES, *LINEAR_SELF_ATTN) else (0,)):
         _assert_block_output_where_analyze_reads(family, site, layer)
 
 
@@ -299,7 +306,7 @@ def _two_batches_loss_and_grads(family: str, checkpointing: bool, site: str = "m
 @pytest.mark.parametrize("family", ["Gemma2", "Gemma3Text", "Phi3", "Glm4", "Olmo2", "Granite",
                                     *map(installed, ["Gemma4Text", "Gemma3nText", "Inkling", "MiniMax", "Beam",
                                                      *HYBRID_FAMILIES, *LINEAR_SELF_ATTN, *NO_KWARGS_ON_4, "Bloom",
-                                                     "Mpt"])])
+                                                     "Mpt", "RecurrentGemma"])])
 def test_gradient_checkpointing_recomputes_a_mid_site_with_its_own_forwards_kwargs(family):
     """Where the mid site hooks a norm (or dropout) after self_attn, the recompute in the backward reads the
     kwargs its own self_attn got, and in a hybrid's linear-attention layer (layer 0) those its linear attention
@@ -482,6 +489,18 @@ def test_moshis_speech_model_is_refused_by_name_and_its_text_model_is_the_host()
                                         r"\.decoder \(MoshiForCausalLM\)"):
         talan.patch(speech)
     assert decoder_stack(speech.decoder) is speech.decoder.model and not is_patched(speech.decoder)
+
+
+@pytest.mark.skipif(not TRANSFORMERS_4, reason="transformers 5 hands RecurrentGemma's stack a cache object")
+def test_recurrent_gemma_is_refused_where_it_takes_no_cache():
+    """transformers 4.x's RecurrentGemma keeps its decode state in its own modules and takes no cache object, so TALAN
+    could not carry its slot memory from one step to the next (tried: each decode step's logits 0.7 off recomputing
+    the sequence): a TypeError that says so, the model left unpatched."""
+    model = tiny_host("RecurrentGemma")
+    modules = dict(model.named_modules())
+    with pytest.raises(TypeError, match="RecurrentGemmaForCausalLM keeps its decode state in its own modules"):
+        talan.patch(model, tiny_config())
+    assert dict(model.named_modules()) == modules
 
 
 @pytest.mark.skipif(TRANSFORMERS_4, reason="transformers 4.57's MambaCache says nothing of the tokens it took in")
