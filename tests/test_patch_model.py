@@ -346,14 +346,13 @@ def test_the_pre_site_rewrites_hidden_states_passed_by_keyword():
 
 
 def test_bad_inputs_raise_clear_errors_and_leave_the_model_unchanged():
-    from transformers import RecurrentGemmaConfig, RecurrentGemmaForCausalLM
+    from transformers import RwkvConfig, RwkvForCausalLM
 
     from talan.hosts import all_linear_excludes
 
-    recurrent = RecurrentGemmaForCausalLM(RecurrentGemmaConfig(
-        num_hidden_layers=1, hidden_size=32, lru_width=32, num_attention_heads=2, num_key_value_heads=1,
-        intermediate_size=64, vocab_size=64))
-    with pytest.raises(TypeError, match="RecurrentGemmaForCausalLM"):  # recurrent blocks beside local attention
+    recurrent = RwkvForCausalLM(RwkvConfig(num_hidden_layers=2, hidden_size=32, attention_hidden_size=32,
+                                           intermediate_size=64, vocab_size=64))
+    with pytest.raises(TypeError, match="got RwkvForCausalLM: "):  # recurrent, no attention
         talan.patch(recurrent)
     assert all_linear_excludes(recurrent) == {}  # a LoraConfig for it is built first: patch names the problem then
     with pytest.raises(TypeError, match="Linear"):

@@ -358,10 +358,10 @@ def test_bare_vl_models_and_their_text_decoders_are_hosts(family, head):
 
 
 def test_a_llava_over_an_unsupported_text_decoder_is_refused_by_name():
-    config = transformers.LlavaConfig(text_config=dict(TEXT, model_type="recurrent_gemma"),
+    config = transformers.LlavaConfig(text_config=dict(TEXT, model_type="rwkv"),
                                       vision_config=VISION["Llava"], image_token_index=IMAGE)
     model = transformers.LlavaForConditionalGeneration(config)
-    with pytest.raises(TypeError, match="LlavaForConditionalGeneration over a RecurrentGemmaModel"):
+    with pytest.raises(TypeError, match="LlavaForConditionalGeneration over a RwkvModel"):
         talan.patch(model, tiny_config())
     assert not any("talan" in name for name, _ in model.named_modules())  # left unchanged
 
