@@ -333,6 +333,9 @@ FAMILIES = {
     # sliding-window attention
     "RecurrentGemma": LayerLayout(residual_input="temporal_pre_norm", attention_output="temporal_block",
                                   mlp_norm="channel_pre_norm", token_mixer="temporal_block"),
+    # Kosmos-2.5 (OCR and markdown from a document image): pre-norm, dropping the attention output out inside its
+    # layers (Kosmos2_5TextBlock), the image's features where image_embeds_position_mask says
+    "Kosmos2_5": _DROPPED_INSIDE,
 }
 # Families whose stack takes no cache object on transformers 4.x but keeps its decode state in its own modules
 # (RecurrentGemma's recurrent and attention states): TALAN ties its slot state to a cache object (SPEC §2)
@@ -352,7 +355,8 @@ _NOT_HOST_HEADS = {"MoshiForConditionalGeneration": "a speech model (text and au
 # each other both ways (Gemma 3's, 4's); Qwen3.5's classifier over its text decoder alone; Llama 4's text-only
 # language model; PaddleOCR-VL's text decoder; GPT-2's, CTRL's and GPT-1's language models (*LMHeadModel); OPT's
 # decoder (the stack BLIP-2 finds); Idefics' vision-text model; MiniMax-M3-VL's vision-language model; Apertus 1.5's
-# (a VQ tokenizer turns images into visual tokens of the vocabulary), over the Apertus 1.5 text decoder
+# (a VQ tokenizer turns images into visual tokens of the vocabulary), over the Apertus 1.5 text decoder; Kosmos-2.5's
+# text decoder alone
 _CLASS_FAMILIES = {family + head: family for family in FAMILIES for head in HEADS
                    if family + head not in _NOT_HOST_HEADS} | {
     f"Gemma{v}{head}": f"Gemma{v}Text" for v in ("3", "4", "3n", "4Unified")
@@ -362,7 +366,8 @@ _CLASS_FAMILIES = {family + head: family for family in FAMILIES for head in HEAD
     "OpenAIGPTLMHeadModel": "OpenAIGPT", "OPTDecoder": "OPT",
     "IdeficsForVisionText2Text": "Idefics",
     "MiniMaxM3SparseForConditionalGeneration": "MiniMaxM3VL",
-    **dict.fromkeys(("Apertus1p5ForConditionalGeneration", "Apertus1p5Model"), "Apertus1p5Text")}
+    **dict.fromkeys(("Apertus1p5ForConditionalGeneration", "Apertus1p5Model"), "Apertus1p5Text"),
+    **dict.fromkeys(("Kosmos2_5TextForCausalLM", "Kosmos2_5TextModel"), "Kosmos2_5")}
 
 
 def family_names() -> str:

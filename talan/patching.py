@@ -48,8 +48,8 @@ _INPUTS_TAG = "_talan_inputs"  # the same, on a tensor made for the forward by a
 _PER_FORWARD_TENSORS = ("cache_position", "alibi", "position_bias")
 # The names a stack, a layer or its attention give the cache: transformers 5.2x "cache", before that
 # "past_key_values"; a hybrid's linear attention (and 4.x's Mamba) gets "cache_params" (with the layer's other kwargs
-# in 5.1x); GPT-NeoX's layer "layer_past"
-_CACHE_KWARGS = ("cache", "past_key_values", "cache_params", "layer_past")
+# in 5.1x); GPT-NeoX's layer "layer_past"; transformers 4.x's Kosmos-2.5 layer "past_key_value"
+_CACHE_KWARGS = ("cache", "past_key_values", "cache_params", "layer_past", "past_key_value")
 
 
 def _cache_in(kwargs: dict):

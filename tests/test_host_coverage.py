@@ -51,8 +51,7 @@ NOT_HOSTS = {
     # not adapted yet: older or rarer layouts (each would need its LayerLayout and a tiny config in host_configs.py)
     **dict.fromkeys(("CpmAntForCausalLM",
                      "XLMWithLMHeadModel", "XLNetLMHeadModel", "TransfoXLLMHeadModel", "OpenLlamaForCausalLM",
-                     "MegaForCausalLM", "BltForCausalLM",
-                     "Kosmos2_5ForConditionalGeneration"), "not adapted yet"),
+                     "MegaForCausalLM", "BltForCausalLM"), "not adapted yet"),
 }
 # the tested names that differ from talan.hosts' family or wrapper prefix: Qwen3's and Llama's own tests
 # (test_patch_model.py and the rest), the vision-language model of a text family, a variant of a family's config

@@ -1,18 +1,19 @@
 """Vision-language hosts: Qwen2-VL, Qwen2.5-VL, Qwen3-VL (and its MoE), Qwen3.5 (and its MoE; a hybrid text decoder
-whose linear-attention layers hold a recurrent state), Gemma 3 (4B on), Gemma 4, Molmo 2 and Chameleon (pre-norm, and
-post-norm with norm_after or swin_norm), GLM-4.1V, GLM-4.5V, GLM-OCR, dots.llm3 and GLM-4.6V (over GLM-4.1V's text
-decoder), and LLaVA, LLaVA-NeXT, LLaVA-OneVision, LLaVA-NeXT-Video, VipLLaVA, LFM2-VL, Mistral 3, InternVL, SmolVLM,
-Idefics 2 and 3, PaliGemma, Llama 4 and the later wrappers of vl_configs.CONFIGS (Aya Vision, Ovis2, Ovis2.5, ...)
-over a supported text decoder, and the audio-language Qwen2-Audio and Voxtral (their audio tokens stand where the
-image is; Gemma 3n's too, whose vision tower needs timm), and Mllama (Llama 3.2 Vision: its text decoder reads the
-image features in gated cross-attention layers, never as tokens; Idefics 1 alike, between its layers), Qwen4-Exp,
-GLM-5-Next and HY-V4-VL (over hyper-connection decoders: the pre and post sites, as over OPT in BLIP-2 and
-InstructBLIP, whose Q-Former's query tokens stand where the image is). Their text decoder sits beside the vision tower
-(``model.language_model``, or ``text_model``; a whole causal LM there in Llama 4 and transformers 4.x's audio
-models); its attention spans text and image tokens alike (Gemma 3's and 4's image tokens attend to each other both
-ways), so TALAN's memory takes in the image tokens as it takes in any other. With an image in a left-padded prompt:
-every site is exact at init and after unpatch, generates (dynamic and static cache) as it recomputes, writes exactly
-the block's output into the stream, trains with peft LoRA on the language model, and saves and reloads."""
+whose linear-attention layers hold a recurrent state), Gemma 3 (4B on), Gemma 4, Molmo 2 and Chameleon (pre-norm,
+and post-norm with norm_after or swin_norm), GLM-4.1V, GLM-4.5V, GLM-OCR, dots.llm3 and GLM-4.6V (over GLM-4.1V's
+text decoder), and LLaVA, LLaVA-NeXT, LLaVA-OneVision, LLaVA-NeXT-Video, VipLLaVA, LFM2-VL, Mistral 3, InternVL,
+SmolVLM, Idefics 2 and 3, PaliGemma, Llama 4 and the later wrappers of vl_configs.CONFIGS (Aya Vision, Ovis2,
+Ovis2.5, ...) over a supported text decoder, and the audio-language Qwen2-Audio and Voxtral (their audio tokens
+stand where the image is; Gemma 3n's too, whose vision tower needs timm), and Mllama (Llama 3.2 Vision: its text
+decoder reads the image features in gated cross-attention layers, never as tokens; Idefics 1 alike, between its
+layers), Qwen4-Exp, GLM-5-Next and HY-V4-VL (over hyper-connection decoders: the pre and post sites, as over OPT in
+BLIP-2 and InstructBLIP, whose Q-Former's query tokens stand where the image is, and Kosmos-2.5's XGLM-like layers).
+Their text decoder sits beside the vision tower (``model.language_model``, or ``text_model``; a whole causal LM
+there in Llama 4 and transformers 4.x's audio models); its attention spans text and image tokens alike (Gemma 3's
+and 4's image tokens attend to each other both ways), so TALAN's memory takes in the image tokens as it takes in any
+other. With an image in a left-padded prompt: every site is exact at init and after unpatch, generates (dynamic and
+static cache) as it recomputes, writes exactly the block's output into the stream, trains with peft LoRA on the
+language model, and saves and reloads."""
 
 import pytest
 import torch
@@ -48,7 +49,7 @@ NATIVE = ["Qwen2VL", "Qwen2_5_VL", "Qwen3VL", "Qwen3VLMoe", "Qwen3_5", "Qwen3_5M
           "Granite4Vision", "Step3p7", "Qwen2_5OmniThinker", "Qwen3OmniMoeThinker", "Mllama", "Cosmos3Edge",
           "MiniMaxM3VL", "CohereCompass", "MuseGlimmer", "MistralLarge4", "GraniteDocling", "MuseSpark", "Apertus1p5",
           "DeepseekOcr2", "UnlimitedOcr", "Gemma3n", "Gemma4Unified", "Molmo2", "Molmo2-norm_after", "Chameleon",
-          "Chameleon-swin", "Qwen4Exp", "HYV4VL", "Glm5Next", "Idefics"]
+          "Chameleon-swin", "Qwen4Exp", "HYV4VL", "Glm5Next", "Idefics", "Kosmos2_5"]
 # transformers 4.57 on torch < 2.6 cannot run Gemma 3 with images (the make test-old-torch venv)
 GEMMA3_IMAGES = pytest.mark.skipif(TORCH_BEFORE_2_6, reason="transformers builds Gemma 3's two-way image masks with "
                                    "or_mask_function, which needs torch >= 2.6")
@@ -126,7 +127,7 @@ PARALLEL = ("AyaVision", "Cohere2Vision", "CohereCompass")
 # InstructBLIP and Idefics' own (the attention output dropped out inside the layer's forward)
 HYPER = ("Qwen4Exp", "HYV4VL", "Glm5Next")
 OPT_WRAPPERS = ("Blip2", "InstructBlip", "InstructBlipVideo")
-DROPPED_INSIDE = (*OPT_WRAPPERS, "Idefics")
+DROPPED_INSIDE = (*OPT_WRAPPERS, "Idefics", "Kosmos2_5")
 # over NemotronH (one token mixer or one MLP a layer): Nemotron 3 Nano Omni (its audio branch left out: the image is
 # the tested modality) and Nemotron 3.5 Transcribe
 ONE_MIXER = ("NemotronH_Omni_Reasoning_V3_", "Nemotron3_5Transcribe")
@@ -352,6 +353,8 @@ def test_bare_vl_models_and_their_text_decoders_are_hosts(family, head):
     decoder = model if own else getattr(model, "text_model", None) or model.language_model
     if family in OPT_WRAPPERS:  # an OPTForCausalLM (an OPTModel in the bare model), the stack in its decoder
         decoder = getattr(decoder, "model", decoder).decoder
+    if family == "Kosmos2_5":  # its text model keeps the stack in model
+        decoder = decoder.model
     assert stack is decoder
     talan.patch(model, tiny_config(layer=1, site=_default_site(family)))
     assert hasattr(stack.layers[1], "talan") and is_patched(model)

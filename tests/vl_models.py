@@ -134,6 +134,12 @@ def _config(family: str):
                               intermediate_size=64), perceiver_config=dict(
                               use_resampler=True, resampler_n_latents=4, resampler_depth=1, resampler_n_heads=2,
                               resampler_head_dim=16))
+    if prefix == "Kosmos2_5":  # XGLM-like text layers; a 1-block vision tower on 16 flattened 4x4 patches
+        text = dict(vocab_size=VOCAB, embed_dim=64, layers=3, ffn_dim=128, attention_heads=4,
+                    max_position_embeddings=64)
+        vision = dict(hidden_size=32, patch_embed_hidden_size=16, intermediate_size=64, head_dim=8, num_hidden_layers=1,
+                      num_attention_heads=4, max_num_patches=16)
+        return config_cls(text_config=text, vision_config=vision, latent_query_num=IMAGE_TOKENS.get(prefix, 4))
     if prefix in HYPER_VL:
         text, vision, tokens = HYPER_VL[prefix]
         return config_cls(text_config=dict(TEXT, **text), vision_config=vision, image_token_id=IMAGE, video_token_id=6,
@@ -212,6 +218,10 @@ def _media(prefix: str, generator: torch.Generator) -> dict:
 
     if prefix in _ONE_IMAGE_EACH:
         return {"pixel_values": noise(2, 3, 16, 16)}
+    if prefix == "Kosmos2_5":  # each image's 16 flattened 4x4 patches (one channel), led by their row and column
+        rows, columns = torch.arange(16).div(4, rounding_mode="floor") + 1, torch.arange(16) % 4 + 1
+        place = torch.stack([rows, columns], -1).float().expand(2, -1, -1)
+        return {"flattened_patches": torch.cat([place, noise(2, 16, 16)], -1)}
     if prefix == "Step3p7":
         return {"pixel_values": noise(2, 3, 32, 32)}
     if prefix == "Fuyu":  # each row's 4 patches, flattened (transformers after 5.17 names them pixel_values)
@@ -302,6 +312,8 @@ def image_prompt(family: str, seed: int = 3) -> dict:
         inputs["image_merge_sizes"] = torch.tensor([2, 2])
     if prefix == "Idefics":  # each token from the image token on cross-attends to the image
         inputs["image_attention_mask"] = (ids == IMAGE).long().cummax(1).values[:, :, None]
+    if prefix == "Kosmos2_5":  # where the image's features replace the token embeddings
+        inputs["image_embeds_position_mask"] = (ids == IMAGE).long()
     if prefix == "Mllama":  # each token from the image token on cross-attends to the image's one tile
         inputs["cross_attention_mask"] = (ids == IMAGE).long().cummax(1).values[:, :, None, None]
     if prefix == "Aria":
