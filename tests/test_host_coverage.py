@@ -48,10 +48,16 @@ NOT_HOSTS = {
     # its protein cross-attention masks by the whole sequence's mask, so a decode step returns a row per token
     "EvollaForProteinText2Text": "its own cached generation with a protein fails past the first protein "
                                  "cross-attention layer, TALAN off too",
-    # not adapted yet: older or rarer layouts (each would need its LayerLayout and a tiny config in host_configs.py)
-    **dict.fromkeys(("CpmAntForCausalLM",
-                     "XLMWithLMHeadModel", "XLNetLMHeadModel", "TransfoXLLMHeadModel", "OpenLlamaForCausalLM",
-                     "MegaForCausalLM", "BltForCausalLM"), "not adapted yet"),
+    "CpmAntForCausalLM": "it prepends learned prompt tokens to every input and takes no attention mask (its padding "
+                         "comes from the token ids)",
+    "XLMWithLMHeadModel": "an encoder whose layers are split across parallel module lists (attentions, layer_norm1, "
+                          "ffns, layer_norm2), no layer modules",
+    "XLNetLMHeadModel": "a permutation language model: two attention streams and a memory of earlier segments",
+    "BltForCausalLM": "byte-level: an entropy patcher, byte encoder and decoder around a transformer over patches, "
+                      "four layer stacks",
+    # in transformers 4.x's models/deprecated, gone in 5
+    **dict.fromkeys(("TransfoXLLMHeadModel", "OpenLlamaForCausalLM", "MegaForCausalLM"),
+                    "deprecated in transformers 4.x, removed in 5"),
 }
 # the tested names that differ from talan.hosts' family or wrapper prefix: Qwen3's and Llama's own tests
 # (test_patch_model.py and the rest), the vision-language model of a text family, a variant of a family's config
