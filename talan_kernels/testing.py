@@ -50,6 +50,7 @@ class CompiledKernelInfo:
     spill_loads: int
     ptxas_log: str
     shared_bytes: int  # what Triton allocated (compiled.metadata.shared)
+    ptx: str  # what Triton handed ptxas: the tests read its tensor-core instructions
 
 
 def random_side_path_params(d: int, r: int, m: int, mixer: str, writeback: str, seed: int = 0,
@@ -114,18 +115,19 @@ def triton_ptxas(arch: int) -> str:
 
 
 def compile_for_gpu(kernel, signature: dict, constexprs: dict, arch: int, num_warps: int = 4,
-                    num_stages: int = 2, maxnreg: int | None = None) -> CompiledKernelInfo:
+                    num_stages: int = 2, maxnreg: int | None = None, attrs: dict | None = None) -> CompiledKernelInfo:
     """Compile a ``@triton.jit`` kernel for ``sm_<arch>`` with no GPU present and report what
     Triton's own ptxas (``-v``) says about registers and spills, and the shared memory Triton allocated.
 
     ``signature`` maps every argument name to a Triton type string (``"*fp32"``, ``"i32"``,
-    ``"fp32"``) or ``"constexpr"``; ``constexprs`` gives the constexpr values; ``maxnreg`` as a launch gives it.
+    ``"fp32"``) or ``"constexpr"``; ``constexprs`` gives the constexpr values; ``maxnreg`` as a launch gives it;
+    ``attrs`` the specialisations a real launch gives its arguments (``{(index,): [["tt.divisibility", 16]]}``).
     """
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    src = ASTSource(fn=kernel, signature=signature, constexprs=constexprs)
+    src = ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs)
     compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
                               options={"num_warps": num_warps, "num_stages": num_stages, **COMPILE_OPTIONS,
                                        **({"maxnreg": maxnreg} if maxnreg is not None else {})})
@@ -145,4 +147,4 @@ def compile_for_gpu(kernel, signature: dict, constexprs: dict, arch: int, num_wa
     return CompiledKernelInfo(arch=arch, registers=max(regs),
                               spill_stores=sum(int(s) for s, _ in spills),
                               spill_loads=sum(int(ld) for _, ld in spills), ptxas_log=log,
-                              shared_bytes=compiled.metadata.shared)
+                              shared_bytes=compiled.metadata.shared, ptx=ptx)

@@ -6,9 +6,6 @@ with no TF32 conversion left in the PTX; for fp32 inputs no TF32 tensor-core ins
 (the fp32 path is IEEE fp32)."""
 
 import re
-import subprocess
-import tempfile
-from pathlib import Path
 
 import pytest
 
@@ -19,15 +16,12 @@ from talan_kernels.launching import GPU_KERNELS_UNAVAILABLE  # noqa: E402
 if GPU_KERNELS_UNAVAILABLE:  # the launchers never compile the kernels for a GPU with this Triton
     pytest.skip(GPU_KERNELS_UNAVAILABLE, allow_module_level=True)
 
-from talan_kernels.launching import COMPILE_OPTIONS  # noqa: E402
 from talan_kernels.lora import interface  # noqa: E402
-from talan_kernels.testing import SHARED_MEMORY_LIMIT  # noqa: E402
+from talan_kernels.testing import SHARED_MEMORY_LIMIT, compile_for_gpu  # noqa: E402
 
 pytestmark = pytest.mark.compile
 
 _MMA = re.compile(r"\b(w?gmma\.mma_async\S*|mma\.sync\S*)")
-_REGS = re.compile(r"Used (\d+) registers")
-_SPILL = re.compile(r"(\d+) bytes spill stores, (\d+) bytes spill loads")
 
 
 def _split(cfg):
@@ -145,31 +139,12 @@ _PARAMS = [(s, "bf16") for s in _SHAPES] + [("prefill-r16", "fp32")]
 
 
 def _compile(kernel, shape, dtype, arch):
-    """Compile for ``sm_<arch>`` without a GPU; returns (registers, spill bytes, PTX, shared bytes)
-    from Triton's own ptxas -v (``talan_kernels.testing.compile_for_gpu`` does the same, but cannot
-    pass the divisibility attributes a real launch has)."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    from talan_kernels.testing import triton_ptxas
-
+    """Compile for ``sm_<arch>`` without a GPU, with the divisibility attributes a real launch has; returns
+    (registers, spill bytes, PTX, shared bytes) from Triton's own ptxas -v."""
     M, R = _SHAPES[shape]
     fn, sig, consts, attrs, warps, stages = _CASES[kernel](M, R, dtype)
-    compiled = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs),
-                              target=GPUTarget("cuda", arch, 32),
-                              options={"num_warps": warps, "num_stages": stages, **COMPILE_OPTIONS})
-    ptx = compiled.asm["ptx"]
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "kernel.ptx"
-        path.write_text(ptx)
-        proc = subprocess.run([triton_ptxas(arch), "-v", f"--gpu-name=sm_{arch}{'a' if arch == 90 else ''}",
-                               str(path), "-o", str(Path(tmp) / "kernel.cubin")], capture_output=True, text=True,
-                              check=True)
-    log = proc.stdout + proc.stderr
-    regs = max(int(r) for r in _REGS.findall(log))
-    spills = sum(int(st) + int(ld) for st, ld in _SPILL.findall(log))
-    return regs, spills, ptx, compiled.metadata.shared
+    info = compile_for_gpu(fn, sig, consts, arch, num_warps=warps, num_stages=stages, attrs=attrs)
+    return info.registers, info.spill_stores + info.spill_loads, info.ptx, info.shared_bytes
 
 
 @pytest.mark.parametrize("arch", [80, 90])
