@@ -328,18 +328,24 @@ def test_gradient_checkpointing_recomputes_each_site_with_its_own_forwards_input
 
 
 @pytest.mark.parametrize("site", ["pre", "mid", "post"])
-@pytest.mark.parametrize("family", map(installed, HYBRID_FAMILIES))
+@pytest.mark.parametrize("family", map(installed, [*HYBRID_FAMILIES, *TWO_MIXERS]))
 def test_a_layer_without_self_attn_restarts_the_memory_where_packed_sequences_do(family, site, monkeypatch):
     """A hybrid's other token mixer (linear attention, Mamba, convolution) gets no position ids (layer 0), its
     self_attn does (layer 1): at the mid site the block of each reads the same packed-sequence starts, those of the
-    position ids the model was given."""
+    position ids the model was given. RecurrentGemma's recurrent block (layer 1) and its attention (layer 2) are
+    both its layers' temporal_block."""
     from talan.block import TalanBlock
 
     resets = record_calls(monkeypatch, TalanBlock, "forward", lambda block, hidden, active, starts, state: starts)
-    model = open_gates(talan.patch(tiny_host(family), tiny_config(site=site, layer=(0, 1))))
+    two = TWO_MIXERS.get(family, (0, 1))
+    model = open_gates(talan.patch(tiny_host(family), tiny_config(site=site, layer=two)))
     layout = layer_layout(model)
-    layers = decoder_layers(decoder_stack(model))
-    assert [layout.of(layer).token_mixer == "self_attn" for layer in layers[:2]] == [False, True]
+    layers = [decoder_layers(decoder_stack(model))[i] for i in two]
+    if family in TWO_MIXERS:
+        mixers = [type(getattr(layer, layout.of(layer).token_mixer)).__name__ for layer in layers]
+        assert ["Attention" in name for name in mixers] == [False, True], mixers
+    else:
+        assert [layout.of(layer).token_mixer == "self_attn" for layer in layers] == [False, True]
     position_ids = torch.cat([torch.arange(n) for n in (5, 7, 4)])[None]
     model(input_ids=tiny_batch(batch=1, length=16)["input_ids"], position_ids=position_ids, use_cache=False)
     expected = torch.zeros(1, 16, dtype=torch.bool)
