@@ -250,6 +250,8 @@ CORE_GLUE = [
     Mutant("op_backend_unchecked", OP, "    if backend not in BACKENDS:\n", "    if False:\n", REFERENCE_TESTS),
     Mutant("op_integer_h", OP, "    if h.dim() != 3 or not h.is_floating_point():\n", "    if h.dim() != 3:\n",
            REFERENCE_TESTS),
+    Mutant("op_autocast_left_on", OP, "and torch.is_autocast_enabled(h.device.type):", "and False:",
+           REFERENCE_TESTS),
     Mutant("op_w_in_unchecked", OP, '    if params["w_in"].shape[0] != d:\n', "    if False:\n", REFERENCE_TESTS),
     Mutant("op_mask_shape_unchecked", OP, "        if mask is not None and tuple(mask.shape) != (b, t):\n",
            "        if False:\n", REFERENCE_TESTS),

@@ -2,6 +2,7 @@
 
 import functools
 import math
+import os
 
 import pytest
 import torch
@@ -16,7 +17,7 @@ from talan_kernels.side_path import (
     slot_memory_ref,
 )
 from talan_kernels.side_path.reference import slot_weights
-from talan_kernels.testing import random_side_path_params
+from talan_kernels.testing import random_side_path_inputs, random_side_path_params
 
 CAP = 15.0
 
@@ -289,3 +290,37 @@ def test_side_path_bad_inputs_raise_value_errors_that_name_them():
     ]:
         with pytest.raises(ValueError, match=message):
             side_path(**{"h": h, "params": params, "backend": "torch", **kwargs})
+
+
+_INTERP = os.environ.get("TRITON_INTERPRET") == "1"
+_ON_KERNELS = [pytest.mark.interpreter, pytest.mark.skipif(not _INTERP, reason="needs TRITON_INTERPRET=1")]
+
+
+@pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=_ON_KERNELS)])
+@pytest.mark.parametrize("mixer,writeback", [("attn", "tanh_gate"), ("glu", "norm_cap"), ("mlp", "token_gate"),
+                                             ("linear", "zero_add")])
+@pytest.mark.parametrize("h_dtype", [torch.float32, torch.float16])
+def test_autocast_leaves_the_block_in_fp32(backend, mixer, writeback, h_dtype):
+    """Under a mixed-precision forward (Trainer's bf16: torch.autocast) the block computes as without it, in fp32:
+    the same h', state and gradients (backward outside autocast, as Trainer and accelerate call it), on the
+    training path, the inference prefill and a decode step; with autocast its products ran in bf16 and its state
+    drifted by 2-4 %."""
+    params = {k: v.requires_grad_() for k, v in random_side_path_params(32, 16, 5, mixer, writeback).items()}
+    h, active, resets, state = random_side_path_inputs(2, 19, 32, 5, 16, pad=3, reset_at=(7,))
+    h = h.to(h_dtype).requires_grad_()
+    weights = torch.randn(h.shape, generator=torch.Generator().manual_seed(2))
+
+    def run(autocast: bool, t: int = 19, grad: bool = True):
+        for x in (h, *params.values()):
+            x.grad = None
+        with torch.set_grad_enabled(grad), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out, (s, n) = side_path(h[:, :t], params, active[:, :t], resets[:, :t], state, mixer=mixer,
+                                    writeback=writeback, backend=backend)
+        if grad:
+            ((out.float() * weights[:, :t]).sum() + s.sum() + n.sum()).backward()
+        return [out, s, n] + ([h.grad, *(p.grad for p in params.values())] if grad else [])
+
+    for t, grad in ((19, True), (19, False), (1, False)):  # training, inference prefill, a decode step
+        expected, got = run(False, t, grad), run(True, t, grad)
+        for i, (a, b) in enumerate(zip(got, expected)):
+            assert a.dtype == b.dtype and torch.equal(a, b), f"T={t} grad={grad}: tensor {i} differs under autocast"

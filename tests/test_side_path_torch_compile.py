@@ -136,3 +136,31 @@ def test_eager_launches_directly_and_fake_tensor_mode_gets_the_fake_ops(monkeypa
     assert len(shrinks) == 1 and len(decodes) == 1, "a launcher ran on fake tensors"
     for fake, real in ((fake_out, out), (fake_s, s), (fake_n, n), (fake_step, step)):
         assert fake.shape == real.shape and fake.dtype == real.dtype
+
+
+def test_reference_block_compiles_fullgraph_under_autocast_and_stays_fp32(monkeypatch):
+    """Compiled under a bf16 autocast (Trainer's mixed precision), the block traces whole and its forward computes
+    in fp32, as eager does without autocast: it turns autocast off for itself. Its backward, traced with the
+    forward, follows torch's ``backward_pass_autocast`` as the host's does (torch 2.13's default, "same_as_forward",
+    runs every compiled backward under the forward's autocast, pytorch/pytorch#179804): with it "off" the
+    gradients are eager's too."""
+    import torch._functorch.config as functorch_config
+
+    if hasattr(functorch_config, "backward_pass_autocast"):
+        monkeypatch.setattr(functorch_config, "backward_pass_autocast", "off")
+    torch._dynamo.reset()
+    block = _block("torch", "mlp", "tanh_gate")
+    h, active, resets = _inputs()
+    eager = _run(block, block, h, active, resets)
+    compiled = torch.compile(block, fullgraph=True, backend="aot_eager")
+
+    def under_autocast(*args):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return compiled(*args)
+
+    got = _run(under_autocast, block, h, active, resets)
+    for name, a, b in zip(("h'", "S", "N"), got[:3], eager[:3]):
+        assert_rel_rms(a, b, 1e-6, name)
+    if hasattr(functorch_config, "backward_pass_autocast"):
+        for name, g in eager[3].items():
+            assert_rel_rms(got[3][name], g, 1e-6, f"d{name}")

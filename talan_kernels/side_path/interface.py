@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from ..launching import use_kernels
 from .reference import MIXERS, WRITEBACKS, side_path_ref
 
@@ -79,6 +81,17 @@ def side_path(h, params, active=None, resets=None, state=None, *, mixer="attn", 
     _check_inputs(h, params, active, resets, state, mixer, writeback, backend)
     kwargs = dict(mixer=mixer, writeback=writeback, cap=cap, zero_add_scale=zero_add_scale,
                   norm_cap_ratio=norm_cap_ratio, grad_scale=grad_scale)
+    if h.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(h.device.type):
+        # A mixed-precision forward (Trainer's bf16/fp16, torch.autocast) would run the block's products in the
+        # autocast dtype and drift its fp32 state by percents: the block keeps its own fp32 compute and state, and
+        # h' comes back in h's dtype, as without autocast. Its backward runs as the caller runs it: in fp32 outside
+        # autocast, where Trainer and accelerate call it
+        with torch.autocast(h.device.type, enabled=False):
+            return _side_path(h, params, active, resets, state, backend, kwargs)
+    return _side_path(h, params, active, resets, state, backend, kwargs)
+
+
+def _side_path(h, params, active, resets, state, backend, kwargs):
     if not use_side_path_kernels(backend, h.device, params["w_in"].shape[1]):
         return side_path_ref(h, params, active, resets, state, **kwargs)
     from .triton_path import side_path_triton
