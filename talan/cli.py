@@ -106,9 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .train_config import add_train_arguments  # light import; talan.train pulls in transformers.Trainer
 
-    train = sub.add_parser("train", help="SFT of a local Qwen3/Llama with a peft adapter (LoRA/DoRA/rsLoRA) + TALAN "
-                           "on transformers.Trainer", description="Runs offline; with no --model, a tiny Qwen3 on the "
-                           "synthetic recall task. Flags override --config FILE (YAML/JSON).")
+    train = sub.add_parser("train", help="SFT of a local checkpoint (Qwen3, Llama or another supported host) with "
+                           "a peft adapter (LoRA/DoRA/rsLoRA) + TALAN on transformers.Trainer",
+                           description="Runs offline; with no --model, a tiny Qwen3 on the synthetic recall task. "
+                           "Flags override --config FILE (YAML/JSON).")
     add_train_arguments(train)
     train.set_defaults(func=_cmd_train)
 
