@@ -138,9 +138,15 @@ def test_eager_launches_directly_and_fake_tensor_mode_gets_the_fake_ops(monkeypa
         assert fake.shape == real.shape and fake.dtype == real.dtype
 
 
-def test_reference_block_compiles_fullgraph_under_autocast_and_stays_fp32(monkeypatch):
-    """Compiled under a bf16 autocast (Trainer's mixed precision), the block traces whole and its forward computes
-    in fp32, as eager does without autocast: it turns autocast off for itself. Its backward, traced with the
+_ON_KERNELS = [pytest.mark.interpreter, pytest.mark.skipif(not INTERP, reason="needs TRITON_INTERPRET=1")]
+
+
+@pytest.mark.parametrize("backend,mixer,writeback", [("torch", "mlp", "tanh_gate"),
+                                                     pytest.param("triton", "glu", "norm_cap", marks=_ON_KERNELS)])
+def test_block_compiles_fullgraph_under_autocast_and_stays_fp32(backend, mixer, writeback, monkeypatch):
+    """Compiled under a bf16 autocast (Trainer's mixed precision), the block traces whole (on the kernels, through
+    the custom ops) and its forward computes in fp32, as eager does without autocast: it turns autocast off for
+    itself. Its backward, traced with the
     forward, follows torch's ``backward_pass_autocast`` as the host's does (torch 2.13's default, "same_as_forward",
     runs every compiled backward under the forward's autocast, pytorch/pytorch#179804): with it "off" the
     gradients are eager's too."""
@@ -149,7 +155,7 @@ def test_reference_block_compiles_fullgraph_under_autocast_and_stays_fp32(monkey
     if hasattr(functorch_config, "backward_pass_autocast"):
         monkeypatch.setattr(functorch_config, "backward_pass_autocast", "off")
     torch._dynamo.reset()
-    block = _block("torch", "mlp", "tanh_gate")
+    block = _block(backend, mixer, writeback)
     h, active, resets = _inputs()
     eager = _run(block, block, h, active, resets)
     compiled = torch.compile(block, fullgraph=True, backend="aot_eager")
