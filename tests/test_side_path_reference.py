@@ -294,26 +294,31 @@ def test_side_path_bad_inputs_raise_value_errors_that_name_them():
 
 _INTERP = os.environ.get("TRITON_INTERPRET") == "1"
 _ON_KERNELS = [pytest.mark.interpreter, pytest.mark.skipif(not _INTERP, reason="needs TRITON_INTERPRET=1")]
+_ON_GPU = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available() or _INTERP, reason="needs a CUDA device")]
 
 
-@pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=_ON_KERNELS)])
+@pytest.mark.parametrize("device,backend", [("cpu", "torch"), pytest.param("cpu", "triton", marks=_ON_KERNELS),
+                                            pytest.param("cuda", "torch", marks=_ON_GPU),
+                                            pytest.param("cuda", "triton", marks=_ON_GPU)])
 @pytest.mark.parametrize("mixer,writeback", [("attn", "tanh_gate"), ("glu", "norm_cap"), ("mlp", "token_gate"),
                                              ("linear", "zero_add")])
 @pytest.mark.parametrize("h_dtype", [torch.float32, torch.float16])
-def test_autocast_leaves_the_block_in_fp32(backend, mixer, writeback, h_dtype):
+def test_autocast_leaves_the_block_in_fp32(device, backend, mixer, writeback, h_dtype):
     """Under a mixed-precision forward (Trainer's bf16: torch.autocast) the block computes as without it, in fp32:
     the same h', state and gradients (backward outside autocast, as Trainer and accelerate call it), on the
     training path, the inference prefill and a decode step; with autocast its products ran in bf16 and its state
     drifted by 2-4 %."""
-    params = {k: v.requires_grad_() for k, v in random_side_path_params(32, 16, 5, mixer, writeback).items()}
-    h, active, resets, state = random_side_path_inputs(2, 19, 32, 5, 16, pad=3, reset_at=(7,))
+    params = {k: v.to(device).requires_grad_()
+              for k, v in random_side_path_params(32, 16, 5, mixer, writeback).items()}
+    h, active, resets, state = (x.to(device) if isinstance(x, torch.Tensor) else tuple(y.to(device) for y in x)
+                                for x in random_side_path_inputs(2, 19, 32, 5, 16, pad=3, reset_at=(7,)))
     h = h.to(h_dtype).requires_grad_()
-    weights = torch.randn(h.shape, generator=torch.Generator().manual_seed(2))
+    weights = torch.randn(h.shape, generator=torch.Generator().manual_seed(2)).to(device)
 
     def run(autocast: bool, t: int = 19, grad: bool = True):
         for x in (h, *params.values()):
             x.grad = None
-        with torch.set_grad_enabled(grad), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        with torch.set_grad_enabled(grad), torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
             out, (s, n) = side_path(h[:, :t], params, active[:, :t], resets[:, :t], state, mixer=mixer,
                                     writeback=writeback, backend=backend)
         if grad:
