@@ -146,10 +146,9 @@ _ON_KERNELS = [pytest.mark.interpreter, pytest.mark.skipif(not INTERP, reason="n
 def test_block_compiles_fullgraph_under_autocast_and_stays_fp32(backend, mixer, writeback, monkeypatch):
     """Compiled under a bf16 autocast (Trainer's mixed precision), the block traces whole (on the kernels, through
     the custom ops) and its forward computes in fp32, as eager does without autocast: it turns autocast off for
-    itself. Its backward, traced with the
-    forward, follows torch's ``backward_pass_autocast`` as the host's does (torch 2.13's default, "same_as_forward",
-    runs every compiled backward under the forward's autocast, pytorch/pytorch#179804): with it "off" the
-    gradients are eager's too."""
+    itself. Its backward, traced with the forward, follows torch's ``backward_pass_autocast`` as the host's does
+    (torch 2.13's default, "same_as_forward", runs every compiled backward under the forward's autocast,
+    pytorch/pytorch#179804): with it "off" the gradients are eager's too."""
     import torch._functorch.config as functorch_config
 
     if hasattr(functorch_config, "backward_pass_autocast"):
